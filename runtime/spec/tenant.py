@@ -1,0 +1,94 @@
+"""The Tenant custom resource's spec: one pydantic model for the CRD and for the runtime's config.
+
+Field names are the CRD's (camelCase on the wire, snake_case in Python). Every field carries a
+description because the CRD generator turns them into `kubectl explain` text.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class SpecModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class Quotas(SpecModel):
+    """Limits the runtime enforces per tenant. Absent means unlimited."""
+
+    requests_per_minute: int | None = Field(None, ge=1, description="Requests admitted per minute.")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Prompt plus completion tokens per minute."
+    )
+    max_concurrent_requests: int | None = Field(
+        None, ge=1, description="Requests of this tenant inside the engine at once; more wait in its queue."
+    )
+    max_queued_requests: int = Field(
+        64, ge=0, description="Requests that may wait for admission; beyond this they are rejected with 429."
+    )
+    max_tokens_per_request: int | None = Field(
+        None, ge=1, description="Upper bound on a request's max_tokens (completion length)."
+    )
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Upper bound on a request's prompt length.")
+    wasm_fuel_per_invocation: int | None = Field(
+        None, ge=1, description="WebAssembly fuel one invocation may burn."
+    )
+    wasm_time_ms_per_invocation: int | None = Field(
+        None, ge=1, description="Wall-clock deadline of one WebAssembly invocation, in milliseconds."
+    )
+    wasm_memory_mib: int | None = Field(
+        None, ge=1, le=4096, description="Linear memory cap of one WebAssembly instance, in MiB."
+    )
+
+
+class KVSnapshotPolicy(SpecModel):
+    """How this tenant's KV-cache snapshots are kept."""
+
+    enabled: bool = Field(False, description="Save and restore KV-cache snapshots across turns.")
+    bucket: str | None = Field(None, description="S3 bucket; the chart's default bucket when absent.")
+    prefix: str | None = Field(None, description="Key prefix inside the bucket; the tenant's name when absent.")
+    ttl_seconds: int | None = Field(None, ge=60, description="Snapshots older than this are expired.")
+    max_bytes: int | None = Field(None, ge=1, description="Snapshots beyond this total are evicted, oldest first.")
+    deletion_policy: Literal["Retain", "Delete"] = Field(
+        "Delete", description="What happens to the snapshots when the Tenant is deleted."
+    )
+    share_prefix_cache: bool = Field(
+        False,
+        description="Let other tenants reuse this tenant's cached prefixes. Off by default: "
+        "shared caches leak timing across tenants.",
+    )
+
+
+class SecretKeyRef(SpecModel):
+    name: str = Field(..., min_length=1, description="Secret name in the Tenant's namespace.")
+    key: str = Field("apiKey", min_length=1, description="Key inside the Secret.")
+
+
+class WasmModuleSource(SpecModel):
+    """Where the tenant's WebAssembly module comes from, pinned by digest."""
+
+    config_map: str | None = Field(None, description="ConfigMap holding the module under binaryData key `module`.")
+    s3_uri: str | None = Field(None, description="s3://bucket/key of the module.")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the module bytes.")
+
+
+class TenantSpec(SpecModel):
+    """What a platform team declares for one tenant."""
+
+    display_name: str | None = Field(None, description="Human-readable name.")
+    allowed_models: list[str] = Field(
+        default_factory=list, description="Model names this tenant may use; empty means none."
+    )
+    weight: int = Field(
+        1, ge=1, le=1000, description="Scheduling weight: share of engine admission under contention."
+    )
+    quotas: Quotas = Field(default_factory=Quotas, description="Rate and size limits.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret holding the tenant's API key; the operator creates it when absent."
+    )
+    wasm: WasmModuleSource | None = Field(None, description="The tenant's orchestration module.")
+    tools: list[str] = Field(default_factory=list, description="Tools the tenant's module may call.")
+    kv_snapshots: KVSnapshotPolicy = Field(default_factory=KVSnapshotPolicy, description="KV snapshot policy.")
