@@ -162,7 +162,9 @@ class Engine(abc.ABC):
     def decode(self, token_ids: Sequence[int]) -> str: ...
 
     @abc.abstractmethod
-    def apply_chat_template(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+    ) -> str:
         """Render with the model's own template (from its metadata), or its family's built-in one."""
 
     @abc.abstractmethod

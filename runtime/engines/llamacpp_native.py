@@ -1,0 +1,180 @@
+"""Thin wrappers over llama-cpp-python 0.3.36's low-level (ctypes) API.
+
+Only this module and llamacpp.py import llama_cpp. Function names follow libllama 0.5:
+`llama_memory_*` (the `llama_kv_self_*` family is gone), `llama_model_chat_template`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as L
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _quiet_log_impl(level: int, text: bytes, user_data: Any) -> None:
+    # llama.cpp logs every tensor at load; keep stderr for the runtime's own logs.
+    return None
+
+
+# llama.cpp keeps this pointer: it must live as long as the process.
+_quiet_log = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(_quiet_log_impl)
+
+
+def init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+            L.llama_backend_init()
+            _backend_ready = True
+
+
+class NativeError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # llama_model_p
+    vocab: Any  # llama_vocab_p
+    n_vocab: int
+    n_ctx_train: int
+    chat_template: bytes | None
+
+    def free(self) -> None:
+        if self.model is not None:
+            L.llama_model_free(self.model)
+            self.model = None
+
+
+def load_model(path: Path) -> LoadedModel:
+    init_backend()
+    params = L.llama_model_default_params()
+    params.n_gpu_layers = 0
+    model = L.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise NativeError(f"llama.cpp could not load {path}")
+    vocab = L.llama_model_get_vocab(model)
+    template = L.llama_model_chat_template(model, None)
+    return LoadedModel(
+        model=model,
+        vocab=vocab,
+        n_vocab=L.llama_vocab_n_tokens(vocab),
+        n_ctx_train=L.llama_model_n_ctx_train(model),
+        chat_template=template or None,
+    )
+
+
+def new_context(model: LoadedModel, *, n_ctx: int, n_batch: int, n_seq_max: int, n_threads: int) -> Any:
+    params = L.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = n_batch
+    params.n_ubatch = min(n_batch, 512)
+    params.n_seq_max = n_seq_max
+    params.n_threads = n_threads
+    params.n_threads_batch = n_threads
+    # One KV pool for all sequences: any sequence may use the whole per-sequence context, and
+    # admission reserves space (split streams would cap every sequence at n_ctx / n_seq_max).
+    params.kv_unified = True
+    params.no_perf = True
+    ctx = L.llama_init_from_model(model.model, params)
+    if not ctx:
+        raise NativeError("llama.cpp could not create a context")
+    return ctx
+
+
+def tokenize(model: LoadedModel, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+    raw = text.encode("utf-8")
+    cap = len(raw) + 16
+    buf = (L.llama_token * cap)()
+    n = L.llama_tokenize(model.vocab, raw, len(raw), buf, cap, add_special, parse_special)
+    if n < 0:
+        cap = -n
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(model.vocab, raw, len(raw), buf, cap, add_special, parse_special)
+    if n < 0:
+        raise NativeError("tokenization failed")
+    return list(buf[:n])
+
+
+class PieceCache:
+    """Token → bytes, memoized: a piece never changes and the lookup is on the per-token path."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self._vocab = model.vocab
+        self._buf = ctypes.create_string_buffer(256)
+        self._cache: dict[int, bytes] = {}
+
+    def __call__(self, token: int) -> bytes:
+        piece = self._cache.get(token)
+        if piece is None:
+            n = L.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
+            if n < 0:
+                big = ctypes.create_string_buffer(-n)
+                n = L.llama_token_to_piece(self._vocab, token, big, -n, 0, False)
+                piece = big.raw[:n]
+            else:
+                piece = self._buf.raw[:n]
+            self._cache[token] = piece
+        return piece
+
+
+def detokenize(model: LoadedModel, tokens: Sequence[int]) -> str:
+    if not tokens:
+        return ""
+    arr = (L.llama_token * len(tokens))(*tokens)
+    cap = max(64, len(tokens) * 8)
+    for _ in range(2):
+        buf = ctypes.create_string_buffer(cap)
+        n = L.llama_detokenize(model.vocab, arr, len(tokens), buf, cap, True, False)
+        if n >= 0:
+            return buf.raw[:n].decode("utf-8", errors="replace")
+        cap = -n
+    raise NativeError("detokenization failed")
+
+
+def apply_chat_template(
+    template: bytes | None, messages: Sequence[tuple[str, str]], add_assistant: bool
+) -> str:
+    # Keep the encoded strings alive until the call returns: the structs hold raw pointers.
+    encoded = [(r.encode(), c.encode()) for r, c in messages]
+    chat = (L.llama_chat_message * len(encoded))()
+    for i, (role, content) in enumerate(encoded):
+        chat[i].role = role
+        chat[i].content = content
+    size = sum(len(r) + len(c) for r, c in encoded) * 2 + 256
+    for _ in range(2):
+        buf = ctypes.create_string_buffer(size)
+        n = L.llama_chat_apply_template(template, chat, len(encoded), add_assistant, buf, size)
+        if n < 0:
+            raise NativeError("the model's chat template is not supported by llama.cpp")
+        if n <= size:
+            return buf.raw[:n].decode("utf-8", errors="replace")
+        size = n + 1
+    raise NativeError("chat template output did not fit")
+
+
+def meta(model: LoadedModel, key: str) -> str | None:
+    buf = ctypes.create_string_buffer(512)
+    n = L.llama_model_meta_val_str(model.model, key.encode(), buf, len(buf))
+    return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+
+def state_seq_get(ctx: Any, seq_id: int) -> bytes:
+    size = L.llama_state_seq_get_size(ctx, seq_id)
+    buf = (ctypes.c_uint8 * size)()
+    written = L.llama_state_seq_get_data(ctx, buf, size, seq_id)
+    return bytes(memoryview(buf)[:written])
+
+
+def state_seq_set(ctx: Any, seq_id: int, data: bytes) -> bool:
+    buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+    return bool(L.llama_state_seq_set_data(ctx, buf, len(data), seq_id))
