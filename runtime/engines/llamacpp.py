@@ -99,6 +99,7 @@ class LlamaCppEngine(Engine):
         self._cv = threading.Condition()
         self._incoming: deque[_Seq] = deque()
         self._cancels: set[str] = set()
+        self._live_ids: set[str] = set()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -227,6 +228,9 @@ class LlamaCppEngine(Engine):
         with self._cv:
             if self._stopping:
                 raise EngineError("engine is shutting down")
+            if request.request_id in self._live_ids:
+                raise EngineError(f"request id {request.request_id!r} is already in flight")
+            self._live_ids.add(request.request_id)
             self._incoming.append(seq)
             self._cv.notify()
         done = False
@@ -277,41 +281,43 @@ class LlamaCppEngine(Engine):
     # ---- the engine thread -----------------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            while True:
-                with self._cv:
-                    while not (
-                        self._stopping or self._incoming or self._cancels or self._active or self._waiting
-                    ):
-                        self._cv.wait()
-                    if self._stopping:
-                        break
-                    incoming = list(self._incoming)
-                    self._incoming.clear()
-                    cancels, self._cancels = self._cancels, set()
-                out: list[tuple[_Sink, TokenEvent]] = []
+        while True:
+            with self._cv:
+                while not (
+                    self._stopping or self._incoming or self._cancels or self._active or self._waiting
+                ):
+                    self._cv.wait()
+                if self._stopping:
+                    break
+                incoming = list(self._incoming)
+                self._incoming.clear()
+                cancels, self._cancels = self._cancels, set()
+            out: list[tuple[_Sink, TokenEvent]] = []
+            try:
                 for seq in incoming:
                     self._by_id[seq.req.request_id] = seq
                     self._waiting.append(seq)
                 for rid in cancels:
-                    seq_c = self._by_id.get(rid)
-                    if seq_c is not None:
+                    if (seq_c := self._by_id.get(rid)) is not None:
                         self._finish(seq_c, "cancelled", out)
-                self._admit()
+                self._admit(out)
                 if self._active:
                     self._step(out)
-                self._n_waiting = len(self._waiting)
-                self._kv_used = sum(s.n_past for s in self._active)
-                self._deliver(out)
-        except Exception:
-            log.exception("engine %s crashed", self.cfg.name)
-            raise
-        finally:
-            out = []
-            for seq in [*self._active, *self._waiting, *self._incoming]:
-                self._finish(seq, "cancelled", out, error="the engine shut down")
-            self._incoming.clear()
+            except Exception as e:
+                # A bug must cost the requests in flight, never the engine or the process.
+                log.exception("engine %s step failed; failing its requests", self.cfg.name)
+                for seq in list(self._by_id.values()):
+                    self._finish(seq, "error", out, error=f"internal engine error: {type(e).__name__}")
+            self._n_waiting = len(self._waiting)
+            self._kv_used = sum(s.n_past for s in self._active)
             self._deliver(out)
+        out = []
+        with self._cv:
+            leftovers = list(self._incoming)
+            self._incoming.clear()
+        for seq in [*self._by_id.values(), *leftovers]:
+            self._finish(seq, "cancelled", out, error="the engine shut down")
+        self._deliver(out)
 
     def _deliver(self, out: list[tuple[_Sink, TokenEvent]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[TokenEvent], TokenEvent]]] = {}
@@ -322,7 +328,7 @@ class LlamaCppEngine(Engine):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_put_all, items)
 
-    def _admit(self) -> None:
+    def _admit(self, out: list[tuple[_Sink, TokenEvent]]) -> None:
         while self._waiting and self._free_ids:
             seq = self._waiting[0]
             if self._reserved + seq.reserved > self._kv_capacity:
@@ -330,9 +336,9 @@ class LlamaCppEngine(Engine):
             self._waiting.popleft()
             seq.seq_id = self._free_ids.pop()
             self._reserved += seq.reserved
+            self._active.append(seq)
             seq.sampler = self._make_sampler(seq)
             self._restore(seq)
-            self._active.append(seq)
 
     def _make_sampler(self, seq: _Seq) -> Any:
         p = seq.req.params
@@ -343,8 +349,15 @@ class LlamaCppEngine(Engine):
         if penalties:
             L.llama_sampler_chain_add(
                 chain,
+                # The 0.3.36 binding still declares a leading n_vocab that libllama 0.5 dropped;
+                # on x86-64 the C side reads the first int argument as penalty_last_n, so both
+                # int slots carry the window and either signature gets the same value.
                 L.llama_sampler_init_penalties(
-                    PENALTY_WINDOW, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
+                    PENALTY_WINDOW,
+                    PENALTY_WINDOW,
+                    p.repetition_penalty,
+                    p.frequency_penalty,
+                    p.presence_penalty,
                 ),
             )
         if p.greedy:
@@ -517,6 +530,8 @@ class LlamaCppEngine(Engine):
             L.llama_sampler_free(seq.sampler)
             seq.sampler = None
         self._by_id.pop(seq.req.request_id, None)
+        with self._cv:
+            self._live_ids.discard(seq.req.request_id)
         out.append(
             (
                 seq.sink,
