@@ -349,11 +349,9 @@ class LlamaCppEngine(Engine):
         if penalties:
             L.llama_sampler_chain_add(
                 chain,
-                # The 0.3.36 binding still declares a leading n_vocab that libllama 0.5 dropped;
-                # on x86-64 the C side reads the first int argument as penalty_last_n, so both
-                # int slots carry the window and either signature gets the same value.
+                # libllama as vendored by llama-cpp-python 0.3.36 takes n_vocab first (llama.h).
                 L.llama_sampler_init_penalties(
-                    PENALTY_WINDOW,
+                    self.info.vocab_size,
                     PENALTY_WINDOW,
                     p.repetition_penalty,
                     p.frequency_penalty,
