@@ -1,2 +1,108 @@
-def main() -> None:
-    print("hi")
+"""`realm` command line. `realm serve` with no arguments serves the embedded default models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from realm.runtime.spec.runtime_config import DEFAULT_MODEL, RuntimeConfig
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="realm", description="Multi-tenant LLM runtime.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="Serve the OpenAI-compatible API.")
+    serve.add_argument(
+        "--config", type=Path, help="Runtime config (YAML/JSON); the embedded default when absent."
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: %(default)s).")
+    serve.add_argument("--port", type=int, default=8000, help="Port to listen on; 0 picks a free one.")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        type=str.lower,
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="Seconds in-flight requests get to finish after SIGTERM/SIGINT (default: %(default)s).",
+    )
+    return parser
+
+
+def _curl_line(base_url: str, model: str, api_key: str | None) -> str:
+    # Capped: chat's default is "as long as the context allows", which makes a slow first impression.
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 64}
+    )
+    key = (
+        shlex.quote(f"Authorization: Bearer {api_key}")
+        if api_key
+        else '"Authorization: Bearer $REALM_API_KEY"'
+    )
+    return (
+        f"curl -s {base_url}/v1/chat/completions -H 'Content-Type: application/json' -H {key} "
+        f"-d {shlex.quote(body)}"
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    from realm.runtime.config_store import ConfigError, default_api_key, default_config, load_config
+    from realm.runtime.server import Runtime
+
+    api_key: str | None = None
+    config: RuntimeConfig
+    if args.config is not None:
+        try:
+            config = load_config(args.config)
+        except ConfigError as e:
+            print(f"realm: {e}", file=sys.stderr)
+            return 2
+    else:
+        api_key = default_api_key()
+        config = default_config(api_key)  # holds only the key's hash
+    if not config.models:
+        print("realm: the config lists no models", file=sys.stderr)
+        return 2
+
+    def announce(runtime: Runtime) -> None:
+        model = DEFAULT_MODEL if DEFAULT_MODEL in runtime.state.engines else next(iter(runtime.state.engines))
+        print(
+            f"\nRealm is serving {', '.join(runtime.state.engines)} on {runtime.base_url}. Try:\n", flush=True
+        )
+        print("  " + _curl_line(runtime.base_url, model, api_key) + "\n", flush=True)
+
+    runtime = Runtime(
+        config,
+        config_path=args.config,
+        host=args.host,
+        port=args.port,
+        drain_timeout=args.drain_timeout,
+        log_level=args.log_level,
+        on_ready=announce,
+    )
+    code: int = asyncio.run(runtime.serve())
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO)
+        if hasattr(args, "log_level")
+        else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        sys.exit(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""One request's trip through admission and the engine, with its metrics and its release.
+
+The routes turn what this yields into OpenAI's JSON or SSE; everything about tickets, engine
+streams and cancellation lives here so both endpoints get it right the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio
+
+from realm.runtime.engines.base import (
+    Engine,
+    EngineError,
+    EngineRequest,
+    LogitsProcessor,
+    SamplingParams,
+    TokenEvent,
+)
+from realm.runtime.scheduler import AdmissionClosed, QueueFull, QuotaExceeded, Ticket
+
+from .errors import APIError, bad_request, unavailable
+from .state import AppState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    def as_openai(self) -> dict[str, object]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_prompt_tokens},
+        }
+
+
+class Generation:
+    """Admit, generate, release. Always `close()` it (the routes do so in `finally`)."""
+
+    def __init__(
+        self,
+        state: AppState,
+        *,
+        tenant: str,
+        model: str,
+        engine: Engine,
+        endpoint: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        arrived: float,
+        logits_processor: LogitsProcessor | None = None,
+        id_prefix: str,
+    ) -> None:
+        self.state = state
+        self.tenant = tenant
+        self.model = model
+        self.engine = engine
+        self.endpoint = endpoint
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.logits_processor = logits_processor
+        self.arrived = arrived
+        self.request_id = f"{id_prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.usage = Usage(prompt_tokens=len(prompt_ids))
+        self.finish_reason: str | None = None
+        self.outcome = "error"
+        self._ticket: Ticket | None = None
+        self._stream: AsyncIterator[TokenEvent] | None = None
+        self._first: TokenEvent | None = None
+        self._last_token_at: float | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        """Wait for admission and for the first event, so that refusals still become HTTP statuses."""
+        scheduler = self.state.scheduler
+        if scheduler is None:
+            raise APIError(503, "The server is still loading.", type="service_unavailable", code="loading")
+        labels = (self.tenant, self.model)
+        try:
+            self._ticket = await scheduler.admit(
+                self.tenant, self.model, prompt_tokens=len(self.prompt_ids), max_tokens=self.params.max_tokens
+            )
+        except QuotaExceeded as e:
+            self.outcome = "rate_limited"
+            self.state.metrics.quota_rejections.labels(*labels, e.kind).inc()
+            raise APIError(
+                429, e.message, type="rate_limit_exceeded", code=e.kind, retry_after=e.retry_after
+            ) from e
+        except QueueFull as e:
+            self.outcome = "rate_limited"
+            self.state.metrics.quota_rejections.labels(*labels, "queue_full").inc()
+            raise APIError(
+                429, e.message, type="rate_limit_exceeded", code="queue_full", retry_after=e.retry_after
+            ) from e
+        except AdmissionClosed as e:
+            self.outcome = "unavailable"
+            raise unavailable() from e
+        self.state.metrics.queue_wait.labels(*labels).observe(self._ticket.queue_wait_s)
+        self._stream = self.engine.generate(
+            EngineRequest(
+                request_id=self.request_id,
+                prompt_token_ids=self.prompt_ids,
+                params=self.params,
+                logits_processor=self.logits_processor,
+                cache_salt=self.tenant,  # engines know no tenants; the salt keeps prefix caches apart
+            )
+        )
+        try:
+            self._first = await self._next()
+        except EngineError as e:
+            self.outcome = "client_error"
+            raise bad_request(str(e), code="engine_rejected") from e
+        except StopAsyncIteration as e:
+            raise APIError(500, "The engine ended the stream without a result.", type="server_error") from e
+
+    async def _next(self) -> TokenEvent:
+        assert self._stream is not None
+        event = await anext(self._stream)
+        now = time.perf_counter()
+        if event.token_id is not None:
+            labels = (self.tenant, self.model)
+            if self._last_token_at is None:
+                self.state.metrics.ttft.labels(*labels).observe(now - self.arrived)
+            else:
+                self.state.metrics.itl.labels(*labels).observe(now - self._last_token_at)
+            self._last_token_at = now
+            self.usage.completion_tokens += 1
+        if event.finish_reason is not None:
+            self.finish_reason = event.finish_reason
+            # The engine's final counts are authoritative (they include tokens it held back).
+            self.usage = Usage(
+                prompt_tokens=event.prompt_tokens or len(self.prompt_ids),
+                completion_tokens=event.completion_tokens or self.usage.completion_tokens,
+                cached_prompt_tokens=event.cached_prompt_tokens,
+            )
+        return event
+
+    async def events(self) -> AsyncIterator[TokenEvent]:
+        """Every event, the one `start()` read first included, up to and including the final one."""
+        event = self._first
+        if event is None:
+            return
+        self._first = None
+        while True:
+            yield event
+            if event.finish_reason is not None:
+                return
+            event = await self._next()
+
+    async def close(self) -> None:
+        """Cancel the sequence if it is still running, release the ticket, count the request."""
+        if self._closed:
+            return
+        self._closed = True
+        # Shielded: this runs while a disconnect is cancelling the request, and it must still finish.
+        with anyio.CancelScope(shield=True):
+            if self._stream is not None:
+                if self.finish_reason is None:
+                    self.engine.cancel(self.request_id)
+                aclose = getattr(self._stream, "aclose", None)
+                if aclose is not None:
+                    try:
+                        await aclose()
+                    except Exception:
+                        log.exception("closing the engine stream of %s failed", self.request_id)
+            if self._ticket is not None:
+                self._ticket.release(
+                    prompt_tokens=self.usage.prompt_tokens, completion_tokens=self.usage.completion_tokens
+                )
+            labels = (self.tenant, self.model)
+            metrics = self.state.metrics
+            if self._stream is not None:
+                metrics.prompt_tokens.labels(*labels).inc(self.usage.prompt_tokens)
+                metrics.completion_tokens.labels(*labels).inc(self.usage.completion_tokens)
+            metrics.requests.labels(self.tenant, self.model, self.endpoint, self.outcome).inc()

@@ -1,0 +1,105 @@
+"""What every request passes before routing: drain gate, API-key auth, body size limit, in-flight count.
+
+A pure ASGI middleware rather than FastAPI dependencies, because dependencies run after the body
+is parsed: a client without a valid key must get 401, not a critique of its JSON.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import authenticate
+from .errors import APIError, unavailable
+from .state import AppState
+
+
+async def _send_error(send: Send, error: APIError) -> None:
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+    if error.status == 503:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RealmMiddleware:
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope["path"]).startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        if state.draining:
+            await _send_error(send, unavailable())
+            return
+        try:
+            header = dict(scope["headers"]).get(b"authorization")
+            tenant = authenticate(header.decode("latin-1") if header else None, state.auth)
+        except APIError as e:
+            state.metrics.requests.labels("unknown", "unknown", _endpoint(scope), "unauthorized").inc()
+            await _send_error(send, e)
+            return
+        scope.setdefault("state", {})["tenant"] = tenant
+        state.request_started()
+        try:
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                buffered = await self._read_body(scope, receive, state.max_body_bytes)
+                if isinstance(buffered, APIError):
+                    await _send_error(send, buffered)
+                    return
+                receive = _replay(buffered, receive)
+            await self.app(scope, receive, send)
+        finally:
+            state.request_finished()
+
+    @staticmethod
+    async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | APIError:
+        too_large = APIError(
+            413, f"The request body exceeds the limit of {limit} bytes.", code="request_too_large"
+        )
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return too_large
+        # Buffered whole: bodies are small (limit is a few MiB) and this lets the size check happen
+        # before any parsing, whether or not the client declared a length.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return APIError(499, "Client closed the request.", code="client_closed")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _endpoint(scope: Scope) -> str:
+    path = str(scope["path"])
+    for name in ("chat", "completions", "models"):
+        if name in path:
+            return name
+    return "other"
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        # After the body, only a disconnect can arrive: the routes wait on it to notice clients leaving.
+        return await receive()
+
+    return replay

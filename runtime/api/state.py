@@ -1,0 +1,68 @@
+"""What the API layer shares with the server: engines, scheduler, tenants, metrics, lifecycle flags."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from realm.runtime.engines.base import Engine
+from realm.runtime.metrics import Metrics
+from realm.runtime.scheduler import AdmissionScheduler, TenantPolicy
+from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig, TenantEntry
+
+from .auth import AuthTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    models: dict[str, ModelConfig]
+    metrics: Metrics
+    # Filled in as models finish loading; the app serves (and /healthz answers) before that.
+    engines: dict[str, Engine] = field(default_factory=dict)
+    scheduler: AdmissionScheduler | None = None
+    tenants: dict[str, TenantEntry] = field(default_factory=dict)
+    auth: AuthTable = field(default_factory=lambda: AuthTable(()))
+    ready: bool = False
+    draining: bool = False
+    max_body_bytes: int = 4 * 1024 * 1024
+    in_flight: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> AppState:
+        state = cls(models={m.name: m for m in config.models}, metrics=metrics)
+        state.apply_tenants(config.tenants)
+        return state
+
+    def apply_tenants(self, tenants: list[TenantEntry]) -> None:
+        """Swap the tenant table; requests already admitted keep the policy they were admitted under."""
+        self.tenants = {t.name: t for t in tenants}
+        self.auth = AuthTable.build(tenants)
+        if self.scheduler is not None:
+            self.scheduler.set_policies({t.name: TenantPolicy.from_spec(t.spec) for t in tenants})
+
+    def attach_scheduler(self, scheduler: AdmissionScheduler) -> None:
+        self.scheduler = scheduler
+        scheduler.set_policies({t.name: TenantPolicy.from_spec(t.spec) for t in self.tenants.values()})
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, limit_s: float) -> bool:
+        """True when every in-flight API request finished within `limit_s` seconds."""
+        if self.in_flight == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), limit_s)
+        except TimeoutError:
+            return False
+        return True

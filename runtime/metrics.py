@@ -1,0 +1,128 @@
+"""Prometheus metrics of one runtime. Each app owns its registry, so tests can build several apps.
+
+Engine-side numbers (running sequences, KV use) and queue depths are read at scrape time by a
+custom collector rather than mirrored into gauges, so they can never drift from the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from realm.runtime.engines.base import Engine
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class QueueDepth(Protocol):
+    def queue_depth(self, tenant: str | None = None, model: str | None = None) -> int: ...
+
+
+class _LiveCollector(Collector):
+    def __init__(
+        self,
+        engines: Callable[[], Mapping[str, Engine]],
+        queues: Callable[[], tuple[QueueDepth | None, Iterable[tuple[str, str]]]],
+    ) -> None:
+        self._engines = engines
+        self._queues = queues
+
+    def collect(self) -> Iterable[Metric]:
+        running = GaugeMetricFamily(
+            "realm_running_requests", "Sequences the engine is advancing.", labels=["model"]
+        )
+        waiting = GaugeMetricFamily(
+            "realm_engine_waiting_requests",
+            "Sequences submitted to the engine but not yet holding a slot.",
+            labels=["model"],
+        )
+        batch = GaugeMetricFamily(
+            "realm_batch_size", "Sequences decoded together in the current step.", labels=["model"]
+        )
+        max_batch = GaugeMetricFamily(
+            "realm_max_batch_size", "Sequences the engine can decode together.", labels=["model"]
+        )
+        kv_used = GaugeMetricFamily("realm_kv_cache_used_tokens", "KV cache cells in use.", labels=["model"])
+        kv_ratio = GaugeMetricFamily(
+            "realm_kv_cache_usage_ratio", "Fraction of the KV cache in use.", labels=["model"]
+        )
+        for name, engine in sorted(self._engines().items()):
+            stats = engine.stats()
+            running.add_metric([name], stats.running)
+            waiting.add_metric([name], stats.waiting)
+            batch.add_metric([name], stats.running)
+            max_batch.add_metric([name], engine.info.max_batch)
+            kv_used.add_metric([name], stats.kv_used_tokens)
+            kv_ratio.add_metric(
+                [name], stats.kv_used_tokens / stats.kv_capacity_tokens if stats.kv_capacity_tokens else 0.0
+            )
+        yield from (running, waiting, batch, max_batch, kv_used, kv_ratio)
+
+        queued = GaugeMetricFamily(
+            "realm_queued_requests", "Requests waiting for admission.", labels=["tenant", "model"]
+        )
+        scheduler, pairs = self._queues()
+        if scheduler is not None:
+            for tenant, model in pairs:
+                queued.add_metric([tenant, model], scheduler.queue_depth(tenant=tenant, model=model))
+        yield queued
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "realm_requests",
+            "API requests by outcome.",
+            ["tenant", "model", "endpoint", "outcome"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "realm_prompt_tokens", "Prompt tokens processed.", ["tenant", "model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "realm_completion_tokens", "Completion tokens generated.", ["tenant", "model"], registry=r
+        )
+        self.ttft = Histogram(
+            "realm_time_to_first_token_seconds",
+            "From request arrival to the first generated token.",
+            ["tenant", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "realm_inter_token_latency_seconds",
+            "Between consecutive tokens of one sequence.",
+            ["tenant", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "realm_queue_wait_seconds",
+            "Time a request waited for admission.",
+            ["tenant", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.quota_rejections = Counter(
+            "realm_quota_rejections", "Requests refused with 429.", ["tenant", "model", "reason"], registry=r
+        )
+        self.config_reloads = Counter(
+            "realm_config_reloads", "Config file reloads by outcome.", ["outcome"], registry=r
+        )
+
+    def watch(
+        self,
+        engines: Callable[[], Mapping[str, Engine]],
+        queues: Callable[[], tuple[QueueDepth | None, Iterable[tuple[str, str]]]],
+    ) -> None:
+        self.registry.register(_LiveCollector(engines, queues))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

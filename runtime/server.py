@@ -1,0 +1,205 @@
+"""The runtime process: load engines, serve the API with uvicorn, follow the config, drain on signals.
+
+Uvicorn's own signal handling stops accepting connections at once and then waits; we want the
+opposite order: keep serving (readyz says 503 so the load balancer moves away, new requests get a
+503 that clients can retry elsewhere), let in-flight requests finish, and only then stop uvicorn
+and unload the engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable, Generator
+from pathlib import Path
+
+import uvicorn
+
+from realm.runtime.api import AppState, create_app
+from realm.runtime.config_store import ConfigWatcher
+from realm.runtime.engines.base import Engine
+from realm.runtime.metrics import Metrics
+from realm.runtime.scheduler import AdmissionScheduler
+from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[ModelConfig], Engine]
+
+
+class _Uvicorn(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # Runtime owns SIGTERM/SIGINT
+
+
+def _default_engine_factory(cfg: ModelConfig) -> Engine:
+    from realm.runtime.engines.loader import create_engine
+
+    return create_engine(cfg)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        *,
+        config_path: Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        drain_timeout: float = 30.0,
+        log_level: str = "info",
+        reload_interval: float = 1.0,
+        on_ready: Callable[[Runtime], None] | None = None,
+        engine_factory: EngineFactory = _default_engine_factory,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.host = host
+        self.port = port
+        self.drain_timeout = drain_timeout
+        self.log_level = log_level
+        self.reload_interval = reload_interval
+        self.on_ready = on_ready
+        self.engine_factory = engine_factory
+        self.metrics = Metrics()
+        self.state = AppState.from_config(config, self.metrics)
+        self.app = create_app(self.state)
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._signals = 0
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def request_stop(self) -> None:
+        """Begin draining; safe to call from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def _on_signal(self, server: uvicorn.Server, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("received %s: draining (up to %.0fs)", signal.Signals(signum).name, self.drain_timeout)
+            self._stop.set()
+        else:
+            log.warning("second signal: stopping without waiting for in-flight requests")
+            server.force_exit = True
+            server.should_exit = True
+            self._stop.set()
+            self._force.set()
+
+    async def serve(self, *, install_signal_handlers: bool = True) -> int:
+        """Run until a signal (or `request_stop`) and a drain; returns the process exit code."""
+        self._loop = asyncio.get_running_loop()
+        sock = _bind(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        server = _Uvicorn(
+            uvicorn.Config(
+                self.app,
+                lifespan="off",  # this class is the lifespan: engines load while /readyz says 503
+                log_level=self.log_level,
+                timeout_graceful_shutdown=5,
+                access_log=self.log_level == "debug",
+            )
+        )
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._on_signal, server, sig)
+        server_task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
+        watcher: ConfigWatcher | None = None
+        code = 0
+        try:
+            loading = asyncio.create_task(self._load_engines())
+            stop_wait = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait(
+                {loading, stop_wait, server_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if loading in done and loading.exception() is None:
+                self.state.ready = True
+                watcher = self._watch_config()
+                log.info("ready: %s serving %s", self.base_url, ", ".join(self.state.engines))
+                if self.on_ready is not None:
+                    self.on_ready(self)
+                await asyncio.wait({stop_wait, server_task}, return_when=asyncio.FIRST_COMPLETED)
+            elif loading in done:
+                log.error("loading models failed: %s", loading.exception())
+                code = 1
+            else:
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await loading
+            stop_wait.cancel()
+            if server_task.done():
+                code = code or 1  # uvicorn stopped by itself (e.g. the port was taken)
+            await self._drain()
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await server_task
+            if watcher is not None:
+                await watcher.stop()
+            await self._shutdown_engines()
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    self._loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return code
+
+    async def _load_engines(self) -> None:
+        for cfg in self.config.models:
+            log.info("loading model %s from %s", cfg.name, cfg.source)
+            engine = self.engine_factory(cfg)
+            await engine.start()
+            self.state.engines[cfg.name] = engine
+        self.state.attach_scheduler(
+            AdmissionScheduler({name: e.info.max_batch for name, e in self.state.engines.items()})
+        )
+
+    def _watch_config(self) -> ConfigWatcher | None:
+        if self.config_path is None:
+            return None
+        watcher = ConfigWatcher(
+            self.config_path,
+            self.config,
+            lambda new: self.state.apply_tenants(new.tenants),
+            on_outcome=lambda outcome: self.metrics.config_reloads.labels(outcome).inc(),
+            interval=self.reload_interval,
+        )
+        watcher.start()
+        return watcher
+
+    async def _drain(self) -> None:
+        self.state.draining = True
+        if self.state.scheduler is not None:
+            self.state.scheduler.close()
+        force = asyncio.create_task(self._force.wait())
+        idle = asyncio.create_task(self.state.wait_idle(self.drain_timeout))
+        await asyncio.wait({force, idle}, return_when=asyncio.FIRST_COMPLETED)
+        force.cancel()
+        if not idle.done():
+            idle.cancel()
+        elif not idle.result():
+            log.warning("drain timeout: %d requests still in flight are cut off", self.state.in_flight)
+
+    async def _shutdown_engines(self) -> None:
+        for name, engine in list(self.state.engines.items()):
+            try:
+                await engine.shutdown()
+            except Exception:
+                log.exception("shutting down %s failed", name)

