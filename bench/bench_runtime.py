@@ -314,6 +314,9 @@ def main() -> None:
         str(port),
         "--host",
         "127.0.0.1",
+        # By default a new request interrupts the one streaming; queue them instead.
+        "--interrupt_requests",
+        "False",
     ]
     eos_ban = {"logit_bias": {"2": -100, "0": -100}}
     with server(cmd, f"{base}/v1/models", work / "llama_cpp_server.log"):
