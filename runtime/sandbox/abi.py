@@ -91,7 +91,7 @@ class ModelInfoPayload(Payload):
     has_chat_template: bool
 
 
-class InvocationErrorCode(str, enum.Enum):
+class InvocationErrorCode(enum.StrEnum):
     """Why an invocation as a whole failed (HTTP error body `code`), documented in docs/abi.md."""
 
     TENANT_ERROR = "tenant_error"  # the module returned an error itself
