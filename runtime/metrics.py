@@ -119,6 +119,36 @@ class Metrics:
         self.config_reloads = Counter(
             "realm_config_reloads", "Config file reloads by outcome.", ["outcome"], registry=r
         )
+        # Tenant WebAssembly invocations.
+        self.wasm_invocations = Counter(
+            "realm_wasm_invocations",
+            "Tenant module invocations by outcome.",
+            ["tenant", "outcome"],
+            registry=r,
+        )
+        self.wasm_wall = Histogram(
+            "realm_wasm_invocation_seconds",
+            "Wall time of an invocation, host calls included.",
+            ["tenant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.wasm_fuel = Counter(
+            "realm_wasm_fuel_consumed", "WebAssembly fuel burned by invocations.", ["tenant"], registry=r
+        )
+        self.wasm_memory_peak = Histogram(
+            "realm_wasm_memory_peak_bytes",
+            "Linear memory size at the end of an invocation.",
+            ["tenant"],
+            buckets=(64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30),
+            registry=r,
+        )
+        self.wasm_host_calls = Counter(
+            "realm_wasm_host_calls", "Host calls made by tenant modules.", ["tenant", "function"], registry=r
+        )
+        self.wasm_deploys = Counter(
+            "realm_wasm_deploys", "Modules deployed (hot swaps).", ["tenant"], registry=r
+        )
 
     def watch(
         self,

@@ -49,7 +49,10 @@ class RealmMiddleware:
         state.request_started()
         try:
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                buffered = await self._read_body(scope, receive, state.max_body_bytes)
+                # Modules are large (a Python tenant's component is ~18 MB); request bodies are not.
+                is_module = str(scope["path"]).endswith("/module")
+                limit = state.max_module_bytes if is_module else state.max_body_bytes
+                buffered = await self._read_body(scope, receive, limit)
                 if isinstance(buffered, APIError):
                     await _send_error(send, buffered)
                     return
@@ -85,7 +88,7 @@ class RealmMiddleware:
 
 def _endpoint(scope: Scope) -> str:
     path = str(scope["path"])
-    for name in ("chat", "completions", "models"):
+    for name in ("chat", "completions", "models", "invoke", "module"):
         if name in path:
             return name
     return "other"

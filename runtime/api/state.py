@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from realm.runtime.engines.base import Engine
 from realm.runtime.metrics import Metrics
@@ -12,6 +13,9 @@ from realm.runtime.scheduler import AdmissionScheduler, TenantPolicy
 from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig, TenantEntry
 
 from .auth import AuthTable
+
+if TYPE_CHECKING:
+    from realm.runtime.sandbox.runner import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,8 @@ class AppState:
     ready: bool = False
     draining: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
+    max_module_bytes: int = 64 * 1024 * 1024
+    sandbox: Sandbox | None = None
     in_flight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
