@@ -15,4 +15,8 @@ for package, folder in ROOTS.items():
     package_dir[package] = folder
     packages += [f"{package}.{sub}" for sub in find_packages(folder)]
 
-setup(packages=packages, package_dir=package_dir, package_data={"realm.runtime": ["py.typed"]})
+setup(
+    packages=packages,
+    package_dir=package_dir,
+    package_data={"realm.runtime": ["py.typed"], "realm.runtime.sandbox": ["wit/*.wit"]},
+)

@@ -34,7 +34,27 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         help="Seconds in-flight requests get to finish after SIGTERM/SIGINT (default: %(default)s).",
     )
+    tenant = sub.add_parser("tenant", help="Tenant WebAssembly modules.")
+    tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True)
+    build = tenant_sub.add_parser(
+        "build", help="Build a tenant from source: a Python component (componentize-py) or a Go core module."
+    )
+    build.add_argument("source", type=Path, help="The tenant's folder (app.py for Python, go.mod for Go).")
+    build.add_argument("-o", "--out", type=Path, required=True, help="Where to write the .wasm file.")
+    build.add_argument("--language", choices=["python", "go"], help="Detected from the folder when absent.")
     return parser
+
+
+def tenant_build(args: argparse.Namespace) -> int:
+    from realm.tenant_build import TenantBuildError, build_tenant
+
+    try:
+        out = build_tenant(args.source, args.out, language=args.language)
+    except TenantBuildError as e:
+        print(f"realm tenant build: {e}", file=sys.stderr)
+        return 1
+    print(f"built {out} ({out.stat().st_size} bytes)")
+    return 0
 
 
 def _curl_line(base_url: str, model: str, api_key: str | None) -> str:
@@ -102,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.command == "serve":
         sys.exit(serve(args))
+    if args.command == "tenant" and args.tenant_command == "build":
+        sys.exit(tenant_build(args))
 
 
 if __name__ == "__main__":

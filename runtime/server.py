@@ -19,9 +19,12 @@ from pathlib import Path
 import uvicorn
 
 from realm.runtime.api import AppState, create_app
+from realm.runtime.api.invoke import deploy_configured_modules
 from realm.runtime.config_store import ConfigWatcher
 from realm.runtime.engines.base import Engine
+from realm.runtime.engines.model_files import realm_cache
 from realm.runtime.metrics import Metrics
+from realm.runtime.sandbox.runner import Sandbox
 from realm.runtime.scheduler import AdmissionScheduler
 from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig
 
@@ -49,6 +52,11 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.bind((host, port))
     sock.setblocking(False)
     return sock
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("module deployment failed: %s", task.exception())
 
 
 class Runtime:
@@ -170,6 +178,20 @@ class Runtime:
         self.state.attach_scheduler(
             AdmissionScheduler({name: e.info.max_batch for name, e in self.state.engines.items()})
         )
+        self.state.sandbox = Sandbox(realm_cache() / "wasm")
+        await asyncio.to_thread(deploy_configured_modules, self.state, self._modules_dir(self.config))
+
+    @staticmethod
+    def _modules_dir(config: RuntimeConfig) -> Path | None:
+        return Path(config.modules_dir) if config.modules_dir else None
+
+    def _apply_config(self, new: RuntimeConfig) -> None:
+        self.state.apply_tenants(new.tenants)
+        # Compiling a new module takes seconds: never on the event loop.
+        task = asyncio.get_running_loop().run_in_executor(
+            None, deploy_configured_modules, self.state, self._modules_dir(new)
+        )
+        task.add_done_callback(_log_failure)
 
     def _watch_config(self) -> ConfigWatcher | None:
         if self.config_path is None:
@@ -177,7 +199,7 @@ class Runtime:
         watcher = ConfigWatcher(
             self.config_path,
             self.config,
-            lambda new: self.state.apply_tenants(new.tenants),
+            self._apply_config,
             on_outcome=lambda outcome: self.metrics.config_reloads.labels(outcome).inc(),
             interval=self.reload_interval,
         )
@@ -198,6 +220,8 @@ class Runtime:
             log.warning("drain timeout: %d requests still in flight are cut off", self.state.in_flight)
 
     async def _shutdown_engines(self) -> None:
+        if self.state.sandbox is not None:
+            self.state.sandbox.close()
         for name, engine in list(self.state.engines.items()):
             try:
                 await engine.shutdown()

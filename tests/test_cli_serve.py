@@ -134,3 +134,35 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_realm_tenant_build_go(tmp_path: Path) -> None:
+    """`realm tenant build` packages the Go echo example; a folder with no source fails clearly."""
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "echo.wasm"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "realm.cli",
+            "tenant",
+            "build",
+            str(root / "sdk/go/examples/echo"),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:4] == b"\0asm"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    failed = subprocess.run(
+        [sys.executable, "-m", "realm.cli", "tenant", "build", str(empty), "-o", str(tmp_path / "x.wasm")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failed.returncode == 1 and "realm tenant build:" in failed.stderr

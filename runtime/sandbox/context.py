@@ -16,9 +16,9 @@ import asyncio
 import logging
 import threading
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .abi import (
     ErrorCode,
@@ -66,9 +66,10 @@ class InvocationContext:
         self._timeout = host_call_timeout_s
         self.host_calls: Counter[str] = Counter()
         self.output: list[str] = []
+        self.last_error_log: str | None = None
 
-    def _wait(self, coro: Awaitable[T]) -> T:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+    def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return fut.result(self._timeout)
         except HostError:
@@ -113,6 +114,8 @@ class InvocationContext:
 
     def log(self, level: LogLevel, message: str) -> None:
         self.host_calls["log"] += 1
+        if level >= LogLevel.ERROR:
+            self.last_error_log = message
         log.log(
             {LogLevel.DEBUG: 10, LogLevel.INFO: 20, LogLevel.WARN: 30, LogLevel.ERROR: 40}.get(level, 20),
             "tenant %s: %s",

@@ -75,6 +75,10 @@ class TenantEntry(SpecModel):
 class RuntimeConfig(SpecModel):
     models: list[ModelConfig] = Field(default_factory=list)
     tenants: list[TenantEntry] = Field(default_factory=list)
+    modules_dir: str | None = Field(
+        None,
+        description="Folder of tenant WebAssembly modules named <sha256>.wasm (mounted by the operator).",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> RuntimeConfig:

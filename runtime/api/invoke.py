@@ -1,0 +1,296 @@
+"""Tenant WebAssembly invocations over HTTP, and the host services their modules call.
+
+`POST /v1/tenants/{tenant}/invoke` runs the tenant's current module with the request body as its
+input. The response is the module's output: its JSON when the output is JSON, else
+`{"output": "<text>"}`; with `Accept: text/event-stream` every emitted chunk is sent as it comes.
+`PUT /v1/tenants/{tenant}/module` deploys a new module (hot swap: invocations in flight finish on
+the module they started with).
+
+A generate from WASM goes through the same admission, quotas and metrics as an API request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from realm.runtime.engines.base import SamplingParams
+from realm.runtime.sandbox.abi import ErrorCode, GenerateParams, Generation, HostError, ModelInfoPayload
+from realm.runtime.sandbox.context import InvocationContext
+from realm.runtime.sandbox.runner import InvocationFailed, SandboxLimits
+
+from .errors import APIError
+from .generation import Generation as EngineGeneration
+from .routes_openai import app_state, check_limits, request_tenant, resolve_model
+from .state import AppState
+
+router = APIRouter()
+log = logging.getLogger(__name__)
+
+_API_TO_HOST = {
+    400: ErrorCode.INVALID_ARGUMENT,
+    403: ErrorCode.MODEL_NOT_ALLOWED,
+    404: ErrorCode.MODEL_NOT_FOUND,
+    429: ErrorCode.QUOTA_EXCEEDED,
+}
+
+
+def _host_error(e: APIError) -> HostError:
+    return HostError(_API_TO_HOST.get(e.status, ErrorCode.ENGINE_ERROR), e.message)
+
+
+class RuntimeHostServices:
+    """HostServices for one tenant's invocations, backed by the runtime's engines and scheduler."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def _engine(self, tenant: str, model: str) -> Any:
+        entry = self.state.tenants.get(tenant)
+        if entry is None:
+            raise HostError(ErrorCode.MODEL_NOT_ALLOWED, f"tenant {tenant!r} is no longer configured")
+        try:
+            return entry, resolve_model(self.state, entry, model)
+        except APIError as e:
+            raise _host_error(e) from e
+
+    async def generate(
+        self, tenant: str, params: GenerateParams, on_text: Callable[[str], None] | None
+    ) -> Generation:
+        entry, engine = self._engine(tenant, params.model)
+        ids = engine.encode(params.prompt)
+        try:
+            max_tokens = check_limits(engine, entry, len(ids), params.max_tokens, None)
+        except APIError as e:
+            raise _host_error(e) from e
+        sampling = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            stop=tuple(params.stop),
+            seed=params.seed,
+        )
+        gen = EngineGeneration(
+            self.state,
+            tenant=tenant,
+            model=params.model,
+            engine=engine,
+            endpoint="wasm",
+            prompt_ids=ids,
+            params=sampling,
+            arrived=time.perf_counter(),
+            id_prefix="wasm",
+        )
+        parts: list[str] = []
+        try:
+            try:
+                await gen.start()
+            except APIError as e:
+                raise _host_error(e) from e
+            async for event in gen.events():
+                if event.text:
+                    parts.append(event.text)
+                    if on_text is not None:
+                        on_text(event.text)
+                if event.error:
+                    raise HostError(ErrorCode.ENGINE_ERROR, event.error)
+            gen.outcome = "success"
+        finally:
+            await gen.close()
+        return Generation(
+            text="".join(parts),
+            finish_reason=gen.finish_reason or "stop",
+            prompt_tokens=gen.usage.prompt_tokens,
+            completion_tokens=gen.usage.completion_tokens,
+        )
+
+    async def encode_tokens(self, tenant: str, model: str, text: str) -> list[int]:
+        _, engine = self._engine(tenant, model)
+        ids: list[int] = engine.encode(text, add_special=False)
+        return ids
+
+    async def decode_tokens(self, tenant: str, model: str, tokens: Sequence[int]) -> str:
+        _, engine = self._engine(tenant, model)
+        vocab = engine.info.vocab_size
+        if any(not 0 <= t < vocab for t in tokens):
+            raise HostError(ErrorCode.INVALID_ARGUMENT, f"token ids must be in [0, {vocab})")
+        text: str = engine.decode(list(tokens))
+        return text
+
+    async def model_info(self, tenant: str, model: str) -> ModelInfoPayload:
+        _, engine = self._engine(tenant, model)
+        info = engine.info
+        return ModelInfoPayload(
+            name=info.name,
+            version=info.version,
+            engine=info.engine,
+            context_length=info.context_length,
+            vocab_size=info.vocab_size,
+            has_chat_template=info.has_chat_template,
+        )
+
+
+def _own_tenant(request: Request, tenant: str) -> AppState:
+    state = app_state(request)
+    entry = request_tenant(request)
+    if entry.name != tenant:
+        raise APIError(
+            403, f"This API key belongs to tenant '{entry.name}', not '{tenant}'.", code="wrong_tenant"
+        )
+    if state.sandbox is None:
+        raise APIError(
+            503, "The WebAssembly sandbox is not running.", type="service_unavailable", code="loading"
+        )
+    return state
+
+
+def _failure(e: InvocationFailed) -> APIError:
+    return APIError(e.http_status, e.message, type="invocation_error", code=str(e.code))
+
+
+@router.put("/v1/tenants/{tenant}/module", response_model=None)
+async def deploy_module(tenant: str, request: Request) -> JSONResponse:
+    state = _own_tenant(request, tenant)
+    assert state.sandbox is not None
+    wasm = await request.body()
+    try:
+        module = await asyncio.to_thread(state.sandbox.deploy, tenant, wasm)
+    except InvocationFailed as e:
+        raise _failure(e) from e
+    state.metrics.wasm_deploys.labels(tenant).inc()
+    return JSONResponse(
+        {
+            "tenant": tenant,
+            "sha256": module.sha256,
+            "kind": module.kind,
+            "abi": ".".join(map(str, module.abi_version)),
+        }
+    )
+
+
+@router.post("/v1/tenants/{tenant}/invoke", response_model=None)
+async def invoke(tenant: str, request: Request) -> Response:
+    state = _own_tenant(request, tenant)
+    sandbox = state.sandbox
+    assert sandbox is not None
+    raw = await request.body()
+    try:
+        text = raw.decode("utf-8")
+        json.loads(text or "null")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise APIError(400, "The invocation input must be UTF-8 JSON.", code="invalid_json") from e
+    module = sandbox.current(tenant)
+    if module is None:
+        raise APIError(404, f"Tenant '{tenant}' has no WebAssembly module deployed.", code="wasm_no_module")
+    entry = request_tenant(request)
+    limits = SandboxLimits.from_quotas(entry.spec.quotas)
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[str | None] = asyncio.Queue()
+    streaming = "text/event-stream" in request.headers.get("accept", "")
+
+    def on_output(chunk: str) -> None:  # worker thread
+        if streaming:
+            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+
+    ctx = InvocationContext(
+        tenant=tenant,
+        input_data=text,
+        services=RuntimeHostServices(state),
+        loop=loop,
+        on_output=on_output,
+    )
+    metrics = state.metrics
+
+    async def run() -> Any:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await sandbox.invoke(module, ctx, limits)
+            outcome = "success"
+            if result.fuel_used is not None:
+                metrics.wasm_fuel.labels(tenant).inc(result.fuel_used)
+            metrics.wasm_memory_peak.labels(tenant).observe(result.memory_peak_bytes)
+            return result
+        except InvocationFailed as e:
+            outcome = str(e.code)
+            raise
+        finally:
+            metrics.wasm_invocations.labels(tenant, outcome).inc()
+            metrics.wasm_wall.labels(tenant).observe(time.perf_counter() - started)
+            for name, n in ctx.host_calls.items():
+                metrics.wasm_host_calls.labels(tenant, name).inc(n)
+
+    if not streaming:
+        try:
+            result = await run()
+        except InvocationFailed as e:
+            raise _failure(e) from e
+        headers = {"X-Realm-Module-Sha256": module.sha256}
+        try:
+            return JSONResponse(json.loads(result.output), headers=headers)
+        except ValueError:
+            return JSONResponse({"output": result.output}, headers=headers)
+
+    async def events() -> AsyncIterator[bytes]:
+        task = asyncio.create_task(run())
+
+        def finished(t: asyncio.Task[Any]) -> None:
+            # Retrieved here so that a caller who left never leaves an unobserved exception behind.
+            if not t.cancelled():
+                t.exception()
+            chunks.put_nowait(None)
+
+        # A caller who leaves does not stop the module (it may be inside a host call): it runs to
+        # its end or its deadline and its output is dropped.
+        task.add_done_callback(finished)
+        while (chunk := await chunks.get()) is not None:
+            yield f"data: {json.dumps({'chunk': chunk})}\n\n".encode()
+        try:
+            result = task.result()
+            done = {"done": True, "host_calls": dict(result.host_calls), "wall_ms": result.wall_s * 1000}
+            yield f"data: {json.dumps(done)}\n\n".encode()
+        except InvocationFailed as e:
+            yield f"data: {json.dumps(_failure(e).body())}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"X-Realm-Module-Sha256": module.sha256}
+    )
+
+
+def deploy_configured_modules(state: AppState, modules_dir: Path | None) -> None:
+    """Bring each tenant's module in line with its spec (`spec.wasm.sha256`), from `modules_dir`,
+    where the operator mounts modules as `<sha256>.wasm`. Runs on every config (re)load."""
+    sandbox = state.sandbox
+    if sandbox is None or modules_dir is None:
+        return
+    for entry in state.tenants.values():
+        want = entry.spec.wasm.sha256 if entry.spec.wasm else None
+        current = sandbox.current(entry.name)
+        if want is None or (current is not None and current.sha256 == want):
+            continue
+        path = modules_dir / f"{want}.wasm"
+        try:
+            wasm = path.read_bytes()
+        except OSError as e:
+            log.error("tenant %s: module %s is not in %s: %s", entry.name, want[:12], modules_dir, e)
+            continue
+        if hashlib.sha256(wasm).hexdigest() != want:
+            log.error("tenant %s: %s does not match its pinned sha256; not deployed", entry.name, path)
+            continue
+        try:
+            sandbox.deploy(entry.name, wasm)
+            state.metrics.wasm_deploys.labels(entry.name).inc()
+            log.info("tenant %s: deployed module %s", entry.name, want[:12])
+        except InvocationFailed as e:
+            log.error("tenant %s: module %s rejected: %s (%s)", entry.name, want[:12], e.message, e.code)

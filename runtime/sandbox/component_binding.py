@@ -1,0 +1,438 @@
+"""The component binding: WIT world `realm:tenant/tenant` (wit/tenant.wit) on wasmtime-py 50.
+
+The runner (runner.py) owns Engine, Store, limits and error mapping; this module only knows the
+component model: which imports a tenant may have, how WIT values look in Python, and how a
+host call reaches the invocation's `InvocationContext` (context.py, the one implementation).
+
+How wasmtime-py 50 represents WIT values (read from wasmtime/component/_types.py; there is no
+static bindgen, values are converted by the function's dynamic type on every call):
+
+- string <-> str, u32/u64 <-> int, f32 <-> float (an int is refused), bool <-> bool,
+  list<u32> <-> list[int], enum <-> the case name as str ("model-not-allowed").
+- record <-> `wasmtime.component.Record`, a bare object whose attributes are the WIT field
+  names, kebab-case included (getattr(r, "max-tokens")).
+- option<T> <-> None or the T value.
+- result<T, E> and variants are "tagged" only when the Python classes of the cases overlap:
+  result<generation, host-error> has a Record on both sides, so it is
+  `Variant("ok", record)` / `Variant("err", record)`; result<string, host-error> and
+  result<list<u32>, host-error> are untagged: the str/list is ok, a Record is err.
+  result<_, string> (the `run` export) lifts as None for ok and the str for err.
+
+A Python exception escaping a host function would not reach the guest as an error: wasmtime-py
+turns it into a trap ("python exception"), which kills the instance, and stashes it in a
+process-global slot that another thread's call could pick up. So every host function here
+returns an `err(host-error)` value instead, or, for the functions without a result, logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import weakref
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from wasmtime import Engine, Store, WasiConfig
+from wasmtime.component import (
+    Component,
+    FuncType,
+    Linker,
+    Record,
+    ResultType,
+    String,
+    Variant,
+)
+
+from . import context
+from .abi import (
+    ABI_MAJOR,
+    ABI_MINOR,
+    MAX_PAYLOAD_BYTES,
+    WIT_HOST_INTERFACE,
+    WIT_PACKAGE,
+    ErrorCode,
+    GenerateParams,
+    Generation,
+    HostError,
+    InvocationErrorCode,
+    LogLevel,
+    ModelInfoPayload,
+)
+
+log = logging.getLogger("realm.sandbox")
+T = TypeVar("T")
+
+RUN_EXPORT = "run"
+# The interfaces of our own package a tenant may import, at any version 1.0.0 ..= 1.ABI_MINOR.x.
+REALM_INTERFACES = frozenset({"host", "types"})
+# What Linker.add_wasip2() defines. Anything else from wasi (wasi:http, wasi:keyvalue, 0.3) would
+# only fail later, at instantiation, with a less helpful message.
+WASI_PACKAGES = frozenset({"cli", "clocks", "filesystem", "io", "random", "sockets"})
+WASI_VERSION = re.compile(r"0\.2\.\d+(?:-[0-9A-Za-z.-]+)?")
+_U32_MAX = (1 << 32) - 1
+_IMPORT_NAME = re.compile(
+    r"(?P<ns>[a-z][a-z0-9-]*):(?P<pkg>[a-z][a-z0-9-]*)/(?P<iface>[a-z][a-z0-9-]*)(?:@(?P<ver>\S+))?"
+)
+_SEMVER = re.compile(
+    r"(?P<major>\d+)\.(?P<minor>\d+)\.(?P<patch>\d+)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?"
+)
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+
+class ComponentRejected(Exception):
+    """Stand-in for modules.InvocationFailed where that is missing (same attributes)."""
+
+    def __init__(self, code: InvocationErrorCode, message: str, http_status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+
+
+def _failed(code: InvocationErrorCode, message: str, http_status: int = 422) -> Exception:
+    # Imported lazily: the sandbox's exception is the one its callers map to HTTP responses, and
+    # its module imports this one. The stand-in keeps this module usable on its own.
+    try:
+        from .modules import InvocationFailed
+    except ImportError:
+        return ComponentRejected(code, message, http_status)
+    exc: Exception = InvocationFailed(code, message, http_status)
+    return exc
+
+
+# ---- WIT values <-> Python ---------------------------------------------------------------------
+
+
+def _record(**fields: Any) -> Record:
+    """A WIT record; keyword names use underscores, the WIT fields use dashes."""
+    r = Record()
+    for name, value in fields.items():
+        setattr(r, name.replace("_", "-"), value)
+    return r
+
+
+def _f32(x: float) -> float:
+    # f32 arrives widened (0.7 -> 0.699999988...); the shortest decimal that round-trips through
+    # f32 is what the guest wrote, and what logs and seeds-for-reproducibility should see.
+    return float(f"{x:.7g}")
+
+
+def _text(s: str) -> str:
+    # Lowering a str with lone surrogates would raise inside wasmtime (a trap); the engine's
+    # detokenizer can produce them from a token that splits a character.
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "replace").decode("utf-8")
+    return s
+
+
+def _too_large(s: str) -> bool:
+    if len(s) > MAX_PAYLOAD_BYTES:
+        return True
+    if len(s) * 4 <= MAX_PAYLOAD_BYTES:  # no need to encode: even 4-byte characters fit
+        return False
+    return len(s.encode("utf-8", "surrogatepass")) > MAX_PAYLOAD_BYTES
+
+
+def _host_error(code: ErrorCode, message: str) -> Record:
+    return _record(code=code.wit_name, message=_text(message[:4000]))
+
+
+def _params_from_wit(r: Any) -> GenerateParams:
+    prompt: str = r.prompt
+    if _too_large(prompt):
+        raise HostError(ErrorCode.TOO_LARGE, f"the prompt is larger than {MAX_PAYLOAD_BYTES} bytes")
+    return GenerateParams(
+        model=r.model,
+        prompt=prompt,
+        max_tokens=getattr(r, "max-tokens"),
+        temperature=_f32(r.temperature),
+        top_p=_f32(getattr(r, "top-p")),
+        top_k=getattr(r, "top-k"),
+        stop=list(r.stop),
+        seed=r.seed,
+    )
+
+
+def _generation_to_wit(g: Generation) -> Record:
+    for n in (g.prompt_tokens, g.completion_tokens):
+        if not 0 <= n <= _U32_MAX:
+            raise HostError(ErrorCode.ENGINE_ERROR, f"token count {n} does not fit a u32")
+    return _record(
+        text=_text(g.text),
+        finish_reason=g.finish_reason,
+        prompt_tokens=g.prompt_tokens,
+        completion_tokens=g.completion_tokens,
+    )
+
+
+def _model_info_to_wit(m: ModelInfoPayload) -> Record:
+    return _record(
+        name=m.name,
+        version=m.version,
+        engine=m.engine,
+        context_length=min(max(m.context_length, 0), _U32_MAX),
+        vocab_size=min(max(m.vocab_size, 0), _U32_MAX),
+        has_chat_template=bool(m.has_chat_template),
+    )
+
+
+def _guarded(name: str, call: Callable[[], T], ok: Callable[[T], Any], *, tagged: bool) -> Any:
+    """Run one host call and lower its outcome to a WIT `result<_, host-error>` value.
+
+    `tagged` says whether wasmtime-py wants Variant("ok"/"err", ...) for this result type (see
+    the module docstring): only when both cases are records.
+    """
+    try:
+        value = ok(call())
+    except HostError as e:
+        err = _host_error(e.code, e.message)
+    except ValidationError as e:
+        errors = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        err = _host_error(ErrorCode.INVALID_ARGUMENT, f"{name}: {errors}")
+    except Exception as e:  # never into wasmtime: it would trap the guest (module docstring)
+        log.exception("host function %s failed", name)
+        err = _host_error(ErrorCode.ENGINE_ERROR, f"{type(e).__name__}: {e}")
+    else:
+        return Variant("ok", value) if tagged else value
+    return Variant("err", err) if tagged else err
+
+
+# ---- the host functions (defined once per Linker; the invocation comes from the thread) -------
+
+
+def _generate(stream: bool) -> Callable[[Any, Any], Any]:
+    def generate(_store: Any, params: Any) -> Any:
+        return _guarded(
+            "generate-stream" if stream else "generate",
+            lambda: context.current().generate(_params_from_wit(params), stream=stream),
+            _generation_to_wit,
+            tagged=True,
+        )
+
+    return generate
+
+
+def _encode_tokens(_store: Any, model: str, text: str) -> Any:
+    def call() -> list[int]:
+        if _too_large(text):
+            raise HostError(ErrorCode.TOO_LARGE, f"the text is larger than {MAX_PAYLOAD_BYTES} bytes")
+        return context.current().encode_tokens(model, text)
+
+    def ok(tokens: list[int]) -> list[int]:
+        out = [int(t) for t in tokens]
+        if any(not 0 <= t <= _U32_MAX for t in out):
+            raise HostError(ErrorCode.ENGINE_ERROR, "a token id does not fit a u32")
+        return out
+
+    return _guarded("encode-tokens", call, ok, tagged=False)
+
+
+def _decode_tokens(_store: Any, model: str, tokens: list[int]) -> Any:
+    def call() -> str:
+        if len(tokens) * 4 > MAX_PAYLOAD_BYTES:  # the same bound as the core binding's i32 array
+            raise HostError(ErrorCode.TOO_LARGE, f"more than {MAX_PAYLOAD_BYTES // 4} tokens")
+        return context.current().decode_tokens(model, tokens)
+
+    return _guarded("decode-tokens", call, _text, tagged=False)
+
+
+def _load_model_by_name(_store: Any, name: str) -> Any:
+    return _guarded(
+        "load-model-by-name",
+        lambda: context.current().load_model_by_name(name),
+        _model_info_to_wit,
+        tagged=True,
+    )
+
+
+def _get_model_version(_store: Any, name: str) -> Any:
+    return _guarded(
+        "get-model-version", lambda: context.current().get_model_version(name), _text, tagged=False
+    )
+
+
+# input, emit and log have no result to carry an error: failures are logged, never raised.
+
+
+def _input(_store: Any) -> str:
+    try:
+        return _text(context.current().input())
+    except Exception:
+        log.exception("host function input failed")
+        return ""
+
+
+def _emit(_store: Any, chunk: str) -> None:
+    try:
+        context.current().emit(chunk)
+    except Exception:
+        log.exception("host function emit failed")
+
+
+_LOG_LEVELS = {level.name.lower(): level for level in LogLevel}
+
+
+def _log(_store: Any, level: str, message: str) -> None:
+    try:
+        context.current().log(_LOG_LEVELS.get(level, LogLevel.INFO), message)
+    except Exception:
+        log.exception("host function log failed")
+
+
+HOST_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
+    "generate": _generate(stream=False),
+    "generate-stream": _generate(stream=True),
+    "encode-tokens": _encode_tokens,
+    "decode-tokens": _decode_tokens,
+    "load-model-by-name": _load_model_by_name,
+    "get-model-version": _get_model_version,
+    "input": _input,
+    "emit": _emit,
+    "log": _log,
+}
+
+
+# ---- linker -----------------------------------------------------------------------------------
+
+_linkers: weakref.WeakKeyDictionary[Engine, Linker] = weakref.WeakKeyDictionary()
+_linkers_lock = threading.Lock()
+
+
+def build_linker(engine: Engine) -> Linker:
+    """The engine's Linker: WASI p2 and `realm:tenant/host`, built once per engine.
+
+    Defining the host functions costs more than an instantiation, and a Linker is immutable
+    once built (instantiate takes it shared), so one serves every Store and thread.
+    """
+    with _linkers_lock:
+        linker = _linkers.get(engine)
+        if linker is None:
+            linker = Linker(engine)
+            linker.add_wasip2()
+            with linker.root() as root, root.add_instance(WIT_HOST_INTERFACE) as host:
+                for name, func in HOST_FUNCTIONS.items():
+                    host.add_func(name, func)
+            # `realm:tenant/types` has only types: wasmtime checks those structurally, so the
+            # linker needs no instance for it.
+            _linkers[engine] = linker
+        return linker
+
+
+# ---- checks -----------------------------------------------------------------------------------
+
+
+def check_names(imports: Collection[str], exports: Collection[str]) -> None:
+    """The import/export rules on names alone (check_component adds the export's type).
+
+    - `realm:tenant/host@1.y.z` is required, with y <= ABI_MINOR; every `realm:tenant/*` import
+      follows the same version rule (a newer minor means functions this host lacks);
+    - besides those, only the WASI p2 interfaces the linker provides;
+    - `run` must be exported.
+    """
+    too_new: list[str] = []
+    unknown: list[str] = []
+    has_host = False
+    for name in sorted(imports):
+        m = _IMPORT_NAME.fullmatch(name)
+        if m is None:
+            unknown.append(name)  # a bare world-level import: nothing of ours has one
+            continue
+        if f"{m['ns']}:{m['pkg']}" == WIT_PACKAGE:
+            v = _SEMVER.fullmatch(m["ver"] or "")
+            if v is None or int(v["major"]) != ABI_MAJOR or int(v["minor"]) > ABI_MINOR:
+                too_new.append(name)
+            elif m["iface"] not in REALM_INTERFACES:
+                unknown.append(name)
+            elif m["iface"] == "host":
+                has_host = True
+        elif m["ns"] == "wasi" and m["pkg"] in WASI_PACKAGES and WASI_VERSION.fullmatch(m["ver"] or ""):
+            pass
+        else:
+            unknown.append(name)
+    speaks = f"{WIT_PACKAGE}/host@{ABI_MAJOR}.0.0 ..= {ABI_MAJOR}.{ABI_MINOR}.x"
+    if too_new:
+        raise _failed(
+            InvocationErrorCode.ABI_UNSUPPORTED,
+            f"the component imports {', '.join(too_new)}; this host speaks {speaks}",
+        )
+    if unknown:
+        raise _failed(
+            InvocationErrorCode.UNKNOWN_IMPORT,
+            f"the component imports what this host does not provide: {', '.join(unknown)}",
+        )
+    if not has_host:
+        raise _failed(
+            InvocationErrorCode.ABI_UNSUPPORTED,
+            f"the component does not import {WIT_PACKAGE}/host (this host speaks {speaks})",
+        )
+    if RUN_EXPORT not in exports:
+        raise _failed(
+            InvocationErrorCode.MISSING_EXPORT,
+            f"the component does not export `{RUN_EXPORT}: func() -> result<_, string>`",
+        )
+
+
+def _is_run_type(ty: object) -> bool:
+    return (
+        isinstance(ty, FuncType)
+        and not ty.params
+        and isinstance(ty.result, ResultType)
+        and ty.result.ok is None
+        and isinstance(ty.result.err, String)
+    )
+
+
+def check_component(engine: Engine, component: Component) -> None:
+    """Reject a component this host cannot run, before any Store exists (check_names's rules,
+    and `run` must have the WIT type `func() -> result<_, string>`)."""
+    ty = component.type
+    imports = ty.imports(engine)
+    exports = ty.exports(engine)
+    check_names(imports.keys(), exports.keys())
+    if not _is_run_type(exports[RUN_EXPORT].ty):
+        raise _failed(
+            InvocationErrorCode.MISSING_EXPORT,
+            f"the component's `{RUN_EXPORT}` is not `func() -> result<_, string>`",
+        )
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+
+def run_component(
+    engine: Engine,
+    store: Store,
+    component: Component,
+    *,
+    wasi: WasiConfig | None = None,
+    keep_store_wasi: bool = False,
+) -> None:
+    """Instantiate `component` in `store` and call its `run` export once.
+
+    The caller binds the invocation (`context.bound`) and sets fuel and the epoch deadline; a
+    trap propagates as the WasmtimeError it is ("wasm trap: interrupt", "... all fuel
+    consumed ..."), and the instance is then dead: the Store must not be used again.
+
+    WASI: the Store gets `wasi`, by default a WasiConfig with nothing (no environment,
+    arguments, preopened directories or inherited stdio; `log` is the tenant's channel). A
+    caller that already called `store.set_wasi` (the runner, to capture stdout/stderr) passes
+    `keep_store_wasi=True`: setting it again would replace its config. Never run a component
+    in a Store without WASI: wasmtime 50's C API panics and aborts the whole process at the
+    guest's first WASI call.
+    """
+    if not keep_store_wasi:
+        store.set_wasi(wasi if wasi is not None else WasiConfig())
+    instance = build_linker(engine).instantiate(store, component)
+    run = instance.get_func(store, RUN_EXPORT)
+    if run is None:
+        raise _failed(InvocationErrorCode.MISSING_EXPORT, f"the component does not export `{RUN_EXPORT}`")
+    outcome = run(store)
+    # result<_, string> lifts untagged: None is ok(()), a str is err(message).
+    if outcome is not None:
+        raise _failed(InvocationErrorCode.TENANT_ERROR, str(outcome), 422)

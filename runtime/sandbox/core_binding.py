@@ -1,0 +1,276 @@
+"""The `realm` import module for core WebAssembly modules: pointer/length pairs and JSON payloads.
+
+The host functions are defined once per `wasmtime.Linker` and find their invocation through
+`context.current()`; every one of them delegates to the `InvocationContext` method of the same
+meaning, so core modules and components are served by one implementation.
+
+Rules every function keeps (docs/abi.md):
+- the guest owns all of its memory; the host only reads the ranges the guest names and writes
+  into the buffer the guest passes to `realm_result_read`;
+- each pointer/length pair is checked against the memory's current size before it is touched
+  (out-of-bounds), lengths are capped at MAX_PAYLOAD_BYTES (too-large);
+- no Python exception ever reaches wasmtime: wasmtime-py keeps the exception of a failed host
+  callback in a process-wide global, which concurrent Stores on other threads could pick up.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pydantic
+import wasmtime
+
+from . import context
+from .abi import (
+    CORE_IMPORT_MODULE,
+    MAX_PAYLOAD_BYTES,
+    ErrorCode,
+    GenerateParams,
+    HostError,
+    LogLevel,
+)
+from .context import InvocationContext
+
+log = logging.getLogger(__name__)
+
+I32 = "i32"
+I64 = "i64"
+
+# name -> (params, results): the core ABI v1. Must stay in step with docs/abi.md.
+SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "realm_host_generate": ((I32, I32), (I64,)),
+    "realm_host_generate_stream": ((I32, I32), (I64,)),
+    "realm_encode_tokens": ((I32, I32, I32, I32), (I64,)),
+    "realm_decode_tokens": ((I32, I32, I32, I32), (I64,)),
+    "realm_host_load_model_by_name": ((I32, I32), (I64,)),
+    "realm_get_model_version": ((I32, I32), (I64,)),
+    "realm_input": ((), (I64,)),
+    "realm_emit": ((I32, I32), (I32,)),
+    "realm_log": ((I32, I32, I32), (I32,)),
+    "realm_result_read": ((I32, I32), (I32,)),
+}
+
+_U32 = 0xFFFFFFFF
+
+
+# ---- per-invocation state ---------------------------------------------------------------------
+
+_state = threading.local()
+
+
+@contextmanager
+def invocation(ctx: InvocationContext) -> Iterator[InvocationContext]:
+    """Bind `ctx` to this thread for one core-module run, with an empty pending result.
+
+    The pending result belongs to the invocation, not to the thread: it is reset on entry and
+    the previous one restored on exit, so nothing leaks from one tenant's run to the next.
+    """
+    previous = getattr(_state, "pending", None)
+    _state.pending = None
+    try:
+        with context.bound(ctx):
+            yield ctx
+    finally:
+        _state.pending = previous
+
+
+def _set_pending(data: bytes | None) -> None:
+    _state.pending = data
+
+
+def _get_pending() -> bytes | None:
+    pending: bytes | None = getattr(_state, "pending", None)
+    return pending
+
+
+# ---- guest memory -----------------------------------------------------------------------------
+
+
+def _memory(caller: wasmtime.Caller) -> tuple[int, int]:
+    """(base address, size in bytes) of the caller's exported memory, read fresh on every call
+    because memory.grow may move it."""
+    mem = caller.get("memory")
+    if not isinstance(mem, wasmtime.Memory):
+        raise HostError(ErrorCode.UNSUPPORTED, "the module exports no memory")
+    size = mem.data_len(caller)
+    base = ctypes.cast(mem.data_ptr(caller), ctypes.c_void_p).value or 0
+    return base, size
+
+
+def _check(size: int, ptr: int, length: int) -> tuple[int, int]:
+    # i32 arguments arrive signed; the guest means them unsigned.
+    ptr &= _U32
+    length &= _U32
+    if ptr + length > size:
+        raise HostError(ErrorCode.OUT_OF_BOUNDS, f"[{ptr}, {ptr + length}) is outside memory of {size} bytes")
+    return ptr, length
+
+
+def read_bytes(caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
+    if length & _U32 > MAX_PAYLOAD_BYTES:
+        raise HostError(ErrorCode.TOO_LARGE, f"{length & _U32} bytes exceed the {MAX_PAYLOAD_BYTES} limit")
+    base, size = _memory(caller)
+    ptr, length = _check(size, ptr, length)
+    if length == 0:
+        return b""
+    return ctypes.string_at(base + ptr, length)
+
+
+def read_text(caller: wasmtime.Caller, ptr: int, length: int) -> str:
+    data = read_bytes(caller, ptr, length)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HostError(ErrorCode.INVALID_UTF8, f"invalid UTF-8 at byte {e.start}") from None
+
+
+def _result(data: bytes) -> int:
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise HostError(ErrorCode.TOO_LARGE, f"the result of {len(data)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    _set_pending(data)
+    return len(data)
+
+
+# ---- the functions ----------------------------------------------------------------------------
+
+
+def _generate(stream: bool) -> Callable[..., int]:
+    def generate(caller: wasmtime.Caller, req_ptr: int, req_len: int) -> int:
+        body = read_text(caller, req_ptr, req_len)
+        try:
+            params = GenerateParams.model_validate_json(body)
+        except pydantic.ValidationError as e:
+            raise HostError(ErrorCode.INVALID_ARGUMENT, _short(e)) from None
+        return _result(context.current().generate(params, stream=stream).model_dump_json().encode())
+
+    return generate
+
+
+def _encode_tokens(caller: wasmtime.Caller, m_ptr: int, m_len: int, t_ptr: int, t_len: int) -> int:
+    model = read_text(caller, m_ptr, m_len)
+    text = read_text(caller, t_ptr, t_len)
+    tokens = context.current().encode_tokens(model, text)
+    try:
+        packed = array.array("I", tokens)
+    except OverflowError:
+        raise HostError(ErrorCode.ENGINE_ERROR, "the tokenizer returned an id outside u32") from None
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return _result(packed.tobytes())
+
+
+def _decode_tokens(caller: wasmtime.Caller, m_ptr: int, m_len: int, t_ptr: int, n_tokens: int) -> int:
+    model = read_text(caller, m_ptr, m_len)
+    n = n_tokens & _U32
+    if n * 4 > MAX_PAYLOAD_BYTES:
+        raise HostError(ErrorCode.TOO_LARGE, f"{n} tokens exceed the {MAX_PAYLOAD_BYTES}-byte limit")
+    tokens = array.array("I")
+    tokens.frombytes(read_bytes(caller, t_ptr, n * 4))
+    if sys.byteorder == "big":
+        tokens.byteswap()
+    return _result(context.current().decode_tokens(model, tokens.tolist()).encode())
+
+
+def _load_model_by_name(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    info = context.current().load_model_by_name(read_text(caller, ptr, length))
+    return _result(info.model_dump_json().encode())
+
+
+def _get_model_version(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    return _result(context.current().get_model_version(read_text(caller, ptr, length)).encode())
+
+
+def _input(caller: wasmtime.Caller) -> int:
+    return _result(context.current().input().encode())
+
+
+def _emit(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    context.current().emit(read_text(caller, ptr, length))
+    return 0
+
+
+def _log(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> int:
+    try:
+        lvl = LogLevel(level)
+    except ValueError:
+        raise HostError(ErrorCode.INVALID_ARGUMENT, f"unknown log level {level}") from None
+    context.current().log(lvl, read_text(caller, ptr, length))
+    return 0
+
+
+def _result_read(caller: wasmtime.Caller, dst_ptr: int, dst_len: int) -> int:
+    base, size = _memory(caller)
+    dst, cap = _check(size, dst_ptr, dst_len)
+    pending = _get_pending()
+    if pending is None:
+        raise HostError(ErrorCode.NO_RESULT, "no result is pending")
+    if cap < len(pending):
+        raise HostError(ErrorCode.BUFFER_TOO_SMALL, f"the result needs {len(pending)} bytes")
+    ctypes.memmove(base + dst, pending, len(pending))
+    _set_pending(None)
+    return len(pending)
+
+
+def _short(e: pydantic.ValidationError) -> str:
+    first = e.errors()[0] if e.errors() else {"loc": (), "msg": str(e)}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{where}: {first.get('msg', '')}"[:500] if where else str(first.get("msg", ""))[:500]
+
+
+_IMPLS: dict[str, Callable[..., int]] = {
+    "realm_host_generate": _generate(stream=False),
+    "realm_host_generate_stream": _generate(stream=True),
+    "realm_encode_tokens": _encode_tokens,
+    "realm_decode_tokens": _decode_tokens,
+    "realm_host_load_model_by_name": _load_model_by_name,
+    "realm_get_model_version": _get_model_version,
+    "realm_input": _input,
+    "realm_emit": _emit,
+    "realm_log": _log,
+    "realm_result_read": _result_read,
+}
+
+
+def _guard(name: str, impl: Callable[..., int], produces_result: bool) -> Callable[..., int]:
+    """Turn every failure into `-code`: the guest decides what to do, the host never traps it.
+
+    Functions that produce a result drop the previous pending result first; when they fail the
+    error message becomes the pending result, so a guest can read why (docs/abi.md).
+    """
+
+    def call(caller: wasmtime.Caller, *args: Any) -> int:
+        if produces_result:
+            _set_pending(None)
+        try:
+            return impl(caller, *args)
+        except HostError as e:
+            if produces_result:
+                _set_pending(e.message.encode("utf-8", "replace")[:MAX_PAYLOAD_BYTES])
+            return -int(e.code)
+        except Exception:
+            log.exception("host function %s failed", name)
+            return -int(ErrorCode.ENGINE_ERROR)
+
+    call.__name__ = name
+    return call
+
+
+def _valtype(name: str) -> wasmtime.ValType:
+    return wasmtime.ValType.i64() if name == I64 else wasmtime.ValType.i32()
+
+
+def define_realm(linker: wasmtime.Linker) -> None:
+    """Define the `realm` import module on `linker` (once: the functions are invocation-free)."""
+    for name, (params, results) in SIGNATURES.items():
+        ty = wasmtime.FuncType([_valtype(p) for p in params], [_valtype(r) for r in results])
+        produces_result = results == (I64,)
+        linker.define_func(
+            CORE_IMPORT_MODULE, name, ty, _guard(name, _IMPLS[name], produces_result), access_caller=True
+        )

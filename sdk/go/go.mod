@@ -1,0 +1,3 @@
+module realm.dev/sdk/go
+
+go 1.24

@@ -1,0 +1,68 @@
+package realm
+
+import "fmt"
+
+// ErrorCode is why a host call failed; the values match ErrorCode in
+// runtime/sandbox/abi.py. An ErrorCode is itself an error, so that
+// errors.Is(err, realm.ErrQuotaExceeded) matches any *HostError with that code.
+type ErrorCode int32
+
+const (
+	ErrInvalidArgument ErrorCode = 1
+	ErrOutOfBounds     ErrorCode = 2
+	ErrModelNotAllowed ErrorCode = 3
+	ErrModelNotFound   ErrorCode = 4
+	ErrQuotaExceeded   ErrorCode = 5
+	ErrEngineError     ErrorCode = 6
+	ErrTooLarge        ErrorCode = 7
+	ErrInvalidUTF8     ErrorCode = 8
+	ErrUnsupported     ErrorCode = 9
+	ErrNoResult        ErrorCode = 10 // realm_result_read with nothing pending
+	ErrBufferTooSmall  ErrorCode = 11 // realm_result_read into a buffer shorter than the result
+)
+
+var codeNames = [...]string{
+	ErrInvalidArgument: "invalid_argument",
+	ErrOutOfBounds:     "out_of_bounds",
+	ErrModelNotAllowed: "model_not_allowed",
+	ErrModelNotFound:   "model_not_found",
+	ErrQuotaExceeded:   "quota_exceeded",
+	ErrEngineError:     "engine_error",
+	ErrTooLarge:        "too_large",
+	ErrInvalidUTF8:     "invalid_utf8",
+	ErrUnsupported:     "unsupported",
+	ErrNoResult:        "no_result",
+	ErrBufferTooSmall:  "buffer_too_small",
+}
+
+// String returns the code's name in snake_case, as abi.py spells it in lower case
+// ("model_not_allowed"), or "error_<n>" for a code this SDK does not know.
+func (c ErrorCode) String() string {
+	if c > 0 && int(c) < len(codeNames) {
+		return codeNames[c]
+	}
+	return fmt.Sprintf("error_%d", int32(c))
+}
+
+func (c ErrorCode) Error() string { return "realm: " + c.String() }
+
+// HostError is a host call that failed.
+type HostError struct {
+	Op   string    // the host function, e.g. "realm_host_generate"
+	Code ErrorCode // what the host returned, negated
+	Name string    // Code.String()
+}
+
+func newHostError(op string, code ErrorCode) *HostError {
+	return &HostError{Op: op, Code: code, Name: code.String()}
+}
+
+func (e *HostError) Error() string {
+	return fmt.Sprintf("realm: %s: %s (%d)", e.Op, e.Name, int32(e.Code))
+}
+
+// Is reports whether target is the ErrorCode of e, for errors.Is.
+func (e *HostError) Is(target error) bool {
+	c, ok := target.(ErrorCode)
+	return ok && c == e.Code
+}

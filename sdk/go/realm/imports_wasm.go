@@ -1,0 +1,49 @@
+//go:build wasm
+
+package realm
+
+import "unsafe"
+
+// The `realm` import module, core-module ABI v1 (docs/abi.md). Pointers are offsets into
+// this module's linear memory: Go lowers unsafe.Pointer to i32 and keeps the pointee alive
+// for the duration of the call; its garbage collector does not move objects.
+// Results of i64 functions are the byte length of a pending result (>= 0) or -ErrorCode.
+
+//go:wasmimport realm realm_host_generate
+func hostGenerate(reqPtr unsafe.Pointer, reqLen uint32) int64
+
+//go:wasmimport realm realm_host_generate_stream
+func hostGenerateStream(reqPtr unsafe.Pointer, reqLen uint32) int64
+
+//go:wasmimport realm realm_encode_tokens
+func hostEncodeTokens(modelPtr unsafe.Pointer, modelLen uint32, textPtr unsafe.Pointer, textLen uint32) int64
+
+//go:wasmimport realm realm_decode_tokens
+func hostDecodeTokens(modelPtr unsafe.Pointer, modelLen uint32, tokensPtr unsafe.Pointer, nTokens uint32) int64
+
+//go:wasmimport realm realm_host_load_model_by_name
+func hostLoadModelByName(namePtr unsafe.Pointer, nameLen uint32) int64
+
+//go:wasmimport realm realm_get_model_version
+func hostGetModelVersion(namePtr unsafe.Pointer, nameLen uint32) int64
+
+//go:wasmimport realm realm_input
+func hostInput() int64
+
+//go:wasmimport realm realm_emit
+func hostEmit(ptr unsafe.Pointer, n uint32) int32
+
+//go:wasmimport realm realm_log
+func hostLog(level int32, ptr unsafe.Pointer, n uint32) int32
+
+//go:wasmimport realm realm_result_read
+func hostResultRead(dst unsafe.Pointer, n uint32) int32
+
+// realm_run and realm_abi_version are exported from here so that a tenant's main package
+// only has to call Run.
+
+//go:wasmexport realm_abi_version
+func abiVersion() int32 { return ABIVersion }
+
+//go:wasmexport realm_run
+func run() int32 { return runHandler() }

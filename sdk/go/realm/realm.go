@@ -1,0 +1,197 @@
+package realm
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"unsafe"
+)
+
+// ABI version this SDK speaks: (major << 16) | minor, exported as realm_abi_version.
+const (
+	ABIMajor   = 1
+	ABIMinor   = 0
+	ABIVersion = ABIMajor<<16 | ABIMinor
+)
+
+// GenerateParams is one generation request. Zero values mean the host's defaults
+// (max_tokens 64, top_p 1, top_k off, no stop strings, no seed); Temperature 0 is greedy.
+type GenerateParams struct {
+	Model       string   `json:"model"`
+	Prompt      string   `json:"prompt"`
+	MaxTokens   int      `json:"max_tokens,omitempty"`
+	Temperature float64  `json:"temperature"`
+	TopP        float64  `json:"top_p,omitempty"`
+	TopK        int      `json:"top_k,omitempty"`
+	Stop        []string `json:"stop,omitempty"` // at most 4
+	Seed        *uint64  `json:"seed,omitempty"`
+}
+
+// Generation is a finished completion.
+type Generation struct {
+	Text             string `json:"text"`
+	FinishReason     string `json:"finish_reason"` // "stop" or "length"
+	PromptTokens     int    `json:"prompt_tokens"`
+	CompletionTokens int    `json:"completion_tokens"`
+}
+
+// ModelInfo describes a model the tenant may use.
+type ModelInfo struct {
+	Name            string `json:"name"`
+	Version         string `json:"version"`
+	Engine          string `json:"engine"`
+	ContextLength   int    `json:"context_length"`
+	VocabSize       int    `json:"vocab_size"`
+	HasChatTemplate bool   `json:"has_chat_template"`
+}
+
+// LogLevel is the severity of a Log message.
+type LogLevel int32
+
+const (
+	LevelDebug LogLevel = 0
+	LevelInfo  LogLevel = 1
+	LevelWarn  LogLevel = 2
+	LevelError LogLevel = 3
+)
+
+// Generate runs a completion to the end; the sequence joins the runtime's shared batch.
+func Generate(p GenerateParams) (Generation, error) {
+	return generate("realm_host_generate", hostGenerate, p)
+}
+
+// GenerateStream is Generate, and the text also goes to the invocation's output as it is
+// produced (the caller sees it at once when it streams).
+func GenerateStream(p GenerateParams) (Generation, error) {
+	return generate("realm_host_generate_stream", hostGenerateStream, p)
+}
+
+func generate(op string, call func(unsafe.Pointer, uint32) int64, p GenerateParams) (Generation, error) {
+	var g Generation
+	req, err := json.Marshal(p)
+	if err != nil {
+		return g, fmt.Errorf("realm: %s: %w", op, err)
+	}
+	res, err := takeResult(op, call(bytesPtr(req), uint32(len(req))))
+	if err != nil {
+		return g, err
+	}
+	if err := json.Unmarshal(res, &g); err != nil {
+		return g, fmt.Errorf("realm: %s: bad result: %w", op, err)
+	}
+	return g, nil
+}
+
+// Encode tokenizes text with the model's tokenizer.
+func Encode(model, text string) ([]uint32, error) {
+	const op = "realm_encode_tokens"
+	res, err := takeResult(op, hostEncodeTokens(strPtr(model), uint32(len(model)), strPtr(text), uint32(len(text))))
+	if err != nil {
+		return nil, err
+	}
+	if len(res)%4 != 0 {
+		return nil, fmt.Errorf("realm: %s: result of %d bytes is not a u32 array", op, len(res))
+	}
+	tokens := make([]uint32, len(res)/4)
+	for i := range tokens {
+		tokens[i] = binary.LittleEndian.Uint32(res[4*i:])
+	}
+	return tokens, nil
+}
+
+// Decode turns tokens back into text.
+func Decode(model string, tokens []uint32) (string, error) {
+	// WebAssembly is little-endian, so a []uint32 already is the LE u32 array the host reads.
+	n := hostDecodeTokens(strPtr(model), uint32(len(model)), unsafe.Pointer(unsafe.SliceData(tokens)), uint32(len(tokens)))
+	res, err := takeResult("realm_decode_tokens", n)
+	return string(res), err
+}
+
+// LoadModel describes a model; models the tenant may not use fail with ErrModelNotAllowed.
+func LoadModel(name string) (ModelInfo, error) {
+	const op = "realm_host_load_model_by_name"
+	var info ModelInfo
+	res, err := takeResult(op, hostLoadModelByName(strPtr(name), uint32(len(name))))
+	if err != nil {
+		return info, err
+	}
+	if err := json.Unmarshal(res, &info); err != nil {
+		return info, fmt.Errorf("realm: %s: bad result: %w", op, err)
+	}
+	return info, nil
+}
+
+// ModelVersion returns the version of the model the runtime serves under name.
+func ModelVersion(name string) (string, error) {
+	res, err := takeResult("realm_get_model_version", hostGetModelVersion(strPtr(name), uint32(len(name))))
+	return string(res), err
+}
+
+// Input returns the invocation's input: the request's JSON body, as text.
+func Input() ([]byte, error) {
+	return takeResult("realm_input", hostInput())
+}
+
+// DecodeInput unmarshals the invocation's JSON input into v.
+func DecodeInput(v any) error {
+	in, err := Input()
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(in, v); err != nil {
+		return fmt.Errorf("realm: input: %w", err)
+	}
+	return nil
+}
+
+// Emit appends a chunk to the invocation's output.
+func Emit(chunk string) error {
+	if rc := hostEmit(strPtr(chunk), uint32(len(chunk))); rc != 0 {
+		return newHostError("realm_emit", ErrorCode(-rc))
+	}
+	return nil
+}
+
+// EmitJSON appends v, marshalled as JSON, to the invocation's output.
+func EmitJSON(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("realm: emit: %w", err)
+	}
+	if rc := hostEmit(bytesPtr(b), uint32(len(b))); rc != 0 {
+		return newHostError("realm_emit", ErrorCode(-rc))
+	}
+	return nil
+}
+
+// Log writes a message to the runtime's log for this tenant. Logging never fails the
+// tenant: a message the host refuses is dropped.
+func Log(level LogLevel, msg string) {
+	hostLog(int32(level), strPtr(msg), uint32(len(msg)))
+}
+
+// Logf is Log with fmt.Sprintf formatting.
+func Logf(level LogLevel, format string, args ...any) {
+	Log(level, fmt.Sprintf(format, args...))
+}
+
+// takeResult turns an i64 host result into the pending result's bytes, or a *HostError.
+func takeResult(op string, n int64) ([]byte, error) {
+	if n < 0 {
+		return nil, newHostError(op, ErrorCode(-n))
+	}
+	buf := make([]byte, n)
+	got := hostResultRead(bytesPtr(buf), uint32(n))
+	if got < 0 {
+		return nil, newHostError(op, ErrorCode(-got))
+	}
+	if int64(got) != n {
+		return nil, fmt.Errorf("realm: %s: host copied %d of %d result bytes", op, got, n)
+	}
+	return buf, nil
+}
+
+func bytesPtr(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }
+
+// strPtr is the address of s's bytes; the host only reads them.
+func strPtr(s string) unsafe.Pointer { return unsafe.Pointer(unsafe.StringData(s)) }

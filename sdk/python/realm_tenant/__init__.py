@@ -1,0 +1,185 @@
+"""Realm tenant SDK for Python: write the orchestration, the runtime serves the models.
+
+A tenant is a WebAssembly component built by componentize-py against the WIT world
+`realm:tenant/tenant` (runtime/sandbox/wit/tenant.wit). componentize-py looks for a class
+named `WitWorld` in the app module; subclass `Tenant` (or wrap a function with `tenant`):
+
+    import realm_tenant as rt
+
+    class WitWorld(rt.Tenant):
+        def handle(self, request):
+            g = rt.generate(request["question"], model="smollm2-135m-instruct", max_tokens=32)
+            return {"answer": g.text}
+
+`handle` gets the invocation's input as parsed JSON; what it returns (unless None) is emitted
+as JSON. Errors it raises fail the invocation with code tenant_error and their message.
+Host calls that fail raise `RealmError` with the ABI's error code ("model-not-allowed", ...).
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from . import prompts
+from ._backend import GenerateParams, Generation, LogLevel, ModelInfo, RealmError, host
+from .prompts import chatml, gemma
+
+__all__ = [
+    "GenerateParams",
+    "Generation",
+    "LogLevel",
+    "ModelInfo",
+    "RealmError",
+    "Tenant",
+    "chatml",
+    "decode",
+    "emit",
+    "emit_json",
+    "encode",
+    "gemma",
+    "generate",
+    "generate_stream",
+    "input_json",
+    "input_text",
+    "load_model",
+    "log",
+    "model_version",
+    "prompts",
+    "tenant",
+]
+
+
+def _params(
+    prompt: str,
+    model: str,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    stop: Iterable[str],
+    seed: int | None,
+) -> GenerateParams:
+    return GenerateParams(model, prompt, max_tokens, temperature, top_p, top_k, tuple(stop), seed)
+
+
+def generate(
+    prompt: str,
+    *,
+    model: str,
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop: Iterable[str] = (),
+    seed: int | None = None,
+) -> Generation:
+    """A whole completion of `prompt` (raw text: apply the model's chat template yourself,
+    e.g. with `chatml` or `gemma`). temperature 0 is greedy. At most 4 stop strings."""
+    p = _params(prompt, model, max_tokens, temperature, top_p, top_k, stop, seed)
+    return host().generate(p, stream=False)
+
+
+def generate_stream(
+    prompt: str,
+    *,
+    model: str,
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop: Iterable[str] = (),
+    seed: int | None = None,
+) -> Generation:
+    """Like `generate`, and every piece of text also goes to the caller as it is produced
+    (the host emits it: do not emit `.text` again unless you want it twice)."""
+    p = _params(prompt, model, max_tokens, temperature, top_p, top_k, stop, seed)
+    return host().generate(p, stream=True)
+
+
+def encode(model: str, text: str) -> list[int]:
+    return host().encode_tokens(model, text)
+
+
+def decode(model: str, tokens: Sequence[int]) -> str:
+    return host().decode_tokens(model, tokens)
+
+
+def load_model(name: str) -> ModelInfo:
+    """Information about a model this tenant may use (others: RealmError "model-not-allowed")."""
+    return host().load_model_by_name(name)
+
+
+def model_version(name: str) -> str:
+    return host().get_model_version(name)
+
+
+def input_text() -> str:
+    """The invocation's input: the HTTP request's JSON body, as text."""
+    return host().input()
+
+
+def input_json() -> Any:
+    """The invocation's input parsed as JSON; None when it is empty."""
+    text = input_text()
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"the input is not JSON: {e}") from None
+
+
+def emit(chunk: str) -> None:
+    """Append text to the invocation's output (sent at once when the caller streams)."""
+    host().emit(chunk)
+
+
+def emit_json(value: Any) -> None:
+    emit(json.dumps(value, ensure_ascii=False))
+
+
+def log(message: str, level: LogLevel = "info") -> None:
+    """A line in the runtime's log, attributed to this tenant."""
+    host().log(level, message)
+
+
+class Tenant:
+    """Base class for the app's `WitWorld`: override `handle` (JSON in, JSON out) or `main`
+    (raw: read `input_text()`, `emit` what you like). Leave `run` alone: it is the export."""
+
+    def handle(self, request: Any) -> Any:
+        raise NotImplementedError("override Tenant.handle(request) or Tenant.main()")
+
+    def main(self) -> None:
+        result = self.handle(input_json())
+        if result is not None:
+            emit_json(result)
+
+    def run(self) -> None:
+        # The component's export `run: func() -> result<_, string>`: returning is ok(()), the
+        # bindings' Err(message) is err(message). Any other exception escaping into
+        # componentize-py would trap the instance instead of failing cleanly, so all of them
+        # become err(...) here.
+        try:
+            self.main()
+        except RealmError as e:
+            raise host().fail(str(e)) from None
+        except Exception as e:
+            if type(e).__name__ == "Err":  # already the bindings' error: pass it through
+                raise
+            log("".join(traceback.format_exception(e))[-4000:], "error")
+            raise host().fail(f"{type(e).__name__}: {e}") from None
+
+
+def tenant(handle: Callable[[Any], Any]) -> type[Tenant]:
+    """`WitWorld = tenant(handle)`: a Tenant whose `handle` is this function."""
+
+    class _FunctionTenant(Tenant):
+        def handle(self, request: Any) -> Any:
+            return handle(request)
+
+    _FunctionTenant.__name__ = _FunctionTenant.__qualname__ = getattr(handle, "__name__", "Tenant")
+    return _FunctionTenant

@@ -1,0 +1,130 @@
+"""Run a tenant's logic on plain CPython, without building a component.
+
+    from realm_tenant.testing import FakeHost
+    import app
+
+    host = FakeHost(input={"question": "hi"}, generate=lambda p: "Hello!")
+    result = host.run(app.WitWorld)
+    assert result.ok and result.json() == {"answer": "Hello!"}
+
+This checks your code, not the build or the runtime: `realm tenant build` and an invocation
+against a runtime (see sdk/python/README.md) do that.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _backend
+from ._backend import GenerateParams, Generation, LogLevel, ModelInfo, RealmError
+
+GenerateFn = Callable[[GenerateParams], "str | Generation"]
+
+
+class TenantFailed(Exception):
+    """What `run` returning err(message) looks like on CPython."""
+
+
+@dataclass
+class Result:
+    ok: bool
+    output: str
+    error: str | None
+    chunks: list[str]
+    logs: list[tuple[LogLevel, str]]
+    calls: list[GenerateParams]
+
+    def json(self) -> Any:
+        return json.loads(self.output)
+
+
+@dataclass
+class FakeHost:
+    """A host with canned models. `generate` returns the completion text (or a Generation);
+    streaming emits it word by word. Tokens are code points, so encode/decode round-trip."""
+
+    input: Any = None  # a str is passed as is; anything else is JSON-encoded
+    generate: GenerateFn = lambda p: ""
+    models: dict[str, str] = field(
+        default_factory=lambda: {"smollm2-135m-instruct": "1", "gemma-3-270m": "1"}
+    )  # allowed model -> version
+    chunks: list[str] = field(default_factory=list)
+    logs: list[tuple[LogLevel, str]] = field(default_factory=list)
+    calls: list[GenerateParams] = field(default_factory=list)
+
+    # ---- the Host protocol --------------------------------------------------------------
+
+    def _model(self, name: str) -> str:
+        if name not in self.models:
+            raise RealmError("model-not-allowed", f"model {name!r} is not allowed for this tenant")
+        return self.models[name]
+
+    def generate_(self, params: GenerateParams, *, stream: bool) -> Generation:
+        self._model(params.model)
+        self.calls.append(params)
+        out = self.generate(params)
+        g = out if isinstance(out, Generation) else Generation(out, "stop", len(params.prompt), len(out))
+        if stream:
+            for word in g.text.split(" "):
+                self.chunks.append(word if not self.chunks or not word else " " + word)
+        return g
+
+    def encode_tokens(self, model: str, text: str) -> list[int]:
+        self._model(model)
+        return [ord(c) for c in text]
+
+    def decode_tokens(self, model: str, tokens: Sequence[int]) -> str:
+        self._model(model)
+        return "".join(chr(t) for t in tokens)
+
+    def load_model_by_name(self, name: str) -> ModelInfo:
+        return ModelInfo(name, self._model(name), "fake", 2048, 0x110000, True)
+
+    def get_model_version(self, name: str) -> str:
+        return self._model(name)
+
+    def input_(self) -> str:
+        return self.input if isinstance(self.input, str) else json.dumps(self.input)
+
+    def emit(self, chunk: str) -> None:
+        self.chunks.append(chunk)
+
+    def log(self, level: LogLevel, message: str) -> None:
+        self.logs.append((level, message))
+
+    def fail(self, message: str) -> Exception:
+        return TenantFailed(message)
+
+    # ---- running a tenant ---------------------------------------------------------------
+
+    def run(self, world: type[Any] | Callable[[], Any]) -> Result:
+        """Instantiate the app's WitWorld and call `run`, as the runtime would."""
+        previous = _backend.install(_Adapter(self))
+        self.chunks.clear()
+        error = None
+        try:
+            world().run()
+        except TenantFailed as e:
+            error = str(e)
+        finally:
+            _backend.install(previous)
+        return Result(error is None, "".join(self.chunks), error, list(self.chunks), self.logs, self.calls)
+
+
+class _Adapter:
+    """FakeHost's fields `generate` and `input` shadow the protocol's method names."""
+
+    def __init__(self, fake: FakeHost) -> None:
+        self._f = fake
+
+    def generate(self, params: GenerateParams, *, stream: bool) -> Generation:
+        return self._f.generate_(params, stream=stream)
+
+    def input(self) -> str:
+        return self._f.input_()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)

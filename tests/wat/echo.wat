@@ -1,0 +1,16 @@
+;; Emits its input unchanged. Also a reactor: realm_run refuses to run before _initialize.
+(module
+  (import "realm" "realm_input" (func $input (result i64)))
+  (import "realm" "realm_result_read" (func $read (param i32 i32) (result i32)))
+  (import "realm" "realm_emit" (func $emit (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $ready (mut i32) (i32.const 0))
+  (func (export "_initialize") (global.set $ready (i32.const 1)))
+  (func (export "realm_abi_version") (result i32) (i32.const 0x10000))
+  (func (export "realm_run") (result i32)
+    (local $n i32)
+    (if (i32.eqz (global.get $ready)) (then (return (i32.const 99))))
+    (drop (call $input))
+    (local.set $n (call $read (i32.const 1024) (i32.const 64512)))
+    (if (i32.lt_s (local.get $n) (i32.const 0)) (then (return (i32.const 98))))
+    (call $emit (i32.const 1024) (local.get $n))))

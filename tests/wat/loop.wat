@@ -1,0 +1,7 @@
+;; Never returns: stopped by the deadline (epoch) or by fuel.
+(module
+  (memory (export "memory") 1)
+  (func (export "realm_abi_version") (result i32) (i32.const 0x10000))
+  (func (export "realm_run") (result i32)
+    (loop $forever (br $forever))
+    (i32.const 0)))
