@@ -19,3 +19,4 @@ lint:
 bench:
 	scripts/bootstrap.sh test,bench
 	.venv/bin/python bench/bench_runtime.py $(ARGS)
+	.venv/bin/python bench/bench_sandbox.py
