@@ -7,9 +7,10 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -202,3 +203,28 @@ def test_invocation_metrics(base: str) -> None:
     assert 'realm_wasm_invocations_total{outcome="success",tenant="alpha"}' in text
     assert 'realm_wasm_invocations_total{outcome="wasm_timeout",tenant="slow"}' in text
     assert "realm_wasm_host_calls_total" in text and "realm_wasm_invocation_seconds_bucket" in text
+
+
+@pytest.mark.parametrize("lang", ["go", "python"])
+@pytest.mark.parametrize(
+    ("example", "body", "check"),
+    [
+        ("echo", {"x": [1, "ü"]}, lambda out: out == {"x": [1, "ü"]}),
+        ("chat", {"question": "What is the capital of France?"}, lambda out: "Paris" in out["answer"]),
+        ("chain", {"question": "What is the sea?"}, lambda out: bool(out["draft"] and out["answer"])),
+        (
+            "stream",
+            {"prompt": "Once upon a time", "max_tokens": 12},
+            lambda out: "completion tokens" in out["output"],
+        ),
+    ],
+)
+def test_every_example_runs_against_the_real_models(
+    base: str, lang: str, example: str, body: dict[str, object], check: Callable[[Any], bool]
+) -> None:
+    """Each SDK example, built from sdk/ by the tests, on SmolLM2 and Gemma through the HTTP API."""
+    wasm = build_go_example(example) if lang == "go" else build_example(example)
+    assert deploy(base, "alpha", wasm).status_code == 200
+    r = invoke(base, "alpha", body)
+    assert r.status_code == 200, r.text
+    assert check(r.json()), r.json()

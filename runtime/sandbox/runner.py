@@ -147,7 +147,18 @@ class Sandbox:
         if version is None:
             version = self._check_core(artifact) if kind == "core" else self._check_component(artifact)
             self._cache.remember_abi(sha, version)
-        return TenantModule(tenant=tenant, sha256=sha, kind=kind, abi_version=version, artifact=artifact)
+        needs_wasi = kind == "component" or any(
+            imp.module == "wasi_snapshot_preview1"
+            for imp in artifact.imports  # type: ignore[union-attr]
+        )
+        return TenantModule(
+            tenant=tenant,
+            sha256=sha,
+            kind=kind,
+            abi_version=version,
+            artifact=artifact,
+            needs_wasi=needs_wasi,
+        )
 
     def deploy(self, tenant: str, wasm: bytes) -> TenantModule:
         module = self.load(tenant, wasm)
@@ -222,7 +233,7 @@ class Sandbox:
     def _invoke_sync(
         self, module: TenantModule, ctx: InvocationContext, limits: SandboxLimits
     ) -> InvocationResult:
-        store = self._store(limits, component=module.kind == "component")
+        store = self._store(limits, component=module.kind == "component", wasi=module.needs_wasi)
         fuel = limits.fuel if limits.fuel is not None else UNLIMITED_FUEL
         started = time.perf_counter()
         memory: Callable[[], int] = lambda: 0  # noqa: E731
@@ -290,7 +301,7 @@ class Sandbox:
                 pre = self._pres.setdefault(module.sha256, pre)
         return pre
 
-    def _store(self, limits: SandboxLimits, *, component: bool = False) -> wasmtime.Store:
+    def _store(self, limits: SandboxLimits, *, component: bool = False, wasi: bool = True) -> wasmtime.Store:
         store = wasmtime.Store(self._engine)
         count = max(limits.instances, COMPONENT_MIN_INSTANCES) if component else limits.instances
         store.set_limits(
@@ -307,7 +318,8 @@ class Sandbox:
         # Nothing inherited: no environment, arguments, files; stdout and stderr go nowhere
         # (`realm_log` is the tenant's channel). Capturing them with `stdout_custom` makes
         # wasmtime's I/O threads call into Python, which aborts noisily at interpreter exit.
-        store.set_wasi(wasmtime.WasiConfig())
+        if wasi:
+            store.set_wasi(wasmtime.WasiConfig())
         return store
 
     # ---- lifecycle --------------------------------------------------------------------------
