@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy runtime realm
+.venv/bin/mypy runtime realm operator
 .venv/bin/python -m pytest -q "$@"

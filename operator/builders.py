@@ -1,0 +1,412 @@
+"""Pure functions from a Model (and the tenants allowed to use it) to the Kubernetes objects that serve it.
+
+No cluster access and no kopf: the handlers call these, compare the result with what is in the cluster
+and write only the difference. That only works if the output is a function of the input alone, so
+nothing here reads the clock, the environment or random sources, lists come out in a fixed order, and
+the ConfigMap text is dumped with sorted keys.
+
+Layout per Model `m` with versions `v`:
+- ConfigMap `m-v-config`: the RuntimeConfig document (`config.yaml`) the pods read;
+- Deployment `m-v` and Service `m-v` per version;
+- either an HTTPRoute `m` splitting traffic by weight across the version Services (when a Gateway is
+  given), or a Service `m` selecting every version's pods (the split then follows ready replicas:
+  versions with weight 0 run no replicas, the others run the same number).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from realm.runtime.spec.model import MODEL_NAME_PATTERN, ModelSpec, ModelVersion
+from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig, TenantEntry
+from realm.runtime.spec.status import API_VERSION
+from realm.runtime.spec.tenant import TenantSpec
+
+Manifest = dict[str, Any]
+
+PORT = 8000
+CONFIG_DIR = "/etc/realm"
+CONFIG_KEY = "config.yaml"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+WEIGHTS_DIR = "/models"
+RUN_AS = 10001
+GPU_RESOURCE = "nvidia.com/gpu"
+LABEL_MODEL = "realm.dev/model"
+LABEL_VERSION = "realm.dev/model-version"
+# Rolls the pods when the model section changes; tenant changes are hot-reloaded by the runtime.
+ANNOTATION_MODEL_CONFIG = "realm.dev/model-config-sha256"
+
+
+@dataclass(frozen=True)
+class ModelResource:
+    """The parts of a Model object the builders use."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: ModelSpec
+
+    def __post_init__(self) -> None:
+        if not re.match(MODEL_NAME_PATTERN, self.name):
+            raise ValueError(f"model name {self.name!r} must match {MODEL_NAME_PATTERN}")
+
+
+@dataclass(frozen=True)
+class PublishedTenant:
+    """A tenant as the operator publishes it: the spec and the sha256 of its API keys (never the keys)."""
+
+    name: str
+    spec: TenantSpec
+    api_key_sha256: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GatewayRef:
+    """The Gateway API Gateway (and optional listener) the model's HTTPRoute attaches to."""
+
+    name: str
+    namespace: str | None = None
+    section_name: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    gateway: GatewayRef | None = None  # set: HTTPRoute with weights; unset: one stable Service
+    hostnames: tuple[str, ...] = ()
+    service_account: str | None = None
+    modules_dir: str | None = None
+    extra_labels: tuple[tuple[str, str], ...] = field(default=())
+
+
+# Names and metadata -------------------------------------------------------------------------------
+
+
+def version_name(model: ModelResource, version: str) -> str:
+    # At most 42 + 1 + 20 = 63 characters, a valid DNS-1035 label (the CRD enforces both lengths).
+    return f"{model.name}-{version}"
+
+
+def config_map_name(model: ModelResource, version: str) -> str:
+    return f"{version_name(model, version)}-config"
+
+
+def labels(model: ModelResource, version: str | None, opts: BuildOptions) -> dict[str, str]:
+    out = {
+        "app.kubernetes.io/name": "realm-runtime",
+        "app.kubernetes.io/instance": model.name,
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/part-of": "realm",
+        "app.kubernetes.io/managed-by": "realm-operator",
+        LABEL_MODEL: model.name,
+    }
+    if version is not None:
+        out[LABEL_VERSION] = version
+    out.update(dict(opts.extra_labels))
+    return dict(sorted(out.items()))
+
+
+def selector(model: ModelResource, version: str | None) -> dict[str, str]:
+    # Only labels that never change for a pod: a Deployment's selector is immutable.
+    sel = {LABEL_MODEL: model.name}
+    if version is not None:
+        sel[LABEL_VERSION] = version
+    return sel
+
+
+def owner_reference(model: ModelResource) -> Manifest:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Model",
+        "name": model.name,
+        "uid": model.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(name: str, model: ModelResource, version: str | None, opts: BuildOptions) -> Manifest:
+    return {
+        "name": name,
+        "namespace": model.namespace,
+        "labels": labels(model, version, opts),
+        "ownerReferences": [owner_reference(model)],
+    }
+
+
+def _version(model: ModelResource, version: str) -> ModelVersion:
+    for v in model.spec.versions:
+        if v.name == version:
+            return v
+    raise KeyError(f"model {model.name} has no version {version}")
+
+
+# Runtime config -----------------------------------------------------------------------------------
+
+
+def _weights(v: ModelVersion) -> tuple[str, Manifest | None, Manifest | None]:
+    """The source as the runtime sees it, and the volume and mount it needs (pvc:// only)."""
+    if not v.source.startswith("pvc://"):
+        return v.source, None, None
+    claim, _, rest = v.source.removeprefix("pvc://").partition("/")
+    mount = f"{WEIGHTS_DIR}/{claim}"
+    volume = {"name": "weights", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+    return f"{mount}/{rest}", volume, {"name": "weights", "mountPath": mount, "readOnly": True}
+
+
+def model_config(model: ModelResource, version: str) -> ModelConfig:
+    v = _version(model, version)
+    rt = model.spec.runtime
+    return ModelConfig(
+        # Clients ask for the Model's name; which version answers is the traffic split's business.
+        name=model.name,
+        engine=v.engine,
+        source=_weights(v)[0],
+        context_length=rt.context_length,
+        kv_cache_tokens=rt.kv_cache_tokens,
+        max_batch=rt.max_batch,
+        prefill_chunk=rt.prefill_chunk,
+        threads=rt.threads,
+        chat_template=v.chat_template,
+        engine_args=dict(sorted(v.engine_args.items())),
+    )
+
+
+def runtime_config(
+    model: ModelResource, version: str, tenants: Iterable[PublishedTenant], modules_dir: str | None = None
+) -> RuntimeConfig:
+    """The document one version's pods read: that version as the only model, and its allowed tenants."""
+    allowed = sorted((t for t in tenants if model.name in t.spec.allowed_models), key=lambda t: t.name)
+    return RuntimeConfig(
+        models=[model_config(model, version)],
+        tenants=[
+            TenantEntry(name=t.name, api_key_sha256=sorted(t.api_key_sha256), spec=t.spec) for t in allowed
+        ],
+        modules_dir=modules_dir,
+    )
+
+
+def _dump(config: RuntimeConfig) -> str:
+    doc = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False)
+
+
+def model_config_digest(config: RuntimeConfig) -> str:
+    models = [m.model_dump(mode="json", by_alias=True) for m in config.models]
+    return hashlib.sha256(json.dumps(models, sort_keys=True).encode()).hexdigest()
+
+
+def config_map(
+    model: ModelResource, version: str, tenants: Iterable[PublishedTenant], opts: BuildOptions
+) -> Manifest:
+    config = runtime_config(model, version, tenants, opts.modules_dir)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(config_map_name(model, version), model, version, opts),
+        "data": {CONFIG_KEY: _dump(config)},
+    }
+
+
+# Workloads ----------------------------------------------------------------------------------------
+
+
+def replicas_for(model: ModelResource, version: str) -> int | None:
+    """Replicas to write into the Deployment; None leaves the count to the autoscaler."""
+    if version not in model.spec.serving_versions():
+        return 0  # kept (cheap to bring back), but no GPU held
+    if model.spec.autoscaling is not None:
+        return None
+    return model.spec.replicas if model.spec.replicas is not None else 1
+
+
+def _resources(spec: ModelSpec) -> Manifest:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    r = spec.resources
+    if r.cpu is not None:
+        requests["cpu"] = r.cpu
+    if r.memory is not None:
+        requests["memory"] = limits["memory"] = r.memory
+    if r.gpu > 0:
+        # Extended resources cannot be overcommitted: request and limit must be equal.
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(r.gpu)
+    out: Manifest = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def deployment(
+    model: ModelResource, version: str, tenants: Iterable[PublishedTenant], opts: BuildOptions
+) -> Manifest:
+    spec = model.spec
+    v = _version(model, version)
+    _, weights_volume, weights_mount = _weights(v)
+    config = runtime_config(model, version, tenants, opts.modules_dir)
+
+    # The whole folder is mounted (no subPath) so ConfigMap updates reach the pod and the runtime
+    # reloads tenants without a restart.
+    mounts: list[Manifest] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[Manifest] = [
+        {"name": "config", "configMap": {"name": config_map_name(model, version)}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if weights_volume is not None and weights_mount is not None:
+        mounts.append(weights_mount)
+        volumes.append(weights_volume)
+    if opts.modules_dir is not None:
+        mounts.append({"name": "modules", "mountPath": opts.modules_dir})
+        volumes.append({"name": "modules", "emptyDir": {}})
+
+    container: Manifest = {
+        "name": "runtime",
+        "image": opts.image,
+        "imagePullPolicy": opts.image_pull_policy,
+        "command": ["realm", "serve", "--config", CONFIG_PATH, "--host", "0.0.0.0", "--port", str(PORT)],
+        "env": [{"name": "HOME", "value": "/tmp"}],  # the root filesystem is read-only
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        # /healthz answers as soon as the server is up; /readyz only once the model is loaded, so a
+        # slow load delays traffic without the liveness probe killing the pod.
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "resources": _resources(spec),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": mounts,
+    }
+    pod_spec: Manifest = {
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # The runtime drains in-flight generations on SIGTERM.
+        "terminationGracePeriodSeconds": 60,
+        "enableServiceLinks": False,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(sorted(spec.node_selector.items()))
+    if spec.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
+    if opts.service_account is not None:
+        pod_spec["serviceAccountName"] = opts.service_account
+
+    # GPUs are scarce: surging would need a spare one, so GPU pods replace one at a time instead.
+    rolling = (
+        {"maxSurge": 0, "maxUnavailable": 1}
+        if spec.resources.gpu > 0
+        else {"maxSurge": 1, "maxUnavailable": 0}
+    )
+    dep_spec: Manifest = {
+        "selector": {"matchLabels": selector(model, version)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
+        "revisionHistoryLimit": 3,
+        "template": {
+            "metadata": {
+                "labels": labels(model, version, opts),
+                "annotations": {ANNOTATION_MODEL_CONFIG: model_config_digest(config)},
+            },
+            "spec": pod_spec,
+        },
+    }
+    replicas = replicas_for(model, version)
+    if replicas is not None:
+        dep_spec["replicas"] = replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(version_name(model, version), model, version, opts),
+        "spec": dep_spec,
+    }
+
+
+def _service(name: str, model: ModelResource, version: str | None, opts: BuildOptions) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, model, version, opts),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(model, version),
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def version_service(model: ModelResource, version: str, opts: BuildOptions) -> Manifest:
+    return _service(version_name(model, version), model, version, opts)
+
+
+def stable_service(model: ModelResource, opts: BuildOptions) -> Manifest:
+    """One Service over every version's pods, for clusters without Gateway API."""
+    return _service(model.name, model, None, opts)
+
+
+def http_route(model: ModelResource, gateway: GatewayRef, opts: BuildOptions) -> Manifest:
+    """The weighted split as a Gateway API HTTPRoute over the per-version Services."""
+    parent: Manifest = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name}
+    if gateway.namespace is not None:
+        parent["namespace"] = gateway.namespace
+    if gateway.section_name is not None:
+        parent["sectionName"] = gateway.section_name
+    backends = [
+        {"name": version_name(model, t.version), "port": PORT, "weight": t.weight}
+        for t in model.spec.effective_traffic()
+        if t.weight > 0
+    ]
+    spec: Manifest = {
+        "parentRefs": [parent],
+        "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": backends}],
+    }
+    if opts.hostnames:
+        spec["hostnames"] = list(opts.hostnames)
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": _metadata(model.name, model, None, opts),
+        "spec": spec,
+    }
+
+
+def build_all(model: ModelResource, tenants: Sequence[PublishedTenant], opts: BuildOptions) -> list[Manifest]:
+    """Everything the Model owns, in a fixed order (per version: ConfigMap, Deployment, Service)."""
+    out: list[Manifest] = []
+    for v in model.spec.versions:
+        out.append(config_map(model, v.name, tenants, opts))
+        out.append(deployment(model, v.name, tenants, opts))
+        out.append(version_service(model, v.name, opts))
+    if opts.gateway is not None:
+        out.append(http_route(model, opts.gateway, opts))
+    else:
+        out.append(stable_service(model, opts))
+    return out

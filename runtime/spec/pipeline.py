@@ -1,0 +1,156 @@
+"""The Pipeline custom resource: a small DAG of prompt steps run on behalf of one tenant.
+
+A step's prompt template may use `{{input}}` (the pipeline's input) and `{{steps.<name>.output}}` for
+any step listed in its `dependsOn`. Listing dependencies explicitly keeps the DAG readable in YAML and
+lets the CRD check references with CEL; cycles and template references are checked here (CEL cannot
+walk a graph) and reported by the operator as Ready=False with reason Invalid.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import ConfigDict, Field, model_validator
+
+from .model import MODEL_NAME_PATTERN
+from .status import ResourceStatus, cel, list_map, validations
+from .tenant import SpecModel
+
+STEP_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"
+MAX_STEPS = 16
+MAX_DEPENDS = 8
+
+MSG_UNKNOWN_DEPENDENCY = "dependsOn must name other steps of this pipeline"
+MSG_UNKNOWN_OUTPUT = "output must name a step of this pipeline"
+
+PLACEHOLDER = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
+STEP_OUTPUT = re.compile(r"^steps\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.output$")
+
+
+class PipelineStep(SpecModel):
+    """One model call whose prompt is rendered from the input and earlier steps' outputs."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.dependsOn) || !self.dependsOn.exists(d, d == self.name)",
+                "a step cannot depend on itself",
+            )
+        )
+    )
+
+    name: str = Field(
+        ..., pattern=STEP_NAME_PATTERN, max_length=32, description="Step name, unique in the pipeline."
+    )
+    model: str = Field(
+        ...,
+        pattern=MODEL_NAME_PATTERN,
+        max_length=42,
+        description="Name of a Model in the namespace that the tenant may use.",
+    )
+    prompt_template: str = Field(
+        ...,
+        min_length=1,
+        max_length=16384,
+        description="Prompt with {{input}} and {{steps.<name>.output}} placeholders.",
+    )
+    max_tokens: int = Field(256, ge=1, le=32768, description="Completion tokens this step may generate.")
+    depends_on: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_DEPENDS,
+        description="Steps that must finish first; required for every step the template references.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    def references(self) -> list[str]:
+        """Step names the template reads, in order of first use."""
+        out: list[str] = []
+        for expr in PLACEHOLDER.findall(self.prompt_template):
+            m = STEP_OUTPUT.match(expr)
+            if m and m.group(1) not in out:
+                out.append(m.group(1))
+        return out
+
+
+class PipelineSpec(SpecModel):
+    """Steps run for one tenant; a step starts when the steps it depends on have finished."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.steps.all(s, !has(s.dependsOn) || "
+                "s.dependsOn.all(d, self.steps.exists(t, t.name == d)))",
+                MSG_UNKNOWN_DEPENDENCY,
+            ),
+            cel("!has(self.output) || self.steps.exists(s, s.name == self.output)", MSG_UNKNOWN_OUTPUT),
+        )
+    )
+
+    tenant: str = Field(
+        ...,
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Name of the Tenant (same namespace) the pipeline runs as; its quotas and models apply.",
+    )
+    steps: list[PipelineStep] = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_STEPS,
+        description="The steps, keyed by name.",
+        json_schema_extra=list_map("name"),
+    )
+    output: str | None = Field(
+        None, max_length=32, description="Step whose output the pipeline returns; the last step when absent."
+    )
+
+    @model_validator(mode="after")
+    def _graph(self) -> PipelineSpec:
+        names = [s.name for s in self.steps]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate step names: {', '.join(dupes)}")
+        for s in self.steps:
+            if s.name in s.depends_on:
+                raise ValueError(f"step {s.name}: a step cannot depend on itself")
+            unknown = sorted(set(s.depends_on) - set(names))
+            if unknown:
+                raise ValueError(f"step {s.name}: {MSG_UNKNOWN_DEPENDENCY} (unknown: {', '.join(unknown)})")
+            for expr in PLACEHOLDER.findall(s.prompt_template):
+                if expr != "input" and not STEP_OUTPUT.match(expr):
+                    raise ValueError(
+                        f"step {s.name}: unknown placeholder {{{{{expr}}}}}; "
+                        "use {{input}} or {{steps.<name>.output}}"
+                    )
+            missing = [r for r in s.references() if r not in s.depends_on]
+            if missing:
+                raise ValueError(
+                    f"step {s.name}: the template reads {', '.join(missing)}, "
+                    "which must be listed in dependsOn"
+                )
+        if self.output is not None and self.output not in names:
+            raise ValueError(f"{MSG_UNKNOWN_OUTPUT} (got {self.output})")
+        self.order()  # raises on cycles
+        return self
+
+    def order(self) -> list[str]:
+        """Step names in a run order (dependencies first; ties keep the declared order)."""
+        deps = {s.name: set(s.depends_on) for s in self.steps}
+        done: list[str] = []
+        while len(done) < len(deps):
+            ready = [n for n in deps if n not in done and deps[n] <= set(done)]
+            if not ready:
+                stuck = sorted(n for n in deps if n not in done)
+                raise ValueError(f"dependsOn forms a cycle among: {', '.join(stuck)}")
+            done.append(ready[0])
+        return done
+
+    def output_step(self) -> str:
+        return self.output if self.output is not None else self.steps[-1].name
+
+
+class PipelineStatus(ResourceStatus):
+    """Whether the pipeline can run. Ready is False with reason Invalid (and the validation error as
+    message) when the spec fails the checks CEL cannot do, or with ModelNotAllowed / ModelNotReady /
+    TenantNotFound when a reference does not resolve."""
+
+    step_order: list[str] = Field(default_factory=list, description="The order the steps run in.")
+    step_count: int = Field(0, ge=0, description="Number of steps.")
