@@ -134,11 +134,24 @@ class World:
             (k, n): (self.get(k, n) or {}).get("metadata", {}).get("resourceVersion", "") for k, n in refs
         }
 
-    def runtime_config(self) -> dict[str, Any]:
-        cm = self.get("configmap", "chat-v1-config")
+    def runtime_config(self, model: str = "chat") -> dict[str, Any]:
+        cm = self.get("configmap", f"{model}-v1-config")
         assert cm is not None
         doc: dict[str, Any] = yaml.safe_load(cm["data"]["config.yaml"])
         return doc
+
+    def pipelines(self, model: str = "chat") -> dict[str, dict[str, Any]]:
+        """The pipelines the Model's runtime config lists, by name ({} until the ConfigMap exists)."""
+        if self.get("configmap", f"{model}-v1-config") is None:
+            return {}
+        return {p["name"]: p for p in self.runtime_config(model).get("pipelines") or []}
+
+    def conditions(self, kind: str, name: str) -> dict[str, dict[str, Any]]:
+        obj = self.get(kind, name) or {}
+        st = obj.get("status") or {}
+        if st.get("observedGeneration") != obj.get("metadata", {}).get("generation"):
+            return {}
+        return {c["type"]: c for c in st.get("conditions") or []}
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +256,9 @@ def test_operator_end_to_end(world: World) -> None:
         return next((c["reason"] for c in conds if c["type"] == "Ready"), None)
 
     assert wait_for("Pipeline status", pipeline_reason) == "ModelNotReady"
+    # ... yet it is published: its references resolve, and readiness is not part of the rule.
+    qa = wait_for("qa in the runtime config", lambda: world.pipelines().get("qa"))
+    assert (qa["tenant"], qa["order"], qa["output"]) == ("acme", ["draft"], "draft")
 
     # A second pass over the unchanged world writes nothing: run one here, through the operator's own
     # code, once the running operator has settled, and compare resourceVersions.
@@ -276,6 +292,7 @@ def test_operator_end_to_end(world: World) -> None:
         "acme to leave the runtime config",
         lambda: [t["name"] for t in world.runtime_config()["tenants"]] == ["beta"],
     )
+    assert "qa" not in world.pipelines(), "a pipeline of a deleted tenant stays published"
     wait_for("the acme Tenant to be gone", lambda: world.get("tenant", "acme") is None)
 
     # What it did is visible as Kubernetes events on the objects; what it logged never holds the key.
@@ -287,3 +304,62 @@ def test_operator_end_to_end(world: World) -> None:
     log = world.log.read_text()
     assert key not in log, "the API key appeared in the operator's log"
     assert "Traceback" not in log, log[-4000:]
+
+
+def test_pipeline_is_published_to_the_models_it_uses_until_invalid_or_deleted(world: World) -> None:
+    world.apply(MODEL)  # idempotent if the previous test ran
+    world.apply({**MODEL, "metadata": {"name": "notes", "namespace": NS}})
+    world.apply(tenant("gamma", ["chat", "notes"]))
+    steps: list[dict[str, Any]] = [
+        {"name": "draft", "model": "chat", "promptTemplate": "Answer: {{input}}", "maxTokens": 64},
+        {"name": "critique", "model": "notes", "dependsOn": ["draft"],
+         "promptTemplate": "Critique: {{steps.draft.output}}"},
+        {"name": "final", "model": "chat", "dependsOn": ["draft", "critique"],
+         "promptTemplate": "{{input}} / {{steps.draft.output}} / {{steps.critique.output}}"},
+    ]  # fmt: skip
+    review: dict[str, Any] = {
+        "apiVersion": "realm.dev/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {"name": "review", "namespace": NS},
+        "spec": {"tenant": "gamma", "steps": steps, "output": "final"},
+    }
+    world.apply(review)
+
+    # In both Models' runtime configs, with its run order, while its status waits for the Models.
+    for model in ("chat", "notes"):
+        entry = wait_for(
+            f"review in {model}'s runtime config",
+            lambda model=model: world.pipelines(model).get("review"),  # type: ignore[misc]
+        )
+        assert (entry["tenant"], entry["order"], entry["output"]) == (
+            "gamma",
+            ["draft", "critique", "final"],
+            "final",
+        )
+        assert [s["name"] for s in entry["steps"]] == ["draft", "critique", "final"]
+        assert "gamma" in {t["name"] for t in world.runtime_config(model)["tenants"]}
+    conds = wait_for("review status", lambda: world.conditions("pipeline", "review"))
+    assert (conds["Ready"]["reason"], conds["ConfigPublished"]["status"]) == ("ModelNotReady", "True")
+
+    # An invalid spec (a cycle CEL cannot see) unpublishes it and says why.
+    cyclic = [{**steps[0], "dependsOn": ["final"]}, *steps[1:]]
+    world.apply({**review, "spec": {**review["spec"], "steps": cyclic}})
+    wait_for(
+        "review to leave both runtime configs",
+        lambda: all("review" not in world.pipelines(m) for m in ("chat", "notes")),
+    )
+    conds = wait_for(
+        "review Invalid",
+        lambda: (c := world.conditions("pipeline", "review")) and c["Ready"]["reason"] == "Invalid" and c,
+    )
+    assert conds["ConfigPublished"]["status"] == "False" and "cycle" in conds["Ready"]["message"]
+
+    # Valid again, then deleted: published, then gone from both.
+    world.apply(review)
+    wait_for("review back in notes's config", lambda: "review" in world.pipelines("notes"))
+    world.cluster.kubectl("delete", "pipeline", "review", "-n", NS)
+    wait_for(
+        "review to leave both runtime configs after delete",
+        lambda: all("review" not in world.pipelines(m) for m in ("chat", "notes")),
+    )
+    assert "Traceback" not in world.log.read_text()

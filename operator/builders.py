@@ -6,7 +6,9 @@ nothing here reads the clock, the environment or random sources, lists come out 
 the ConfigMap text is dumped with sorted keys.
 
 Layout per Model `m` with versions `v`:
-- ConfigMap `m-v-config`: the RuntimeConfig document (`config.yaml`) the pods read;
+- ConfigMap `m-v-config`: the RuntimeConfig document (`config.yaml`) the pods read: the version, the
+  tenants allowed to use `m`, and the published pipelines (see `reconcile.published_pipelines`) that
+  have a step on `m`;
 - Deployment `m-v` and Service `m-v` per version;
 - either an HTTPRoute `m` splitting traffic by weight across the version Services (when a Gateway is
   given), or a Service `m` selecting every version's pods (the split then follows ready replicas:
@@ -25,7 +27,8 @@ from typing import Any
 import yaml
 
 from realm.runtime.spec.model import MODEL_NAME_PATTERN, ModelSpec, ModelVersion
-from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig, TenantEntry
+from realm.runtime.spec.pipeline import PipelineSpec
+from realm.runtime.spec.runtime_config import ModelConfig, PipelineEntry, RuntimeConfig, TenantEntry
 from realm.runtime.spec.status import API_VERSION
 from realm.runtime.spec.tenant import TenantSpec
 
@@ -180,16 +183,40 @@ def model_config(model: ModelResource, version: str) -> ModelConfig:
     )
 
 
+def pipeline_entry(name: str, spec: PipelineSpec) -> PipelineEntry:
+    """A validated Pipeline as the runtime reads it: steps as declared, run order, output step resolved."""
+    return PipelineEntry(
+        name=name, tenant=spec.tenant, steps=list(spec.steps), order=spec.order(), output=spec.output_step()
+    )
+
+
+def pipelines_for(
+    model: ModelResource, tenants: Iterable[str], pipelines: Iterable[PipelineEntry]
+) -> list[PipelineEntry]:
+    """The pipelines one Model's config lists: a step runs on the Model and the tenant is listed, by name."""
+    names = set(tenants)
+    return sorted(
+        (p for p in pipelines if p.tenant in names and any(s.model == model.name for s in p.steps)),
+        key=lambda p: p.name,
+    )
+
+
 def runtime_config(
-    model: ModelResource, version: str, tenants: Iterable[PublishedTenant], modules_dir: str | None = None
+    model: ModelResource,
+    version: str,
+    tenants: Iterable[PublishedTenant],
+    modules_dir: str | None = None,
+    pipelines: Iterable[PipelineEntry] = (),
 ) -> RuntimeConfig:
-    """The document one version's pods read: that version as the only model, and its allowed tenants."""
+    """The document one version's pods read: that version as the only model, its allowed tenants, and
+    the pipelines (already validated by the caller) that use the model and run as one of those tenants."""
     allowed = sorted((t for t in tenants if model.name in t.spec.allowed_models), key=lambda t: t.name)
     return RuntimeConfig(
         models=[model_config(model, version)],
         tenants=[
             TenantEntry(name=t.name, api_key_sha256=sorted(t.api_key_sha256), spec=t.spec) for t in allowed
         ],
+        pipelines=pipelines_for(model, (t.name for t in allowed), pipelines),
         modules_dir=modules_dir,
     )
 
@@ -205,9 +232,13 @@ def model_config_digest(config: RuntimeConfig) -> str:
 
 
 def config_map(
-    model: ModelResource, version: str, tenants: Iterable[PublishedTenant], opts: BuildOptions
+    model: ModelResource,
+    version: str,
+    tenants: Iterable[PublishedTenant],
+    opts: BuildOptions,
+    pipelines: Iterable[PipelineEntry] = (),
 ) -> Manifest:
-    config = runtime_config(model, version, tenants, opts.modules_dir)
+    config = runtime_config(model, version, tenants, opts.modules_dir, pipelines)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -398,11 +429,16 @@ def http_route(model: ModelResource, gateway: GatewayRef, opts: BuildOptions) ->
     }
 
 
-def build_all(model: ModelResource, tenants: Sequence[PublishedTenant], opts: BuildOptions) -> list[Manifest]:
+def build_all(
+    model: ModelResource,
+    tenants: Sequence[PublishedTenant],
+    opts: BuildOptions,
+    pipelines: Sequence[PipelineEntry] = (),
+) -> list[Manifest]:
     """Everything the Model owns, in a fixed order (per version: ConfigMap, Deployment, Service)."""
     out: list[Manifest] = []
     for v in model.spec.versions:
-        out.append(config_map(model, v.name, tenants, opts))
+        out.append(config_map(model, v.name, tenants, opts, pipelines))
         out.append(deployment(model, v.name, tenants, opts))
         out.append(version_service(model, v.name, opts))
     if opts.gateway is not None:

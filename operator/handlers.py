@@ -6,7 +6,10 @@ What is written where:
 - Model: per version a ConfigMap (runtime config, tenants with key *hashes* only), a Deployment and a
   Service, plus a Service or an HTTPRoute for the model, all server-side applied by `realm-operator`
   with the Model as controller owner; the Model's status subresource. Never any spec.
-- Pipeline: its status subresource only.
+- Pipeline: its status subresource; and, when it is valid and its references resolve (see the
+  publication rule in `reconcile`), an entry in the runtime ConfigMap of every Model its steps use.
+  Publishing is part of the Model pass (the ConfigMap is a function of Model, Tenants and Pipelines);
+  a Pipeline pass only triggers the passes of the Models it uses or is listed in.
 
 Every pass is level-based: it recomputes everything from what it reads and writes only the difference,
 so the same function serves create, update, resume, the periodic timer and the Deployment watch, and a
@@ -37,6 +40,7 @@ from realm.operator.reconcile import (
     SECRET_NOT_FOUND,
     KeyState,
     ObjectKey,
+    PipelineView,
     TenantView,
     api_key_hash,
     api_key_secret,
@@ -46,15 +50,19 @@ from realm.operator.reconcile import (
     model_resource,
     model_selector,
     model_status,
+    models_listing_pipeline,
     models_to_republish,
     parse_spec,
+    pipeline_models,
     pipeline_status,
     plan,
+    published_pipelines,
     published_tenants,
     status_patch,
     tenant_status,
 )
 from realm.runtime.spec.model import ModelSpec
+from realm.runtime.spec.pipeline import PipelineSpec
 from realm.runtime.spec.status import GROUP, VERSION
 from realm.runtime.spec.tenant import TenantSpec
 
@@ -153,6 +161,16 @@ def observe_tenants(k: Kube, namespace: str) -> tuple[list[TenantView], dict[str
     return views, bodies
 
 
+def observe_pipelines(k: Kube, namespace: str) -> list[PipelineView]:
+    pipelines = k.list("Pipeline", namespace)
+    return [PipelineView(p["metadata"]["name"], p.get("spec"), _deleting(p)) for p in pipelines]
+
+
+def model_names(k: Kube, namespace: str) -> set[str]:
+    """Models in the namespace that are not being deleted."""
+    return {m["metadata"]["name"] for m in k.list("Model", namespace) if not _deleting(m)}
+
+
 def _owned(k: Kube, namespace: str, model: str, with_routes: bool) -> list[dict[str, Any]]:
     sel = model_selector(model)
     kinds = ["ConfigMap", "Deployment", "Service", *(["HTTPRoute"] if with_routes else [])]
@@ -173,17 +191,21 @@ def reconcile_model(k: Kube, namespace: str, name: str) -> Outcome:
         spec, error = parse_spec(body.get("spec"), ModelSpec)
         views, _ = observe_tenants(k, namespace)
         tenants = published_tenants(views)
+        pipelines = published_pipelines(observe_pipelines(k, namespace), tenants, model_names(k, namespace))
         opts = build_options(k)
         desired: list[dict[str, Any]] = []
+        listed = 0
         if isinstance(spec, ModelSpec):
             resource = model_resource(name, namespace, meta["uid"], spec)
             if isinstance(resource, str):
                 error = resource
             else:
                 try:
-                    desired = builders.build_all(resource, tenants, opts)
+                    desired = builders.build_all(resource, tenants, opts, pipelines)
                 except (ValidationError, ValueError) as e:  # e.g. a tenant the runtime config rejects
                     error = f"runtime config rejected: {e}"
+                allowed_names = [t.name for t in tenants if name in t.spec.allowed_models]
+                listed = len(builders.pipelines_for(resource, allowed_names, pipelines))
         observed = _owned(k, namespace, name, with_routes=gateway_api_served(k))
         live: dict[ObjectKey, Mapping[str, Any]] = {key_of(o): o for o in observed}
         if error is None:
@@ -206,6 +228,7 @@ def reconcile_model(k: Kube, namespace: str, name: str) -> Outcome:
             desired=desired,
             live=live,
             tenant_count=allowed,
+            pipeline_count=listed,
         )
         patch = status_patch(body.get("status"), status)
         if patch is not None:
@@ -291,9 +314,30 @@ def refresh_tenants(k: Kube, namespace: str, model: str | None = None) -> None:
 # Pipeline --------------------------------------------------------------------------------------------
 
 
-def reconcile_pipeline(k: Kube, namespace: str, name: str) -> Outcome:
+def republish_pipeline(
+    k: Kube, namespace: str, name: str, raw_spec: Mapping[str, Any] | None, out: Outcome
+) -> None:
+    """Run the pass of every Model whose runtime config may list the pipeline: the Models its steps use
+    now, and those whose live ConfigMap lists it (a removed step, an invalid spec, a deleted Pipeline)."""
+    spec, _ = parse_spec(raw_spec, PipelineSpec)
+    used = pipeline_models(spec) if isinstance(spec, PipelineSpec) else []
+    listed = models_listing_pipeline(k.list("ConfigMap", namespace, builders.LABEL_MODEL), name)
+    for model in sorted((set(used) | set(listed)) & model_names(k, namespace)):
+        sub = reconcile_model(k, namespace, model)
+        out.applied += sub.applied
+        out.deleted += sub.deleted
+
+
+def reconcile_pipeline(k: Kube, namespace: str, name: str, republish: bool = True) -> Outcome:
+    """Republish the pipeline (unless `republish` is off: the Models' own timers do it too), then its status.
+
+    A Pipeline that is gone or being deleted gets no status, but its Models are still republished
+    without it.
+    """
     out = Outcome()
     body = k.get("Pipeline", namespace, name)
+    if republish:
+        republish_pipeline(k, namespace, name, (body or {}).get("spec"), out)
     if body is None or _deleting(body):
         return out
     tenants: dict[str, TenantSpec | None] = {}
@@ -324,10 +368,19 @@ def reconcile_pipeline(k: Kube, namespace: str, name: str) -> Outcome:
     return out
 
 
-def refresh_pipelines(k: Kube, namespace: str, tenant: str | None = None) -> None:
+def _uses_model(pipeline: Mapping[str, Any], model: str) -> bool:
+    steps = (pipeline.get("spec") or {}).get("steps") or []
+    return any(isinstance(s, Mapping) and s.get("model") == model for s in steps)
+
+
+def refresh_pipelines(k: Kube, namespace: str, tenant: str | None = None, model: str | None = None) -> None:
+    """Re-run the passes of the namespace's Pipelines (those of `tenant`, or using `model`, when given)."""
     for p in k.list("Pipeline", namespace):
-        if tenant is None or (p.get("spec") or {}).get("tenant") == tenant:
-            reconcile_pipeline(k, namespace, p["metadata"]["name"])
+        if tenant is not None and (p.get("spec") or {}).get("tenant") != tenant:
+            continue
+        if model is not None and not _uses_model(p, model):
+            continue
+        reconcile_pipeline(k, namespace, p["metadata"]["name"])
 
 
 # Events ----------------------------------------------------------------------------------------------
@@ -398,7 +451,18 @@ def tenant_deleted(namespace: str | None, name: str | None, **_: Any) -> None:
     refresh_pipelines(k, namespace, tenant=name)
 
 
-@kopf.timer(GROUP, VERSION, "tenants", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS / 2)
+# A failed resync (e.g. during an apiserver outage) retries soon, not after kopf's default 60 s.
+TIMER_BACKOFF = min(RESYNC_SECONDS, 15.0)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "tenants",
+    interval=RESYNC_SECONDS,
+    initial_delay=RESYNC_SECONDS / 2,
+    backoff=TIMER_BACKOFF,
+)
 def tenant_resync(namespace: str | None, name: str | None, **_: Any) -> None:
     assert namespace and name
     reconcile_tenant(kube(), namespace, name)
@@ -412,10 +476,19 @@ def model_changed(namespace: str | None, name: str | None, **_: Any) -> None:
     k = kube()
     reconcile_model(k, namespace, name)
     refresh_tenants(k, namespace, model=name)
-    refresh_pipelines(k, namespace)
+    refresh_pipelines(k, namespace, model=name)
 
 
-@kopf.timer(GROUP, VERSION, "models", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS / 4)
+@kopf.on.event(GROUP, VERSION, "models")
+def model_event(namespace: str | None, name: str | None, type: str | None, **_: Any) -> None:
+    """A deleted Model unpublishes the pipelines that used it from the other Models they use."""
+    if type == "DELETED" and namespace and name:
+        refresh_pipelines(kube(), namespace, model=name)
+
+
+@kopf.timer(
+    GROUP, VERSION, "models", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS / 4, backoff=TIMER_BACKOFF
+)
 def model_resync(namespace: str | None, name: str | None, **_: Any) -> None:
     assert namespace and name
     reconcile_model(kube(), namespace, name)
@@ -437,7 +510,23 @@ def pipeline_changed(namespace: str | None, name: str | None, **_: Any) -> None:
     reconcile_pipeline(kube(), namespace, name)
 
 
-@kopf.timer(GROUP, VERSION, "pipelines", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS / 3)
+@kopf.on.event(GROUP, VERSION, "pipelines")
+def pipeline_event(namespace: str | None, name: str | None, type: str | None, **_: Any) -> None:
+    """A deleted Pipeline leaves the runtime configs right away. Pipelines carry no finalizer: a deletion
+    missed while the operator was down is still undone by the Models' resume and timer passes."""
+    if type == "DELETED" and namespace and name:
+        reconcile_pipeline(kube(), namespace, name)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "pipelines",
+    interval=RESYNC_SECONDS,
+    initial_delay=RESYNC_SECONDS / 3,
+    backoff=TIMER_BACKOFF,
+)
 def pipeline_resync(namespace: str | None, name: str | None, **_: Any) -> None:
+    """Status only: the Models' own timers keep the published pipelines current."""
     assert namespace and name
-    reconcile_pipeline(kube(), namespace, name)
+    reconcile_pipeline(kube(), namespace, name, republish=False)

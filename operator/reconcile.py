@@ -25,18 +25,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import yaml
 from kubernetes.utils.quantity import parse_quantity
 from pydantic import ValidationError
 
 from realm.operator.builders import (
+    CONFIG_KEY,
     LABEL_MODEL,
     Manifest,
     ModelResource,
     PublishedTenant,
+    pipeline_entry,
 )
 from realm.runtime.spec.model import ModelSpec, ModelStatus, TrafficTarget, VersionStatus, traffic_summary
 from realm.runtime.spec.pipeline import PipelineSpec, PipelineStatus
-from realm.runtime.spec.runtime_config import hash_api_key
+from realm.runtime.spec.runtime_config import PipelineEntry, hash_api_key
 from realm.runtime.spec.status import (
     READY,
     Condition,
@@ -75,7 +78,7 @@ SPEC_VALID = "SpecValid"
 REFERENCES_RESOLVED = "ReferencesResolved"
 MODEL_PARTS = (CONFIG_PUBLISHED, WORKLOADS_READY, ROUTES_READY)
 TENANT_PARTS = (API_KEY_READY, MODELS_RESOLVED, CONFIG_PUBLISHED)
-PIPELINE_PARTS = (SPEC_VALID, REFERENCES_RESOLVED)
+PIPELINE_PARTS = (SPEC_VALID, REFERENCES_RESOLVED, CONFIG_PUBLISHED)
 
 # Reasons shared with docs/crds.md.
 INVALID = "Invalid"
@@ -458,6 +461,7 @@ def model_status(
     desired: Sequence[Manifest],
     live: Mapping[ObjectKey, Mapping[str, Any]],
     tenant_count: int,
+    pipeline_count: int = 0,
 ) -> ModelStatus:
     """Model status from the desired objects and the live ones (after this pass's applies).
 
@@ -482,7 +486,7 @@ def model_status(
                 condition(CONFIG_PUBLISHED, "False", "ConfigStale", ", ".join(stale), generation, now)
             )
         else:
-            msg = f"{tenant_count} tenant(s)"
+            msg = f"{tenant_count} tenant(s), {pipeline_count} pipeline(s)"
             conds.append(condition(CONFIG_PUBLISHED, "True", "Published", msg, generation, now))
 
         missing: list[str] = []
@@ -545,6 +549,103 @@ def model_resource(name: str, namespace: str, uid: str, spec: ModelSpec) -> Mode
 
 
 # Pipelines ----------------------------------------------------------------------------------------
+#
+# Publication rule: a Pipeline goes into the runtime config of every Model one of its steps uses when
+# its spec is valid (acyclic, placeholders declared), it is not being deleted, its Tenant exists with a
+# valid spec and is not being deleted, and every step's Model exists (not being deleted) and is in the
+# Tenant's allowedModels. Model *readiness* is not required: readiness flips during every rollout, and
+# the config is what the pods will serve once they are up, so the pipeline is published while its
+# status still says Ready=False/ModelNotReady (ConfigPublished=True). Anything else unpublishes it.
+
+
+@dataclass(frozen=True)
+class PipelineView:
+    """A Pipeline as observed: its name, raw spec (validated here, not by the caller) and deletion state."""
+
+    name: str
+    raw_spec: Mapping[str, Any] | None
+    deleting: bool
+
+
+def _unresolved(
+    spec: PipelineSpec, tenants: Mapping[str, TenantSpec | None], models: Mapping[str, bool]
+) -> tuple[str, str] | None:
+    """The first reference of the pipeline that does not resolve, as (reason, message); None if all do.
+
+    `tenants` maps tenant names to their spec (None when invalid); `models` maps Model names to
+    whether they are Ready.
+    """
+    if spec.tenant not in tenants:
+        return TENANT_NOT_FOUND, f"no Tenant named {spec.tenant} in this namespace"
+    tenant = tenants[spec.tenant]
+    if tenant is None:
+        return TENANT_NOT_FOUND, f"Tenant {spec.tenant} has an invalid spec"
+    used = pipeline_models(spec)
+    not_allowed = [m for m in used if m not in tenant.allowed_models]
+    if not_allowed:
+        return MODEL_NOT_ALLOWED, f"Tenant {spec.tenant} may not use {', '.join(not_allowed)}"
+    unknown = [m for m in used if m not in models]
+    if unknown:
+        return MODEL_NOT_FOUND, f"no Model named {', '.join(unknown)} in this namespace"
+    not_ready = [m for m in used if not models[m]]
+    if not_ready:
+        return MODEL_NOT_READY, f"{', '.join(not_ready)} not Ready"
+    return None
+
+
+def pipeline_models(spec: PipelineSpec) -> list[str]:
+    """The Models a pipeline's steps use, sorted: the ones whose runtime configs list it when published."""
+    return sorted({s.model for s in spec.steps})
+
+
+def publishable(problem: tuple[str, str] | None) -> bool:
+    """Whether a pipeline with this unresolved reference (see `_unresolved`) is published: only model
+    readiness may be missing."""
+    return problem is None or problem[0] == MODEL_NOT_READY
+
+
+def published_pipelines(
+    pipelines: Iterable[PipelineView], tenants: Iterable[PublishedTenant], models: Iterable[str]
+) -> list[PipelineEntry]:
+    """Pipelines that go into runtime configs (see the publication rule above), sorted by name.
+
+    `tenants` are the published tenants (valid, not being deleted); `models` the names of the Models in
+    the namespace that are not being deleted. Which Model's config lists which pipeline is the
+    builders' business (`builders.pipelines_for`).
+    """
+    specs: dict[str, TenantSpec | None] = {t.name: t.spec for t in tenants}
+    existing = dict.fromkeys(models, True)
+    out: list[PipelineEntry] = []
+    for p in sorted(pipelines, key=lambda p: p.name):
+        if p.deleting:
+            continue
+        spec, _ = parse_spec(p.raw_spec, PipelineSpec)
+        if isinstance(spec, PipelineSpec) and publishable(_unresolved(spec, specs, existing)):
+            try:
+                out.append(pipeline_entry(p.name, spec))
+            except ValidationError:  # a name the runtime config refuses: left out, never a crash
+                continue
+    return out
+
+
+def models_listing_pipeline(config_maps: Iterable[Mapping[str, Any]], pipeline: str) -> list[str]:
+    """Models whose live runtime ConfigMaps list the pipeline (where it must be removed from), sorted."""
+    out: set[str] = set()
+    for cm in config_maps:
+        model = ((cm.get("metadata") or {}).get("labels") or {}).get(LABEL_MODEL)
+        text = (cm.get("data") or {}).get(CONFIG_KEY)
+        if not model or not isinstance(text, str):
+            continue
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError:
+            continue
+        entries = doc.get("pipelines") if isinstance(doc, dict) else None
+        if isinstance(entries, list) and any(
+            isinstance(e, dict) and e.get("name") == pipeline for e in entries
+        ):
+            out.add(str(model))
+    return sorted(out)
 
 
 def pipeline_status(
@@ -559,7 +660,9 @@ def pipeline_status(
     """Validate a Pipeline: spec (acyclic, placeholders), tenant, and every step's model.
 
     `tenants` maps tenant names in the namespace to their spec (None when invalid); `models` maps Model
-    names to whether they are Ready. The first failing check becomes Ready's reason.
+    names to whether they are Ready. The first failing check becomes Ready's reason. ConfigPublished
+    says whether the publication rule puts the pipeline into runtime configs (it does while the only
+    problem is ModelNotReady).
     """
     old = _previous(previous, PipelineStatus)
     spec, error = parse_spec(raw_spec, PipelineSpec)
@@ -569,10 +672,23 @@ def pipeline_status(
     if error is not None or not isinstance(spec, PipelineSpec):
         conds.append(condition(SPEC_VALID, "False", INVALID, error or "invalid spec", generation, now))
         conds.append(condition(REFERENCES_RESOLVED, "Unknown", INVALID, "spec is invalid", generation, now))
+        conds.append(condition(CONFIG_PUBLISHED, "False", INVALID, "spec is invalid", generation, now))
     else:
         order, steps = spec.order(), len(spec.steps)
         conds.append(condition(SPEC_VALID, "True", "Valid", "", generation, now))
-        conds.append(_references(spec, tenants, models, generation, now))
+        problem = _unresolved(spec, tenants, models)
+        if problem is None:
+            conds.append(condition(REFERENCES_RESOLVED, "True", "Resolved", "", generation, now))
+        else:
+            reason, message = problem
+            conds.append(condition(REFERENCES_RESOLVED, "False", reason, message, generation, now))
+        if publishable(problem):
+            msg = f"in the runtime config of {', '.join(pipeline_models(spec))}"
+            conds.append(condition(CONFIG_PUBLISHED, "True", "Published", msg, generation, now))
+        else:
+            assert problem is not None
+            reason, message = problem
+            conds.append(condition(CONFIG_PUBLISHED, "False", reason, message, generation, now))
     return PipelineStatus(
         conditions=merge_conditions(old.conditions if old else [], conds, PIPELINE_PARTS, generation, now),
         observed_generation=generation,
@@ -580,34 +696,6 @@ def pipeline_status(
         step_order=order,
         step_count=steps,
     )
-
-
-def _references(
-    spec: PipelineSpec,
-    tenants: Mapping[str, TenantSpec | None],
-    models: Mapping[str, bool],
-    generation: int,
-    now: datetime,
-) -> Condition:
-    def false(reason: str, message: str) -> Condition:
-        return condition(REFERENCES_RESOLVED, "False", reason, message, generation, now)
-
-    if spec.tenant not in tenants:
-        return false(TENANT_NOT_FOUND, f"no Tenant named {spec.tenant} in this namespace")
-    tenant = tenants[spec.tenant]
-    if tenant is None:
-        return false(TENANT_NOT_FOUND, f"Tenant {spec.tenant} has an invalid spec")
-    used = sorted({s.model for s in spec.steps})
-    not_allowed = [m for m in used if m not in tenant.allowed_models]
-    if not_allowed:
-        return false(MODEL_NOT_ALLOWED, f"Tenant {spec.tenant} may not use {', '.join(not_allowed)}")
-    unknown = [m for m in used if m not in models]
-    if unknown:
-        return false(MODEL_NOT_FOUND, f"no Model named {', '.join(unknown)} in this namespace")
-    not_ready = [m for m in used if not models[m]]
-    if not_ready:
-        return false(MODEL_NOT_READY, f"{', '.join(not_ready)} not Ready")
-    return condition(REFERENCES_RESOLVED, "True", "Resolved", "", generation, now)
 
 
 def ready_condition(status: ResourceStatus) -> Condition | None:

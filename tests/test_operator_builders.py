@@ -358,3 +358,76 @@ def test_ready_rolls_up_and_transition_time_is_stable() -> None:
     again = set_condition(conds, cond("RoutesReady", "True", "Accepted", datetime(2025, 1, 3, tzinfo=UTC)))
     assert again == conds
     assert [c.type for c in again] == ["WorkloadsReady", "ConfigPublished", "RoutesReady"]
+
+
+# Pipelines in the runtime config ------------------------------------------------------------------
+
+
+def entry(name: str, tenant: str = "acme", models: tuple[str, ...] = ("chat", "chat")) -> Any:
+    """A three-step pipeline whose steps run on `models` (draft, critique) and the first model (final)."""
+    spec = PipelineSpec.model_validate(
+        {
+            "tenant": tenant,
+            "steps": [
+                {"name": "final", "model": models[0], "dependsOn": ["draft", "critique"],
+                 "promptTemplate": "{{steps.draft.output}} / {{steps.critique.output}}"},
+                {"name": "draft", "model": models[0], "promptTemplate": "Answer: {{input}}", "maxTokens": 64},
+                {"name": "critique", "model": models[1], "dependsOn": ["draft"],
+                 "promptTemplate": "Critique: {{steps.draft.output}}"},
+            ],
+            "output": "final",
+        }
+    )  # fmt: skip
+    return b.pipeline_entry(name, spec)
+
+
+def test_pipeline_entry_carries_steps_order_and_output() -> None:
+    e = entry("qa")
+    assert (e.name, e.tenant, e.order, e.output) == ("qa", "acme", ["draft", "critique", "final"], "final")
+    assert [s.name for s in e.steps] == ["final", "draft", "critique"]  # as declared
+    assert e.steps[1].max_tokens == 64
+
+
+def test_config_map_lists_pipelines_using_the_model_of_listed_tenants_sorted() -> None:
+    pipelines = [
+        entry("zz"),
+        entry("aa", models=("other", "chat")),  # one step on chat is enough
+        entry("elsewhere", models=("other", "other")),  # no step on chat
+        entry("outsiders", tenant="outsider"),  # outsider may not use chat: not in the config
+    ]
+    cm = b.config_map(model(), "v1", tenants(), OPTS, pipelines)
+    config = RuntimeConfig.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
+    assert [p.name for p in config.pipelines] == ["aa", "zz"]
+    assert config.pipelines[1] == entry("zz")
+    doc = yaml.safe_load(cm["data"]["config.yaml"])
+    assert doc["pipelines"][1]["order"] == ["draft", "critique", "final"]
+    assert doc["pipelines"][1]["steps"][0]["dependsOn"] == ["draft", "critique"]  # camelCase aliases
+    # Deterministic, whatever order the pipelines come in; and no pipeline means an empty list.
+    assert b.build_all(model(), tenants(), OPTS, list(reversed(pipelines))) == b.build_all(
+        model(), tenants(), OPTS, pipelines
+    )
+    assert b.runtime_config(model(), "v1", tenants()).pipelines == []
+
+
+def test_pipelines_do_not_roll_pods() -> None:
+    with_pipeline = b.deployment(model(), "v1", tenants(), OPTS)
+    assert with_pipeline == b.build_all(model(), tenants(), OPTS, [entry("qa")])[1]
+
+
+def test_runtime_config_rejects_inconsistent_pipelines() -> None:
+    e = entry("qa").model_dump(by_alias=True)
+    tenants_doc = [{"name": "acme"}]
+    ok = RuntimeConfig.model_validate({"tenants": tenants_doc, "pipelines": [e]})
+    assert ok.pipelines[0].order == ["draft", "critique", "final"]
+    for doc, message in (
+        ({"pipelines": [e]}, "pipelines whose tenant is not listed: qa"),
+        ({"tenants": tenants_doc, "pipelines": [e, e]}, "duplicate pipeline names: qa"),
+        ({"tenants": tenants_doc, "pipelines": [{**e, "order": ["final", "draft", "critique"]}]},
+         "step final runs before critique, draft"),
+        ({"tenants": tenants_doc, "pipelines": [{**e, "order": ["draft", "final"]}]},
+         "order must list every step exactly once"),
+        ({"tenants": tenants_doc, "pipelines": [{**e, "output": "nope"}]}, "output must name a step"),
+    ):  # fmt: skip
+        with pytest.raises(ValidationError) as info:
+            RuntimeConfig.model_validate(doc)
+        assert message in str(info.value)

@@ -378,3 +378,83 @@ def test_pipeline_reference_failures_name_the_reason() -> None:
 def test_parse_spec_returns_the_field_and_message() -> None:
     spec, error = r.parse_spec({"weight": 0}, TenantSpec)
     assert spec is None and error is not None and error.startswith("weight:")
+
+
+# Publishing pipelines -----------------------------------------------------------------------------
+
+
+def view(name: str = "qa", spec: dict[str, Any] | None = None, deleting: bool = False) -> r.PipelineView:
+    return r.PipelineView(name, PIPELINE if spec is None else spec, deleting)
+
+
+def test_valid_pipelines_are_published_whether_or_not_their_models_are_ready() -> None:
+    (e,) = r.published_pipelines([view()], tenants(), ["chat"])
+    assert (e.name, e.tenant, e.order, e.output) == ("qa", "acme", ["draft", "review"], "review")
+    # The status says ModelNotReady, yet the pipeline is in the config: ConfigPublished is True.
+    st = pipeline(PIPELINE, models={"chat": False})
+    assert ready(st).reason == r.MODEL_NOT_READY
+    published = next(c for c in st.conditions if c.type == r.CONFIG_PUBLISHED)
+    assert (published.status, published.message) == ("True", "in the runtime config of chat")
+
+
+def test_only_pipelines_whose_references_resolve_are_published() -> None:
+    cyclic = copy.deepcopy(PIPELINE)
+    cyclic["steps"][0]["dependsOn"] = ["review"]
+    elsewhere = copy.deepcopy(PIPELINE)
+    elsewhere["steps"][1]["model"] = "ghost"
+    stranger = {**PIPELINE, "tenant": "nobody"}
+    views = [
+        view("ok"),
+        view("cyclic", cyclic),
+        view("ghost", elsewhere),  # a step's model does not exist: not even chat's config lists it
+        view("stranger", stranger),
+        view("leaving", deleting=True),
+        view("empty", {}),
+    ]
+    acme = TenantSpec(allowed_models=["chat", "ghost"])
+    both = [b.PublishedTenant("acme", acme, ())]
+    assert [e.name for e in r.published_pipelines(reversed(views), both, ["chat"])] == ["ok"]
+    assert [e.name for e in r.published_pipelines(views, both, ["chat", "ghost"])] == ["ghost", "ok"]
+    assert r.published_pipelines(views, both, []) == []  # no Model at all
+    not_allowed = [b.PublishedTenant("acme", TenantSpec(allowed_models=["other"]), ())]
+    assert r.published_pipelines(views, not_allowed, ["chat", "other"]) == []
+    # The status agrees with the rule: ConfigPublished False with the failing reference's reason.
+    for spec, reason in ((cyclic, r.INVALID), (elsewhere, r.MODEL_NOT_FOUND), (stranger, r.TENANT_NOT_FOUND)):
+        st = pipeline(spec, tenants={"acme": acme})
+        published = next(c for c in st.conditions if c.type == r.CONFIG_PUBLISHED)
+        assert (published.status, published.reason) == ("False", reason)
+
+
+CONFIG_MAPS = ["ConfigMap/chat-v1-config", "ConfigMap/chat-v2-config"]
+
+
+def test_publishing_and_removing_a_pipeline_rewrites_only_the_configmaps() -> None:
+    world = applied_world(b.build_all(model(), tenants(), OPTS))
+    pipelines = r.published_pipelines([view()], tenants(), ["chat"])
+    with_pipeline = b.build_all(model(), tenants(), OPTS, pipelines)
+    p = r.plan(with_pipeline, world, UID)
+    assert sorted(str(r.key_of(m)) for m in p.apply) == CONFIG_MAPS
+    world = [as_server_returns(m) for m in p.apply] + [
+        o for o in world if r.key_of(o) not in {r.key_of(m) for m in p.apply}
+    ]
+    assert r.plan(b.build_all(model(), tenants(), OPTS, pipelines), world, UID).empty  # level-based
+    assert r.models_listing_pipeline(world, "qa") == ["chat"]
+    assert r.models_listing_pipeline(world, "other") == []
+    # Deleted (or invalid): the next pass writes the ConfigMaps back without it.
+    p = r.plan(b.build_all(model(), tenants(), OPTS, []), world, UID)
+    assert sorted(str(r.key_of(m)) for m in p.apply) == CONFIG_MAPS
+    assert "pipelines: []" in p.apply[0]["data"]["config.yaml"]
+
+
+def test_models_listing_pipeline_ignores_foreign_and_broken_configmaps() -> None:
+    def cm(labels: dict[str, str], text: str) -> dict[str, Any]:
+        return {"metadata": {"name": "x", "labels": labels}, "data": {"config.yaml": text}}
+
+    label = {b.LABEL_MODEL: "chat"}
+    maps = [
+        cm({}, "pipelines: [{name: qa}]"),
+        cm(label, ": not yaml: ["),
+        cm(label, "- a list"),
+        cm({b.LABEL_MODEL: "other"}, "pipelines: [{name: qa}]"),
+    ]
+    assert r.models_listing_pipeline(maps, "qa") == ["other"]

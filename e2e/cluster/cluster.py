@@ -392,6 +392,8 @@ class Cluster:
     startup_seconds: float = 0.0
     workdir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: The local control plane behind this cluster (None for an external one); see `restart_apiserver`.
+    control: LocalControlPlane | None = field(default=None, repr=False, compare=False)
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120.0
@@ -436,6 +438,25 @@ class Cluster:
         """os.environ with KUBECONFIG pointing at this cluster (for subprocesses: helm, an operator)."""
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
+    def _local(self) -> LocalControlPlane:
+        if self.control is None:
+            raise ControlPlaneError("only a local control plane's kube-apiserver can be stopped or started")
+        return self.control
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver (SIGTERM, then SIGKILL); etcd and every other component keep running."""
+        self._local().stop_apiserver()
+
+    def start_apiserver(self) -> float:
+        """Start kube-apiserver again on the same port, certificates and etcd; seconds until /readyz."""
+        return self._local().start_apiserver()
+
+    def restart_apiserver(self, down_seconds: float = 0.0) -> float:
+        """Stop kube-apiserver, wait `down_seconds`, start it again; returns seconds until /readyz."""
+        self.stop_apiserver()
+        time.sleep(down_seconds)
+        return self.start_apiserver()
+
 
 class LocalControlPlane:
     """etcd + kube-apiserver (+ kube-controller-manager, kube-scheduler) on loopback; a context manager."""
@@ -461,6 +482,8 @@ class LocalControlPlane:
         )
         self.components: list[Component] = []
         self.cluster: Cluster | None = None
+        # What kube-apiserver was started with, so it can be restarted identically.
+        self._apiserver_args: tuple[Pki, str, int] | None = None
 
     # -- lifecycle
 
@@ -519,6 +542,7 @@ class LocalControlPlane:
             startup_seconds=time.monotonic() - began,
             workdir=self.workdir,
             timings=timings,
+            control=self,
         )
         return self.cluster
 
@@ -536,12 +560,36 @@ class LocalControlPlane:
         if errors:
             raise ControlPlaneError("teardown failed: " + "; ".join(errors))
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver only (etcd, controllers and kwok keep running); see `start_apiserver`."""
+        for component in self.components:
+            if component.name == "kube-apiserver":
+                component.stop()
+
+    def start_apiserver(self) -> float:
+        """(Re)start kube-apiserver with its original port, certificates and etcd; seconds until ready.
+
+        The new process takes the old one's place in `components` (teardown order is unchanged) and
+        appends to the same log file.
+        """
+        if self._apiserver_args is None:
+            raise ControlPlaneError("kube-apiserver was never started")
+        old = [c for c in self.components if c.name == "kube-apiserver"]
+        if any(c.process.poll() is None for c in old):
+            raise ControlPlaneError("kube-apiserver is still running; stop_apiserver() first")
+        index = self.components.index(old[0]) if old else len(self.components)
+        self.components = [c for c in self.components if c.name != "kube-apiserver"]
+        began = time.monotonic()
+        self._start_apiserver(*self._apiserver_args, append_log=True)
+        self.components.insert(index, self.components.pop())
+        return time.monotonic() - began
+
     # -- components
 
-    def _spawn(self, name: str, args: Sequence[str]) -> Component:
+    def _spawn(self, name: str, args: Sequence[str], *, append_log: bool = False) -> Component:
         log_path = self.workdir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("wb") as log:
+        with log_path.open("ab" if append_log else "wb") as log:
             process = subprocess.Popen(
                 [str(self.bin_dir / name), *args],
                 stdin=subprocess.DEVNULL,
@@ -596,7 +644,8 @@ class LocalControlPlane:
         self._wait(etcd, healthy, "healthy")
         return client_url
 
-    def _start_apiserver(self, pki: Pki, etcd_url: str, port: int) -> None:
+    def _start_apiserver(self, pki: Pki, etcd_url: str, port: int, *, append_log: bool = False) -> None:
+        self._apiserver_args = (pki, etcd_url, port)
         apiserver = self._spawn(
             "kube-apiserver",
             [
@@ -620,6 +669,7 @@ class LocalControlPlane:
                 "--profiling=false",
                 "--v=1",
             ],
+            append_log=append_log,
         )
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
         context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))

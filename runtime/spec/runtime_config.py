@@ -1,7 +1,9 @@
-"""The runtime's configuration file (YAML or JSON): models to load and tenants to serve.
+"""The runtime's configuration file (YAML or JSON): models to load, tenants to serve, their pipelines.
 
 The operator publishes exactly this document into each Model's runtime ConfigMap; `realm serve
 --config` reads it and reloads the tenant section on change. API keys appear only as sha256.
+Pipelines appear already validated (acyclic, models exist and are allowed to the tenant), with their
+run order; a config without `pipelines` is still valid (the list defaults to empty).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from .pipeline import PipelineSpec, PipelineStep
 from .tenant import SpecModel, TenantSpec
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -72,9 +75,46 @@ class TenantEntry(SpecModel):
         return v
 
 
+class PipelineEntry(SpecModel):
+    """A Pipeline as published to runtime pods: validated steps, the tenant it runs as, and its run order."""
+
+    name: str = Field(
+        ...,
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="Pipeline name (the Pipeline object's name).",
+    )
+    tenant: str = Field(
+        ...,
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Tenant the pipeline runs as; must be listed in this config's tenants.",
+    )
+    steps: list[PipelineStep] = Field(..., min_length=1, description="The steps, as declared in the spec.")
+    order: list[str] = Field(
+        ..., description="Step names in run order (every step once, dependencies before dependents)."
+    )
+    output: str = Field(..., description="Step whose output the pipeline returns.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineEntry:
+        # The same graph checks as the Pipeline resource (duplicates, placeholders, cycles, output).
+        PipelineSpec(tenant=self.tenant, steps=self.steps, output=self.output)
+        deps = {s.name: set(s.depends_on) for s in self.steps}
+        if sorted(self.order) != sorted(deps):
+            raise ValueError(f"pipeline {self.name}: order must list every step exactly once")
+        for i, name in enumerate(self.order):
+            late = sorted(deps[name] - set(self.order[:i]))
+            if late:
+                raise ValueError(f"pipeline {self.name}: step {name} runs before {', '.join(late)}")
+        return self
+
+
 class RuntimeConfig(SpecModel):
-    models: list[ModelConfig] = Field(default_factory=list)
-    tenants: list[TenantEntry] = Field(default_factory=list)
+    models: list[ModelConfig] = Field(default_factory=list, description="Models the runtime loads.")
+    tenants: list[TenantEntry] = Field(default_factory=list, description="Tenants the runtime serves.")
+    pipelines: list[PipelineEntry] = Field(
+        default_factory=list,
+        description="Validated pipelines of the listed tenants that use one of the listed models.",
+    )
     modules_dir: str | None = Field(
         None,
         description="Folder of tenant WebAssembly modules named <sha256>.wasm (mounted by the operator).",
@@ -85,6 +125,7 @@ class RuntimeConfig(SpecModel):
         for what, names in (
             ("model", [m.name for m in self.models]),
             ("tenant", [t.name for t in self.tenants]),
+            ("pipeline", [p.name for p in self.pipelines]),
         ):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
@@ -92,6 +133,10 @@ class RuntimeConfig(SpecModel):
         hashes = [h for t in self.tenants for h in t.api_key_sha256]
         if len(hashes) != len(set(hashes)):
             raise ValueError("one API key hash is listed under two tenants")
+        tenants = {t.name for t in self.tenants}
+        strangers = sorted(p.name for p in self.pipelines if p.tenant not in tenants)
+        if strangers:
+            raise ValueError(f"pipelines whose tenant is not listed: {', '.join(strangers)}")
         return self
 
 
