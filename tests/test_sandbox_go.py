@@ -1,440 +1,351 @@
-"""The Go SDK (sdk/go) and its examples, run in wasmtime against a fake host.
+"""The Go SDK (sdk/go) and its examples, run through the real sandbox.
 
-`FakeHost` stands in for the real core-module binding at the host seam: it implements the
-`realm` import module (core-module ABI v1, docs/abi.md) over in-memory data, so these tests
-check the SDK's side of the ABI (exports, pointer passing, result staging, error codes) and
-that hostile modules are contained by wasmtime's limits, without a runtime or a model.
+Every test deploys or loads a Go example into `realm.runtime.sandbox.Sandbox` and invokes it
+with `Sandbox.invoke`, so the real `realm` import module (core_binding.py), the real
+InvocationContext and the real limits serve it. The only stand-in is `FakeServices`, a fake
+at the HostServices seam (the runtime's engine services: generate, tokenize, model info),
+with deterministic fake models instead of llama.cpp. These tests check the SDK's side of the
+ABI (exports, pointer passing, result staging, error codes) against the host that production
+uses, and that hostile Go modules are contained by the sandbox's limits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import struct
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 import wasmtime
 from go_builds import GoUnavailable, build_go_example, example_names
-from pydantic import ValidationError
 
+from realm.runtime.sandbox import InvocationFailed, InvocationResult, Sandbox, SandboxLimits, TenantModule
 from realm.runtime.sandbox.abi import (
-    ABI_MAJOR,
-    ABI_MINOR,
     CORE_IMPORT_MODULE,
     CORE_RUN_EXPORT,
     CORE_VERSION_EXPORT,
-    MAX_PAYLOAD_BYTES,
     ErrorCode,
     GenerateParams,
     Generation,
+    HostError,
+    InvocationErrorCode,
     ModelInfoPayload,
 )
+from realm.runtime.sandbox.context import InvocationContext
 
 try:
     build_go_example("echo")
 except GoUnavailable as e:  # pragma: no cover - depends on the machine
     pytest.skip(f"Go toolchain unavailable: {e}", allow_module_level=True)
 
-I32 = wasmtime.ValType.i32()
-I64 = wasmtime.ValType.i64()
-MEMORY_LIMIT = 64 << 20
 ALLOWED_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
+TENANT = "acme"
 
 
-def u32(value: int) -> int:
-    """wasmtime-py hands i32 arguments to host functions as signed Python ints: a pointer at
-    or above 2 GiB arrives negative, and must be read as unsigned before any bounds check."""
-    return value & 0xFFFF_FFFF
+class FakeServices:
+    """A fake at the HostServices seam (the runtime's engine services), not at the ABI: the
+    `realm` host functions, pointer checks and result staging are the real core binding.
 
+    Generations are "[<model>]" and " <n> chars" (n = prompt length), streamed as those two
+    chunks; tokens are code points; every allowed model is version "fake-1". Records every
+    GenerateParams it receives. With `gate` set, a streaming generate waits for it after its
+    chunks have gone out.
+    """
 
-class GuestError(Exception):
-    """A host call the guest made wrongly: it gets -code."""
-
-    def __init__(self, code: ErrorCode) -> None:
-        super().__init__(code.name)
-        self.code = code
-
-
-@dataclass
-class FakeHost:
-    """The `realm` import module over in-memory data: deterministic fake models."""
-
-    input_data: str = ""
-    output: list[str] = field(default_factory=list)
-    logs: list[tuple[int, str]] = field(default_factory=list)
-    requests: list[dict[str, object]] = field(default_factory=list)
-    pending: bytes | None = None
-
-    # Guest memory.
+    def __init__(self) -> None:
+        self.params: list[GenerateParams] = []
+        self.calls: list[str] = []
+        self.gate: asyncio.Event | None = None
 
     @staticmethod
-    def _memory(caller: wasmtime.Caller) -> wasmtime.Memory:
-        mem = caller.get("memory")
-        if not isinstance(mem, wasmtime.Memory):
-            raise GuestError(ErrorCode.INVALID_ARGUMENT)
-        return mem
+    def _allowed(model: str) -> None:
+        if model not in ALLOWED_MODELS:
+            raise HostError(ErrorCode.MODEL_NOT_ALLOWED, f"model {model!r} is not allowed")
 
-    def _read(self, caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
-        if length > MAX_PAYLOAD_BYTES:
-            raise GuestError(ErrorCode.TOO_LARGE)
-        mem = self._memory(caller)
-        if ptr + length > mem.data_len(caller):
-            raise GuestError(ErrorCode.OUT_OF_BOUNDS)
-        return bytes(mem.read(caller, ptr, ptr + length))
-
-    def _text(self, caller: wasmtime.Caller, ptr: int, length: int) -> str:
-        try:
-            return self._read(caller, ptr, length).decode()
-        except UnicodeDecodeError:
-            raise GuestError(ErrorCode.INVALID_UTF8) from None
-
-    def _model(self, caller: wasmtime.Caller, ptr: int, length: int) -> str:
-        name = self._text(caller, ptr, length)
-        if name not in ALLOWED_MODELS:
-            raise GuestError(ErrorCode.MODEL_NOT_ALLOWED)
-        return name
-
-    # Fake services.
-
-    def _generate(self, caller: wasmtime.Caller, ptr: int, length: int, stream: bool) -> bytes:
-        raw = self._read(caller, ptr, length)
-        self.requests.append(json.loads(raw))
-        try:
-            params = GenerateParams.model_validate_json(raw)
-        except ValidationError:
-            raise GuestError(ErrorCode.INVALID_ARGUMENT) from None
-        if params.model not in ALLOWED_MODELS:
-            raise GuestError(ErrorCode.MODEL_NOT_ALLOWED)
+    async def generate(
+        self, tenant: str, params: GenerateParams, on_text: Callable[[str], None] | None
+    ) -> Generation:
+        self.calls.append("generate")
+        self.params.append(params)
+        self._allowed(params.model)
         pieces = [f"[{params.model}]", f" {len(params.prompt)} chars"]
-        if stream:
-            self.output.extend(pieces)
-        gen = Generation(
+        if on_text is not None:
+            for piece in pieces:
+                on_text(piece)
+            if self.gate is not None:
+                await self.gate.wait()
+        return Generation(
             text="".join(pieces),
             finish_reason="stop",
             prompt_tokens=len(params.prompt.split()),
             completion_tokens=len(pieces),
         )
-        return str(gen.model_dump_json()).encode()
 
-    def generate(self, caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
-        return self._generate(caller, ptr, length, stream=False)
+    async def encode_tokens(self, tenant: str, model: str, text: str) -> list[int]:
+        self.calls.append("encode")
+        self._allowed(model)
+        return [ord(c) for c in text]
 
-    def generate_stream(self, caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
-        return self._generate(caller, ptr, length, stream=True)
+    async def decode_tokens(self, tenant: str, model: str, tokens: Sequence[int]) -> str:
+        self.calls.append("decode")
+        self._allowed(model)
+        return "".join(map(chr, tokens))
 
-    def encode_tokens(self, caller: wasmtime.Caller, mp: int, ml: int, tp: int, tl: int) -> bytes:
-        self._model(caller, mp, ml)
-        text = self._text(caller, tp, tl)
-        return struct.pack(f"<{len(text)}I", *(ord(c) for c in text))  # one token a character
-
-    def decode_tokens(self, caller: wasmtime.Caller, mp: int, ml: int, tp: int, n: int) -> bytes:
-        self._model(caller, mp, ml)
-        tokens = struct.unpack(f"<{n}I", self._read(caller, tp, 4 * n))
-        return "".join(map(chr, tokens)).encode()
-
-    def load_model(self, caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
-        name = self._model(caller, ptr, length)
-        info = ModelInfoPayload(
-            name=name,
+    async def model_info(self, tenant: str, model: str) -> ModelInfoPayload:
+        self.calls.append("model_info")
+        self._allowed(model)
+        return ModelInfoPayload(
+            name=model,
             version="fake-1",
             engine="fake",
             context_length=2048,
             vocab_size=49152,
             has_chat_template=True,
         )
-        return str(info.model_dump_json()).encode()
-
-    def model_version(self, caller: wasmtime.Caller, ptr: int, length: int) -> bytes:
-        return f"{self._model(caller, ptr, length)}@fake-1".encode()
-
-    def input(self, caller: wasmtime.Caller) -> bytes:
-        return self.input_data.encode()
-
-    def emit(self, caller: wasmtime.Caller, ptr: int, length: int) -> None:
-        self.output.append(self._text(caller, ptr, length))
-
-    def log(self, caller: wasmtime.Caller, level: int, ptr: int, length: int) -> None:
-        if not 0 <= level <= 3:
-            raise GuestError(ErrorCode.INVALID_ARGUMENT)
-        self.logs.append((level, self._text(caller, ptr, length)))
-
-    def result_read(self, caller: wasmtime.Caller, ptr: int, length: int) -> int:
-        if self.pending is None:
-            raise GuestError(ErrorCode.NO_RESULT)
-        if length < len(self.pending):
-            raise GuestError(ErrorCode.BUFFER_TOO_SMALL)
-        mem = self._memory(caller)
-        if ptr + len(self.pending) > mem.data_len(caller):
-            raise GuestError(ErrorCode.OUT_OF_BOUNDS)
-        mem.write(caller, self.pending, ptr)
-        n, self.pending = len(self.pending), None
-        return n
-
-    # Wiring.
-
-    def _staged(self, fn: Callable[..., bytes]) -> Callable[..., int]:
-        def call(caller: wasmtime.Caller, *args: int) -> int:
-            self.pending = None
-            try:
-                result = fn(caller, *map(u32, args))
-            except GuestError as e:
-                return -int(e.code)
-            if len(result) > MAX_PAYLOAD_BYTES:
-                return -int(ErrorCode.TOO_LARGE)
-            self.pending = result
-            return len(result)
-
-        return call
-
-    @staticmethod
-    def _status(fn: Callable[..., int | None]) -> Callable[..., int]:
-        def call(caller: wasmtime.Caller, *args: int) -> int:
-            try:
-                return fn(caller, *map(u32, args)) or 0
-            except GuestError as e:
-                return -int(e.code)
-
-        return call
-
-    def define(self, linker: wasmtime.Linker) -> None:
-        staged: dict[str, tuple[int, Callable[..., bytes]]] = {
-            "realm_host_generate": (2, self.generate),
-            "realm_host_generate_stream": (2, self.generate_stream),
-            "realm_encode_tokens": (4, self.encode_tokens),
-            "realm_decode_tokens": (4, self.decode_tokens),
-            "realm_host_load_model_by_name": (2, self.load_model),
-            "realm_get_model_version": (2, self.model_version),
-            "realm_input": (0, self.input),
-        }
-        for name, (arity, fn) in staged.items():
-            ty = wasmtime.FuncType([I32] * arity, [I64])
-            linker.define_func(CORE_IMPORT_MODULE, name, ty, self._staged(fn), access_caller=True)
-        status: dict[str, tuple[int, Callable[..., int | None]]] = {
-            "realm_emit": (2, self.emit),
-            "realm_log": (3, self.log),
-            "realm_result_read": (2, self.result_read),
-        }
-        for name, (arity, impl) in status.items():
-            ty = wasmtime.FuncType([I32] * arity, [I32])
-            linker.define_func(CORE_IMPORT_MODULE, name, ty, self._status(impl), access_caller=True)
 
 
 @pytest.fixture(scope="module")
-def engine() -> wasmtime.Engine:
-    config = wasmtime.Config()
-    config.epoch_interruption = True
-    return wasmtime.Engine(config)
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    sb = Sandbox(tmp_path_factory.mktemp("go-wasm-cache"), max_workers=8)
+    yield sb
+    sb.close()
 
 
-_modules: dict[str, wasmtime.Module] = {}
+def load(sandbox: Sandbox, name: str) -> TenantModule:
+    return sandbox.load(TENANT, build_go_example(name).read_bytes())
 
 
-def module(engine: wasmtime.Engine, name: str) -> wasmtime.Module:
-    if name not in _modules:
-        _modules[name] = wasmtime.Module.from_file(engine, str(build_go_example(name)))
-    return _modules[name]
+def make_ctx(
+    services: FakeServices, input_data: str = "", on_output: Callable[[str], None] | None = None
+) -> tuple[InvocationContext, list[str]]:
+    streamed: list[str] = []
+
+    def deliver(chunk: str) -> None:
+        streamed.append(chunk)
+        if on_output is not None:
+            on_output(chunk)
+
+    ctx = InvocationContext(
+        tenant=TENANT,
+        input_data=input_data,
+        services=services,
+        loop=asyncio.get_running_loop(),
+        on_output=deliver,
+    )
+    return ctx, streamed
 
 
-@dataclass
-class Tenant:
-    """One instantiated module, its store and its fake host: one invocation."""
-
-    store: wasmtime.Store
-    instance: wasmtime.Instance
-    host: FakeHost
-    stderr: Path
-
-    def export(self, name: str) -> wasmtime.Func:
-        f = self.instance.exports(self.store)[name]
-        assert isinstance(f, wasmtime.Func)
-        return f
-
-    def run(self) -> int:
-        rc = self.export(CORE_RUN_EXPORT)(self.store)
-        assert isinstance(rc, int)
-        return rc
-
-    @property
-    def output(self) -> str:
-        return "".join(self.host.output)
+async def run(
+    sandbox: Sandbox,
+    name: str,
+    input_data: str = "",
+    *,
+    services: FakeServices | None = None,
+    limits: SandboxLimits | None = None,
+) -> InvocationResult:
+    ctx, _ = make_ctx(services or FakeServices(), input_data)
+    return await sandbox.invoke(load(sandbox, name), ctx, limits or SandboxLimits())
 
 
-def instantiate(
-    engine: wasmtime.Engine, mod: wasmtime.Module, host: FakeHost, stderr: Path, *, memory_limit: int
-) -> Tenant:
-    store = wasmtime.Store(engine)
-    store.set_limits(memory_size=memory_limit)
-    store.set_epoch_deadline(1 << 30)  # only the tests that want an interrupt tick the epoch
-    wasi = wasmtime.WasiConfig()  # nothing inherited: no args, env, preopens or stdio
-    wasi.stderr_file = str(stderr)
-    store.set_wasi(wasi)
-    linker = wasmtime.Linker(engine)
-    linker.define_wasi()
-    host.define(linker)
-    instance = linker.instantiate(store, mod)
-    tenant = Tenant(store, instance, host, stderr)
-    if "_initialize" in instance.exports(store):
-        tenant.export("_initialize")(store)
-    return tenant
+async def failure(
+    sandbox: Sandbox,
+    name: str,
+    input_data: str = "",
+    *,
+    services: FakeServices | None = None,
+    limits: SandboxLimits | None = None,
+) -> tuple[InvocationFailed, InvocationContext]:
+    ctx, _ = make_ctx(services or FakeServices(), input_data)
+    with pytest.raises(InvocationFailed) as info:
+        await sandbox.invoke(load(sandbox, name), ctx, limits or SandboxLimits())
+    return info.value, ctx
 
 
-@pytest.fixture
-def tenant(engine: wasmtime.Engine, tmp_path: Path) -> Iterator[Callable[..., Tenant]]:
-    def make(name: str, input_data: str = "", memory_limit: int = MEMORY_LIMIT) -> Tenant:
-        host = FakeHost(input_data=input_data)
-        return instantiate(
-            engine, module(engine, name), host, tmp_path / f"{name}.stderr", memory_limit=memory_limit
-        )
-
-    yield make
+# ---- loading ----------------------------------------------------------------------------------
 
 
-def test_examples_export_the_abi(engine: wasmtime.Engine) -> None:
-    sizes: dict[str, int] = {}
+def test_examples_load_with_abi_1_0(sandbox: Sandbox) -> None:
+    # Sandbox.load checks the imports against the real `realm` module, the exports, and runs
+    # _initialize and realm_abi_version: a Go example that loads speaks the ABI.
     for name in example_names():
         path = build_go_example(name)
-        sizes[name] = path.stat().st_size
-        mod = module(engine, name)
-        exports = {e.name: e.type for e in mod.exports}
-        assert {"memory", "_initialize", CORE_VERSION_EXPORT, CORE_RUN_EXPORT} <= exports.keys(), name
-        for fn in (CORE_VERSION_EXPORT, CORE_RUN_EXPORT):
-            ty = exports[fn]
-            assert isinstance(ty, wasmtime.FuncType), name
-            assert [str(p) for p in ty.params] == [] and [str(r) for r in ty.results] == ["i32"], name
-        modules = {i.module for i in mod.imports}
-        assert modules <= {CORE_IMPORT_MODULE, "wasi_snapshot_preview1"}, name
-    print("\nGo example .wasm sizes:", ", ".join(f"{n} {s / 1e6:.2f} MB" for n, s in sizes.items()))
+        module = sandbox.load(TENANT, path.read_bytes())
+        assert (module.kind, module.abi_version, module.needs_wasi) == ("core", (1, 0), True), name
+        assert isinstance(module.artifact, wasmtime.Module)
+        exports = {e.name for e in module.artifact.exports}
+        assert {"memory", "_initialize", CORE_VERSION_EXPORT, CORE_RUN_EXPORT} <= exports, name
+        imported = {i.module for i in module.artifact.imports}
+        assert imported <= {CORE_IMPORT_MODULE, "wasi_snapshot_preview1"}, name
 
 
-def test_abi_version(tenant: Callable[..., Tenant]) -> None:
-    t = tenant("echo")
-    assert t.export(CORE_VERSION_EXPORT)(t.store) == (ABI_MAJOR << 16) | ABI_MINOR == 0x10000
+def test_deploy_makes_the_go_module_current(sandbox: Sandbox) -> None:
+    module = sandbox.deploy("go-deploy", build_go_example("echo").read_bytes())
+    try:
+        assert sandbox.current("go-deploy") == module
+        assert module.abi_version == (1, 0)
+    finally:
+        sandbox.remove("go-deploy")
 
 
-def test_echo_returns_its_input(engine: wasmtime.Engine, tmp_path: Path) -> None:
+# ---- round trips ------------------------------------------------------------------------------
+
+
+async def test_echo_returns_its_input(sandbox: Sandbox) -> None:
     data = json.dumps({"hello": "wörld", "n": [1, 2, 3]})
-    # Cold: compile from the file, instantiate, _initialize, first call.
-    path = build_go_example("echo")
-    t0 = time.perf_counter()
-    mod = wasmtime.Module.from_file(engine, str(path))
-    t1 = time.perf_counter()
-    t = instantiate(engine, mod, FakeHost(input_data=data), tmp_path / "stderr", memory_limit=MEMORY_LIMIT)
-    t2 = time.perf_counter()
-    assert t.run() == 0
-    t3 = time.perf_counter()
-    assert t.output == data
-    # Warm: a new instance of the compiled module.
-    t4 = time.perf_counter()
-    t = instantiate(engine, mod, FakeHost(input_data="x"), tmp_path / "stderr", memory_limit=MEMORY_LIMIT)
-    assert t.run() == 0
-    t5 = time.perf_counter()
-    assert t.output == "x"
-    print(
-        f"\necho: compile {1e3 * (t1 - t0):.0f} ms, instantiate+_initialize {1e3 * (t2 - t1):.1f} ms, "
-        f"first realm_run {1e3 * (t3 - t2):.1f} ms; warm instantiate+run {1e3 * (t5 - t4):.1f} ms"
-    )
+    services = FakeServices()
+    result = await run(sandbox, "echo", data, services=services)
+    assert result.output == data
+    assert result.host_calls["input"] == 1 and result.host_calls["emit"] >= 1
+    assert services.calls == []
+    # a second invocation of the same module is a fresh instance: nothing carries over
+    assert (await run(sandbox, "echo", "x")).output == "x"
 
 
-def test_chat_sends_snake_case_params(tenant: Callable[..., Tenant]) -> None:
-    t = tenant("chat", json.dumps({"question": "Why is the sky blue?"}))
-    assert t.run() == 0
-    [req] = t.host.requests
-    assert req["model"] == "smollm2-135m-instruct"
-    assert req["max_tokens"] == 32 and req["temperature"] == 0
-    assert req["stop"] == ["<|im_end|>"]
-    assert "Why is the sky blue?" in str(req["prompt"])
-    answer = json.loads(t.output)["answer"]
-    assert answer.startswith("[smollm2-135m-instruct]")
+async def test_chat_sends_snake_case_params(sandbox: Sandbox) -> None:
+    services = FakeServices()
+    result = await run(sandbox, "chat", json.dumps({"question": "Why is the sky blue?"}), services=services)
+    # The host parses the request with GenerateParams (extra fields forbidden): had the SDK sent
+    # camelCase keys the call would have failed with invalid-argument instead of arriving here.
+    [params] = services.params
+    assert params.model == "smollm2-135m-instruct"
+    assert params.max_tokens == 32 and params.temperature == 0
+    assert params.stop == ["<|im_end|>"]
+    assert "Why is the sky blue?" in params.prompt
+    answer = json.loads(result.output)["answer"]
+    assert answer == f"[smollm2-135m-instruct] {len(params.prompt)} chars"
+    assert result.host_calls["generate"] == 1
 
 
-def test_chat_without_question_is_a_tenant_error(tenant: Callable[..., Tenant]) -> None:
-    t = tenant("chat", "{}")
-    assert t.run() == 1
-    assert t.output == ""
-    assert t.host.logs == [(3, 'input needs a "question"')]
+async def test_chat_without_question_is_a_tenant_error(sandbox: Sandbox) -> None:
+    services = FakeServices()
+    failed, ctx = await failure(sandbox, "chat", "{}", services=services)
+    assert failed.code == InvocationErrorCode.TENANT_ERROR
+    assert failed.http_status == 422
+    # the SDK logged the handler's error at level error; realm_run returned 1 (ExitError)
+    assert failed.message == f'{CORE_RUN_EXPORT} returned 1: input needs a "question"'
+    assert ctx.output == []
+    assert services.calls == []
 
 
-def test_chain_uses_both_models(tenant: Callable[..., Tenant]) -> None:
-    t = tenant("chain", json.dumps({"question": "What is WebAssembly?"}))
-    assert t.run() == 0
-    assert [r["model"] for r in t.host.requests] == list(ALLOWED_MODELS)
-    out = json.loads(t.output)
+async def test_chain_uses_both_models(sandbox: Sandbox) -> None:
+    services = FakeServices()
+    result = await run(sandbox, "chain", json.dumps({"question": "What is WebAssembly?"}), services=services)
+    assert [p.model for p in services.params] == list(ALLOWED_MODELS)
+    draft_params, edit_params = services.params
+    assert draft_params.stop == ["<|im_end|>"] and edit_params.stop == ["<end_of_turn>"]
+    out = json.loads(result.output)
+    assert out["draft"] == f"[smollm2-135m-instruct] {len(draft_params.prompt)} chars"
+    assert out["draft"] in edit_params.prompt  # the draft went into the second prompt
     assert out["answer"].startswith("[gemma-3-270m]")
-    assert out["models"] == {m: f"{m}@fake-1" for m in ALLOWED_MODELS}
+    assert out["models"] == dict.fromkeys(ALLOWED_MODELS, "fake-1")
+    assert result.host_calls["get_model_version"] == 2
 
 
-def test_stream_output_arrives_before_the_summary(tenant: Callable[..., Tenant]) -> None:
-    t = tenant("stream", json.dumps({"prompt": "Once upon a time"}))
-    assert t.run() == 0
-    assert t.host.output[:2] == ["[smollm2-135m-instruct]", " 16 chars"]
-    assert t.host.output[2] == "\n[stop: 4 prompt + 2 completion tokens]\n"
+async def test_stream_output_arrives_before_the_result(sandbox: Sandbox) -> None:
+    services = FakeServices()
+    services.gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_output(chunk: str) -> None:  # on the worker thread
+        loop.call_soon_threadsafe(arrived.put_nowait, chunk)
+
+    ctx, streamed = make_ctx(services, json.dumps({"prompt": "Once upon a time"}), on_output)
+    task = asyncio.create_task(sandbox.invoke(load(sandbox, "stream"), ctx, SandboxLimits()))
+    try:
+        # Both chunks reach on_output while the guest is still inside realm_host_generate_stream.
+        first = await asyncio.wait_for(arrived.get(), 30)
+        second = await asyncio.wait_for(arrived.get(), 30)
+        assert [first, second] == ["[smollm2-135m-instruct]", " 16 chars"]
+        assert not task.done()
+    finally:
+        services.gate.set()
+    result = await task
+    summary = "\n[stop: 4 prompt + 2 completion tokens]\n"
+    assert streamed == ["[smollm2-135m-instruct]", " 16 chars", summary]
+    assert result.output == "".join(streamed)
+    assert result.host_calls["generate_stream"] == 1
+    [params] = services.params
+    assert params.max_tokens == 32 and params.prompt == "Once upon a time"
 
 
-def test_tokens_round_trip(tenant: Callable[..., Tenant]) -> None:
-    t = tenant("tokens", json.dumps({"text": "héllo ✓"}))
-    assert t.run() == 0
-    out = json.loads(t.output)
+async def test_tokens_round_trip(sandbox: Sandbox) -> None:
+    services = FakeServices()
+    result = await run(sandbox, "tokens", json.dumps({"text": "héllo ✓"}), services=services)
+    out = json.loads(result.output)
     assert out["tokens"] == [ord(c) for c in "héllo ✓"]
     assert out["text"] == "héllo ✓"
-    assert out["model"]["context_length"] == 2048
+    assert ModelInfoPayload.model_validate(out["model"]).context_length == 2048
+    assert services.calls == ["model_info", "encode", "decode"]
 
 
-def test_badptr_gets_out_of_bounds(tenant: Callable[..., Tenant]) -> None:
-    t = tenant("badptr", '{"any": "input"}')
-    assert t.run() == 0
-    codes = json.loads(t.output)
+# ---- hostile guests ---------------------------------------------------------------------------
+
+
+async def test_badptr_gets_out_of_bounds(sandbox: Sandbox) -> None:
+    services = FakeServices()
+    result = await run(sandbox, "badptr", '{"any": "input"}', services=services)
+    codes = json.loads(result.output)
     assert codes.keys() == {"emit", "emit_wrap", "log", "generate", "encode", "decode", "result_read"}
     assert set(codes.values()) == {-ErrorCode.OUT_OF_BOUNDS}, codes
+    assert services.calls == []  # nothing out of bounds reached the services
 
 
-def test_panic_fails_after_the_first_chunk(tenant: Callable[..., Tenant]) -> None:
-    t = tenant("panic", "{}")
-    assert t.run() == 2  # realm.ExitPanic: the SDK recovered
-    assert t.output == "first chunk\n"
-    [(level, msg)] = t.host.logs
-    assert level == 3 and msg.startswith("panic: assignment to entry in nil map")
+async def test_panic_fails_after_the_first_chunk(sandbox: Sandbox) -> None:
+    failed, ctx = await failure(sandbox, "panic", "{}")
+    assert failed.code == InvocationErrorCode.TENANT_ERROR
+    # realm_run returned 2 (ExitPanic): the SDK recovered and logged the panic at level error
+    assert failed.message.startswith(f"{CORE_RUN_EXPORT} returned 2: panic: assignment to entry in nil map")
+    assert ctx.output == ["first chunk\n"]
+    assert ctx.last_error_log is not None and ctx.last_error_log.startswith("panic:")
 
 
-def test_unrecoverable_go_crash_exits(tenant: Callable[..., Tenant]) -> None:
-    t = tenant("panic", '{"fatal": true}')
-    # The Go runtime prints "fatal error: ..." to stderr and aborts with `unreachable`.
-    with pytest.raises(wasmtime.Trap) as exc:
-        t.run()
-    assert exc.value.trap_code == wasmtime.TrapCode.UNREACHABLE
-    assert t.output == "first chunk\n"
-    assert "fatal error" in t.stderr.read_text()
+async def test_unrecoverable_go_crash_is_a_trap(sandbox: Sandbox) -> None:
+    # "fatal error: all goroutines are asleep": the Go runtime aborts with `unreachable`
+    failed, ctx = await failure(sandbox, "panic", '{"fatal": true}')
+    assert failed.code == InvocationErrorCode.TRAP
+    assert failed.http_status == 422
+    assert "unreachable" in failed.message
+    assert ctx.output == ["first chunk\n"]  # what was emitted before the crash was delivered
 
 
-def test_spin_is_interrupted_by_the_epoch_deadline(
-    engine: wasmtime.Engine, tenant: Callable[..., Tenant]
-) -> None:
-    t = tenant("spin")
-    t.store.set_epoch_deadline(1)
-    ticker = threading.Timer(0.2, engine.increment_epoch)
-    ticker.start()
-    t0 = time.perf_counter()
-    try:
-        with pytest.raises(wasmtime.Trap) as exc:
-            t.run()
-    finally:
-        ticker.cancel()
-    assert exc.value.trap_code == wasmtime.TrapCode.INTERRUPT
-    assert time.perf_counter() - t0 < 5
+async def test_spin_is_interrupted_by_the_deadline(sandbox: Sandbox) -> None:
+    failed, _ = await failure(sandbox, "spin", limits=SandboxLimits(deadline_ms=100))
+    assert failed.code == InvocationErrorCode.TIMEOUT
+    assert failed.http_status == 504
+    # the sandbox is unharmed: the next invocation runs
+    assert (await run(sandbox, "echo", "after spin")).output == "after spin"
 
 
-def test_oom_hits_the_memory_limit(tenant: Callable[..., Tenant]) -> None:
-    t = tenant("oom", memory_limit=MEMORY_LIMIT)
-    # memory.grow fails at the limit; the Go runtime prints "fatal error: out of memory" and
-    # aborts with `unreachable`: a trap like any other, told apart only by the memory's size.
-    with pytest.raises(wasmtime.Trap) as exc:
-        t.run()
-    assert exc.value.trap_code == wasmtime.TrapCode.UNREACHABLE
-    mem = t.instance.exports(t.store)["memory"]
-    assert isinstance(mem, wasmtime.Memory)
-    assert mem.data_len(t.store) <= MEMORY_LIMIT
-    assert "out of memory" in t.stderr.read_text()
-    print(f"\noom: trapped with memory at {mem.data_len(t.store) >> 20} MiB of {MEMORY_LIMIT >> 20} MiB")
+async def test_spin_runs_out_of_fuel(sandbox: Sandbox) -> None:
+    fuel = 50_000_000
+    # the same budget is plenty for the Go runtime's start-up and a whole echo invocation,
+    # so what exhausts it below is the spinning handler
+    echo = await run(sandbox, "echo", "x", limits=SandboxLimits(fuel=fuel))
+    assert echo.fuel_used is not None and echo.fuel_used < fuel
+    failed, _ = await failure(sandbox, "spin", limits=SandboxLimits(fuel=fuel))
+    assert failed.code == InvocationErrorCode.FUEL_EXHAUSTED
+
+
+async def test_oom_hits_the_memory_limit(sandbox: Sandbox) -> None:
+    # memory.grow fails at the cap (it returns -1, no error); the Go runtime then prints
+    # "fatal error: out of memory" to stderr (which goes nowhere) and aborts with
+    # `unreachable`: the runner reports a wasm_trap, not wasm_memory_limit (that one is for a
+    # module whose initial memory exceeds the cap at instantiation).
+    failed, _ = await failure(sandbox, "oom", limits=SandboxLimits(memory_mib=32))
+    assert failed.code == InvocationErrorCode.TRAP
+    assert failed.http_status == 422
+    assert "unreachable" in failed.message
+    assert (await run(sandbox, "echo", "after oom")).output == "after oom"
+
+
+async def test_initial_memory_over_a_tiny_cap_is_a_memory_limit(sandbox: Sandbox) -> None:
+    # A Go module starts with a few MiB of linear memory; a cap below that fails instantiation.
+    module = load(sandbox, "echo")
+    assert isinstance(module.artifact, wasmtime.Module)
+    [memory] = [e.type for e in module.artifact.exports if e.name == "memory"]
+    assert isinstance(memory, wasmtime.MemoryType) and memory.limits.min > 16  # pages: > 1 MiB
+    ctx, _ = make_ctx(FakeServices(), "x")
+    with pytest.raises(InvocationFailed) as info:
+        await sandbox.invoke(module, ctx, SandboxLimits(memory_mib=1))
+    assert info.value.code == InvocationErrorCode.MEMORY_LIMIT
