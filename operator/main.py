@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 from collections.abc import Sequence
 
 import kopf
@@ -44,7 +45,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     peering = os.environ.get("REALM_PEERING", "realm-operator")
     p.add_argument("--peering", default=peering, help="peering (leader election) object name")
     p.add_argument("--standalone", action="store_true", help="no peering (a single replica only)")
-    p.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    p.add_argument(
+        "--priority",
+        type=int,
+        # kopf pauses every replica when two share a priority (nobody acts): by default each replica
+        # draws its own, so a scaled-out Deployment elects one without per-pod configuration.
+        default=None,
+        help="peering priority of this replica (default: random, distinct per replica)",
+    )
     p.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument(
         "--runtime-image",
@@ -88,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings=settings,  # handlers.configure (on.startup) adds watching/persistence/posting settings
         standalone=args.standalone,
         peering_name=args.peering,
-        priority=args.priority,
+        priority=args.priority if args.priority is not None else secrets.randbelow(1_000_000) + 1,
         clusterwide=clusterwide,
         namespaces=namespaces,
         liveness_endpoint=args.liveness,
