@@ -32,25 +32,17 @@ NS = "realm-e2e"
 PEERING = "e2e"
 T = TypeVar("T")
 
-try:
-    from e2e.cluster.cluster import (
-        CONTROLLER_BINARIES,
-        REQUIRED_BINARIES,
-        Cluster,
-        control_plane,
-        find_bin_dir,
-        missing_binaries,
-        use_external_kubeconfig,
-    )
-except ImportError as e:  # the control-plane module is built by a separate piece of work
-    pytest.skip(f"e2e/cluster/cluster.py is not usable yet: {e}", allow_module_level=True)
+from e2e.cluster.cluster import (  # noqa: E402
+    CONTROLLER_BINARIES,
+    Cluster,
+    control_plane,
+    find_bin_dir,
+    missing_binaries,
+    use_external_kubeconfig,
+)
+from e2e.support import require_control_plane  # noqa: E402
 
-if use_external_kubeconfig() is None and missing_binaries(find_bin_dir(), REQUIRED_BINARIES):
-    pytest.skip(
-        f"control-plane binaries missing in {find_bin_dir()} (run e2e/cluster/build.sh, "
-        "or set REALM_E2E_USE_KUBECONFIG=1 with KUBECONFIG)",
-        allow_module_level=True,
-    )
+require_control_plane()
 
 # kopf's peering CRD (namespaced flavour): the operator refuses to act without it (mandatory peering).
 PEERING_CRD: dict[str, Any] = {

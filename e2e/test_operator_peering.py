@@ -36,24 +36,13 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-try:
-    from e2e.cluster.cluster import (
-        REQUIRED_BINARIES,
-        Cluster,
-        control_plane,
-        find_bin_dir,
-        missing_binaries,
-        use_external_kubeconfig,
-    )
-except ImportError as e:  # the control-plane module is built by a separate piece of work
-    pytest.skip(f"e2e/cluster/cluster.py is not usable yet: {e}", allow_module_level=True)
+from e2e.cluster.cluster import (  # noqa: E402
+    Cluster,
+    control_plane,
+)
+from e2e.support import require_control_plane  # noqa: E402
 
-if use_external_kubeconfig() is None and missing_binaries(find_bin_dir(), REQUIRED_BINARIES):
-    pytest.skip(
-        f"control-plane binaries missing in {find_bin_dir()} (run e2e/cluster/build.sh, "
-        "or set REALM_E2E_USE_KUBECONFIG=1 with KUBECONFIG)",
-        allow_module_level=True,
-    )
+require_control_plane()
 
 # Same skip logic, CRDs, peering and helpers as the other operator e2e tests.
 from e2e.test_operator import NS, PEERING, World, wait_for  # noqa: E402
