@@ -56,7 +56,7 @@ from e2e.support import require_control_plane  # noqa: E402
 
 require_control_plane()
 
-from e2e.test_operator import CRD_DIR, NS, PEERING, PEERING_CRD, World, tenant, wait_for  # noqa: E402
+from e2e.test_operator import NS, PEERING, World, prepare, tenant, wait_for  # noqa: E402
 
 MODEL_NAME = "chat"
 CONFIG_MAP = f"{MODEL_NAME}-v1-config"
@@ -244,15 +244,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         find_bin_dir(), CONTROLLER_BINARIES
     )
     with control_plane(controllers=controllers) as cluster:
-        cluster.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
-        cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(PEERING_CRD))
-        cluster.kubectl(
-            "wait", "--for=condition=established", "--timeout=60s",
-            "crd/tenants.realm.dev", "crd/models.realm.dev", "crd/kopfpeerings.kopf.dev",
-        )  # fmt: skip
-        cluster.kubectl("create", "namespace", NS)
-        peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}
-        cluster.kubectl("apply", "-n", NS, "-f", "-", input=json.dumps(peering))
+        prepare(cluster)
 
         log = tmp_path_factory.mktemp("operator") / "operator.log"
         # The operator's default resync (60 s): acceptance must come from the watch events, not timers.

@@ -146,22 +146,27 @@ class World:
         return {c["type"]: c for c in st.get("conditions") or []}
 
 
+def prepare(cluster: Cluster) -> None:
+    """Realm's CRDs, kopf's peering CRD, the namespace and its KopfPeering: what every e2e needs."""
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(PEERING_CRD))
+    cluster.kubectl(
+        "wait", "--for=condition=established", "--timeout=60s",
+        "crd/tenants.realm.dev", "crd/models.realm.dev", "crd/pipelines.realm.dev",
+        "crd/kopfpeerings.kopf.dev",
+    )  # fmt: skip
+    cluster.kubectl("create", "namespace", NS)
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}
+    cluster.kubectl("apply", "-n", NS, "-f", "-", input=json.dumps(peering))
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     controllers = use_external_kubeconfig() is not None or not missing_binaries(
         find_bin_dir(), CONTROLLER_BINARIES
     )
     with control_plane(controllers=controllers) as cluster:
-        cluster.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
-        cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(PEERING_CRD))
-        cluster.kubectl(
-            "wait", "--for=condition=established", "--timeout=60s",
-            "crd/tenants.realm.dev", "crd/models.realm.dev", "crd/pipelines.realm.dev",
-            "crd/kopfpeerings.kopf.dev",
-        )  # fmt: skip
-        cluster.kubectl("create", "namespace", NS)
-        peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}
-        cluster.kubectl("apply", "-n", NS, "-f", "-", input=json.dumps(peering))
+        prepare(cluster)
 
         log = tmp_path_factory.mktemp("operator") / "operator.log"
         with log.open("w") as sink:

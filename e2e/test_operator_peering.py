@@ -45,8 +45,14 @@ from e2e.support import require_control_plane  # noqa: E402
 require_control_plane()
 
 # Same skip logic, CRDs, peering and helpers as the other operator e2e tests.
-from e2e.test_operator import NS, PEERING, World, wait_for  # noqa: E402
-from e2e.test_operator_resilience import _model, _prepare, _tenant, operator  # noqa: E402
+from e2e.test_operator import (  # noqa: E402
+    NS,
+    PEERING,
+    World,
+    prepare,
+    wait_for,
+)
+from e2e.test_operator_resilience import _model, _tenant, operator  # noqa: E402
 
 # Hang guards only: the measured times are printed and are far shorter.
 RECONCILE_TIMEOUT = 90.0
@@ -97,7 +103,7 @@ def _setup(cluster: Cluster) -> None:
     operator started then is in its watch's retry back-off, and kopf's pause does not interrupt that
     initial list: an operator that pauses during it still handles what the list returns (seen once).
     """
-    _prepare(cluster)
+    prepare(cluster)
 
     def listable() -> bool:
         return cluster.kubectl("get", "tenants,models,pipelines", "-n", NS, check=False).returncode == 0

@@ -44,26 +44,12 @@ from e2e.support import require_control_plane  # noqa: E402
 require_control_plane()
 
 # Shared with the main operator e2e test (same skip logic, CRDs, peering CRD and helpers).
-from e2e.test_operator import CRD_DIR, NS, PEERING, PEERING_CRD, REPO, World, wait_for  # noqa: E402
+from e2e.test_operator import NS, PEERING, REPO, World, prepare, wait_for  # noqa: E402
 
 GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api@v1.6.3"
 GATEWAY = "gw"  # the operator's --gateway is NS/GATEWAY; no Gateway object (or controller) is needed
 # Hang guards only: the measured times are printed and are far shorter.
 RECONCILE_TIMEOUT = 90.0
-
-
-def _prepare(cluster: Cluster) -> None:
-    """Realm's CRDs, kopf's peering CRD, the namespace and its KopfPeering."""
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
-    cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(PEERING_CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=established", "--timeout=60s",
-        "crd/tenants.realm.dev", "crd/models.realm.dev", "crd/pipelines.realm.dev",
-        "crd/kopfpeerings.kopf.dev",
-    )  # fmt: skip
-    cluster.kubectl("create", "namespace", NS)
-    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}
-    cluster.kubectl("apply", "-n", NS, "-f", "-", input=json.dumps(peering))
 
 
 @contextlib.contextmanager
@@ -138,7 +124,7 @@ def test_operator_survives_apiserver_restart(tmp_path: Path) -> None:
     if use_external_kubeconfig() is not None:
         pytest.skip("restarting kube-apiserver needs the local control plane")
     with control_plane() as cluster:
-        _prepare(cluster)
+        prepare(cluster)
         world = World(cluster, tmp_path / "operator.log")
         with operator(cluster, world.log) as op:
             began = time.monotonic()
@@ -220,7 +206,7 @@ def test_model_ready_with_pods_on_a_kwok_gpu_node(tmp_path: Path) -> None:
     if missing:
         pytest.skip(f"missing {', '.join(missing)} (run e2e/cluster/build.sh)")
     with control_plane(controllers=True, kwok=True) as cluster:
-        _prepare(cluster)
+        prepare(cluster)
         cluster.add_fake_node("gpu-0", gpus=8)
         world = World(cluster, tmp_path / "operator.log")
         with operator(cluster, world.log) as op:
@@ -320,7 +306,7 @@ def _backends(route: dict[str, Any]) -> list[tuple[str, int]]:
 def test_gateway_api_httproute_follows_the_traffic_split(tmp_path: Path) -> None:
     crds = _gateway_api_crds()
     with control_plane() as cluster:
-        _prepare(cluster)
+        prepare(cluster)
         began = time.monotonic()
         for f in sorted(crds.glob("*.yaml")):
             cluster.kubectl("apply", "--server-side", "-f", str(f))
