@@ -261,7 +261,7 @@ def test_operator_end_to_end(world: World) -> None:
     # code, once the running operator has settled, and compare resourceVersions.
     from kubernetes import config
 
-    from realm.operator import handlers
+    from realm.operator import handlers, options
     from realm.operator.kube import Kube
 
     refs = [("tenant", "acme"), ("tenant", "beta"), ("model", "chat"), ("secret", "acme-api-key")]
@@ -275,7 +275,7 @@ def test_operator_end_to_end(world: World) -> None:
 
     before = wait_for("the operator to settle", settled, timeout=90)
     k = Kube(config.new_client_from_config(config_file=str(world.cluster.kubeconfig)))
-    handlers.CONFIG.runtime_image = "realm-runtime:e2e"  # what the running operator was given
+    options.CONFIG.runtime_image = "realm-runtime:e2e"  # what the running operator was given
     handlers.reconcile_model(k, NS, "chat")
     handlers.reconcile_tenant(k, NS, "acme")
     handlers.reconcile_tenant(k, NS, "beta")

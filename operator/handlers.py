@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from pydantic import ValidationError
 
 from realm.operator import builders
 from realm.operator.kube import Kube, serialized
+from realm.operator.options import build_options, gateway_api_served
 from realm.operator.reconcile import (
     KEY_NOT_FOUND,
     SECRET_NOT_FOUND,
@@ -68,30 +68,13 @@ from realm.runtime.spec.tenant import TenantSpec
 
 log = logging.getLogger("realm.operator")
 
-GATEWAY_GROUP_VERSION = "gateway.networking.k8s.io/v1"
 # How often timers re-run every pass: the safety net for missed events (and the Deployment watch's
 # backstop). Read at import because kopf's decorators take it then; the e2e test shortens it.
 RESYNC_SECONDS = float(os.environ.get("REALM_RESYNC_SECONDS") or 60)
 FINALIZER = "realm.dev/operator"
 
 
-@dataclass
-class OperatorConfig:
-    """Operator-wide options (set by main.py from flags and environment before kopf starts)."""
-
-    runtime_image: str = field(
-        default_factory=lambda: os.environ.get("REALM_RUNTIME_IMAGE", "ghcr.io/realm/runtime:0.1.0")
-    )
-    gateway: builders.GatewayRef | None = None
-    hostnames: tuple[str, ...] = ()
-    service_account: str | None = None
-    modules_dir: str | None = None
-    gateway_check_seconds: float = 60.0
-
-
-CONFIG = OperatorConfig()
 _kube: Kube | None = None
-_gateway_cache: tuple[float, bool] | None = None
 
 
 def kube() -> Kube:
@@ -104,26 +87,6 @@ def kube() -> Kube:
 def _now() -> datetime:
     # metav1.Time has second precision; sub-second timestamps would not survive a round trip.
     return datetime.now(UTC).replace(microsecond=0)
-
-
-def gateway_api_served(k: Kube) -> bool:
-    """Whether HTTPRoutes can be created; rechecked every minute (CRDs can be installed later)."""
-    global _gateway_cache
-    now = time.monotonic()
-    if _gateway_cache is None or now - _gateway_cache[0] > CONFIG.gateway_check_seconds:
-        _gateway_cache = (now, k.serves(GATEWAY_GROUP_VERSION, "httproutes"))
-    return _gateway_cache[1]
-
-
-def build_options(k: Kube) -> builders.BuildOptions:
-    gateway = CONFIG.gateway if CONFIG.gateway is not None and gateway_api_served(k) else None
-    return builders.BuildOptions(
-        image=CONFIG.runtime_image,
-        gateway=gateway,
-        hostnames=CONFIG.hostnames,
-        service_account=CONFIG.service_account,
-        modules_dir=CONFIG.modules_dir,
-    )
 
 
 @dataclass

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import kopf
 
-from realm.operator import builders, handlers
+from realm.operator import builders, options
 
 
 def _gateway(value: str) -> builders.GatewayRef:
@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument(
         "--runtime-image",
-        default=os.environ.get("REALM_RUNTIME_IMAGE", handlers.CONFIG.runtime_image),
+        default=os.environ.get("REALM_RUNTIME_IMAGE", options.CONFIG.runtime_image),
         help="image of the runtime pods",
     )
     p.add_argument(
@@ -78,11 +78,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers.CONFIG.runtime_image = args.runtime_image
-    handlers.CONFIG.gateway = args.gateway
-    handlers.CONFIG.hostnames = tuple(args.hostname)
-    handlers.CONFIG.service_account = args.service_account
-    handlers.CONFIG.modules_dir = args.modules_dir
+    options.CONFIG.runtime_image = args.runtime_image
+    options.CONFIG.gateway = args.gateway
+    options.CONFIG.hostnames = tuple(args.hostname)
+    options.CONFIG.service_account = args.service_account
+    options.CONFIG.modules_dir = args.modules_dir
 
     namespaces: list[str] = list(args.namespace)
     if not namespaces and not args.all_namespaces and os.environ.get("REALM_NAMESPACE"):
