@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,9 +32,10 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from realm.operator import builders
+from realm.operator import builders, world
 from realm.operator.kube import Kube, serialized
 from realm.operator.options import build_options, gateway_api_served
+from realm.operator.passes import PassQueue
 from realm.operator.reconcile import (
     KEY_NOT_FOUND,
     SECRET_NOT_FOUND,
@@ -77,6 +78,17 @@ FINALIZER = "realm.dev/operator"
 _kube: Kube | None = None
 
 
+@dataclass
+class Indexes:
+    """kopf's indexes, captured from the first handler call (kopf hands them to handlers only)."""
+
+    tenants: Mapping[str, Any]  # namespace -> Store[TenantRecord]
+    secrets: Mapping[tuple[str, str], Any]  # (namespace, name) -> Store[{entry: sha256}]
+
+
+INDEXES: Indexes | None = None
+
+
 def kube() -> Kube:
     global _kube
     if _kube is None:
@@ -110,18 +122,26 @@ def _deleting(obj: Mapping[str, Any]) -> bool:
 # Observation -----------------------------------------------------------------------------------------
 
 
-def observe_tenants(k: Kube, namespace: str) -> tuple[list[TenantView], dict[str, Any]]:
-    """Every Tenant in the namespace with its key's hash (read fresh: never from a cache)."""
-    views: list[TenantView] = []
-    bodies: dict[str, Any] = {}
+def observe_tenants(k: Kube, namespace: str) -> list[TenantView]:
+    """Every Tenant in the namespace with its key's hash: from kopf's indexes inside the operator (kept
+    current by the watches), from the API otherwise (tests and tools calling a pass directly)."""
+    if INDEXES is not None:
+        views: list[TenantView] = []
+        for rec in world.tenants_in(INDEXES.tenants, namespace):
+            ref = api_key_secret_ref(rec.name, rec.spec)
+            known, digest = world.secret_entry_hash(INDEXES.secrets, namespace, ref.name, ref.key)
+            if not known:  # created a moment ago, its watch event not here yet
+                digest = api_key_hash(k.get("Secret", namespace, ref.name), ref.key)
+            views.append(TenantView(rec.name, rec.spec, rec.deleting, digest))
+        return views
+    out: list[TenantView] = []
     for t in k.list("Tenant", namespace):
         name = t["metadata"]["name"]
-        bodies[name] = t
         spec, _ = parse_spec(t.get("spec"), TenantSpec)
         ref = api_key_secret_ref(name, spec)
         digest = api_key_hash(k.get("Secret", namespace, ref.name), ref.key)
-        views.append(TenantView(name, spec, _deleting(t), digest))
-    return views, bodies
+        out.append(TenantView(name, spec if isinstance(spec, TenantSpec) else None, _deleting(t), digest))
+    return out
 
 
 def observe_pipelines(k: Kube, namespace: str) -> list[PipelineView]:
@@ -152,7 +172,7 @@ def reconcile_model(k: Kube, namespace: str, name: str) -> Outcome:
             return out  # owner references let the garbage collector remove the rest
         meta = body["metadata"]
         spec, error = parse_spec(body.get("spec"), ModelSpec)
-        views, _ = observe_tenants(k, namespace)
+        views = observe_tenants(k, namespace)
         tenants = published_tenants(views)
         pipelines = published_pipelines(observe_pipelines(k, namespace), tenants, model_names(k, namespace))
         opts = build_options(k)
@@ -223,11 +243,14 @@ def _ensure_key(k: Kube, body: Mapping[str, Any], spec: TenantSpec | None, out: 
     return KeyState(ref.name)
 
 
-def reconcile_tenant(k: Kube, namespace: str, name: str) -> Outcome:
+def reconcile_tenant(
+    k: Kube, namespace: str, name: str, republish: Callable[[str, str], object] | None = None
+) -> Outcome:
     """Ensure the tenant's key, republish every Model it is (or was) published to, then its status.
 
-    A Tenant being deleted is left out of every runtime config (observe_tenants skips it), so the same
-    pass serves the delete handler.
+    `republish(namespace, model)` runs or requests a Model's pass; the default runs it here and now, the
+    handlers pass the coalescing queue. A Tenant being deleted is left out of every runtime config
+    (observe_tenants skips it), so the same pass serves the delete handler.
     """
     out = Outcome()
     body = k.get("Tenant", namespace, name)
@@ -242,7 +265,11 @@ def reconcile_tenant(k: Kube, namespace: str, name: str) -> Outcome:
     allowed = tspec.allowed_models if tspec is not None else []
     previous = (body.get("status") or {}).get("publishedTo") or []
     for model in models_to_republish(allowed, previous):
-        if model in models:
+        if model not in models:
+            continue
+        if republish is not None:
+            republish(namespace, model)
+        else:
             sub = reconcile_model(k, namespace, model)
             out.applied += sub.applied
             out.deleted += sub.deleted
@@ -266,12 +293,23 @@ def reconcile_tenant(k: Kube, namespace: str, name: str) -> Outcome:
     return out
 
 
-def refresh_tenants(k: Kube, namespace: str, model: str | None = None) -> None:
-    """Recompute Tenant statuses (e.g. ModelNotFound turns True once the Model exists)."""
-    for t in k.list("Tenant", namespace):
-        spec, _ = parse_spec(t.get("spec"), TenantSpec)
-        if model is None or (isinstance(spec, TenantSpec) and model in spec.allowed_models):
-            reconcile_tenant(k, namespace, t["metadata"]["name"])
+def refresh_tenants(k: Kube, namespace: str, model: str, exists: bool) -> None:
+    """Recompute the statuses of the Tenants a Model's arrival or departure changes (ModelNotFound turns
+    True once it exists): those allowed to use it whose status disagrees about it being published."""
+    if INDEXES is not None:
+        names = [
+            r.name
+            for r in world.tenants_in(INDEXES.tenants, namespace)
+            if r.allows(model) and (model in r.published_to) != exists
+        ]
+    else:
+        names = []
+        for t in k.list("Tenant", namespace):
+            spec, _ = parse_spec(t.get("spec"), TenantSpec)
+            if isinstance(spec, TenantSpec) and model in spec.allowed_models:
+                names.append(t["metadata"]["name"])
+    for name in names:
+        reconcile_tenant(k, namespace, name, republish=PASSES.request)
 
 
 # Pipeline --------------------------------------------------------------------------------------------
@@ -395,20 +433,72 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 8
 
 
+def _model_pass(namespace: str, model: str) -> None:
+    reconcile_model(kube(), namespace, model)
+
+
+PASSES = PassQueue(_model_pass)
+
+
+def _capture(kwargs: Mapping[str, Any]) -> None:
+    """Remember kopf's indexes (handed to every handler; populated before the first one runs)."""
+    global INDEXES
+    if INDEXES is None and "realm_tenants" in kwargs and "realm_secret_hashes" in kwargs:
+        INDEXES = Indexes(tenants=kwargs["realm_tenants"], secrets=kwargs["realm_secret_hashes"])
+
+
+@kopf.index(GROUP, VERSION, "tenants")
+def realm_tenants(
+    namespace: str | None,
+    name: str | None,
+    uid: str | None,
+    spec: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    status: Mapping[str, Any],
+    **_: Any,
+) -> dict[str, world.TenantRecord]:
+    assert namespace and name
+    return {namespace: world.tenant_record(name, uid or "", spec, meta, status)}
+
+
+@kopf.index("", "v1", "secrets")
+def realm_secret_hashes(
+    namespace: str | None, name: str | None, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, str]]:
+    assert namespace and name
+    return {(namespace, name): world.secret_hashes(body)}
+
+
+@kopf.on.event("", "v1", "secrets")
+def secret_event(namespace: str | None, name: str | None, type: str | None, **kwargs: Any) -> None:
+    """A key Secret changed (rotated, deleted, recreated): republish its tenants' Models right away."""
+    _capture(kwargs)
+    if not (namespace and name) or INDEXES is None or type not in ("ADDED", "MODIFIED", "DELETED"):
+        return
+    for rec in world.tenants_in(INDEXES.tenants, namespace):
+        if rec.spec is not None and api_key_secret_ref(rec.name, rec.spec).name == name:
+            for model in rec.spec.allowed_models:
+                PASSES.request(namespace, model)
+
+
 @kopf.on.create(GROUP, VERSION, "tenants", backoff=5)
 @kopf.on.update(GROUP, VERSION, "tenants", backoff=5)
 @kopf.on.resume(GROUP, VERSION, "tenants", backoff=5)
-def tenant_changed(namespace: str | None, name: str | None, **_: Any) -> None:
+def tenant_changed(namespace: str | None, name: str | None, **kwargs: Any) -> None:
     assert namespace and name
+    _capture(kwargs)
     k = kube()
-    reconcile_tenant(k, namespace, name)
+    reconcile_tenant(k, namespace, name, republish=PASSES.request)
     refresh_pipelines(k, namespace, tenant=name)
 
 
 @kopf.on.delete(GROUP, VERSION, "tenants", backoff=5)
-def tenant_deleted(namespace: str | None, name: str | None, **_: Any) -> None:
-    """Republish without the tenant; runs before the finalizer goes, so a down operator cannot miss it."""
+def tenant_deleted(namespace: str | None, name: str | None, **kwargs: Any) -> None:
+    """Republish without the tenant; runs before the finalizer goes, so a down operator cannot miss it.
+
+    Synchronous on purpose: the finalizer is released only after the Models no longer list the tenant."""
     assert namespace and name
+    _capture(kwargs)
     k = kube()
     reconcile_tenant(k, namespace, name)
     refresh_pipelines(k, namespace, tenant=name)
@@ -426,57 +516,67 @@ TIMER_BACKOFF = min(RESYNC_SECONDS, 15.0)
     initial_delay=RESYNC_SECONDS / 2,
     backoff=TIMER_BACKOFF,
 )
-def tenant_resync(namespace: str | None, name: str | None, **_: Any) -> None:
+def tenant_resync(namespace: str | None, name: str | None, **kwargs: Any) -> None:
     assert namespace and name
-    reconcile_tenant(kube(), namespace, name)
+    _capture(kwargs)
+    reconcile_tenant(kube(), namespace, name, republish=PASSES.request)
 
 
 @kopf.on.create(GROUP, VERSION, "models", backoff=5)
 @kopf.on.update(GROUP, VERSION, "models", backoff=5)
 @kopf.on.resume(GROUP, VERSION, "models", backoff=5)
-def model_changed(namespace: str | None, name: str | None, **_: Any) -> None:
+def model_changed(namespace: str | None, name: str | None, **kwargs: Any) -> None:
     assert namespace and name
+    _capture(kwargs)
     k = kube()
     reconcile_model(k, namespace, name)
-    refresh_tenants(k, namespace, model=name)
+    refresh_tenants(k, namespace, name, exists=True)
     refresh_pipelines(k, namespace, model=name)
 
 
 @kopf.on.event(GROUP, VERSION, "models")
-def model_event(namespace: str | None, name: str | None, type: str | None, **_: Any) -> None:
-    """A deleted Model unpublishes the pipelines that used it from the other Models they use."""
+def model_event(namespace: str | None, name: str | None, type: str | None, **kwargs: Any) -> None:
+    """A deleted Model unpublishes the pipelines that used it from the other Models they use, and its
+    tenants say it is gone."""
+    _capture(kwargs)
     if type == "DELETED" and namespace and name:
-        refresh_pipelines(kube(), namespace, model=name)
+        k = kube()
+        refresh_pipelines(k, namespace, model=name)
+        refresh_tenants(k, namespace, name, exists=False)
 
 
 @kopf.timer(
     GROUP, VERSION, "models", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS / 4, backoff=TIMER_BACKOFF
 )
-def model_resync(namespace: str | None, name: str | None, **_: Any) -> None:
+def model_resync(namespace: str | None, name: str | None, **kwargs: Any) -> None:
     assert namespace and name
+    _capture(kwargs)
     reconcile_model(kube(), namespace, name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "realm-operator"})
-def deployment_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+def deployment_event(body: kopf.Body, type: str | None, **kwargs: Any) -> None:
     """Replica counts reach the Model's status as they change (and drift is undone right away)."""
+    _capture(kwargs)
     model = body.metadata.labels.get(builders.LABEL_MODEL)
     if model and body.metadata.namespace and type in ("ADDED", "MODIFIED", "DELETED", None):
-        reconcile_model(kube(), body.metadata.namespace, model)
+        PASSES.request(body.metadata.namespace, model)
 
 
 @kopf.on.create(GROUP, VERSION, "pipelines", backoff=5)
 @kopf.on.update(GROUP, VERSION, "pipelines", backoff=5)
 @kopf.on.resume(GROUP, VERSION, "pipelines", backoff=5)
-def pipeline_changed(namespace: str | None, name: str | None, **_: Any) -> None:
+def pipeline_changed(namespace: str | None, name: str | None, **kwargs: Any) -> None:
     assert namespace and name
+    _capture(kwargs)
     reconcile_pipeline(kube(), namespace, name)
 
 
 @kopf.on.event(GROUP, VERSION, "pipelines")
-def pipeline_event(namespace: str | None, name: str | None, type: str | None, **_: Any) -> None:
+def pipeline_event(namespace: str | None, name: str | None, type: str | None, **kwargs: Any) -> None:
     """A deleted Pipeline leaves the runtime configs right away. Pipelines carry no finalizer: a deletion
     missed while the operator was down is still undone by the Models' resume and timer passes."""
+    _capture(kwargs)
     if type == "DELETED" and namespace and name:
         reconcile_pipeline(kube(), namespace, name)
 
@@ -489,7 +589,8 @@ def pipeline_event(namespace: str | None, name: str | None, type: str | None, **
     initial_delay=RESYNC_SECONDS / 3,
     backoff=TIMER_BACKOFF,
 )
-def pipeline_resync(namespace: str | None, name: str | None, **_: Any) -> None:
+def pipeline_resync(namespace: str | None, name: str | None, **kwargs: Any) -> None:
     """Status only: the Models' own timers keep the published pipelines current."""
     assert namespace and name
+    _capture(kwargs)
     reconcile_pipeline(kube(), namespace, name, republish=False)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import kopf
 
 from realm.operator import builders, options
+from realm.operator import handlers as _handlers  # noqa: F401  (importing it registers the kopf handlers)
 
 
 def _gateway(value: str) -> builders.GatewayRef:

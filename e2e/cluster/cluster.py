@@ -470,8 +470,11 @@ class LocalControlPlane:
         startup_timeout: float = 120.0,
         workdir: Path | None = None,
         keep_workdir: bool | None = None,
+        apiserver_args: Sequence[str] = (),
     ) -> None:
         self.bin_dir = bin_dir or find_bin_dir()
+        # Extra kube-apiserver flags, e.g. an audit log for the operator benchmark.
+        self.apiserver_args = tuple(apiserver_args)
         self.controllers = controllers
         self.kwok = kwok
         self.startup_timeout = startup_timeout
@@ -668,6 +671,7 @@ class LocalControlPlane:
                 f"--service-account-signing-key-file={pki.sa_private_key}",
                 "--profiling=false",
                 "--v=1",
+                *self.apiserver_args,
             ],
             append_log=append_log,
         )
@@ -768,6 +772,7 @@ def control_plane(
     kwok: bool = False,
     bin_dir: Path | None = None,
     startup_timeout: float = 120.0,
+    apiserver_args: Sequence[str] = (),
 ) -> Iterator[Cluster]:
     """A cluster for the duration of the block: the user's (REALM_E2E_USE_KUBECONFIG=1) or a local one."""
     external = use_external_kubeconfig()
@@ -780,7 +785,11 @@ def control_plane(
         yield cluster
         return
     with LocalControlPlane(
-        bin_dir, controllers=controllers, kwok=kwok, startup_timeout=startup_timeout
+        bin_dir,
+        controllers=controllers,
+        kwok=kwok,
+        startup_timeout=startup_timeout,
+        apiserver_args=apiserver_args,
     ) as cluster:
         yield cluster
 

@@ -1,0 +1,106 @@
+"""What the operator knows without asking the API: records built by kopf indexes, and readers over them.
+
+Why: a Model's pass needs every Tenant of its namespace and each tenant's key hash. Listing Tenants and
+reading one Secret per tenant on every pass costs O(tenants) requests per pass, and O(tenants²) when a
+thousand Tenants arrive at once. kopf's indexes (`@kopf.index`) keep these records in memory from the
+watch streams, and kopf populates every index before any handler runs, so a pass never publishes a
+partial tenant list after a restart.
+
+The records are immutable and small: a parsed spec, deletion state, what the status says it published,
+and for Secrets only the sha256 of each entry (the key itself never enters the operator's memory beyond
+the watch event).
+
+kopf mutates its indexes on the event loop while passes read them from worker threads; a read that
+races a mutation raises RuntimeError (dict changed size), so readers copy and retry.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from realm.operator.reconcile import parse_spec
+from realm.runtime.spec.tenant import TenantSpec
+
+T = TypeVar("T")
+# Secret entries longer than this are not API keys (certificates, kubeconfigs): not worth hashing.
+MAX_HASHED_ENTRY = 4096
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    name: str
+    uid: str
+    spec: TenantSpec | None  # None when the spec does not parse (the Tenant's own pass reports why)
+    deleting: bool
+    published_to: tuple[str, ...]  # from status: the Models it was last published to
+
+    def allows(self, model: str) -> bool:
+        return self.spec is not None and model in self.spec.allowed_models
+
+
+def tenant_record(
+    name: str,
+    uid: str,
+    spec: Mapping[str, Any] | None,
+    meta: Mapping[str, Any],
+    status: Mapping[str, Any] | None,
+) -> TenantRecord:
+    parsed, _ = parse_spec(spec, TenantSpec)
+    return TenantRecord(
+        name=name,
+        uid=uid,
+        spec=parsed if isinstance(parsed, TenantSpec) else None,
+        deleting=bool(meta.get("deletionTimestamp")),
+        published_to=tuple((status or {}).get("publishedTo") or ()),
+    )
+
+
+def secret_hashes(body: Mapping[str, Any]) -> dict[str, str]:
+    """sha256 (hex) of each decodable entry of a Secret: what `api_key_hash` computes, for every key."""
+    out: dict[str, str] = {}
+    for key, raw in (body.get("data") or {}).items():
+        if not isinstance(raw, str) or len(raw) > MAX_HASHED_ENTRY:
+            continue
+        try:
+            out[key] = hashlib.sha256(base64.b64decode(raw, validate=True).decode().encode()).hexdigest()
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+    return out
+
+
+def _stable(read: Callable[[], T]) -> T:
+    for _ in range(8):
+        try:
+            return read()
+        except RuntimeError:  # the loop changed the index while this thread copied it
+            continue
+    return read()
+
+
+def tenants_in(index: Mapping[str, Iterable[TenantRecord]], namespace: str) -> list[TenantRecord]:
+    def read() -> list[TenantRecord]:
+        store = index.get(namespace)
+        return list(store) if store is not None else []
+
+    return _stable(read)
+
+
+def secret_entry_hash(
+    index: Mapping[tuple[str, str], Iterable[dict[str, str]]], namespace: str, name: str, key: str
+) -> tuple[bool, str | None]:
+    """(known, hash): known is False when the index holds no such Secret (yet), so callers may ask the
+    API, e.g. right after creating it, before the watch event arrived."""
+
+    def read() -> list[dict[str, str]]:
+        store = index.get((namespace, name))
+        return list(store) if store is not None else []
+
+    found = _stable(read)
+    if not found:
+        return False, None
+    return True, found[0].get(key)
