@@ -5,7 +5,9 @@ namespace. When a thousand Tenants are applied at once, running one full pass pe
 same work a thousand times. Instead, a change *requests* a pass: a Model with a pass already queued
 ignores the request (the queued pass reads the world when it starts, so it will see the change), and a
 Model whose pass is running gets exactly one more pass after it. At most one pass per Model runs at a
-time, on a small pool of worker threads.
+time, on a small pool of worker threads. A new pass waits `settle` seconds before it starts, and a
+pass that follows another waits `spacing`: the burst gathers into one pass instead of a pass per change
+that each rewrite the same ConfigMap (controller-runtime's workqueue rate limiting, in miniature).
 
 A failed pass (e.g. the apiserver is down) is requested again after a delay; the Models' timers stay
 as the safety net.
@@ -25,7 +27,12 @@ Key = tuple[str, str]  # (namespace, model)
 
 class PassQueue:
     def __init__(
-        self, run: Callable[[str, str], object], workers: int = 4, retry_seconds: float = 2.0
+        self,
+        run: Callable[[str, str], object],
+        workers: int = 4,
+        retry_seconds: float = 2.0,
+        settle: float = 0.2,
+        spacing: float = 1.0,
     ) -> None:
         self._run_pass = run
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model-pass")
@@ -35,6 +42,8 @@ class PassQueue:
         self._again: set[Key] = set()
         self._idle = threading.Condition(self._lock)
         self.retry_seconds = retry_seconds
+        self.settle = settle
+        self.spacing = spacing
         self.passes = 0  # passes run, for the benchmark's requests-per-pass figure
         self.requests = 0
 
@@ -48,7 +57,15 @@ class PassQueue:
                 self._again.add(key)
                 return
             self._queued.add(key)
-        self._pool.submit(self._work, key)
+        self._later(self.settle, key)
+
+    def _later(self, delay: float, key: Key) -> None:
+        if delay <= 0:
+            self._pool.submit(self._work, key)
+            return
+        timer = threading.Timer(delay, self._pool.submit, args=(self._work, key))
+        timer.daemon = True
+        timer.start()
 
     def _work(self, key: Key) -> None:
         with self._lock:
@@ -69,7 +86,7 @@ class PassQueue:
                 self._queued.add(key)
             self._idle.notify_all()
         if again:
-            self._pool.submit(self._work, key)
+            self._later(self.spacing, key)
         elif failed:
             timer = threading.Timer(self.retry_seconds, self.request, args=key)
             timer.daemon = True

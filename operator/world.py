@@ -19,11 +19,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from realm.operator.reconcile import parse_spec
+from realm.operator.reconcile import PipelineView, is_ready, parse_spec
 from realm.runtime.spec.tenant import TenantSpec
 
 T = TypeVar("T")
@@ -38,6 +39,7 @@ class TenantRecord:
     spec: TenantSpec | None  # None when the spec does not parse (the Tenant's own pass reports why)
     deleting: bool
     published_to: tuple[str, ...]  # from status: the Models it was last published to
+    reconciled: bool  # it has a status: its own create handler has run at least once
 
     def allows(self, model: str) -> bool:
         return self.spec is not None and model in self.spec.allowed_models
@@ -57,7 +59,25 @@ def tenant_record(
         spec=parsed if isinstance(parsed, TenantSpec) else None,
         deleting=bool(meta.get("deletionTimestamp")),
         published_to=tuple((status or {}).get("publishedTo") or ()),
+        reconciled=bool(status),
     )
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    deleting: bool
+    ready: bool  # the Ready condition of its status
+
+
+def model_record(name: str, meta: Mapping[str, Any], status: Mapping[str, Any] | None) -> ModelRecord:
+    return ModelRecord(name, bool(meta.get("deletionTimestamp")), is_ready(status))
+
+
+def pipeline_view(name: str, spec: Mapping[str, Any] | None, meta: Mapping[str, Any]) -> PipelineView:
+    # A deep, plain copy: the record outlives the event it came from.
+    raw = json.loads(json.dumps(dict(spec))) if spec is not None else None
+    return PipelineView(name, raw, bool(meta.get("deletionTimestamp")))
 
 
 def secret_hashes(body: Mapping[str, Any]) -> dict[str, str]:
@@ -82,12 +102,18 @@ def _stable(read: Callable[[], T]) -> T:
     return read()
 
 
-def tenants_in(index: Mapping[str, Iterable[TenantRecord]], namespace: str) -> list[TenantRecord]:
-    def read() -> list[TenantRecord]:
+def records_in(index: Mapping[str, Iterable[T]], namespace: str) -> list[T]:
+    """The records an index keeps for a namespace (Tenants, Models or Pipelines)."""
+
+    def read() -> list[T]:
         store = index.get(namespace)
         return list(store) if store is not None else []
 
     return _stable(read)
+
+
+def tenants_in(index: Mapping[str, Iterable[TenantRecord]], namespace: str) -> list[TenantRecord]:
+    return records_in(index, namespace)
 
 
 def secret_entry_hash(

