@@ -106,3 +106,23 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     runtime.request_stop()
     thread.join(60)
     assert result == [0]
+
+
+# S3 (tests/s3server.py): one MinIO per session, and a fresh bucket on it per test. A test that stops or
+# slows the server starts its own with `s3server.s3_server()`. Imported here, not at the top, to keep this
+# block self-contained.
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[object]:
+    import s3server
+
+    with s3server.s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: object) -> object:
+    import s3server
+
+    assert isinstance(s3_server, s3server.S3Server)
+    s3_server.proxy.mode = "pass"
+    return s3_server.new_bucket()

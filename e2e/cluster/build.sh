@@ -3,7 +3,7 @@
 #
 #   e2e/cluster/build.sh [--print-bin-dir] [TARGET...]
 #
-# TARGETs (default: all, in this order): etcd kube-apiserver kubectl kube-controller-manager kube-scheduler kwok helm
+# TARGETs (default: all, in this order): etcd kube-apiserver kubectl kube-controller-manager kube-scheduler kwok helm minio
 # Binaries land in ${REALM_E2E_CACHE:-$HOME/.cache/realm-e2e}/<key>/bin/, key = hash(versions.env + go version).
 # A binary already present is skipped, so re-running is cheap. Each binary is built in a wrapper module of its own
 # under <key>/src/<target>/ (GOWORK=off, CGO_ENABLED=0, -trimpath, -p ${REALM_E2E_BUILD_JOBS:-2}).
@@ -28,7 +28,7 @@ if [[ "${1:-}" == "--print-bin-dir" ]]; then
     exit 0
 fi
 
-all_targets=(etcd kube-apiserver kubectl kube-controller-manager kube-scheduler kwok helm)
+all_targets=(etcd kube-apiserver kubectl kube-controller-manager kube-scheduler kwok helm minio)
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
     targets=("${all_targets[@]}")
@@ -122,6 +122,8 @@ build_target() {
             "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" && kwok_stages ;;
         helm) build_in_wrapper helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
             "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+        # The S3 server of the storage tests (tests/s3server.py), not part of the control plane.
+        minio) build_in_wrapper minio github.com/minio/minio "$MINIO_VERSION" ;;
         *) echo "unknown target: $1 (known: ${all_targets[*]})" >&2; return 2 ;;
     esac
 }
