@@ -61,6 +61,8 @@ from realm.operator.reconcile import (
     plan,
     published_pipelines,
     published_tenants,
+    scheduling_problem,
+    selector_of,
     status_patch,
     tenant_status,
 )
@@ -192,6 +194,24 @@ def _owned(k: Kube, namespace: str, model: str, with_routes: bool) -> list[dict[
 # Model -----------------------------------------------------------------------------------------------
 
 
+def _unschedulable(
+    k: Kube, namespace: str, desired: Sequence[Mapping[str, Any]], live: Mapping[ObjectKey, Mapping[str, Any]]
+) -> dict[str, str]:
+    """The scheduler's reason, per Deployment whose pods are not all ready (read only for those)."""
+    out: dict[str, str] = {}
+    for d in desired:
+        dep = live.get(key_of(d)) if d["kind"] == "Deployment" else None
+        if dep is None:
+            continue
+        st = dep.get("status") or {}
+        if int(st.get("readyReplicas") or 0) >= int((dep.get("spec") or {}).get("replicas", 1)):
+            continue
+        problem = scheduling_problem(k.list("Pod", namespace, selector_of(dep)))
+        if problem:
+            out[d["metadata"]["name"]] = problem
+    return out
+
+
 def reconcile_model(k: Kube, namespace: str, name: str) -> Outcome:
     """Bring a Model's objects and status in line with its spec and the namespace's tenants."""
     out = Outcome()
@@ -231,6 +251,7 @@ def reconcile_model(k: Kube, namespace: str, name: str) -> Outcome:
                 live.pop(key, None)
                 out.deleted.append(str(key))
         allowed = sum(1 for t in tenants if name in t.spec.allowed_models)
+        unschedulable = _unschedulable(k, namespace, desired, live)
         status = model_status(
             previous=body.get("status"),
             generation=int(meta.get("generation") or 0),
@@ -241,6 +262,7 @@ def reconcile_model(k: Kube, namespace: str, name: str) -> Outcome:
             live=live,
             tenant_count=allowed,
             pipeline_count=listed,
+            unschedulable=unschedulable,
         )
         patch = status_patch(body.get("status"), status)
         if patch is not None:

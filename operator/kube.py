@@ -52,6 +52,7 @@ KINDS: dict[str, Kind] = {
     "Secret": Kind("", "v1", "secrets"),
     "Service": Kind("", "v1", "services"),
     "Deployment": Kind("apps", "v1", "deployments"),
+    "Pod": Kind("", "v1", "pods"),
     "HTTPRoute": Kind("gateway.networking.k8s.io", "v1", "httproutes"),
     "Tenant": Kind("realm.dev", "v1alpha1", "tenants"),
     "Model": Kind("realm.dev", "v1alpha1", "models"),

@@ -438,6 +438,22 @@ def _dep_counts(dep: Mapping[str, Any]) -> tuple[int, int, bool]:
     return want, ready, current
 
 
+def scheduling_problem(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why a version's pods do not run, in the scheduler's words (e.g. "0/4 nodes are available: 4
+    Insufficient nvidia.com/gpu."), or None when none of them is stuck in scheduling."""
+    for pod in pods:
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                return f"{c.get('reason') or 'Unschedulable'}: {c.get('message') or 'no node fits the pod'}"
+    return None
+
+
+def selector_of(deployment: Mapping[str, Any]) -> str:
+    """A Deployment's matchLabels as a label selector string (what the operator's builders set)."""
+    labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def _route_condition(route: Mapping[str, Any] | None) -> tuple[ConditionStatus, str, str]:
     if route is None:
         return "False", "RouteMissing", "the HTTPRoute has not been created"
@@ -462,11 +478,13 @@ def model_status(
     live: Mapping[ObjectKey, Mapping[str, Any]],
     tenant_count: int,
     pipeline_count: int = 0,
+    unschedulable: Mapping[str, str] | None = None,
 ) -> ModelStatus:
     """Model status from the desired objects and the live ones (after this pass's applies).
 
     `spec_error` (an invalid spec, or a runtime config the builders refused) makes ConfigPublished
-    False with reason Invalid; Ready then reports that first.
+    False with reason Invalid; Ready then reports that first. `unschedulable` maps a Deployment's name to
+    the scheduler's reason its pods wait (more GPUs asked than any node has, a taint, a selector).
     """
     old = _previous(previous, ModelStatus)
     conds: list[Condition] = []
@@ -491,6 +509,7 @@ def model_status(
 
         missing: list[str] = []
         waiting: list[str] = []
+        stuck: list[str] = []
         for d in desired:
             if d["kind"] != "Deployment":
                 continue
@@ -504,9 +523,16 @@ def model_status(
             versions.append(VersionStatus(name=version, replicas=want, ready_replicas=ready))
             if ready < want or not current:
                 waiting.append(f"{d['metadata']['name']}: {ready}/{want} ready")
+                problem = (unschedulable or {}).get(d["metadata"]["name"])
+                if problem:
+                    stuck.append(f"{d['metadata']['name']}: {problem}")
         if missing:
             msg = f"missing {', '.join(missing)}"
             conds.append(condition(WORKLOADS_READY, "False", "DeploymentMissing", msg, generation, now))
+        elif stuck:
+            conds.append(
+                condition(WORKLOADS_READY, "False", "Unschedulable", "; ".join(stuck), generation, now)
+            )
         elif waiting:
             conds.append(
                 condition(WORKLOADS_READY, "False", "Progressing", "; ".join(waiting), generation, now)

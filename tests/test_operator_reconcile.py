@@ -297,6 +297,42 @@ def test_model_waiting_for_replicas_reports_progress() -> None:
     assert st.ready_replicas == 0
 
 
+def test_pods_the_scheduler_cannot_place_say_why_the_model_is_not_ready() -> None:
+    pending = {
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."},
+            ],
+        }
+    }  # fmt: skip
+    problem = r.scheduling_problem([{"status": {"phase": "Running"}}, pending])
+    assert problem == "Unschedulable: 0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
+    assert (
+        r.scheduling_problem([{"status": {"conditions": [{"type": "PodScheduled", "status": "True"}]}}])
+        is None
+    )
+
+    world = applied_world(b.build_all(model(), tenants(), OPTS))
+    for o in world:
+        if o["kind"] == "Deployment":
+            o["status"] = {"observedGeneration": 1}
+    st = model_status(world, unschedulable={"chat-v2": problem})
+    workloads = next(c for c in st.conditions if c.type == r.WORKLOADS_READY)
+    assert (workloads.status, workloads.reason) == ("False", "Unschedulable")
+    assert (
+        "chat-v2: Unschedulable: 0/4 nodes" in workloads.message
+        and "Insufficient nvidia.com/gpu" in workloads.message
+    )
+    assert (ready(st).status, ready(st).reason) == ("False", "Unschedulable")
+
+
+def test_selector_of_a_deployment() -> None:
+    dep = {"spec": {"selector": {"matchLabels": {"b": "2", "a": "1"}}}}
+    assert r.selector_of(dep) == "a=1,b=2"
+
+
 def test_invalid_model_spec_is_reported_first() -> None:
     st = model_status([], spec_error="versions.0.engineArgs: not a scalar", spec=None)
     assert (ready(st).status, ready(st).reason) == ("False", r.INVALID)

@@ -1,0 +1,225 @@
+"""What a platform engineer does with Realm, on a real control plane with kwok GPU nodes (nothing mocked).
+
+- `kubectl apply -f manifests/examples/`: Deployments with GPU limits whose pods schedule onto the GPU
+  nodes; readiness reaches the Model's, Tenant's and Pipeline's status.
+- A Model asking more GPUs than any node has says why it is not Ready (the scheduler's words).
+- Invalid resources are rejected by the apiserver with a readable message.
+- The operator killed (SIGKILL) mid-reconcile and restarted converges, with no duplicate children.
+- Deleting Models and Tenants removes their children (owner references, the garbage collector).
+
+One control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok with two nodes of
+8 `nvidia.com/gpu`) for the module; each test runs its own operator subprocess.
+
+    .venv/bin/python -m pytest e2e/test_operator_scenarios.py -m e2e -s
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+from e2e.cluster.cluster import (  # noqa: E402
+    CONTROLLER_BINARIES,
+    KWOK_BINARIES,
+    control_plane,
+    find_bin_dir,
+    missing_binaries,
+    use_external_kubeconfig,
+)
+from e2e.support import require_control_plane  # noqa: E402
+
+require_control_plane()
+
+from e2e.test_operator import NS, REPO, World, prepare, wait_for  # noqa: E402
+from e2e.test_operator_resilience import _conditions, _model, _tenant, operator  # noqa: E402
+
+EXAMPLES = REPO / "manifests" / "examples"
+TIMEOUT = 120.0  # hang guard; the figures printed are far shorter
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    if use_external_kubeconfig() is not None:
+        pytest.skip("needs the local control plane with kwok GPU nodes")
+    missing = missing_binaries(find_bin_dir(), [*CONTROLLER_BINARIES, *KWOK_BINARIES])
+    if missing:
+        pytest.skip(f"missing {', '.join(missing)} (run e2e/cluster/build.sh)")
+    with control_plane(controllers=True, kwok=True) as cluster:
+        prepare(cluster)
+        for n in range(2):
+            cluster.add_fake_node(f"gpu-{n}", gpus=8)
+        yield World(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+
+
+def _ready(world: World, kind: str, name: str) -> dict[str, Any] | None:
+    obj = world.get(kind, name)
+    if obj is None or (obj.get("status") or {}).get("observedGeneration") != obj["metadata"].get(
+        "generation"
+    ):
+        return None
+    return obj if _conditions(obj).get("Ready", {}).get("status") == "True" else None
+
+
+def _items(world: World, kind: str, selector: str) -> list[dict[str, Any]]:
+    out = world.cluster.kubectl("get", kind, "-n", NS, "-l", selector, "-o", "json").stdout
+    items: list[dict[str, Any]] = json.loads(out)["items"]
+    return items
+
+
+def test_examples_schedule_onto_gpu_nodes_and_report_ready(world: World, tmp_path: Path) -> None:
+    with operator(world.cluster, tmp_path / "operator.log"):
+        began = time.monotonic()
+        world.cluster.kubectl("apply", "-n", NS, "-f", str(EXAMPLES))
+        for version in ("v1", "v2"):
+            dep = wait_for(
+                f"deployment smollm2-{version}", lambda v=version: world.get("deployment", f"smollm2-{v}")
+            )  # type: ignore[misc]
+            container = dep["spec"]["template"]["spec"]["containers"][0]
+            assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+            probes = (
+                container["readinessProbe"]["httpGet"]["path"],
+                container["livenessProbe"]["httpGet"]["path"],
+            )
+            assert probes == ("/readyz", "/healthz")
+        pods = wait_for(
+            "both versions' pods Running on GPU nodes",
+            lambda: (ps := [p for p in _items(world, "pods", "realm.dev/model=smollm2")
+                            if p["status"].get("phase") == "Running"]) and len(ps) == 2 and ps,
+            timeout=TIMEOUT,
+        )  # fmt: skip
+        assert {p["spec"]["nodeName"] for p in pods} <= {"gpu-0", "gpu-1"}
+
+        model = wait_for("Model smollm2 Ready", lambda: _ready(world, "model", "smollm2"), timeout=TIMEOUT)
+        model_after = time.monotonic() - began
+        st = model["status"]
+        assert [(v["name"], v["readyReplicas"]) for v in st["versions"]] == [("v1", 1), ("v2", 1)]
+        assert st["trafficSummary"] == "v1=90,v2=10"
+        tenant = wait_for("Tenant acme Ready", lambda: _ready(world, "tenant", "acme"), timeout=TIMEOUT)
+        assert tenant["status"]["publishedTo"] == ["smollm2"]
+        pipeline = wait_for(
+            "Pipeline Ready", lambda: _ready(world, "pipeline", "answer-review"), timeout=TIMEOUT
+        )
+        assert pipeline["status"]["stepOrder"] == ["draft", "critique", "final"]
+        print(f"\nexamples: Model Ready {model_after:.1f} s after kubectl apply")
+    assert "Traceback" not in (tmp_path / "operator.log").read_text()
+
+
+def test_a_model_asking_more_gpus_than_any_node_has_says_why(world: World, tmp_path: Path) -> None:
+    with operator(world.cluster, tmp_path / "operator.log"):
+        world.apply(_model("huge", ["v1"], None, gpu=16))
+
+        def stuck() -> dict[str, Any] | None:
+            ready = _conditions(world.get("model", "huge")).get("Ready", {})
+            return ready if ready.get("reason") == "Unschedulable" else None
+
+        ready = wait_for("Model huge to report Unschedulable", stuck, timeout=TIMEOUT)
+        assert ready["status"] == "False"
+        assert "Insufficient nvidia.com/gpu" in ready["message"], ready
+        columns = world.cluster.kubectl("get", "model", "huge", "-n", NS).stdout
+        assert "Unschedulable" in columns  # the REASON printer column shows it to `kubectl get`
+        world.cluster.kubectl("delete", "model", "huge", "-n", NS)
+
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("negative quota", {"kind": "Tenant", "spec": {"quotas": {"requestsPerMinute": -5}}},
+     "spec.quotas.requestsPerMinute: Invalid value: -5"),
+    ("unknown engine", {"kind": "Model", "spec": {
+        "versions": [{"name": "v1", "source": "s3://b/m", "engine": "vllm"}], "replicas": 1}},
+     'spec.versions[0].engine: Unsupported value: "vllm"'),
+    ("missing required field", {"kind": "Model", "spec": {"versions": [{"name": "v1"}], "replicas": 1}},
+     "spec.versions[0].source: Required value"),
+    ("weights not summing to 100", {"kind": "Model", "spec": {
+        "versions": [{"name": "a", "source": "s3://b/a"}, {"name": "b", "source": "s3://b/b"}],
+        "traffic": [{"version": "a", "weight": 60}, {"version": "b", "weight": 30}], "replicas": 1}},
+     "traffic weights must sum to 100"),
+    ("replicas and autoscaling", {"kind": "Model", "spec": {
+        "versions": [{"name": "a", "source": "s3://b/a"}], "replicas": 1, "autoscaling": {"maxReplicas": 3}}},
+     "replicas"),
+    ("pipeline step depending on an unknown step", {"kind": "Pipeline", "spec": {"tenant": "acme", "steps": [
+        {"name": "a", "model": "m", "promptTemplate": "{{input}}", "dependsOn": ["ghost"]}]}},
+     "dependsOn must name other steps of this pipeline"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "obj", "message"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_resources_are_rejected_with_a_readable_message(
+    world: World, case: str, obj: dict[str, Any], message: str
+) -> None:
+    manifest = {"apiVersion": "realm.dev/v1alpha1", **obj, "metadata": {"name": "bad", "namespace": NS}}
+    out = world.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest), check=False)
+    assert out.returncode != 0, f"{case}: accepted"
+    assert message in out.stderr, out.stderr
+    assert world.get(obj["kind"].lower(), "bad") is None
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicates(world: World, tmp_path: Path) -> None:
+    tenants = [f"k{i:03d}" for i in range(120)]
+
+    def created() -> int:
+        return sum(
+            s["metadata"]["name"].startswith("k") for s in _items(world, "secrets", "realm.dev/tenant")
+        )
+
+    with operator(world.cluster, tmp_path / "first.log") as op:
+        objects = [_model(m, ["v1"], None, gpu=1) for m in ("km-a", "km-b")]
+        objects += [
+            {**_tenant(name), "spec": {"allowedModels": ["km-a" if i % 2 else "km-b"]}}
+            for i, name in enumerate(tenants)
+        ]
+        world.cluster.kubectl(
+            "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+        )
+        # Mid-reconcile: the first Secrets exist, not all of them.
+        wait_for("the first Secrets", created, every=0.02)
+        op.send_signal(signal.SIGKILL)
+        op.wait()
+    done_before = created()
+
+    with operator(world.cluster, tmp_path / "second.log"):
+        for name in tenants:
+            wait_for(f"Tenant {name} Ready", lambda n=name: _ready(world, "tenant", n), timeout=TIMEOUT)  # type: ignore[misc]
+        for m in ("km-a", "km-b"):
+            wait_for(f"Model {m} Ready", lambda m=m: _ready(world, "model", m), timeout=TIMEOUT)  # type: ignore[misc]
+
+        secrets = [s["metadata"]["name"] for s in _items(world, "secrets", "realm.dev/tenant")]
+        assert sorted(s for s in secrets if s.startswith("k")) == sorted(f"{t}-api-key" for t in tenants)
+        for m in ("km-a", "km-b"):
+            kinds = {k: [o["metadata"]["name"] for o in _items(world, k, f"realm.dev/model={m}")]
+                     for k in ("deployments", "services", "configmaps")}  # fmt: skip
+            assert kinds == {
+                "deployments": [f"{m}-v1"],
+                "services": sorted([m, f"{m}-v1"]),
+                "configmaps": [f"{m}-v1-config"],
+            }, kinds
+            listed = {t["name"] for t in world.runtime_config(m)["tenants"]}
+            assert {t for t in tenants if t in listed} == {
+                t for i, t in enumerate(tenants) if (m == "km-a") == bool(i % 2)
+            }
+    print(f"\nkilled with {done_before}/{len(tenants)} Secrets created; converged with one each")
+    assert done_before < len(tenants), "the operator finished before it was killed: nothing was interrupted"
+
+
+def test_deleting_models_and_tenants_removes_their_children(world: World, tmp_path: Path) -> None:
+    with operator(world.cluster, tmp_path / "operator.log"):
+        world.apply(_model("gone", ["v1"], None, gpu=1))
+        world.apply({**_tenant("leaver"), "spec": {"allowedModels": ["gone"]}})
+        wait_for("deployment gone-v1", lambda: world.get("deployment", "gone-v1"), timeout=TIMEOUT)
+        wait_for("Secret leaver-api-key", lambda: world.get("secret", "leaver-api-key"), timeout=TIMEOUT)
+
+        world.cluster.kubectl("delete", "model", "gone", "-n", NS)
+        for kind in ("deployments", "services", "configmaps", "pods"):
+            wait_for(
+                f"{kind} of Model gone removed",
+                lambda kind=kind: not _items(world, kind, "realm.dev/model=gone"),  # type: ignore[misc]
+                timeout=TIMEOUT,
+            )
+        world.cluster.kubectl("delete", "tenant", "leaver", "-n", NS)
+        wait_for("Secret leaver-api-key removed", lambda: world.get("secret", "leaver-api-key") is None)
