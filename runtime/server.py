@@ -222,6 +222,11 @@ class Runtime:
     async def _shutdown_engines(self) -> None:
         if self.state.sandbox is not None:
             self.state.sandbox.close()
+        if self.state.conversations is not None:
+            try:
+                await self.state.conversations.close()
+            except Exception:
+                log.exception("closing the conversation store failed")
         for name, engine in list(self.state.engines.items()):
             try:
                 await engine.shutdown()

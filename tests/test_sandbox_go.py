@@ -164,13 +164,13 @@ async def failure(
 # ---- loading ----------------------------------------------------------------------------------
 
 
-def test_examples_load_with_abi_1_0(sandbox: Sandbox) -> None:
+def test_examples_load_with_abi_1_1(sandbox: Sandbox) -> None:
     # Sandbox.load checks the imports against the real `realm` module, the exports, and runs
     # _initialize and realm_abi_version: a Go example that loads speaks the ABI.
     for name in example_names():
         path = build_go_example(name)
         module = sandbox.load(TENANT, path.read_bytes())
-        assert (module.kind, module.abi_version, module.needs_wasi) == ("core", (1, 0), True), name
+        assert (module.kind, module.abi_version, module.needs_wasi) == ("core", (1, 1), True), name
         assert isinstance(module.artifact, wasmtime.Module)
         exports = {e.name for e in module.artifact.exports}
         assert {"memory", "_initialize", CORE_VERSION_EXPORT, CORE_RUN_EXPORT} <= exports, name
@@ -182,7 +182,7 @@ def test_deploy_makes_the_go_module_current(sandbox: Sandbox) -> None:
     module = sandbox.deploy("go-deploy", build_go_example("echo").read_bytes())
     try:
         assert sandbox.current("go-deploy") == module
-        assert module.abi_version == (1, 0)
+        assert module.abi_version == (1, 1)
     finally:
         sandbox.remove("go-deploy")
 

@@ -23,8 +23,29 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from realm.runtime.conversations import (
+    UNSET,
+    Conversation,
+    ConversationError,
+    ConversationNotFound,
+    ConversationStore,
+    InvalidConversation,
+    LimitExceeded,
+    VersionConflict,
+)
+from realm.runtime.conversations import Message as StoredMessage
 from realm.runtime.engines.base import SamplingParams
-from realm.runtime.sandbox.abi import ErrorCode, GenerateParams, Generation, HostError, ModelInfoPayload
+from realm.runtime.sandbox.abi import (
+    ConversationCreate,
+    ConversationMessage,
+    ConversationPayload,
+    ConversationPut,
+    ErrorCode,
+    GenerateParams,
+    Generation,
+    HostError,
+    ModelInfoPayload,
+)
 from realm.runtime.sandbox.context import InvocationContext
 from realm.runtime.sandbox.runner import InvocationFailed, SandboxLimits
 
@@ -46,6 +67,37 @@ _API_TO_HOST = {
 
 def _host_error(e: APIError) -> HostError:
     return HostError(_API_TO_HOST.get(e.status, ErrorCode.ENGINE_ERROR), e.message)
+
+
+def _conversation_host_error(e: ConversationError) -> HostError:
+    if isinstance(e, ConversationNotFound):
+        code = ErrorCode.NOT_FOUND
+    elif isinstance(e, VersionConflict):
+        code = ErrorCode.CONFLICT
+    elif isinstance(e, LimitExceeded):
+        code = ErrorCode.TOO_LARGE
+    elif isinstance(e, InvalidConversation):
+        code = ErrorCode.INVALID_ARGUMENT
+    else:
+        code = ErrorCode.UNAVAILABLE
+    return HostError(code, e.message)
+
+
+def _stored(messages: list[ConversationMessage]) -> list[StoredMessage]:
+    return [StoredMessage(role=m.role, content=m.content, name=m.name) for m in messages]
+
+
+def _conversation_payload(c: Conversation) -> ConversationPayload:
+    return ConversationPayload(
+        id=c.id,
+        version=c.version,
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+        metadata=c.metadata,
+        messages=[ConversationMessage(role=m.role, content=m.content, name=m.name) for m in c.messages],
+        state=c.state,
+        kv_key=c.kv_key,
+    )
 
 
 class RuntimeHostServices:
@@ -126,6 +178,48 @@ class RuntimeHostServices:
             raise HostError(ErrorCode.INVALID_ARGUMENT, f"token ids must be in [0, {vocab})")
         text: str = engine.decode(list(tokens))
         return text
+
+    # ---- conversations (ABI 1.1): the invocation's tenant scopes every call ---------------------
+
+    def _conversations(self) -> ConversationStore:
+        if self.state.conversations is None:
+            raise HostError(ErrorCode.UNAVAILABLE, "conversations are not enabled on this runtime")
+        return self.state.conversations
+
+    async def conversation_create(self, tenant: str, params: ConversationCreate) -> ConversationPayload:
+        try:
+            c = await self._conversations().create(
+                tenant, metadata=params.metadata, messages=_stored(params.messages), state=params.state
+            )
+        except ConversationError as e:
+            raise _conversation_host_error(e) from e
+        return _conversation_payload(c)
+
+    async def conversation_get(self, tenant: str, conversation_id: str) -> ConversationPayload:
+        try:
+            return _conversation_payload(await self._conversations().get(tenant, conversation_id))
+        except ConversationError as e:
+            raise _conversation_host_error(e) from e
+
+    async def conversation_put(self, tenant: str, params: ConversationPut) -> ConversationPayload:
+        try:
+            c = await self._conversations().update(
+                tenant,
+                params.id,
+                expected_version=params.expected_version,
+                append=_stored(params.append),
+                state=params.state if params.changes_state else UNSET,
+                metadata=params.metadata if params.metadata is not None else UNSET,
+            )
+        except ConversationError as e:
+            raise _conversation_host_error(e) from e
+        return _conversation_payload(c)
+
+    async def conversation_delete(self, tenant: str, conversation_id: str) -> None:
+        try:
+            await self._conversations().delete(tenant, conversation_id)
+        except ConversationError as e:
+            raise _conversation_host_error(e) from e
 
     async def model_info(self, tenant: str, model: str) -> ModelInfoPayload:
         _, engine = self._engine(tenant, model)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from realm.runtime.conversations.chat import ChatTurn
 from realm.runtime.engines.base import ChatMessage, Engine, EngineError, SamplingParams, TokenEvent
 from realm.runtime.spec.runtime_config import TenantEntry
 
@@ -22,6 +23,7 @@ from . import sse
 from .errors import APIError, bad_request, error_body, unavailable
 from .generation import Generation
 from .logit_bias import logit_bias_processor
+from .routes_conversations import begin_chat_turn, finish_chat_turn, prompt_messages
 from .schemas import ChatCompletionRequest, CompletionRequest, Message, _SamplingFields
 from .state import AppState
 
@@ -328,10 +330,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     arrived = time.perf_counter()
     state = app_state(request)
     tenant = request_tenant(request)
+    turn: ChatTurn | None = None
+    messages = body.messages
     try:
         engine = resolve_model(state, tenant, body.model)
+        if body.conversation is not None:
+            turn = await begin_chat_turn(state, tenant.name, body.conversation, body.messages)
+            messages = prompt_messages(turn)
         try:
-            prompt_ids = chat_prompt_ids(engine, body.messages)
+            prompt_ids = chat_prompt_ids(engine, messages)
         except EngineError as e:
             raise bad_request(
                 f"Cannot render the chat prompt: {e}", code="invalid_value", param="messages"
@@ -358,15 +365,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     fingerprint = f"realm-{engine.info.version}"
     want_logprobs = bool(body.logprobs)
 
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-        payload: dict[str, Any] = {
+    def _chunk_head() -> dict[str, Any]:
+        return {
             "id": gen.request_id,
             "object": "chat.completion.chunk",
             "created": gen.created,
             "model": gen.model,
             "system_fingerprint": fingerprint,
-            "choices": choices,
         }
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+        payload: dict[str, Any] = {**_chunk_head(), "choices": choices}
         if body.include_usage:
             payload["usage"] = usage
         return sse.event(payload)
@@ -382,7 +391,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
                 }
             ]
         )
+        text: list[str] = []
         async for event in g.events():
+            text.append(event.text)
             if event.text or (want_logprobs and event.token_id is not None):
                 lp = {"content": _chat_logprobs(engine, event)} if want_logprobs else None
                 yield chunk(
@@ -392,6 +403,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             yield chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": g.finish_reason}])
             if body.include_usage:
                 yield chunk([], g.usage.as_openai())
+            if turn is not None:
+                # Recorded only once the whole reply went out; a conflict is the stream's last word.
+                try:
+                    recorded = await finish_chat_turn(state, turn, "".join(text))
+                except APIError as e:
+                    yield sse.event(e.body())
+                else:
+                    yield sse.event({**_chunk_head(), "choices": [], "conversation": recorded})
 
     async def collect(g: Generation) -> dict[str, Any]:
         text: list[str] = []
@@ -400,7 +419,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             text.append(event.text)
             if want_logprobs:
                 logprobs += _chat_logprobs(engine, event)
-        return {
+        payload: dict[str, Any] = {
             "id": g.request_id,
             "object": "chat.completion",
             "created": g.created,
@@ -416,6 +435,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             ],
             "usage": g.usage.as_openai(),
         }
+        if turn is not None and g.finish_reason in ("stop", "length"):
+            payload["conversation"] = await finish_chat_turn(state, turn, "".join(text))
+        return payload
 
     return await _serve(
         request, state, gen, stream=bool(body.stream), body_fn=stream_body, collect_fn=collect

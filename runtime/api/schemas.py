@@ -132,6 +132,10 @@ class ChatCompletionRequest(_SamplingFields):
     response_format: ResponseFormat | None = None
     # Accepted and ignored: only meaningful together with `tools`, which are rejected.
     parallel_tool_calls: bool | None = None
+    # Realm's extension (the name OpenAI's Responses API uses): continue a stored conversation
+    # (/v1/conversations). `messages` are then only the new ones; the stored history goes first,
+    # and the new messages and the reply are appended when the completion succeeds.
+    conversation: str | None = Field(None, min_length=1, max_length=128)
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:

@@ -7,6 +7,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from realm.runtime.config_store import realm_home
+from realm.runtime.conversations import ConversationStore, open_store
 from realm.runtime.engines.base import Engine
 from realm.runtime.metrics import Metrics
 from realm.runtime.scheduler import AdmissionScheduler, TenantPolicy
@@ -34,12 +36,15 @@ class AppState:
     max_body_bytes: int = 4 * 1024 * 1024
     max_module_bytes: int = 64 * 1024 * 1024
     sandbox: Sandbox | None = None
+    # Tenants' conversations (runtime/conversations); None: the conversation routes answer 503.
+    conversations: ConversationStore | None = None
     in_flight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> AppState:
         state = cls(models={m.name: m for m in config.models}, metrics=metrics)
+        state.conversations = open_store(config.conversations, realm_home())
         state.apply_tenants(config.tenants)
         return state
 

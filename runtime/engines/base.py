@@ -110,6 +110,11 @@ class ChatMessage:
     content: str
 
 
+# ModelInfo.metadata keys of engines that can export and restore KV snapshots.
+KV_FINGERPRINT = "realm.kv_fingerprint"
+MODEL_DIGEST = "realm.model_digest"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     name: str

@@ -30,6 +30,8 @@ import numpy as np
 from ..spec.runtime_config import ModelConfig
 from . import llamacpp_native as native
 from .base import (
+    KV_FINGERPRINT,
+    MODEL_DIGEST,
     ChatMessage,
     Engine,
     EngineError,
@@ -158,9 +160,15 @@ class LlamaCppEngine(Engine):
             max_batch=self.cfg.max_batch,
             has_chat_template=model.chat_template is not None,
             metadata={
-                k: v
-                for k in ("general.name", "general.architecture", "general.file_type")
-                if (v := native.meta(model, k) or "")
+                **{
+                    k: v
+                    for k in ("general.name", "general.architecture", "general.file_type")
+                    if (v := native.meta(model, k) or "")
+                },
+                # What a KV snapshot must match to be restored here (engine, version, weights, KV dtype);
+                # the full digest keys snapshot stores.
+                KV_FINGERPRINT: self._fingerprint,
+                MODEL_DIGEST: digest,
             },
         )
         log.info(

@@ -7,13 +7,17 @@ import module, JSON payloads, pointer/length pairs) mirrors it function for func
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 ABI_MAJOR = 1
-ABI_MINOR = 0
+# 1.1 added conversations (the `conversations` interface; realm_conversation_* core functions).
+ABI_MINOR = 1
 WIT_PACKAGE = "realm:tenant"
-WIT_HOST_INTERFACE = f"{WIT_PACKAGE}/host@{ABI_MAJOR}.{ABI_MINOR}.0"
+WIT_VERSION = f"{ABI_MAJOR}.{ABI_MINOR}.0"
+WIT_HOST_INTERFACE = f"{WIT_PACKAGE}/host@{WIT_VERSION}"
+WIT_CONVERSATIONS_INTERFACE = f"{WIT_PACKAGE}/conversations@{WIT_VERSION}"
 CORE_IMPORT_MODULE = "realm"
 # A core module declares the ABI it speaks by exporting `realm_abi_version() -> i32`
 # returning (major << 16) | minor.
@@ -38,10 +42,26 @@ class ErrorCode(enum.IntEnum):
     UNSUPPORTED = 9
     NO_RESULT = 10  # core only: realm_result_read with nothing pending
     BUFFER_TOO_SMALL = 11  # core only: realm_result_read into a buffer shorter than the result
+    # Since 1.1, conversations (components: the `conversation-error-code` enum).
+    NOT_FOUND = 12  # no such conversation for this tenant (another tenant's id included)
+    CONFLICT = 13  # the conversation is no longer at the expected version
+    UNAVAILABLE = 14  # the conversation store failed or is not configured
 
     @property
     def wit_name(self) -> str:
         return self.name.lower().replace("_", "-")
+
+
+# The cases of the WIT `conversation-error-code` enum; other codes a conversation call can raise
+# are reported to components as the nearest of these.
+CONVERSATION_WIT_CODES: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_ARGUMENT: "invalid-argument",
+    ErrorCode.INVALID_UTF8: "invalid-argument",
+    ErrorCode.OUT_OF_BOUNDS: "invalid-argument",
+    ErrorCode.TOO_LARGE: "too-large",
+    ErrorCode.NOT_FOUND: "not-found",
+    ErrorCode.CONFLICT: "conflict",
+}
 
 
 class HostError(Exception):
@@ -89,6 +109,54 @@ class ModelInfoPayload(Payload):
     context_length: int
     vocab_size: int
     has_chat_template: bool
+
+
+ConversationRole = Literal["system", "developer", "user", "assistant"]
+
+
+class ConversationMessage(Payload):
+    role: ConversationRole
+    content: str
+    name: str | None = Field(None, max_length=64)
+
+
+class ConversationCreate(Payload):
+    """realm_conversation_create's argument."""
+
+    metadata: dict[str, str] = Field(default_factory=dict)
+    messages: list[ConversationMessage] = Field(default_factory=list)
+    state: str | None = None
+
+
+class ConversationPut(Payload):
+    """realm_conversation_put's argument: one change, applied as version + 1.
+
+    `expected_version` makes it a compare-and-swap (null: onto whatever version is current, which
+    is safe for a pure append). `state` absent keeps the state, null clears it; `metadata` absent
+    or null keeps it, an object replaces it. A tenant cannot set the KV-snapshot key."""
+
+    id: str = Field(..., min_length=1, max_length=128)
+    expected_version: int | None = Field(None, ge=1)
+    append: list[ConversationMessage] = Field(default_factory=list)
+    state: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @property
+    def changes_state(self) -> bool:
+        return "state" in self.model_fields_set
+
+
+class ConversationPayload(Payload):
+    """A conversation as the guest sees it (realm_conversation_get/create/put's result)."""
+
+    id: str
+    version: int
+    created_at: int
+    updated_at: int
+    metadata: dict[str, str]
+    messages: list[ConversationMessage]
+    state: str | None
+    kv_key: str | None
 
 
 class InvocationErrorCode(enum.StrEnum):

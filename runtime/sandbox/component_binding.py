@@ -49,9 +49,15 @@ from . import context
 from .abi import (
     ABI_MAJOR,
     ABI_MINOR,
+    CONVERSATION_WIT_CODES,
     MAX_PAYLOAD_BYTES,
+    WIT_CONVERSATIONS_INTERFACE,
     WIT_HOST_INTERFACE,
     WIT_PACKAGE,
+    ConversationCreate,
+    ConversationMessage,
+    ConversationPayload,
+    ConversationPut,
     ErrorCode,
     GenerateParams,
     Generation,
@@ -66,7 +72,7 @@ T = TypeVar("T")
 
 RUN_EXPORT = "run"
 # The interfaces of our own package a tenant may import, at any version 1.0.0 ..= 1.ABI_MINOR.x.
-REALM_INTERFACES = frozenset({"host", "types"})
+REALM_INTERFACES = frozenset({"host", "types", "conversations"})
 # What Linker.add_wasip2() defines. Anything else from wasi (wasi:http, wasi:keyvalue, 0.3) would
 # only fail later, at instantiation, with a less helpful message.
 WASI_PACKAGES = frozenset({"cli", "clocks", "filesystem", "io", "random", "sockets"})
@@ -182,8 +188,16 @@ def _model_info_to_wit(m: ModelInfoPayload) -> Record:
     )
 
 
-def _guarded(name: str, call: Callable[[], T], ok: Callable[[T], Any], *, tagged: bool) -> Any:
-    """Run one host call and lower its outcome to a WIT `result<_, host-error>` value.
+def _guarded(
+    name: str,
+    call: Callable[[], T],
+    ok: Callable[[T], Any],
+    *,
+    tagged: bool,
+    error: Callable[[ErrorCode, str], Record] = _host_error,
+) -> Any:
+    """Run one host call and lower its outcome to a WIT `result<_, host-error>` value (or, with
+    `error`, another error record: the conversations interface has its own).
 
     `tagged` says whether wasmtime-py wants Variant("ok"/"err", ...) for this result type (see
     the module docstring): only when both cases are records.
@@ -191,13 +205,13 @@ def _guarded(name: str, call: Callable[[], T], ok: Callable[[T], Any], *, tagged
     try:
         value = ok(call())
     except HostError as e:
-        err = _host_error(e.code, e.message)
+        err = error(e.code, e.message)
     except ValidationError as e:
         errors = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        err = _host_error(ErrorCode.INVALID_ARGUMENT, f"{name}: {errors}")
+        err = error(ErrorCode.INVALID_ARGUMENT, f"{name}: {errors}")
     except Exception as e:  # never into wasmtime: it would trap the guest (module docstring)
         log.exception("host function %s failed", name)
-        err = _host_error(ErrorCode.ENGINE_ERROR, f"{type(e).__name__}: {e}")
+        err = error(ErrorCode.ENGINE_ERROR, f"{type(e).__name__}: {e}")
     else:
         return Variant("ok", value) if tagged else value
     return Variant("err", err) if tagged else err
@@ -285,6 +299,127 @@ def _log(_store: Any, level: str, message: str) -> None:
         log.exception("host function log failed")
 
 
+# ---- conversations (1.1) ----------------------------------------------------------------------
+#
+# result<conversation, conversation-error> has records on both sides (tagged); delete's
+# result<_, conversation-error> is untagged (None is ok). The `state-change` variant has cases
+# without payload on both sides, so it arrives tagged: Variant("keep"/"clear"/"set", payload).
+
+
+def _conversation_error(code: ErrorCode, message: str) -> Record:
+    return _record(code=CONVERSATION_WIT_CODES.get(code, "unavailable"), message=_text(message[:4000]))
+
+
+def _check_size(*texts: str) -> None:
+    # The same bound as a core module's argument: the strings of one call together.
+    if sum(len(t) for t in texts) > MAX_PAYLOAD_BYTES or _too_large("".join(texts)):
+        raise HostError(ErrorCode.TOO_LARGE, f"the arguments are larger than {MAX_PAYLOAD_BYTES} bytes")
+
+
+def _messages_from_wit(items: Any) -> list[ConversationMessage]:
+    return [ConversationMessage(role=m.role, content=m.content, name=m.name) for m in items]
+
+
+def _metadata_from_wit(entries: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for e in entries:
+        if e.key in out:
+            raise HostError(ErrorCode.INVALID_ARGUMENT, f"metadata key {e.key!r} is given twice")
+        out[e.key] = e.value
+    return out
+
+
+def _texts(messages: list[ConversationMessage], *more: str | None) -> list[str]:
+    return [t for m in messages for t in (m.content, m.name or "")] + [t for t in more if t]
+
+
+def _new_from_wit(r: Any) -> ConversationCreate:
+    messages = _messages_from_wit(r.messages)
+    metadata = _metadata_from_wit(r.metadata)
+    _check_size(*_texts(messages, r.state, *metadata, *metadata.values()))
+    return ConversationCreate(metadata=metadata, messages=messages, state=r.state)
+
+
+def _change_from_wit(conversation_id: str, r: Any) -> ConversationPut:
+    messages = _messages_from_wit(r.append)
+    fields: dict[str, Any] = {
+        "id": conversation_id,
+        "expected_version": getattr(r, "expected-version"),
+        "append": messages,
+    }
+    change = r.state
+    if change.tag == "clear":
+        fields["state"] = None
+    elif change.tag == "set":
+        fields["state"] = change.payload
+    if r.metadata is not None:
+        fields["metadata"] = _metadata_from_wit(r.metadata)
+    md = fields.get("metadata") or {}
+    _check_size(*_texts(messages, fields.get("state"), *md, *md.values()))
+    return ConversationPut(**fields)
+
+
+def _conversation_to_wit(c: ConversationPayload) -> Record:
+    return _record(
+        id=c.id,
+        version=c.version,
+        created_at=max(c.created_at, 0),
+        updated_at=max(c.updated_at, 0),
+        metadata=[_record(key=k, value=v) for k, v in c.metadata.items()],
+        messages=[_record(role=m.role, content=_text(m.content), name=m.name) for m in c.messages],
+        state=None if c.state is None else _text(c.state),
+        kv_key=c.kv_key,
+    )
+
+
+def _conversation_create(_store: Any, params: Any) -> Any:
+    return _guarded(
+        "create",
+        lambda: context.current().conversation_create(_new_from_wit(params)),
+        _conversation_to_wit,
+        tagged=True,
+        error=_conversation_error,
+    )
+
+
+def _conversation_get(_store: Any, conversation_id: str) -> Any:
+    return _guarded(
+        "get",
+        lambda: context.current().conversation_get(conversation_id),
+        _conversation_to_wit,
+        tagged=True,
+        error=_conversation_error,
+    )
+
+
+def _conversation_put(_store: Any, conversation_id: str, change: Any) -> Any:
+    return _guarded(
+        "put",
+        lambda: context.current().conversation_put(_change_from_wit(conversation_id, change)),
+        _conversation_to_wit,
+        tagged=True,
+        error=_conversation_error,
+    )
+
+
+def _conversation_delete(_store: Any, conversation_id: str) -> Any:
+    return _guarded(
+        "delete",
+        lambda: context.current().conversation_delete(conversation_id),
+        lambda _: None,
+        tagged=False,
+        error=_conversation_error,
+    )
+
+
+CONVERSATION_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
+    "create": _conversation_create,
+    "get": _conversation_get,
+    "put": _conversation_put,
+    "delete": _conversation_delete,
+}
+
+
 HOST_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
     "generate": _generate(stream=False),
     "generate-stream": _generate(stream=True),
@@ -305,7 +440,7 @@ _linkers_lock = threading.Lock()
 
 
 def build_linker(engine: Engine) -> Linker:
-    """The engine's Linker: WASI p2 and `realm:tenant/host`, built once per engine.
+    """The engine's Linker: WASI p2, `realm:tenant/host` and `conversations`, built once per engine.
 
     Defining the host functions costs more than an instantiation, and a Linker is immutable
     once built (instantiate takes it shared), so one serves every Store and thread.
@@ -315,9 +450,16 @@ def build_linker(engine: Engine) -> Linker:
         if linker is None:
             linker = Linker(engine)
             linker.add_wasip2()
-            with linker.root() as root, root.add_instance(WIT_HOST_INTERFACE) as host:
-                for name, func in HOST_FUNCTIONS.items():
-                    host.add_func(name, func)
+            # Defined at the host's version, they also serve imports of older 1.x versions:
+            # wasmtime matches semver-compatible interface versions, and an instance that offers
+            # more functions than a component imports satisfies it.
+            with linker.root() as root:
+                with root.add_instance(WIT_HOST_INTERFACE) as host:
+                    for name, func in HOST_FUNCTIONS.items():
+                        host.add_func(name, func)
+                with root.add_instance(WIT_CONVERSATIONS_INTERFACE) as conversations:
+                    for name, func in CONVERSATION_FUNCTIONS.items():
+                        conversations.add_func(name, func)
             # `realm:tenant/types` has only types: wasmtime checks those structurally, so the
             # linker needs no instance for it.
             _linkers[engine] = linker

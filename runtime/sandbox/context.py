@@ -21,6 +21,9 @@ from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 from .abi import (
+    ConversationCreate,
+    ConversationPayload,
+    ConversationPut,
     ErrorCode,
     GenerateParams,
     Generation,
@@ -45,6 +48,15 @@ class HostServices(Protocol):
     async def decode_tokens(self, tenant: str, model: str, tokens: Sequence[int]) -> str: ...
 
     async def model_info(self, tenant: str, model: str) -> ModelInfoPayload: ...
+
+    # Since ABI 1.1. `tenant` is always the invocation's own: a guest cannot name another one.
+    async def conversation_create(self, tenant: str, params: ConversationCreate) -> ConversationPayload: ...
+
+    async def conversation_get(self, tenant: str, conversation_id: str) -> ConversationPayload: ...
+
+    async def conversation_put(self, tenant: str, params: ConversationPut) -> ConversationPayload: ...
+
+    async def conversation_delete(self, tenant: str, conversation_id: str) -> None: ...
 
 
 class InvocationContext:
@@ -102,6 +114,22 @@ class InvocationContext:
     def get_model_version(self, name: str) -> str:
         self.host_calls["get_model_version"] += 1
         return self._wait(self._services.model_info(self.tenant, name)).version
+
+    def conversation_create(self, params: ConversationCreate) -> ConversationPayload:
+        self.host_calls["conversation_create"] += 1
+        return self._wait(self._services.conversation_create(self.tenant, params))
+
+    def conversation_get(self, conversation_id: str) -> ConversationPayload:
+        self.host_calls["conversation_get"] += 1
+        return self._wait(self._services.conversation_get(self.tenant, conversation_id))
+
+    def conversation_put(self, params: ConversationPut) -> ConversationPayload:
+        self.host_calls["conversation_put"] += 1
+        return self._wait(self._services.conversation_put(self.tenant, params))
+
+    def conversation_delete(self, conversation_id: str) -> None:
+        self.host_calls["conversation_delete"] += 1
+        self._wait(self._services.conversation_delete(self.tenant, conversation_id))
 
     def input(self) -> str:
         self.host_calls["input"] += 1

@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 import wasmtime
@@ -31,10 +31,13 @@ from . import context
 from .abi import (
     CORE_IMPORT_MODULE,
     MAX_PAYLOAD_BYTES,
+    ConversationCreate,
+    ConversationPut,
     ErrorCode,
     GenerateParams,
     HostError,
     LogLevel,
+    Payload,
 )
 from .context import InvocationContext
 
@@ -43,7 +46,8 @@ log = logging.getLogger(__name__)
 I32 = "i32"
 I64 = "i64"
 
-# name -> (params, results): the core ABI v1. Must stay in step with docs/abi.md.
+# name -> (params, results): the core ABI 1.x. Must stay in step with docs/abi.md. A module may
+# import any of them whatever minor it declares: what a host lacks fails the deploy by name.
 SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "realm_host_generate": ((I32, I32), (I64,)),
     "realm_host_generate_stream": ((I32, I32), (I64,)),
@@ -55,6 +59,11 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "realm_emit": ((I32, I32), (I32,)),
     "realm_log": ((I32, I32, I32), (I32,)),
     "realm_result_read": ((I32, I32), (I32,)),
+    # 1.1: conversations
+    "realm_conversation_create": ((I32, I32), (I64,)),
+    "realm_conversation_get": ((I32, I32), (I64,)),
+    "realm_conversation_put": ((I32, I32), (I64,)),
+    "realm_conversation_delete": ((I32, I32), (I32,)),
 }
 
 _U32 = 0xFFFFFFFF
@@ -141,13 +150,20 @@ def _result(data: bytes) -> int:
 # ---- the functions ----------------------------------------------------------------------------
 
 
+P = TypeVar("P", bound=Payload)
+
+
+def read_payload(caller: wasmtime.Caller, ptr: int, length: int, model: type[P]) -> P:
+    body = read_text(caller, ptr, length)
+    try:
+        return model.model_validate_json(body)
+    except pydantic.ValidationError as e:
+        raise HostError(ErrorCode.INVALID_ARGUMENT, _short(e)) from None
+
+
 def _generate(stream: bool) -> Callable[..., int]:
     def generate(caller: wasmtime.Caller, req_ptr: int, req_len: int) -> int:
-        body = read_text(caller, req_ptr, req_len)
-        try:
-            params = GenerateParams.model_validate_json(body)
-        except pydantic.ValidationError as e:
-            raise HostError(ErrorCode.INVALID_ARGUMENT, _short(e)) from None
+        params = read_payload(caller, req_ptr, req_len, GenerateParams)
         return _result(context.current().generate(params, stream=stream).model_dump_json().encode())
 
     return generate
@@ -205,6 +221,26 @@ def _log(caller: wasmtime.Caller, level: int, ptr: int, length: int) -> int:
     return 0
 
 
+def _conversation_create(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    params = read_payload(caller, ptr, length, ConversationCreate)
+    return _result(context.current().conversation_create(params).model_dump_json().encode())
+
+
+def _conversation_get(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    conversation = context.current().conversation_get(read_text(caller, ptr, length))
+    return _result(conversation.model_dump_json().encode())
+
+
+def _conversation_put(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    params = read_payload(caller, ptr, length, ConversationPut)
+    return _result(context.current().conversation_put(params).model_dump_json().encode())
+
+
+def _conversation_delete(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    context.current().conversation_delete(read_text(caller, ptr, length))
+    return 0
+
+
 def _result_read(caller: wasmtime.Caller, dst_ptr: int, dst_len: int) -> int:
     base, size = _memory(caller)
     dst, cap = _check(size, dst_ptr, dst_len)
@@ -235,6 +271,10 @@ _IMPLS: dict[str, Callable[..., int]] = {
     "realm_emit": _emit,
     "realm_log": _log,
     "realm_result_read": _result_read,
+    "realm_conversation_create": _conversation_create,
+    "realm_conversation_get": _conversation_get,
+    "realm_conversation_put": _conversation_put,
+    "realm_conversation_delete": _conversation_delete,
 }
 
 

@@ -108,6 +108,61 @@ class PipelineEntry(SpecModel):
         return self
 
 
+class ConversationsConfig(SpecModel):
+    """Where tenants' conversations live. The environment overrides the S3 fields
+    (REALM_S3_ENDPOINT, REALM_S3_REGION, REALM_S3_BUCKET); credentials come from boto3's usual
+    chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, the pod's role)."""
+
+    backend: Literal["sqlite", "s3"] = Field(
+        "sqlite", description="sqlite: one local file (the embedded default); s3: shared by every replica."
+    )
+    path: str | None = Field(
+        None, description="SQLite file; `conversations.sqlite` in the runtime's data folder when absent."
+    )
+    bucket: str | None = Field(None, description="S3 bucket (backend s3).")
+    prefix: str = Field("realm", description="Key prefix in the bucket: <prefix>/<tenant>/conversations/.")
+    endpoint: str | None = Field(
+        None, description="S3 endpoint URL; AWS's when absent (MinIO: http://host:9000)."
+    )
+    region: str | None = Field(None, description="S3 region.")
+    max_messages: int = Field(1000, ge=1, le=100000, description="Messages one conversation may hold.")
+    max_bytes: int = Field(
+        512 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Bytes of messages, state and metadata one conversation may hold (at most 1 MiB: "
+        "a conversation must fit one tenant host-call result).",
+    )
+
+
+class KVSnapshotsConfig(SpecModel):
+    """KV-cache snapshots: the in-process prefix cache every tenant gets (scoped to the tenant), and the
+    persistent tiers (local disk, S3) for tenants whose `spec.kvSnapshots.enabled` is set. The
+    environment overrides the S3 fields (REALM_S3_ENDPOINT, REALM_S3_REGION, REALM_S3_BUCKET)."""
+
+    prefix_cache: bool = Field(True, description="Reuse the KV of cached prompt prefixes inside this pod.")
+    memory_bytes: int = Field(
+        1024**3, ge=0, description="Byte budget of the in-process tier (LRU), shared by all tenants."
+    )
+    disk_dir: str | None = Field(
+        None, description="Folder of the disk tier; `kv/` in the runtime's data folder when absent."
+    )
+    disk_bytes: int = Field(16 * 1024**3, ge=0, description="Byte budget of the disk tier (LRU).")
+    bucket: str | None = Field(None, description="S3 bucket of the persistent tier; none: disk only.")
+    prefix: str = Field("realm/kv", description="Key prefix in the bucket: <prefix>/<tenant>/<model>/…")
+    endpoint: str | None = Field(None, description="S3 endpoint URL; AWS's when absent.")
+    region: str | None = Field(None, description="S3 region.")
+    restore_deadline_ms: int = Field(
+        1500,
+        ge=10,
+        le=60000,
+        description="Longest a request waits for a snapshot from disk or S3 before it prefills instead.",
+    )
+    min_tokens: int = Field(
+        64, ge=1, description="Sequences shorter than this are not exported (a snapshot covers whole blocks)."
+    )
+
+
 class RuntimeConfig(SpecModel):
     models: list[ModelConfig] = Field(default_factory=list, description="Models the runtime loads.")
     tenants: list[TenantEntry] = Field(default_factory=list, description="Tenants the runtime serves.")
@@ -118,6 +173,12 @@ class RuntimeConfig(SpecModel):
     modules_dir: str | None = Field(
         None,
         description="Folder of tenant WebAssembly modules named <sha256>.wasm (mounted by the operator).",
+    )
+    conversations: ConversationsConfig = Field(
+        default_factory=ConversationsConfig, description="The store of tenants' conversations."
+    )
+    kv_snapshots: KVSnapshotsConfig = Field(
+        default_factory=KVSnapshotsConfig, description="KV-cache snapshot tiers and the prefix cache."
     )
 
     @model_validator(mode="after")

@@ -48,7 +48,11 @@ class KVSnapshotPolicy(SpecModel):
     enabled: bool = Field(False, description="Save and restore KV-cache snapshots across turns.")
     bucket: str | None = Field(None, description="S3 bucket; the chart's default bucket when absent.")
     prefix: str | None = Field(
-        None, description="Key prefix inside the bucket; the tenant's name when absent."
+        None,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="Key prefix inside the bucket; objects go under <prefix>/<tenant>/. "
+        "The chart's prefix when absent.",
     )
     ttl_seconds: int | None = Field(None, ge=60, description="Snapshots older than this are expired.")
     max_bytes: int | None = Field(

@@ -19,6 +19,9 @@ const (
 	ErrUnsupported     ErrorCode = 9
 	ErrNoResult        ErrorCode = 10 // realm_result_read with nothing pending
 	ErrBufferTooSmall  ErrorCode = 11 // realm_result_read into a buffer shorter than the result
+	ErrNotFound        ErrorCode = 12 // no such conversation for this tenant (ABI 1.1)
+	ErrConflict        ErrorCode = 13 // the conversation is no longer at the expected version (ABI 1.1)
+	ErrUnavailable     ErrorCode = 14 // the conversation store failed or is not configured (ABI 1.1)
 )
 
 var codeNames = [...]string{
@@ -33,6 +36,9 @@ var codeNames = [...]string{
 	ErrUnsupported:     "unsupported",
 	ErrNoResult:        "no_result",
 	ErrBufferTooSmall:  "buffer_too_small",
+	ErrNotFound:        "not_found",
+	ErrConflict:        "conflict",
+	ErrUnavailable:     "unavailable",
 }
 
 // String returns the code's name in snake_case, as abi.py spells it in lower case

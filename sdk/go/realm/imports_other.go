@@ -19,3 +19,7 @@ func hostInput() int64                                                      { re
 func hostEmit(unsafe.Pointer, uint32) int32                                 { return int32(unsupported) }
 func hostLog(int32, unsafe.Pointer, uint32) int32                           { return int32(unsupported) }
 func hostResultRead(unsafe.Pointer, uint32) int32                           { return int32(unsupported) }
+func hostConversationCreate(unsafe.Pointer, uint32) int64                   { return unsupported }
+func hostConversationGet(unsafe.Pointer, uint32) int64                      { return unsupported }
+func hostConversationPut(unsafe.Pointer, uint32) int64                      { return unsupported }
+func hostConversationDelete(unsafe.Pointer, uint32) int32                   { return int32(unsupported) }

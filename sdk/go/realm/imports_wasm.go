@@ -4,7 +4,7 @@ package realm
 
 import "unsafe"
 
-// The `realm` import module, core-module ABI v1 (docs/abi.md). Pointers are offsets into
+// The `realm` import module, core-module ABI 1.1 (docs/abi.md). Pointers are offsets into
 // this module's linear memory: Go lowers unsafe.Pointer to i32 and keeps the pointee alive
 // for the duration of the call; its garbage collector does not move objects.
 // Results of i64 functions are the byte length of a pending result (>= 0) or -ErrorCode.
@@ -38,6 +38,20 @@ func hostLog(level int32, ptr unsafe.Pointer, n uint32) int32
 
 //go:wasmimport realm realm_result_read
 func hostResultRead(dst unsafe.Pointer, n uint32) int32
+
+// ABI 1.1: conversations.
+
+//go:wasmimport realm realm_conversation_create
+func hostConversationCreate(reqPtr unsafe.Pointer, reqLen uint32) int64
+
+//go:wasmimport realm realm_conversation_get
+func hostConversationGet(idPtr unsafe.Pointer, idLen uint32) int64
+
+//go:wasmimport realm realm_conversation_put
+func hostConversationPut(reqPtr unsafe.Pointer, reqLen uint32) int64
+
+//go:wasmimport realm realm_conversation_delete
+func hostConversationDelete(idPtr unsafe.Pointer, idLen uint32) int32
 
 // realm_run and realm_abi_version are exported from here so that a tenant's main package
 // only has to call Run.

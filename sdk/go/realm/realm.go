@@ -8,9 +8,10 @@ import (
 )
 
 // ABI version this SDK speaks: (major << 16) | minor, exported as realm_abi_version.
+// 1.1 added conversations; a 1.1 module runs on every host of 1.1 or later.
 const (
 	ABIMajor   = 1
-	ABIMinor   = 0
+	ABIMinor   = 1
 	ABIVersion = ABIMajor<<16 | ABIMinor
 )
 

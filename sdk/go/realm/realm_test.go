@@ -1,6 +1,7 @@
 package realm
 
 import (
+	"encoding/json"
 	"errors"
 	"testing"
 )
@@ -47,5 +48,32 @@ func TestRunReportsErrorsAndPanics(t *testing.T) {
 	Run(func() error { panic("boom") })
 	if got := runHandler(); got != ExitPanic {
 		t.Errorf("panicking handler: %d", got)
+	}
+}
+
+func TestChangePayload(t *testing.T) {
+	state := `{"turns":1}`
+	cases := []struct {
+		change Change
+		want   string
+	}{
+		{Change{}, `{"append":[],"id":"c"}`},
+		{Change{ExpectedVersion: 3, Append: []Message{{Role: "user", Content: "hi"}}},
+			`{"append":[{"role":"user","content":"hi"}],"expected_version":3,"id":"c"}`},
+		{Change{SetState: true, State: &state}, `{"append":[],"id":"c","state":"{\"turns\":1}"}`},
+		{Change{SetState: true}, `{"append":[],"id":"c","state":null}`},
+		{Change{Metadata: map[string]string{"a": "b"}}, `{"append":[],"id":"c","metadata":{"a":"b"}}`},
+	}
+	for _, c := range cases {
+		got, err := json.Marshal(c.change.payload("c"))
+		if err != nil || string(got) != c.want {
+			t.Errorf("%+v: got %s (%v), want %s", c.change, got, err, c.want)
+		}
+	}
+	if _, err := GetConversation("conv_x"); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("GetConversation outside wasm: %v", err)
+	}
+	if got := ErrConflict.String(); got != "conflict" {
+		t.Errorf("ErrConflict: %q", got)
 	}
 }

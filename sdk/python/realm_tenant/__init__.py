@@ -24,30 +24,49 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import prompts
-from ._backend import GenerateParams, Generation, LogLevel, ModelInfo, RealmError, host
+from ._backend import (
+    KEEP,
+    Conversation,
+    GenerateParams,
+    Generation,
+    Keep,
+    LogLevel,
+    Message,
+    ModelInfo,
+    RealmError,
+    host,
+)
 from .prompts import chatml, gemma
 
 __all__ = [
+    "KEEP",
+    "Conversation",
     "GenerateParams",
     "Generation",
+    "Keep",
     "LogLevel",
+    "Message",
     "ModelInfo",
     "RealmError",
     "Tenant",
     "chatml",
+    "create_conversation",
     "decode",
+    "delete_conversation",
     "emit",
     "emit_json",
     "encode",
     "gemma",
     "generate",
     "generate_stream",
+    "get_conversation",
     "input_json",
     "input_text",
     "load_model",
     "log",
     "model_version",
     "prompts",
+    "put_conversation",
     "tenant",
 ]
 
@@ -144,6 +163,43 @@ def emit_json(value: Any) -> None:
 def log(message: str, level: LogLevel = "info") -> None:
     """A line in the runtime's log, attributed to this tenant."""
     host().log(level, message)
+
+
+# ---- conversations (ABI 1.1) ----------------------------------------------------------------
+#
+# The tenant's stored conversations, the same ones as the HTTP API's /v1/conversations. Another
+# tenant's id fails with RealmError "not-found", like an id that never existed. Every change
+# makes version + 1; put_conversation(expected_version=v) is a compare-and-swap: when another
+# writer changed the conversation since version v it raises RealmError "conflict" and writes
+# nothing (read it again, redo the turn).
+
+
+def create_conversation(
+    *, metadata: dict[str, str] | None = None, messages: Iterable[Message] = (), state: str | None = None
+) -> Conversation:
+    return host().conversation_create(dict(metadata or {}), tuple(messages), state)
+
+
+def get_conversation(conversation_id: str) -> Conversation:
+    return host().conversation_get(conversation_id)
+
+
+def put_conversation(
+    conversation_id: str,
+    *,
+    expected_version: int | None = None,
+    append: Iterable[Message] = (),
+    state: str | Keep | None = KEEP,
+    metadata: dict[str, str] | None = None,
+) -> Conversation:
+    """Apply a change as version + 1: append messages, set (a str) or clear (None) the state,
+    replace the metadata. Without `expected_version` it applies to whatever version is current,
+    which is safe for a pure append."""
+    return host().conversation_put(conversation_id, expected_version, tuple(append), state, metadata)
+
+
+def delete_conversation(conversation_id: str) -> None:
+    host().conversation_delete(conversation_id)
 
 
 class Tenant:

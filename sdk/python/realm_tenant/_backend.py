@@ -8,6 +8,7 @@ loudly rather than pretending.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -54,6 +55,32 @@ class ModelInfo:
     has_chat_template: bool
 
 
+@dataclass(frozen=True)
+class Message:
+    role: str  # "system", "developer", "user" or "assistant"
+    content: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: str
+    version: int
+    created_at: int  # unix seconds
+    updated_at: int
+    metadata: dict[str, str]
+    messages: tuple[Message, ...]
+    state: str | None  # opaque to the runtime
+    kv_key: str | None  # the KV snapshot of the latest turn (read-only)
+
+
+class Keep(enum.Enum):
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP  # put_conversation(state=KEEP): leave the state as it is
+
+
 class Host(Protocol):
     """The host ABI in SDK types; failures raise RealmError."""
 
@@ -69,6 +96,21 @@ class Host(Protocol):
         """The exception that makes `run` return err(message)."""
         ...
 
+    # ABI 1.1: conversations
+    def conversation_create(
+        self, metadata: dict[str, str], messages: Sequence[Message], state: str | None
+    ) -> Conversation: ...
+    def conversation_get(self, conversation_id: str) -> Conversation: ...
+    def conversation_put(
+        self,
+        conversation_id: str,
+        expected_version: int | None,
+        append: Sequence[Message],
+        state: str | Keep | None,
+        metadata: dict[str, str] | None,
+    ) -> Conversation: ...
+    def conversation_delete(self, conversation_id: str) -> None: ...
+
 
 class _WitHost:
     """Adapts the generated bindings: WIT records <-> SDK dataclasses, Err(host-error) -> RealmError."""
@@ -76,10 +118,11 @@ class _WitHost:
     def __init__(self) -> None:
         # Imported here, not at module level: these modules exist only inside the component.
         import componentize_py_types
-        from wit_world.imports import host, types
+        from wit_world.imports import conversations, host, types
 
         self._host: Any = host
         self._types: Any = types
+        self._conv: Any = conversations
         self._err: Any = componentize_py_types.Err
 
     def _call(self, fn: Any, *args: Any) -> Any:
@@ -130,6 +173,62 @@ class _WitHost:
 
     def fail(self, message: str) -> Exception:
         return self._err(message)  # type: ignore[no-any-return]
+
+    # ---- conversations: WIT records <-> Message/Conversation -----------------------------
+
+    def _messages(self, messages: Sequence[Message]) -> list[Any]:
+        return [self._conv.Message(role=m.role, content=m.content, name=m.name) for m in messages]
+
+    def _metadata(self, metadata: dict[str, str]) -> list[Any]:
+        return [self._conv.MetadataEntry(key=k, value=v) for k, v in metadata.items()]
+
+    def _conversation(self, c: Any) -> Conversation:
+        return Conversation(
+            id=c.id,
+            version=c.version,
+            created_at=c.created_at,
+            updated_at=c.updated_at,
+            metadata={e.key: e.value for e in c.metadata},
+            messages=tuple(Message(m.role, m.content, m.name) for m in c.messages),
+            state=c.state,
+            kv_key=c.kv_key,
+        )
+
+    def conversation_create(
+        self, metadata: dict[str, str], messages: Sequence[Message], state: str | None
+    ) -> Conversation:
+        params = self._conv.NewConversation(
+            metadata=self._metadata(metadata), messages=self._messages(messages), state=state
+        )
+        return self._conversation(self._call(self._conv.create, params))
+
+    def conversation_get(self, conversation_id: str) -> Conversation:
+        return self._conversation(self._call(self._conv.get, conversation_id))
+
+    def conversation_put(
+        self,
+        conversation_id: str,
+        expected_version: int | None,
+        append: Sequence[Message],
+        state: str | Keep | None,
+        metadata: dict[str, str] | None,
+    ) -> Conversation:
+        if isinstance(state, Keep):
+            change_state: Any = self._conv.StateChange_Keep()
+        elif state is None:
+            change_state = self._conv.StateChange_Clear()
+        else:
+            change_state = self._conv.StateChange_Set(state)
+        change = self._conv.Change(
+            expected_version=expected_version,
+            append=self._messages(append),
+            state=change_state,
+            metadata=None if metadata is None else self._metadata(metadata),
+        )
+        return self._conversation(self._call(self._conv.put, conversation_id, change))
+
+    def conversation_delete(self, conversation_id: str) -> None:
+        self._call(self._conv.delete, conversation_id)
 
 
 # Imported eagerly on purpose: componentize-py snapshots the app after importing it, and the

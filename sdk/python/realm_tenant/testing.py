@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _backend
-from ._backend import GenerateParams, Generation, LogLevel, ModelInfo, RealmError
+from ._backend import (
+    Conversation,
+    GenerateParams,
+    Generation,
+    Keep,
+    LogLevel,
+    Message,
+    ModelInfo,
+    RealmError,
+)
 
 GenerateFn = Callable[[GenerateParams], "str | Generation"]
 
@@ -54,6 +63,8 @@ class FakeHost:
     chunks: list[str] = field(default_factory=list)
     logs: list[tuple[LogLevel, str]] = field(default_factory=list)
     calls: list[GenerateParams] = field(default_factory=list)
+    # The tenant's conversations, by id; versions and compare-and-swap as the runtime does them.
+    conversations: dict[str, Conversation] = field(default_factory=dict)
 
     # ---- the Host protocol --------------------------------------------------------------
 
@@ -97,6 +108,47 @@ class FakeHost:
 
     def fail(self, message: str) -> Exception:
         return TenantFailed(message)
+
+    def conversation_create(
+        self, metadata: dict[str, str], messages: Sequence[Message], state: str | None
+    ) -> Conversation:
+        cid = f"conv_{len(self.conversations) + 1:012x}{'0' * 20}"
+        c = Conversation(cid, 1, 0, 0, dict(metadata), tuple(messages), state, None)
+        self.conversations[cid] = c
+        return c
+
+    def conversation_get(self, conversation_id: str) -> Conversation:
+        if conversation_id not in self.conversations:
+            raise RealmError("not-found", f"No conversation found with id '{conversation_id}'.")
+        return self.conversations[conversation_id]
+
+    def conversation_put(
+        self,
+        conversation_id: str,
+        expected_version: int | None,
+        append: Sequence[Message],
+        state: str | Keep | None,
+        metadata: dict[str, str] | None,
+    ) -> Conversation:
+        c = self.conversation_get(conversation_id)
+        if expected_version is not None and expected_version != c.version:
+            raise RealmError("conflict", f"Conversation '{conversation_id}' is at version {c.version}.")
+        updated = Conversation(
+            c.id,
+            c.version + 1,
+            c.created_at,
+            c.updated_at,
+            c.metadata if metadata is None else dict(metadata),
+            (*c.messages, *append),
+            c.state if isinstance(state, Keep) else state,
+            c.kv_key,
+        )
+        self.conversations[conversation_id] = updated
+        return updated
+
+    def conversation_delete(self, conversation_id: str) -> None:
+        self.conversation_get(conversation_id)
+        del self.conversations[conversation_id]
 
     # ---- running a tenant ---------------------------------------------------------------
 
