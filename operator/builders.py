@@ -80,6 +80,22 @@ class GatewayRef:
 
 
 @dataclass(frozen=True)
+class S3Options:
+    """Where conversations and KV snapshots go: passed to the runtime pods as environment variables.
+
+    The credentials never pass through the operator: the pods read them from a Secret (in the Model's
+    namespace) by `secretKeyRef`, under the standard AWS variable names boto3 reads.
+    """
+
+    endpoint: str | None = None
+    region: str | None = None
+    bucket: str | None = None
+    credentials_secret: str | None = None
+    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+
+
+@dataclass(frozen=True)
 class BuildOptions:
     image: str
     image_pull_policy: str = "IfNotPresent"
@@ -88,6 +104,14 @@ class BuildOptions:
     service_account: str | None = None
     modules_dir: str | None = None
     extra_labels: tuple[tuple[str, str], ...] = field(default=())
+    # Cluster-wide runtime defaults (the chart's `runtime.*` values, via operator flags).
+    gpu_image: str | None = None  # image of `trtllm` versions; `image` when unset
+    gpu_resource: str = GPU_RESOURCE  # extended resource a GPU is requested as
+    node_selector: tuple[tuple[str, str], ...] = ()  # merged under the Model's own (the Model wins)
+    tolerations: tuple[Manifest, ...] = ()  # put before the Model's own
+    runtime_class: str | None = None  # only for pods that request a GPU
+    image_pull_secrets: tuple[str, ...] = ()
+    s3: S3Options | None = None
 
 
 # Names and metadata -------------------------------------------------------------------------------
@@ -259,7 +283,7 @@ def replicas_for(model: ModelResource, version: str) -> int | None:
     return model.spec.replicas if model.spec.replicas is not None else 1
 
 
-def _resources(spec: ModelSpec) -> Manifest:
+def _resources(spec: ModelSpec, gpu_resource: str = GPU_RESOURCE) -> Manifest:
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
     r = spec.resources
@@ -269,12 +293,52 @@ def _resources(spec: ModelSpec) -> Manifest:
         requests["memory"] = limits["memory"] = r.memory
     if r.gpu > 0:
         # Extended resources cannot be overcommitted: request and limit must be equal.
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(r.gpu)
+        requests[gpu_resource] = limits[gpu_resource] = str(r.gpu)
     out: Manifest = {}
     if requests:
         out["requests"] = requests
     if limits:
         out["limits"] = limits
+    return out
+
+
+def s3_env(s3: S3Options | None) -> list[Manifest]:
+    """The runtime's S3 settings as container env (empty settings are left out, not set to "")."""
+    if s3 is None:
+        return []
+    env: list[Manifest] = [
+        {"name": name, "value": value}
+        for name, value in (
+            ("REALM_S3_ENDPOINT", s3.endpoint),
+            ("REALM_S3_REGION", s3.region),
+            ("REALM_S3_BUCKET", s3.bucket),
+        )
+        if value
+    ]
+    if s3.credentials_secret:
+        for name, key in (
+            ("AWS_ACCESS_KEY_ID", s3.access_key_id_key),
+            ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key_key),
+        ):
+            ref = {"name": s3.credentials_secret, "key": key}
+            env.append({"name": name, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def node_selector(spec: ModelSpec, opts: BuildOptions) -> dict[str, str]:
+    """The operator's default node selector with the Model's own on top (same key: the Model wins)."""
+    merged = dict(opts.node_selector)
+    merged.update(spec.node_selector or {})
+    return dict(sorted(merged.items()))
+
+
+def tolerations(spec: ModelSpec, opts: BuildOptions) -> list[Manifest]:
+    """The operator's default tolerations, then the Model's own that are not already among them."""
+    out: list[Manifest] = [dict(t) for t in opts.tolerations]
+    for t in spec.tolerations or []:
+        item = t.model_dump(by_alias=True, exclude_none=True)
+        if item not in out:
+            out.append(item)
     return out
 
 
@@ -303,12 +367,14 @@ def deployment(
         mounts.append({"name": "modules", "mountPath": opts.modules_dir})
         volumes.append({"name": "modules", "emptyDir": {}})
 
+    image = opts.gpu_image if v.engine == "trtllm" and opts.gpu_image else opts.image
     container: Manifest = {
         "name": "runtime",
-        "image": opts.image,
+        "image": image,
         "imagePullPolicy": opts.image_pull_policy,
         "command": ["realm", "serve", "--config", CONFIG_PATH, "--host", "0.0.0.0", "--port", str(PORT)],
-        "env": [{"name": "HOME", "value": "/tmp"}],  # the root filesystem is read-only
+        # HOME: the root filesystem is read-only.
+        "env": [{"name": "HOME", "value": "/tmp"}, *s3_env(opts.s3)],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         # /healthz answers as soon as the server is up; /readyz only once the model is loaded, so a
         # slow load delays traffic without the liveness probe killing the pod.
@@ -322,7 +388,7 @@ def deployment(
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "resources": _resources(spec),
+        "resources": _resources(spec, opts.gpu_resource),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -344,13 +410,23 @@ def deployment(
         # The runtime drains in-flight generations on SIGTERM.
         "terminationGracePeriodSeconds": 60,
         "enableServiceLinks": False,
+        # The runtime reads its mounted ConfigMap and never calls the Kubernetes API: no token.
+        "automountServiceAccountToken": False,
     }
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(sorted(spec.node_selector.items()))
-    if spec.tolerations:
-        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
+    selected = node_selector(spec, opts)
+    if selected:
+        pod_spec["nodeSelector"] = selected
+    tolerated = tolerations(spec, opts)
+    if tolerated:
+        pod_spec["tolerations"] = tolerated
     if opts.service_account is not None:
         pod_spec["serviceAccountName"] = opts.service_account
+    if opts.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in opts.image_pull_secrets]
+    # The GPU container runtime (e.g. RuntimeClass `nvidia`) only where a GPU is requested: its
+    # scheduling constraints would otherwise pull CPU-only pods onto GPU nodes.
+    if opts.runtime_class is not None and spec.resources.gpu > 0:
+        pod_spec["runtimeClassName"] = opts.runtime_class
 
     # GPUs are scarce: surging would need a spare one, so GPU pods replace one at a time instead.
     rolling = (

@@ -6,21 +6,36 @@
 Peering is on by default and mandatory: replicas elect one active operator through a KopfPeering
 (namespaced) or ClusterKopfPeering (cluster-wide) object named by `--peering`, and an operator that
 cannot find that CRD refuses to act rather than risk two of them writing at once. `--standalone`
-turns peering off (one replica, local runs).
+turns peering off (one replica, local runs). The operator creates its peering object when it is
+missing (an operator whose peering object does not exist stays paused forever), so a chart or a
+kustomize base only has to ship the peering CRDs, never a custom resource that would have to wait for
+them to be established.
+
+Runtime pod defaults (image, GPU resource name, node selector, tolerations, runtime class, image pull
+secrets, S3 settings) are flags so the chart's values reach every Model's pods; see BuildOptions.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import kopf
+import urllib3
+from pydantic import TypeAdapter, ValidationError
 
 from realm.operator import builders, options
 from realm.operator import handlers as _handlers  # noqa: F401  (importing it registers the kopf handlers)
+from realm.runtime.spec.model import Toleration
+
+log = logging.getLogger("realm.operator")
+PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
 
 
 def _gateway(value: str) -> builders.GatewayRef:
@@ -30,6 +45,28 @@ def _gateway(value: str) -> builders.GatewayRef:
     if not name:
         raise argparse.ArgumentTypeError(f"bad gateway reference {value!r}")
     return builders.GatewayRef(name, namespace or None, section or None)
+
+
+def _node_selector(value: str) -> dict[str, str]:
+    """A JSON object of label → value (what the chart renders with toJson)."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"node selector is not JSON: {e}") from e
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+    ):
+        raise argparse.ArgumentTypeError("node selector must be a JSON object of strings")
+    return dict(parsed)
+
+
+def _tolerations(value: str) -> list[dict[str, Any]]:
+    """A JSON list of Kubernetes tolerations, checked by the same model as Model.spec.tolerations."""
+    try:
+        items = TypeAdapter(list[Toleration]).validate_json(value)
+    except ValidationError as e:
+        raise argparse.ArgumentTypeError(f"bad tolerations: {e}") from e
+    return [t.model_dump(by_alias=True, exclude_none=True) for t in items]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -69,8 +106,122 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hostname", action="append", default=[], help="HTTPRoute hostname (repeatable)")
     p.add_argument("--service-account", default=None, help="service account of the runtime pods")
     p.add_argument("--modules-dir", default=None, help="tenant WebAssembly module folder in the pods")
+    rt = p.add_argument_group("runtime pod defaults")
+    rt.add_argument(
+        "--runtime-gpu-image", default=None, help="image of trtllm versions (default: --runtime-image)"
+    )
+    rt.add_argument(
+        "--gpu-resource-name", default=builders.GPU_RESOURCE, help="extended resource a GPU is requested as"
+    )
+    rt.add_argument(
+        "--runtime-node-selector",
+        type=_node_selector,
+        default={},
+        help='JSON object, e.g. {"pool": "llm"}; a Model\'s own nodeSelector wins per key',
+    )
+    rt.add_argument(
+        "--runtime-tolerations",
+        type=_tolerations,
+        default=[],
+        help="JSON list of tolerations, added before a Model's own",
+    )
+    rt.add_argument("--runtime-class", default=None, help="RuntimeClass of pods that request a GPU")
+    rt.add_argument(
+        "--image-pull-secret",
+        action="append",
+        default=[],
+        help="pull Secret of the runtime pods (repeatable)",
+    )
+    s3 = p.add_argument_group("S3 (conversations, KV snapshots), passed to the runtime pods")
+    s3.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (default: AWS)")
+    s3.add_argument("--s3-region", default=None)
+    s3.add_argument("--s3-bucket", default=None)
+    s3.add_argument(
+        "--s3-credentials-secret",
+        default=None,
+        help="Secret (in each Model's namespace) with the access key id and secret access key",
+    )
+    s3.add_argument("--s3-access-key-id-key", default="AWS_ACCESS_KEY_ID", help="its key for the key id")
+    s3.add_argument(
+        "--s3-secret-access-key-key", default="AWS_SECRET_ACCESS_KEY", help="its key for the secret key"
+    )
     p.add_argument("--verbose", "-v", action="store_true")
     return p.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> None:
+    """Flags → the operator-wide options every pass builds from."""
+    c = options.CONFIG
+    c.runtime_image = args.runtime_image
+    c.gateway = args.gateway
+    c.hostnames = tuple(args.hostname)
+    c.service_account = args.service_account
+    c.modules_dir = args.modules_dir
+    c.runtime_gpu_image = args.runtime_gpu_image
+    c.gpu_resource = args.gpu_resource_name
+    c.node_selector = dict(args.runtime_node_selector)
+    c.tolerations = list(args.runtime_tolerations)
+    c.runtime_class = args.runtime_class
+    c.image_pull_secrets = tuple(args.image_pull_secret)
+    s3 = builders.S3Options(
+        endpoint=args.s3_endpoint,
+        region=args.s3_region,
+        bucket=args.s3_bucket,
+        credentials_secret=args.s3_credentials_secret,
+        access_key_id_key=args.s3_access_key_id_key,
+        secret_access_key_key=args.s3_secret_access_key_key,
+    )
+    c.s3 = s3 if (s3.endpoint or s3.region or s3.bucket or s3.credentials_secret) else None
+
+
+def ensure_peering(name: str, namespaces: Sequence[str], clusterwide: bool, timeout: float = 60.0) -> None:
+    """Create the peering object(s) kopf will use, if missing (409 is fine: someone was first).
+
+    Right after `helm install` the peering CRD may not be established yet (404): retry for a while,
+    then leave it to kopf, which waits paused. Glob patterns name no single namespace and are skipped.
+    """
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    api = client.CustomObjectsApi()
+    body: dict[str, Any] = {"apiVersion": f"{PEERING_GROUP}/{PEERING_VERSION}", "metadata": {"name": name}}
+    targets: list[str | None] = (
+        [None] if clusterwide else [n for n in namespaces if not any(ch in n for ch in "*?[!")]
+    )
+    for ns in targets:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if ns is None:
+                    kind = {**body, "kind": "ClusterKopfPeering"}
+                    api.create_cluster_custom_object(
+                        PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", kind
+                    )
+                else:
+                    kind = {**body, "kind": "KopfPeering"}
+                    api.create_namespaced_custom_object(
+                        PEERING_GROUP, PEERING_VERSION, ns, "kopfpeerings", kind
+                    )
+                log.info("created peering %s %s", name, f"in {ns}" if ns else "cluster-wide")
+                break
+            except ApiException as e:
+                if e.status == 409:
+                    break
+                if e.status == 404 and time.monotonic() < deadline:
+                    time.sleep(2)  # the CRD is not established yet
+                    continue
+                log.warning("cannot create peering %s (%s %s); kopf waits for it", name, e.status, e.reason)
+                break
+            except (OSError, urllib3.exceptions.HTTPError) as e:  # the apiserver is not reachable (yet)
+                if time.monotonic() < deadline:
+                    time.sleep(2)
+                    continue
+                log.warning("cannot create peering %s (%s); kopf waits for it", name, e)
+                break
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -79,17 +230,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    options.CONFIG.runtime_image = args.runtime_image
-    options.CONFIG.gateway = args.gateway
-    options.CONFIG.hostnames = tuple(args.hostname)
-    options.CONFIG.service_account = args.service_account
-    options.CONFIG.modules_dir = args.modules_dir
+    configure(args)
 
     namespaces: list[str] = list(args.namespace)
     if not namespaces and not args.all_namespaces and os.environ.get("REALM_NAMESPACE"):
         namespaces = [os.environ["REALM_NAMESPACE"]]
     clusterwide = args.all_namespaces or not namespaces
 
+    if not args.standalone:
+        ensure_peering(args.peering, namespaces, clusterwide)
     settings = kopf.OperatorSettings()
     settings.peering.mandatory = not args.standalone
     settings.peering.clusterwide = clusterwide

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from realm.operator import builders
 from realm.operator.kube import Kube
@@ -26,6 +27,14 @@ class OperatorConfig:
     service_account: str | None = None
     modules_dir: str | None = None
     gateway_check_seconds: float = 60.0
+    # Runtime pod defaults (the chart's `runtime.*` and `s3.*` values): see BuildOptions.
+    runtime_gpu_image: str | None = None
+    gpu_resource: str = builders.GPU_RESOURCE
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    runtime_class: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    s3: builders.S3Options | None = None
 
 
 CONFIG = OperatorConfig()
@@ -49,4 +58,11 @@ def build_options(k: Kube) -> builders.BuildOptions:
         hostnames=CONFIG.hostnames,
         service_account=CONFIG.service_account,
         modules_dir=CONFIG.modules_dir,
+        gpu_image=CONFIG.runtime_gpu_image,
+        gpu_resource=CONFIG.gpu_resource,
+        node_selector=tuple(sorted(CONFIG.node_selector.items())),
+        tolerations=tuple(CONFIG.tolerations),
+        runtime_class=CONFIG.runtime_class,
+        image_pull_secrets=CONFIG.image_pull_secrets,
+        s3=CONFIG.s3,
     )

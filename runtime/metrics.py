@@ -116,6 +116,11 @@ class Metrics:
         self.quota_rejections = Counter(
             "realm_quota_rejections", "Requests refused with 429.", ["tenant", "model", "reason"], registry=r
         )
+        # KV snapshots: lookups, hits per tier, misses, loads refused (reason: corrupt, truncated,
+        # mismatch, s3_error, timeout: each one a recompute, never a wrong answer), uploads, evictions.
+        self.kv_snapshot_events = Counter(
+            "realm_kv_snapshot_events", "KV snapshot store events.", ["event", "reason"], registry=r
+        )
         self.config_reloads = Counter(
             "realm_config_reloads", "Config file reloads by outcome.", ["outcome"], registry=r
         )

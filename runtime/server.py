@@ -227,6 +227,9 @@ class Runtime:
                 await self.state.conversations.close()
             except Exception:
                 log.exception("closing the conversation store failed")
+        if self.state.kv is not None:
+            # Waits (bounded) for queued snapshot uploads: a restart should not lose the last turns.
+            await asyncio.to_thread(self.state.kv.close)
         for name, engine in list(self.state.engines.items()):
             try:
                 await engine.shutdown()

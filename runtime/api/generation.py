@@ -18,6 +18,7 @@ from realm.runtime.engines.base import (
     Engine,
     EngineError,
     EngineRequest,
+    KVSnapshot,
     LogitsProcessor,
     SamplingParams,
     TokenEvent,
@@ -61,6 +62,7 @@ class Generation:
         arrived: float,
         logits_processor: LogitsProcessor | None = None,
         id_prefix: str,
+        kv_hint: int | None = None,
     ) -> None:
         self.state = state
         self.tenant = tenant
@@ -81,6 +83,8 @@ class Generation:
         self._first: TokenEvent | None = None
         self._last_token_at: float | None = None
         self._closed = False
+        self.kv_hint = kv_hint  # where the previous turn's snapshot ends (a conversation's record)
+        self.kv_key: str | None = None  # the key this sequence's KV was kept under, if it was
 
     async def start(self) -> None:
         """Wait for admission and for the first event, so that refusals still become HTTP statuses."""
@@ -108,6 +112,7 @@ class Generation:
             self.outcome = "unavailable"
             raise unavailable() from e
         self.state.metrics.queue_wait.labels(*labels).observe(self._ticket.queue_wait_s)
+        restore, export = await self._kv_plan()
         self._stream = self.engine.generate(
             EngineRequest(
                 request_id=self.request_id,
@@ -115,6 +120,8 @@ class Generation:
                 params=self.params,
                 logits_processor=self.logits_processor,
                 cache_salt=self.tenant,  # engines know no tenants; the salt keeps prefix caches apart
+                restore_kv=restore,
+                export_kv=export,
             )
         )
         try:
@@ -124,6 +131,32 @@ class Generation:
             raise bad_request(str(e), code="engine_rejected") from e
         except StopAsyncIteration as e:
             raise APIError(500, "The engine ended the stream without a result.", type="server_error") from e
+
+    async def _kv_plan(self) -> tuple[KVSnapshot | None, bool]:
+        """The cached prefix to restore (a miss, a slow store, anything odd: None, so it prefills) and
+        whether to ask the engine for this sequence's KV when it ends."""
+        kv = self.state.kv
+        if kv is None:
+            return None, False
+        entry = self.state.tenants.get(self.tenant)
+        spec = entry.spec if entry is not None else None
+        info = self.engine.info
+        try:
+            restore = await kv.restore(self.tenant, spec, info, self.prompt_ids, hint=self.kv_hint)
+        except Exception:  # the store must never fail a request: prefilling is always correct
+            log.exception("KV snapshot lookup failed for %s", self.request_id)
+            restore = None
+        return restore, kv.wants_export(self.tenant, spec, info)
+
+    def _keep_kv(self, snapshot: KVSnapshot) -> None:
+        kv = self.state.kv
+        if kv is None:
+            return
+        entry = self.state.tenants.get(self.tenant)
+        try:
+            self.kv_key = kv.keep(self.tenant, entry.spec if entry else None, self.engine.info, snapshot)
+        except Exception:
+            log.exception("keeping the KV snapshot of %s failed", self.request_id)
 
     async def _next(self) -> TokenEvent:
         assert self._stream is not None
@@ -139,6 +172,8 @@ class Generation:
             self.usage.completion_tokens += 1
         if event.finish_reason is not None:
             self.finish_reason = event.finish_reason
+            if event.kv is not None:
+                self._keep_kv(event.kv)
             # The engine's final counts are authoritative (they include tokens it held back).
             self.usage = Usage(
                 prompt_tokens=event.prompt_tokens or len(self.prompt_ids),

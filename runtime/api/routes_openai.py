@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from realm.runtime.conversations.chat import ChatTurn
 from realm.runtime.engines.base import ChatMessage, Engine, EngineError, SamplingParams, TokenEvent
+from realm.runtime.kv_snapshots import kv_key_hint
 from realm.runtime.spec.runtime_config import TenantEntry
 
 from . import sse
@@ -361,6 +362,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         logits_processor=bias,
         arrived=arrived,
         id_prefix="chatcmpl",
+        kv_hint=kv_key_hint(turn.conversation.kv_key)[1] if turn is not None else None,
     )
     fingerprint = f"realm-{engine.info.version}"
     want_logprobs = bool(body.logprobs)
@@ -406,7 +408,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             if turn is not None:
                 # Recorded only once the whole reply went out; a conflict is the stream's last word.
                 try:
-                    recorded = await finish_chat_turn(state, turn, "".join(text))
+                    recorded = await finish_chat_turn(state, turn, "".join(text), kv_key=g.kv_key)
                 except APIError as e:
                     yield sse.event(e.body())
                 else:
@@ -436,7 +438,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             "usage": g.usage.as_openai(),
         }
         if turn is not None and g.finish_reason in ("stop", "length"):
-            payload["conversation"] = await finish_chat_turn(state, turn, "".join(text))
+            payload["conversation"] = await finish_chat_turn(state, turn, "".join(text), kv_key=g.kv_key)
         return payload
 
     return await _serve(

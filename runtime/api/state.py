@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from realm.runtime.config_store import realm_home
 from realm.runtime.conversations import ConversationStore, open_store
 from realm.runtime.engines.base import Engine
+from realm.runtime.kv_snapshots import KVSnapshots
 from realm.runtime.metrics import Metrics
 from realm.runtime.scheduler import AdmissionScheduler, TenantPolicy
 from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig, TenantEntry
@@ -38,6 +39,8 @@ class AppState:
     sandbox: Sandbox | None = None
     # Tenants' conversations (runtime/conversations); None: the conversation routes answer 503.
     conversations: ConversationStore | None = None
+    # KV snapshots and the prefix cache (runtime/kv_snapshots.py); None: every prompt prefills.
+    kv: KVSnapshots | None = None
     in_flight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -45,6 +48,11 @@ class AppState:
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> AppState:
         state = cls(models={m.name: m for m in config.models}, metrics=metrics)
         state.conversations = open_store(config.conversations, realm_home())
+        state.kv = KVSnapshots(
+            config.kv_snapshots,
+            realm_home(),
+            listener=lambda event, reason: metrics.kv_snapshot_events.labels(event, reason).inc(),
+        )
         state.apply_tenants(config.tenants)
         return state
 

@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# The GPU runtime: `realm serve` with `engine: trtllm` versions on TensorRT-LLM (docs/trtllm.md).
+# Build from the repository root:  docker build -f docker/runtime-gpu.Dockerfile -t realm-runtime-gpu .
+# The base image brings CUDA, TensorRT-LLM and its Python; no model is baked in (weights come from a
+# PersistentVolumeClaim or an HF checkpoint folder mounted by the Model).
+#
+# Not built or run here (no Docker engine, no GPU): the tag and the Python version are untested.
+# TensorRT-LLM's release images ship their own Python (3.12 in recent ones) while pyproject.toml
+# says <3.12, hence --ignore-requires-python; llama.cpp is left out (trtllm versions do not use it).
+
+ARG TRTLLM_IMAGE=nvcr.io/nvidia/tensorrt-llm/release:1.0.0
+
+FROM ${TRTLLM_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY realm/ realm/
+COPY runtime/ runtime/
+COPY operator/ operator/
+# Installed into a prefix of its own so the final stage copies only Realm and the packages it adds.
+RUN python3 -m pip install --no-deps --ignore-requires-python --prefix=/opt/realm . \
+ && python3 -m pip install --prefix=/opt/realm "numpy>=1.26" "pydantic>=2.7,<3" "pyyaml>=6" "fastapi>=0.115" "uvicorn>=0.30" \
+      "prometheus-client>=0.20" "wasmtime==50.0.1" "boto3>=1.34" "zstandard>=0.22"
+
+FROM ${TRTLLM_IMAGE}
+COPY --from=build /opt/realm /opt/realm
+ENV PATH=/opt/realm/bin:$PATH HOME=/tmp PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# The prefix's site-packages, whatever the base image's Python version is.
+RUN python3 -c "import site, sys; print('/opt/realm/lib/python%d.%d/site-packages' % sys.version_info[:2])" \
+      > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/realm-prefix.pth" \
+ && realm serve --help > /dev/null
+USER 10001:10001
+EXPOSE 8000
+ENTRYPOINT ["realm"]
+CMD ["serve", "--config", "/etc/realm/config.yaml", "--host", "0.0.0.0", "--port", "8000"]

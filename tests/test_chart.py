@@ -1,0 +1,320 @@
+"""The Helm chart (charts/realm) and the kustomize base (manifests/) without a cluster.
+
+- The CRDs they ship are the generated ones (chartgen --check), and the README lists every value.
+- `helm lint --strict` and `helm template` with default and non-default values (charts/realm/ci/);
+  the schema rejects typos. Helm is the one e2e/cluster/build.sh builds; these tests skip without it.
+- What is rendered is what the issue asks: non-root, read-only, seccomp RuntimeDefault; no pinned
+  peering priority; every flag the chart passes is one the operator accepts; least-privilege RBAC;
+  CRDs kept on uninstall; the kustomize base equals the chart's default rendering where it matters.
+
+Server-side validation against a real apiserver, install, upgrade, test and uninstall are in
+e2e/test_helm.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.cluster.cluster import find_bin_dir
+from realm.operator import chartgen, main
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "realm"
+NONDEFAULT = CHART / "ci" / "nondefault-values.yaml"
+KUBE_VERSION = "1.37.2"  # the e2e control plane's (e2e/cluster/versions.env)
+BIN = find_bin_dir()
+NS = "realm-system"
+
+# The operator's complete permissions, per (apiGroup, resource): the test of record for least privilege.
+NAMESPACED_RULES = {
+    ("realm.dev", "tenants"): {"get", "list", "watch", "patch"},
+    ("realm.dev", "models"): {"get", "list", "watch", "patch"},
+    ("realm.dev", "pipelines"): {"get", "list", "watch", "patch"},
+    ("realm.dev", "tenants/status"): {"patch"},
+    ("realm.dev", "models/status"): {"patch"},
+    ("realm.dev", "pipelines/status"): {"patch"},
+    ("realm.dev", "tenants/finalizers"): {"update"},
+    ("realm.dev", "models/finalizers"): {"update"},
+    ("", "secrets"): {"get", "list", "watch", "create"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "pods"): {"list"},
+    ("", "events"): {"create"},
+}
+CLUSTER_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+PEERING_VERBS = {"get", "list", "watch", "patch", "create"}
+
+
+def flatten(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    if not (BIN / "helm").exists():
+        pytest.skip(f"helm not built in {BIN} (e2e/cluster/build.sh helm)")
+    out = subprocess.run([str(BIN / "helm"), *args], capture_output=True, text=True, timeout=120)
+    if check and out.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def render(*values: str, release: str = "realm") -> list[dict[str, Any]]:
+    flags = [a for v in values for a in (("-f", v) if v.endswith(".yaml") else ("--set", v))]
+    out = helm("template", release, str(CHART), "-n", NS, "--kube-version", KUBE_VERSION, *flags)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (dep,) = by_kind(docs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert isinstance(c, dict)
+    return c
+
+
+# Generated files ------------------------------------------------------------------------------------
+
+
+def test_chart_and_base_crds_and_values_table_are_generated(capsys: pytest.CaptureFixture[str]) -> None:
+    assert chartgen.main(["--check"]) == 0, capsys.readouterr().out
+    for crd in sorted((REPO / "crds").glob("*.yaml")):
+        assert (CHART / "files/crds" / crd.name).read_bytes() == crd.read_bytes()
+        assert (REPO / "manifests/base/crds" / crd.name).read_bytes() == crd.read_bytes()
+
+
+def test_check_mode_catches_a_hand_edit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "files"
+    copy.mkdir()
+    for p in (CHART / "files/crds").iterdir():
+        (copy / p.name).write_text(p.read_text())
+    (copy / "tenants.realm.dev.yaml").write_text((copy / "tenants.realm.dev.yaml").read_text() + "# edit\n")
+    (copy / "extra.yaml").write_text("kind: Stale\n")
+    monkeypatch.setattr(chartgen, "CHART_CRDS", copy)
+    assert chartgen.main(["--check"]) == 1
+
+
+def _leaf_keys(values: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for name, v in values.items():
+        key = f"{prefix}{name}"
+        out |= _leaf_keys(v, f"{key}.") if isinstance(v, dict) and v else {key}
+    return out
+
+
+def test_schema_describes_every_value_and_the_readme_lists_it() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    rows = {key: (kind, desc) for key, kind, _, desc in chartgen._leaves(schema, values)}
+    for key in _leaf_keys(values):
+        # A value is a row, or sits inside a free-form object row (resources, securityContext, ...).
+        parents = [key.rsplit(".", n)[0] for n in range(key.count(".") + 1)]
+        assert any(p in rows for p in parents), f"{key}: not in values.schema.json"
+    for key, (_, desc) in rows.items():
+        assert desc, f"{key} has no description"
+    readme = (CHART / "README.md").read_text()
+    for key in rows:
+        assert f"| `{key}` |" in readme
+
+
+# helm lint / template ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [[], [str(NONDEFAULT)]], ids=["default", "nondefault"])
+def test_helm_lint_strict(values: list[str]) -> None:
+    flags = [a for v in values for a in ("-f", v)]
+    out = helm("lint", "--strict", str(CHART), *flags)
+    assert "0 chart(s) failed" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "operator.bogus=1",
+        "image.digest=sha256:short",
+        "operator.watchNamespaces[0]=team-*",
+        "operator.replicas=0",
+    ],
+)
+def test_schema_rejects_bad_values(bad: str) -> None:
+    out = helm("template", "r", str(CHART), "--kube-version", KUBE_VERSION, "--set", bad, check=False)
+    assert out.returncode != 0 and "schema" in out.stderr.lower(), out.stderr
+
+
+@pytest.mark.parametrize("values", [[], [str(NONDEFAULT)]], ids=["default", "nondefault"])
+def test_pods_are_locked_down(values: list[str]) -> None:
+    docs = render(*values)
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "Job")]
+    assert len(pods) == 2
+    for pod in pods:
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert "limits" in c["resources"]
+
+
+def test_default_flags_parse_and_pin_no_priority() -> None:
+    c = container(render())
+    assert c["command"] == ["python", "-m", "realm.operator.main"]
+    args = main.parse_args(c["args"])
+    assert args.priority is None and not any(a.startswith("--priority") for a in c["args"])
+    assert args.all_namespaces and args.peering == "realm" and not args.standalone
+    assert args.runtime_image == "ghcr.io/realm-dev/realm-runtime-cpu:0.1.0"
+    assert args.service_account == "realm-runtime" and args.s3_bucket is None
+    assert args.liveness == "http://0.0.0.0:8080/healthz"
+
+
+def test_nondefault_values_reach_the_operator_flags() -> None:
+    docs = render(str(NONDEFAULT))
+    c = container(docs)
+    args = main.parse_args(c["args"])
+    assert c["image"].startswith("registry.example.com/platform/realm-operator@sha256:0123")
+    assert args.namespace == ["team-a", "team-b"] and args.peering == "llm-peers" and args.verbose
+    assert args.runtime_image == "registry.example.com/realm-runtime-cpu:0.2.0"
+    assert args.runtime_gpu_image == "ghcr.io/realm-runtime-gpu:0.2.0-trtllm"
+    assert (args.runtime_class, args.runtime_node_selector) == ("nvidia", {"pool": "llm"})
+    assert args.runtime_tolerations == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert args.image_pull_secret == ["regcred"] and args.service_account == "llm-runtime"
+    assert str(args.gateway) == "GatewayRef(name='public', namespace='gateways', section_name='https')"
+    assert args.hostname == ["llm.example.com", "alt.example.com"]
+    assert (args.s3_endpoint, args.s3_region, args.s3_bucket) == (
+        "http://minio.storage:9000",
+        "eu-central-1",
+        "realm-kv",
+    )
+    assert (args.s3_credentials_secret, args.s3_access_key_id_key) == ("realm-s3", "AWS_ACCESS_KEY_ID")
+    assert args.modules_dir == "/modules"
+    # One replica: no PodDisruptionBudget; monitors on; the runtime account in each watched namespace.
+    assert not by_kind(docs, "PodDisruptionBudget")
+    assert {d["kind"] for d in docs} >= {"PodMonitor", "ServiceMonitor"}
+    runtime_sas = [d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["name"] == "llm-runtime"]
+    assert sorted(d["metadata"]["namespace"] for d in runtime_sas) == ["team-a", "team-b"]
+    assert all(d["automountServiceAccountToken"] is False for d in runtime_sas)
+
+
+def test_rbac_is_least_privilege_cluster_wide() -> None:
+    docs = render()
+    (role,) = by_kind(docs, "ClusterRole")
+    assert flatten(role["rules"]) == {
+        **NAMESPACED_RULES,
+        **CLUSTER_RULES,
+        ("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS,
+    }
+    assert not by_kind(docs, "Role")
+    (binding,) = by_kind(docs, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "realm-operator", "namespace": NS}]
+    # The runtime pods' account: separate, no token, and nothing binds a role to it.
+    runtime = [d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["name"] == "realm-runtime"]
+    assert len(runtime) == 1 and runtime[0]["automountServiceAccountToken"] is False
+    assert all(
+        s["name"] != "realm-runtime" for b in by_kind(docs, "ClusterRoleBinding") for s in b["subjects"]
+    )
+
+
+def test_rbac_is_namespaced_with_watch_namespaces() -> None:
+    docs = render(str(NONDEFAULT))
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    # kopf lists and watches Namespaces when it serves a list of them (not when cluster-wide).
+    assert flatten(cluster_role["rules"]) == {**CLUSTER_RULES, ("", "namespaces"): {"list", "watch"}}
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    for r in roles:
+        assert flatten(r["rules"]) == {**NAMESPACED_RULES, ("kopf.dev", "kopfpeerings"): PEERING_VERBS}
+    bindings = by_kind(docs, "RoleBinding")
+    assert {b["subjects"][0]["name"] for b in bindings} == {"realm-op"}
+
+
+def test_crds_are_the_generated_ones_and_kept() -> None:
+    docs = render()
+    crds = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
+    assert set(crds) == {
+        "tenants.realm.dev", "models.realm.dev", "pipelines.realm.dev",
+        "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev",
+    }  # fmt: skip
+    for name, crd in crds.items():
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        if name.endswith("realm.dev"):
+            generated = yaml.safe_load((REPO / "crds" / f"{name}.yaml").read_text())
+            assert {**crd, "metadata": generated["metadata"]} == generated
+    unkept = by_kind(render("crds.keep=false"), "CustomResourceDefinition")
+    assert len(unkept) == 5 and all("annotations" not in d["metadata"] for d in unkept)
+    assert not by_kind(render("crds.install=false"), "CustomResourceDefinition")
+
+
+def test_helm_test_hook() -> None:
+    (job,) = by_kind(render(), "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert "realm-operator.realm-system.svc:8080/healthz" in " ".join(
+        job["spec"]["template"]["spec"]["containers"][0]["command"]
+    )
+    # NOTES.txt is rendered only by install/upgrade/status: e2e/test_helm.py checks it after `helm install`.
+
+
+# The kustomize base -----------------------------------------------------------------------------------
+
+
+def kustomize(path: str) -> list[dict[str, Any]]:
+    if not (BIN / "kubectl").exists():
+        pytest.skip(f"kubectl not built in {BIN}")
+    out = subprocess.run(
+        [str(BIN / "kubectl"), "kustomize", str(REPO / path)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_kustomize_base_matches_the_chart_defaults() -> None:
+    base, chart = kustomize("manifests/base"), render()
+
+    def kinds(docs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+
+    # The same objects (the base adds the Namespace; the chart adds the helm test Job).
+    assert [k for k in kinds(base) if k[0] != "Namespace"] == [k for k in kinds(chart) if k[0] != "Job"]
+    assert flatten(by_kind(base, "ClusterRole")[0]["rules"]) == flatten(
+        by_kind(chart, "ClusterRole")[0]["rules"]
+    )
+    b, c = container(base), container(chart)
+    for key in ("command", "args", "securityContext", "resources", "livenessProbe", "readinessProbe", "env"):
+        assert b[key] == c[key], key
+    assert b["image"] == c["image"]
+    bpod, cpod = (by_kind(d, "Deployment")[0]["spec"]["template"]["spec"] for d in (base, chart))
+    assert bpod["securityContext"] == cpod["securityContext"]
+    for crd in by_kind(base, "CustomResourceDefinition"):
+        assert crd["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "-1"
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_overlays_build(overlay: str) -> None:
+    docs = kustomize(f"manifests/overlays/{overlay}")
+    c = container(docs)
+    args = main.parse_args(c["args"])
+    (dep,) = by_kind(docs, "Deployment")
+    if overlay == "dev":
+        assert dep["spec"]["replicas"] == 1 and args.verbose and c["image"].endswith(":dev")
+        assert not by_kind(docs, "PodDisruptionBudget")
+    else:
+        assert dep["spec"]["replicas"] == 2 and "@sha256:" in c["image"]
+        assert "@sha256:" in args.runtime_image and args.runtime_class == "nvidia" and args.s3_bucket
+    assert len(by_kind(docs, "CustomResourceDefinition")) == 5

