@@ -53,14 +53,16 @@ RECONCILE_TIMEOUT = 90.0
 
 
 @contextlib.contextmanager
-def operator(cluster: Cluster, log: Path, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+def operator(
+    cluster: Cluster, log: Path, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """The operator as a subprocess (what the chart runs); terminated (then killed) on exit."""
     with log.open("w") as sink:
         op = subprocess.Popen(
             [sys.executable, "-m", "realm.operator.main", "--namespace", NS, "--peering", PEERING,
              "--runtime-image", "realm-runtime:e2e", *extra],
             cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**cluster.env(), "REALM_RESYNC_SECONDS": "10"},
+            env={**cluster.env(), "REALM_RESYNC_SECONDS": "10", **(env or {})},
         )  # fmt: skip
         try:
             yield op

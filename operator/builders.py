@@ -28,7 +28,13 @@ import yaml
 
 from realm.runtime.spec.model import MODEL_NAME_PATTERN, ModelSpec, ModelVersion
 from realm.runtime.spec.pipeline import PipelineSpec
-from realm.runtime.spec.runtime_config import ModelConfig, PipelineEntry, RuntimeConfig, TenantEntry
+from realm.runtime.spec.runtime_config import (
+    ConversationsConfig,
+    ModelConfig,
+    PipelineEntry,
+    RuntimeConfig,
+    TenantEntry,
+)
 from realm.runtime.spec.status import API_VERSION
 from realm.runtime.spec.tenant import TenantSpec
 
@@ -231,9 +237,12 @@ def runtime_config(
     tenants: Iterable[PublishedTenant],
     modules_dir: str | None = None,
     pipelines: Iterable[PipelineEntry] = (),
+    shared_store: bool = False,
 ) -> RuntimeConfig:
     """The document one version's pods read: that version as the only model, its allowed tenants, and
-    the pipelines (already validated by the caller) that use the model and run as one of those tenants."""
+    the pipelines (already validated by the caller) that use the model and run as one of those tenants.
+    With `shared_store` (an S3 bucket configured) conversations live in S3, so every replica of every
+    version serves every conversation; the bucket and credentials reach the pods as environment."""
     allowed = sorted((t for t in tenants if model.name in t.spec.allowed_models), key=lambda t: t.name)
     return RuntimeConfig(
         models=[model_config(model, version)],
@@ -242,6 +251,7 @@ def runtime_config(
         ],
         pipelines=pipelines_for(model, (t.name for t in allowed), pipelines),
         modules_dir=modules_dir,
+        conversations=ConversationsConfig(backend="s3") if shared_store else ConversationsConfig(),
     )
 
 
@@ -262,7 +272,8 @@ def config_map(
     opts: BuildOptions,
     pipelines: Iterable[PipelineEntry] = (),
 ) -> Manifest:
-    config = runtime_config(model, version, tenants, opts.modules_dir, pipelines)
+    shared = opts.s3 is not None and bool(opts.s3.bucket)
+    config = runtime_config(model, version, tenants, opts.modules_dir, pipelines, shared_store=shared)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

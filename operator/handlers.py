@@ -34,7 +34,7 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from realm.operator import builders, world
+from realm.operator import builders, snapshots, world
 from realm.operator.kube import Kube, serialized
 from realm.operator.options import build_options, gateway_api_served
 from realm.operator.passes import PassQueue
@@ -610,14 +610,78 @@ def needs_cleanup(spec: Mapping[str, Any], **_: Any) -> bool:
 
 
 @kopf.on.delete(GROUP, VERSION, "tenants", backoff=5, when=needs_cleanup)
-def tenant_deleted(namespace: str | None, name: str | None, **kwargs: Any) -> None:
-    """Republish without the tenant, then release it: runs before the finalizer goes, so the tenant's
-    external state is cleaned up even if the operator was down when it was deleted."""
+def tenant_deleted(
+    namespace: str | None, name: str | None, spec: Mapping[str, Any], body: kopf.Body, **kwargs: Any
+) -> None:
+    """Republish without the tenant, delete its KV snapshots, then release it: runs before the finalizer
+    goes, so the snapshots are deleted even if the operator was down when the Tenant was deleted. S3
+    unreachable: retried (the Tenant stays, Terminating, until its data is gone)."""
     assert namespace and name
     _capture(kwargs)
     k = kube()
     reconcile_tenant(k, namespace, name)
     refresh_pipelines(k, namespace, tenant=name)
+    parsed, _ = parse_spec(spec, TenantSpec)
+    if not isinstance(parsed, TenantSpec):
+        return
+    tier = snapshots.tier_for(k, namespace, parsed)
+    if tier is None:
+        return
+    try:
+        deleted = snapshots.delete_all(tier, name)
+    except snapshots.S3Unavailable as e:
+        raise kopf.TemporaryError(f"cannot delete the KV snapshots yet: {e}", delay=10) from e
+    _post(_normal, body, "SnapshotsDeleted", f"deleted {deleted} KV snapshot(s) (deletionPolicy Delete)")
+
+
+def has_snapshots(spec: Mapping[str, Any], **_: Any) -> bool:
+    parsed, _ = parse_spec(spec, TenantSpec)
+    return isinstance(parsed, TenantSpec) and parsed.kv_snapshots.enabled
+
+
+KV_SWEEP_SECONDS = float(os.environ.get("REALM_KV_SWEEP_SECONDS") or 300)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "tenants",
+    interval=KV_SWEEP_SECONDS,
+    initial_delay=min(KV_SWEEP_SECONDS, 10.0),
+    backoff=min(KV_SWEEP_SECONDS, 30.0),
+    when=has_snapshots,
+)
+def tenant_kv_sweep(
+    namespace: str | None,
+    name: str | None,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    body: kopf.Body,
+    **kwargs: Any,
+) -> None:
+    """Apply ttlSeconds and maxBytes to the tenant's snapshots and report their usage in its status.
+    Only Tenants with snapshots enabled carry this timer."""
+    assert namespace and name
+    _capture(kwargs)
+    parsed, _ = parse_spec(spec, TenantSpec)
+    k = kube()
+    if not isinstance(parsed, TenantSpec) or body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    tier = snapshots.tier_for(k, namespace, parsed)
+    if tier is None:
+        return
+    try:
+        result = snapshots.sweep(tier, name, parsed)
+    except snapshots.S3Unavailable as e:
+        _post(kopf.warn, body, "SnapshotsUnreachable", str(e))
+        raise kopf.TemporaryError(f"S3 unreachable: {e}", delay=30) from e
+    patch: dict[str, Any] = {"kvSnapshotBytes": result.bytes, "kvSnapshotObjects": result.objects}
+    if result.expired or result.evicted:
+        message = f"expired {result.expired}, evicted {result.evicted} over maxBytes"
+        _post(_normal, body, "SnapshotsSwept", message)
+    if any((status or {}).get(f) != v for f, v in patch.items()):
+        patch["kvSnapshotsSwept"] = _now().isoformat().replace("+00:00", "Z")
+        k.patch_status("Tenant", namespace, name, patch)
 
 
 @kopf.on.event(GROUP, VERSION, "tenants")

@@ -424,7 +424,10 @@ def tenant_status(
         api_key_secret=key.secret_name,
         published_to=sorted(published_to),
         model_count=len(published_to),
-        kv_snapshot_bytes=old.kv_snapshot_bytes if old else 0,  # reported by the runtime, kept as is
+        # Written by the snapshot sweep (handlers.tenant_kv_sweep), kept as is here.
+        kv_snapshot_bytes=old.kv_snapshot_bytes if old else 0,
+        kv_snapshot_objects=old.kv_snapshot_objects if old else 0,
+        kv_snapshots_swept=old.kv_snapshots_swept if old else None,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 
 from realm.operator import builders as b
 from realm.operator import main, options
@@ -143,3 +144,12 @@ def test_no_s3_flags_means_no_s3_env() -> None:
         assert options.CONFIG.s3 is None
     finally:
         options.CONFIG = saved
+
+
+def test_with_a_bucket_conversations_are_shared_through_s3() -> None:
+    """Replicas and versions serve the same conversations only from a shared store."""
+    m = model(CPU_SPEC)
+    with_s3 = b.config_map(m, "v1", [], b.BuildOptions(image="i", s3=b.S3Options(bucket="kv")))
+    without = b.config_map(m, "v1", [], b.BuildOptions(image="i"))
+    assert yaml.safe_load(with_s3["data"]["config.yaml"])["conversations"]["backend"] == "s3"
+    assert yaml.safe_load(without["data"]["config.yaml"])["conversations"]["backend"] == "sqlite"

@@ -171,3 +171,7 @@ class TenantStatus(ResourceStatus):
     )
     model_count: int = Field(0, ge=0, description="Number of entries in publishedTo.")
     kv_snapshot_bytes: int = Field(0, ge=0, description="Bytes of KV-cache snapshots stored for this tenant.")
+    kv_snapshot_objects: int = Field(0, ge=0, description="KV-cache snapshots stored for this tenant.")
+    kv_snapshots_swept: str | None = Field(
+        None, description="When expiry and the byte budget were last applied (RFC 3339)."
+    )
