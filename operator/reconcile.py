@@ -492,6 +492,7 @@ def model_status(
     old = _previous(previous, ModelStatus)
     conds: list[Condition] = []
     versions: list[VersionStatus] = []
+    chosen = autoscaled(previous)  # the autoscaler's, kept as it wrote them
     if spec_error is not None or spec is None:
         conds.append(
             condition(CONFIG_PUBLISHED, "False", INVALID, spec_error or "invalid spec", generation, now)
@@ -523,7 +524,10 @@ def model_status(
                 versions.append(VersionStatus(name=version))
                 continue
             want, ready, current = _dep_counts(dep)
-            versions.append(VersionStatus(name=version, replicas=want, ready_replicas=ready))
+            picked = chosen.get(version) if spec.autoscaling is not None else None
+            versions.append(
+                VersionStatus(name=version, replicas=want, ready_replicas=ready, desired_replicas=picked)
+            )
             if ready < want or not current:
                 waiting.append(f"{d['metadata']['name']}: {ready}/{want} ready")
                 problem = (unschedulable or {}).get(d["metadata"]["name"])
@@ -566,13 +570,25 @@ def model_status(
         traffic=traffic,
         traffic_summary=traffic_summary(traffic),
         ready_replicas=sum(v.ready_replicas for v in versions),
+        last_scale_time=old.last_scale_time if old else None,
     )
 
 
-def model_resource(name: str, namespace: str, uid: str, spec: ModelSpec) -> ModelResource | str:
+def autoscaled(status: Mapping[str, Any] | None) -> dict[str, int]:
+    """The autoscaler's replica counts per version, from a Model's status."""
+    out: dict[str, int] = {}
+    for v in (status or {}).get("versions") or []:
+        if isinstance(v, Mapping) and isinstance(v.get("desiredReplicas"), int) and v.get("name"):
+            out[str(v["name"])] = int(v["desiredReplicas"])
+    return out
+
+
+def model_resource(
+    name: str, namespace: str, uid: str, spec: ModelSpec, status: Mapping[str, Any] | None = None
+) -> ModelResource | str:
     """The builders' view of a Model, or the reason it cannot be built (e.g. a bad name)."""
     try:
-        return ModelResource(name, namespace, uid, spec)
+        return ModelResource(name, namespace, uid, spec, autoscaled(status))
     except ValueError as e:
         return str(e)
 

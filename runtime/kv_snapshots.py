@@ -64,7 +64,9 @@ class KVSnapshots:
         stats = KVStoreStats(listener)
         self.prefix_cache: KVSnapshotStore | None = None
         if config.prefix_cache and config.memory_bytes > 0:
-            self.prefix_cache = KVSnapshotStore(KVStoreConfig(memory_bytes=config.memory_bytes // 2), stats)
+            self.prefix_cache = KVSnapshotStore(
+                KVStoreConfig(memory_bytes=config.memory_bytes // 2, partial_prefixes=True), stats
+            )
         self.bucket = os.environ.get("REALM_S3_BUCKET") or config.bucket
         self.endpoint = os.environ.get("REALM_S3_ENDPOINT") or config.endpoint
         self.region = os.environ.get("REALM_S3_REGION") or config.region

@@ -109,8 +109,8 @@ def s3_objects(s3: s3server.S3Bucket, prefix: str) -> list[str]:
     return [o["Key"] for o in listed]
 
 
-def wait_for_upload(s3: s3server.S3Bucket, prefix: str, n: int) -> list[str]:
-    deadline = time.monotonic() + 30
+def wait_for_upload(s3: s3server.S3Bucket, prefix: str, n: int = 1) -> list[str]:
+    deadline = time.monotonic() + 120  # a hang guard: uploads run in the background
     while len(keys := s3_objects(s3, prefix)) < n:
         assert time.monotonic() < deadline, f"no upload under {prefix}: {s3_objects(s3, '')}"
         time.sleep(0.1)
@@ -142,10 +142,15 @@ def test_the_next_turn_restores_the_previous_one_and_answers_as_a_cold_prefill(
     assert not s3_objects(s3, "realm/kv/beta/"), "beta has no persistent snapshots"
 
 
-def test_after_a_restart_the_conversation_continues_from_s3(rt: Running) -> None:
+def test_after_a_restart_the_conversation_continues_from_s3(rt: Running, s3: s3server.S3Bucket) -> None:
     with rt.http("alpha") as c:
         cid = new_conversation(c)
         turn(c, cid, "Name a color.")
+        key = c.get(f"/v1/conversations/{cid}").json()["kv_key"].rpartition("#")[0]
+    deadline = time.monotonic() + 120
+    while key not in s3_objects(s3, "realm/kv/alpha/"):
+        assert time.monotonic() < deadline, "the turn's snapshot never reached S3"
+        time.sleep(0.1)
     rt.restart()  # waits for queued uploads; the new process has an empty memory tier and no disk tier
     with rt.http("alpha") as c:
         after = turn(c, cid, "Name another one.")
@@ -158,6 +163,10 @@ def test_a_corrupted_snapshot_means_a_recompute_and_a_metric(rt: Running, s3: s3
         cid = new_conversation(c)
         turn(c, cid, "Count to three.")
         kv_key = c.get(f"/v1/conversations/{cid}").json()["kv_key"].rpartition("#")[0]
+    deadline = time.monotonic() + 120
+    while kv_key not in s3_objects(s3, "realm/kv/alpha/"):
+        assert time.monotonic() < deadline, "the turn's snapshot never reached S3"
+        time.sleep(0.1)
     rt.restart()
     client = s3.client()
     blob = client.get_object(Bucket=s3.bucket, Key=kv_key)["Body"].read()
@@ -183,3 +192,25 @@ def test_with_s3_down_the_turn_still_succeeds_by_recomputing(rt: Running, s3: s3
         s3.server.start()
     assert cached(after) == 0 and after["choices"][0]["message"]["content"]
     assert took < 30, f"the turn took {took:.1f}s with S3 down"
+
+
+def test_a_shared_system_prompt_is_reused_by_the_next_question_of_the_same_tenant(rt: Running) -> None:
+    """The in-process prefix cache (every tenant has it): the second question restores the first
+    request's KV for the system prompt they share, and answers exactly as a cold prefill does."""
+    system = " ".join(f"Guideline {i}: be concise, factual and kind to the user." for i in range(10))
+
+    def ask(tenant: str, question: str) -> dict[str, Any]:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        body = {"model": DEFAULT_MODEL, "max_tokens": 8, "temperature": 0, "messages": messages}
+        with httpx.Client(base_url=rt.base, headers=auth(tenant), timeout=120) as c:
+            r = c.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
+    assert cached(ask("beta", "Where is Lyon?")) == 0
+    warm = ask("beta", "Where is Nice?")
+    assert cached(warm) >= 64, warm["usage"]
+    cold = ask("alpha", "Where is Nice?")  # nothing of this system prompt is cached for alpha
+    assert cached(cold) == 0
+    assert warm["choices"][0]["message"]["content"] == cold["choices"][0]["message"]["content"]

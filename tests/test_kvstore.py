@@ -451,3 +451,22 @@ def test_asyncio_is_not_needed_for_put() -> None:
     assert store.put(scope(), snap(tokens(B))) is not None
     assert asyncio.run(store.fetch(scope(), tokens(B), deadline=deadline_in(1))) is not None
     store.close()
+
+
+async def test_partial_prefixes_serve_the_first_blocks_of_a_longer_snapshot() -> None:
+    """A shared system prompt: the prompt agrees with a cached snapshot for 2.5 blocks, then differs.
+    With partial_prefixes the snapshot is found by its inner block hashes; without, nothing is."""
+    ids = tokens(6 * B)
+    prompt = list(ids[: 2 * B + B // 2]) + list(tokens(2 * B, seed=9))
+    for partial in (True, False):
+        store = local_store(partial_prefixes=partial)
+        s = scope()
+        store.put(s, snap(ids))
+        got = await store.fetch(s, prompt, deadline=deadline_in(1))
+        if partial:
+            assert got is not None and got.token_ids == ids  # the engine keeps only the common prefix
+        else:
+            assert got is None
+        other = await store.fetch(scope("beta"), prompt, deadline=deadline_in(1))
+        assert other is None, "another tenant's scope never sees it"
+        store.close()

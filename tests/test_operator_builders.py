@@ -173,12 +173,13 @@ def test_empty_traffic_sends_everything_to_the_last_version() -> None:
     assert b.deployment(m, "v1", [], OPTS)["spec"]["replicas"] == 0
 
 
-def test_autoscaling_leaves_replicas_to_the_autoscaler() -> None:
+def test_autoscaling_replicas_come_from_the_autoscalers_status_within_bounds() -> None:
     spec = {k: v for k, v in SPEC.items() if k != "replicas"}
     spec["autoscaling"] = {"minReplicas": 1, "maxReplicas": 4}
     dep = b.deployment(model(spec), "v1", [], OPTS)
-    # Writing replicas would fight the autoscaler on every reconcile.
-    assert "replicas" not in dep["spec"]
+    assert dep["spec"]["replicas"] == 1  # nothing decided yet: the floor
+    scaled = b.ModelResource("chat", "team-a", "uid-1", model(spec).spec, autoscaled={"v1": 3})
+    assert b.deployment(scaled, "v1", [], OPTS)["spec"]["replicas"] == 3
 
 
 def test_config_map_round_trips_through_runtime_config() -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # the operator imports this module (KVSnapshot) and has no numpy
+    import numpy as np
+    import numpy.typing as npt
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -25,7 +27,7 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 # sequence's logits and the token ids generated so far. Mutate the logits in place (mask, bias).
 # TensorRT-LLM's `LogitsProcessor.__call__(req_id, logits, token_ids, stream_ptr, client_id)`
 # adapts to this in one line.
-LogitsProcessor = Callable[[str, npt.NDArray[np.float32], Sequence[int]], None]
+LogitsProcessor = Callable[[str, "npt.NDArray[np.float32]", Sequence[int]], None]
 
 
 class SamplingParams(BaseModel):
@@ -69,7 +71,8 @@ class EngineRequest:
     logits_processor: LogitsProcessor | None = None
     # Prefix-cache scope (TensorRT-LLM's `cache_salt`): requests with different salts never share KV.
     cache_salt: str | None = None
-    # KV to restore before prefill; it must cover a prefix of prompt_token_ids.
+    # KV to restore before prefill: its common prefix with prompt_token_ids is reused, the rest dropped
+    # (an engine that cannot drop a tail prefills in full instead).
     restore_kv: KVSnapshot | None = None
     # Export this sequence's KV when it finishes; it arrives on the final TokenEvent.
     export_kv: bool = False

@@ -85,6 +85,15 @@ def _log_softmax(row: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, 
     return shifted - np.float32(np.log(np.exp(shifted).sum()))
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
 class LlamaCppEngine(Engine):
     def __init__(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
@@ -406,20 +415,21 @@ class LlamaCppEngine(Engine):
         snap = seq.req.restore_kv
         if snap is None:
             return
-        n = len(snap.token_ids)
-        usable = (
-            snap.fingerprint == self._fingerprint
-            and 0 < n <= seq.n_prompt
-            and tuple(seq.tokens[:n]) == snap.token_ids
-        )
+        # The snapshot may run past the prompt (a shared system prompt followed by another question):
+        # what counts is the common prefix, and the rest of the restored sequence is dropped.
+        n = common_prefix(snap.token_ids, seq.tokens[: seq.n_prompt])
+        # The last prompt token must go through decode to produce logits.
+        n = min(n, seq.n_prompt - 1)
+        usable = snap.fingerprint == self._fingerprint and n > 0
         if not usable or not native.state_seq_set(self._ctx, seq.seq_id, snap.data):
             L.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
             log.info("KV snapshot for %s not usable; prefilling in full", seq.req.request_id)
             return
-        if n == seq.n_prompt:
-            # The last prompt token must go through decode to produce logits.
-            n -= 1
-            L.llama_memory_seq_rm(self._mem, seq.seq_id, n, -1)
+        if n < len(snap.token_ids) and not L.llama_memory_seq_rm(self._mem, seq.seq_id, n, -1):
+            # Sliding-window caches cannot drop a tail: start over rather than keep a wrong one.
+            L.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+            log.info("KV snapshot for %s cannot be cut at %d; prefilling in full", seq.req.request_id, n)
+            return
         seq.n_past = seq.cached = n
 
     def _step(self, out: list[tuple[_Sink, TokenEvent]]) -> None:

@@ -67,6 +67,10 @@ class KVStoreConfig:
     warm_limit: int = 10_000  # objects `warm` lists per scope
     breaker_failures: int = 3  # consecutive S3 failures that open the circuit breaker
     breaker_cooldown: float = 5.0  # seconds lookups skip S3 once it is open
+    # Let a prompt reuse the first blocks of a longer snapshot held in memory (a shared system prompt,
+    # an edited last message): each snapshot is also found under every one of its block hashes. For
+    # engines that can drop a restored sequence's tail (llama.cpp can, except on sliding-window models).
+    partial_prefixes: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,9 @@ class Hit:
     matched_tokens: int
     tier: Tier  # where it was found (it may have moved by the time it is loaded)
     prompt: tuple[int, ...] = field(repr=False)
+    # The snapshot runs past the prompt (it shares only `matched_tokens` and maybe a few more): the
+    # engine restores it and drops the rest. Only from the memory tier, with `partial_prefixes` on.
+    partial: bool = False
 
 
 @dataclass
@@ -118,6 +125,8 @@ class KVSnapshotStore:
         self.s3 = S3Tier(config.s3) if config.s3 is not None else None
         self.root = self.s3.root if self.s3 is not None else ""
         self._index: OrderedDict[str, _IndexEntry] = OrderedDict()
+        # block hash inside a snapshot held in memory -> that snapshot's own hash (partial_prefixes)
+        self._inner: OrderedDict[str, str] = OrderedDict()
         self._index_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="kvstore-io")
         self._queue: queue.Queue[_Job | None] = queue.Queue(config.queue_size)
@@ -203,6 +212,16 @@ class KVSnapshotStore:
         found.sort(key=lambda c: (-c[0], c[1]))
         return [(matched, scope, block_hash) for matched, _, scope, block_hash in found]
 
+    def _outer(self, block_hash: str, exclude: frozenset[str]) -> str | None:
+        """The snapshot in memory that contains this block, when partial prefixes are on."""
+        if not self.config.partial_prefixes:
+            return None
+        with self._index_lock:
+            outer = self._inner.get(block_hash)
+        if outer is None or outer in exclude or outer not in self.memory:
+            return None
+        return outer
+
     def _plausible(self, block_hash: str, matched: int, prompt: tuple[int, ...]) -> bool:
         """False when what we know of the object says it runs past or away from the prompt."""
         cached = self.memory.peek(block_hash)
@@ -254,6 +273,10 @@ class KVSnapshotStore:
         for matched, scope, block_hash in candidates:
             tier = self._local_tier(block_hash)
             if tier is None:
+                outer = self._outer(block_hash, exclude)
+                if outer is not None:
+                    best = Hit(scope, outer, matched, "memory", prompt, partial=True)
+                    break
                 unknown.append((matched, scope, block_hash))
                 continue
             if self._plausible(block_hash, matched, prompt):
@@ -304,6 +327,13 @@ class KVSnapshotStore:
     async def load(self, hit: Hit, *, deadline: float) -> KVSnapshot | None:
         """The snapshot for a hit, verified and covering a prefix of the prompt, or None (counted)."""
         snapshot = self.memory.get(hit.block_hash)
+        if snapshot is not None and hit.partial:
+            n = hit.matched_tokens
+            if snapshot.token_ids[:n] != hit.prompt[:n]:
+                self.stats.failed("mismatch")
+                return None
+            self.stats.inc("hit_memory")
+            return snapshot
         if snapshot is not None:
             if not _is_prefix(snapshot, hit.prompt):
                 self.stats.failed("mismatch")
@@ -452,8 +482,16 @@ class KVSnapshotStore:
         ):
             self.stats.inc("put_skipped")
             return None
-        block_hash = block_hashes(scope, snapshot.token_ids)[-1]
+        hashes = block_hashes(scope, snapshot.token_ids)
+        block_hash = hashes[-1]
         key = object_key(self.root, scope, block_hash)
+        if self.config.partial_prefixes:
+            with self._index_lock:
+                for inner in hashes[:-1]:
+                    self._inner[inner] = block_hash
+                    self._inner.move_to_end(inner)
+                while len(self._inner) > self.config.max_index_entries:
+                    self._inner.popitem(last=False)
         matched = n_blocks * scope.block_size
         self._remember(block_hash, scope.namespace, snapshot.token_ids[matched:], in_s3=False)
         if self.memory.put(block_hash, scope.namespace, snapshot):

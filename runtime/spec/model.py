@@ -262,6 +262,9 @@ class VersionStatus(SpecModel):
     name: str = Field(..., description="Version name.")
     replicas: int = Field(0, ge=0, description="Replicas the Deployment asks for.")
     ready_replicas: int = Field(0, ge=0, description="Replicas passing /readyz.")
+    desired_replicas: int | None = Field(
+        None, ge=0, description="The autoscaler's choice (with spec.autoscaling), applied to the Deployment."
+    )
 
 
 class ModelStatus(ResourceStatus):
@@ -282,3 +285,6 @@ class ModelStatus(ResourceStatus):
     )
     traffic_summary: str = Field("", description="The split in force as text, e.g. v1=90,v2=10.")
     ready_replicas: int = Field(0, ge=0, description="Ready replicas over all versions.")
+    last_scale_time: str | None = Field(
+        None, description="When the autoscaler last changed a version's replica count (RFC 3339)."
+    )
