@@ -53,7 +53,9 @@ def make_client(
         response_checksum_validation="when_required",
         max_pool_connections=32,
     )
-    client: S3Client = boto3.client(
+    # A session of its own: boto3.client() shares a process-wide session whose credentials are resolved
+    # once, so a process (or a test run) that changed AWS_* after its first client would keep the old ones.
+    client: S3Client = boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
         region_name=region,

@@ -74,7 +74,9 @@ def _client(config: S3Config, *, attempts: int, read_timeout: float) -> S3Client
         response_checksum_validation="when_required",
         max_pool_connections=config.max_pool_connections,
     )
-    client: S3Client = boto3.client(
+    # A session of its own: boto3.client() shares a process-wide session whose credentials are resolved
+    # once, so a process (or a test run) that changed AWS_* after its first client would keep the old ones.
+    client: S3Client = boto3.session.Session().client(
         "s3",
         endpoint_url=config.endpoint_url,
         region_name=config.region,
