@@ -24,14 +24,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +37,9 @@ sys.path.insert(0, str(REPO))
 
 from kubernetes import client, config, watch  # noqa: E402
 
-from e2e.cluster.cluster import Cluster, control_plane  # noqa: E402
-from e2e.test_operator import NS, PEERING, prepare  # noqa: E402
+from e2e.cluster.cluster import control_plane  # noqa: E402
+from e2e.test_operator import NS, prepare  # noqa: E402
+from e2e.test_operator_resilience import operator  # noqa: E402
 
 GROUP, VERSION = "realm.dev", "v1alpha1"
 AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
@@ -138,25 +136,6 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-@contextmanager
-def operator(cluster: Cluster, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("w") as sink:
-        op = subprocess.Popen(
-            [sys.executable, "-m", "realm.operator.main", "--namespace", NS, "--peering", PEERING,
-             "--runtime-image", "realm-runtime:bench"],
-            cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=cluster.env(),
-        )  # fmt: skip
-        try:
-            yield op
-        finally:
-            op.terminate()
-            try:
-                op.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                op.kill()
-                op.wait()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tenants", type=int, default=1000)
@@ -182,7 +161,8 @@ def main() -> int:
         watcher.start()
         time.sleep(1.0)  # the watches are open before the first create
 
-        with operator(cluster, work / "operator.log") as op:
+        # The e2e suite's operator subprocess, at the production resync interval (the e2e default is 10 s).
+        with operator(cluster, work / "operator.log", env={"REALM_RESYNC_SECONDS": "60"}) as op:
             time.sleep(3.0)  # past kopf's start and peering: measure reconciles, not start-up
             audit_mark = audit.stat().st_size if audit.exists() else 0
             objects = [model(i) for i in range(args.models)]

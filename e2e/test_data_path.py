@@ -56,7 +56,8 @@ from e2e.support import require_control_plane  # noqa: E402
 
 require_control_plane()
 
-from e2e.test_operator import NS, PEERING, World, prepare, tenant, wait_for  # noqa: E402
+from e2e.support import wait_for  # noqa: E402
+from e2e.test_operator import NS, PEERING, World, prepare, tenant  # noqa: E402
 
 MODEL_NAME = "chat"
 CONFIG_MAP = f"{MODEL_NAME}-v1-config"

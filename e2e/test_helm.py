@@ -51,6 +51,7 @@ from e2e.cluster.cluster import (  # noqa: E402
     use_external_kubeconfig,
 )
 from e2e.support import require_control_plane  # noqa: E402
+from e2e.support import wait_for as support_wait_for  # noqa: E402
 
 require_control_plane()
 
@@ -66,15 +67,8 @@ TIMEOUT = 90.0  # hang guard only; the measured times are printed
 T = TypeVar("T")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = TIMEOUT, every: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = TIMEOUT) -> T:
+    return support_wait_for(what, probe, timeout)
 
 
 @dataclass

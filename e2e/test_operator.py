@@ -16,9 +16,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -30,7 +30,6 @@ REPO = Path(__file__).resolve().parent.parent
 CRD_DIR = Path(os.environ.get("REALM_E2E_CRD_DIR") or REPO / "crds")
 NS = "realm-e2e"
 PEERING = "e2e"
-T = TypeVar("T")
 
 from e2e.cluster.cluster import (  # noqa: E402
     CONTROLLER_BINARIES,
@@ -40,36 +39,13 @@ from e2e.cluster.cluster import (  # noqa: E402
     missing_binaries,
     use_external_kubeconfig,
 )
-from e2e.support import require_control_plane  # noqa: E402
+from e2e.support import require_control_plane, wait_for  # noqa: E402
+from realm.operator.chartgen import peering_crd  # noqa: E402
 
 require_control_plane()
 
-# kopf's peering CRD (namespaced flavour): the operator refuses to act without it (mandatory peering).
-PEERING_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "kopfpeerings.kopf.dev"},
-    "spec": {
-        "group": "kopf.dev",
-        "scope": "Namespaced",
-        "names": {"kind": "KopfPeering", "plural": "kopfpeerings", "singular": "kopfpeering"},
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "properties": {
-                            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                        },
-                    }
-                },
-            }
-        ],
-    },
-}
+# kopf's peering CRD (namespaced flavour), as the chart ships it: the operator refuses to act without it.
+PEERING_CRD: dict[str, Any] = peering_crd("KopfPeering", "kopfpeerings", "Namespaced")
 
 MODEL = {
     "apiVersion": "realm.dev/v1alpha1",
@@ -94,17 +70,6 @@ def tenant(name: str, allowed: list[str]) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": NS},
         "spec": {"allowedModels": allowed, "weight": 2},
     }
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, every: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 class World:

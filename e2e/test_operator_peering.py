@@ -45,12 +45,12 @@ from e2e.support import require_control_plane  # noqa: E402
 require_control_plane()
 
 # Same skip logic, CRDs, peering and helpers as the other operator e2e tests.
+from e2e.support import wait_for  # noqa: E402
 from e2e.test_operator import (  # noqa: E402
     NS,
     PEERING,
     World,
     prepare,
-    wait_for,
 )
 from e2e.test_operator_resilience import _model, _tenant, operator  # noqa: E402
 

@@ -44,7 +44,8 @@ from e2e.support import require_control_plane  # noqa: E402
 require_control_plane()
 
 # Shared with the main operator e2e test (same skip logic, CRDs, peering CRD and helpers).
-from e2e.test_operator import NS, PEERING, REPO, World, prepare, wait_for  # noqa: E402
+from e2e.support import wait_for  # noqa: E402
+from e2e.test_operator import NS, PEERING, REPO, World, prepare  # noqa: E402
 
 GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api@v1.6.3"
 GATEWAY = "gw"  # the operator's --gateway is NS/GATEWAY; no Gateway object (or controller) is needed
@@ -365,7 +366,10 @@ def test_gateway_api_httproute_follows_the_traffic_split(tmp_path: Path) -> None
             assert route["metadata"]["uid"] == first_uid  # the same object, updated in place
 
             def summary() -> str | None:
-                return (_current_status(world, "model", "chat") or {}).get("status", {}).get("trafficSummary")
+                found = (
+                    (_current_status(world, "model", "chat") or {}).get("status", {}).get("trafficSummary")
+                )
+                return str(found) if found else None
 
             wait_for("trafficSummary v1=50,v2=50", lambda: summary() == "v1=50,v2=50")
             assert op.poll() is None

@@ -38,7 +38,8 @@ from e2e.support import require_control_plane  # noqa: E402
 
 require_control_plane()
 
-from e2e.test_operator import NS, REPO, World, prepare, wait_for  # noqa: E402
+from e2e.support import wait_for  # noqa: E402
+from e2e.test_operator import NS, REPO, World, prepare  # noqa: E402
 from e2e.test_operator_resilience import _conditions, _model, _tenant, operator  # noqa: E402
 
 EXAMPLES = REPO / "manifests" / "examples"
@@ -79,9 +80,8 @@ def test_examples_schedule_onto_gpu_nodes_and_report_ready(world: World, tmp_pat
         began = time.monotonic()
         world.cluster.kubectl("apply", "-n", NS, "-f", str(EXAMPLES))
         for version in ("v1", "v2"):
-            dep = wait_for(
-                f"deployment smollm2-{version}", lambda v=version: world.get("deployment", f"smollm2-{v}")
-            )  # type: ignore[misc]
+            name = f"smollm2-{version}"
+            dep = wait_for(f"deployment {name}", lambda name=name: world.get("deployment", name))  # type: ignore[misc]
             container = dep["spec"]["template"]["spec"]["containers"][0]
             assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
             probes = (
@@ -89,12 +89,13 @@ def test_examples_schedule_onto_gpu_nodes_and_report_ready(world: World, tmp_pat
                 container["livenessProbe"]["httpGet"]["path"],
             )
             assert probes == ("/readyz", "/healthz")
-        pods = wait_for(
-            "both versions' pods Running on GPU nodes",
-            lambda: (ps := [p for p in _items(world, "pods", "realm.dev/model=smollm2")
-                            if p["status"].get("phase") == "Running"]) and len(ps) == 2 and ps,
-            timeout=TIMEOUT,
-        )  # fmt: skip
+
+        def both_running() -> list[dict[str, Any]] | None:
+            pods = _items(world, "pods", "realm.dev/model=smollm2")
+            running = [p for p in pods if p["status"].get("phase") == "Running"]
+            return running if len(running) == 2 else None
+
+        pods = wait_for("both versions' pods Running on GPU nodes", both_running, timeout=TIMEOUT)
         assert {p["spec"]["nodeName"] for p in pods} <= {"gpu-0", "gpu-1"}
 
         model = wait_for("Model smollm2 Ready", lambda: _ready(world, "model", "smollm2"), timeout=TIMEOUT)
@@ -261,5 +262,5 @@ def test_autoscaling_decides_in_status_and_the_deployment_follows(world: World, 
         model = world.get("model", "elastic")
         # The spec is as applied (plus the apiserver's defaults): generation 1, no change after create.
         assert model is not None and model["metadata"]["generation"] == 1, "the operator wrote the spec"
-        assert model["spec"]["autoscaling"] == {**spec["autoscaling"]}
+        assert model["spec"]["autoscaling"] == spec["autoscaling"]
         world.cluster.kubectl("delete", "model", "elastic", "-n", NS)

@@ -24,7 +24,8 @@ from e2e.support import require_control_plane  # noqa: E402
 
 require_control_plane()
 
-from e2e.test_operator import NS, REPO, World, prepare, wait_for  # noqa: E402
+from e2e.support import wait_for  # noqa: E402
+from e2e.test_operator import NS, REPO, World, prepare  # noqa: E402
 from e2e.test_operator_resilience import operator  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tests"))
