@@ -72,6 +72,7 @@ class KVSnapshots:
         self.region = os.environ.get("REALM_S3_REGION") or config.region
         self.disk = Path(config.disk_dir) if config.disk_dir else home / "kv"
         self.stats = stats
+        self._scopes: dict[tuple[str, bool, str, str, str | None], list[Scope]] = {}
         self._memory = config.memory_bytes - (config.memory_bytes // 2 if self.prefix_cache else 0)
         # One store per (bucket, prefix) a Tenant names; the runtime's own is made up front.
         self._stores: dict[tuple[str | None, str], KVSnapshotStore] = {}
@@ -128,15 +129,23 @@ class KVSnapshots:
 
     def scopes(self, tenant: str, spec: TenantSpec | None, info: ModelInfo) -> list[Scope]:
         """Where this tenant's requests may find KV: its own scope first, then the shared one."""
-        # The namespace is always the tenant's name: a Tenant's prefix moves its folder, never into
-        # another tenant's (usage, expiry and deletion work per namespace).
-        own = self._scope(tenant, _salt(f"tenant\0{tenant}"), info)
-        out = [own] if own is not None else []
-        if spec is not None and spec.kv_snapshots.share_prefix_cache:
-            shared = self._scope(SHARED_NAMESPACE, _salt("shared"), info)
-            if shared is not None:
-                out.append(shared)
-        return out
+        shared = spec is not None and spec.kv_snapshots.share_prefix_cache
+        key = (tenant, shared, info.name, info.version, info.metadata.get(KV_FINGERPRINT))
+        # Every request asks three times (restore, export?, keep); a scope hashes its whole identity.
+        found = self._scopes.get(key)
+        if found is None:
+            # The namespace is always the tenant's name: a Tenant's prefix moves its folder, never into
+            # another tenant's (usage, expiry and deletion work per namespace).
+            own = self._scope(tenant, _salt(f"tenant\0{tenant}"), info)
+            found = [own] if own is not None else []
+            if shared:
+                common = self._scope(SHARED_NAMESPACE, _salt("shared"), info)
+                if common is not None:
+                    found.append(common)
+            if len(self._scopes) > 4096:  # tenants come and go: never grow without bound
+                self._scopes.clear()
+            self._scopes[key] = found
+        return list(found)
 
     def persistent_for(self, spec: TenantSpec | None) -> bool:
         return spec is not None and spec.kv_snapshots.enabled
