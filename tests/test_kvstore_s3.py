@@ -186,9 +186,12 @@ async def test_s3_down_misses_within_the_deadline_and_puts_do_not_block(tmp_path
 
         server.stop()
         start = time.monotonic()
-        assert await store.fetch(s, fresh_prompt, deadline=deadline_in(0.5)) is None
-        assert time.monotonic() - start < 1.0
-        assert store.stats.get("load_failed", "s3_error") >= 1
+        assert await store.fetch(s, fresh_prompt, deadline=deadline_in(2.0)) is None
+        assert time.monotonic() - start < 3.0
+        # A refused connection is "s3_error"; on a loaded machine the probe can reach its deadline
+        # first ("timeout"). Either way the miss is counted as S3's, never silent.
+        failed = store.stats.get("load_failed", "s3_error") + store.stats.get("load_failed", "timeout")
+        assert failed >= 1
         # What is local still serves.
         assert await store.fetch(s, ids, deadline=deadline_in(0.5)) == snap(ids)
         start = time.monotonic()
