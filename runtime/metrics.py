@@ -154,6 +154,12 @@ class Metrics:
         self.wasm_deploys = Counter(
             "realm_wasm_deploys", "Modules deployed (hot swaps).", ["tenant"], registry=r
         )
+        self.wasm_deploy_failures = Counter(
+            "realm_wasm_deploy_failures",
+            "Pinned modules not deployed: not found, not fetched, digest mismatch or rejected.",
+            ["tenant"],
+            registry=r,
+        )
 
     def watch(
         self,

@@ -121,6 +121,7 @@ def test_names_scope_status_and_columns(name: str, kind: str, short: str) -> Non
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'
     assert columns["Age"]["type"] == "date"
+    assert columns["Operator"]["jsonPath"] == ".status.operatorVersion"  # -o wide: who wrote the status
     # Every printer column must point at a field the schema defines, or it prints <none> forever.
     nodes = dict(walk(root_schema(doc)))
     for col in columns.values():
@@ -141,6 +142,7 @@ def test_short_names_do_not_clash_with_builtin_resources() -> None:
 def test_model_columns_show_traffic_and_replicas() -> None:
     model_version = load("models.realm.dev.yaml")["spec"]["versions"][0]
     columns = {c["name"]: c["jsonPath"] for c in model_version["additionalPrinterColumns"]}
+    assert columns["Versions"] == ".spec.versions[*].name"
     assert columns["Traffic"] == ".status.trafficSummary"
     assert columns["Replicas"] == ".status.readyReplicas"
     tenant_cols = {

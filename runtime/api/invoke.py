@@ -12,7 +12,6 @@ A generate from WASM goes through the same admission, quotas and metrics as an A
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -23,6 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from realm.runtime import module_sources
 from realm.runtime.conversations import (
     UNSET,
     Conversation,
@@ -362,29 +362,36 @@ async def invoke(tenant: str, request: Request) -> Response:
     )
 
 
-def deploy_configured_modules(state: AppState, modules_dir: Path | None) -> None:
-    """Bring each tenant's module in line with its spec (`spec.wasm.sha256`), from `modules_dir`,
-    where the operator mounts modules as `<sha256>.wasm`. Runs on every config (re)load."""
+def deploy_configured_modules(
+    state: AppState, modules_dir: Path | None, s3_get: module_sources.S3Get | None = None
+) -> None:
+    """Bring each tenant's module in line with its spec (`spec.wasm`, pinned by sha256): from
+    `modules_dir`, the ConfigMaps the operator projects under it, or the spec's S3 URI (see
+    module_sources). Runs on every config (re)load, off the event loop; a module that cannot be had
+    leaves the tenant's current one (if any) in place and is counted, and the next reload tries again."""
     sandbox = state.sandbox
     if sandbox is None or modules_dir is None:
         return
+    getter = s3_get
     for entry in state.tenants.values():
-        want = entry.spec.wasm.sha256 if entry.spec.wasm else None
+        source = entry.spec.wasm
         current = sandbox.current(entry.name)
-        if want is None or (current is not None and current.sha256 == want):
+        if source is None or (current is not None and current.sha256 == source.sha256):
             continue
-        path = modules_dir / f"{want}.wasm"
+        if getter is None and source.s3_uri:
+            getter = module_sources.s3_getter()  # only a tenant with an S3 module pays for a client
         try:
-            wasm = path.read_bytes()
-        except OSError as e:
-            log.error("tenant %s: module %s is not in %s: %s", entry.name, want[:12], modules_dir, e)
-            continue
-        if hashlib.sha256(wasm).hexdigest() != want:
-            log.error("tenant %s: %s does not match its pinned sha256; not deployed", entry.name, path)
-            continue
-        try:
+            wasm = module_sources.module_bytes(source, modules_dir, getter)
             sandbox.deploy(entry.name, wasm)
-            state.metrics.wasm_deploys.labels(entry.name).inc()
-            log.info("tenant %s: deployed module %s", entry.name, want[:12])
+        except module_sources.ModuleUnavailable as e:
+            state.metrics.wasm_deploy_failures.labels(entry.name).inc()
+            log.error("tenant %s: %s", entry.name, e)
+            continue
         except InvocationFailed as e:
-            log.error("tenant %s: module %s rejected: %s (%s)", entry.name, want[:12], e.message, e.code)
+            state.metrics.wasm_deploy_failures.labels(entry.name).inc()
+            log.error(
+                "tenant %s: module %s rejected: %s (%s)", entry.name, source.sha256[:12], e.message, e.code
+            )
+            continue
+        state.metrics.wasm_deploys.labels(entry.name).inc()
+        log.info("tenant %s: deployed module %s", entry.name, source.sha256[:12])

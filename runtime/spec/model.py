@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from .status import ResourceStatus, cel, list_map, validations
+from .cel import cel, validations
+from .status import ResourceStatus, list_map
 from .tenant import SpecModel
 
 Engine = Literal["trtllm", "llamacpp"]

@@ -12,8 +12,9 @@ import re
 
 from pydantic import ConfigDict, Field, model_validator
 
+from .cel import cel, validations
 from .model import MODEL_NAME_PATTERN
-from .status import ResourceStatus, cel, list_map, validations
+from .status import ResourceStatus, list_map
 from .tenant import SpecModel
 
 STEP_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"

@@ -25,16 +25,6 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # same message, so a user sees the same words from `kubectl apply` and from the operator.
 
 
-def cel(rule: str, message: str) -> dict[str, str]:
-    """One `x-kubernetes-validations` entry."""
-    return {"rule": rule, "message": message}
-
-
-def validations(*rules: dict[str, str]) -> dict[str, Any]:
-    """`json_schema_extra` carrying CEL rules on a model or a field."""
-    return {"x-kubernetes-validations": list(rules)}
-
-
 def list_map(*keys: str) -> dict[str, Any]:
     """`json_schema_extra` for a list whose entries are identified by `keys`.
 

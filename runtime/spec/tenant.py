@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from .cel import cel, validations
 
 
 class SpecModel(BaseModel):
@@ -73,14 +75,36 @@ class SecretKeyRef(SpecModel):
     key: str = Field("apiKey", min_length=1, description="Key inside the Secret.")
 
 
+MSG_ONE_MODULE_SOURCE = "set configMap or s3Uri, not both"
+
+
 class WasmModuleSource(SpecModel):
-    """Where the tenant's WebAssembly module comes from, pinned by digest."""
+    """Where the tenant's WebAssembly module comes from, pinned by digest. Neither source: the module is
+    expected in the runtime's modulesDir as `<sha256>.wasm` (put there by whoever runs the pods)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(cel("!(has(self.configMap) && has(self.s3Uri))", MSG_ONE_MODULE_SOURCE))
+    )
 
     config_map: str | None = Field(
-        None, description="ConfigMap holding the module under binaryData key `module`."
+        None,
+        min_length=1,
+        max_length=253,
+        description="ConfigMap in the Tenant's namespace holding the module under binaryData key `module` "
+        "(ConfigMaps hold at most 1 MiB: larger modules belong in S3). Mounted into the runtime pods.",
     )
-    s3_uri: str | None = Field(None, description="s3://bucket/key of the module.")
+    s3_uri: str | None = Field(
+        None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+$",
+        description="s3://bucket/key of the module, fetched by the runtime pods with their S3 settings.",
+    )
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the module bytes.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WasmModuleSource:
+        if self.config_map is not None and self.s3_uri is not None:
+            raise ValueError(MSG_ONE_MODULE_SOURCE)
+        return self
 
 
 class TenantSpec(SpecModel):

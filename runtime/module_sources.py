@@ -1,0 +1,108 @@
+"""Where a tenant's WebAssembly module comes from in a pod (`Tenant.spec.wasm`, pinned by sha256).
+
+Looked up in this order, first hit wins:
+1. `<modulesDir>/<sha256>.wasm`: fetched earlier, or put there by whoever runs the pod;
+2. `<modulesDir>/configmaps/<sha256>.wasm`: the operator projects each published Tenant's ConfigMap
+   (binaryData key `module`) there, read-only;
+3. `s3Uri`: downloaded with the runtime's S3 settings (REALM_S3_ENDPOINT / REALM_S3_REGION, boto3's
+   credential chain) and kept as (1), written atomically so a crash never leaves half a module.
+
+Bytes whose sha256 is not the pin are never deployed and never written: a tampered or stale object
+is an error naming the tenant, not a different program.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from realm.runtime.spec.tenant import WasmModuleSource
+
+#: Subfolder of modulesDir where the operator projects ConfigMap-held modules (shared with the operator).
+CONFIGMAP_SUBDIR = "configmaps"
+#: The ConfigMap binaryData key that holds a module.
+CONFIGMAP_KEY = "module"
+
+_S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>[^\s]+)$")
+
+#: (bucket, key) -> the object's bytes; raises on any failure.
+S3Get = Callable[[str, str], bytes]
+
+
+class ModuleUnavailable(Exception):
+    """The module could not be found, fetched or verified; the message says which and why."""
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    match = _S3_URI.match(uri)
+    if match is None:
+        raise ModuleUnavailable(f"{uri!r} is not an s3://bucket/key URI")
+    return match["bucket"], match["key"]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fetch-", suffix=".wasm")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def module_bytes(source: WasmModuleSource, modules_dir: Path, s3_get: S3Get | None) -> bytes:
+    """The pinned module's bytes, verified; ModuleUnavailable when no source has them."""
+    want = source.sha256
+    name = f"{want}.wasm"
+    mismatched: list[str] = []
+    for path in (modules_dir / name, modules_dir / CONFIGMAP_SUBDIR / name):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise ModuleUnavailable(f"cannot read {path}: {e}") from e
+        if _digest(data) == want:
+            return data
+        mismatched.append(str(path))
+    if source.s3_uri and s3_get is not None:
+        bucket, key = parse_s3_uri(source.s3_uri)
+        try:
+            data = s3_get(bucket, key)
+        except Exception as e:  # boto3 raises a zoo of types; all mean "not from S3, not now"
+            raise ModuleUnavailable(f"cannot fetch {source.s3_uri}: {e}") from e
+        got = _digest(data)
+        if got != want:
+            raise ModuleUnavailable(f"{source.s3_uri} has sha256 {got[:12]}…, not the pinned {want[:12]}…")
+        try:
+            modules_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomically(modules_dir / name, data)
+        except OSError:
+            pass  # a read-only folder only costs a download at the next start
+        return data
+    where = ", ".join(mismatched) + " (sha256 differs)" if mismatched else f"{modules_dir}"
+    if source.s3_uri and s3_get is None:
+        where += "; S3 is not configured in this runtime"
+    raise ModuleUnavailable(f"module {want[:12]}… not found in {where}")
+
+
+def s3_getter() -> S3Get:
+    """GetObject with the runtime's S3 settings (the same environment the KV and conversation stores read)."""
+    from realm.runtime.conversations.s3_store import make_client
+
+    client = make_client(os.environ.get("REALM_S3_ENDPOINT"), os.environ.get("REALM_S3_REGION"))
+
+    def get(bucket: str, key: str) -> bytes:
+        body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body
+
+    return get
