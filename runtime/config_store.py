@@ -26,6 +26,8 @@ from realm.runtime.spec.runtime_config import RuntimeConfig, TenantEntry, defaul
 from realm.runtime.spec.tenant import TenantSpec
 
 log = logging.getLogger(__name__)
+# libyaml parses a large tenant table several times faster than PyYAML; same safe subset.
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 DEFAULT_TENANT = "default"
 
@@ -42,7 +44,7 @@ def parse_config(text: bytes, *, source: str = "<config>") -> RuntimeConfig:
     """YAML or JSON (JSON is YAML, but its own parser gives better messages for JSON files)."""
     try:
         decoded = text.decode("utf-8")
-        data = json.loads(decoded) if source.endswith(".json") else yaml.safe_load(decoded)
+        data = json.loads(decoded) if source.endswith(".json") else yaml.load(decoded, Loader=_YAML_LOADER)
     except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{source}: not valid YAML/JSON: {e}") from e
     if data is None:
