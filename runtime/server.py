@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import signal
 import socket
@@ -59,6 +60,11 @@ def _log_failure(task: asyncio.Future[None]) -> None:
         log.error("module deployment failed: %s", task.exception())
 
 
+# A pinned module that could not be had (S3 down, ConfigMap not projected yet) is tried again on this
+# schedule until it deploys or the config changes: the config may not change for days.
+MODULE_RETRY_SECONDS = (2.0, 5.0, 15.0, 30.0, 60.0)
+
+
 class Runtime:
     def __init__(
         self,
@@ -86,6 +92,7 @@ class Runtime:
         self.state = AppState.from_config(config, self.metrics)
         self.app = create_app(self.state)
         self._stop = asyncio.Event()
+        self._module_retries: asyncio.Task[None] | None = None
         self._force = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._signals = 0
@@ -162,6 +169,8 @@ class Runtime:
                 await server_task
             if watcher is not None:
                 await watcher.stop()
+            if self._module_retries is not None:
+                self._module_retries.cancel()
             await self._shutdown_engines()
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -179,7 +188,9 @@ class Runtime:
             AdmissionScheduler({name: e.info.max_batch for name, e in self.state.engines.items()})
         )
         self.state.sandbox = Sandbox(realm_cache() / "wasm")
-        await asyncio.to_thread(deploy_configured_modules, self.state, self._modules_dir(self.config))
+        modules_dir = self._modules_dir(self.config)
+        if await asyncio.to_thread(deploy_configured_modules, self.state, modules_dir):
+            self._retry_modules(modules_dir)
 
     @staticmethod
     def _modules_dir(config: RuntimeConfig) -> Path | None:
@@ -187,11 +198,25 @@ class Runtime:
 
     def _apply_config(self, new: RuntimeConfig) -> None:
         self.state.apply_tenants(new.tenants)
-        # Compiling a new module takes seconds: never on the event loop.
-        task = asyncio.get_running_loop().run_in_executor(
-            None, deploy_configured_modules, self.state, self._modules_dir(new)
+        self._retry_modules(self._modules_dir(new), first_delay=0.0)
+
+    def _retry_modules(self, modules_dir: Path | None, first_delay: float | None = None) -> None:
+        """(Re)start deploying the pinned modules in the background, with backoff while any is missing;
+        a newer config replaces the attempts for the older one."""
+        if self._module_retries is not None:
+            self._module_retries.cancel()
+        delays = MODULE_RETRY_SECONDS if first_delay is None else (first_delay, *MODULE_RETRY_SECONDS)
+        self._module_retries = asyncio.get_running_loop().create_task(
+            self._deploy_modules(modules_dir, delays)
         )
-        task.add_done_callback(_log_failure)
+        self._module_retries.add_done_callback(_log_failure)
+
+    async def _deploy_modules(self, modules_dir: Path | None, delays: tuple[float, ...]) -> None:
+        for i in itertools.count():
+            await asyncio.sleep(delays[min(i, len(delays) - 1)])
+            # Compiling a new module takes seconds: never on the event loop.
+            if not await asyncio.to_thread(deploy_configured_modules, self.state, modules_dir):
+                return
 
     def _watch_config(self) -> ConfigWatcher | None:
         if self.config_path is None:

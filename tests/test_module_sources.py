@@ -4,7 +4,11 @@ into a real Sandbox or written to disk, with a clear error and a metric otherwis
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +20,10 @@ from realm.operator import builders as b
 from realm.runtime import module_sources as ms
 from realm.runtime.api.invoke import deploy_configured_modules
 from realm.runtime.api.state import AppState
+from realm.runtime.config_store import load_config
 from realm.runtime.metrics import Metrics
 from realm.runtime.sandbox.runner import Sandbox
+from realm.runtime.server import Runtime
 from realm.runtime.spec.model import ModelSpec
 from realm.runtime.spec.runtime_config import TenantEntry
 from realm.runtime.spec.tenant import TenantSpec, WasmModuleSource
@@ -180,3 +186,34 @@ def test_deployment_projects_configmap_modules_under_modules_dir() -> None:
     # No ConfigMap-held module, no projected volume.
     plain = b.deployment(model, "v1", tenants[2:], opts)["spec"]["template"]["spec"]
     assert "configmap-modules" not in {v["name"] for v in plain["volumes"]}
+
+
+def test_a_module_that_arrives_late_is_deployed_without_a_config_change(tmp_path: Path) -> None:
+    """The runtime keeps trying (backoff) while a pinned module is missing: S3 down at start, a
+    ConfigMap not yet projected. No model is loaded: this is about the module path only."""
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    path = tmp_path / "config.json"
+    doc = {"modulesDir": str(modules), "tenants": [entry("alpha", source()).model_dump(by_alias=True)]}
+    path.write_text(json.dumps(doc))
+    ready = threading.Event()
+    runtime = Runtime(load_config(path), port=0, log_level="warning", on_ready=lambda _: ready.set())
+    result: list[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(asyncio.run(runtime.serve(install_signal_handlers=False))), daemon=True
+    )
+    thread.start()
+    try:
+        assert ready.wait(60)
+        sandbox = runtime.state.sandbox
+        assert sandbox is not None and sandbox.current("alpha") is None
+        assert failures(runtime.state, "alpha") >= 1
+        (modules / f"{sha(ECHO)}.wasm").write_bytes(ECHO)  # arrives after start, config unchanged
+        deadline = time.monotonic() + 30
+        while sandbox.current("alpha") is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sandbox.current("alpha").sha256 == sha(ECHO)  # type: ignore[union-attr]
+    finally:
+        runtime.request_stop()
+        thread.join(60)
+    assert result == [0]

@@ -364,15 +364,17 @@ async def invoke(tenant: str, request: Request) -> Response:
 
 def deploy_configured_modules(
     state: AppState, modules_dir: Path | None, s3_get: module_sources.S3Get | None = None
-) -> None:
+) -> int:
     """Bring each tenant's module in line with its spec (`spec.wasm`, pinned by sha256): from
     `modules_dir`, the ConfigMaps the operator projects under it, or the spec's S3 URI (see
     module_sources). Runs on every config (re)load, off the event loop; a module that cannot be had
-    leaves the tenant's current one (if any) in place and is counted, and the next reload tries again."""
+    leaves the tenant's current one (if any) in place and is counted. Returns how many tenants' pinned
+    modules are not deployed (the runtime retries while that is not 0)."""
     sandbox = state.sandbox
     if sandbox is None or modules_dir is None:
-        return
+        return 0
     getter = s3_get
+    missing = 0
     for entry in state.tenants.values():
         source = entry.spec.wasm
         current = sandbox.current(entry.name)
@@ -386,8 +388,10 @@ def deploy_configured_modules(
         except module_sources.ModuleUnavailable as e:
             state.metrics.wasm_deploy_failures.labels(entry.name).inc()
             log.error("tenant %s: %s", entry.name, e)
+            missing += 1
             continue
         except InvocationFailed as e:
+            # A module the sandbox rejects stays rejected: retrying would only repeat the compile.
             state.metrics.wasm_deploy_failures.labels(entry.name).inc()
             log.error(
                 "tenant %s: module %s rejected: %s (%s)", entry.name, source.sha256[:12], e.message, e.code
@@ -395,3 +399,4 @@ def deploy_configured_modules(
             continue
         state.metrics.wasm_deploys.labels(entry.name).inc()
         log.info("tenant %s: deployed module %s", entry.name, source.sha256[:12])
+    return missing
