@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from realm.runtime.atomic_file import write_atomically
 from realm.runtime.spec.tenant import WasmModuleSource
 
 #: Subfolder of modulesDir where the operator projects ConfigMap-held modules (shared with the operator).
@@ -48,17 +48,6 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fetch-", suffix=".wasm")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def module_bytes(source: WasmModuleSource, modules_dir: Path, s3_get: S3Get | None) -> bytes:
     """The pinned module's bytes, verified; ModuleUnavailable when no source has them."""
     want = source.sha256
@@ -85,7 +74,7 @@ def module_bytes(source: WasmModuleSource, modules_dir: Path, s3_get: S3Get | No
             raise ModuleUnavailable(f"{source.s3_uri} has sha256 {got[:12]}…, not the pinned {want[:12]}…")
         try:
             modules_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomically(modules_dir / name, data)
+            write_atomically(modules_dir / name, data)
         except OSError:
             pass  # a read-only folder only costs a download at the next start
         return data

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,8 @@ from typing import Literal
 
 import wasmtime
 from wasmtime import component as wc
+
+from realm.runtime.atomic_file import write_atomically
 
 from .abi import (
     ABI_MAJOR,
@@ -179,14 +179,7 @@ class ModuleCache:
         # Write-then-rename so a concurrent process never maps a half-written file.
         digest = hashlib.sha256(data).hexdigest()
         for target, payload in ((path, data), (path.with_suffix(".sha256"), digest.encode())):
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(payload)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomically(target, payload, tmp_dir=self.dir)
 
 
 def _file_sha256(path: Path) -> str:
