@@ -7,9 +7,7 @@ The config file lives in a temporary directory; reload tests edit it.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +15,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from runtime_thread import running
 
-from realm.runtime.config_store import load_config
 from realm.runtime.server import Runtime
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
 
@@ -86,26 +84,8 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     path = tmp_path_factory.mktemp("realm") / "config.json"
     path.write_text(json.dumps(runtime_config()))
-    ready = threading.Event()
-    runtime = Runtime(
-        load_config(path),
-        config_path=path,
-        port=0,
-        log_level="warning",
-        reload_interval=0.2,
-        on_ready=lambda _: ready.set(),
-    )
-    result: list[int] = []
-    thread = threading.Thread(
-        target=lambda: result.append(asyncio.run(runtime.serve(install_signal_handlers=False))), daemon=True
-    )
-    thread.start()
-    if not ready.wait(300):
-        raise RuntimeError("the runtime did not become ready")
-    yield Server(runtime, path, runtime.base_url)
-    runtime.request_stop()
-    thread.join(60)
-    assert result == [0]
+    with running(path, config_path=path, reload_interval=0.2) as runtime:
+        yield Server(runtime, path, runtime.base_url)
 
 
 # S3 (tests/s3server.py): one MinIO per session, and a fresh bucket on it per test. A test that stops or

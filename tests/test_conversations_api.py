@@ -5,21 +5,19 @@ S3 on a real MinIO)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from runtime_thread import running
 
-from realm.runtime.config_store import load_config
 from realm.runtime.conversations.models import new_id
-from realm.runtime.server import Runtime
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
 
 TENANTS = ("alpha", "beta")
@@ -40,32 +38,15 @@ class Running:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
         self.base = ""
-        self._stop: Any = None
+        self._stack = ExitStack()
         self.start()
 
     def start(self) -> None:
-        ready = threading.Event()
-        runtime = Runtime(
-            load_config(self.config_path), port=0, log_level="warning", on_ready=lambda _: ready.set()
-        )
-        result: list[int] = []
-        thread = threading.Thread(
-            target=lambda: result.append(asyncio.run(runtime.serve(install_signal_handlers=False))),
-            daemon=True,
-        )
-        thread.start()
-        assert ready.wait(300), "the runtime did not become ready"
-        self.base = runtime.base_url
-
-        def stop() -> None:
-            runtime.request_stop()
-            thread.join(60)
-            assert result == [0]
-
-        self._stop = stop
+        self._stack = ExitStack()
+        self.base = self._stack.enter_context(running(self.config_path)).base_url
 
     def stop(self) -> None:
-        self._stop()
+        self._stack.close()
 
     def restart(self) -> None:
         self.stop()

@@ -3,9 +3,7 @@ Python guests built from sdk/, hostile modules, hot swap, quotas."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,10 +13,9 @@ from typing import Any
 import httpx
 import pytest
 from go_builds import build_go_example
+from runtime_thread import running
 from sandbox_builds import build_example
 
-from realm.runtime.config_store import load_config
-from realm.runtime.server import Runtime
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
 
 GEMMA = "gemma-3-270m"
@@ -54,18 +51,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ],
     }
     path.write_text(json.dumps(doc))
-    ready = threading.Event()
-    runtime = Runtime(load_config(path), port=0, log_level="warning", on_ready=lambda _: ready.set())
-    result: list[int] = []
-    thread = threading.Thread(
-        target=lambda: result.append(asyncio.run(runtime.serve(install_signal_handlers=False))), daemon=True
-    )
-    thread.start()
-    assert ready.wait(300), "the runtime did not become ready"
-    yield runtime.base_url
-    runtime.request_stop()
-    thread.join(60)
-    assert result == [0]
+    with running(path) as runtime:
+        yield runtime.base_url
 
 
 def deploy(base: str, tenant: str, wasm: Path | bytes) -> httpx.Response:

@@ -4,10 +4,8 @@ into a real Sandbox or written to disk, with a clear error and a metric otherwis
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,15 +13,14 @@ from typing import Any
 import pytest
 import wasmtime
 from pydantic import ValidationError
+from runtime_thread import running
 
 from realm.operator import builders as b
 from realm.runtime import module_sources as ms
 from realm.runtime.api.invoke import deploy_configured_modules
 from realm.runtime.api.state import AppState
-from realm.runtime.config_store import load_config
 from realm.runtime.metrics import Metrics
 from realm.runtime.sandbox.runner import Sandbox
-from realm.runtime.server import Runtime
 from realm.runtime.spec.model import ModelSpec
 from realm.runtime.spec.runtime_config import TenantEntry
 from realm.runtime.spec.tenant import TenantSpec, WasmModuleSource
@@ -196,15 +193,7 @@ def test_a_module_that_arrives_late_is_deployed_without_a_config_change(tmp_path
     path = tmp_path / "config.json"
     doc = {"modulesDir": str(modules), "tenants": [entry("alpha", source()).model_dump(by_alias=True)]}
     path.write_text(json.dumps(doc))
-    ready = threading.Event()
-    runtime = Runtime(load_config(path), port=0, log_level="warning", on_ready=lambda _: ready.set())
-    result: list[int] = []
-    thread = threading.Thread(
-        target=lambda: result.append(asyncio.run(runtime.serve(install_signal_handlers=False))), daemon=True
-    )
-    thread.start()
-    try:
-        assert ready.wait(60)
+    with running(path) as runtime:
         sandbox = runtime.state.sandbox
         assert sandbox is not None and sandbox.current("alpha") is None
         assert failures(runtime.state, "alpha") >= 1
@@ -213,7 +202,3 @@ def test_a_module_that_arrives_late_is_deployed_without_a_config_change(tmp_path
         while sandbox.current("alpha") is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert sandbox.current("alpha").sha256 == sha(ECHO)  # type: ignore[union-attr]
-    finally:
-        runtime.request_stop()
-        thread.join(60)
-    assert result == [0]
