@@ -197,8 +197,16 @@ def operator_as(e: Env, kubeconfig: Path, args: list[str], log: Path) -> Iterato
                 op.wait()
 
 
+LOG_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")
+
+
 def forbidden_lines(log: Path) -> list[str]:
-    return [line for line in log.read_text().splitlines() if re.search(r"\b403\b|[Ff]orbidden", line)]
+    """Lines that mention an HTTP 403; the timestamp is left out (its milliseconds can read 403)."""
+    return [
+        line
+        for line in log.read_text().splitlines()
+        if re.search(r"\b403\b|[Ff]orbidden", LOG_TIMESTAMP.sub("", line))
+    ]
 
 
 def conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
