@@ -58,9 +58,11 @@ from e2e.test_operator_resilience import _model, _tenant, operator  # noqa: E402
 RECONCILE_TIMEOUT = 90.0
 #: How long a paused operator is watched for doing nothing (it would act within ~1 s otherwise).
 QUIET_SECONDS = 8.0
-#: kopf's per-object log line for a handler run, e.g. "Handler 'tenant_changed' succeeded."
+#: kopf's per-object log line for a handler run, e.g. "Handler 'tenant_event' succeeded."
 PAUSING = "Pausing operations in favour of"
 RESUMING = "Resuming operations after the pause"
+#: The per-object lines are off by default (one per watch event); this test reads them.
+HANDLER_LOGS = ("--object-log-level", "INFO")
 HANDLER_LINE = re.compile(r"Handler '(\w+)[^']*' (succeeded|failed)")
 
 
@@ -138,12 +140,12 @@ def test_higher_priority_acts_and_the_other_takes_over_on_sigterm(tmp_path: Path
         # The lower-priority operator first: alone, it resumes (kopf starts every operator paused until it
         # has read the peering). Then the higher one: it resumes, and the lower one pauses in its favour.
         # Both settle before any object exists, so no start-up race decides who acts.
-        with operator(cluster, low_log, "--priority", "10") as low:
+        with operator(cluster, low_log, "--priority", "10", *HANDLER_LOGS) as low:
             low_id = _identity_with(cluster, 10)
             wait_for("the low-priority operator to resume (alone)", lambda: _log_has(low_log, RESUMING),
                      timeout=RECONCILE_TIMEOUT, every=0.25)  # fmt: skip
             _warm_up(world, "warm")
-            with operator(cluster, high_log, "--priority", "100") as high:
+            with operator(cluster, high_log, "--priority", "100", *HANDLER_LOGS) as high:
                 high_id = _identity_with(cluster, 100)
                 wait_for("the high-priority operator to resume", lambda: _log_has(high_log, RESUMING),
                          timeout=RECONCILE_TIMEOUT, every=0.25)  # fmt: skip
@@ -164,7 +166,7 @@ def test_higher_priority_acts_and_the_other_takes_over_on_sigterm(tmp_path: Path
                 time.sleep(QUIET_SECONDS)  # what the paused operator would have done, it would do by now
 
                 high_ran, low_ran = _handled(high_log), _handled(low_log, after=PAUSING)
-                assert "tenant_changed" in high_ran and "model_changed" in high_ran, high_ran
+                assert "tenant_event" in high_ran and "model_changed" in high_ran, high_ran
                 assert low_ran == [], f"the paused operator ran handlers: {low_ran}\n{low_log.read_text()}"
                 # Created once: the Secret was never replaced (same uid), and exactly one key was generated.
                 again = world.get("secret", "acme-api-key")
@@ -189,7 +191,7 @@ def test_higher_priority_acts_and_the_other_takes_over_on_sigterm(tmp_path: Path
                          timeout=RECONCILE_TIMEOUT, every=0.25)  # fmt: skip
                 took_over = time.monotonic() - began
                 since_sigterm = time.monotonic() - stop_began
-                assert "tenant_changed" in _handled(low_log, after=PAUSING)
+                assert "tenant_event" in _handled(low_log, after=PAUSING)
                 assert _handled(high_log) == high_final  # the stopped one did nothing more
                 assert low.poll() is None
     for log in (high_log, low_log):
@@ -207,12 +209,12 @@ def test_same_priority_both_pause_until_one_leaves(tmp_path: Path) -> None:
         _setup(cluster)
         world = World(cluster, tmp_path / "a.log")
         a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
-        with operator(cluster, a_log, "--priority", "5") as a:
+        with operator(cluster, a_log, "--priority", "5", *HANDLER_LOGS) as a:
             a_id = _identity_with(cluster, 5)
             wait_for("a to resume (alone)", lambda: _log_has(a_log, RESUMING),
                      timeout=RECONCILE_TIMEOUT, every=0.25)  # fmt: skip
             _warm_up(world, "warm")
-            with operator(cluster, b_log, "--priority", "5") as b:
+            with operator(cluster, b_log, "--priority", "5", *HANDLER_LOGS) as b:
                 _identity_with(cluster, 5, exclude={a_id})
                 # a was alone and active; it sees b and pauses. b starts paused (as every kopf operator
                 # does until it has read the peering), sees a, and stays paused: it never resumes.
@@ -234,7 +236,7 @@ def test_same_priority_both_pause_until_one_leaves(tmp_path: Path) -> None:
                          timeout=RECONCILE_TIMEOUT, every=0.25)  # fmt: skip
                 took_over = time.monotonic() - stop_began
                 assert a_log.read_text(errors="replace").count(RESUMING) == 2  # at start, and now
-                assert "tenant_changed" in _handled(a_log, after=a_paused) and _handled(b_log) == []
+                assert "tenant_event" in _handled(a_log, after=a_paused) and _handled(b_log) == []
                 assert a.poll() is None
     print(
         f"\n[peering, same priority] both paused, no Secret after {QUIET_SECONDS:.0f}s; SIGTERM to one: "

@@ -15,12 +15,23 @@ Every pass is level-based: it recomputes everything from what it reads and write
 so the same function serves create, update, resume, the periodic timer and the Deployment watch, and a
 pass over an unchanged world writes nothing.
 
-The handlers are synchronous on purpose: kopf runs them in its thread pool, and `kube.serialized`
-makes passes over one Model take turns, so concurrent Tenant changes cannot publish a stale config.
+Who runs the passes:
+- Tenants have no kopf create/update/resume handlers. `tenant_event` (every watch event, including the
+  listing at start) requests the Tenant's pass from `TENANTS`, a keyed two-lane queue
+  (workqueue.py): creating a missing API key is urgent and runs before any status is written, so a
+  burst of new Tenants gets its keys first. Without kopf's changing handlers kopf writes no annotation
+  to a Tenant (only those with a cleanup finalizer get one).
+- Model passes requested by Tenant, Secret and Deployment changes coalesce in `PASSES` (passes.py);
+  Models' own create/update/resume handlers and timers run their pass in kopf's thread pool.
+- Indexers and the event handlers that only request passes are `async`: they run on kopf's loop
+  without a trip through its thread pool.
+`kube.serialized` makes passes over one Model take turns, so concurrent changes cannot publish a stale
+config.
 """
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import ctypes.util
 import logging
@@ -69,6 +80,7 @@ from realm.operator.reconcile import (
     status_patch,
     tenant_status,
 )
+from realm.operator.workqueue import WorkQueue
 from realm.runtime.spec.model import ModelSpec
 from realm.runtime.spec.pipeline import PipelineSpec
 from realm.runtime.spec.status import GROUP, VERSION
@@ -131,12 +143,16 @@ def _deleting(obj: Mapping[str, Any]) -> bool:
 # Observation -----------------------------------------------------------------------------------------
 
 
-def observe_tenants(k: Kube, namespace: str) -> list[TenantView]:
+def observe_tenants(k: Kube, namespace: str, model: str | None = None) -> list[TenantView]:
     """Every Tenant in the namespace with its key's hash: from kopf's indexes inside the operator (kept
-    current by the watches), from the API otherwise (tests and tools calling a pass directly)."""
+    current by the watches), from the API otherwise (tests and tools calling a pass directly). With
+    `model`, only the Tenants allowed to use it: a Model's config lists no others, nor their pipelines.
+    """
     if INDEXES is not None:
         views: list[TenantView] = []
         for rec in world.tenants_in(INDEXES.tenants, namespace):
+            if model is not None and not rec.allows(model):
+                continue
             ref = api_key_secret_ref(rec.name, rec.spec)
             # A Secret the index lacks does not exist, or was created a moment ago: its watch event
             # will request this pass again (secret_event), so no read is needed here.
@@ -224,7 +240,7 @@ def reconcile_model(k: Kube, namespace: str, name: str) -> Outcome:
             return out  # owner references let the garbage collector remove the rest
         meta = body["metadata"]
         spec, error = parse_spec(body.get("spec"), ModelSpec)
-        views = observe_tenants(k, namespace)
+        views = observe_tenants(k, namespace, model=name)
         tenants = published_tenants(views)
         pipelines = published_pipelines(observe_pipelines(k, namespace), tenants, model_names(k, namespace))
         opts = build_options(k)
@@ -277,6 +293,11 @@ def reconcile_model(k: Kube, namespace: str, name: str) -> Outcome:
 
 # Tenant ----------------------------------------------------------------------------------------------
 
+# Secrets this operator created whose watch event has not reached the index yet (read-your-writes: the
+# Tenant's next pass would otherwise create it again and be refused). The Secret's first event, indexed
+# by `realm_secret_hashes`, ends the entry (in `secret_event`): from then on the index knows better.
+FRESH_SECRETS: dict[tuple[str, str], dict[str, str]] = {}
+
 
 def _ensure_key(k: Kube, body: Mapping[str, Any], spec: TenantSpec | None, out: Outcome) -> KeyState:
     meta = body["metadata"]
@@ -285,6 +306,9 @@ def _ensure_key(k: Kube, body: Mapping[str, Any], spec: TenantSpec | None, out: 
     digest: str | None
     if INDEXES is not None:
         known, digest = world.secret_entry_hash(INDEXES.secrets, namespace, ref.name, ref.key)
+        fresh = FRESH_SECRETS.get((namespace, ref.name))
+        if not known and fresh is not None:
+            known, digest = True, fresh.get(ref.key)
     else:
         secret = k.get("Secret", namespace, ref.name)
         known, digest = secret is not None, api_key_hash(secret, ref.key)
@@ -295,6 +319,7 @@ def _ensure_key(k: Kube, body: Mapping[str, Any], spec: TenantSpec | None, out: 
         created = k.create(manifest)
         if created is not None:
             out.created.append(f"Secret/{ref.name}")
+            FRESH_SECRETS[(namespace, ref.name)] = world.secret_hashes(created)
         else:  # someone was first (a previous pass whose watch event has not arrived yet)
             created = k.get("Secret", namespace, ref.name)
         known, digest = created is not None, api_key_hash(created, ref.key)
@@ -311,15 +336,17 @@ def reconcile_tenant(
     name: str,
     republish: Callable[[str, str], object] | None = None,
     body: Mapping[str, Any] | None = None,
+    created: Sequence[str] = (),
 ) -> Outcome:
     """Ensure the tenant's key, republish every Model it is (or was) published to, then its status.
 
     `republish(namespace, model)` runs or requests a Model's pass; the default runs it here and now, the
     handlers pass the coalescing queue. A Tenant being deleted is left out of every runtime config
     (observe_tenants skips it), so the same pass serves the delete handler. `body` is the object as kopf
-    just saw it (saves a read); absent, it is read.
+    just saw it (saves a read); absent, it is read. `created` names what an earlier step created for this
+    Tenant (its key, see `tenant_pass`), so this pass's event reports it.
     """
-    out = Outcome()
+    out = Outcome(created=list(created))
     if body is None:
         body = k.get("Tenant", namespace, name)
     if body is None:
@@ -365,20 +392,15 @@ def refresh_tenants(k: Kube, namespace: str, model: str, exists: bool) -> None:
     """Recompute the statuses of the Tenants a Model's arrival or departure changes (ModelNotFound turns
     True once it exists): those allowed to use it whose status disagrees about it being published."""
     if INDEXES is not None:
-        names = [
-            r.name
-            for r in world.tenants_in(INDEXES.tenants, namespace)
-            # A Tenant without a status yet is its own create handler's to do: not twice at once.
-            if r.reconciled and r.allows(model) and (model in r.published_to) != exists
-        ]
-    else:
-        names = []
-        for t in k.list("Tenant", namespace):
-            spec, _ = parse_spec(t.get("spec"), TenantSpec)
-            if isinstance(spec, TenantSpec) and model in spec.allowed_models:
-                names.append(t["metadata"]["name"])
-    for name in names:
-        reconcile_tenant(k, namespace, name, republish=PASSES.request)
+        for r in world.tenants_in(INDEXES.tenants, namespace):
+            # A Tenant without a status yet has its own pass queued already.
+            if r.reconciled and r.allows(model) and (model in r.published_to) != exists:
+                TENANTS.request((namespace, r.name))
+        return
+    for t in k.list("Tenant", namespace):
+        spec, _ = parse_spec(t.get("spec"), TenantSpec)
+        if isinstance(spec, TenantSpec) and model in spec.allowed_models:
+            reconcile_tenant(k, namespace, t["metadata"]["name"], republish=PASSES.request)
 
 
 # Pipeline --------------------------------------------------------------------------------------------
@@ -514,29 +536,94 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # then run a create handler a second time on a stale copy.
     settings.persistence.consistency_timeout = 30
     settings.execution.max_workers = 16
-    # Objects handled at once: beyond the thread pool's width more only queue up, each holding an
-    # asyncio worker and its event batch. Bounding them bounds memory in a burst (64 bounded it to
-    # 136 MiB but tripled the time of a 1,000-Tenant burst; 400 keeps both).
+    # Objects handled at once (kopf runs one asyncio worker per object). Bounding them bounds memory in
+    # a burst. A worker lingers `idle_timeout` after its last event (5 s by default) and holds its slot
+    # meanwhile: in a burst of a thousand Tenants the 401st then waited ~5 s for a slot, in steps (p99
+    # Tenant -> Secret 14 s). Tenant and Secret handlers only request passes, so a worker is done in
+    # milliseconds and can go at once.
     settings.batching.worker_limit = 400
+    settings.batching.idle_timeout = 0.5
 
 
 def _model_pass(namespace: str, model: str) -> None:
     reconcile_model(kube(), namespace, model)
 
 
-PASSES = PassQueue(_model_pass)
+TenantKey = tuple[str, str]  # (namespace, name)
+# The newest body of each Tenant seen on the watch: a pass works from it instead of reading the Tenant.
+LATEST: dict[TenantKey, Mapping[str, Any]] = {}
+# Secrets an urgent step created, reported by the Tenant's next full pass (one event per Tenant).
+CREATED: dict[TenantKey, list[str]] = {}
+
+
+def tenant_pass(key: TenantKey, urgent: bool) -> None:
+    """The Tenant's pass: urgent, only its missing API key (then a full pass is requested, behind every
+    other urgent one); otherwise the whole of `reconcile_tenant`. A Tenant gone only refreshes its
+    pipelines' statuses (the event that saw it go already unpublished it)."""
+    namespace, name = key
+    k = kube()
+    body = LATEST.get(key)
+    if body is None:
+        refresh_pipelines(k, namespace, tenant=name)
+        return
+    if urgent:
+        meta = body.get("metadata", {})
+        out = Outcome()
+        _ensure_key(k, body, world.tenant_spec(str(meta.get("uid") or ""), meta, body.get("spec")), out)
+        if out.created:
+            CREATED.setdefault(key, []).extend(out.created)
+        TENANTS.request(key)
+        return
+    reconcile_tenant(k, namespace, name, republish=PASSES.request, body=body, created=CREATED.pop(key, ()))
+    refresh_pipelines(k, namespace, tenant=name)
+
+
+# Sixteen threads: a pass mostly waits on the apiserver, and a burst of Tenants wants many in flight.
+# While new Tenants keep arriving (an urgent request within the last second) their statuses and
+# events wait, 15 s at most: the apiserver takes the keys first (see workqueue.py).
+TENANTS: WorkQueue[TenantKey] = WorkQueue(tenant_pass, workers=16, quiet=1.0, max_hold=15.0, name="tenant")
+# Model passes wait likewise: a pass before the keys exist publishes a config that lacks them and is
+# redone right after.
+PASSES = PassQueue(_model_pass, defer=TENANTS.urgent_active)
+
+INDEX_NAMES = (
+    "realm_tenants",
+    "realm_secret_hashes",
+    "realm_models",
+    "realm_pipelines",
+)
 
 
 def _capture(kwargs: Mapping[str, Any]) -> None:
-    """Remember kopf's indexes (handed to every handler; populated before the first one runs)."""
+    """Remember kopf's indexes (handed to every handler; populated before the first one runs), and a
+    handler's context for the queues' passes (kopf posts events through context variables)."""
     global INDEXES
-    names = ("realm_tenants", "realm_secret_hashes", "realm_models", "realm_pipelines")
-    if INDEXES is None and all(n in kwargs for n in names):
-        INDEXES = Indexes(*(kwargs[n] for n in names))
+    if INDEXES is None and all(n in kwargs for n in INDEX_NAMES):
+        INDEXES = Indexes(*(kwargs[n] for n in INDEX_NAMES))
+    if TENANTS.context is None:
+        TENANTS.context = PASSES.context = contextvars.copy_context()
+
+
+def tenant_wants_pass(type: str | None, body: Mapping[str, Any]) -> bool:
+    """Whether a Tenant's watch event calls for a pass: when first seen (a create, or the listing at the
+    operator's start: level-based, whatever happened while it was down), and when its spec changed since
+    the status was written. The echo of the operator's own status write does not."""
+    if type in (None, "ADDED"):
+        return True
+    status = body.get("status") or {}
+    return bool(status.get("observedGeneration") != body.get("metadata", {}).get("generation"))
+
+
+def _key_missing(namespace: str, name: str, spec: TenantSpec | None) -> bool:
+    """A managed key the index does not know: creating it is the urgent part of a Tenant's pass."""
+    if INDEXES is None:
+        return False
+    ref = api_key_secret_ref(name, spec)
+    return ref.managed and not world.secret_entry_hash(INDEXES.secrets, namespace, ref.name, ref.key)[0]
 
 
 @kopf.index(GROUP, VERSION, "tenants")
-def realm_tenants(
+async def realm_tenants(
     namespace: str | None,
     name: str | None,
     uid: str | None,
@@ -550,7 +637,7 @@ def realm_tenants(
 
 
 @kopf.index(GROUP, VERSION, "models")
-def realm_models(
+async def realm_models(
     namespace: str | None, name: str | None, meta: Mapping[str, Any], status: Mapping[str, Any], **_: Any
 ) -> dict[str, world.ModelRecord]:
     assert namespace and name
@@ -558,7 +645,7 @@ def realm_models(
 
 
 @kopf.index(GROUP, VERSION, "pipelines")
-def realm_pipelines(
+async def realm_pipelines(
     namespace: str | None, name: str | None, spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any
 ) -> dict[str, PipelineView]:
     assert namespace and name
@@ -566,7 +653,7 @@ def realm_pipelines(
 
 
 @kopf.index("", "v1", "secrets")
-def realm_secret_hashes(
+async def realm_secret_hashes(
     namespace: str | None, name: str | None, body: kopf.Body, **_: Any
 ) -> dict[tuple[str, str], dict[str, str]]:
     assert namespace and name
@@ -574,31 +661,55 @@ def realm_secret_hashes(
 
 
 @kopf.on.event("", "v1", "secrets")
-def secret_event(namespace: str | None, name: str | None, type: str | None, **kwargs: Any) -> None:
+async def secret_event(namespace: str | None, name: str | None, type: str | None, **kwargs: Any) -> None:
     """A key Secret changed (rotated, deleted, recreated): republish its tenants' Models right away."""
     _capture(kwargs)
+    FRESH_SECRETS.pop((namespace or "", name or ""), None)  # the index has seen it (kopf indexes first)
     if not (namespace and name) or INDEXES is None or type not in ("ADDED", "MODIFIED", "DELETED"):
         return
+    # A scan, but of names computed once per Tenant generation (a second kopf index would cost more: every
+    # index runs on every Tenant event, and kopf hands every index to every handler).
     for rec in world.tenants_in(INDEXES.tenants, namespace):
-        if rec.spec is not None and api_key_secret_ref(rec.name, rec.spec).name == name:
+        if rec.secret != name:
+            continue
+        if rec.spec is not None:
             for model in rec.spec.allowed_models:
                 PASSES.request(namespace, model)
-            if type == "DELETED" and not rec.deleting:  # a managed key is created again at once
-                reconcile_tenant(kube(), namespace, rec.name, republish=PASSES.request)
+        if type == "DELETED" and not rec.deleting:  # a managed key is created again at once
+            TENANTS.request((namespace, rec.name), urgent=True)
 
 
-@kopf.on.create(GROUP, VERSION, "tenants", backoff=5)
-@kopf.on.update(GROUP, VERSION, "tenants", backoff=5)
-@kopf.on.resume(GROUP, VERSION, "tenants", backoff=5)
-def tenant_changed(namespace: str | None, name: str | None, body: kopf.Body, **kwargs: Any) -> None:
-    assert namespace and name
+@kopf.on.event(GROUP, VERSION, "tenants")
+async def tenant_event(
+    namespace: str | None, name: str | None, type: str | None, body: kopf.Body, **kwargs: Any
+) -> None:
+    """Every Tenant change goes through here (no kopf create/update handlers, whose bookkeeping would
+    write an annotation to every Tenant): it requests the Tenant's pass, urgently when its managed key
+    is missing. A Tenant gone (or on its way out) leaves the runtime configs at once."""
     _capture(kwargs)
-    k = kube()
-    reconcile_tenant(k, namespace, name, republish=PASSES.request, body=body)
-    refresh_pipelines(k, namespace, tenant=name)
+    if not (namespace and name):
+        return
+    key = (namespace, name)
+    meta = body.get("metadata", {})
+    if type == "DELETED":
+        LATEST.pop(key, None)
+        CREATED.pop(key, None)
+    else:
+        LATEST[key] = body
+    spec = world.tenant_spec(str(meta.get("uid") or ""), meta, body.get("spec"))
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        allowed = spec.allowed_models if spec is not None else []
+        published = (body.get("status") or {}).get("publishedTo") or []
+        for model in models_to_republish(allowed, published):
+            PASSES.request(namespace, model)
+        if type == "DELETED":
+            TENANTS.request(key)
+        return
+    if tenant_wants_pass(type, body):
+        TENANTS.request(key, urgent=_key_missing(namespace, name, spec))
 
 
-def needs_cleanup(spec: Mapping[str, Any], **_: Any) -> bool:
+def needs_cleanup(spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any) -> bool:
     """Only Tenants whose deletion must delete something outside the cluster carry a finalizer.
 
     The rest need none: their Secret goes with them (owner reference), and the runtime configs are
@@ -606,8 +717,8 @@ def needs_cleanup(spec: Mapping[str, Any], **_: Any) -> bool:
     by the next pass. A finalizer on every Tenant would cost each one a write and a watch round trip
     before its first reconcile (measured: a quarter of the requests of a 1,000-Tenant burst).
     """
-    parsed, _ = parse_spec(spec, TenantSpec)
-    return isinstance(parsed, TenantSpec) and (
+    parsed = world.tenant_spec(str(meta.get("uid") or ""), meta, spec)  # kopf asks on every event
+    return parsed is not None and (
         parsed.kv_snapshots.enabled and parsed.kv_snapshots.deletion_policy == "Delete"
     )
 
@@ -637,9 +748,9 @@ def tenant_deleted(
     _post(_normal, body, "SnapshotsDeleted", f"deleted {deleted} KV snapshot(s) (deletionPolicy Delete)")
 
 
-def has_snapshots(spec: Mapping[str, Any], **_: Any) -> bool:
-    parsed, _ = parse_spec(spec, TenantSpec)
-    return isinstance(parsed, TenantSpec) and parsed.kv_snapshots.enabled
+def has_snapshots(spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any) -> bool:
+    parsed = world.tenant_spec(str(meta.get("uid") or ""), meta, spec)
+    return parsed is not None and parsed.kv_snapshots.enabled
 
 
 KV_SWEEP_SECONDS = float(os.environ.get("REALM_KV_SWEEP_SECONDS") or 300)
@@ -685,24 +796,6 @@ def tenant_kv_sweep(
     if any((status or {}).get(f) != v for f, v in patch.items()):
         patch["kvSnapshotsSwept"] = _now().isoformat().replace("+00:00", "Z")
         k.patch_status("Tenant", namespace, name, patch)
-
-
-@kopf.on.event(GROUP, VERSION, "tenants")
-def tenant_event(
-    namespace: str | None, name: str | None, type: str | None, body: kopf.Body, **kwargs: Any
-) -> None:
-    """A Tenant gone (or on its way out) leaves the runtime configs at once."""
-    _capture(kwargs)
-    deleting = type == "DELETED" or bool(body.get("metadata", {}).get("deletionTimestamp"))
-    if not (namespace and name and deleting):
-        return
-    spec, _ = parse_spec(body.get("spec"), TenantSpec)
-    allowed = spec.allowed_models if isinstance(spec, TenantSpec) else []
-    published = (body.get("status") or {}).get("publishedTo") or []
-    for model in models_to_republish(allowed, published):
-        PASSES.request(namespace, model)
-    if type == "DELETED":
-        refresh_pipelines(kube(), namespace, tenant=name)
 
 
 # A failed resync (e.g. during an apiserver outage) retries soon, not after kopf's default 60 s.

@@ -145,7 +145,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     s3.add_argument(
         "--s3-secret-access-key-key", default="AWS_SECRET_ACCESS_KEY", help="its key for the secret key"
     )
-    p.add_argument("--verbose", "-v", action="store_true")
+    p.add_argument("--verbose", "-v", action="store_true", help="everything at DEBUG")
+    p.add_argument(
+        "--object-log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default=os.environ.get("REALM_OBJECT_LOG_LEVEL") or "WARNING",
+        help="kopf's per-object lines ('Handler ... succeeded', once per watch event: a thousand Tenants "
+        "make thousands); the operator's own lines and Kubernetes events say what it did. "
+        "Default: $REALM_OBJECT_LOG_LEVEL or WARNING.",
+    )
     return p.parse_args(argv)
 
 
@@ -230,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        logging.getLogger("kopf.objects").setLevel(args.object_log_level)
     configure(args)
 
     namespaces: list[str] = list(args.namespace)

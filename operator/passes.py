@@ -5,18 +5,27 @@ namespace. When a thousand Tenants are applied at once, running one full pass pe
 same work a thousand times. Instead, a change *requests* a pass: a Model with a pass already queued
 ignores the request (the queued pass reads the world when it starts, so it will see the change), and a
 Model whose pass is running gets exactly one more pass after it. At most one pass per Model runs at a
-time, on a small pool of worker threads. A new pass waits `settle` seconds before it starts, and a
-pass that follows another waits `spacing`: the burst gathers into one pass instead of a pass per change
-that each rewrite the same ConfigMap (controller-runtime's workqueue rate limiting, in miniature).
+time, on a small pool of worker threads. A queued pass is debounced: it starts once no request came for
+`settle` seconds, or `max_wait` after its first request, whichever is sooner, and a pass that follows
+another waits `spacing` at least. A lone change is published within `settle`; a burst gathers into one
+pass every `max_wait` instead of a pass per change that each rewrite the same ConfigMap (measured: 1,000
+Tenants with a fixed 1 s spacing cost 200-340 Model passes, a third of the operator's CPU).
 
 A failed pass (e.g. the apiserver is down) is requested again after a delay; the Models' timers stay
 as the safety net.
+
+`defer`, when given, holds passes back while it says so (re-checked every `settle`, for `max_hold` at
+most): the operator holds Model passes while Tenants' API keys wait to be created, since a pass before
+then would publish a config without those keys and be redone right after. Passes run in a copy of
+`context` when set (kopf's event posting lives in context variables, see workqueue.py).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,30 +42,41 @@ class PassQueue:
         retry_seconds: float = 2.0,
         settle: float = 0.2,
         spacing: float = 1.0,
+        max_wait: float = 3.0,
+        max_hold: float = 10.0,
+        defer: Callable[[], bool] | None = None,
     ) -> None:
         self._run_pass = run
+        self._defer = defer
+        self.context: contextvars.Context | None = None
+        self.deferred = 0
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model-pass")
         self._lock = threading.Lock()
-        self._queued: set[Key] = set()
+        self._queued: dict[Key, tuple[float, float]] = {}  # key -> (first, last) request time
         self._running: set[Key] = set()
         self._again: set[Key] = set()
         self._idle = threading.Condition(self._lock)
         self.retry_seconds = retry_seconds
         self.settle = settle
         self.spacing = spacing
+        self.max_wait = max_wait
+        self.max_hold = max_hold
         self.passes = 0  # passes run, for the benchmark's requests-per-pass figure
         self.requests = 0
 
     def request(self, namespace: str, model: str) -> None:
         key = (namespace, model)
+        now = time.monotonic()
         with self._lock:
             self.requests += 1
-            if key in self._queued:
+            queued = self._queued.get(key)
+            if queued is not None:
+                self._queued[key] = (queued[0], now)
                 return
             if key in self._running:
                 self._again.add(key)
                 return
-            self._queued.add(key)
+            self._queued[key] = (now, now)
         self._later(self.settle, key)
 
     def _later(self, delay: float, key: Key) -> None:
@@ -68,12 +88,27 @@ class PassQueue:
         timer.start()
 
     def _work(self, key: Key) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._queued.discard(key)
+            first, last = self._queued.get(key, (now, now))
+        wait = min(self.settle - (now - last), self.max_wait - (now - first))
+        if wait > 0.01:  # requests keep arriving: keep gathering them (the key stays queued)
+            self._later(wait, key)
+            return
+        if self._defer is not None and now - first < self.max_hold and self._defer():
+            with self._lock:
+                self.deferred += 1
+            self._later(max(self.settle, 0.05), key)
+            return
+        with self._lock:
+            self._queued.pop(key, None)
             self._running.add(key)
         failed = False
         try:
-            self._run_pass(*key)
+            if self.context is not None:
+                self.context.copy().run(self._run_pass, *key)
+            else:
+                self._run_pass(*key)
         except Exception:
             failed = True
             log.exception("pass of Model %s/%s failed; retrying in %.0fs", key[0], key[1], self.retry_seconds)
@@ -83,7 +118,8 @@ class PassQueue:
             again = key in self._again
             self._again.discard(key)
             if again:
-                self._queued.add(key)
+                done = time.monotonic()
+                self._queued[key] = (done, done)
             self._idle.notify_all()
         if again:
             self._later(self.spacing, key)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from realm.operator.reconcile import PipelineView, is_ready, parse_spec
+from realm.operator.reconcile import PipelineView, api_key_secret_ref, is_ready, parse_spec
 from realm.runtime.spec.tenant import TenantSpec
 
 T = TypeVar("T")
@@ -39,10 +39,31 @@ class TenantRecord:
     spec: TenantSpec | None  # None when the spec does not parse (the Tenant's own pass reports why)
     deleting: bool
     published_to: tuple[str, ...]  # from status: the Models it was last published to
-    reconciled: bool  # it has a status: its own create handler has run at least once
+    reconciled: bool  # it has a status: its own pass has run at least once
+    secret: str = ""  # the name of its API key Secret (managed or referenced)
 
     def allows(self, model: str) -> bool:
         return self.spec is not None and model in self.spec.allowed_models
+
+
+# Parsed Tenant specs by (uid, generation): the spec changes only with the generation, and each Tenant
+# event is indexed twice (by namespace and by Secret) plus once per status write of its own.
+_SPECS: dict[tuple[str, int], TenantSpec | None] = {}
+_SPECS_MAX = 8192
+
+
+def tenant_spec(uid: str, meta: Mapping[str, Any], spec: Mapping[str, Any] | None) -> TenantSpec | None:
+    generation = meta.get("generation")
+    key = (uid, int(generation)) if uid and isinstance(generation, int) else None
+    if key is not None and key in _SPECS:
+        return _SPECS[key]
+    parsed, _ = parse_spec(spec, TenantSpec)
+    out = parsed if isinstance(parsed, TenantSpec) else None
+    if key is not None:
+        if len(_SPECS) >= _SPECS_MAX:
+            _SPECS.clear()  # crude, but bounded; a miss only costs a parse
+        _SPECS[key] = out
+    return out
 
 
 def tenant_record(
@@ -52,14 +73,15 @@ def tenant_record(
     meta: Mapping[str, Any],
     status: Mapping[str, Any] | None,
 ) -> TenantRecord:
-    parsed, _ = parse_spec(spec, TenantSpec)
+    parsed = tenant_spec(uid, meta, spec)
     return TenantRecord(
         name=name,
         uid=uid,
-        spec=parsed if isinstance(parsed, TenantSpec) else None,
+        spec=parsed,
         deleting=bool(meta.get("deletionTimestamp")),
         published_to=tuple((status or {}).get("publishedTo") or ()),
         reconciled=bool(status),
+        secret=api_key_secret_ref(name, parsed).name,
     )
 
 

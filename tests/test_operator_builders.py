@@ -432,3 +432,32 @@ def test_runtime_config_rejects_inconsistent_pipelines() -> None:
         with pytest.raises(ValidationError) as info:
             RuntimeConfig.model_validate(doc)
         assert message in str(info.value)
+
+
+def test_config_text_is_exactly_what_yaml_dump_writes_with_cached_tenant_entries() -> None:
+    """The config renders each tenant's entry once and reuses its text: the document must still be
+    yaml.dump's, byte for byte, whatever the entries hold (long and multi-line strings, unicode,
+    quoting, nested lists), and a cached entry must not leak into a config where it changed."""
+    long_name = "A tenant with a display name long enough to make the emitter fold it " * 3
+    odd = [
+        TenantSpec(allowed_models=["chat"], display_name=long_name),
+        TenantSpec(allowed_models=["chat"], display_name="two\nlines: [x]\n- dash # hash", weight=7),
+        TenantSpec(allowed_models=["chat"], display_name="ünïcødé ✓ 'quotes' \"double\"", tools=["a", "b"]),
+        TenantSpec(
+            allowed_models=["chat", "other"], display_name="tenants: []", quotas={"maxTokensPerRequest": 9}
+        ),
+    ]
+    published = [
+        b.PublishedTenant(f"t{i}", spec, (hash_api_key(f"sk-{i}"),) if i % 2 else ())
+        for i, spec in enumerate(odd)
+    ]
+    pipelines = [entry("qa", tenant="t1")]
+    for subset in (published, published[1:], published[:1], [], published[::-1]):
+        for pipes in ((), pipelines):
+            config = b.runtime_config(model(), "v1", subset, "/modules", pipes)
+            doc = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+            want = yaml.dump(doc, Dumper=b._YAML_DUMPER, sort_keys=True, default_flow_style=False)
+            assert b._dump(config) == want
+    changed = [b.PublishedTenant("t0", odd[0].model_copy(update={"weight": 42}), (hash_api_key("sk-0"),))]
+    text = b._dump(b.runtime_config(model(), "v1", changed))
+    assert yaml.safe_load(text)["tenants"][0]["spec"]["weight"] == 42

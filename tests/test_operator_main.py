@@ -18,7 +18,7 @@ def test_main_registers_every_handler() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
     assert {
-        "tenant_changed",
+        "tenant_event",
         "model_changed",
         "pipeline_changed",
         "realm_tenants",
