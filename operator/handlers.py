@@ -37,6 +37,7 @@ import ctypes.util
 import logging
 import os
 import secrets
+import sys
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -543,6 +544,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # milliseconds and can go at once.
     settings.batching.worker_limit = 400
     settings.batching.idle_timeout = 0.5
+    # kopf holds each object's first event this long for more of the same object to batch with; the
+    # handlers here are level-based and cheap, so a short window only saves latency.
+    settings.batching.batch_window = 0.02
+    # The event loop (every watch event) shares the GIL with the pass threads; a thread that wants the
+    # GIL waits up to this long for the holder to yield. 5 ms (the default) let the loop fall behind in
+    # a burst (p99 Tenant -> Secret 2.5-4.9 s over three runs; 1.9-3.7 s with 1 ms).
+    sys.setswitchinterval(0.001)
 
 
 def _model_pass(namespace: str, model: str) -> None:
