@@ -259,6 +259,8 @@ def main() -> int:
     total = agents["kopf"] + agents["realm-operator"]
 
     def spread(values: list[float]) -> str:
+        if not values:
+            return "-"
         return f"{statistics.median(values):.2f} / {percentile(values, 0.99):.2f} s"
 
     rows = [

@@ -205,6 +205,10 @@ def test_operator_end_to_end(world: World) -> None:
     assert {"ApiKeyReady", "ModelsResolved", "ConfigPublished"} <= set(conds)
     assert (acme_status["apiKeySecret"], acme_status["publishedTo"]) == ("acme-api-key", ["chat"])
     assert acme_status["operatorVersion"]
+    # A Tenant without KV snapshots to delete carries no kopf bookkeeping: no annotation, no finalizer.
+    acme_meta = (world.get("tenant", "acme") or {})["metadata"]
+    assert not [a for a in acme_meta.get("annotations") or {} if a.startswith("operator.realm.dev/")]
+    assert not acme_meta.get("finalizers"), acme_meta
     beta_ready = {c["type"]: c for c in wait_for("beta status", lambda: status_of("beta"))["conditions"]}
     assert (beta_ready["Ready"]["status"], beta_ready["Ready"]["reason"]) == ("False", "ModelNotFound")
 
@@ -258,11 +262,17 @@ def test_operator_end_to_end(world: World) -> None:
     wait_for("the acme Tenant to be gone", lambda: world.get("tenant", "acme") is None)
 
     # What it did is visible as Kubernetes events on the objects; what it logged never holds the key.
-    def applied_event() -> bool:
+    def applied_event(kind: str, name: str, mentions: str) -> bool:
         events = json.loads(world.cluster.kubectl("get", "events", "-n", NS, "-o", "json").stdout)["items"]
-        return any(e["involvedObject"]["kind"] == "Model" and e["reason"] == "Applied" for e in events)
+        return any(
+            (e["involvedObject"]["kind"], e["involvedObject"]["name"], e["reason"]) == (kind, name, "Applied")
+            and mentions in e["message"]
+            for e in events
+        )
 
-    wait_for("an Applied event on the Model", applied_event, timeout=20)
+    wait_for("an Applied event on the Model", lambda: applied_event("Model", "chat", "Deployment/chat-v1"))
+    # Posted from the Tenant pass queue's threads (kopf's event queue lives in context variables).
+    wait_for("an Applied event on the Tenant", lambda: applied_event("Tenant", "beta", "Secret/beta-api-key"))
     log = world.log.read_text()
     assert key not in log, "the API key appeared in the operator's log"
     assert "Traceback" not in log, log[-4000:]
