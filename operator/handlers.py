@@ -286,8 +286,7 @@ def reconcile_model(k: Kube, namespace: str, name: str) -> Outcome:
         )
         patch = status_patch(body.get("status"), status)
         if patch is not None:
-            k.patch_status("Model", namespace, name, patch)
-            out.status_written = True
+            out.status_written = k.patch_status("Model", namespace, name, patch) is not None
         _report(body, out, error)
     return out
 
@@ -383,8 +382,7 @@ def reconcile_tenant(
     )
     patch = status_patch(body.get("status"), status)
     if patch is not None:
-        k.patch_status("Tenant", namespace, name, patch)
-        out.status_written = True
+        out.status_written = k.patch_status("Tenant", namespace, name, patch) is not None
     _report(body, out, error)
     return out
 
@@ -445,8 +443,7 @@ def reconcile_pipeline(k: Kube, namespace: str, name: str, republish: bool = Tru
     )
     patch = status_patch(body.get("status"), status)
     if patch is not None:
-        k.patch_status("Pipeline", namespace, name, patch)
-        out.status_written = True
+        out.status_written = k.patch_status("Pipeline", namespace, name, patch) is not None
         ready = next((c for c in status.conditions if c.type == "Ready"), None)
         if ready is not None and ready.status == "False":
             _post(kopf.warn, body, ready.reason, ready.message)

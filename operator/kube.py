@@ -191,15 +191,21 @@ class Kube:
                 raise
         self._wrote("delete", key.kind, key.name)
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> Obj:
-        """Merge-patch the status subresource only: spec belongs to the user (and to Git)."""
-        out = self._call(
-            "PATCH",
-            KINDS[kind].path(namespace, name, "status"),
-            body={"status": dict(status)},
-            query=[("fieldManager", FIELD_MANAGER)],
-            content_type="application/merge-patch+json",
-        )
+    def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> Obj | None:
+        """Merge-patch the status subresource only: spec belongs to the user (and to Git). None when the
+        object is gone (deleted since the pass read it): a status for it has nowhere to go."""
+        try:
+            out = self._call(
+                "PATCH",
+                KINDS[kind].path(namespace, name, "status"),
+                body={"status": dict(status)},
+                query=[("fieldManager", FIELD_MANAGER)],
+                content_type="application/merge-patch+json",
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
         self._wrote("status", kind, name)
         return out
 
