@@ -24,3 +24,27 @@ def test_main_registers_every_handler() -> None:
         "realm_tenants",
         "realm_secret_hashes",
     } <= set(out)
+
+
+def test_startup_settings_bound_watches_retries_and_per_object_work() -> None:
+    """The settings kopf starts with (issue #4: watch timeouts and backoff tuned). Run in a subprocess:
+    `configure` also sets the interpreter's GIL switch interval."""
+    code = (
+        "import sys, kopf\n"
+        "from realm.operator import handlers\n"
+        "s = kopf.OperatorSettings()\n"
+        "handlers.configure(settings=s)\n"
+        "w, n, b = s.watching, s.networking, s.batching\n"
+        "print(w.server_timeout, w.client_timeout, w.connect_timeout, n.request_timeout,\n"
+        "      list(n.error_backoffs), b.worker_limit, b.idle_timeout, b.batch_window,\n"
+        "      s.persistence.finalizer, type(s.persistence.progress_storage).__name__,\n"
+        "      sys.getswitchinterval())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    server, client, connect, request = out.split()[:4]
+    # The server ends a watch before the client gives up on it: a quiet stream is renewed, never
+    # mistaken for a dead connection; a dead one is noticed within the client timeout.
+    assert 0 < float(server) < float(client) <= 120 and 0 < float(connect) <= float(request)
+    assert "[1, 2, 4, 8, 15, 30, 60]" in out  # fast first retries, then at most a minute apart
+    per_object = ["400", "0.5", "0.02", "realm.dev/operator", "AnnotationsProgressStorage", "0.001"]
+    assert out.split()[-6:] == per_object
