@@ -256,6 +256,17 @@ def dry_run(e: Env, manifests: str) -> subprocess.CompletedProcess[str]:
 # 1. Server-side validation ----------------------------------------------------------------------------
 
 
+def test_forbidden_lines_are_403s_not_timestamps(tmp_path: Path) -> None:
+    """The log check itself (no cluster): a timestamp's milliseconds can read 403 (CI failed on it once)."""
+    log = tmp_path / "operator.log"
+    log.write_text(
+        "2026-12-02 01:49:31,403 INFO kopf.objects: Indexer 'realm_secret_hashes' succeeded.\n"
+        "2026-12-02 01:49:32,100 ERROR kopf: APIForbiddenError('secrets is forbidden', 403)\n"
+        "2026-12-02 01:49:33,200 WARNING realm: status 403 from the apiserver\n"
+    )
+    assert [line[24:29] for line in forbidden_lines(log)] == ["ERROR", "WARNI"]
+
+
 def test_rendered_manifests_pass_server_side_validation(env: Env) -> None:
     for ns in (NS, TEAM, "team-b", "gateways"):
         env.kubectl("create", "namespace", ns)
