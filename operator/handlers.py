@@ -574,7 +574,7 @@ def tenant_pass(key: TenantKey, urgent: bool) -> None:
     if urgent:
         meta = body.get("metadata", {})
         out = Outcome()
-        _ensure_key(k, body, world.tenant_spec(str(meta.get("uid") or ""), meta, body.get("spec")), out)
+        _ensure_key(k, body, world.tenant_spec(meta, body.get("spec")), out)
         if out.created:
             CREATED.setdefault(key, []).extend(out.created)
         TENANTS.request(key)
@@ -701,7 +701,7 @@ async def tenant_event(
         CREATED.pop(key, None)
     else:
         LATEST[key] = body
-    spec = world.tenant_spec(str(meta.get("uid") or ""), meta, body.get("spec"))
+    spec = world.tenant_spec(meta, body.get("spec"))
     if type == "DELETED" or meta.get("deletionTimestamp"):
         allowed = spec.allowed_models if spec is not None else []
         published = (body.get("status") or {}).get("publishedTo") or []
@@ -722,7 +722,7 @@ def needs_cleanup(spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any) ->
     by the next pass. A finalizer on every Tenant would cost each one a write and a watch round trip
     before its first reconcile (measured: a quarter of the requests of a 1,000-Tenant burst).
     """
-    parsed = world.tenant_spec(str(meta.get("uid") or ""), meta, spec)  # kopf asks on every event
+    parsed = world.tenant_spec(meta, spec)  # kopf asks on every event
     return parsed is not None and (
         parsed.kv_snapshots.enabled and parsed.kv_snapshots.deletion_policy == "Delete"
     )
@@ -754,7 +754,7 @@ def tenant_deleted(
 
 
 def has_snapshots(spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any) -> bool:
-    parsed = world.tenant_spec(str(meta.get("uid") or ""), meta, spec)
+    parsed = world.tenant_spec(meta, spec)
     return parsed is not None and parsed.kv_snapshots.enabled
 
 

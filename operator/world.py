@@ -46,15 +46,16 @@ class TenantRecord:
         return self.spec is not None and model in self.spec.allowed_models
 
 
-# Parsed Tenant specs by (uid, generation): the spec changes only with the generation, and each Tenant
-# event is indexed twice (by namespace and by Secret) plus once per status write of its own.
+# Parsed Tenant specs by (uid, generation): the spec changes only with the generation, yet every Tenant
+# event (its status echoes included) is indexed, handled and filtered (kopf's `when=`) once each.
 _SPECS: dict[tuple[str, int], TenantSpec | None] = {}
 _SPECS_MAX = 8192
 
 
-def tenant_spec(uid: str, meta: Mapping[str, Any], spec: Mapping[str, Any] | None) -> TenantSpec | None:
-    generation = meta.get("generation")
-    key = (uid, int(generation)) if uid and isinstance(generation, int) else None
+def tenant_spec(meta: Mapping[str, Any], spec: Mapping[str, Any] | None) -> TenantSpec | None:
+    """The Tenant's parsed spec (None when invalid), parsed once per (uid, generation)."""
+    uid, generation = meta.get("uid"), meta.get("generation")
+    key = (str(uid), generation) if uid and isinstance(generation, int) else None
     if key is not None and key in _SPECS:
         return _SPECS[key]
     parsed, _ = parse_spec(spec, TenantSpec)
@@ -73,7 +74,7 @@ def tenant_record(
     meta: Mapping[str, Any],
     status: Mapping[str, Any] | None,
 ) -> TenantRecord:
-    parsed = tenant_spec(uid, meta, spec)
+    parsed = tenant_spec(meta, spec)
     return TenantRecord(
         name=name,
         uid=uid,
