@@ -1,6 +1,6 @@
 """Operator at scale on the real control plane: 1,000 Tenants and 20 Models applied at once.
 
-    .venv/bin/python bench/bench_operator.py [--tenants 1000] [--models 20]
+    .venv/bin/python bench/bench_operator.py [--tenants 1000] [--models 20] [--no-light-watches]
 
 A local etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok (e2e/cluster, the same
 binaries the e2e suite uses), four kwok nodes with 8 `nvidia.com/gpu` each, and the operator as a
@@ -165,6 +165,11 @@ def main() -> int:
     ap.add_argument("--tenants", type=int, default=1000)
     ap.add_argument("--models", type=int, default=20)
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument(
+        "--no-light-watches",
+        action="store_true",
+        help="the operator without its light watches (kopf's watches alone), for comparison",
+    )
     args = ap.parse_args()
 
     import tempfile
@@ -186,7 +191,8 @@ def main() -> int:
         time.sleep(1.0)  # the watches are open before the first create
 
         # The e2e suite's operator subprocess, at the production resync interval (the e2e default is 10 s).
-        with operator(cluster, work / "operator.log", env={"REALM_RESYNC_SECONDS": "60"}) as op:
+        extra = ["--no-light-watches"] if args.no_light_watches else []
+        with operator(cluster, work / "operator.log", *extra, env={"REALM_RESYNC_SECONDS": "60"}) as op:
             time.sleep(3.0)  # past kopf's start and peering: measure reconciles, not start-up
             audit_mark = audit.stat().st_size if audit.exists() else 0
             cp_before, me_before = control_plane_cpu(), cpu_seconds(os.getpid())
@@ -299,6 +305,7 @@ def main() -> int:
         " ".join(f"{percentile(v, 0.99):.1f}" for v in by_tenth if v),
     )
     print(f"objects: {args.tenants} Tenants + {args.models} Models, created in {apply_seconds:.1f} s")
+    print("operator:", "kopf's watches alone" if args.no_light_watches else "with its light watches")
     print("requests:", ", ".join(f"{w}: {v} {n}" for (w, v), n in sorted(verbs.items())))
     if missing:
         print(f"children never seen: {len(missing)} (e.g. {missing[:5]})")

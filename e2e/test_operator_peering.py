@@ -64,6 +64,9 @@ RESUMING = "Resuming operations after the pause"
 #: The per-object lines are off by default (one per watch event); this test reads them.
 HANDLER_LOGS = ("--object-log-level", "INFO")
 HANDLER_LINE = re.compile(r"Handler '(\w+)[^']*' (succeeded|failed)")
+#: What the operator's light watches set going ahead of kopf (operator/fastpath.py), logged at the same
+#: level; they are gated by the same peering.
+AHEAD = "ahead of kopf"
 
 
 def _peers(cluster: Cluster) -> dict[str, dict[str, Any]]:
@@ -168,6 +171,10 @@ def test_higher_priority_acts_and_the_other_takes_over_on_sigterm(tmp_path: Path
                 high_ran, low_ran = _handled(high_log), _handled(low_log, after=PAUSING)
                 assert "tenant_event" in high_ran and "model_changed" in high_ran, high_ran
                 assert low_ran == [], f"the paused operator ran handlers: {low_ran}\n{low_log.read_text()}"
+                # The light watches of the active one acted (they beat kopf's 20 ms batch window); those
+                # of the paused one did not, though they saw the same events.
+                assert AHEAD in high_log.read_text(errors="replace")
+                assert AHEAD not in low_log.read_text(errors="replace").split(PAUSING, 1)[1]
                 # Created once: the Secret was never replaced (same uid), and exactly one key was generated.
                 again = world.get("secret", "acme-api-key")
                 assert again is not None and again["metadata"]["uid"] == secret["metadata"]["uid"]
@@ -228,6 +235,8 @@ def test_same_priority_both_pause_until_one_leaves(tmp_path: Path) -> None:
                 a_paused = "Pausing all operators, including self"
                 assert _handled(a_log, after=a_paused) == [] and _handled(b_log) == []
                 assert not _log_has(b_log, RESUMING)
+                assert AHEAD not in a_log.read_text(errors="replace").split(a_paused, 1)[1]
+                assert not _log_has(b_log, AHEAD)
 
                 stop_began = time.monotonic()
                 _stop(b)

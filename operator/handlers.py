@@ -22,7 +22,11 @@ Who runs the passes:
   burst of new Tenants gets its keys first. Without kopf's changing handlers kopf writes no annotation
   to a Tenant (only those with a cleanup finalizer get one).
 - Model passes requested by Tenant, Secret and Deployment changes coalesce in `PASSES` (passes.py);
-  Models' own create/update/resume handlers and timers run their pass in kopf's thread pool.
+  Models' own create/update/resume handlers request theirs there too, at once (`now`); their timers
+  run the pass in kopf's thread pool.
+- Ahead of kopf, light watches of Tenants and Models (fastpath.py) request a new Tenant's key and a new
+  Model's pass from the same queues, gated by kopf's peering: kopf's event loop falls seconds behind
+  in a burst, and these two writes are what a user waits for.
 - Indexers and the event handlers that only request passes are `async`: they run on kopf's loop
   without a trip through its thread pool.
 `kube.serialized` makes passes over one Model take turns, so concurrent changes cannot publish a stale
@@ -52,6 +56,7 @@ from realm.operator import autoscale, builders, snapshots, world
 from realm.operator.kube import Kube, serialized
 from realm.operator.options import build_options, gateway_api_served
 from realm.operator.passes import PassQueue
+from realm.operator.peering_gate import Gate
 from realm.operator.reconcile import (
     KEY_NOT_FOUND,
     SECRET_NOT_FOUND,
@@ -205,10 +210,16 @@ def tenant_specs(k: Kube, namespace: str) -> dict[str, TenantSpec | None]:
     return out
 
 
+# A Model pass's requests that do not depend on each other go out at once: in a burst each round trip to
+# a busy apiserver takes 0.1-0.3 s, and a new Model's Deployment came after seven of them in a row.
+_IO = ThreadPoolExecutor(max_workers=64, thread_name_prefix="kube-io")
+
+
 def _owned(k: Kube, namespace: str, model: str, with_routes: bool) -> list[dict[str, Any]]:
     sel = model_selector(model)
     kinds = ["ConfigMap", "Deployment", "Service", *(["HTTPRoute"] if with_routes else [])]
-    return [o for kind in kinds for o in k.list(kind, namespace, sel)]
+    listed = [_IO.submit(k.list, kind, namespace, sel) for kind in kinds]
+    return [o for f in listed for o in f.result()]
 
 
 # Model -----------------------------------------------------------------------------------------------
@@ -236,8 +247,11 @@ def reconcile_model(k: Kube, namespace: str, name: str) -> Outcome:
     """Bring a Model's objects and status in line with its spec and the namespace's tenants."""
     out = Outcome()
     with serialized(namespace, name):
+        with_routes = gateway_api_served(k)
+        owned = _IO.submit(_owned, k, namespace, name, with_routes)  # read alongside the Model
         body = k.get("Model", namespace, name)
         if body is None or _deleting(body):
+            owned.cancel()
             return out  # owner references let the garbage collector remove the rest
         meta = body["metadata"]
         spec, error = parse_spec(body.get("spec"), ModelSpec)
@@ -258,16 +272,19 @@ def reconcile_model(k: Kube, namespace: str, name: str) -> Outcome:
                     error = f"runtime config rejected: {e}"
                 allowed_names = [t.name for t in tenants if name in t.spec.allowed_models]
                 listed = len(builders.pipelines_for(resource, allowed_names, pipelines))
-        observed = _owned(k, namespace, name, with_routes=gateway_api_served(k))
+        observed = owned.result()
         live: dict[ObjectKey, Mapping[str, Any]] = {key_of(o): o for o in observed}
         if error is None:
-            # An invalid spec changes nothing: the last good objects keep serving.
+            # An invalid spec changes nothing: the last good objects keep serving. No write depends on
+            # another (a pod waits for its ConfigMap to appear), so they all go out at once.
             p = plan(desired, observed, meta["uid"])
-            for manifest in p.apply:
-                live[key_of(manifest)] = k.apply(manifest)
-                out.applied.append(str(key_of(manifest)))
-            for key in p.delete:
-                k.delete(key)
+            applied = [(key_of(m), _IO.submit(k.apply, m)) for m in p.apply]
+            deleted = [(key, _IO.submit(k.delete, key)) for key in p.delete]
+            for key, result in applied:
+                live[key] = result.result()
+                out.applied.append(str(key))
+            for key, done in deleted:
+                done.result()
                 live.pop(key, None)
                 out.deleted.append(str(key))
         allowed = sum(1 for t in tenants if name in t.spec.allowed_models)
@@ -568,9 +585,12 @@ def tenant_pass(key: TenantKey, urgent: bool) -> None:
     namespace, name = key
     k = kube()
     body = LATEST.get(key)
+    if body is None and urgent:
+        body = EARLY.get(key)
     if body is None:
-        refresh_pipelines(k, namespace, tenant=name)
-        return
+        if key not in EARLY:
+            refresh_pipelines(k, namespace, tenant=name)
+        return  # seen only by the light watch yet: kopf's event requests the full pass
     if urgent:
         meta = body.get("metadata", {})
         out = Outcome()
@@ -589,7 +609,7 @@ def tenant_pass(key: TenantKey, urgent: bool) -> None:
 TENANTS: WorkQueue[TenantKey] = WorkQueue(tenant_pass, workers=16, quiet=1.0, max_hold=15.0, name="tenant")
 # Model passes wait likewise: a pass before the keys exist publishes a config that lacks them and is
 # redone right after.
-PASSES = PassQueue(_model_pass, defer=TENANTS.urgent_active)
+PASSES = PassQueue(_model_pass, workers=16, defer=TENANTS.urgent_active)
 
 INDEX_NAMES = (
     "realm_tenants",
@@ -624,7 +644,61 @@ def _key_missing(namespace: str, name: str, spec: TenantSpec | None) -> bool:
     if INDEXES is None:
         return False
     ref = api_key_secret_ref(name, spec)
-    return ref.managed and not world.secret_entry_hash(INDEXES.secrets, namespace, ref.name, ref.key)[0]
+    if not ref.managed or (namespace, ref.name) in FRESH_SECRETS:
+        return False
+    return not world.secret_entry_hash(INDEXES.secrets, namespace, ref.name, ref.key)[0]
+
+
+# Ahead of kopf (fastpath.py) ---------------------------------------------------------------------------
+
+# Whether this replica may act on the light watches' events (kopf's peering, read by peering_gate.py).
+# None: no light watches run (tests calling passes directly, namespace patterns).
+GATE: Gate | None = None
+# Bodies of new Tenants a light watch saw before kopf's watch did: their urgent step (the key) runs from
+# these. kopf's first event for the Tenant ends the entry.
+EARLY: dict[TenantKey, Mapping[str, Any]] = {}
+# What the light watches set going, per object: off by default like kopf's per-object lines (main.py
+# sets both from --object-log-level); the peering e2e reads it to prove a paused replica did nothing.
+objects_log = logging.getLogger("realm.operator.objects")
+
+
+def _may_act_early() -> bool:
+    # INDEXES: kopf has delivered its indexes (its watches are live), which the urgent step reads.
+    return GATE is not None and INDEXES is not None and GATE.open()
+
+
+def tenant_seen_early(type: str, obj: Mapping[str, Any]) -> None:
+    """A light watch's Tenant event: a new Tenant whose managed key is missing gets its urgent step now,
+    before kopf's loop reaches the event."""
+    meta = obj.get("metadata") or {}
+    namespace, name = meta.get("namespace"), meta.get("name")
+    if not (namespace and name):
+        return
+    key = (namespace, name)
+    if type == "DELETED":
+        EARLY.pop(key, None)
+        return
+    if type != "ADDED" or key in LATEST or meta.get("deletionTimestamp") or not _may_act_early():
+        return
+    if _key_missing(namespace, name, world.tenant_spec(meta, obj.get("spec"))):
+        EARLY[key] = obj
+        objects_log.info("Tenant %s/%s: key requested ahead of kopf", namespace, name)
+        TENANTS.request(key, urgent=True)
+
+
+def model_seen_early(type: str, obj: Mapping[str, Any]) -> None:
+    """A light watch's Model event: a new Model's pass runs at once (its Deployment is created), without
+    the settling and holding that batch later passes. kopf's create handler still runs; it finds the
+    children in place and writes nothing but the status."""
+    meta = obj.get("metadata") or {}
+    namespace, name = meta.get("namespace"), meta.get("name")
+    if type != "ADDED" or not (namespace and name) or meta.get("deletionTimestamp") or not _may_act_early():
+        return
+    assert INDEXES is not None
+    if any(m.name == name for m in world.records_in(INDEXES.models, namespace)):
+        return  # kopf has it already (a light watch's relist replays what exists)
+    objects_log.info("Model %s/%s: pass requested ahead of kopf", namespace, name)
+    PASSES.request(namespace, name, now=True)
 
 
 @kopf.index(GROUP, VERSION, "tenants")
@@ -696,6 +770,7 @@ async def tenant_event(
         return
     key = (namespace, name)
     meta = body.get("metadata", {})
+    EARLY.pop(key, None)
     if type == "DELETED":
         LATEST.pop(key, None)
         CREATED.pop(key, None)
@@ -811,10 +886,12 @@ TIMER_BACKOFF = min(RESYNC_SECONDS, 15.0)
 @kopf.on.update(GROUP, VERSION, "models", backoff=5)
 @kopf.on.resume(GROUP, VERSION, "models", backoff=5)
 def model_changed(namespace: str | None, name: str | None, **kwargs: Any) -> None:
+    """The pass itself goes through the queue, at once (`now`): a light watch may have requested the
+    same pass a moment ago, and the queue runs one for both."""
     assert namespace and name
     _capture(kwargs)
     k = kube()
-    reconcile_model(k, namespace, name)
+    PASSES.request(namespace, name, now=True)
     refresh_tenants(k, namespace, name, exists=True)
     refresh_pipelines(k, namespace, model=name)
 

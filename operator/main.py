@@ -24,14 +24,15 @@ import os
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import urllib3
 from pydantic import TypeAdapter, ValidationError
 
-from realm.operator import builders, options
-from realm.operator import handlers as _handlers  # noqa: F401  (importing it registers the kopf handlers)
+from realm.operator import builders, fastpath, options
+from realm.operator import handlers as _handlers  # importing it registers the kopf handlers
+from realm.operator.peering_gate import own_identity
 from realm.runtime.spec.model import Toleration
 
 log = logging.getLogger("realm.operator")
@@ -145,6 +146,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     s3.add_argument(
         "--s3-secret-access-key-key", default="AWS_SECRET_ACCESS_KEY", help="its key for the secret key"
     )
+    p.add_argument(
+        "--no-light-watches",
+        dest="light_watches",
+        action="store_false",
+        help="leave new Tenants and Models to kopf's watches alone (see fastpath.py; slower in a burst)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="everything at DEBUG")
     p.add_argument(
         "--object-log-level",
@@ -240,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if not args.verbose:
         logging.getLogger("kopf.objects").setLevel(args.object_log_level)
+        logging.getLogger("realm.operator.objects").setLevel(args.object_log_level)
     configure(args)
 
     namespaces: list[str] = list(args.namespace)
@@ -252,11 +260,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = kopf.OperatorSettings()
     settings.peering.mandatory = not args.standalone
     settings.peering.clusterwide = clusterwide
+    priority = args.priority if args.priority is not None else secrets.randbelow(1_000_000) + 1
+    identity = own_identity()
+    if args.light_watches:
+        peering = None if args.standalone else args.peering
+        fastpath.start(_handlers.kube(), namespaces, clusterwide, peering, identity, priority)
     kopf.run(
         settings=settings,  # handlers.configure (on.startup) adds watching/persistence/posting settings
         standalone=args.standalone,
         peering_name=args.peering,
-        priority=args.priority if args.priority is not None else secrets.randbelow(1_000_000) + 1,
+        identity=cast(Any, identity),  # kopf's Identity is a NewType of str, not exported
+        priority=priority,
         clusterwide=clusterwide,
         namespaces=namespaces,
         liveness_endpoint=args.liveness,

@@ -16,8 +16,10 @@ as the safety net.
 
 `defer`, when given, holds passes back while it says so (re-checked every `settle`, for `max_hold` at
 most): the operator holds Model passes while Tenants' API keys wait to be created, since a pass before
-then would publish a config without those keys and be redone right after. Passes run in a copy of
-`context` when set (kopf's event posting lives in context variables, see workqueue.py).
+then would publish a config without those keys and be redone right after. A request with `now` (a new
+Model: nothing of it exists yet, so waiting gains nothing) skips the settling and the hold once.
+Passes run in a copy of `context` when set (kopf's event posting lives in context variables, see
+workqueue.py).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class PassQueue:
         self._queued: dict[Key, tuple[float, float]] = {}  # key -> (first, last) request time
         self._running: set[Key] = set()
         self._again: set[Key] = set()
+        self._now: set[Key] = set()  # queued keys whose next pass skips settling and deferral
         self._idle = threading.Condition(self._lock)
         self.retry_seconds = retry_seconds
         self.settle = settle
@@ -64,20 +67,25 @@ class PassQueue:
         self.passes = 0  # passes run, for the benchmark's requests-per-pass figure
         self.requests = 0
 
-    def request(self, namespace: str, model: str) -> None:
+    def request(self, namespace: str, model: str, now: bool = False) -> None:
         key = (namespace, model)
-        now = time.monotonic()
+        t = time.monotonic()
         with self._lock:
             self.requests += 1
             queued = self._queued.get(key)
             if queued is not None:
-                self._queued[key] = (queued[0], now)
+                # Its pending wake-up comes within `settle`, and then sees `now`.
+                self._queued[key] = (queued[0], t)
+                if now:
+                    self._now.add(key)
                 return
             if key in self._running:
                 self._again.add(key)
                 return
-            self._queued[key] = (now, now)
-        self._later(self.settle, key)
+            self._queued[key] = (t, t)
+            if now:
+                self._now.add(key)
+        self._later(0 if now else self.settle, key)
 
     def _later(self, delay: float, key: Key) -> None:
         if delay <= 0:
@@ -91,17 +99,19 @@ class PassQueue:
         now = time.monotonic()
         with self._lock:
             first, last = self._queued.get(key, (now, now))
+            urgent = key in self._now
         wait = min(self.settle - (now - last), self.max_wait - (now - first))
-        if wait > 0.01:  # requests keep arriving: keep gathering them (the key stays queued)
+        if wait > 0.01 and not urgent:  # requests keep arriving: keep gathering them (the key stays queued)
             self._later(wait, key)
             return
-        if self._defer is not None and now - first < self.max_hold and self._defer():
+        if not urgent and self._defer is not None and now - first < self.max_hold and self._defer():
             with self._lock:
                 self.deferred += 1
             self._later(max(self.settle, 0.05), key)
             return
         with self._lock:
             self._queued.pop(key, None)
+            self._now.discard(key)
             self._running.add(key)
         failed = False
         try:

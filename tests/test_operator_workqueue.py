@@ -202,3 +202,21 @@ def test_max_hold_bounds_the_wait_of_normal_passes() -> None:
     q.request("status")
     assert q.wait_idle(LONG)  # max_hold let it through long before
     assert rec.started == [("key", True), ("status", False)]
+
+
+def test_a_now_request_skips_settling_and_the_hold_once() -> None:
+    """A new Model's pass (`now`) runs while other passes are held; its later passes are held again."""
+    hold = threading.Event()
+    hold.set()
+    ran: list[str] = []
+    q = PassQueue(lambda ns, m: ran.append(m), settle=0.05, spacing=0.01, defer=hold.is_set)
+    q.request("ns", "old")
+    q.request("ns", "new", now=True)
+    wait_until(lambda: "new" in ran)
+    q.request("ns", "new")
+    wait_until(lambda: q.deferred >= 4)
+    assert ran == ["new"]
+    hold.clear()
+    assert q.wait_idle(LONG)
+    assert sorted(ran) == ["new", "new", "old"]
+    q.shutdown()

@@ -1,0 +1,89 @@
+"""What runs ahead of kopf: light watches of Tenants and Models, gated by kopf's own peering.
+
+A new Tenant needs its API key Secret and a new Model its Deployment; both are worth doing before kopf's
+event loop, which falls seconds behind in a burst, gets to the object (see lightwatch.py for why).
+These watches only *request* the work from the same queues kopf's handlers feed (handlers.TENANTS and
+handlers.PASSES), so there is one code path for the work itself and the queues' keying keeps the two
+sources from running a pass twice at once. kopf stays the source of truth: whatever these watches miss
+or skip, kopf's watch delivers a moment later.
+
+They act only while kopf's peering lets this replica act (peering_gate.py), and not at all when the
+operator watches namespace patterns (kopf resolves those; a light watch per pattern cannot).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from realm.operator import handlers
+from realm.operator.kube import KINDS, Kube
+from realm.operator.lightwatch import LightWatch
+from realm.operator.peering_gate import AlwaysOpen, PeeringGate
+
+log = logging.getLogger("realm.operator.fastpath")
+
+PEERING = ("kopf.dev", "v1")
+
+
+def _is_pattern(namespace: str) -> bool:
+    return any(ch in namespace for ch in "*?[!")
+
+
+def _collection(kind: str, namespace: str | None) -> str:
+    k = KINDS[kind]
+    return k.path(namespace) if namespace is not None else f"/apis/{k.group}/{k.version}/{k.plural}"
+
+
+def start(
+    kube: Kube,
+    namespaces: Sequence[str],
+    clusterwide: bool,
+    peering: str | None,
+    identity: str,
+    priority: int,
+) -> list[LightWatch]:
+    """Start the light watches (and the peering watch behind their gate); [] when they cannot apply.
+
+    `peering` None: standalone, the gate is always open.
+    """
+    if not clusterwide and (not namespaces or any(_is_pattern(n) for n in namespaces)):
+        log.info("no light watches: namespace patterns are resolved by kopf alone")
+        return []
+    scopes: list[str | None] = [None] if clusterwide else list(namespaces)
+    watches: list[LightWatch] = []
+    if peering is None:
+        handlers.GATE = AlwaysOpen()
+    else:
+        gate = PeeringGate(identity, priority, [s or "" for s in scopes])
+        handlers.GATE = gate
+
+        def on_peering(kind: str, obj: Mapping[str, Any]) -> None:
+            scope = str((obj.get("metadata") or {}).get("namespace") or "")
+            gate.observe(scope, None if kind == "DELETED" else (obj.get("status") or {}))
+
+        group, version = PEERING
+        for scope in scopes:
+            path = (
+                f"/apis/{group}/{version}/namespaces/{scope}/kopfpeerings"
+                if scope is not None
+                else f"/apis/{group}/{version}/clusterkopfpeerings"
+            )
+            watches.append(
+                LightWatch(
+                    kube,
+                    path,
+                    on_peering,
+                    query=[("fieldSelector", f"metadata.name={peering}")],
+                    initial=True,
+                    name="peering-watch",
+                )
+            )
+    for scope in scopes:
+        tenants, models = _collection("Tenant", scope), _collection("Model", scope)
+        watches.append(LightWatch(kube, tenants, handlers.tenant_seen_early, name="tenant-watch"))
+        watches.append(LightWatch(kube, models, handlers.model_seen_early, name="model-watch"))
+    for w in watches:
+        w.start()
+    return watches
