@@ -629,6 +629,13 @@ def _capture(kwargs: Mapping[str, Any]) -> None:
         TENANTS.context = PASSES.context = contextvars.copy_context()
 
 
+async def peering_seen(**kwargs: Any) -> None:
+    """kopf's events for its own peering object (main.py registers this unless standalone). The object
+    always exists, so this is the first handler kopf calls once its initial listings are indexed, even
+    in an empty namespace: from then on the light watches may act (they need the indexes)."""
+    _capture(kwargs)
+
+
 def tenant_wants_pass(type: str | None, body: Mapping[str, Any]) -> bool:
     """Whether a Tenant's watch event calls for a pass: when first seen (a create, or the listing at the
     operator's start: level-based, whatever happened while it was down), and when its spec changed since

@@ -24,7 +24,7 @@ from realm.operator.reconcile import FIELD_MANAGER, ObjectKey
 
 Obj = dict[str, Any]
 USER_AGENT = "realm-operator"
-POOL_SIZE = 64
+POOL_SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,9 @@ class Kube:
             config.load_incluster_config(client_configuration=cfg)
         except config.ConfigException:
             config.load_kube_config(client_configuration=cfg)
-        # As many pooled connections as handler threads: a full pool drops connections, and every new
-        # one costs a TLS handshake.
+        # As many pooled connections as threads that may call at once (kopf's handler threads, the two
+        # work queues' workers, the Model passes' concurrent requests): a full pool drops connections,
+        # and every new one costs a TLS handshake.
         cfg.connection_pool_maxsize = POOL_SIZE
         return cls(client.ApiClient(cfg))
 

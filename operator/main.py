@@ -257,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if not args.standalone:
         ensure_peering(args.peering, namespaces, clusterwide)
+        plural = "clusterkopfpeerings" if clusterwide else "kopfpeerings"
+        kopf.on.event(PEERING_GROUP, PEERING_VERSION, plural, field="metadata.name", value=args.peering)(
+            _handlers.peering_seen
+        )
     settings = kopf.OperatorSettings()
     settings.peering.mandatory = not args.standalone
     settings.peering.clusterwide = clusterwide

@@ -50,14 +50,19 @@ class TenantRecord:
 # event (its status echoes included) is indexed, handled and filtered (kopf's `when=`) once each.
 _SPECS: dict[tuple[str, int], TenantSpec | None] = {}
 _SPECS_MAX = 8192
+_UNPARSED: Any = object()
 
 
 def tenant_spec(meta: Mapping[str, Any], spec: Mapping[str, Any] | None) -> TenantSpec | None:
     """The Tenant's parsed spec (None when invalid), parsed once per (uid, generation)."""
     uid, generation = meta.get("uid"), meta.get("generation")
     key = (str(uid), generation) if uid and isinstance(generation, int) else None
-    if key is not None and key in _SPECS:
-        return _SPECS[key]
+    if key is not None:
+        # One lookup, not `in` then `[]`: the light watches' thread calls this too, and a clear() by
+        # another thread between the two would raise.
+        hit = _SPECS.get(key, _UNPARSED)
+        if hit is not _UNPARSED:
+            return hit
     parsed, _ = parse_spec(spec, TenantSpec)
     out = parsed if isinstance(parsed, TenantSpec) else None
     if key is not None:
