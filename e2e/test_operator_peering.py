@@ -67,6 +67,9 @@ HANDLER_LINE = re.compile(r"Handler '(\w+)[^']*' (succeeded|failed)")
 #: What the operator's light watches set going ahead of kopf (operator/fastpath.py), logged at the same
 #: level; they are gated by the same peering.
 AHEAD = "ahead of kopf"
+HELD = "left to kopf (this replica may not act now)"
+#: Logged once per light watch (Tenants, Models, the peering) when its first watch is open.
+LIGHT_WATCHES = 3
 
 
 def _peers(cluster: Cluster) -> dict[str, dict[str, Any]]:
@@ -93,12 +96,14 @@ def _log_has(log: Path, text: str) -> bool:
 
 
 def _handled(log: Path, after: str = "") -> list[str]:
-    """The handlers an operator ran (kopf logs one line per run), all or those after the first `after`."""
+    """The handlers an operator ran on Realm's objects (kopf logs one line per run), all or those after
+    the first `after`. Not `peering_seen`: it only notes that kopf is up, and kopf keeps watching its own
+    peering objects while paused (that is how it learns when to resume)."""
     text = log.read_text(errors="replace")
     if after:
         assert after in text, f"{after!r} not in {log}"
         text = text.split(after, 1)[1]
-    return [m.group(1) for m in HANDLER_LINE.finditer(text)]
+    return [m.group(1) for m in HANDLER_LINE.finditer(text) if m.group(1) != "peering_seen"]
 
 
 def _setup(cluster: Cluster) -> None:
@@ -157,6 +162,11 @@ def test_higher_priority_acts_and_the_other_takes_over_on_sigterm(tmp_path: Path
                          timeout=RECONCILE_TIMEOUT, every=0.25)  # fmt: skip
                 paused = low_log.read_text(errors="replace")
                 assert high_id in paused.split(PAUSING, 1)[1].splitlines()[0]
+                # The new operator's light watches are open (they start with it, and would otherwise
+                # race kopf's for the objects below).
+                wait_for("the light watches of the high-priority operator",
+                         lambda: high_log.read_text(errors="replace").count(": watching") >= LIGHT_WATCHES,
+                         timeout=RECONCILE_TIMEOUT, every=0.25)  # fmt: skip
 
                 began = time.monotonic()
                 world.apply(_tenant("acme"))
@@ -172,9 +182,11 @@ def test_higher_priority_acts_and_the_other_takes_over_on_sigterm(tmp_path: Path
                 assert "tenant_event" in high_ran and "model_changed" in high_ran, high_ran
                 assert low_ran == [], f"the paused operator ran handlers: {low_ran}\n{low_log.read_text()}"
                 # The light watches of the active one acted (they beat kopf's 20 ms batch window); those
-                # of the paused one did not, though they saw the same events.
+                # of the paused one saw the same events and held back.
                 assert AHEAD in high_log.read_text(errors="replace")
-                assert AHEAD not in low_log.read_text(errors="replace").split(PAUSING, 1)[1]
+                low_paused = low_log.read_text(errors="replace").split(PAUSING, 1)[1]
+                assert f"Tenant {NS}/acme: {HELD}" in low_paused and f"Model {NS}/chat: {HELD}" in low_paused
+                assert AHEAD not in low_paused
                 # Created once: the Secret was never replaced (same uid), and exactly one key was generated.
                 again = world.get("secret", "acme-api-key")
                 assert again is not None and again["metadata"]["uid"] == secret["metadata"]["uid"]
@@ -235,7 +247,8 @@ def test_same_priority_both_pause_until_one_leaves(tmp_path: Path) -> None:
                 a_paused = "Pausing all operators, including self"
                 assert _handled(a_log, after=a_paused) == [] and _handled(b_log) == []
                 assert not _log_has(b_log, RESUMING)
-                assert AHEAD not in a_log.read_text(errors="replace").split(a_paused, 1)[1]
+                a_after = a_log.read_text(errors="replace").split(a_paused, 1)[1]
+                assert f"Tenant {NS}/acme: {HELD}" in a_after and AHEAD not in a_after
                 assert not _log_has(b_log, AHEAD)
 
                 stop_began = time.monotonic()

@@ -685,7 +685,10 @@ def tenant_seen_early(type: str, obj: Mapping[str, Any]) -> None:
     if type == "DELETED":
         EARLY.pop(key, None)
         return
-    if type != "ADDED" or key in LATEST or meta.get("deletionTimestamp") or not _may_act_early():
+    if type != "ADDED" or key in LATEST or meta.get("deletionTimestamp"):
+        return
+    if not _may_act_early():
+        objects_log.info("Tenant %s/%s: left to kopf (this replica may not act now)", namespace, name)
         return
     if _key_missing(namespace, name, world.tenant_spec(meta, obj.get("spec"))):
         EARLY[key] = obj
@@ -695,11 +698,14 @@ def tenant_seen_early(type: str, obj: Mapping[str, Any]) -> None:
 
 def model_seen_early(type: str, obj: Mapping[str, Any]) -> None:
     """A light watch's Model event: a new Model's pass runs at once (its Deployment is created), without
-    the settling and holding that batch later passes. kopf's create handler still runs; it finds the
-    children in place and writes nothing but the status."""
+    the settling and holding that batch later passes. kopf's create handler requests the same pass a
+    moment later: the queue merges the two, or runs one more pass that finds the children in place."""
     meta = obj.get("metadata") or {}
     namespace, name = meta.get("namespace"), meta.get("name")
-    if type != "ADDED" or not (namespace and name) or meta.get("deletionTimestamp") or not _may_act_early():
+    if type != "ADDED" or not (namespace and name) or meta.get("deletionTimestamp"):
+        return
+    if not _may_act_early():
+        objects_log.info("Model %s/%s: left to kopf (this replica may not act now)", namespace, name)
         return
     assert INDEXES is not None
     if any(m.name == name for m in world.records_in(INDEXES.models, namespace)):

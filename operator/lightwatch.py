@@ -61,6 +61,7 @@ class LightWatch:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._resp: Any = None  # the open watch response, shut down by stop()
         self.version: str | None = None  # where the next watch resumes; None: list first
+        self.watching = threading.Event()  # set once the first watch request is open
         self.events = 0
 
     def start(self) -> None:
@@ -131,6 +132,9 @@ class LightWatch:
             _request_timeout=(10, self._server_timeout + 30),
         )
         self._resp = resp
+        if not self.watching.is_set():
+            log.info("light watch of %s: watching", self._path)
+            self.watching.set()
         try:
             buffer = b""
             for chunk in resp.stream(amt=None, decode_content=False):
