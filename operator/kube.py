@@ -24,7 +24,7 @@ from realm.operator.reconcile import FIELD_MANAGER, ObjectKey
 
 Obj = dict[str, Any]
 USER_AGENT = "realm-operator"
-POOL_SIZE = 128
+POOL_SIZE = 192
 
 
 @dataclass(frozen=True)
