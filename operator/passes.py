@@ -24,12 +24,15 @@ workqueue.py).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+
+from realm.operator.timers import Timers
 
 log = logging.getLogger("realm.operator.passes")
 
@@ -58,6 +61,8 @@ class PassQueue:
         self._running: set[Key] = set()
         self._again: set[Key] = set()
         self._now: set[Key] = set()  # queued keys whose next pass skips settling and deferral
+        self._timers = Timers("model-pass-timers")
+        self._retrying = 0  # failed passes waiting for their retry
         self._idle = threading.Condition(self._lock)
         self.retry_seconds = retry_seconds
         self.settle = settle
@@ -89,11 +94,19 @@ class PassQueue:
 
     def _later(self, delay: float, key: Key) -> None:
         if delay <= 0:
+            self._submit(key)
+        else:
+            self._timers.call_later(delay, self._submit, key)
+
+    def _submit(self, key: Key) -> None:
+        with contextlib.suppress(RuntimeError):  # shut down: nothing runs any more
             self._pool.submit(self._work, key)
-            return
-        timer = threading.Timer(delay, self._pool.submit, args=(self._work, key))
-        timer.daemon = True
-        timer.start()
+
+    def _retry(self, key: Key) -> None:
+        self.request(*key)  # queued before it stops counting as retrying: wait_idle sees no gap
+        with self._lock:
+            self._retrying -= 1
+            self._idle.notify_all()
 
     def _work(self, key: Key) -> None:
         now = time.monotonic()
@@ -134,14 +147,14 @@ class PassQueue:
         if again:
             self._later(self.spacing, key)
         elif failed:
-            timer = threading.Timer(self.retry_seconds, self.request, args=key)
-            timer.daemon = True
-            timer.start()
+            with self._lock:
+                self._retrying += 1
+            self._timers.call_later(self.retry_seconds, self._retry, key)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until nothing is queued or running (tests)."""
+        """Block until nothing is queued, running or waiting to be retried (tests)."""
         with self._lock:
-            return self._idle.wait_for(lambda: not (self._queued or self._running), timeout)
+            return self._idle.wait_for(lambda: not (self._queued or self._running or self._retrying), timeout)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

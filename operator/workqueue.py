@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
+from realm.operator.timers import Timers
+
 log = logging.getLogger("realm.operator.workqueue")
 
 K = TypeVar("K", bound=Hashable)
@@ -63,6 +65,8 @@ class WorkQueue(Generic[K]):
         self._failures: dict[K, int] = {}
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._timers = Timers(f"{name}-timers")
+        self._retrying = 0  # failed passes waiting for their retry
         self.context: contextvars.Context | None = None
         self.passes = 0
         self.failed = 0
@@ -93,9 +97,9 @@ class WorkQueue(Generic[K]):
             return recent or any(self._queued.get(k) for k in self._urgent)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until nothing is queued or running (tests)."""
+        """Block until nothing is queued, running or waiting to be retried (tests)."""
         with self._lock:
-            return self._idle.wait_for(lambda: not (self._queued or self._running), timeout)
+            return self._idle.wait_for(lambda: not (self._queued or self._running or self._retrying), timeout)
 
     def shutdown(self) -> None:
         with self._lock:
@@ -157,9 +161,15 @@ class WorkQueue(Generic[K]):
                 self.request(key, again)
             elif not ok:
                 delay = self._backoff[min(failures, len(self._backoff)) - 1]
-                timer = threading.Timer(delay, self.request, args=(key, urgent))
-                timer.daemon = True
-                timer.start()
+                with self._lock:
+                    self._retrying += 1
+                self._timers.call_later(delay, self._retry, key, urgent)
+
+    def _retry(self, key: K, urgent: bool) -> None:
+        self.request(key, urgent)  # queued before it stops counting as retrying: wait_idle sees no gap
+        with self._lock:
+            self._retrying -= 1
+            self._idle.notify_all()
 
     def _run(self, key: K, urgent: bool) -> bool:
         try:

@@ -220,3 +220,15 @@ def test_a_now_request_skips_settling_and_the_hold_once() -> None:
     assert q.wait_idle(LONG)
     assert sorted(ran) == ["new", "new", "old"]
     q.shutdown()
+
+
+def test_wait_idle_waits_for_a_scheduled_retry() -> None:
+    """A failed pass is not idle work: wait_idle returns only once its retry has run."""
+    rec = Recorder()
+    rec.release.set()
+    rec.fail["flaky"] = 1
+    q: WorkQueue[str] = WorkQueue(rec, workers=1, backoff=(0.2,), name="t")
+    q.request("flaky")
+    assert q.wait_idle(LONG)
+    assert rec.started == [("flaky", False), ("flaky", False)] and q.failed == 1
+    q.shutdown()
