@@ -93,5 +93,4 @@ def test_light_watch_delivers_new_events_resumes_after_an_apiserver_restart_and_
         for w in watches:
             w.stop()
         for w in watches:
-            w.join(timeout=10)
-            assert not w._thread.is_alive(), "stop() did not end the watch thread"
+            assert w.join(timeout=10), "stop() did not end the watch thread"

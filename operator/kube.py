@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +134,10 @@ class Kube:
             item.setdefault("apiVersion", k.api_version)
             item.setdefault("kind", kind)
         return list(items)
+
+    def read(self, path: str, query: Sequence[tuple[str, str]] = ()) -> Obj:
+        """GET any API path (e.g. a collection with a field selector), decoded."""
+        return self._call("GET", path, query=[*query])
 
     def serves(self, group_version: str, plural: str) -> bool:
         """Whether the apiserver serves a resource, e.g. ("gateway.networking.k8s.io/v1", "httproutes")."""

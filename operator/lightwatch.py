@@ -75,14 +75,16 @@ class LightWatch:
             with contextlib.suppress(Exception):  # already closed
                 resp.shutdown()
 
-    def join(self, timeout: float | None = None) -> None:
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end; whether it has."""
         self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _list(self, deliver: bool) -> str:
         """List (delivering the items as ADDED when `deliver`); the collection's resourceVersion."""
         # Only the resourceVersion is wanted otherwise: limit=1 spares the apiserver the items.
         query = self._query + ([] if deliver else [("limit", "1")])
-        listing = self._kube._call("GET", self._path, query=query)
+        listing = self._kube.read(self._path, query)
         if deliver:
             for item in listing.get("items") or []:
                 self._deliver("ADDED", item)
