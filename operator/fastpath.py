@@ -18,22 +18,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from realm.operator import handlers
-from realm.operator.kube import KINDS, Kube
+from realm.operator.kube import KINDS, Kube, peering_kind
 from realm.operator.lightwatch import LightWatch
 from realm.operator.peering_gate import AlwaysOpen, PeeringGate
 
 log = logging.getLogger("realm.operator.fastpath")
 
-PEERING = ("kopf.dev", "v1")
-
 
 def _is_pattern(namespace: str) -> bool:
     return any(ch in namespace for ch in "*?[!")
-
-
-def _collection(kind: str, namespace: str | None) -> str:
-    k = KINDS[kind]
-    return k.path(namespace) if namespace is not None else f"/apis/{k.group}/{k.version}/{k.plural}"
 
 
 def start(
@@ -63,17 +56,12 @@ def start(
             scope = str((obj.get("metadata") or {}).get("namespace") or "")
             gate.observe(scope, None if kind == "DELETED" else (obj.get("status") or {}))
 
-        group, version = PEERING
+        peerings = peering_kind(clusterwide)
         for scope in scopes:
-            path = (
-                f"/apis/{group}/{version}/namespaces/{scope}/kopfpeerings"
-                if scope is not None
-                else f"/apis/{group}/{version}/clusterkopfpeerings"
-            )
             watches.append(
                 LightWatch(
                     kube,
-                    path,
+                    peerings.path(scope),
                     on_peering,
                     query=[("fieldSelector", f"metadata.name={peering}")],
                     initial=True,
@@ -81,7 +69,7 @@ def start(
                 )
             )
     for scope in scopes:
-        tenants, models = _collection("Tenant", scope), _collection("Model", scope)
+        tenants, models = KINDS["Tenant"].path(scope), KINDS["Model"].path(scope)
         watches.append(LightWatch(kube, tenants, handlers.tenant_seen_early, name="tenant-watch"))
         watches.append(LightWatch(kube, models, handlers.model_seen_early, name="model-watch"))
     for w in watches:

@@ -37,9 +37,12 @@ class Kind:
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
-    def path(self, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+    def path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+        """The API path of an object or (no name) a collection; `namespace` None: cluster-wide (a
+        cluster-scoped kind, or every namespace's objects of a namespaced one)."""
         base = "/api/v1" if not self.group else f"/apis/{self.group}/{self.version}"
-        out = f"{base}/namespaces/{namespace}/{self.plural}"
+        scope = f"/namespaces/{namespace}" if namespace is not None else ""
+        out = f"{base}{scope}/{self.plural}"
         if name is not None:
             out += f"/{name}"
         if sub is not None:
@@ -57,7 +60,14 @@ KINDS: dict[str, Kind] = {
     "Tenant": Kind("realm.dev", "v1alpha1", "tenants"),
     "Model": Kind("realm.dev", "v1alpha1", "models"),
     "Pipeline": Kind("realm.dev", "v1alpha1", "pipelines"),
+    # kopf's peering (leader election) objects: one per watched namespace, or one cluster-wide.
+    "KopfPeering": Kind("kopf.dev", "v1", "kopfpeerings"),
+    "ClusterKopfPeering": Kind("kopf.dev", "v1", "clusterkopfpeerings"),
 }
+
+
+def peering_kind(clusterwide: bool) -> Kind:
+    return KINDS["ClusterKopfPeering" if clusterwide else "KopfPeering"]
 
 
 class Kube:

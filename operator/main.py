@@ -32,11 +32,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from realm.operator import builders, fastpath, options
 from realm.operator import handlers as _handlers  # importing it registers the kopf handlers
+from realm.operator.kube import peering_kind
 from realm.operator.peering_gate import own_identity
 from realm.runtime.spec.model import Toleration
 
 log = logging.getLogger("realm.operator")
-PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
+PEERING_GROUP, PEERING_VERSION = peering_kind(False).group, peering_kind(False).version
 
 
 def _gateway(value: str) -> builders.GatewayRef:
@@ -214,12 +215,12 @@ def ensure_peering(name: str, namespaces: Sequence[str], clusterwide: bool, time
                 if ns is None:
                     kind = {**body, "kind": "ClusterKopfPeering"}
                     api.create_cluster_custom_object(
-                        PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", kind
+                        PEERING_GROUP, PEERING_VERSION, peering_kind(True).plural, kind
                     )
                 else:
                     kind = {**body, "kind": "KopfPeering"}
                     api.create_namespaced_custom_object(
-                        PEERING_GROUP, PEERING_VERSION, ns, "kopfpeerings", kind
+                        PEERING_GROUP, PEERING_VERSION, ns, peering_kind(False).plural, kind
                     )
                 log.info("created peering %s %s", name, f"in {ns}" if ns else "cluster-wide")
                 break
@@ -257,10 +258,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if not args.standalone:
         ensure_peering(args.peering, namespaces, clusterwide)
-        plural = "clusterkopfpeerings" if clusterwide else "kopfpeerings"
-        kopf.on.event(PEERING_GROUP, PEERING_VERSION, plural, field="metadata.name", value=args.peering)(
-            _handlers.peering_seen
-        )
+        peerings = peering_kind(clusterwide)
+        kopf.on.event(
+            peerings.group, peerings.version, peerings.plural, field="metadata.name", value=args.peering
+        )(_handlers.peering_seen)
     settings = kopf.OperatorSettings()
     settings.peering.mandatory = not args.standalone
     settings.peering.clusterwide = clusterwide
