@@ -22,3 +22,4 @@ bench:
 	.venv/bin/python bench/bench_sandbox.py
 	.venv/bin/python bench/bench_operator.py
 	.venv/bin/python bench/bench_kv.py
+	.venv/bin/python bench/bench_portable.py

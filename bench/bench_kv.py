@@ -62,6 +62,7 @@ from realm.runtime.kvstore import S3Config  # noqa: E402
 from realm.runtime.kvstore.codec import read_header  # noqa: E402
 from realm.runtime.kvstore.s3 import S3Tier  # noqa: E402
 from realm.runtime.server import Runtime  # noqa: E402
+from realm.runtime.spec.engine_args import LlamaCppArgs  # noqa: E402
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key  # noqa: E402
 
 MODEL = DEFAULT_MODEL
@@ -716,10 +717,10 @@ def _compare(ref: Logits, other: Logits) -> tuple[int, float, float]:
 
 
 def measure_q8(prompt: list[int], new_tokens: int, next_prompt: list[int], cached: int) -> QuantResult:
-    """f16 vs q8_0 KV on the conversation's history, with llama.cpp's low-level API (the engine keeps f16);
+    """f16 vs q8_0 KV on the conversation's history, via llama.cpp's low-level API (engine default: f16);
     first the engine floor of the next turn's TTFT (`measure_floor`)."""
     res = QuantResult(prompt_tokens=len(prompt), new_tokens=new_tokens)
-    model = native.load_model(resolve_source(SOURCE))
+    model = native.load_model(resolve_source(SOURCE), LlamaCppArgs())
     res.floor = measure_floor(model, next_prompt, cached, 5)
     ctxs = {name: _context(model, kv, fa) for name, (kv, fa) in KV_CONFIGS.items()}
     others = [n for n in ctxs if n != "f16"]

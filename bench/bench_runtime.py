@@ -3,7 +3,8 @@ fairness between tenants under a flood. Figures are printed last, as ratios take
 
   (a) llama.cpp driving the same GGUF directly: bench/cbatch.c, compiled against the wheel's
       libllama with the vendored llama.h, one batched llama_decode per step, no HTTP.
-  (b) llama-cpp-python's own OpenAI server (`python -m llama_cpp.server`).
+  (b) llama-cpp-python's own OpenAI server (`python -m llama_cpp.server`, after loading ggml's
+      backends the way the runtime does).
 
 Usage: .venv/bin/python bench/bench_runtime.py [--quick]
 """
@@ -129,6 +130,7 @@ def build_cbatch() -> Path:
             f"-I{inc / 'ggml' / 'include'}",
             f"-L{lib}",
             "-lllama",
+            "-lggml",
             f"-Wl,-rpath,{lib}",
         ],
         check=True,
@@ -141,6 +143,14 @@ def chat_prompt_text() -> str:
     return f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def cpu_backend_path() -> str:
+    """The ggml CPU variant the runtime loads on this CPU ("" for a build with its CPU backend linked in)."""
+    from realm.runtime.engines import llamacpp_native as native
+
+    path = native.init_backend().cpu_variant_path
+    return str(path) if path else ""
+
+
 def run_cbatch(binary: Path, gguf: Path, n: int) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
         f.write(chat_prompt_text())
@@ -150,6 +160,7 @@ def run_cbatch(binary: Path, gguf: Path, n: int) -> float:
             check=True,
             capture_output=True,
             text=True,
+            env={**os.environ, "CBATCH_GGML_BACKEND": cpu_backend_path()},
         ).stdout.split()
     return int(out[0]) / float(out[1])
 
@@ -298,10 +309,12 @@ def main() -> None:
     # llama_cpp.server: EOS banned through logit_bias, the only way its API offers.
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    # Loads ggml's backends the way the runtime does first (the bindings do not), then runs the server.
     cmd = [
         PY,
-        "-m",
-        "llama_cpp.server",
+        "-c",
+        "import runpy; from realm.runtime.engines import llamacpp_native as n; n.init_backend(); "
+        "runpy.run_module('llama_cpp.server', run_name='__main__')",
         "--model",
         str(gguf),
         "--n_ctx",

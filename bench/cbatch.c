@@ -36,6 +36,10 @@ int main(int argc, char **argv) {
     prompt[plen] = 0;
 
     llama_log_set(quiet, NULL);
+    /* A portable build (scripts/build-llama.sh) holds its CPU backend as loadable variants: load the
+       one Realm's runtime picks (bench_runtime.py passes its path), as the runtime does. */
+    const char *backend = getenv("CBATCH_GGML_BACKEND");
+    if (backend && *backend && !ggml_backend_load(backend)) { fprintf(stderr, "cannot load %s\n", backend); return 1; }
     llama_backend_init();
     struct llama_model_params mp = llama_model_default_params();
     struct llama_model *model = llama_model_load_from_file(argv[1], mp);

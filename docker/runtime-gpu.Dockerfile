@@ -6,13 +6,26 @@
 #
 # Not built or run here (no Docker engine, no GPU): the tag and the Python version are untested.
 # TensorRT-LLM's release images ship their own Python (3.12 in recent ones) while pyproject.toml
-# says <3.12, hence --ignore-requires-python; llama.cpp is left out (trtllm versions do not use it).
+# says <3.12, hence --ignore-requires-python.
+#
+# llama.cpp is built too, by scripts/build-llama.sh cuda: ggml's CUDA backend plus every CPU variant,
+# so a `llamacpp` version on a GPU pod offloads its layers (the operator sets nGpuLayers: -1 when the
+# Model asks for a GPU) and still runs on the CPU of any node. CUDA_ARCHITECTURES picks the GPUs.
 
 ARG TRTLLM_IMAGE=nvcr.io/nvidia/tensorrt-llm/release:1.0.0
 
 FROM ${TRTLLM_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+ARG CUDA_ARCHITECTURES="80;86;89;90"
 WORKDIR /src
+COPY scripts/build-llama.sh scripts/
+# The base image has nvcc and a C++ toolchain; cmake (>= 3.21) comes from PyPI.
+RUN python3 -m pip install --prefix=/opt/build-tools "cmake==3.31.6" \
+ && wheel="$(PATH=/opt/build-tools/bin:$PATH PYTHONPATH="$(python3 -c 'import sys; print("/opt/build-tools/lib/python%d.%d/site-packages" % sys.version_info[:2])')" \
+      CUDA_ARCHITECTURES="$CUDA_ARCHITECTURES" REALM_CACHE=/tmp/llama PYTHON=python3 scripts/build-llama.sh cuda)" \
+ && python3 -m pip install --no-deps --prefix=/opt/realm /tmp/llama/llama-cpp-python/*/llama_cpp_python-*.whl \
+ && cp "$(dirname "$wheel")/BUILD-INFO" /opt/realm/lib/python3*/site-packages/llama_cpp/realm-build.txt \
+ && rm -rf /tmp/llama /opt/build-tools
 COPY pyproject.toml setup.py README.md ./
 COPY realm/ realm/
 COPY runtime/ runtime/

@@ -464,8 +464,8 @@ def test_upgrade_with_a_changed_value_rolls_the_operator(env: Env) -> None:
     revision = int(dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"])
     began = time.monotonic()
     env.helm("upgrade", RELEASE, str(CHART), "-n", NS, "--reuse-values", "--wait", "--timeout", "120s",
-             "--set", "runtime.image.tag=0.1.1", "--set", "s3.bucket=realm-kv",
-             "--set", "s3.credentialsSecret.name=realm-s3")  # fmt: skip
+             "--set", "runtime.image.tag=0.1.1", "--set", "runtime.gpuImage.tag=0.1.1",
+             "--set", "s3.bucket=realm-kv", "--set", "s3.credentialsSecret.name=realm-s3")  # fmt: skip
 
     def rolled() -> list[dict[str, Any]] | None:
         pods = [p for p in operator_pods(env) if not p["metadata"].get("deletionTimestamp")]
@@ -482,6 +482,7 @@ def test_upgrade_with_a_changed_value_rolls_the_operator(env: Env) -> None:
     assert (
         "--runtime-image=ghcr.io/realm-dev/realm-runtime-cpu:0.1.1" in args and "--s3-bucket=realm-kv" in args
     )
+    assert "--runtime-gpu-image=ghcr.io/realm-dev/realm-runtime-gpu:0.1.1" in args
 
     # The new flags reach the runtime pods: the operator (as the chart runs it now) rewrites the Model's
     # Deployment with the new image and the S3 settings.
@@ -494,6 +495,8 @@ def test_upgrade_with_a_changed_value_rolls_the_operator(env: Env) -> None:
             return c if c.get("image", "").endswith(":0.1.1") else None
 
         c = wait_for("chat-v1 with the upgraded runtime image", rewritten)
+    # chat asks for a GPU: its llama.cpp pods run the GPU image (CUDA llama.cpp), not the CPU one.
+    assert c["image"] == "ghcr.io/realm-dev/realm-runtime-gpu:0.1.1", c["image"]
     envs = {v["name"]: v.get("value", v.get("valueFrom")) for v in c["env"]}
     assert envs["REALM_S3_BUCKET"] == "realm-kv"
     assert envs["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "realm-s3", "key": "AWS_ACCESS_KEY_ID"}}

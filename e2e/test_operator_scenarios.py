@@ -148,6 +148,13 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("pipeline step depending on an unknown step", {"kind": "Pipeline", "spec": {"tenant": "acme", "steps": [
         {"name": "a", "model": "m", "promptTemplate": "{{input}}", "dependsOn": ["ghost"]}]}},
      "dependsOn must name other steps of this pipeline"),
+    ("ill-typed llama.cpp engineArgs", {"kind": "Model", "spec": {
+        "versions": [{"name": "v1", "source": "pypi:m", "engineArgs": {"nGpuLayers": "all"}}],
+        "replicas": 1}},
+     "spec.versions[0].engineArgs.nGpuLayers: Invalid value: \"string\""),
+    ("unknown KV cache type", {"kind": "Model", "spec": {
+        "versions": [{"name": "v1", "source": "pypi:m", "engineArgs": {"cacheTypeK": "q3"}}], "replicas": 1}},
+     'spec.versions[0].engineArgs.cacheTypeK: Unsupported value: "q3"'),
     ("two module sources", {"kind": "Tenant", "spec": {"wasm": {
         "configMap": "mod", "s3Uri": "s3://bucket/mod.wasm", "sha256": "0" * 64}}},
      "set configMap or s3Uri, not both"),
@@ -163,6 +170,29 @@ def test_invalid_resources_are_rejected_with_a_readable_message(
     assert out.returncode != 0, f"{case}: accepted"
     assert message in out.stderr, out.stderr
     assert world.get(obj["kind"].lower(), "bad") is None
+
+
+def test_an_unknown_llamacpp_engine_arg_is_named_in_the_model_status(world: World, tmp_path: Path) -> None:
+    """The schema cannot list the keys of one engine only (TensorRT-LLM versions keep theirs), so the
+    apiserver accepts the object and the operator says what is wrong: Ready False, reason Invalid, the
+    key named; nothing is deployed for it. A known key is shown by `kubectl explain` with its default."""
+    with operator(world.cluster, tmp_path / "operator.log"):
+        bad = _model("typo", ["v1"], None)
+        bad["spec"]["versions"][0]["engineArgs"] = {"nGpuLayer": 10}
+        world.apply(bad)
+
+        def invalid() -> dict[str, Any] | None:
+            ready = _conditions(world.get("model", "typo")).get("Ready", {})
+            return ready if ready.get("reason") == "Invalid" else None
+
+        ready = wait_for("Model typo to report Invalid", invalid, timeout=TIMEOUT)
+        assert ready["status"] == "False"
+        assert "version v1: engineArgs: unknown key nGpuLayer for engine llamacpp" in ready["message"], ready
+        assert world.get("deployment", "typo-v1") is None
+        world.cluster.kubectl("delete", "model", "typo", "-n", NS)
+    explain = world.cluster.kubectl("explain", "models.spec.versions.engineArgs.nGpuLayers").stdout
+    assert "Default: -1 when the version's pods request a GPU" in " ".join(explain.split()), explain
+    assert "<integer>" in explain, explain
 
 
 def test_a_version_is_immutable_once_created(world: World) -> None:

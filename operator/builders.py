@@ -114,7 +114,9 @@ class BuildOptions:
     modules_dir: str | None = None
     extra_labels: tuple[tuple[str, str], ...] = field(default=())
     # Cluster-wide runtime defaults (the chart's `runtime.*` values, via operator flags).
-    gpu_image: str | None = None  # image of `trtllm` versions; `image` when unset
+    gpu_image: str | None = (
+        None  # image of pods that request a GPU (TensorRT-LLM, CUDA llama.cpp); `image` when unset
+    )
     gpu_resource: str = GPU_RESOURCE  # extended resource a GPU is requested as
     node_selector: tuple[tuple[str, str], ...] = ()  # merged under the Model's own (the Model wins)
     tolerations: tuple[Manifest, ...] = ()  # put before the Model's own
@@ -212,8 +214,17 @@ def model_config(model: ModelResource, version: str) -> ModelConfig:
         prefill_chunk=rt.prefill_chunk,
         threads=rt.threads,
         chat_template=v.chat_template,
-        engine_args=dict(sorted(v.engine_args.items())),
+        engine_args=_engine_args(v, gpus=model.spec.resources.gpu),
     )
+
+
+def _engine_args(v: ModelVersion, *, gpus: int) -> dict[str, str | int | float | bool]:
+    """The version's engineArgs as the runtime reads them, with the defaults that depend on the pod made
+    explicit: a llamacpp version whose pods hold a GPU offloads every layer unless it says otherwise."""
+    args = dict(v.engine_args)
+    if v.engine == "llamacpp" and "nGpuLayers" not in args:
+        args["nGpuLayers"] = -1 if gpus >= 1 else 0
+    return dict(sorted(args.items()))
 
 
 def pipeline_entry(name: str, spec: PipelineSpec) -> PipelineEntry:
@@ -446,7 +457,9 @@ def deployment(
             )
             volumes.append({"name": "configmap-modules", "projected": {"sources": sources}})
 
-    image = opts.gpu_image if v.engine == "trtllm" and opts.gpu_image else opts.image
+    # The GPU image carries TensorRT-LLM and a CUDA build of llama.cpp; a CPU image would leave a GPU idle.
+    wants_gpu = v.engine == "trtllm" or model.spec.resources.gpu >= 1
+    image = opts.gpu_image if wants_gpu and opts.gpu_image else opts.image
     container: Manifest = {
         "name": "runtime",
         "image": image,

@@ -110,7 +110,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modules-dir", default=None, help="tenant WebAssembly module folder in the pods")
     rt = p.add_argument_group("runtime pod defaults")
     rt.add_argument(
-        "--runtime-gpu-image", default=None, help="image of trtllm versions (default: --runtime-image)"
+        "--runtime-gpu-image",
+        default=None,
+        help="image of pods that request a GPU (trtllm, CUDA llama.cpp; default: --runtime-image)",
     )
     rt.add_argument(
         "--gpu-resource-name", default=builders.GPU_RESOURCE, help="extended resource a GPU is requested as"

@@ -34,6 +34,18 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         help="Seconds in-flight requests get to finish after SIGTERM/SIGINT (default: %(default)s).",
     )
+    doctor = sub.add_parser(
+        "doctor",
+        help="Print the CPU, llama.cpp build and backend, models, caches and e2e binaries; "
+        "exit non-zero when something is missing.",
+    )
+    doctor.add_argument(
+        "--config", type=Path, help="Check this runtime config's models instead of the defaults."
+    )
+    doctor.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    doctor.add_argument(
+        "--no-decode", action="store_true", help="Skip the greedy decode of a few tokens in a child process."
+    )
     tenant = sub.add_parser("tenant", help="Tenant WebAssembly modules.")
     tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True)
     build = tenant_sub.add_parser(
@@ -122,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.command == "serve":
         sys.exit(serve(args))
+    if args.command == "doctor":
+        from realm.doctor import main as doctor_main
+
+        sys.exit(doctor_main(args.config, as_json=args.json, decode=not args.no_decode))
     if args.command == "tenant" and args.tenant_command == "build":
         sys.exit(tenant_build(args))
 

@@ -64,7 +64,9 @@ def test_gpu_pod_gets_every_default_and_the_model_wins_on_conflicts() -> None:
     assert p["runtimeClassName"] == "nvidia"
     assert p["imagePullSecrets"] == [{"name": "regcred"}]
     assert p["automountServiceAccountToken"] is False
-    assert c["image"] == "cpu:1"  # llama.cpp version
+    # Both versions hold a GPU, so both run the GPU image: TensorRT-LLM for trtllm, and llama.cpp built
+    # with CUDA for llamacpp (the CPU image would leave the GPU idle).
+    assert c["image"] == "gpu:1"  # llama.cpp version
     assert pod(GPU_SPEC, DEFAULTS, "v2")["containers"][0]["image"] == "gpu:1"  # trtllm version
 
 

@@ -191,16 +191,37 @@ def test_operator_image_installs_what_the_operator_imports() -> None:
     assert not {"llama-cpp-python", "wasmtime", "numpy"} & imported
 
 
-def test_cpu_runtime_builds_llama_cpp_like_bootstrap() -> None:
-    def flags(text: str) -> set[str]:
-        return set(re.findall(r"-DGGML_\w+=\w+", text))
+def _build_llama_calls(text: str) -> list[str]:
+    return re.findall(r"scripts/build-llama\.sh (portable|native|cuda)\b", text)
 
-    bootstrap = (REPO / "scripts/bootstrap.sh").read_text()
-    docker = FILES["runtime-cpu.Dockerfile"].read_text()
-    assert flags(docker) == flags(bootstrap) and "-DGGML_AMX_TILE=OFF" in flags(docker)
-    assert str(pip_requirements(FILES["runtime-cpu.Dockerfile"])["llama-cpp-python"].specifier) == str(
-        DEPS["llama-cpp-python"].specifier
-    )
+
+def test_runtime_images_build_llama_cpp_with_the_script_bootstrap_uses() -> None:
+    """One recipe (scripts/build-llama.sh) for bootstrap and both images: the CPU image's portable build
+    runs on every CPU of its architecture, the GPU image's adds CUDA to the same CPU variants."""
+    assert _build_llama_calls((REPO / "scripts/bootstrap.sh").read_text()) == ["portable"]
+    runs = {n: " ".join(a for w, a in instructions(FILES[n]) if w == "RUN") for n in FILES}
+    assert _build_llama_calls(runs["runtime-cpu.Dockerfile"]) == ["portable"]
+    assert _build_llama_calls(runs["runtime-gpu.Dockerfile"]) == ["cuda"]
+    for name in ("runtime-cpu.Dockerfile", "runtime-gpu.Dockerfile"):
+        copies = [a for w, a in instructions(FILES[name]) if w == "COPY"]
+        assert "scripts/build-llama.sh scripts/" in copies, name
+    # The pip requirement the image installs from the wheel matches pyproject's pin.
+    script = (REPO / "scripts/build-llama.sh").read_text()
+    (version,) = re.findall(r"^LLAMA_VERSION=(\S+)$", script, flags=re.M)
+    assert str(DEPS["llama-cpp-python"].specifier) == f"=={version}"
+
+
+def test_portable_and_cuda_builds_force_no_instruction_set() -> None:
+    """-DGGML_NATIVE=ON or a forced GGML_AVX512/AVX_VNNI/AMX flag makes a build that dies with SIGILL on
+    CPUs without them; the portable flavours build every variant and choose at run time."""
+    script = (REPO / "scripts/build-llama.sh").read_text()
+    for flavour in ("portable", "cuda"):
+        (line,) = re.findall(rf"^\s+{flavour}\) cmake_args=\"([^\"]+)\"", script, flags=re.M)
+        flags = set(re.findall(r"-DGGML_\w+=\w+", line))
+        assert {"-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON"} <= flags, flavour
+        forced = {f for f in flags if re.match(r"-DGGML_(AVX|AMX|FMA|F16C|BMI2|SSE)", f)}
+        assert not forced, f"{flavour} forces {forced}"
+    assert "pip wheel --no-cache-dir" in script
 
 
 def test_gpu_runtime_is_on_tensorrt_llm_and_installs_the_runtime_deps() -> None:
@@ -208,7 +229,9 @@ def test_gpu_runtime_is_on_tensorrt_llm_and_installs_the_runtime_deps() -> None:
     base = args(path)["TRTLLM_IMAGE"]
     assert base.startswith("nvcr.io/nvidia/tensorrt-llm/release:") and not base.endswith(":latest")
     reqs = pip_requirements(path)
-    # The operator's client libraries and llama.cpp are not the GPU runtime's business.
-    assert set(reqs) == set(DEPS) - {"llama-cpp-python", "kopf", "kubernetes"}
+    # The operator's client libraries are not the GPU runtime's business; llama.cpp comes from
+    # scripts/build-llama.sh cuda (test_runtime_images_build_llama_cpp_with_the_script_bootstrap_uses).
+    assert set(reqs) == set(DEPS) - {"llama-cpp-python", "kopf", "kubernetes"} | {"cmake"}
+    assert str(reqs.pop("cmake").specifier) == "==3.31.6"  # the llama.cpp build's, not the image's
     for name, req in reqs.items():
         assert str(req.specifier) == str(DEPS[name].specifier), f"{name}: Dockerfile and pyproject disagree"

@@ -128,14 +128,33 @@ build_target() {
     esac
 }
 
+# Rough build times on 2 cores (seconds), printed so a first build says how long it will take. The
+# first Kubernetes binary compiles the dependencies the others share, hence kube-apiserver's share.
+estimate() {
+    case "$1" in
+        etcd) echo 150 ;; kube-apiserver) echo 420 ;; kubectl) echo 30 ;; kube-controller-manager) echo 80 ;;
+        kube-scheduler) echo 20 ;; kwok) echo 60 ;; helm) echo 60 ;; minio) echo 180 ;; *) echo 60 ;;
+    esac
+}
+
 main() {
-    local failed=() target start secs
+    local failed=() todo=() target start secs total=0
+    for target in "${targets[@]}"; do
+        if ! [[ -x "$bin_dir/$target" && ("$target" != kwok || -s "$bin_dir/kwok-stages.yaml") ]]; then
+            todo+=("$target")
+            total=$((total + $(estimate "$target")))
+        fi
+    done
+    if [[ ${#todo[@]} -gt 0 ]]; then
+        log "building ${todo[*]} from the Go module proxy: about $(((total + 59) / 60)) min on 2 cores" \
+            "(-p $jobs), once; cached in $bin_dir (key: versions.env + go version)"
+    fi
     for target in "${targets[@]}"; do
         if [[ -x "$bin_dir/$target" && ("$target" != kwok || -s "$bin_dir/kwok-stages.yaml") ]]; then
             log "$target: present, skipping ($bin_dir/$target)"
             continue
         fi
-        log "$target: building"
+        log "$target: building (about $(estimate "$target") s)"
         start=$SECONDS
         if build_target "$target"; then
             secs=$((SECONDS - start))
@@ -148,7 +167,8 @@ main() {
     done
 
     if [[ ${#failed[@]} -gt 0 ]]; then
-        echo "failed: ${failed[*]}" >&2
+        echo "failed: ${failed[*]} (the go lines above say why; a module download needs the Go module proxy)" >&2
+        echo "retry: e2e/cluster/build.sh ${failed[*]}   (binaries already built are kept)" >&2
         return 1
     fi
     echo "$bin_dir"

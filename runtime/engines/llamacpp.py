@@ -27,6 +27,7 @@ from typing import Any
 import llama_cpp as L
 import numpy as np
 
+from ..spec.engine_args import LlamaCppArgs, llamacpp_args
 from ..spec.runtime_config import ModelConfig
 from . import llamacpp_native as native
 from .base import (
@@ -48,7 +49,10 @@ from .text_stream import TextStream
 
 log = logging.getLogger("realm.engine")
 
-STEP_TOKENS = 512  # llama_decode batch size: decode tokens plus prefill chunks per step
+STEP_TOKENS = (
+    512  # default llama_decode batch: decode tokens plus prefill chunks per step (engineArgs.batchSize)
+)
+UBATCH_TOKENS = 512  # default cap of the physical batch (engineArgs.ubatchSize)
 PENALTY_WINDOW = 64
 GROWTH_RESERVE = 32  # tokens of growth admission keeps free per running sequence
 
@@ -85,6 +89,30 @@ def _log_softmax(row: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, 
     return shifted - np.float32(np.log(np.exp(shifted).sum()))
 
 
+def context_settings(cfg: ModelConfig, args: LlamaCppArgs, *, n_ctx: int) -> native.ContextSettings:
+    """engineArgs over the model's runtime settings over Realm's defaults."""
+    threads = args.threads or cfg.threads or os.cpu_count() or 1
+    n_batch = args.batch_size or STEP_TOKENS
+    return native.ContextSettings(
+        n_ctx=n_ctx,
+        n_batch=n_batch,
+        n_ubatch=args.ubatch_size or min(n_batch, UBATCH_TOKENS),
+        n_seq_max=cfg.max_batch,
+        n_threads=threads,
+        n_threads_batch=args.threads_batch or threads,
+        flash_attn=args.flash_attn,
+        type_k=args.cache_type_k or "f16",
+        type_v=args.cache_type_v or "f16",
+    )
+
+
+def kv_types(settings: native.ContextSettings) -> str:
+    """`f16`, or `k=q8_0,v=q8_0` when the cache is not f16 throughout (part of the KV fingerprint)."""
+    if settings.type_k == settings.type_v == "f16":
+        return "f16"
+    return f"k={settings.type_k},v={settings.type_v}"
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix of two token sequences."""
     n = min(len(a), len(b))
@@ -107,6 +135,7 @@ class LlamaCppEngine(Engine):
         self._fingerprint = ""
         self._context_length = 0
         self._kv_capacity = 0
+        self._step_tokens = STEP_TOKENS
 
         self._cv = threading.Condition()
         self._incoming: deque[_Seq] = deque()
@@ -142,16 +171,15 @@ class LlamaCppEngine(Engine):
     def _load(self) -> None:
         path = resolve_source(self.cfg.source)
         digest = weights_digest(path)
-        model = native.load_model(path)
+        args = llamacpp_args(self.cfg.engine_args)
+        model = native.load_model(path, args)
         context_length = self.cfg.context_length or min(model.n_ctx_train, 8192)
-        kv = max(self.cfg.kv_cache_tokens, context_length)
-        threads = self.cfg.threads or os.cpu_count() or 1
-        ctx = native.new_context(
-            model, n_ctx=kv, n_batch=STEP_TOKENS, n_seq_max=self.cfg.max_batch, n_threads=threads
-        )
+        settings = context_settings(self.cfg, args, n_ctx=max(self.cfg.kv_cache_tokens, context_length))
+        ctx = native.new_context(model, settings)
         self._model, self._ctx = model, ctx
+        self._step_tokens = settings.n_batch
         self._mem = L.llama_get_memory(ctx)
-        self._batch = L.llama_batch_init(STEP_TOKENS, 0, 1)
+        self._batch = L.llama_batch_init(self._step_tokens, 0, 1)
         self._pieces = native.PieceCache(model)
         self._kv_capacity = L.llama_n_ctx(ctx)
         self._context_length = min(context_length, self._kv_capacity)
@@ -159,7 +187,8 @@ class LlamaCppEngine(Engine):
         # A GGUF without a template would silently get chatml from llama.cpp; use the configured
         # built-in template name instead (e.g. "gemma" for Gemma 3 base).
         self._template = model.chat_template or (self.cfg.chat_template or "").encode() or None
-        self._fingerprint = f"llamacpp-{L.__version__}:{digest[:16]}:f16"
+        # A snapshot restores only into a context with the same KV cache types.
+        self._fingerprint = f"llamacpp-{L.__version__}:{digest[:16]}:{kv_types(settings)}"
         self._info = ModelInfo(
             name=self.cfg.name,
             engine="llamacpp",
@@ -181,13 +210,19 @@ class LlamaCppEngine(Engine):
             },
         )
         log.info(
-            "loaded %s from %s (version %s, context %d, kv %d, batch %d)",
+            "loaded %s from %s (version %s, context %d, kv %d %s, batch %d, threads %d/%d, "
+            "step %d/%d tokens)",
             self.cfg.name,
             path,
             digest[:12],
             self._context_length,
             self._kv_capacity,
+            kv_types(settings),
             self.cfg.max_batch,
+            settings.n_threads,
+            settings.n_threads_batch,
+            settings.n_batch,
+            settings.n_ubatch,
         )
 
     async def shutdown(self) -> None:
@@ -435,9 +470,9 @@ class LlamaCppEngine(Engine):
     def _step(self, out: list[tuple[_Sink, TokenEvent]]) -> None:
         # While others decode, a prompt advances by at most one chunk per step.
         decoding = sum(1 for s in self._active if s.pending == 1)
-        chunk_cap = self.cfg.prefill_chunk if decoding else STEP_TOKENS
+        chunk_cap = self.cfg.prefill_chunk if decoding else self._step_tokens
         needed = decoding + sum(min(s.pending, chunk_cap) for s in self._active if s.pending > 1)
-        self._make_room(min(needed, STEP_TOKENS))
+        self._make_room(min(needed, self._step_tokens))
         batch = self._batch
         n = 0
         rows: list[tuple[_Seq, int]] = []
@@ -445,7 +480,7 @@ class LlamaCppEngine(Engine):
         for seq in [s for s in self._active if s.pending == 1]:
             n = self._add(batch, n, seq, 1, rows, spans)
         for seq in [s for s in self._active if s.pending > 1]:
-            room = STEP_TOKENS - n
+            room = self._step_tokens - n
             if room <= 0:
                 break
             n = self._add(batch, n, seq, min(seq.pending, room, chunk_cap), rows, spans)

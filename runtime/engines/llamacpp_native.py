@@ -7,6 +7,9 @@ Only this module and llamacpp.py import llama_cpp. Function names follow libllam
 from __future__ import annotations
 
 import ctypes
+import functools
+import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,8 +18,13 @@ from typing import Any
 
 import llama_cpp as L
 
+from ..spec.engine_args import LlamaCppArgs
+from .cpu_features import cpu_info
+from .ggml_backends import VARIANT_ENV, BackendSelection, load_backends
+
+log = logging.getLogger("realm.engine")
+
 _backend_lock = threading.Lock()
-_backend_ready = False
 
 
 def _quiet_log_impl(level: int, text: bytes, user_data: Any) -> None:
@@ -28,13 +36,35 @@ def _quiet_log_impl(level: int, text: bytes, user_data: Any) -> None:
 _quiet_log = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(_quiet_log_impl)
 
 
-def init_backend() -> None:
-    global _backend_ready
+@functools.cache
+def _init_once() -> BackendSelection:
+    L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+    selection = load_backends(cpu_info(), pinned=os.environ.get(VARIANT_ENV) or None)
+    L.llama_backend_init()
+    log.info("%s", selection.summary())
+    for skipped in selection.skipped:
+        log.info("ggml CPU variant left out: %s", skipped)
+    return selection
+
+
+def ggml_version() -> str:
+    """ggml's version and commit, from the libggml that libllama uses."""
+    from .ggml_backends import lib_dir
+
+    lib = ctypes.CDLL(str(lib_dir() / "libggml.so.0"))
+    out = []
+    for name in ("ggml_version", "ggml_commit"):
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.restype = ctypes.c_char_p
+            out.append((fn() or b"?").decode())
+    return " ".join(out) or "unknown"
+
+
+def init_backend() -> BackendSelection:
+    """Load ggml's backends once per process (the registry is process-wide) and say which."""
     with _backend_lock:
-        if not _backend_ready:
-            L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
-            L.llama_backend_init()
-            _backend_ready = True
+        return _init_once()
 
 
 class NativeError(RuntimeError):
@@ -55,10 +85,37 @@ class LoadedModel:
             self.model = None
 
 
-def load_model(path: Path) -> LoadedModel:
-    init_backend()
+# ggml_type values (ggml.h) of the KV cache types LlamaCppArgs accepts.
+GGML_TYPES = {
+    "f32": 0,
+    "f16": 1,
+    "q4_0": 2,
+    "q4_1": 3,
+    "q5_0": 6,
+    "q5_1": 7,
+    "q8_0": 8,
+    "iq4_nl": 20,
+    "bf16": 30,
+}
+FLASH_ATTN = {
+    None: L.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    True: L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    False: L.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
+
+def load_model(path: Path, args: LlamaCppArgs) -> LoadedModel:
+    backends = init_backend()
     params = L.llama_model_default_params()
-    params.n_gpu_layers = 0
+    # llama.cpp's default (-1) offloads every layer to a GPU device and none when there is none.
+    params.n_gpu_layers = -1 if args.n_gpu_layers is None else args.n_gpu_layers
+    if args.n_gpu_layers not in (None, 0) and not backends.gpu_devices:
+        log.warning(
+            "nGpuLayers=%d for %s, but no GPU backend is loaded: running on the CPU",
+            args.n_gpu_layers,
+            path.name,
+        )
+    params.use_extra_bufts = True if args.extra_buffer_types is None else args.extra_buffer_types
     model = L.llama_model_load_from_file(str(path).encode(), params)
     if not model:
         raise NativeError(f"llama.cpp could not load {path}")
@@ -73,21 +130,42 @@ def load_model(path: Path) -> LoadedModel:
     )
 
 
-def new_context(model: LoadedModel, *, n_ctx: int, n_batch: int, n_seq_max: int, n_threads: int) -> Any:
+@dataclass(frozen=True)
+class ContextSettings:
+    """The llama_context parameters Realm sets, resolved from engineArgs and the model's runtime settings."""
+
+    n_ctx: int
+    n_batch: int
+    n_ubatch: int
+    n_seq_max: int
+    n_threads: int
+    n_threads_batch: int
+    flash_attn: bool | None
+    type_k: str
+    type_v: str
+
+
+def new_context(model: LoadedModel, settings: ContextSettings) -> Any:
     params = L.llama_context_default_params()
-    params.n_ctx = n_ctx
-    params.n_batch = n_batch
-    params.n_ubatch = min(n_batch, 512)
-    params.n_seq_max = n_seq_max
-    params.n_threads = n_threads
-    params.n_threads_batch = n_threads
+    params.n_ctx = settings.n_ctx
+    params.n_batch = settings.n_batch
+    params.n_ubatch = settings.n_ubatch
+    params.n_seq_max = settings.n_seq_max
+    params.n_threads = settings.n_threads
+    params.n_threads_batch = settings.n_threads_batch
+    params.flash_attn_type = FLASH_ATTN[settings.flash_attn]
+    params.type_k = GGML_TYPES[settings.type_k]
+    params.type_v = GGML_TYPES[settings.type_v]
     # One KV pool for all sequences: any sequence may use the whole per-sequence context, and
     # admission reserves space (split streams would cap every sequence at n_ctx / n_seq_max).
     params.kv_unified = True
     params.no_perf = True
     ctx = L.llama_init_from_model(model.model, params)
     if not ctx:
-        raise NativeError("llama.cpp could not create a context")
+        raise NativeError(
+            f"llama.cpp could not create a context (KV cache {settings.type_k}/{settings.type_v}, "
+            f"flash attention {'auto' if settings.flash_attn is None else settings.flash_attn})"
+        )
     return ctx
 
 

@@ -7,11 +7,12 @@ pydantic validator with the same message, so the operator rejects the same specs
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
 from .cel import cel, validations
+from .engine_args import engine_args_schema, llamacpp_args
 from .status import ResourceStatus, list_map
 from .tenant import SpecModel
 
@@ -37,13 +38,6 @@ MSG_TRTLLM_GPU = "trtllm versions need resources.gpu >= 1"
 MSG_MIN_MAX = "autoscaling.minReplicas must not exceed maxReplicas"
 
 
-def _scalar_values(schema: dict[str, Any]) -> None:
-    # The values are str | int | float | bool. A structural schema cannot say "one of these scalar
-    # types", so the CRD keeps whatever the user wrote and the operator's pydantic parse rejects
-    # non-scalars with an Invalid condition.
-    schema["additionalProperties"] = {"x-kubernetes-preserve-unknown-fields": True}
-
-
 class ModelVersion(SpecModel):
     """One immutable build of the model: weights plus the engine that runs them."""
 
@@ -66,12 +60,23 @@ class ModelVersion(SpecModel):
     engine_args: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
         max_length=32,  # bounds the CEL cost estimate of the `self == oldSelf` rule
-        description="Backend-specific parameters passed to the engine unchanged (scalar values only).",
-        json_schema_extra=_scalar_values,
+        description="Engine settings. llamacpp: the keys listed here, each optional (an unknown key is "
+        "refused with an Invalid condition that names it). trtllm: keyword arguments of TensorRT-LLM's "
+        "LLM(...), passed unchanged (scalar values only; kv_cache_<field> goes to KvCacheConfig).",
+        json_schema_extra=engine_args_schema,
     )
     chat_template: str | None = Field(
         None, max_length=64, description="Built-in llama.cpp chat template to use when the weights ship none."
     )
+
+    @model_validator(mode="after")
+    def _engine_args(self) -> ModelVersion:
+        if self.engine == "llamacpp":
+            try:
+                llamacpp_args(self.engine_args)
+            except ValueError as e:
+                raise ValueError(f"version {self.name}: {e}") from None
+        return self
 
 
 class TrafficTarget(SpecModel):
@@ -240,6 +245,14 @@ class ModelSpec(SpecModel):
             raise ValueError(f"{MSG_WEIGHTS_SUM} (got {total})")
         if any(v.engine == "trtllm" for v in self.versions) and self.resources.gpu < 1:
             raise ValueError(MSG_TRTLLM_GPU)
+        floor = max(self.runtime.max_batch, self.runtime.prefill_chunk)
+        for v in self.versions:
+            size = v.engine_args.get("batchSize") if v.engine == "llamacpp" else None
+            if isinstance(size, int) and size < floor:
+                raise ValueError(
+                    f"version {v.name}: engineArgs.batchSize ({size}) must be at least runtime.maxBatch "
+                    f"({self.runtime.max_batch}) and runtime.prefillChunk ({self.runtime.prefill_chunk})"
+                )
         return self
 
     def effective_traffic(self) -> list[TrafficTarget]:

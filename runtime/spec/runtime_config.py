@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from .engine_args import llamacpp_args
 from .pipeline import PipelineSpec, PipelineStep
 from .tenant import SpecModel, TenantSpec
 
@@ -55,8 +56,24 @@ class ModelConfig(SpecModel):
         None, description="Built-in llama.cpp template name to use when the model ships none (e.g. gemma)."
     )
     engine_args: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="Backend-specific parameters passed through unchanged."
+        default_factory=dict,
+        description="Engine settings: for llamacpp the keys of LlamaCppArgs (runtime/spec/engine_args.py; "
+        "unknown keys are refused), for trtllm keyword arguments of LLM(...) passed unchanged.",
     )
+
+    @model_validator(mode="after")
+    def _engine_args(self) -> ModelConfig:
+        if self.engine == "llamacpp":
+            try:
+                args = llamacpp_args(self.engine_args)
+            except ValueError as e:
+                raise ValueError(f"model {self.name}: {e}") from None
+            if args.batch_size is not None and args.batch_size < max(self.max_batch, self.prefill_chunk):
+                raise ValueError(
+                    f"model {self.name}: engineArgs.batchSize ({args.batch_size}) must be at least "
+                    f"maxBatch ({self.max_batch}) and prefillChunk ({self.prefill_chunk})"
+                )
+        return self
 
 
 class TenantEntry(SpecModel):

