@@ -60,7 +60,7 @@ main() {
         done_step
     fi
 
-    step llama.cpp "llama-cpp-python wheel, built once per build key (about 12 minutes on 2 cores the first time; cached in $CACHE/llama-cpp-python/)"
+    step llama.cpp "llama-cpp-python wheel, built once per build key (about 7-11 minutes on 2 cores the first time; cached in $CACHE/llama-cpp-python/)"
     wheel=$(PYTHON=$VPY scripts/build-llama.sh portable)
     build_dir=$(dirname "$wheel")
     # The installed bindings carry a record of the build they came from: the same version built with other

@@ -85,7 +85,7 @@ main() {
     fi
 
     estimate="about 6 minutes on 2 cores"
-    [[ "$flavour" == portable ]] && estimate="about 12 minutes on 2 cores: every CPU variant is compiled"
+    [[ "$flavour" == portable ]] && estimate="about 7-11 minutes on 2 cores: every CPU variant is compiled"
     echo "build-llama: building llama-cpp-python $LLAMA_VERSION ($flavour, $estimate)" >&2
     echo "build-llama:   CMAKE_ARGS=$cmake_args" >&2
     echo "build-llama:   cached in $dir (log: $dir/build.log)" >&2

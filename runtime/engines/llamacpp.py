@@ -49,10 +49,10 @@ from .text_stream import TextStream
 
 log = logging.getLogger("realm.engine")
 
-STEP_TOKENS = (
-    512  # default llama_decode batch: decode tokens plus prefill chunks per step (engineArgs.batchSize)
-)
-UBATCH_TOKENS = 512  # default cap of the physical batch (engineArgs.ubatchSize)
+# Defaults of engineArgs.batchSize (decode tokens plus prefill chunks in one llama_decode) and of the
+# cap on engineArgs.ubatchSize (tokens computed at once inside it).
+STEP_TOKENS = 512
+UBATCH_TOKENS = 512
 PENALTY_WINDOW = 64
 GROWTH_RESERVE = 32  # tokens of growth admission keeps free per running sequence
 
