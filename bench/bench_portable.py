@@ -15,22 +15,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runtime import free_port, server
+from bench_runtime import free_port, server, stream_chat
 
 from realm.runtime.engines.cpu_features import cpu_info
 from realm.runtime.spec.runtime_config import hash_api_key
@@ -38,56 +35,20 @@ from realm.runtime.spec.runtime_config import hash_api_key
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 MODEL = "smollm2-135m-instruct"
-PROMPT = "Write a long story about a dragon who learns to paint."
 KEY = "key-bench-portable"
 STREAMS = (1, 16)
 
 
-@dataclass
-class Stream:
-    first: float
-    last: float
-    tokens: int
-
-
-async def one_stream(client: httpx.AsyncClient, base: str, new_tokens: int) -> Stream:
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": new_tokens,
-        "temperature": 0.0,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    first = last = float("nan")
-    chunks = 0
-    usage = 0
-    async with client.stream(
-        "POST", f"{base}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}
-    ) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if any(c.get("delta", {}).get("content") for c in chunk.get("choices") or []):
-                now = time.perf_counter()
-                first = now if chunks == 0 else first
-                last = now
-                chunks += 1
-            if chunk.get("usage"):
-                usage = int(chunk["usage"]["completion_tokens"])
-    return Stream(first, last, usage)
-
-
 async def decode_rate(base: str, n: int, new_tokens: int) -> float:
+    url = f"{base}/v1/chat/completions"
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
-        streams = await asyncio.gather(*(one_stream(client, base, new_tokens) for _ in range(n)))
-    start = min(s.first for s in streams)
-    end = max(s.last for s in streams)
-    return sum(s.tokens - 1 for s in streams) / (end - start)
+        streams = await asyncio.gather(
+            *(stream_chat(client, url, KEY, MODEL, new_tokens, {"ignore_eos": True}) for _ in range(n))
+        )
+    bad = [s.status for s in streams if s.status != 200]
+    if bad:
+        raise RuntimeError(f"HTTP {bad}")
+    return sum(s.tokens - 1 for s in streams) / (max(s.last for s in streams) - min(s.first for s in streams))
 
 
 def native_site(work: Path) -> Path:

@@ -173,6 +173,8 @@ class StreamResult:
     ttft: float
     tokens: int
     status: int
+    first: float = float("nan")  # perf_counter of the first and last content chunks
+    last: float = float("nan")
 
 
 async def stream_chat(
@@ -188,24 +190,24 @@ async def stream_chat(
         **extra,
     }
     t0 = time.perf_counter()
-    ttft = float("nan")
+    first = last = float("nan")
     tokens = 0
     async with client.stream("POST", url, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
         if r.status_code != 200:
             await r.aread()
-            return StreamResult(ttft, 0, r.status_code)
+            return StreamResult(first, 0, r.status_code)
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
             for choice in chunk.get("choices") or []:
-                if choice.get("delta", {}).get("content") and ttft != ttft:
-                    ttft = time.perf_counter() - t0
                 if choice.get("delta", {}).get("content"):
+                    last = time.perf_counter()
+                    first = last if first != first else first
                     tokens += 1
             if chunk.get("usage"):
                 tokens = int(chunk["usage"]["completion_tokens"])
-    return StreamResult(ttft, tokens, 200)
+    return StreamResult(first - t0, tokens, 200, first, last)
 
 
 async def throughput(base: str, key: str, model: str, n: int, extra: dict[str, object]) -> float:
