@@ -114,9 +114,8 @@ class BuildOptions:
     modules_dir: str | None = None
     extra_labels: tuple[tuple[str, str], ...] = field(default=())
     # Cluster-wide runtime defaults (the chart's `runtime.*` values, via operator flags).
-    gpu_image: str | None = (
-        None  # image of pods that request a GPU (TensorRT-LLM, CUDA llama.cpp); `image` when unset
-    )
+    # Image of pods that request a GPU (TensorRT-LLM, CUDA llama.cpp); `image` when unset.
+    gpu_image: str | None = None
     gpu_resource: str = GPU_RESOURCE  # extended resource a GPU is requested as
     node_selector: tuple[tuple[str, str], ...] = ()  # merged under the Model's own (the Model wins)
     tolerations: tuple[Manifest, ...] = ()  # put before the Model's own

@@ -172,3 +172,27 @@ def test_lowest_variant_and_picked_variant_agree_on_greedy_output() -> None:
     assert base["ok"], base
     assert base["variant"] == lowest and picked["variant"] != lowest
     assert base["tokens"][:PREFIX] == picked["tokens"][:PREFIX], (base["text"], picked["text"])
+
+
+def test_a_gpu_backend_that_cannot_load_leaves_the_cpu_serving(tmp_path: Path) -> None:
+    """A GPU image on a node without the GPU's driver: its libggml-cuda.so does not load (here, a file that
+    is no library at all, beside links to the real build); the CPU variant still loads and the failure
+    is reported, not raised."""
+    for lib in lib_dir().iterdir():
+        (tmp_path / lib.name).symlink_to(lib)
+    (tmp_path / "libggml-cuda.so").write_bytes(b"not an ELF file")
+    code = (
+        "import json, sys; from pathlib import Path; "
+        "from realm.runtime.engines.cpu_features import cpu_info; "
+        "from realm.runtime.engines.ggml_backends import load_backends; "
+        "s = load_backends(cpu_info(), directory=Path(sys.argv[1])); "
+        "print(json.dumps({'variant': s.cpu_variant, 'skipped': s.skipped, 'gpus': len(s.gpu_devices)}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["gpus"] == 0 and got["variant"] not in ("", "builtin")
+    (cuda,) = [s for s in got["skipped"] if s.startswith("cuda: ")]
+    assert "ggml could not load the backend" in cuda and cuda.endswith("(no driver or device here?)")

@@ -63,7 +63,7 @@ class BackendSelection:
     cpu_variant: str  # a variant's name, or "builtin" for a build without loadable variants
     cpu_variant_path: Path | None
     reason: str
-    skipped: tuple[str, ...] = ()  # "sapphirerapids: AMX tiles are refused here", ...
+    skipped: tuple[str, ...] = ()  # "<variant or GPU backend>: why it was left out"
     variants: tuple[Variant, ...] = ()
     devices: tuple[Device, ...] = ()
     cpu_features: dict[str, str] = field(default_factory=dict)  # what the loaded CPU backend was built with
@@ -242,15 +242,20 @@ def load_backends(
     chosen, reason, skipped = choose_variant(variants, amx_ok=amx_ok, amx_reason=amx_reason, pinned=pinned)
     if "CPU" not in ggml.registries():
         ggml.load(chosen.path)
+    skipped_gpus: list[str] = []
     for name in GPU_BACKENDS:
         path = directory / f"libggml-{name}.so"
         if path.exists() and name.upper() not in ggml.registries():
-            ggml.load(path)
+            # A GPU image on a node without the GPU's driver still serves, on the CPU.
+            try:
+                ggml.load(path)
+            except BackendError as e:
+                skipped_gpus.append(f"{name}: {e} (no driver or device here?)")
     return BackendSelection(
         cpu_variant=chosen.name,
         cpu_variant_path=chosen.path,
         reason=reason,
-        skipped=skipped,
+        skipped=skipped + tuple(skipped_gpus),
         variants=variants,
         devices=ggml.devices(),
         cpu_features=ggml.cpu_features(),

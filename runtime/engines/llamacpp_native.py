@@ -43,7 +43,7 @@ def _init_once() -> BackendSelection:
     L.llama_backend_init()
     log.info("%s", selection.summary())
     for skipped in selection.skipped:
-        log.info("ggml CPU variant left out: %s", skipped)
+        log.info("ggml backend left out: %s", skipped)
     return selection
 
 
