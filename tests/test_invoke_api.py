@@ -168,9 +168,8 @@ def test_quotas_apply_to_generate_from_wasm(base: str) -> None:
     assert first.status_code == 200, first.text
     assert second.status_code == 422, second.text
     message = second.json()["error"]["message"]
-    assert message.endswith("realm_host_generate: quota_exceeded (5)"), (
-        message
-    )  # docs/abi.md: 5, quota-exceeded
+    # The Go SDK names the host's ABI error and its code (docs/abi.md: 5, quota-exceeded).
+    assert message.endswith("realm_host_generate: quota_exceeded (5)"), message
 
 
 def test_hot_swap_keeps_in_flight_invocations_on_the_old_module(base: str) -> None:
