@@ -13,6 +13,7 @@ lifetime (kopf's default 60 s, which operator/main.py keeps).
   it paused for it and ran no handler since. SIGTERM to the active one: the other resumes and
   reconciles a new Tenant.
 - Same priority: both pause, a Tenant stays unreconciled; stop one and the other takes over.
+- `--standalone` (one replica, no peering at all), namespaced and cluster-wide: the operator acts.
 
 Both operators settle (and the one active at first has live watches, proved by a warm-up Tenant and
 Model) before the objects under test exist: kopf's pause does not interrupt a watch's initial list
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -49,6 +51,7 @@ from e2e.support import wait_for  # noqa: E402
 from e2e.test_operator import (  # noqa: E402
     NS,
     PEERING,
+    REPO,
     World,
     prepare,
 )
@@ -264,3 +267,37 @@ def test_same_priority_both_pause_until_one_leaves(tmp_path: Path) -> None:
         f"\n[peering, same priority] both paused, no Secret after {QUIET_SECONDS:.0f}s; SIGTERM to one: "
         f"the other created the Secret {took_over:.1f}s later"
     )
+
+
+@pytest.mark.parametrize(
+    "scope", [["--all-namespaces"], ["--namespace", NS]], ids=["cluster-wide", "namespaced"]
+)
+def test_standalone_operator_acts_without_any_peering(tmp_path: Path, scope: list[str]) -> None:
+    """`--standalone` is the documented single-replica mode: no peering object, no leader election. It
+    used to pause every watch for good (kopf made peering mandatory because a peering name was passed),
+    so Tenants and Models never got a status."""
+    with control_plane() as cluster:
+        prepare(cluster)
+        world = World(cluster, tmp_path / "operator.log")
+        with world.log.open("w") as sink:
+            op = subprocess.Popen(
+                [sys.executable, "-m", "realm.operator.main", *scope, "--standalone",
+                 "--runtime-image", "realm-runtime:e2e"],
+                cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=cluster.env(),
+            )  # fmt: skip
+            try:
+                world.apply(_tenant("solo"))
+                world.apply(_model("solo-model", ["v1"], None))
+                tenant = wait_for(
+                    "Tenant solo with a status", lambda: (world.get("tenant", "solo") or {}).get("status"),
+                    timeout=RECONCILE_TIMEOUT,
+                )  # fmt: skip
+                wait_for(
+                    "Model solo-model with a status",
+                    lambda: (world.get("model", "solo-model") or {}).get("status"),
+                    timeout=RECONCILE_TIMEOUT,
+                )
+                assert world.get("secret", tenant["apiKeySecret"]) is not None
+                assert world.get("deployment", "solo-model-v1") is not None
+            finally:
+                _stop(op)

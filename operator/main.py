@@ -275,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     kopf.run(
         settings=settings,  # handlers.configure (on.startup) adds watching/persistence/posting settings
         standalone=args.standalone,
-        peering_name=args.peering,
+        # kopf makes peering mandatory whenever a name is given, and a standalone run watches no peering
+        # objects: with a name it paused every watch for good ("peering CRD is missing").
+        peering_name=None if args.standalone else args.peering,
         identity=cast(Any, identity),  # kopf's Identity is a NewType of str, not exported
         priority=priority,
         clusterwide=clusterwide,
