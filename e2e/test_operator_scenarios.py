@@ -70,6 +70,16 @@ def _ready(world: World, kind: str, name: str) -> dict[str, Any] | None:
     return obj if _conditions(obj).get("Ready", {}).get("status") == "True" else None
 
 
+def _ready_with_reason(world: World, model: str, reason: str) -> dict[str, Any]:
+    """The Model's Ready condition, once its reason is `reason`."""
+
+    def probe() -> dict[str, Any] | None:
+        ready = _conditions(world.get("model", model)).get("Ready", {})
+        return ready if ready.get("reason") == reason else None
+
+    return wait_for(f"Model {model} to report {reason}", probe, timeout=TIMEOUT)
+
+
 def _items(world: World, kind: str, selector: str) -> list[dict[str, Any]]:
     out = world.cluster.kubectl("get", kind, "-n", NS, "-l", selector, "-o", "json").stdout
     items: list[dict[str, Any]] = json.loads(out)["items"]
@@ -118,11 +128,7 @@ def test_a_model_asking_more_gpus_than_any_node_has_says_why(world: World, tmp_p
     with operator(world.cluster, tmp_path / "operator.log"):
         world.apply(_model("huge", ["v1"], None, gpu=16))
 
-        def stuck() -> dict[str, Any] | None:
-            ready = _conditions(world.get("model", "huge")).get("Ready", {})
-            return ready if ready.get("reason") == "Unschedulable" else None
-
-        ready = wait_for("Model huge to report Unschedulable", stuck, timeout=TIMEOUT)
+        ready = _ready_with_reason(world, "huge", "Unschedulable")
         assert ready["status"] == "False"
         assert "Insufficient nvidia.com/gpu" in ready["message"], ready
         columns = world.cluster.kubectl("get", "model", "huge", "-n", NS).stdout
@@ -181,11 +187,7 @@ def test_an_unknown_llamacpp_engine_arg_is_named_in_the_model_status(world: Worl
         bad["spec"]["versions"][0]["engineArgs"] = {"nGpuLayer": 10}
         world.apply(bad)
 
-        def invalid() -> dict[str, Any] | None:
-            ready = _conditions(world.get("model", "typo")).get("Ready", {})
-            return ready if ready.get("reason") == "Invalid" else None
-
-        ready = wait_for("Model typo to report Invalid", invalid, timeout=TIMEOUT)
+        ready = _ready_with_reason(world, "typo", "Invalid")
         assert ready["status"] == "False"
         assert "version v1: engineArgs: unknown key nGpuLayer for engine llamacpp" in ready["message"], ready
         assert world.get("deployment", "typo-v1") is None

@@ -89,8 +89,7 @@ def _llama(report: Report) -> bool:
         return False
     import llama_cpp as L
 
-    ggml = native.ggml_version()
-    report.put("llama.cpp", "ggml", ggml)
+    report.put("llama.cpp", "ggml", selection.ggml_version)
     report.put("llama.cpp", "cpu variant", f"{selection.cpu_variant} ({selection.reason})")
     if selection.variants:
         report.put(

@@ -67,6 +67,7 @@ class BackendSelection:
     variants: tuple[Variant, ...] = ()
     devices: tuple[Device, ...] = ()
     cpu_features: dict[str, str] = field(default_factory=dict)  # what the loaded CPU backend was built with
+    ggml_version: str = "unknown"
 
     @property
     def gpu_devices(self) -> tuple[Device, ...]:
@@ -146,7 +147,9 @@ class _Ggml:
     def __init__(self, directory: Path) -> None:
         path = directory / "libggml.so.0"
         if not path.exists():
-            path = directory / "libggml.so"
+            raise BackendError(
+                f"no {path}: not a llama-cpp-python build Realm knows (run scripts/bootstrap.sh)"
+            )
         self.lib = ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL)
         vp, sz, cp = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
         self._sig("ggml_backend_load", vp, [cp])
@@ -164,6 +167,16 @@ class _Ggml:
         fn = getattr(self.lib, name)
         fn.restype = restype
         fn.argtypes = argtypes
+
+    def version(self) -> str:
+        """ggml's version and commit, e.g. `0.25.3 0c1e570`."""
+        out = []
+        for name in ("ggml_version", "ggml_commit"):
+            fn = getattr(self.lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                out.append((fn() or b"?").decode())
+        return " ".join(out) or "unknown"
 
     def registries(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -234,6 +247,7 @@ def load_backends(
             reason="a build with its CPU backend linked in (no loadable variants)",
             devices=ggml.devices(),
             cpu_features=ggml.cpu_features(),
+            ggml_version=ggml.version(),
         )
     variants = tuple(Variant(name, path, score_variant(path)) for name, path in files)
     amx_ok, amx_reason = (False, "")
@@ -259,4 +273,5 @@ def load_backends(
         variants=variants,
         devices=ggml.devices(),
         cpu_features=ggml.cpu_features(),
+        ggml_version=ggml.version(),
     )

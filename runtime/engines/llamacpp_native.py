@@ -47,20 +47,6 @@ def _init_once() -> BackendSelection:
     return selection
 
 
-def ggml_version() -> str:
-    """ggml's version and commit, from the libggml that libllama uses."""
-    from .ggml_backends import lib_dir
-
-    lib = ctypes.CDLL(str(lib_dir() / "libggml.so.0"))
-    out = []
-    for name in ("ggml_version", "ggml_commit"):
-        fn = getattr(lib, name, None)
-        if fn is not None:
-            fn.restype = ctypes.c_char_p
-            out.append((fn() or b"?").decode())
-    return " ".join(out) or "unknown"
-
-
 def init_backend() -> BackendSelection:
     """Load ggml's backends once per process (the registry is process-wide) and say which."""
     with _backend_lock:

@@ -94,7 +94,7 @@ class LlamaCppArgs(SpecModel):
 
 def llamacpp_args(engine_args: Mapping[str, object]) -> LlamaCppArgs:
     """Parse a llamacpp version's engineArgs; the ValueError names every offending key."""
-    known = set(LlamaCppArgs.model_json_schema(by_alias=True)["properties"])
+    known = {f.alias or name for name, f in LlamaCppArgs.model_fields.items()}
     unknown = sorted(set(engine_args) - known)
     if unknown:
         raise ValueError(
@@ -108,6 +108,21 @@ def llamacpp_args(engine_args: Mapping[str, object]) -> LlamaCppArgs:
             f"{'.'.join(str(p) for p in err['loc']) or 'engineArgs'}: {err['msg']}" for err in e.errors()
         )
         raise ValueError(f"engineArgs: {problems}") from None
+
+
+def batch_size_error(
+    engine_args: Mapping[str, object], *, max_batch: int, prefill_chunk: int, fields: tuple[str, str]
+) -> str | None:
+    """Why a llamacpp version's batchSize cannot hold one step (one token per running sequence, or one
+    prefill chunk), or None. `fields` is how the caller's document spells the other two settings."""
+    size = engine_args.get("batchSize")
+    if isinstance(size, int) and size < max(max_batch, prefill_chunk):
+        batch_name, chunk_name = fields
+        return (
+            f"engineArgs.batchSize ({size}) must be at least {batch_name} ({max_batch}) "
+            f"and {chunk_name} ({prefill_chunk})"
+        )
+    return None
 
 
 def engine_args_schema(schema: JsonDict) -> None:

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from .cel import cel, validations
-from .engine_args import engine_args_schema, llamacpp_args
+from .engine_args import batch_size_error, engine_args_schema, llamacpp_args
 from .status import ResourceStatus, list_map
 from .tenant import SpecModel
 
@@ -245,14 +245,15 @@ class ModelSpec(SpecModel):
             raise ValueError(f"{MSG_WEIGHTS_SUM} (got {total})")
         if any(v.engine == "trtllm" for v in self.versions) and self.resources.gpu < 1:
             raise ValueError(MSG_TRTLLM_GPU)
-        floor = max(self.runtime.max_batch, self.runtime.prefill_chunk)
         for v in self.versions:
-            size = v.engine_args.get("batchSize") if v.engine == "llamacpp" else None
-            if isinstance(size, int) and size < floor:
-                raise ValueError(
-                    f"version {v.name}: engineArgs.batchSize ({size}) must be at least runtime.maxBatch "
-                    f"({self.runtime.max_batch}) and runtime.prefillChunk ({self.runtime.prefill_chunk})"
-                )
+            error = v.engine == "llamacpp" and batch_size_error(
+                v.engine_args,
+                max_batch=self.runtime.max_batch,
+                prefill_chunk=self.runtime.prefill_chunk,
+                fields=("runtime.maxBatch", "runtime.prefillChunk"),
+            )
+            if error:
+                raise ValueError(f"version {v.name}: {error}")
         return self
 
     def effective_traffic(self) -> list[TrafficTarget]:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .engine_args import llamacpp_args
+from .engine_args import batch_size_error, llamacpp_args
 from .pipeline import PipelineSpec, PipelineStep
 from .tenant import SpecModel, TenantSpec
 
@@ -65,14 +65,17 @@ class ModelConfig(SpecModel):
     def _engine_args(self) -> ModelConfig:
         if self.engine == "llamacpp":
             try:
-                args = llamacpp_args(self.engine_args)
+                llamacpp_args(self.engine_args)
             except ValueError as e:
                 raise ValueError(f"model {self.name}: {e}") from None
-            if args.batch_size is not None and args.batch_size < max(self.max_batch, self.prefill_chunk):
-                raise ValueError(
-                    f"model {self.name}: engineArgs.batchSize ({args.batch_size}) must be at least "
-                    f"maxBatch ({self.max_batch}) and prefillChunk ({self.prefill_chunk})"
-                )
+            error = batch_size_error(
+                self.engine_args,
+                max_batch=self.max_batch,
+                prefill_chunk=self.prefill_chunk,
+                fields=("maxBatch", "prefillChunk"),
+            )
+            if error:
+                raise ValueError(f"model {self.name}: {error}")
         return self
 
 
