@@ -687,15 +687,19 @@ def tenant_seen_early(type: str, obj: Mapping[str, Any]) -> None:
     if type == "DELETED":
         EARLY.pop(key, None)
         return
-    if type != "ADDED" or key in LATEST or meta.get("deletionTimestamp"):
+    if type != "ADDED" or meta.get("deletionTimestamp"):
         return
     if not _may_act_early():
         objects_log.info("Tenant %s/%s: left to kopf (this replica may not act now)", namespace, name)
         return
-    if _key_missing(namespace, name, world.tenant_spec(meta, obj.get("spec"))):
-        EARLY[key] = obj
-        objects_log.info("Tenant %s/%s: key requested ahead of kopf", namespace, name)
-        TENANTS.request(key, urgent=True)
+    # Whether this watch or kopf's sees a new object first is a race; both outcomes are logged so that
+    # the peering e2e can tell an open gate from a shut one whichever side won.
+    if key in LATEST or not _key_missing(namespace, name, world.tenant_spec(meta, obj.get("spec"))):
+        objects_log.info("Tenant %s/%s: already handled by kopf", namespace, name)
+        return
+    EARLY[key] = obj
+    objects_log.info("Tenant %s/%s: key requested ahead of kopf", namespace, name)
+    TENANTS.request(key, urgent=True)
 
 
 def model_seen_early(type: str, obj: Mapping[str, Any]) -> None:
@@ -711,7 +715,9 @@ def model_seen_early(type: str, obj: Mapping[str, Any]) -> None:
         return
     assert INDEXES is not None
     if any(m.name == name for m in world.records_in(INDEXES.models, namespace)):
-        return  # kopf has it already (a light watch's relist replays what exists)
+        # kopf won the race, or a light watch's relist replayed what exists
+        objects_log.info("Model %s/%s: already handled by kopf", namespace, name)
+        return
     objects_log.info("Model %s/%s: pass requested ahead of kopf", namespace, name)
     PASSES.request(namespace, name, now=True)
 
@@ -936,7 +942,7 @@ def model_resync(namespace: str | None, name: str | None, **kwargs: Any) -> None
 
 
 def has_autoscaling(spec: Mapping[str, Any], **_: Any) -> bool:
-    parsed, _ = parse_spec(spec, ModelSpec)
+    parsed, _error = parse_spec(spec, ModelSpec)
     return isinstance(parsed, ModelSpec) and parsed.autoscaling is not None
 
 

@@ -50,7 +50,6 @@ class TenantRecord:
 # event (its status echoes included) is indexed, handled and filtered (kopf's `when=`) once each.
 _SPECS: dict[tuple[str, int], TenantSpec | None] = {}
 _SPECS_MAX = 8192
-_UNPARSED: Any = object()
 
 
 def tenant_spec(meta: Mapping[str, Any], spec: Mapping[str, Any] | None) -> TenantSpec | None:
@@ -60,9 +59,10 @@ def tenant_spec(meta: Mapping[str, Any], spec: Mapping[str, Any] | None) -> Tena
     if key is not None:
         # One lookup, not `in` then `[]`: the light watches' thread calls this too, and a clear() by
         # another thread between the two would raise.
-        hit = _SPECS.get(key, _UNPARSED)
-        if hit is not _UNPARSED:
-            return hit
+        try:
+            return _SPECS[key]
+        except KeyError:
+            pass
     parsed, _ = parse_spec(spec, TenantSpec)
     out = parsed if isinstance(parsed, TenantSpec) else None
     if key is not None:

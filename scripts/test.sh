@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy runtime realm operator
+.venv/bin/mypy  # packages = ["realm"] in pyproject.toml: runtime/ and operator/ through realm/
 # The real control plane (etcd, kube-apiserver, controllers, kwok, helm) built from the Go module
 # proxy once per version into ~/.cache/realm-e2e (about 8 minutes on 2 cores; instant afterwards).
 e2e/cluster/build.sh

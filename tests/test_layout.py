@@ -24,3 +24,20 @@ def test_top_level_folders_import_as_realm_subpackages() -> None:
     operator_pkg = importlib.import_module("realm.operator")
     assert Path(runtime.__path__[0]).resolve() == ROOT / "runtime"
     assert any(Path(p).resolve() == ROOT / "operator" for p in operator_pkg.__path__)
+
+
+def test_realm_subpackages_are_plain_links_to_the_top_level_folders() -> None:
+    # What lets mypy, pyright and a reader follow realm.runtime.x to runtime/x.py with no import hook.
+    for name in ("runtime", "operator"):
+        link = ROOT / "realm" / name
+        assert link.is_symlink() and link.resolve() == ROOT / name
+
+
+def test_the_editable_install_is_a_path_entry_not_an_import_hook() -> None:
+    import realm
+
+    assert Path(realm.__file__).resolve().parent == ROOT / "realm"
+    site = Path(importlib.import_module("pydantic").__file__ or "").resolve().parent.parent
+    pths = list(site.glob("__editable__.realm-*.pth"))
+    assert [p.read_text().strip() for p in pths] == [str(ROOT)]
+    assert not list(site.glob("__editable__*realm*finder*.py"))
