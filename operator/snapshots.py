@@ -1,6 +1,6 @@
 """The operator's half of `Tenant.spec.kvSnapshots`: expiry, the byte budget, usage, and deletion.
 
-The runtime pods write snapshots (runtime/kv_snapshots.py); the operator owns their lifecycle, because
+The runtime pods write snapshots (runtime/kvstore/snapshots.py); the operator owns their lifecycle, because
 it outlives any pod and sees the Tenant: every sweep expires objects older than `ttlSeconds`, evicts the
 oldest beyond `maxBytes`, and reports what is left in the Tenant's status; a Tenant deleted with
 `deletionPolicy: Delete` keeps its finalizer until its objects are gone.

@@ -41,7 +41,7 @@ class _Uvicorn(uvicorn.Server):
 
 
 def _default_engine_factory(cfg: ModelConfig) -> Engine:
-    from realm.runtime.engines.loader import create_engine
+    from realm.runtime.engine_factory import create_engine
 
     return create_engine(cfg)
 

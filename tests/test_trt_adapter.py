@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from realm.runtime.engine_factory import create_engine
 from realm.runtime.engines.base import EngineError, EngineRequest, KVSnapshot, SamplingParams, TokenEvent
-from realm.runtime.engines.loader import create_engine
 from realm.runtime.spec.runtime_config import ModelConfig
 from realm.runtime.trt_engines.engine import MISSING, TrtLlmEngine
 from realm.runtime.trt_engines.translate import (

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from realm.runtime.conversations.chat import ChatTurn
 from realm.runtime.engines.base import ChatMessage, Engine, EngineError, SamplingParams, TokenEvent
-from realm.runtime.kv_snapshots import kv_key_hint
+from realm.runtime.kvstore.snapshots import kv_key_hint
 from realm.runtime.spec.runtime_config import TenantEntry
 
 from . import sse

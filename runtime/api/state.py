@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from realm.runtime.config_store import realm_home
 from realm.runtime.conversations import ConversationStore, open_store
 from realm.runtime.engines.base import Engine
-from realm.runtime.kv_snapshots import KVSnapshots
+from realm.runtime.kvstore.snapshots import KVSnapshots
 from realm.runtime.metrics import Metrics
 from realm.runtime.scheduler import AdmissionScheduler, TenantPolicy
 from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig, TenantEntry
@@ -39,7 +39,7 @@ class AppState:
     sandbox: Sandbox | None = None
     # Tenants' conversations (runtime/conversations); None: the conversation routes answer 503.
     conversations: ConversationStore | None = None
-    # KV snapshots and the prefix cache (runtime/kv_snapshots.py); None: every prompt prefills.
+    # KV snapshots and the prefix cache (runtime/kvstore/snapshots.py); None: every prompt prefills.
     kv: KVSnapshots | None = None
     in_flight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)

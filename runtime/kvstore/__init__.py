@@ -9,7 +9,8 @@
 
 Modules: `keys` (scopes and chain hashes), `codec` (object layout, verification, compression policy),
 `memory` / `disk` / `s3` (the tiers), `store` (lookup, promotion, background uploads, tenant policy),
-`stats` (counters for metrics).
+`stats` (counters for metrics), `snapshots` (the runtime's wiring: per-tenant scopes and policy, the
+prefix cache's key hint; imported by name, as it needs the engine and spec types).
 """
 
 from .codec import CompressionPolicy, SnapshotHeader, SnapshotRejected
