@@ -17,6 +17,7 @@ Layout per Model `m` with versions `v`:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -52,6 +53,8 @@ LABEL_MODEL = "realm.dev/model"
 LABEL_VERSION = "realm.dev/model-version"
 # Rolls the pods when the model section changes; tenant changes are hot-reloaded by the runtime.
 ANNOTATION_MODEL_CONFIG = "realm.dev/model-config-sha256"
+LABEL_TENANT = "realm.dev/tenant"
+DEFAULT_SECRET_KEY = "apiKey"
 
 
 @dataclass(frozen=True)
@@ -613,3 +616,48 @@ def build_all(
     else:
         out.append(stable_service(model, opts))
     return out
+
+
+# Tenant API keys ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+    managed: bool  # created and owned by the operator (vs. supplied by the user)
+
+
+def api_key_secret_ref(tenant: str, spec: TenantSpec | None) -> SecretRef:
+    if spec is not None and spec.api_key_secret_ref is not None:
+        return SecretRef(spec.api_key_secret_ref.name, spec.api_key_secret_ref.key, managed=False)
+    return SecretRef(f"{tenant}-api-key", DEFAULT_SECRET_KEY, managed=True)
+
+
+def api_key_secret(tenant: str, namespace: str, tenant_uid: str, ref: SecretRef, api_key: str) -> Manifest:
+    """The Secret the operator creates for a tenant without one, owned by the Tenant for garbage collection.
+
+    The caller draws `api_key` (keeping this function pure) and creates the Secret only when absent: an
+    existing key is never rotated by a reconcile.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": ref.name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "realm-operator", LABEL_TENANT: tenant},
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "Tenant",
+                    "name": tenant,
+                    "uid": tenant_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "data": {ref.key: base64.b64encode(api_key.encode()).decode()},
+    }

@@ -53,7 +53,9 @@ import kopf
 from pydantic import ValidationError
 
 from realm.operator import autoscale, builders, snapshots, world
+from realm.operator.builders import api_key_secret, api_key_secret_ref
 from realm.operator.kube import Kube, serialized
+from realm.operator.objects import ObjectKey, key_of
 from realm.operator.options import build_options, gateway_api_served
 from realm.operator.passes import PassQueue
 from realm.operator.peering_gate import Gate
@@ -61,15 +63,11 @@ from realm.operator.reconcile import (
     KEY_NOT_FOUND,
     SECRET_NOT_FOUND,
     KeyState,
-    ObjectKey,
     PipelineView,
     TenantView,
     api_key_hash,
-    api_key_secret,
-    api_key_secret_ref,
     autoscaled,
     is_ready,
-    key_of,
     model_resource,
     model_selector,
     model_status,

@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from realm.operator.reconcile import FIELD_MANAGER, ObjectKey
+from realm.operator.objects import FIELD_MANAGER, ObjectKey
 
 Obj = dict[str, Any]
 USER_AGENT = "realm-operator"

@@ -37,6 +37,7 @@ from realm.operator.builders import (
     PublishedTenant,
     pipeline_entry,
 )
+from realm.operator.objects import ObjectKey, key_of
 from realm.runtime.spec.model import ModelSpec, ModelStatus, TrafficTarget, VersionStatus, traffic_summary
 from realm.runtime.spec.pipeline import PipelineSpec, PipelineStatus
 from realm.runtime.spec.runtime_config import PipelineEntry, hash_api_key
@@ -52,10 +53,7 @@ from realm.runtime.spec.status import (
 )
 from realm.runtime.spec.tenant import TenantSpec
 
-FIELD_MANAGER = "realm-operator"
 ANNOTATION_APPLIED = "realm.dev/applied-sha256"
-LABEL_TENANT = "realm.dev/tenant"
-DEFAULT_SECRET_KEY = "apiKey"
 
 
 def _operator_version() -> str:
@@ -93,25 +91,6 @@ S = TypeVar("S", bound=ResourceStatus)
 
 
 # Object identity and change detection -------------------------------------------------------------
-
-
-@dataclass(frozen=True, order=True)
-class ObjectKey:
-    """Identifies an object regardless of the API version it was read through."""
-
-    group: str
-    kind: str
-    namespace: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.kind}/{self.name}"
-
-
-def key_of(obj: Mapping[str, Any]) -> ObjectKey:
-    group = str(obj["apiVersion"]).rpartition("/")[0]
-    meta = obj["metadata"]
-    return ObjectKey(group, str(obj["kind"]), str(meta.get("namespace", "")), str(meta["name"]))
 
 
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
@@ -215,48 +194,6 @@ def model_selector(model_name: str) -> str:
 
 
 # API keys -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    name: str
-    key: str
-    managed: bool  # created and owned by the operator (vs. supplied by the user)
-
-
-def api_key_secret_ref(tenant: str, spec: TenantSpec | None) -> SecretRef:
-    if spec is not None and spec.api_key_secret_ref is not None:
-        return SecretRef(spec.api_key_secret_ref.name, spec.api_key_secret_ref.key, managed=False)
-    return SecretRef(f"{tenant}-api-key", DEFAULT_SECRET_KEY, managed=True)
-
-
-def api_key_secret(tenant: str, namespace: str, tenant_uid: str, ref: SecretRef, api_key: str) -> Manifest:
-    """The Secret the operator creates for a tenant without one, owned by the Tenant for garbage collection.
-
-    The caller draws `api_key` (keeping this function pure) and creates the Secret only when absent: an
-    existing key is never rotated by a reconcile.
-    """
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": ref.name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "realm-operator", LABEL_TENANT: tenant},
-            "ownerReferences": [
-                {
-                    "apiVersion": "realm.dev/v1alpha1",
-                    "kind": "Tenant",
-                    "name": tenant,
-                    "uid": tenant_uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "data": {ref.key: base64.b64encode(api_key.encode()).decode()},
-    }
 
 
 def api_key_hash(secret: Mapping[str, Any] | None, key: str) -> str | None:

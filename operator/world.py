@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from realm.operator.reconcile import PipelineView, api_key_secret_ref, is_ready, parse_spec
+from realm.operator.builders import api_key_secret_ref
+from realm.operator.reconcile import PipelineView, is_ready, parse_spec
 from realm.runtime.spec.tenant import TenantSpec
 
 T = TypeVar("T")

@@ -3,6 +3,7 @@ same bad input the CRD's CEL rules reject."""
 
 from __future__ import annotations
 
+import base64
 import copy
 from datetime import UTC, datetime
 from typing import Any
@@ -461,3 +462,33 @@ def test_config_text_is_exactly_what_yaml_dump_writes_with_cached_tenant_entries
     changed = [b.PublishedTenant("t0", odd[0].model_copy(update={"weight": 42}), (hash_api_key("sk-0"),))]
     text = b._dump(b.runtime_config(model(), "v1", changed))
     assert yaml.safe_load(text)["tenants"][0]["spec"]["weight"] == 42
+
+
+# Tenant API key Secret ---------------------------------------------------------------------------------
+
+
+def test_operator_secret_is_owned_by_the_tenant_and_carries_the_drawn_key() -> None:
+    ref = b.api_key_secret_ref("acme", TenantSpec())
+    assert ref == b.SecretRef("acme-api-key", "apiKey", managed=True)
+    secret = b.api_key_secret("acme", "team-a", "tenant-uid", ref, "sk-realm-secret")
+    assert (secret["kind"], secret["metadata"]["name"], secret["metadata"]["namespace"]) == (
+        "Secret",
+        "acme-api-key",
+        "team-a",
+    )
+    owner = secret["metadata"]["ownerReferences"][0]
+    assert (owner["apiVersion"], owner["kind"], owner["uid"], owner["controller"]) == (
+        "realm.dev/v1alpha1",
+        "Tenant",
+        "tenant-uid",
+        True,
+    )
+    assert secret["metadata"]["labels"][b.LABEL_TENANT] == "acme"
+    assert base64.b64decode(secret["data"]["apiKey"]).decode() == "sk-realm-secret"
+    # Pure: the same inputs give the same manifest.
+    assert secret == b.api_key_secret("acme", "team-a", "tenant-uid", ref, "sk-realm-secret")
+
+
+def test_user_supplied_secret_is_not_managed() -> None:
+    spec = TenantSpec.model_validate({"apiKeySecretRef": {"name": "acme-keys", "key": "token"}})
+    assert b.api_key_secret_ref("acme", spec) == b.SecretRef("acme-keys", "token", managed=False)

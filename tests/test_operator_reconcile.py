@@ -6,7 +6,6 @@ canonical quantities), which is all the planner may rely on.
 
 from __future__ import annotations
 
-import base64
 import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +14,7 @@ import yaml
 
 from realm.operator import builders as b
 from realm.operator import reconcile as r
+from realm.operator.objects import FIELD_MANAGER, key_of
 from realm.runtime.spec.model import ModelSpec
 from realm.runtime.spec.runtime_config import hash_api_key
 from realm.runtime.spec.tenant import TenantSpec
@@ -53,7 +53,7 @@ def as_server_returns(manifest: dict[str, Any], generation: int = 1) -> dict[str
     obj = copy.deepcopy(manifest)
     meta = obj["metadata"]
     meta.update(uid=f"uid-{meta['name']}", resourceVersion="42", generation=generation)
-    meta.setdefault("managedFields", [{"manager": r.FIELD_MANAGER}])
+    meta.setdefault("managedFields", [{"manager": FIELD_MANAGER}])
     if obj["kind"] == "Deployment":
         obj["spec"]["progressDeadlineSeconds"] = 600
         pod = obj["spec"]["template"]["spec"]
@@ -84,7 +84,7 @@ def applied_world(desired: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_empty_world_applies_everything_stamped_and_deletes_nothing() -> None:
     desired = b.build_all(model(), tenants(), OPTS)
     p = r.plan(desired, [], UID)
-    assert [r.key_of(m) for m in p.apply] == [r.key_of(m) for m in desired]
+    assert [key_of(m) for m in p.apply] == [key_of(m) for m in desired]
     assert p.delete == ()
     for m in p.apply:
         assert r.applied_digest(m) == r.manifest_digest(m)
@@ -104,7 +104,7 @@ def test_removed_field_is_noticed_through_the_digest() -> None:
     p = r.plan(b.build_all(model(without_selector), tenants(), OPTS), world, UID)
     # The remaining fields are all still present in the live Deployments, so only the digest can
     # tell that nodeSelector must go; ConfigMaps and Services did not change.
-    assert sorted(str(r.key_of(m)) for m in p.apply) == ["Deployment/chat-v1", "Deployment/chat-v2"]
+    assert sorted(str(key_of(m)) for m in p.apply) == ["Deployment/chat-v1", "Deployment/chat-v2"]
 
 
 def test_drift_by_someone_else_is_reapplied() -> None:
@@ -113,7 +113,7 @@ def test_drift_by_someone_else_is_reapplied() -> None:
     dep = next(o for o in world if o["metadata"]["name"] == "chat-v1" and o["kind"] == "Deployment")
     dep["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
     p = r.plan(desired, world, UID)
-    assert [str(r.key_of(m)) for m in p.apply] == ["Deployment/chat-v1"]
+    assert [str(key_of(m)) for m in p.apply] == ["Deployment/chat-v1"]
 
 
 def test_tenant_change_rewrites_only_the_configmaps() -> None:
@@ -121,7 +121,7 @@ def test_tenant_change_rewrites_only_the_configmaps() -> None:
     fewer = tenants()[:1]
     p = r.plan(b.build_all(model(), fewer, OPTS), world, UID)
     # Tenants are hot-reloaded from the ConfigMap: no Deployment (and so no pod) changes.
-    assert sorted(str(r.key_of(m)) for m in p.apply) == [
+    assert sorted(str(key_of(m)) for m in p.apply) == [
         "ConfigMap/chat-v1-config",
         "ConfigMap/chat-v2-config",
     ]
@@ -152,21 +152,12 @@ def test_contains_is_a_subset_check_with_ordered_lists() -> None:
 # API keys and published tenants ------------------------------------------------------------------
 
 
-def test_operator_secret_is_owned_by_the_tenant_and_hashes_round_trip() -> None:
-    ref = r.api_key_secret_ref("acme", TenantSpec())
-    assert ref == r.SecretRef("acme-api-key", "apiKey", managed=True)
-    secret = r.api_key_secret("acme", "team-a", "tenant-uid", ref, "sk-realm-secret")
-    owner = secret["metadata"]["ownerReferences"][0]
-    assert (owner["kind"], owner["uid"], owner["controller"]) == ("Tenant", "tenant-uid", True)
-    assert base64.b64decode(secret["data"]["apiKey"]).decode() == "sk-realm-secret"
+def test_api_key_hashes_round_trip() -> None:
+    ref = b.api_key_secret_ref("acme", TenantSpec())
+    secret = b.api_key_secret("acme", "team-a", "tenant-uid", ref, "sk-realm-secret")
     assert r.api_key_hash(secret, "apiKey") == hash_api_key("sk-realm-secret")
     assert r.api_key_hash(secret, "other") is None
     assert r.api_key_hash({"data": {"apiKey": "not base64!"}}, "apiKey") is None
-
-
-def test_user_supplied_secret_is_not_managed() -> None:
-    spec = TenantSpec.model_validate({"apiKeySecretRef": {"name": "acme-keys", "key": "token"}})
-    assert r.api_key_secret_ref("acme", spec) == r.SecretRef("acme-keys", "token", managed=False)
 
 
 def test_configmap_carries_hashes_only_and_skips_deleting_and_invalid_tenants() -> None:
@@ -270,7 +261,7 @@ def model_status(live: list[dict[str, Any]], spec: dict[str, Any] | None = None,
         "spec": m.spec,
         "spec_error": None,
         "desired": desired,
-        "live": {r.key_of(o): o for o in live},
+        "live": {key_of(o): o for o in live},
         "tenant_count": 2,
     }
     args.update(kw)
@@ -469,16 +460,16 @@ def test_publishing_and_removing_a_pipeline_rewrites_only_the_configmaps() -> No
     pipelines = r.published_pipelines([view()], tenants(), ["chat"])
     with_pipeline = b.build_all(model(), tenants(), OPTS, pipelines)
     p = r.plan(with_pipeline, world, UID)
-    assert sorted(str(r.key_of(m)) for m in p.apply) == CONFIG_MAPS
+    assert sorted(str(key_of(m)) for m in p.apply) == CONFIG_MAPS
     world = [as_server_returns(m) for m in p.apply] + [
-        o for o in world if r.key_of(o) not in {r.key_of(m) for m in p.apply}
+        o for o in world if key_of(o) not in {key_of(m) for m in p.apply}
     ]
     assert r.plan(b.build_all(model(), tenants(), OPTS, pipelines), world, UID).empty  # level-based
     assert r.models_listing_pipeline(world, "qa") == ["chat"]
     assert r.models_listing_pipeline(world, "other") == []
     # Deleted (or invalid): the next pass writes the ConfigMaps back without it.
     p = r.plan(b.build_all(model(), tenants(), OPTS, []), world, UID)
-    assert sorted(str(r.key_of(m)) for m in p.apply) == CONFIG_MAPS
+    assert sorted(str(key_of(m)) for m in p.apply) == CONFIG_MAPS
     assert "pipelines: []" in p.apply[0]["data"]["config.yaml"]
 
 
