@@ -18,6 +18,7 @@ Layout per Model `m` with versions `v`:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -281,27 +282,25 @@ def _yaml(doc: Any) -> str:
 
 # Each tenant's entry as YAML text, by its canonical JSON: a burst of new Tenants republishes a Model's
 # config many times over, each time with the same entries plus a few new ones, and PyYAML's representer
-# (Python even under libyaml) was a tenth of the operator's CPU in a 1,000-Tenant burst.
-_ENTRIES: dict[str, str] = {}
-_ENTRIES_MAX = 8192
+# (Python even under libyaml) was a tenth of the operator's CPU in a 1,000-Tenant burst. A bounded
+# memo of a pure function: the output is still a function of the input alone.
 _EMPTY_TENANTS = re.compile(r"^tenants: \[\]\n", re.MULTILINE)
 
 
+@functools.lru_cache(maxsize=8192)
+def _entry_text(canonical: str) -> str:
+    # A one-item list: the same text the item has inside the document, whose top-level sequences
+    # PyYAML writes at column 0 ("tenants:" then "- name: ...").
+    return _yaml([json.loads(canonical)])
+
+
 def _entry(item: Any) -> str:
-    key = json.dumps(item, sort_keys=True, separators=(",", ":"))
-    text = _ENTRIES.get(key)
-    if text is None:
-        if len(_ENTRIES) >= _ENTRIES_MAX:
-            _ENTRIES.clear()
-        # A one-item list: the same text the item has inside the document, whose top-level sequences
-        # PyYAML writes at column 0 ("tenants:" then "- name: ...").
-        text = _ENTRIES[key] = _yaml([item])
-    return text
+    return _entry_text(json.dumps(item, sort_keys=True, separators=(",", ":")))
 
 
 def _dump(config: RuntimeConfig) -> str:
     """The config as YAML: `yaml.dump` of the whole document, byte for byte (a test holds it to that),
-    with the tenants' entries taken from `_ENTRIES`."""
+    with the tenants' entries taken from `_entry_text`'s memo."""
     doc = config.model_dump(mode="json", by_alias=True, exclude_none=True)
     items = doc.get("tenants")
     if not items:
