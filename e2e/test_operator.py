@@ -230,8 +230,9 @@ def test_operator_end_to_end(world: World) -> None:
     # code, once the running operator has settled, and compare resourceVersions.
     from kubernetes import config
 
-    from realm.operator import handlers, options
+    from realm.operator import handlers, models, pipelines, tenants, world
     from realm.operator.kube import Kube
+    from realm.operator.options import OperatorConfig
 
     refs = [("tenant", "acme"), ("tenant", "beta"), ("model", "chat"), ("secret", "acme-api-key")]
     refs += [("configmap", "chat-v1-config"), ("deployment", "chat-v1")]
@@ -244,11 +245,14 @@ def test_operator_end_to_end(world: World) -> None:
 
     before = wait_for("the operator to settle", settled, timeout=90)
     k = Kube(config.new_client_from_config(config_file=str(world.cluster.kubeconfig)))
-    options.CONFIG.runtime_image = "realm-runtime:e2e"  # what the running operator was given
-    handlers.reconcile_model(k, NS, "chat")
-    handlers.reconcile_tenant(k, NS, "acme")
-    handlers.reconcile_tenant(k, NS, "beta")
-    handlers.reconcile_pipeline(k, NS, "qa")
+    op = handlers.new_operator(k, OperatorConfig(runtime_image="realm-runtime:e2e"))  # what it was given
+    op.indexes = world.listed(k, NS)  # what kopf's indexes hold, read once
+    models.reconcile_model(op, NS, "chat")
+    tenants.reconcile_tenant(op, NS, "acme")  # these request Model passes from op.passes
+    tenants.reconcile_tenant(op, NS, "beta")
+    pipelines.reconcile_pipeline(op, NS, "qa")
+    assert op.passes.wait_idle(60)
+    assert op.passes.passes >= 1
     assert k.writes == []
     assert world.versions(refs) == before
     # A status for an object deleted since the pass read it has nowhere to go: not an error to retry.

@@ -2,10 +2,10 @@
 
 A new Tenant needs its API key Secret and a new Model its Deployment; both are worth doing before kopf's
 event loop, which falls seconds behind in a burst, gets to the object (see lightwatch.py for why).
-These watches only *request* the work from the same queues kopf's handlers feed (handlers.TENANTS and
-handlers.PASSES), so there is one code path for the work itself and the queues' keying keeps the two
-sources from running a pass twice at once. kopf stays the source of truth: whatever these watches miss
-or skip, kopf's watch delivers a moment later.
+These watches only *request* the work from the same queues kopf's handlers feed (the Operator's
+`tenants` and `passes`, see state.py), so there is one code path for the work itself and the queues'
+keying keeps the two sources from running a pass twice at once. kopf stays the source of truth:
+whatever these watches miss or skip, kopf's watch delivers a moment later.
 
 They act only while kopf's peering lets this replica act (peering_gate.py), and not at all when the
 operator watches namespace patterns (kopf resolves those; a light watch per pattern cannot).
@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
-from realm.operator import handlers
-from realm.operator.kube import KINDS, Kube, peering_kind
+from realm.operator import models, tenants
+from realm.operator.kube import KINDS, peering_kind
 from realm.operator.lightwatch import LightWatch
 from realm.operator.peering_gate import AlwaysOpen, PeeringGate
+from realm.operator.state import Operator
 
 log = logging.getLogger("realm.operator.fastpath")
 
@@ -30,7 +32,7 @@ def _is_pattern(namespace: str) -> bool:
 
 
 def start(
-    kube: Kube,
+    op: Operator,
     namespaces: Sequence[str],
     clusterwide: bool,
     peering: str | None,
@@ -39,7 +41,7 @@ def start(
 ) -> list[LightWatch]:
     """Start the light watches (and the peering watch behind their gate); [] when they cannot apply.
 
-    `peering` None: standalone, the gate is always open.
+    `peering` None: standalone, the gate is always open. Sets `op.gate`, which the watches' events read.
     """
     if not clusterwide and (not namespaces or any(_is_pattern(n) for n in namespaces)):
         log.info("no light watches: namespace patterns are resolved by kopf alone")
@@ -47,10 +49,10 @@ def start(
     scopes: list[str | None] = [None] if clusterwide else list(namespaces)
     watches: list[LightWatch] = []
     if peering is None:
-        handlers.GATE = AlwaysOpen()
+        op.gate = AlwaysOpen()
     else:
         gate = PeeringGate(identity, priority, [s or "" for s in scopes])
-        handlers.GATE = gate
+        op.gate = gate
 
         def on_peering(kind: str, obj: Mapping[str, Any]) -> None:
             scope = str((obj.get("metadata") or {}).get("namespace") or "")
@@ -60,7 +62,7 @@ def start(
         for scope in scopes:
             watches.append(
                 LightWatch(
-                    kube,
+                    op.kube,
                     peerings.path(scope),
                     on_peering,
                     query=[("fieldSelector", f"metadata.name={peering}")],
@@ -69,9 +71,9 @@ def start(
                 )
             )
     for scope in scopes:
-        tenants, models = KINDS["Tenant"].path(scope), KINDS["Model"].path(scope)
-        watches.append(LightWatch(kube, tenants, handlers.tenant_seen_early, name="tenant-watch"))
-        watches.append(LightWatch(kube, models, handlers.model_seen_early, name="model-watch"))
+        tenant_path, model_path = KINDS["Tenant"].path(scope), KINDS["Model"].path(scope)
+        watches.append(LightWatch(op.kube, tenant_path, partial(tenants.seen_early, op), name="tenant-watch"))
+        watches.append(LightWatch(op.kube, model_path, partial(models.seen_early, op), name="model-watch"))
     for w in watches:
         w.start()
     return watches

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,21 +222,3 @@ class Kube:
             raise
         self._wrote("status", kind, name)
         return out
-
-
-_locks: dict[tuple[str, str], threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-@contextmanager
-def serialized(namespace: str, model: str) -> Iterator[None]:
-    """One pass at a time per Model within this process.
-
-    Tenant handlers republish a Model's config concurrently; each pass lists every tenant, so running
-    them one after another guarantees the last write saw every change before it (peering already keeps
-    other replicas out).
-    """
-    with _locks_guard:
-        lock = _locks.setdefault((namespace, model), threading.Lock())
-    with lock:
-        yield

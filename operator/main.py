@@ -30,10 +30,11 @@ import kopf
 import urllib3
 from pydantic import TypeAdapter, ValidationError
 
-from realm.operator import builders, fastpath, options
-from realm.operator import handlers as _handlers  # importing it registers the kopf handlers
-from realm.operator.kube import peering_kind
+from realm.operator import builders, fastpath, handlers  # importing handlers registers them with kopf
+from realm.operator.kube import Kube, peering_kind
+from realm.operator.options import OperatorConfig
 from realm.operator.peering_gate import own_identity
+from realm.operator.state import MEMO_KEY
 from realm.runtime.spec.model import Toleration
 
 log = logging.getLogger("realm.operator")
@@ -96,7 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument(
         "--runtime-image",
-        default=os.environ.get("REALM_RUNTIME_IMAGE", options.CONFIG.runtime_image),
+        default=OperatorConfig().runtime_image,  # $REALM_RUNTIME_IMAGE, else the release's image
         help="image of the runtime pods",
     )
     p.add_argument(
@@ -167,20 +168,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def configure(args: argparse.Namespace) -> None:
+def config_from(args: argparse.Namespace) -> OperatorConfig:
     """Flags → the operator-wide options every pass builds from."""
-    c = options.CONFIG
-    c.runtime_image = args.runtime_image
-    c.gateway = args.gateway
-    c.hostnames = tuple(args.hostname)
-    c.service_account = args.service_account
-    c.modules_dir = args.modules_dir
-    c.runtime_gpu_image = args.runtime_gpu_image
-    c.gpu_resource = args.gpu_resource_name
-    c.node_selector = dict(args.runtime_node_selector)
-    c.tolerations = list(args.runtime_tolerations)
-    c.runtime_class = args.runtime_class
-    c.image_pull_secrets = tuple(args.image_pull_secret)
     s3 = builders.S3Options(
         endpoint=args.s3_endpoint,
         region=args.s3_region,
@@ -189,7 +178,20 @@ def configure(args: argparse.Namespace) -> None:
         access_key_id_key=args.s3_access_key_id_key,
         secret_access_key_key=args.s3_secret_access_key_key,
     )
-    c.s3 = s3 if (s3.endpoint or s3.region or s3.bucket or s3.credentials_secret) else None
+    return OperatorConfig(
+        runtime_image=args.runtime_image,
+        gateway=args.gateway,
+        hostnames=tuple(args.hostname),
+        service_account=args.service_account,
+        modules_dir=args.modules_dir,
+        runtime_gpu_image=args.runtime_gpu_image,
+        gpu_resource=args.gpu_resource_name,
+        node_selector=dict(args.runtime_node_selector),
+        tolerations=list(args.runtime_tolerations),
+        runtime_class=args.runtime_class,
+        image_pull_secrets=tuple(args.image_pull_secret),
+        s3=s3 if (s3.endpoint or s3.region or s3.bucket or s3.credentials_secret) else None,
+    )
 
 
 def ensure_peering(name: str, namespaces: Sequence[str], clusterwide: bool, timeout: float = 60.0) -> None:
@@ -251,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.verbose:
         logging.getLogger("kopf.objects").setLevel(args.object_log_level)
         logging.getLogger("realm.operator.objects").setLevel(args.object_log_level)
-    configure(args)
+    op = handlers.new_operator(Kube.from_environment(), config_from(args))
 
     namespaces: list[str] = list(args.namespace)
     if not namespaces and not args.all_namespaces and os.environ.get("REALM_NAMESPACE"):
@@ -263,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         peerings = peering_kind(clusterwide)
         kopf.on.event(
             peerings.group, peerings.version, peerings.plural, field="metadata.name", value=args.peering
-        )(_handlers.peering_seen)
+        )(handlers.peering_seen)
     settings = kopf.OperatorSettings()
     settings.peering.mandatory = not args.standalone
     settings.peering.clusterwide = clusterwide
@@ -271,9 +273,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     identity = own_identity()
     if args.light_watches:
         peering = None if args.standalone else args.peering
-        fastpath.start(_handlers.kube(), namespaces, clusterwide, peering, identity, priority)
+        fastpath.start(op, namespaces, clusterwide, peering, identity, priority)
     kopf.run(
-        settings=settings,  # handlers.configure (on.startup) adds watching/persistence/posting settings
+        settings=settings,  # handlers.startup adds watching/persistence/posting settings (kopf_settings.py)
         standalone=args.standalone,
         # kopf makes peering mandatory whenever a name is given, and a standalone run watches no peering
         # objects: with a name it paused every watch for good ("peering CRD is missing").
@@ -283,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         clusterwide=clusterwide,
         namespaces=namespaces,
         liveness_endpoint=args.liveness,
+        # Every handler finds the operator's state here (kopf hands each object a shallow copy of this
+        # memo: the same Operator).
+        memo=kopf.Memo({MEMO_KEY: op}),
     )
 
 

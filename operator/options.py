@@ -1,10 +1,11 @@
-"""Operator-wide options: what main.py sets from flags and environment before kopf starts, and how
+"""Operator-wide options: what main.py reads from flags and environment before kopf starts, and how
 they become the builders' BuildOptions. Kept apart from the handlers so the chart's knobs (flags) and
-the reconcile logic change independently."""
+the reconcile logic change independently. The Operator (state.py) holds the one OperatorConfig."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ GATEWAY_GROUP_VERSION = "gateway.networking.k8s.io/v1"
 
 @dataclass
 class OperatorConfig:
-    """Operator-wide options (set by main.py from flags and environment before kopf starts)."""
+    """Operator-wide options (built by main.py from flags and environment before kopf starts)."""
 
     runtime_image: str = field(
         default_factory=lambda: os.environ.get("REALM_RUNTIME_IMAGE", "ghcr.io/realm/runtime:0.1.0")
@@ -37,32 +38,39 @@ class OperatorConfig:
     s3: builders.S3Options | None = None
 
 
-CONFIG = OperatorConfig()
-_gateway_cache: tuple[float, bool] | None = None
+class GatewayApi:
+    """Whether HTTPRoutes can be created; rechecked every `check_seconds` (CRDs can be installed later)."""
+
+    def __init__(self, kube: Kube, check_seconds: float) -> None:
+        self._kube = kube
+        self._check_seconds = check_seconds
+        self._lock = threading.Lock()
+        self._checked: tuple[float, bool] | None = None  # (when, served)
+
+    def served(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            checked = self._checked
+        if checked is None or now - checked[0] > self._check_seconds:
+            checked = (now, self._kube.serves(GATEWAY_GROUP_VERSION, "httproutes"))
+            with self._lock:
+                self._checked = checked
+        return checked[1]
 
 
-def gateway_api_served(k: Kube) -> bool:
-    """Whether HTTPRoutes can be created; rechecked every minute (CRDs can be installed later)."""
-    global _gateway_cache
-    now = time.monotonic()
-    if _gateway_cache is None or now - _gateway_cache[0] > CONFIG.gateway_check_seconds:
-        _gateway_cache = (now, k.serves(GATEWAY_GROUP_VERSION, "httproutes"))
-    return _gateway_cache[1]
-
-
-def build_options(k: Kube) -> builders.BuildOptions:
-    gateway = CONFIG.gateway if CONFIG.gateway is not None and gateway_api_served(k) else None
+def build_options(config: OperatorConfig, gateway_api_served: bool) -> builders.BuildOptions:
+    gateway = config.gateway if config.gateway is not None and gateway_api_served else None
     return builders.BuildOptions(
-        image=CONFIG.runtime_image,
+        image=config.runtime_image,
         gateway=gateway,
-        hostnames=CONFIG.hostnames,
-        service_account=CONFIG.service_account,
-        modules_dir=CONFIG.modules_dir,
-        gpu_image=CONFIG.runtime_gpu_image,
-        gpu_resource=CONFIG.gpu_resource,
-        node_selector=tuple(sorted(CONFIG.node_selector.items())),
-        tolerations=tuple(CONFIG.tolerations),
-        runtime_class=CONFIG.runtime_class,
-        image_pull_secrets=CONFIG.image_pull_secrets,
-        s3=CONFIG.s3,
+        hostnames=config.hostnames,
+        service_account=config.service_account,
+        modules_dir=config.modules_dir,
+        gpu_image=config.runtime_gpu_image,
+        gpu_resource=config.gpu_resource,
+        node_selector=tuple(sorted(config.node_selector.items())),
+        tolerations=tuple(config.tolerations),
+        runtime_class=config.runtime_class,
+        image_pull_secrets=config.image_pull_secrets,
+        s3=config.s3,
     )

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from realm.operator.builders import S3Options
 from realm.operator.kube import Kube
-from realm.operator.options import CONFIG
 from realm.runtime.kvstore.s3 import S3Config, S3Tier, S3Unavailable
 from realm.runtime.spec.runtime_config import KVSnapshotsConfig
 from realm.runtime.spec.tenant import TenantSpec
@@ -42,9 +42,9 @@ def _secret_value(secret: Mapping[str, Any] | None, key: str) -> str | None:
     return base64.b64decode(raw).decode() if isinstance(raw, str) else None
 
 
-def tier_for(k: Kube, namespace: str, spec: TenantSpec) -> S3Tier | None:
-    """The S3 folder of a tenant's snapshots, or None when no bucket is configured (disk-only pods)."""
-    s3 = CONFIG.s3
+def tier_for(k: Kube, namespace: str, spec: TenantSpec, s3: S3Options | None) -> S3Tier | None:
+    """The S3 folder of a tenant's snapshots, or None when no bucket is configured (disk-only pods).
+    `s3`: the operator's S3 settings (the chart's `s3.*` values)."""
     policy = spec.kv_snapshots
     bucket = policy.bucket or (s3.bucket if s3 else None)
     if not bucket:

@@ -10,6 +10,10 @@ The records are immutable and small: a parsed spec, deletion state, what the sta
 and for Secrets only the sha256 of each entry (the key itself never enters the operator's memory beyond
 the watch event).
 
+This is the operator's one way of observing Tenants, Models, Pipelines and key Secrets: passes read the
+indexes (`Indexes`), never lists; a tool or a test running a pass outside a running operator fills the
+same shapes from one listing (`listed`).
+
 kopf mutates its indexes on the event loop while passes read them from worker threads; a read that
 races a mutation raises RuntimeError (dict changed size), so readers copy and retry.
 """
@@ -20,15 +24,18 @@ import base64
 import binascii
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from realm.operator.builders import api_key_secret_ref
-from realm.operator.reconcile import PipelineView, is_ready, parse_spec
+from realm.operator.kube import Kube
+from realm.operator.reconcile import PipelineView, TenantView, is_ready, parse_spec
 from realm.runtime.spec.tenant import TenantSpec
 
 T = TypeVar("T")
+Index = Mapping[Any, Iterable[Any]]  # kopf's: key -> Store of the values its index handler returned
 # Secret entries longer than this are not API keys (certificates, kubeconfigs): not worth hashing.
 MAX_HASHED_ENTRY = 4096
 
@@ -47,40 +54,45 @@ class TenantRecord:
         return self.spec is not None and model in self.spec.allowed_models
 
 
-# Parsed Tenant specs by (uid, generation): the spec changes only with the generation, yet every Tenant
-# event (its status echoes included) is indexed, handled and filtered (kopf's `when=`) once each.
-_SPECS: dict[tuple[str, int], TenantSpec | None] = {}
-_SPECS_MAX = 8192
+class SpecCache:
+    """Parsed Tenant specs by (uid, generation): the spec changes only with the generation, yet every
+    Tenant event (its status echoes included) is indexed, handled and filtered (kopf's `when=`) once each.
+    Read from kopf's loop and the light watches' threads."""
+
+    def __init__(self, max_entries: int = 8192) -> None:
+        self._parsed: dict[tuple[str, int], TenantSpec | None] = {}
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def tenant_spec(self, meta: Mapping[str, Any], spec: Mapping[str, Any] | None) -> TenantSpec | None:
+        """The Tenant's parsed spec (None when invalid), parsed once per (uid, generation)."""
+        uid, generation = meta.get("uid"), meta.get("generation")
+        key = (str(uid), generation) if uid and isinstance(generation, int) else None
+        if key is not None:
+            with self._lock:
+                if key in self._parsed:
+                    return self._parsed[key]
+        out = parse_tenant_spec(spec)
+        if key is not None:
+            with self._lock:
+                if len(self._parsed) >= self._max:
+                    self._parsed.clear()  # crude, but bounded; a miss only costs a parse
+                self._parsed[key] = out
+        return out
 
 
-def tenant_spec(meta: Mapping[str, Any], spec: Mapping[str, Any] | None) -> TenantSpec | None:
-    """The Tenant's parsed spec (None when invalid), parsed once per (uid, generation)."""
-    uid, generation = meta.get("uid"), meta.get("generation")
-    key = (str(uid), generation) if uid and isinstance(generation, int) else None
-    if key is not None:
-        # One lookup, not `in` then `[]`: the light watches' thread calls this too, and a clear() by
-        # another thread between the two would raise.
-        try:
-            return _SPECS[key]
-        except KeyError:
-            pass
+def parse_tenant_spec(spec: Mapping[str, Any] | None) -> TenantSpec | None:
     parsed, _ = parse_spec(spec, TenantSpec)
-    out = parsed if isinstance(parsed, TenantSpec) else None
-    if key is not None:
-        if len(_SPECS) >= _SPECS_MAX:
-            _SPECS.clear()  # crude, but bounded; a miss only costs a parse
-        _SPECS[key] = out
-    return out
+    return parsed if isinstance(parsed, TenantSpec) else None
 
 
 def tenant_record(
     name: str,
     uid: str,
-    spec: Mapping[str, Any] | None,
+    parsed: TenantSpec | None,
     meta: Mapping[str, Any],
     status: Mapping[str, Any] | None,
 ) -> TenantRecord:
-    parsed = tenant_spec(meta, spec)
     return TenantRecord(
         name=name,
         uid=uid,
@@ -159,3 +171,76 @@ def secret_entry_hash(
     if not found:
         return False, None
     return True, found[0].get(key)
+
+
+# The indexes and what a pass reads from them -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Indexes:
+    """kopf's indexes (handed to the startup handler, live from then on), or a listing of the same shape
+    (`listed`, for tools and tests that run a pass outside a running operator)."""
+
+    tenants: Index  # namespace -> Store[TenantRecord]
+    secrets: Index  # (namespace, name) -> Store[{entry: sha256}]
+    models: Index  # namespace -> Store[ModelRecord]
+    pipelines: Index  # namespace -> Store[PipelineView]
+
+    @classmethod
+    def empty(cls) -> Indexes:
+        return cls({}, {}, {}, {})
+
+
+def listed(k: Kube, namespace: str) -> Indexes:
+    """The namespace's records read from the API once, in the shape kopf's indexes keep them: a pass run
+    by a tool or a test reads the world the same way the operator does."""
+    tenants = [
+        tenant_record(
+            t["metadata"]["name"],
+            t["metadata"].get("uid", ""),
+            parse_tenant_spec(t.get("spec")),
+            t["metadata"],
+            t.get("status"),
+        )
+        for t in k.list("Tenant", namespace)
+    ]
+    models = [
+        model_record(m["metadata"]["name"], m["metadata"], m.get("status"))
+        for m in k.list("Model", namespace)
+    ]
+    pipelines = [
+        pipeline_view(p["metadata"]["name"], p.get("spec"), p["metadata"])
+        for p in k.list("Pipeline", namespace)
+    ]
+    secrets = {(namespace, s["metadata"]["name"]): [secret_hashes(s)] for s in k.list("Secret", namespace)}
+    return Indexes({namespace: tenants}, secrets, {namespace: models}, {namespace: pipelines})
+
+
+def tenant_views(indexes: Indexes, namespace: str, model: str | None = None) -> list[TenantView]:
+    """Every Tenant in the namespace with its key's hash. With `model`, only the Tenants allowed to use
+    it: a Model's config lists no others, nor their pipelines."""
+    views: list[TenantView] = []
+    for rec in tenants_in(indexes.tenants, namespace):
+        if model is not None and not rec.allows(model):
+            continue
+        ref = api_key_secret_ref(rec.name, rec.spec)
+        # A Secret the index lacks does not exist, or was created a moment ago: its watch event will
+        # request this pass again (see tenants.secret_changed), so no read is needed here.
+        _, digest = secret_entry_hash(indexes.secrets, namespace, ref.name, ref.key)
+        views.append(TenantView(rec.name, rec.spec, rec.deleting, digest))
+    return views
+
+
+def pipelines_in(indexes: Indexes, namespace: str) -> list[PipelineView]:
+    return records_in(indexes.pipelines, namespace)
+
+
+def models_in(indexes: Indexes, namespace: str) -> dict[str, bool]:
+    """Models in the namespace that are not being deleted, with whether each is Ready."""
+    records: list[ModelRecord] = records_in(indexes.models, namespace)
+    return {m.name: m.ready for m in records if not m.deleting}
+
+
+def tenant_specs(indexes: Indexes, namespace: str) -> dict[str, TenantSpec | None]:
+    """Tenants not being deleted, with their parsed spec (None when invalid)."""
+    return {t.name: t.spec for t in tenants_in(indexes.tenants, namespace) if not t.deleting}

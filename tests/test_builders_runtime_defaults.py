@@ -111,18 +111,14 @@ def test_flags_become_build_options() -> None:
             "--s3-access-key-id-key", "id", "--s3-secret-access-key-key", "secret",
         ]
     )  # fmt: skip
-    saved = options.CONFIG
-    options.CONFIG = options.OperatorConfig()
-    try:
-        main.configure(args)
-        c = options.CONFIG
-        assert (c.runtime_image, c.runtime_gpu_image, c.gpu_resource) == ("cpu:2", "gpu:2", "amd.com/gpu")
-        assert c.node_selector == {"pool": "llm"}
-        assert c.tolerations == [{"key": "k", "operator": "Exists", "tolerationSeconds": 30}]
-        assert (c.runtime_class, c.image_pull_secrets) == ("nvidia", ("a", "b"))
-        assert c.s3 == b.S3Options("http://s3:9000", None, "kv", "creds", "id", "secret")
-    finally:
-        options.CONFIG = saved
+    c = main.config_from(args)
+    assert (c.runtime_image, c.runtime_gpu_image, c.gpu_resource) == ("cpu:2", "gpu:2", "amd.com/gpu")
+    assert c.node_selector == {"pool": "llm"}
+    assert c.tolerations == [{"key": "k", "operator": "Exists", "tolerationSeconds": 30}]
+    assert (c.runtime_class, c.image_pull_secrets) == ("nvidia", ("a", "b"))
+    assert c.s3 == b.S3Options("http://s3:9000", None, "kv", "creds", "id", "secret")
+    opts = options.build_options(c, gateway_api_served=False)
+    assert (opts.image, opts.gpu_image, opts.runtime_class, opts.s3) == ("cpu:2", "gpu:2", "nvidia", c.s3)
 
 
 @pytest.mark.parametrize(
@@ -139,13 +135,7 @@ def test_bad_default_flags_are_refused(flag: str, value: str) -> None:
 
 
 def test_no_s3_flags_means_no_s3_env() -> None:
-    saved = options.CONFIG
-    options.CONFIG = options.OperatorConfig()
-    try:
-        main.configure(main.parse_args([]))
-        assert options.CONFIG.s3 is None
-    finally:
-        options.CONFIG = saved
+    assert main.config_from(main.parse_args([])).s3 is None
 
 
 def test_with_a_bucket_conversations_are_shared_through_s3() -> None:

@@ -27,13 +27,13 @@ def test_main_registers_every_handler() -> None:
 
 
 def test_startup_settings_bound_watches_retries_and_per_object_work() -> None:
-    """The settings kopf starts with (issue #4: watch timeouts and backoff tuned). Run in a subprocess:
-    `configure` also sets the interpreter's GIL switch interval."""
+    """The settings kopf starts with (issue #4: watch timeouts and backoff tuned; handlers.startup applies
+    them). Run in a subprocess: `configure` also sets the interpreter's GIL switch interval."""
     code = (
         "import sys, kopf\n"
-        "from realm.operator import handlers\n"
+        "from realm.operator import kopf_settings\n"
         "s = kopf.OperatorSettings()\n"
-        "handlers.configure(settings=s)\n"
+        "kopf_settings.configure(s)\n"
         "w, n, b = s.watching, s.networking, s.batching\n"
         "print(w.server_timeout, w.client_timeout, w.connect_timeout, n.request_timeout,\n"
         "      list(n.error_backoffs), b.worker_limit, b.idle_timeout, b.batch_window,\n"
