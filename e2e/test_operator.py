@@ -230,9 +230,10 @@ def test_operator_end_to_end(world: World) -> None:
     # code, once the running operator has settled, and compare resourceVersions.
     from kubernetes import config
 
-    from realm.operator import handlers, models, pipelines, tenants, world
+    from realm.operator import handlers, models, pipelines, tenants
     from realm.operator.kube import Kube
     from realm.operator.options import OperatorConfig
+    from realm.operator.world import listed
 
     refs = [("tenant", "acme"), ("tenant", "beta"), ("model", "chat"), ("secret", "acme-api-key")]
     refs += [("configmap", "chat-v1-config"), ("deployment", "chat-v1")]
@@ -246,7 +247,7 @@ def test_operator_end_to_end(world: World) -> None:
     before = wait_for("the operator to settle", settled, timeout=90)
     k = Kube(config.new_client_from_config(config_file=str(world.cluster.kubeconfig)))
     op = handlers.new_operator(k, OperatorConfig(runtime_image="realm-runtime:e2e"))  # what it was given
-    op.indexes = world.listed(k, NS)  # what kopf's indexes hold, read once
+    op.indexes = listed(k, NS)  # what kopf's indexes hold, read once
     models.reconcile_model(op, NS, "chat")
     tenants.reconcile_tenant(op, NS, "acme")  # these request Model passes from op.passes
     tenants.reconcile_tenant(op, NS, "beta")
