@@ -230,7 +230,7 @@ def test_operator_end_to_end(world: World) -> None:
     # code, once the running operator has settled, and compare resourceVersions.
     from kubernetes import config
 
-    from realm.operator import handlers, models, pipelines, tenants
+    from realm.operator import handlers, pipelines, tenants
     from realm.operator.kube import Kube
     from realm.operator.options import OperatorConfig
     from realm.operator.world import listed
@@ -248,8 +248,8 @@ def test_operator_end_to_end(world: World) -> None:
     k = Kube(config.new_client_from_config(config_file=str(world.cluster.kubeconfig)))
     op = handlers.new_operator(k, OperatorConfig(runtime_image="realm-runtime:e2e"))  # what it was given
     op.indexes = listed(k, NS)  # what kopf's indexes hold, read once
-    models.reconcile_model(op, NS, "chat")
-    tenants.reconcile_tenant(op, NS, "acme")  # these request Model passes from op.passes
+    op.passes.request(NS, "chat", now=True)  # the one way to run a Model pass
+    tenants.reconcile_tenant(op, NS, "acme")  # these request more from the same queue
     tenants.reconcile_tenant(op, NS, "beta")
     pipelines.reconcile_pipeline(op, NS, "qa")
     assert op.passes.wait_idle(60)
