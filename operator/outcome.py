@@ -24,10 +24,6 @@ class Outcome:
     created: list[str] = field(default_factory=list)
     status_written: bool = False
 
-    @property
-    def wrote(self) -> bool:
-        return bool(self.applied or self.deleted or self.created or self.status_written)
-
 
 def now() -> datetime:
     # metav1.Time has second precision; sub-second timestamps would not survive a round trip.
