@@ -228,7 +228,11 @@ KINDS: tuple[Kind, ...] = (
             READY_COLUMN,
             REASON_COLUMN,
             Column("Versions", ".spec.versions[*].name", description="Declared versions."),
-            Column("Traffic", ".status.trafficSummary", description="Split in force, version=percent."),
+            Column(
+                "Traffic",
+                ".status.trafficSummary",
+                description="Split asked for (a Gateway enforces it), version=percent.",
+            ),
             Column("Replicas", ".status.readyReplicas", "integer", "Ready replicas over all versions."),
             Column("GPU", ".spec.resources.gpu", "integer", "GPUs per pod.", priority=1),
             Column("Engines", ".spec.versions[*].engine", description="Engine of each version.", priority=1),

@@ -296,9 +296,16 @@ class ModelStatus(ResourceStatus):
         json_schema_extra=list_map("name"),
     )
     traffic: list[TrafficTarget] = Field(
-        default_factory=list, max_length=MAX_VERSIONS, description="The split in force."
+        default_factory=list,
+        max_length=MAX_VERSIONS,
+        description=(
+            "The split the spec asks for, as written to the HTTPRoute. Only a Gateway enforces it; "
+            "without one, requests spread over the ready replicas of every serving version."
+        ),
     )
-    traffic_summary: str = Field("", description="The split in force as text, e.g. v1=90,v2=10.")
+    traffic_summary: str = Field(
+        "", description="status.traffic as text, e.g. v1=90,v2=10 (the split asked for; see traffic)."
+    )
     ready_replicas: int = Field(0, ge=0, description="Ready replicas over all versions.")
     last_scale_time: str | None = Field(
         None, description="When the autoscaler last changed a version's replica count (RFC 3339)."
