@@ -7,7 +7,7 @@
 reference files outside its folder and kustomize refuses to by default, so both get byte-for-byte
 copies, plus kopf's peering CRDs (the operator's leader election needs them). The chart's README lists
 every value from `values.schema.json` (descriptions) and `values.yaml` (defaults), so the table cannot
-fall behind the values. `tests/test_chart.py` runs `--check`.
+fall behind the values. `tests/charts/test_chart.py` runs `--check`.
 """
 
 from __future__ import annotations

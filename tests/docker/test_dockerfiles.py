@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from repo_paths import REPO
 
 from realm.cli import _parser
 from realm.operator import builders
 
-REPO = Path(__file__).resolve().parent.parent
 DOCKER = REPO / "docker"
 FILES = {p.name: p for p in sorted(DOCKER.glob("*.Dockerfile"))}
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

@@ -1,6 +1,6 @@
 """A Model version's engineArgs for llama.cpp: typed, documented in the CRD, refused with a message that
 names the key when unknown or ill-typed, and completed by the operator's builder (GPU layers follow the
-pod's GPUs). That the values reach llama.cpp is tests/test_engine_settings.py's business."""
+pod's GPUs). That the values reach llama.cpp is tests/runtime/engines/test_engine_settings.py's business."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
+from repo_paths import WAT
 
 from realm.runtime.sandbox import InvocationFailed, InvocationResult, Sandbox, SandboxLimits, TenantModule
 from realm.runtime.sandbox.abi import (
@@ -21,7 +22,6 @@ from realm.runtime.sandbox.abi import (
 )
 from realm.runtime.sandbox.context import InvocationContext
 
-WAT = Path(__file__).parent / "wat"
 INFO = ModelInfoPayload(
     name="m", version="v7", engine="fake", context_length=512, vocab_size=1000, has_chat_template=False
 )

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 import yaml
+from repo_paths import REPO
 
 from e2e.cluster.cluster import find_bin_dir
 from realm.operator import chartgen, main
 
-REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "realm"
 NONDEFAULT = CHART / "ci" / "nondefault-values.yaml"
 KUBE_VERSION = "1.37.2"  # the e2e control plane's (e2e/cluster/versions.env)

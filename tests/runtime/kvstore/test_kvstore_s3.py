@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import s3server
+from repo_paths import TESTS
 from s3server import S3Bucket
 from test_kvstore import B, kv_bytes, scope, snap, tokens
 
@@ -38,6 +39,7 @@ from realm.runtime.kvstore.s3 import S3Tier
 from realm.runtime.spec.runtime_config import ModelConfig
 
 ROOT = "realm/kv"
+HERE = Path(__file__).resolve().parent  # a child process imports this module and test_kvstore
 
 
 def s3_config(bucket: S3Bucket, **kw: Any) -> S3Config:
@@ -254,7 +256,7 @@ def test_a_writer_killed_mid_upload_leaves_nothing_readable(tmp_path: Path) -> N
         child = textwrap.dedent(
             """
             import json, os, sys, time
-            sys.path.insert(0, sys.argv[1])
+            sys.path[:0] = sys.argv[1].split(os.pathsep)
             from test_kvstore import scope, snap, tokens
             from test_kvstore_s3 import store_on
             from s3server import S3Bucket
@@ -274,7 +276,7 @@ def test_a_writer_killed_mid_upload_leaves_nothing_readable(tmp_path: Path) -> N
             "bucket": bucket.bucket,
         }
         proc = subprocess.Popen(
-            [sys.executable, "-c", child, str(Path(__file__).parent), json.dumps(cfg)],
+            [sys.executable, "-c", child, os.pathsep.join(map(str, (HERE, TESTS))), json.dumps(cfg)],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -7,10 +7,10 @@ import ast
 import base64
 import copy
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import kopf
+from repo_paths import REPO
 
 from realm.operator import handlers, models, tenants, world
 from realm.operator.options import OperatorConfig
@@ -20,7 +20,7 @@ from realm.runtime.spec.runtime_config import hash_api_key
 
 NS = "team-a"
 World = Mapping[str, list[dict[str, Any]]]  # kind -> objects
-OPERATOR_DIR = Path(__file__).resolve().parent.parent / "operator"
+OPERATOR_DIR = REPO / "operator"
 
 
 class FakeKube:

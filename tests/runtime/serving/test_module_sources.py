@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import wasmtime
 from pydantic import ValidationError
+from repo_paths import WAT
 from runtime_thread import running
 
 from realm.operator import builders as b
@@ -25,13 +26,9 @@ from realm.runtime.spec.model import ModelSpec
 from realm.runtime.spec.runtime_config import TenantEntry
 from realm.runtime.spec.tenant import TenantSpec, WasmModuleSource
 
-ECHO = bytes(wasmtime.wat2wasm((Path(__file__).parent / "wat" / "echo.wat").read_text()))
+ECHO = bytes(wasmtime.wat2wasm((WAT / "echo.wat").read_text()))
 OTHER = bytes(  # the same program with two memory pages: other bytes, another digest
-    wasmtime.wat2wasm(
-        (Path(__file__).parent / "wat" / "echo.wat")
-        .read_text()
-        .replace('(export "memory") 1', '(export "memory") 2')
-    )
+    wasmtime.wat2wasm((WAT / "echo.wat").read_text().replace('(export "memory") 1', '(export "memory") 2'))
 )
 assert OTHER != ECHO
 

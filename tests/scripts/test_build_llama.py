@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from repo_paths import REPO
+
 SCRIPT = REPO / "scripts" / "build-llama.sh"
 
 

@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
+from repo_paths import REPO
 
 from realm.runtime.spec.model import ModelSpec
 from realm.runtime.spec.pipeline import PipelineSpec
 from realm.runtime.spec.tenant import TenantSpec
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "manifests" / "examples"
+EXAMPLES = REPO / "manifests" / "examples"
 SPECS = {"Model": ModelSpec, "Tenant": TenantSpec, "Pipeline": PipelineSpec}
 
 

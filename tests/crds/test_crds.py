@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 import yaml
+from repo_paths import REPO
 
 from realm.operator import crdgen
 from realm.runtime.spec.tenant import TenantSpec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 CRD_FILES = ["tenants.realm.dev.yaml", "models.realm.dev.yaml", "pipelines.realm.dev.yaml"]
 
 

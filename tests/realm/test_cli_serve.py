@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import KEYS, MODEL, runtime_config
+from repo_paths import REPO
 
 from realm.cli import _curl_line, _parser
 
@@ -138,7 +139,7 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(tmp_path: Path) -> None
 
 def test_realm_tenant_build_go(tmp_path: Path) -> None:
     """`realm tenant build` packages the Go echo example; a folder with no source fails clearly."""
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     out = tmp_path / "echo.wasm"
     done = subprocess.run(
         [
