@@ -246,7 +246,7 @@ def test_model_ready_with_pods_on_a_kwok_gpu_node(tmp_path: Path) -> None:
             assert (cols["READY"], cols["REPLICAS"]) == ("True", "1"), cols
             assert cols["REASON"] == conds["Ready"]["reason"], cols
 
-            # Two versions at 90/10: both run (weight > 0), the split is reported in status.
+            # Two versions at 90/10: both run (weight > 0).
             began = time.monotonic()
             world.apply(_model("chat", ["v1", "v2"], {"v1": 90, "v2": 10}, gpu=1))
 
@@ -262,11 +262,16 @@ def test_model_ready_with_pods_on_a_kwok_gpu_node(tmp_path: Path) -> None:
             model = wait_for("both versions Ready at 90/10", split_ready, timeout=RECONCILE_TIMEOUT)
             split_after = time.monotonic() - began
             st = model["status"]
-            assert st["traffic"] == [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}], st
-            assert st["trafficSummary"] == "v1=90,v2=10"
             assert st["readyReplicas"] == 2
             cols = _printer_columns(world, "model", "chat")
-            assert (cols["READY"], cols["TRAFFIC"], cols["REPLICAS"]) == ("True", "v1=90,v2=10", "2"), cols
+            assert (cols["READY"], cols["REPLICAS"]) == ("True", "2"), cols
+            # No Gateway here: the stable Service selects the ready pods of both versions, so requests
+            # follow ready replicas, not the 90/10 asked for (status.traffic is only the split asked for;
+            # reporting the split in force is issue 14's work).
+            stable = world.get("service", "chat")
+            assert stable is not None
+            served = _pods(world, stable["spec"]["selector"])
+            assert sorted(p["metadata"]["labels"]["realm.dev/model-version"] for p in served) == ["v1", "v2"]
             v2_pods = _pods(world, {**selector, "realm.dev/model-version": "v2"})
             assert [p["spec"]["nodeName"] for p in v2_pods] == ["gpu-0"]
             assert op.poll() is None

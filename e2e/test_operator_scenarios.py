@@ -113,7 +113,6 @@ def test_examples_schedule_onto_gpu_nodes_and_report_ready(world: World, tmp_pat
         model_after = time.monotonic() - began
         st = model["status"]
         assert [(v["name"], v["readyReplicas"]) for v in st["versions"]] == [("v1", 1), ("v2", 1)]
-        assert st["trafficSummary"] == "v1=90,v2=10"
         tenant = wait_for("Tenant acme Ready", lambda: _ready(world, "tenant", "acme"), timeout=TIMEOUT)
         assert tenant["status"]["publishedTo"] == ["smollm2"]
         pipeline = wait_for(
