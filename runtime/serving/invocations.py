@@ -60,7 +60,6 @@ async def invoke_module(
 ) -> InvocationResult:
     """Run `module` on `input_data`; `on_output` gets each emitted chunk, on the invocation's worker
     thread. Raises InvocationFailed."""
-
     ctx = InvocationContext(
         tenant=tenant.name,
         input_data=input_data,
