@@ -28,7 +28,7 @@ from realm.runtime.serving.conversations import conversation_store
 
 from .errors import api_error
 from .schemas import Message
-from .state import app_state
+from .state import AppState
 
 router = APIRouter()
 
@@ -59,8 +59,9 @@ class AppendMessages(BaseModel):
 
 
 def _context(request: Request) -> tuple[ConversationStore, str]:
+    state: AppState = request.app.state.realm
     # ConversationsDisabled, if raised, is rendered by the handler in errors.py.
-    return conversation_store(app_state(request)), request.state.tenant.name  # tenant: set by the middleware
+    return conversation_store(state), request.state.tenant.name  # the tenant: set by the middleware
 
 
 def conversation_object(c: Conversation, *, messages: bool = True) -> dict[str, Any]:

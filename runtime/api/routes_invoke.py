@@ -26,18 +26,18 @@ from realm.runtime.spec.runtime_config import TenantEntry
 
 from . import sse
 from .errors import APIError, invocation_error
-from .state import AppState, app_state, request_tenant
+from .state import AppState
 
 router = APIRouter()
 
 
 def _own_tenant(request: Request, tenant: str) -> tuple[AppState, TenantEntry]:
-    entry = request_tenant(request)
+    entry: TenantEntry = request.state.tenant  # set by the middleware
     if entry.name != tenant:
         raise APIError(
             403, f"This API key belongs to tenant '{entry.name}', not '{tenant}'.", code="wrong_tenant"
         )
-    state = app_state(request)
+    state: AppState = request.app.state.realm
     running_sandbox(state)  # 503 before reading a body there is nothing to run
     return state, entry
 

@@ -20,21 +20,23 @@ from realm.runtime.conversations.chat import ChatTurn
 from realm.runtime.engines.base import Engine, EngineError, TokenEvent
 from realm.runtime.kvstore.snapshots import kv_key_hint
 from realm.runtime.serving.conversations import begin_chat_turn, finish_chat_turn
-from realm.runtime.serving.engine_input import (
+from realm.runtime.serving.errors import ServingError
+from realm.runtime.serving.generation import GenerationStream
+from realm.runtime.serving.requests import (
+    allowed_engine,
     chat_prompt_ids,
     logit_bias_processor,
+    max_tokens_within_limits,
     sampling_params,
     text_prompt_ids,
     token_prompt_ids,
 )
-from realm.runtime.serving.errors import ServingError
-from realm.runtime.serving.generation import GenerationStream
-from realm.runtime.serving.limits import allowed_engine, max_tokens_within_limits
+from realm.runtime.spec.runtime_config import TenantEntry
 
 from . import sse
 from .errors import APIError, api_error, error_body
 from .schemas import ChatCompletionRequest, CompletionRequest
-from .state import AppState, app_state, request_tenant
+from .state import AppState
 
 router = APIRouter()
 
@@ -201,8 +203,8 @@ def _count_rejection(state: AppState, tenant: str, model: str, endpoint: str, er
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    state = app_state(request)
-    tenant = request_tenant(request)
+    state: AppState = request.app.state.realm
+    tenant: TenantEntry = request.state.tenant  # set by the middleware
     allowed = set(tenant.spec.allowed_models)
     return {
         "object": "list",
@@ -217,8 +219,8 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     arrived = time.perf_counter()
-    state = app_state(request)
-    tenant = request_tenant(request)
+    state: AppState = request.app.state.realm
+    tenant: TenantEntry = request.state.tenant  # set by the middleware
     turn: ChatTurn | None = None
     messages = [(m.role, m.text()) for m in body.messages]
     try:
@@ -346,8 +348,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     arrived = time.perf_counter()
-    state = app_state(request)
-    tenant = request_tenant(request)
+    state: AppState = request.app.state.realm
+    tenant: TenantEntry = request.state.tenant  # set by the middleware
     try:
         engine = allowed_engine(state, tenant, body.model)
         prompt_ids = completion_prompt_ids(engine, body)

@@ -55,7 +55,7 @@ class Message(BaseModel):
 
 class SamplingFields(BaseModel):
     """Fields both endpoints share; the sampling ones map onto the engine's parameters in
-    runtime/serving/engine_input.py."""
+    runtime/serving/requests.py."""
 
     model_config = ConfigDict(extra="forbid")
 

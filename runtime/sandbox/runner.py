@@ -73,7 +73,7 @@ COMPONENT_MIN_INSTANCES = 64
 class SandboxLimits:
     """Per-invocation limits. `memory_mib` caps each linear memory; `instances` also caps the
     number of tables and memories (for components, at least COMPONENT_MIN_INSTANCES). The
-    sandbox's own record: whoever invokes builds it (runtime/serving/limits.py, from a tenant's
+    sandbox's own record: whoever invokes builds it (runtime/serving/invocations.py, from a tenant's
     quotas)."""
 
     memory_mib: int = 64

@@ -3,11 +3,12 @@ tenant's WebAssembly through the host ABI).
 
     state.py          ServingState: engines, scheduler, tenants, sandbox, stores, metrics
     errors.py         the domain errors every door maps to its own codes (HTTP, ABI)
-    limits.py         a tenant's limits, checked here only: models, tokens, WebAssembly budgets
-    engine_input.py   prompt token ids and the one mapping of sampling fields to the engine's
+    requests.py       a request checked against its tenant's limits (model access, tokens: here
+                      only) and made into the engine's input (prompt ids, the one sampling mapping)
     generation.py     admission, the engine stream, KV policy, metrics, release (GenerationStream)
     conversations.py  the conversation store as requests use it, chat turns
-    invocations.py    a tenant's module invoked, and the host services its calls reach
+    invocations.py    a tenant's module invoked (its sandbox limits from its quotas), and the
+                      host services its calls reach (RuntimeHostServices)
     modules.py        deploying modules, uploaded or pinned (module_sources.py: where they come from)
 
 Depends on the scheduler, engines, sandbox, kvstore, conversations and spec; never on the API.

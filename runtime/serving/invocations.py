@@ -26,15 +26,37 @@ from realm.runtime.sandbox.abi import (
     ModelInfoPayload,
 )
 from realm.runtime.sandbox.context import InvocationContext
-from realm.runtime.sandbox.runner import InvocationFailed, InvocationResult, Sandbox, TenantModule
+from realm.runtime.sandbox.runner import (
+    InvocationFailed,
+    InvocationResult,
+    Sandbox,
+    SandboxLimits,
+    TenantModule,
+)
 from realm.runtime.spec.runtime_config import TenantEntry
+from realm.runtime.spec.tenant import Quotas
 
 from .conversations import conversation_store
-from .engine_input import sampling_params, text_prompt_ids
 from .errors import InvalidRequest, NoModule, NotReady
 from .generation import GenerationStream, complete_text
-from .limits import allowed_engine, configured_tenant, max_tokens_within_limits, sandbox_limits
+from .requests import (
+    allowed_engine,
+    configured_tenant,
+    max_tokens_within_limits,
+    sampling_params,
+    text_prompt_ids,
+)
 from .state import ServingState
+
+
+def sandbox_limits(quotas: Quotas) -> SandboxLimits:
+    """The tenant's WebAssembly quotas as the sandbox's own limits (unset: the sandbox's defaults)."""
+    default = SandboxLimits()
+    return SandboxLimits(
+        memory_mib=quotas.wasm_memory_mib or default.memory_mib,
+        fuel=quotas.wasm_fuel_per_invocation,
+        deadline_ms=quotas.wasm_time_ms_per_invocation or default.deadline_ms,
+    )
 
 
 def running_sandbox(state: ServingState) -> Sandbox:
