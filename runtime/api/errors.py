@@ -81,10 +81,6 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def bad_request(message: str, *, code: str | None = None, param: str | None = None) -> APIError:
-    return APIError(400, message, code=code, param=param)
-
-
 def unavailable(message: str = "The server is shutting down; retry on another replica.") -> APIError:
     return APIError(503, message, type="service_unavailable", code="service_unavailable")
 
