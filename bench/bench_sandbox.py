@@ -41,7 +41,7 @@ from bench_runtime import free_port, server  # noqa: E402
 from go_builds import build_go_example  # noqa: E402
 from sandbox_builds import build_example  # noqa: E402
 
-from realm.runtime.sandbox.abi import GenerateParams, Generation, ModelInfoPayload  # noqa: E402
+from realm.runtime.sandbox.abi import GenerateParams, GenerationPayload, ModelInfoPayload  # noqa: E402
 from realm.runtime.sandbox.context import InvocationContext  # noqa: E402
 from realm.runtime.sandbox.runner import Sandbox, SandboxLimits, TenantModule  # noqa: E402
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key  # noqa: E402
@@ -168,14 +168,14 @@ class HeldServices:
         self.expect = expect
         self.arrived = 0
 
-    async def generate(
+    async def generate_text(
         self, tenant: str, params: GenerateParams, on_text: Callable[[str], None] | None
-    ) -> Generation:
+    ) -> GenerationPayload:
         self.arrived += 1
         if self.arrived >= self.expect:
             self.all_arrived.set()
         await self.release.wait()
-        return Generation(text="ok", finish_reason="stop", prompt_tokens=1, completion_tokens=1)
+        return GenerationPayload(text="ok", finish_reason="stop", prompt_tokens=1, completion_tokens=1)
 
     async def encode_tokens(self, tenant: str, model: str, text: str) -> list[int]:
         return [1]

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from realm.runtime.module_sources import CONFIGMAP_KEY, CONFIGMAP_SUBDIR
+from realm.runtime.serving.module_sources import CONFIGMAP_KEY, CONFIGMAP_SUBDIR
 from realm.runtime.spec.model import MODEL_NAME_PATTERN, ModelSpec, ModelVersion
 from realm.runtime.spec.pipeline import PipelineSpec
 from realm.runtime.spec.runtime_config import (

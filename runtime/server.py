@@ -20,13 +20,13 @@ from pathlib import Path
 import uvicorn
 
 from realm.runtime.api import AppState, create_app
-from realm.runtime.api.invoke import deploy_configured_modules
 from realm.runtime.config_store import ConfigWatcher
 from realm.runtime.engines.base import Engine
 from realm.runtime.engines.model_files import realm_cache
 from realm.runtime.metrics import Metrics
 from realm.runtime.sandbox.runner import Sandbox
 from realm.runtime.scheduler import AdmissionScheduler
+from realm.runtime.serving.modules import deploy_configured_modules
 from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig
 
 log = logging.getLogger(__name__)

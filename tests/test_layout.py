@@ -1,6 +1,7 @@
 """The repository layout maps into one `realm` distribution without shadowing the standard library."""
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,18 @@ def test_the_editable_install_is_a_path_entry_not_an_import_hook() -> None:
     pths = list(site.glob("__editable__.realm-*.pth"))
     assert [p.read_text().strip() for p in pths] == [str(ROOT)]
     assert not list(site.glob("__editable__*realm*finder*.py"))
+
+
+def test_the_architecture_page_names_only_files_that_exist() -> None:
+    # docs/architecture.md is what a newcomer reads first: a renamed or removed file must not linger there.
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    names = set(re.findall(r"`([\w./-]+\.(?:py|md|wit)|[\w./-]+/)`", text))
+    assert len(names) > 50  # the pattern itself can go wrong
+    bases = [ROOT, ROOT / "runtime", ROOT / "operator", ROOT / "runtime" / "sandbox"]
+    every_file = {p.name for top in ("runtime", "operator", "realm") for p in (ROOT / top).rglob("*.py")}
+    missing = sorted(
+        n
+        for n in names
+        if not any((base / n).exists() for base in bases) and not ("/" not in n and n in every_file)
+    )
+    assert missing == []

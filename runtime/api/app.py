@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from . import invoke, routes_conversations, routes_openai, routes_ops
+from . import routes_conversations, routes_invoke, routes_openai, routes_ops
 from .errors import install_handlers
 from .middleware import RealmMiddleware
 from .state import AppState
@@ -22,7 +22,7 @@ def create_app(state: AppState) -> FastAPI:
     install_handlers(app)
     app.include_router(routes_openai.router)
     app.include_router(routes_ops.router)
-    app.include_router(invoke.router)
+    app.include_router(routes_invoke.router)
     app.include_router(routes_conversations.router)
     app.add_middleware(RealmMiddleware, state=state)
 

@@ -1,7 +1,9 @@
 """Errors in OpenAI's wire shape: `{"error": {"message", "type", "param", "code"}}`.
 
 Every failure the API reports goes through `APIError`, so clients written against OpenAI (and
-its SDK's typed exceptions, which key off the status code) behave the same against Realm.
+its SDK's typed exceptions, which key off the status code) behave the same against Realm. The
+serving layer's domain errors, the conversation store's and the sandbox's invocation failures
+become HTTP statuses here and nowhere else (`api_error`, `invocation_error`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,29 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from realm.runtime.conversations import (
+    ConversationError,
+    ConversationNotFound,
+    InvalidConversation,
+    LimitExceeded,
+    StoreUnavailable,
+    VersionConflict,
+)
+from realm.runtime.sandbox.abi import InvocationErrorCode
+from realm.runtime.sandbox.modules import InvocationFailed
+from realm.runtime.serving.errors import (
+    ConversationsDisabled,
+    EngineFailed,
+    InvalidRequest,
+    ModelNotAllowed,
+    ModelNotFound,
+    NoModule,
+    NotReady,
+    QuotaExceeded,
+    ServingError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +81,70 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def bad_request(message: str, *, code: str | None = None, param: str | None = None) -> APIError:
-    return APIError(400, message, code=code, param=param)
-
-
 def unavailable(message: str = "The server is shutting down; retry on another replica.") -> APIError:
     return APIError(503, message, type="service_unavailable", code="service_unavailable")
+
+
+# (status, OpenAI error type) of each domain error; anything else is the server's fault (500).
+_SERVING_STATUS: dict[type[ServingError], tuple[int, str]] = {
+    InvalidRequest: (400, "invalid_request_error"),
+    ModelNotAllowed: (403, "invalid_request_error"),
+    ModelNotFound: (404, "invalid_request_error"),
+    NoModule: (404, "invalid_request_error"),
+    QuotaExceeded: (429, "rate_limit_exceeded"),
+    EngineFailed: (500, "server_error"),
+    NotReady: (503, "service_unavailable"),
+    Unavailable: (503, "service_unavailable"),
+    ConversationsDisabled: (503, "service_unavailable"),
+}
+_CONVERSATION_STATUS: dict[type[ConversationError], tuple[int, str]] = {
+    ConversationNotFound: (404, "invalid_request_error"),
+    VersionConflict: (409, "invalid_request_error"),
+    LimitExceeded: (400, "invalid_request_error"),
+    InvalidConversation: (400, "invalid_request_error"),
+    StoreUnavailable: (503, "service_unavailable"),
+}
+# 4xx: the tenant's module or its behaviour is at fault, retrying the same call will not help
+# (422), except a deadline, which may depend on load (504). 404/503 are about the deployment.
+_INVOCATION_STATUS: dict[InvocationErrorCode, int] = {
+    InvocationErrorCode.TENANT_ERROR: 422,
+    InvocationErrorCode.TRAP: 422,
+    InvocationErrorCode.TIMEOUT: 504,
+    InvocationErrorCode.FUEL_EXHAUSTED: 422,
+    InvocationErrorCode.MEMORY_LIMIT: 422,
+    InvocationErrorCode.RESOURCE_LIMIT: 422,
+    InvocationErrorCode.INVALID_MODULE: 422,
+    InvocationErrorCode.UNKNOWN_IMPORT: 422,
+    InvocationErrorCode.ABI_UNSUPPORTED: 422,
+    InvocationErrorCode.MISSING_EXPORT: 422,
+    InvocationErrorCode.NO_MODULE: 404,
+    InvocationErrorCode.BUSY: 503,
+}
+
+
+def api_error(e: ServingError | ConversationError, *, param: str | None = None) -> APIError:
+    """A domain error as the API reports it; `param` names the request field at fault where the
+    error cannot know it (a conversation error on the chat endpoint: `conversation`)."""
+    if isinstance(e, ConversationError):
+        status, kind = _CONVERSATION_STATUS.get(type(e), (500, "server_error"))
+        if isinstance(e, VersionConflict) and param is None:
+            param = "expected_version"
+        if status >= 500:
+            param = None
+        return APIError(status, e.message, type=kind, code=e.code, param=param)
+    status, kind = _SERVING_STATUS.get(type(e), (500, "server_error"))
+    retry_after = e.retry_after if isinstance(e, QuotaExceeded) else None
+    return APIError(
+        status, e.message, type=kind, code=e.code, param=param or e.param, retry_after=retry_after
+    )
+
+
+def invocation_status(code: InvocationErrorCode) -> int:
+    return _INVOCATION_STATUS[code]
+
+
+def invocation_error(e: InvocationFailed) -> APIError:
+    return APIError(invocation_status(e.code), e.message, type="invocation_error", code=str(e.code))
 
 
 def _loc_to_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
@@ -74,6 +157,18 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
+        return api_error(exc).response()
+
+    @app.exception_handler(ConversationError)
+    async def _conversation_error(_: Request, exc: ConversationError) -> JSONResponse:
+        return api_error(exc).response()
+
+    @app.exception_handler(InvocationFailed)
+    async def _invocation_failed(_: Request, exc: InvocationFailed) -> JSONResponse:
+        return invocation_error(exc).response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -46,7 +46,8 @@ class RealmMiddleware:
             await _send_error(send, e)
             return
         scope.setdefault("state", {})["tenant"] = tenant
-        state.request_started()
+        state.in_flight += 1
+        state.idle.clear()
         try:
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 # Modules are large (a Python tenant's component is ~18 MB); request bodies are not.
@@ -59,16 +60,15 @@ class RealmMiddleware:
                 receive = _replay(buffered, receive)
             await self.app(scope, receive, send)
         finally:
-            state.request_finished()
+            state.in_flight -= 1
+            if state.in_flight == 0:
+                state.idle.set()
 
     @staticmethod
     async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | APIError:
-        too_large = APIError(
-            413, f"The request body exceeds the limit of {limit} bytes.", code="request_too_large"
-        )
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return too_large
+            return _too_large(limit)
         # Buffered whole: bodies are small (limit is a few MiB) and this lets the size check happen
         # before any parsing, whether or not the client declared a length.
         chunks: list[bytes] = []
@@ -80,10 +80,14 @@ class RealmMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                return too_large
+                return _too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"The request body exceeds the limit of {limit} bytes.", code="request_too_large")
 
 
 def _endpoint(scope: Scope) -> str:

@@ -23,22 +23,10 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from realm.runtime.conversations import (
-    UNSET,
-    Conversation,
-    ConversationError,
-    ConversationNotFound,
-    ConversationStore,
-    InvalidConversation,
-    LimitExceeded,
-    StoreUnavailable,
-    Unset,
-    VersionConflict,
-)
-from realm.runtime.conversations import Message as StoredMessage
-from realm.runtime.conversations.chat import ChatTurn, begin_turn, finish_turn
+from realm.runtime.conversations import UNSET, Conversation, ConversationError, ConversationStore, Unset
+from realm.runtime.serving.conversations import conversation_store
 
-from .errors import APIError
+from .errors import api_error
 from .schemas import Message
 from .state import AppState
 
@@ -70,37 +58,10 @@ class AppendMessages(BaseModel):
     expected_version: int | None = Field(None, ge=1)
 
 
-def api_error(e: ConversationError, *, param: str | None = None) -> APIError:
-    if isinstance(e, ConversationNotFound):
-        return APIError(404, e.message, code=e.code, param=param)
-    if isinstance(e, VersionConflict):
-        return APIError(409, e.message, code=e.code, param="expected_version" if param is None else param)
-    if isinstance(e, LimitExceeded | InvalidConversation):
-        return APIError(400, e.message, code=e.code, param=param)
-    if isinstance(e, StoreUnavailable):
-        return APIError(503, e.message, type="service_unavailable", code=e.code)
-    return APIError(500, e.message, type="server_error", code=e.code)
-
-
-def _store(state: AppState) -> ConversationStore:
-    if state.conversations is None:
-        raise APIError(
-            503,
-            "Conversations are not enabled on this runtime.",
-            type="service_unavailable",
-            code="conversations_unavailable",
-        )
-    return state.conversations
-
-
 def _context(request: Request) -> tuple[ConversationStore, str]:
     state: AppState = request.app.state.realm
-    return _store(state), request.state.tenant.name  # the tenant: set by the auth middleware
-
-
-def stored(messages: list[Message]) -> list[StoredMessage]:
-    """Request messages as stored: text parts joined into one string."""
-    return [StoredMessage(role=m.role, content=m.text(), name=m.name) for m in messages]
+    # ConversationsDisabled, if raised, is rendered by the handler in errors.py.
+    return conversation_store(state), request.state.tenant.name  # the tenant: set by the middleware
 
 
 def conversation_object(c: Conversation, *, messages: bool = True) -> dict[str, Any]:
@@ -125,7 +86,7 @@ async def create_conversation(body: CreateConversation, request: Request) -> dic
     store, tenant = _context(request)
     try:
         c = await store.create(
-            tenant, metadata=body.metadata, messages=stored(body.messages), state=body.state
+            tenant, metadata=body.metadata, messages=[m.stored() for m in body.messages], state=body.state
         )
     except ConversationError as e:
         raise api_error(e) from e
@@ -184,7 +145,10 @@ async def append_messages(conversation_id: str, body: AppendMessages, request: R
     store, tenant = _context(request)
     try:
         c = await store.update(
-            tenant, conversation_id, expected_version=body.expected_version, append=stored(body.messages)
+            tenant,
+            conversation_id,
+            expected_version=body.expected_version,
+            append=[m.stored() for m in body.messages],
         )
     except ConversationError as e:
         raise api_error(e) from e
@@ -199,34 +163,3 @@ async def delete_conversation(conversation_id: str, request: Request) -> dict[st
     except ConversationError as e:
         raise api_error(e) from e
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
-
-
-# ---- the chat endpoint's side (routes_openai.py calls these) ----------------------------------
-
-
-async def begin_chat_turn(state: AppState, tenant: str, conversation_id: str, new: list[Message]) -> ChatTurn:
-    """The stored history plus the request's messages, or a 404 naming the `conversation` param."""
-    try:
-        return await begin_turn(_store(state), tenant, conversation_id, stored(new))
-    except ConversationError as e:
-        raise api_error(e, param="conversation") from e
-
-
-def prompt_messages(turn: ChatTurn) -> list[Message]:
-    # Not validated again: a stored reply may be empty (a model that stopped at once), which a
-    # request's message may not be, and it is history now, not input.
-    return [Message.model_construct(role=m.role, content=m.content, name=m.name) for m in turn.prompt]
-
-
-async def finish_chat_turn(
-    state: AppState, turn: ChatTurn, reply: str, *, kv_key: str | Unset | None = UNSET
-) -> dict[str, Any]:
-    """Record the turn (and `kv_key`, the KV snapshot of it, in the same write); what the response
-    says about the conversation (`{"id", "version"}`). A conflict (another writer appended since
-    the request began) is a 409 `conversation_conflict`: the turn is not recorded, nobody's turn
-    is overwritten (runtime/conversations/chat.py)."""
-    try:
-        c = await finish_turn(_store(state), turn, reply, kv_key=kv_key)
-    except ConversationError as e:
-        raise api_error(e, param="conversation") from e
-    return {"id": c.id, "version": c.version}

@@ -1,7 +1,8 @@
 """OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/models.
 
-Per request: the middleware has authenticated the tenant; FastAPI has parsed the body; here we
-resolve the model, tokenize, enforce the tenant's size limits, then hand over to `Generation`.
+Per request: the middleware has authenticated the tenant; FastAPI has parsed the body; here the
+serving layer resolves the model, builds the prompt, applies the tenant's limits and maps the
+sampling fields, a `GenerationStream` runs it, and the route renders OpenAI's JSON or SSE.
 """
 
 from __future__ import annotations
@@ -13,72 +14,37 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
+from realm.runtime.conversations import Conversation, ConversationError
 from realm.runtime.conversations.chat import ChatTurn
-from realm.runtime.engines.base import ChatMessage, Engine, EngineError, SamplingParams, TokenEvent
+from realm.runtime.engines.base import Engine, EngineError, TokenEvent
 from realm.runtime.kvstore.snapshots import kv_key_hint
+from realm.runtime.serving.conversations import begin_chat_turn, finish_chat_turn
+from realm.runtime.serving.errors import ServingError
+from realm.runtime.serving.generation import GenerationStream
+from realm.runtime.serving.requests import (
+    allowed_engine,
+    chat_prompt_ids,
+    logit_bias_processor,
+    max_tokens_within_limits,
+    sampling_params,
+    text_prompt_ids,
+    token_prompt_ids,
+)
 from realm.runtime.spec.runtime_config import TenantEntry
 
 from . import sse
-from .errors import APIError, bad_request, error_body, unavailable
-from .generation import Generation
-from .logit_bias import logit_bias_processor
-from .routes_conversations import begin_chat_turn, finish_chat_turn, prompt_messages
-from .schemas import ChatCompletionRequest, CompletionRequest, Message, _SamplingFields
+from .errors import APIError, api_error, error_body
+from .schemas import ChatCompletionRequest, CompletionRequest
 from .state import AppState
 
 router = APIRouter()
 
 T = TypeVar("T")
 
-# Roles OpenAI added after chat templates were written; templates know them by their older name.
-_ROLE_ALIASES = {"developer": "system"}
-
 
 class ClientGone(Exception):
     """The client closed the connection before the response began."""
-
-
-def app_state(request: Request) -> AppState:
-    state: AppState = request.app.state.realm
-    return state
-
-
-def request_tenant(request: Request) -> TenantEntry:
-    tenant: TenantEntry = request.state.tenant  # set by the auth middleware for every /v1 path
-    return tenant
-
-
-def resolve_model(state: AppState, tenant: TenantEntry, model: str) -> Engine:
-    if model not in state.models:
-        raise APIError(404, f"The model '{model}' does not exist.", code="model_not_found", param="model")
-    if model not in tenant.spec.allowed_models:
-        raise APIError(
-            403,
-            f"Tenant '{tenant.name}' may not use the model '{model}'.",
-            code="model_not_allowed",
-            param="model",
-        )
-    engine = state.engines.get(model)
-    if engine is None:
-        raise APIError(
-            503, f"The model '{model}' is still loading.", type="service_unavailable", code="loading"
-        )
-    return engine
-
-
-def chat_prompt_ids(engine: Engine, messages: list[Message]) -> list[int]:
-    rendered = engine.apply_chat_template(
-        [ChatMessage(role=_ROLE_ALIASES.get(m.role, m.role), content=m.text()) for m in messages]
-    )
-    ids: list[int] = engine.encode(rendered, add_special=False)
-    # Templates of some families write BOS themselves and others leave it to the tokenizer; adding
-    # it blindly would double it, which measurably degrades output. Add it only where it is missing.
-    bos: list[int] = engine.encode("", add_special=True)
-    if bos and ids[: len(bos)] != bos:
-        ids = bos + ids
-    return ids
 
 
 def completion_prompt_ids(engine: Engine, body: CompletionRequest) -> list[int]:
@@ -86,88 +52,8 @@ def completion_prompt_ids(engine: Engine, body: CompletionRequest) -> list[int]:
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
         prompt = prompt[0]  # a one-element batch, unwrapped (larger ones were rejected)
     if isinstance(prompt, str):
-        encoded: list[int] = engine.encode(prompt, add_special=True)
-        return encoded
-    vocab = engine.info.vocab_size
-    ids = [int(t) for t in prompt]
-    bad = [t for t in ids if not 0 <= t < vocab]
-    if bad:
-        raise bad_request(
-            f"Token id {bad[0]} is out of range [0, {vocab}).", code="invalid_value", param="prompt"
-        )
-    return ids
-
-
-def check_limits(
-    engine: Engine, tenant: TenantEntry, prompt_len: int, requested: int | None, default: int | None
-) -> int:
-    """The max_tokens to use, after the model's context and the tenant's quotas have had their say."""
-    context: int = engine.info.context_length
-    quotas = tenant.spec.quotas
-    if quotas.max_prompt_tokens is not None and prompt_len > quotas.max_prompt_tokens:
-        raise bad_request(
-            f"The prompt has {prompt_len} tokens; this tenant may send at most {quotas.max_prompt_tokens}.",
-            code="context_length_exceeded",
-            param="messages",
-        )
-    if prompt_len >= context:
-        raise bad_request(
-            f"This model's maximum context length is {context} tokens; the prompt has {prompt_len}.",
-            code="context_length_exceeded",
-            param="messages",
-        )
-    if requested is not None:
-        if requested > context:
-            raise bad_request(
-                f"max_tokens is {requested}; this model's context holds only {context} tokens.",
-                code="invalid_value",
-                param="max_tokens",
-            )
-        if quotas.max_tokens_per_request is not None and requested > quotas.max_tokens_per_request:
-            raise bad_request(
-                f"max_tokens is {requested}; this tenant may request at most "
-                f"{quotas.max_tokens_per_request}.",
-                code="max_tokens_exceeded",
-                param="max_tokens",
-            )
-        if prompt_len + requested > context:
-            raise bad_request(
-                f"This model's maximum context length is {context} tokens; the prompt ({prompt_len}) plus "
-                f"max_tokens ({requested}) exceed it.",
-                code="context_length_exceeded",
-                param="max_tokens",
-            )
-        return requested
-    limit = context - prompt_len
-    if quotas.max_tokens_per_request is not None:
-        limit = min(limit, quotas.max_tokens_per_request)
-    return min(limit, default) if default is not None else limit
-
-
-def sampling_params(body: _SamplingFields, max_tokens: int, logprobs: int | None) -> SamplingParams:
-    given: dict[str, Any] = {
-        name: getattr(body, name)
-        for name in (
-            "temperature",
-            "top_p",
-            "top_k",
-            "min_p",
-            "repetition_penalty",
-            "presence_penalty",
-            "frequency_penalty",
-            "seed",
-            "ignore_eos",
-        )
-        if getattr(body, name) is not None
-    }
-    try:
-        return SamplingParams(max_tokens=max_tokens, stop=body.stop_list(), logprobs=logprobs, **given)
-    except ValidationError as e:
-        first = e.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise bad_request(
-            f"Invalid sampling parameter: {first['msg']}", code="invalid_value", param=param
-        ) from e
+        return text_prompt_ids(engine, prompt)
+    return token_prompt_ids(engine, prompt)
 
 
 async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -> T:
@@ -236,33 +122,32 @@ class _CompletionLogprobs:
         }
 
 
-def _finish_error(gen: Generation) -> APIError | None:
-    """Engine-side endings that are not a completion: they become errors, never a silent truncation."""
-    if gen.finish_reason == "cancelled":
-        return unavailable("The request was cancelled by the server.")
-    if gen.finish_reason == "error":
-        return APIError(500, "The engine failed while generating.", type="server_error", code="engine_error")
-    return None
+def _failure(gen: GenerationStream) -> APIError | None:
+    failure = gen.failure()
+    return api_error(failure) if failure is not None else None
 
 
 async def _serve(
     request: Request,
     state: AppState,
-    gen: Generation,
+    gen: GenerationStream,
     *,
     stream: bool,
-    body_fn: Callable[[Generation], AsyncIterator[bytes]],
-    collect_fn: Callable[[Generation], Awaitable[dict[str, Any]]],
+    body_fn: Callable[[GenerationStream], AsyncIterator[bytes]],
+    collect_fn: Callable[[GenerationStream], Awaitable[dict[str, Any]]],
 ) -> Response:
     """Start the generation, then answer as one JSON document or as an SSE stream."""
     streaming = False
     try:
-        await until_disconnect(request, gen.start)
+        try:
+            await until_disconnect(request, gen.start)
+        except ServingError as e:
+            raise api_error(e) from e
         if stream:
             streaming = True  # from here on, the SSE body owns closing the generation
             return sse.SSEResponse(_guarded(gen, body_fn(gen)), on_close=gen.close)
         payload = await until_disconnect(request, lambda: collect_fn(gen))
-        error = _finish_error(gen)
+        error = _failure(gen)
         if error is not None:
             raise error
         gen.outcome = "success"
@@ -279,13 +164,13 @@ async def _serve(
             await gen.close()
 
 
-async def _guarded(gen: Generation, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _guarded(gen: GenerationStream, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Stream `chunks`; an error after the first byte can only be told as an SSE error event."""
     gen.outcome = "cancelled"  # until the stream completes; a disconnect leaves it so
     try:
         async for chunk in chunks:
             yield chunk
-        error = _finish_error(gen)
+        error = _failure(gen)
         if error is not None:
             gen.outcome = "error"
             yield sse.event(error.body())
@@ -304,6 +189,11 @@ async def _guarded(gen: Generation, chunks: AsyncIterator[bytes]) -> AsyncIterat
         await gen.close()
 
 
+def _turn_recorded(c: Conversation) -> dict[str, Any]:
+    """What a chat response says about the conversation it continued."""
+    return {"id": c.id, "version": c.version}
+
+
 def _count_rejection(state: AppState, tenant: str, model: str, endpoint: str, error: APIError) -> None:
     # Names a client invents must not become label values (unbounded cardinality).
     label = model if model in state.models else "unknown"
@@ -313,8 +203,8 @@ def _count_rejection(state: AppState, tenant: str, model: str, endpoint: str, er
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    state = app_state(request)
-    tenant = request_tenant(request)
+    state: AppState = request.app.state.realm
+    tenant: TenantEntry = request.state.tenant  # set by the middleware
     allowed = set(tenant.spec.allowed_models)
     return {
         "object": "list",
@@ -329,29 +219,32 @@ async def list_models(request: Request) -> dict[str, Any]:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     arrived = time.perf_counter()
-    state = app_state(request)
-    tenant = request_tenant(request)
+    state: AppState = request.app.state.realm
+    tenant: TenantEntry = request.state.tenant  # set by the middleware
     turn: ChatTurn | None = None
-    messages = body.messages
+    messages = [(m.role, m.text()) for m in body.messages]
     try:
-        engine = resolve_model(state, tenant, body.model)
+        engine = allowed_engine(state, tenant, body.model)
         if body.conversation is not None:
-            turn = await begin_chat_turn(state, tenant.name, body.conversation, body.messages)
-            messages = prompt_messages(turn)
-        try:
-            prompt_ids = chat_prompt_ids(engine, messages)
-        except EngineError as e:
-            raise bad_request(
-                f"Cannot render the chat prompt: {e}", code="invalid_value", param="messages"
-            ) from e
-        max_tokens = check_limits(engine, tenant, len(prompt_ids), body.requested_max_tokens(), None)
+            try:
+                turn = await begin_chat_turn(
+                    state, tenant.name, body.conversation, [m.stored() for m in body.messages]
+                )
+            except ConversationError as e:
+                raise api_error(e, param="conversation") from e
+            messages = [(m.role, m.content) for m in turn.prompt]
+        prompt_ids = chat_prompt_ids(engine, messages)
+        max_tokens = max_tokens_within_limits(
+            engine, tenant, len(prompt_ids), body.requested_max_tokens(), None
+        )
         top = (body.top_logprobs or 0) if body.logprobs else None
-        params = sampling_params(body, max_tokens, top)
+        params = sampling_params(body, max_tokens=max_tokens, logprobs=top)
         bias = logit_bias_processor(body.logit_bias, engine.info.vocab_size)
-    except APIError as e:
-        _count_rejection(state, tenant.name, body.model, "chat", e)
-        raise
-    gen = Generation(
+    except (APIError, ServingError) as e:
+        error = e if isinstance(e, APIError) else api_error(e)
+        _count_rejection(state, tenant.name, body.model, "chat", error)
+        raise error from e
+    gen = GenerationStream(
         state,
         tenant=tenant.name,
         model=body.model,
@@ -382,7 +275,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             payload["usage"] = usage
         return sse.event(payload)
 
-    async def stream_body(g: Generation) -> AsyncIterator[bytes]:
+    async def stream_body(g: GenerationStream) -> AsyncIterator[bytes]:
         yield chunk(
             [
                 {
@@ -409,12 +302,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
                 # Recorded only once the whole reply went out; a conflict is the stream's last word.
                 try:
                     recorded = await finish_chat_turn(state, turn, "".join(text), kv_key=g.kv_key)
-                except APIError as e:
-                    yield sse.event(e.body())
+                except ConversationError as e:
+                    yield sse.event(api_error(e, param="conversation").body())
                 else:
-                    yield sse.event({**_chunk_head(), "choices": [], "conversation": recorded})
+                    yield sse.event(
+                        {**_chunk_head(), "choices": [], "conversation": _turn_recorded(recorded)}
+                    )
 
-    async def collect(g: Generation) -> dict[str, Any]:
+    async def collect(g: GenerationStream) -> dict[str, Any]:
         text: list[str] = []
         logprobs: list[dict[str, Any]] = []
         async for event in g.events():
@@ -438,7 +333,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             "usage": g.usage.as_openai(),
         }
         if turn is not None and g.finish_reason in ("stop", "length"):
-            payload["conversation"] = await finish_chat_turn(state, turn, "".join(text), kv_key=g.kv_key)
+            try:
+                recorded = await finish_chat_turn(state, turn, "".join(text), kv_key=g.kv_key)
+            except ConversationError as e:
+                raise api_error(e, param="conversation") from e
+            payload["conversation"] = _turn_recorded(recorded)
         return payload
 
     return await _serve(
@@ -449,19 +348,22 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     arrived = time.perf_counter()
-    state = app_state(request)
-    tenant = request_tenant(request)
+    state: AppState = request.app.state.realm
+    tenant: TenantEntry = request.state.tenant  # set by the middleware
     try:
-        engine = resolve_model(state, tenant, body.model)
+        engine = allowed_engine(state, tenant, body.model)
         prompt_ids = completion_prompt_ids(engine, body)
         # OpenAI's legacy endpoint defaults to 16 tokens; chat defaults to "as many as fit".
-        max_tokens = check_limits(engine, tenant, len(prompt_ids), body.requested_max_tokens(), 16)
-        params = sampling_params(body, max_tokens, body.logprobs)
+        max_tokens = max_tokens_within_limits(
+            engine, tenant, len(prompt_ids), body.requested_max_tokens(), 16
+        )
+        params = sampling_params(body, max_tokens=max_tokens, logprobs=body.logprobs)
         bias = logit_bias_processor(body.logit_bias, engine.info.vocab_size)
-    except APIError as e:
-        _count_rejection(state, tenant.name, body.model, "completions", e)
-        raise
-    gen = Generation(
+    except ServingError as e:
+        error = api_error(e)
+        _count_rejection(state, tenant.name, body.model, "completions", error)
+        raise error from e
+    gen = GenerationStream(
         state,
         tenant=tenant.name,
         model=body.model,
@@ -489,7 +391,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             payload["usage"] = usage
         return sse.event(payload)
 
-    async def stream_body(g: Generation) -> AsyncIterator[bytes]:
+    async def stream_body(g: GenerationStream) -> AsyncIterator[bytes]:
         offset = 0
         async for event in g.events():
             if event.text or (want_logprobs and event.token_id is not None):
@@ -505,7 +407,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             if body.include_usage:
                 yield chunk([], g.usage.as_openai())
 
-    async def collect(g: Generation) -> dict[str, Any]:
+    async def collect(g: GenerationStream) -> dict[str, Any]:
         text: list[str] = []
         acc = _CompletionLogprobs()
         offset = 0

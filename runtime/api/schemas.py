@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from realm.runtime.conversations import Message as StoredMessage
+
 StopField = Annotated[str | list[str] | None, Field(None, description="Up to 4 stop strings.")]
 
 
@@ -46,9 +48,14 @@ class Message(BaseModel):
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
+    def stored(self) -> StoredMessage:
+        """The message as a conversation stores it: text parts joined into one string."""
+        return StoredMessage(role=self.role, content=self.text(), name=self.name)
 
-class _SamplingFields(BaseModel):
-    """Fields both endpoints share."""
+
+class SamplingFields(BaseModel):
+    """Fields both endpoints share; the sampling ones map onto the engine's parameters in
+    runtime/serving/requests.py."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -101,11 +108,6 @@ class _SamplingFields(BaseModel):
             raise ValueError("logit_bias values must be between -100 and 100")
         return v
 
-    def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
@@ -124,7 +126,7 @@ class ResponseFormat(BaseModel):
     type: Literal["text"]
 
 
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(SamplingFields):
     messages: list[Message] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
@@ -148,7 +150,7 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-class CompletionRequest(_SamplingFields):
+class CompletionRequest(SamplingFields):
     # A string, a list of token ids, or a one-element batch of either; larger batches are rejected.
     prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = Field(None, ge=0, le=5)

@@ -1,4 +1,6 @@
-"""Server-sent events as OpenAI streams them: `data: {json}\\n\\n` chunks, then `data: [DONE]\\n\\n`."""
+"""Server-sent events as OpenAI streams them: `data: {json}\\n\\n` chunks, then `data: [DONE]\\n\\n`.
+
+The one writer of event streams for every route (completions, chat, invocations)."""
 
 from __future__ import annotations
 
@@ -34,9 +36,13 @@ class SSEResponse(StreamingResponse):
         body: AsyncIterator[bytes],
         *,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        headers: dict[str, str] | None = None,
         background: BackgroundTask | None = None,
     ) -> None:
         super().__init__(body, background=background)
+        self.extra_headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
+        ]
         self.stream = body
         # Runs even when the body never started (the client left before the first byte), where
         # closing an unstarted generator would skip its `finally`.
@@ -65,6 +71,7 @@ class SSEResponse(StreamingResponse):
                             (b"content-type", b"text/event-stream; charset=utf-8"),
                             (b"cache-control", b"no-cache"),
                             (b"x-accel-buffering", b"no"),
+                            *self.extra_headers,
                         ],
                     }
                 )

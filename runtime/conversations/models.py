@@ -45,9 +45,11 @@ def check_tenant(tenant: str) -> str:
 
 
 class ConversationError(Exception):
-    """Base of what a store reports; `code` is the API's error code."""
+    """Base of what a store reports; `code` is the API's error code, `reason` the kind of failure in
+    the serving layer's vocabulary (runtime/serving/errors.py), which the sandbox maps to ABI codes."""
 
     code = "conversation_error"
+    reason = "conversation_failed"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -59,6 +61,7 @@ class ConversationNotFound(ConversationError):
     same, so an answer never tells whether an id exists elsewhere."""
 
     code = "conversation_not_found"
+    reason = "conversation_not_found"
 
     def __init__(self, conversation_id: str) -> None:
         shown = conversation_id if len(conversation_id) <= 64 else conversation_id[:64] + "..."
@@ -68,6 +71,7 @@ class ConversationNotFound(ConversationError):
 
 class VersionConflict(ConversationError):
     code = "conversation_conflict"
+    reason = "conversation_conflict"
 
     def __init__(self, conversation_id: str, expected: int, current: int) -> None:
         super().__init__(
@@ -81,18 +85,21 @@ class VersionConflict(ConversationError):
 
 class LimitExceeded(ConversationError):
     code = "conversation_too_large"
+    reason = "conversation_too_large"
 
 
 class InvalidConversation(ConversationError):
     """A change that would make the document invalid (e.g. metadata over OpenAI's limits)."""
 
     code = "invalid_value"
+    reason = "invalid_request"
 
 
 class StoreUnavailable(ConversationError):
     """The backing store failed (disk, network, S3 errors other than a lost race)."""
 
     code = "conversation_store_unavailable"
+    reason = "conversation_store_unavailable"
 
 
 class Limits(BaseModel):

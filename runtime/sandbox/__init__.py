@@ -1,4 +1,9 @@
-"""Tenant WebAssembly sandboxes: the host ABI (abi.py, wit/), its bindings and the runner."""
+"""Tenant WebAssembly sandboxes: the host ABI (abi.py, wit/), its bindings and the runner.
+
+The sandbox knows the ABI and nothing of HTTP, the serving layer or the CRDs: the runtime behind
+the host functions is a `HostServices` it defines (context.py) and serving implements; limits
+come as its own `SandboxLimits`; what the services refuse it maps to ABI codes itself.
+"""
 
 from .modules import InvocationFailed, TenantModule
 from .runner import InvocationResult, Sandbox, SandboxLimits

@@ -95,7 +95,9 @@ class GenerateParams(Payload):
     seed: int | None = Field(None, ge=0, lt=1 << 64)
 
 
-class Generation(Payload):
+class GenerationPayload(Payload):
+    """generate's result (the WIT `generation` record)."""
+
     text: str
     finish_reason: str
     prompt_tokens: int
@@ -160,7 +162,7 @@ class ConversationPayload(Payload):
 
 
 class InvocationErrorCode(enum.StrEnum):
-    """Why an invocation as a whole failed (HTTP error body `code`), documented in docs/abi.md."""
+    """Why an invocation as a whole failed (the invoker's error `code`), documented in docs/abi.md."""
 
     TENANT_ERROR = "tenant_error"  # the module returned an error itself
     TRAP = "wasm_trap"  # unreachable, out-of-bounds memory access, stack overflow, ...

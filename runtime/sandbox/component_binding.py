@@ -60,7 +60,7 @@ from .abi import (
     ConversationPut,
     ErrorCode,
     GenerateParams,
-    Generation,
+    GenerationPayload,
     HostError,
     InvocationErrorCode,
     LogLevel,
@@ -92,21 +92,20 @@ _SEMVER = re.compile(
 class ComponentRejected(Exception):
     """Stand-in for modules.InvocationFailed where that is missing (same attributes)."""
 
-    def __init__(self, code: InvocationErrorCode, message: str, http_status: int) -> None:
+    def __init__(self, code: InvocationErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.http_status = http_status
 
 
-def _failed(code: InvocationErrorCode, message: str, http_status: int = 422) -> Exception:
-    # Imported lazily: the sandbox's exception is the one its callers map to HTTP responses, and
+def _failed(code: InvocationErrorCode, message: str) -> Exception:
+    # Imported lazily: the sandbox's exception is the one its callers map to their own errors, and
     # its module imports this one. The stand-in keeps this module usable on its own.
     try:
         from .modules import InvocationFailed
     except ImportError:
-        return ComponentRejected(code, message, http_status)
-    exc: Exception = InvocationFailed(code, message, http_status)
+        return ComponentRejected(code, message)
+    exc: Exception = InvocationFailed(code, message)
     return exc
 
 
@@ -165,7 +164,7 @@ def _params_from_wit(r: Any) -> GenerateParams:
     )
 
 
-def _generation_to_wit(g: Generation) -> Record:
+def _generation_to_wit(g: GenerationPayload) -> Record:
     for n in (g.prompt_tokens, g.completion_tokens):
         if not 0 <= n <= _U32_MAX:
             raise HostError(ErrorCode.ENGINE_ERROR, f"token count {n} does not fit a u32")
@@ -220,16 +219,16 @@ def _guarded(
 # ---- the host functions (defined once per Linker; the invocation comes from the thread) -------
 
 
-def _generate(stream: bool) -> Callable[[Any, Any], Any]:
-    def generate(_store: Any, params: Any) -> Any:
+def _host_generate(stream: bool) -> Callable[[Any, Any], Any]:
+    def host_generate(_store: Any, params: Any) -> Any:
         return _guarded(
             "generate-stream" if stream else "generate",
-            lambda: context.current().generate(_params_from_wit(params), stream=stream),
+            lambda: context.current().host_generate(_params_from_wit(params), stream=stream),
             _generation_to_wit,
             tagged=True,
         )
 
-    return generate
+    return host_generate
 
 
 def _encode_tokens(_store: Any, model: str, text: str) -> Any:
@@ -421,8 +420,8 @@ CONVERSATION_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
 
 
 HOST_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
-    "generate": _generate(stream=False),
-    "generate-stream": _generate(stream=True),
+    "generate": _host_generate(stream=False),
+    "generate-stream": _host_generate(stream=True),
     "encode-tokens": _encode_tokens,
     "decode-tokens": _decode_tokens,
     "load-model-by-name": _load_model_by_name,
@@ -577,4 +576,4 @@ def run_component(
     outcome = run(store)
     # result<_, string> lifts untagged: None is ok(()), a str is err(message).
     if outcome is not None:
-        raise _failed(InvocationErrorCode.TENANT_ERROR, str(outcome), 422)
+        raise _failed(InvocationErrorCode.TENANT_ERROR, str(outcome))

@@ -161,12 +161,12 @@ def read_payload(caller: wasmtime.Caller, ptr: int, length: int, model: type[P])
         raise HostError(ErrorCode.INVALID_ARGUMENT, _short(e)) from None
 
 
-def _generate(stream: bool) -> Callable[..., int]:
-    def generate(caller: wasmtime.Caller, req_ptr: int, req_len: int) -> int:
+def _host_generate(stream: bool) -> Callable[..., int]:
+    def host_generate(caller: wasmtime.Caller, req_ptr: int, req_len: int) -> int:
         params = read_payload(caller, req_ptr, req_len, GenerateParams)
-        return _result(context.current().generate(params, stream=stream).model_dump_json().encode())
+        return _result(context.current().host_generate(params, stream=stream).model_dump_json().encode())
 
-    return generate
+    return host_generate
 
 
 def _encode_tokens(caller: wasmtime.Caller, m_ptr: int, m_len: int, t_ptr: int, t_len: int) -> int:
@@ -261,8 +261,8 @@ def _short(e: pydantic.ValidationError) -> str:
 
 
 _IMPLS: dict[str, Callable[..., int]] = {
-    "realm_host_generate": _generate(stream=False),
-    "realm_host_generate_stream": _generate(stream=True),
+    "realm_host_generate": _host_generate(stream=False),
+    "realm_host_generate_stream": _host_generate(stream=True),
     "realm_encode_tokens": _encode_tokens,
     "realm_decode_tokens": _decode_tokens,
     "realm_host_load_model_by_name": _load_model_by_name,

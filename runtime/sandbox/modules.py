@@ -44,32 +44,14 @@ WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 Kind = Literal["core", "component"]
 Artifact = wasmtime.Module | wc.Component
 
-# 4xx: the tenant's module or its behaviour is at fault, retrying the same call will not help
-# (422), except a deadline, which may depend on load (504). 404/503 are about the deployment.
-HTTP_STATUS: dict[Code, int] = {
-    Code.TENANT_ERROR: 422,
-    Code.TRAP: 422,
-    Code.TIMEOUT: 504,
-    Code.FUEL_EXHAUSTED: 422,
-    Code.MEMORY_LIMIT: 422,
-    Code.RESOURCE_LIMIT: 422,
-    Code.INVALID_MODULE: 422,
-    Code.UNKNOWN_IMPORT: 422,
-    Code.ABI_UNSUPPORTED: 422,
-    Code.MISSING_EXPORT: 422,
-    Code.NO_MODULE: 404,
-    Code.BUSY: 503,
-}
-
 
 class InvocationFailed(Exception):
-    """A module could not be loaded or an invocation failed; `code` goes into the HTTP error body."""
+    """A module could not be loaded or an invocation failed, and why (`code`, docs/abi.md)."""
 
-    def __init__(self, code: Code, message: str, http_status: int | None = None) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-        self.http_status = http_status or HTTP_STATUS[code]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import wasmtime
 from wasmtime import component as wc
@@ -37,9 +37,6 @@ from .modules import (
     detect_kind,
     parse_abi_version,
 )
-
-if TYPE_CHECKING:
-    from realm.runtime.spec.tenant import Quotas
 
 __all__ = ["InvocationFailed", "InvocationResult", "Sandbox", "SandboxLimits", "TenantModule"]
 
@@ -75,22 +72,15 @@ COMPONENT_MIN_INSTANCES = 64
 @dataclass(frozen=True)
 class SandboxLimits:
     """Per-invocation limits. `memory_mib` caps each linear memory; `instances` also caps the
-    number of tables and memories (for components, at least COMPONENT_MIN_INSTANCES)."""
+    number of tables and memories (for components, at least COMPONENT_MIN_INSTANCES). The
+    sandbox's own record: whoever invokes builds it (runtime/serving/invocations.py, from a tenant's
+    quotas)."""
 
     memory_mib: int = 64
     fuel: int | None = None
     deadline_ms: int = 30_000
     table_elements: int = 10_000
     instances: int = 8
-
-    @classmethod
-    def from_quotas(cls, quotas: Quotas) -> SandboxLimits:
-        d = cls()
-        return cls(
-            memory_mib=quotas.wasm_memory_mib or d.memory_mib,
-            fuel=quotas.wasm_fuel_per_invocation,
-            deadline_ms=quotas.wasm_time_ms_per_invocation or d.deadline_ms,
-        )
 
 
 @dataclass

@@ -18,7 +18,6 @@ import wasmtime
 from go_builds import GoUnavailable, build_go_example
 from sandbox_builds import ROOT, build_source
 
-from realm.runtime.api.invoke import RuntimeHostServices
 from realm.runtime.api.state import AppState
 from realm.runtime.conversations import Message
 from realm.runtime.conversations.models import new_id
@@ -30,10 +29,11 @@ from realm.runtime.sandbox.abi import (
     WIT_CONVERSATIONS_INTERFACE,
     ErrorCode,
     GenerateParams,
-    Generation,
+    GenerationPayload,
     InvocationErrorCode,
 )
 from realm.runtime.sandbox.context import InvocationContext
+from realm.runtime.serving.invocations import RuntimeHostServices
 
 
 class Services(RuntimeHostServices):
@@ -44,11 +44,11 @@ class Services(RuntimeHostServices):
         super().__init__(state)
         self.prompts: list[str] = []
 
-    async def generate(
+    async def generate_text(
         self, tenant: str, params: GenerateParams, on_text: Callable[[str], None] | None
-    ) -> Generation:
+    ) -> GenerationPayload:
         self.prompts.append(params.prompt)
-        return Generation(
+        return GenerationPayload(
             text=f" reply {len(self.prompts)} ", finish_reason="stop", prompt_tokens=1, completion_tokens=2
         )
 

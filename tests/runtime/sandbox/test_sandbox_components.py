@@ -28,12 +28,13 @@ from sandbox_builds import EXAMPLES, ROOT, build_example, build_probe, compile_c
 from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
 from wasmtime.component import Component
 
+from realm.runtime.api.errors import invocation_status
 from realm.runtime.sandbox import component_binding as cb
 from realm.runtime.sandbox import context
 from realm.runtime.sandbox.abi import (
     ErrorCode,
     GenerateParams,
-    Generation,
+    GenerationPayload,
     HostError,
     InvocationErrorCode,
     ModelInfoPayload,
@@ -54,15 +55,15 @@ class FakeServices:
         if model != "m":
             raise HostError(ErrorCode.MODEL_NOT_ALLOWED, f"model {model!r} is not allowed")
 
-    async def generate(
+    async def generate_text(
         self, tenant: str, params: GenerateParams, on_text: Callable[[str], None] | None
-    ) -> Generation:
+    ) -> GenerationPayload:
         self._check(params.model)
         self.params.append(params)
         if on_text is not None:
             for piece in ("Hel", "lo"):
                 on_text(piece)
-        return Generation(text="Hello", finish_reason="length", prompt_tokens=3, completion_tokens=2)
+        return GenerationPayload(text="Hello", finish_reason="length", prompt_tokens=3, completion_tokens=2)
 
     async def encode_tokens(self, tenant: str, model: str, text: str) -> list[int]:
         self._check(model)
@@ -240,7 +241,9 @@ def test_log_reaches_the_runtime_log(
 
 
 def _rejected(e: BaseException) -> tuple[Any, str, Any]:
-    return getattr(e, "code", None), str(getattr(e, "message", e)), getattr(e, "http_status", None)
+    code = getattr(e, "code", None)
+    status = invocation_status(code) if isinstance(code, InvocationErrorCode) else None
+    return code, str(getattr(e, "message", e)), status
 
 
 def test_tenant_exception_is_tenant_error(probe: Component, invoke: Invoke) -> None:

@@ -11,11 +11,12 @@ import pytest
 import wasmtime
 from repo_paths import WAT
 
+from realm.runtime.api.errors import invocation_status
 from realm.runtime.sandbox import InvocationFailed, InvocationResult, Sandbox, SandboxLimits, TenantModule
 from realm.runtime.sandbox.abi import (
     ErrorCode,
     GenerateParams,
-    Generation,
+    GenerationPayload,
     HostError,
     InvocationErrorCode,
     ModelInfoPayload,
@@ -47,9 +48,9 @@ class FakeServices:
         self.gate: asyncio.Event | None = None
         self.started: asyncio.Queue[str] = asyncio.Queue()
 
-    async def generate(
+    async def generate_text(
         self, tenant: str, params: GenerateParams, on_text: Callable[[str], None] | None
-    ) -> Generation:
+    ) -> GenerationPayload:
         self.calls.append((tenant, "generate"))
         if params.model == "forbidden":
             raise HostError(ErrorCode.MODEL_NOT_ALLOWED, "model 'forbidden' is not allowed")
@@ -60,7 +61,7 @@ class FakeServices:
         if on_text is not None:
             on_text(text[:3])
             on_text(text[3:])
-        return Generation(text=text, finish_reason="stop", prompt_tokens=1, completion_tokens=2)
+        return GenerationPayload(text=text, finish_reason="stop", prompt_tokens=1, completion_tokens=2)
 
     async def encode_tokens(self, tenant: str, model: str, text: str) -> list[int]:
         self.calls.append((tenant, "encode"))
@@ -142,7 +143,7 @@ def test_not_webassembly_is_rejected(sandbox: Sandbox, data: bytes, code: Invoca
     with pytest.raises(InvocationFailed) as info:
         sandbox.load("acme", data)
     assert info.value.code == code
-    assert info.value.http_status == 422
+    assert invocation_status(info.value.code) == 422
 
 
 def test_unknown_imports_are_rejected_with_their_names(sandbox: Sandbox) -> None:
@@ -159,7 +160,7 @@ def test_unsupported_abi_versions_are_rejected(sandbox: Sandbox, version: str) -
     with pytest.raises(InvocationFailed) as info:
         sandbox.load("acme", wasm("abi_v2", {"0x20000": version}))
     assert info.value.code == InvocationErrorCode.ABI_UNSUPPORTED
-    assert info.value.http_status == 422
+    assert invocation_status(info.value.code) == 422
 
 
 def test_missing_exports_are_named(sandbox: Sandbox) -> None:
@@ -223,7 +224,7 @@ async def test_generate_goes_through_the_services(sandbox: Sandbox) -> None:
     services = FakeServices()
     params = GenerateParams(model="m", prompt="hi", max_tokens=5)
     result = await run(sandbox, "generate", params.model_dump_json(), services=services)
-    assert Generation.model_validate_json(result.output).text == "acme:hi"
+    assert GenerationPayload.model_validate_json(result.output).text == "acme:hi"
     assert services.calls == [("acme", "generate")]
     assert result.host_calls["generate"] == 1
 
@@ -261,7 +262,7 @@ async def test_every_pointer_and_length_is_checked(sandbox: Sandbox) -> None:
 
 async def test_tenant_error(sandbox: Sandbox) -> None:
     failed = await failure(sandbox, "tenant_error")
-    assert (failed.code, failed.message, failed.http_status) == (
+    assert (failed.code, failed.message, invocation_status(failed.code)) == (
         InvocationErrorCode.TENANT_ERROR,
         "bad input",
         422,
@@ -281,7 +282,7 @@ async def test_wasi_guest_exit_is_a_tenant_error(sandbox: Sandbox) -> None:
 async def test_infinite_loop_hits_the_deadline(sandbox: Sandbox) -> None:
     failed = await failure(sandbox, "loop", SandboxLimits(deadline_ms=50))
     assert failed.code == InvocationErrorCode.TIMEOUT
-    assert failed.http_status == 504
+    assert invocation_status(failed.code) == 504
 
 
 async def test_infinite_loop_runs_out_of_fuel(sandbox: Sandbox) -> None:
@@ -386,6 +387,6 @@ async def test_hot_swap_keeps_in_flight_invocations_on_their_module(sandbox: San
     assert (await sandbox.invoke(module, ctx2, SandboxLimits())).output == "new"
 
     services.gate.set()
-    assert Generation.model_validate_json((await in_flight).output).text == "swap:old"
+    assert GenerationPayload.model_validate_json((await in_flight).output).text == "swap:old"
     sandbox.remove("swap")
     assert sandbox.current("swap") is None

@@ -19,6 +19,7 @@ import pytest
 import wasmtime
 from go_builds import GoUnavailable, build_go_example, example_names
 
+from realm.runtime.api.errors import invocation_status
 from realm.runtime.sandbox import InvocationFailed, InvocationResult, Sandbox, SandboxLimits, TenantModule
 from realm.runtime.sandbox.abi import (
     CORE_IMPORT_MODULE,
@@ -26,7 +27,7 @@ from realm.runtime.sandbox.abi import (
     CORE_VERSION_EXPORT,
     ErrorCode,
     GenerateParams,
-    Generation,
+    GenerationPayload,
     HostError,
     InvocationErrorCode,
     ModelInfoPayload,
@@ -62,9 +63,9 @@ class FakeServices:
         if model not in ALLOWED_MODELS:
             raise HostError(ErrorCode.MODEL_NOT_ALLOWED, f"model {model!r} is not allowed")
 
-    async def generate(
+    async def generate_text(
         self, tenant: str, params: GenerateParams, on_text: Callable[[str], None] | None
-    ) -> Generation:
+    ) -> GenerationPayload:
         self.calls.append("generate")
         self.params.append(params)
         self._allowed(params.model)
@@ -74,7 +75,7 @@ class FakeServices:
                 on_text(piece)
             if self.gate is not None:
                 await self.gate.wait()
-        return Generation(
+        return GenerationPayload(
             text="".join(pieces),
             finish_reason="stop",
             prompt_tokens=len(params.prompt.split()),
@@ -220,7 +221,7 @@ async def test_chat_without_question_is_a_tenant_error(sandbox: Sandbox) -> None
     services = FakeServices()
     failed, ctx = await failure(sandbox, "chat", "{}", services=services)
     assert failed.code == InvocationErrorCode.TENANT_ERROR
-    assert failed.http_status == 422
+    assert invocation_status(failed.code) == 422
     # the SDK logged the handler's error at level error; realm_run returned 1 (ExitError)
     assert failed.message == f'{CORE_RUN_EXPORT} returned 1: input needs a "question"'
     assert ctx.output == []
@@ -304,7 +305,7 @@ async def test_unrecoverable_go_crash_is_a_trap(sandbox: Sandbox) -> None:
     # "fatal error: all goroutines are asleep": the Go runtime aborts with `unreachable`
     failed, ctx = await failure(sandbox, "panic", '{"fatal": true}')
     assert failed.code == InvocationErrorCode.TRAP
-    assert failed.http_status == 422
+    assert invocation_status(failed.code) == 422
     assert "unreachable" in failed.message
     assert ctx.output == ["first chunk\n"]  # what was emitted before the crash was delivered
 
@@ -312,7 +313,7 @@ async def test_unrecoverable_go_crash_is_a_trap(sandbox: Sandbox) -> None:
 async def test_spin_is_interrupted_by_the_deadline(sandbox: Sandbox) -> None:
     failed, _ = await failure(sandbox, "spin", limits=SandboxLimits(deadline_ms=100))
     assert failed.code == InvocationErrorCode.TIMEOUT
-    assert failed.http_status == 504
+    assert invocation_status(failed.code) == 504
     # the sandbox is unharmed: the next invocation runs
     assert (await run(sandbox, "echo", "after spin")).output == "after spin"
 
@@ -334,7 +335,7 @@ async def test_oom_hits_the_memory_limit(sandbox: Sandbox) -> None:
     # module whose initial memory exceeds the cap at instantiation).
     failed, _ = await failure(sandbox, "oom", limits=SandboxLimits(memory_mib=32))
     assert failed.code == InvocationErrorCode.TRAP
-    assert failed.http_status == 422
+    assert invocation_status(failed.code) == 422
     assert "unreachable" in failed.message
     assert (await run(sandbox, "echo", "after oom")).output == "after oom"
 

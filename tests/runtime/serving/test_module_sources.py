@@ -17,11 +17,11 @@ from repo_paths import WAT
 from runtime_thread import running
 
 from realm.operator import builders as b
-from realm.runtime import module_sources as ms
-from realm.runtime.api.invoke import deploy_configured_modules
 from realm.runtime.api.state import AppState
 from realm.runtime.metrics import Metrics
 from realm.runtime.sandbox.runner import Sandbox
+from realm.runtime.serving import module_sources as ms
+from realm.runtime.serving.modules import deploy_configured_modules
 from realm.runtime.spec.model import ModelSpec
 from realm.runtime.spec.runtime_config import TenantEntry
 from realm.runtime.spec.tenant import TenantSpec, WasmModuleSource

@@ -1,7 +1,9 @@
-"""One request's trip through admission and the engine, with its metrics and its release.
+"""One generation's trip through admission and the engine, with its KV policy, its metrics and
+its release, whatever door the request came in by.
 
-The routes turn what this yields into OpenAI's JSON or SSE; everything about tickets, engine
-streams and cancellation lives here so both endpoints get it right the same way.
+The HTTP routes turn the events of a `GenerationStream` into OpenAI's JSON or SSE; the ABI's
+generate takes the whole text (`complete_text`). Everything about tickets, engine streams, KV
+snapshots and cancellation lives here so every door gets it right the same way.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -23,10 +25,11 @@ from realm.runtime.engines.base import (
     SamplingParams,
     TokenEvent,
 )
-from realm.runtime.scheduler import AdmissionClosed, QueueFull, QuotaExceeded, Ticket
+from realm.runtime.scheduler import AdmissionClosed, QueueFull, Ticket
+from realm.runtime.scheduler import QuotaExceeded as RateQuotaExceeded
 
-from .errors import APIError, bad_request, unavailable
-from .state import AppState
+from .errors import EngineFailed, InvalidRequest, NotReady, QuotaExceeded, ServingError, Unavailable
+from .state import ServingState
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +49,12 @@ class Usage:
         }
 
 
-class Generation:
-    """Admit, generate, release. Always `close()` it (the routes do so in `finally`)."""
+class GenerationStream:
+    """Admit, generate, release. Always `close()` it (its callers do so in `finally`)."""
 
     def __init__(
         self,
-        state: AppState,
+        state: ServingState,
         *,
         tenant: str,
         model: str,
@@ -87,30 +90,28 @@ class Generation:
         self.kv_key: str | None = None  # the key this sequence's KV was kept under, if it was
 
     async def start(self) -> None:
-        """Wait for admission and for the first event, so that refusals still become HTTP statuses."""
+        """Wait for admission and for the first event, so that refusals come before any output."""
         scheduler = self.state.scheduler
         if scheduler is None:
-            raise APIError(503, "The server is still loading.", type="service_unavailable", code="loading")
+            raise NotReady("The server is still loading.", code="loading")
         labels = (self.tenant, self.model)
         try:
             self._ticket = await scheduler.admit(
                 self.tenant, self.model, prompt_tokens=len(self.prompt_ids), max_tokens=self.params.max_tokens
             )
-        except QuotaExceeded as e:
+        except RateQuotaExceeded as e:
             self.outcome = "rate_limited"
             self.state.metrics.quota_rejections.labels(*labels, e.kind).inc()
-            raise APIError(
-                429, e.message, type="rate_limit_exceeded", code=e.kind, retry_after=e.retry_after
-            ) from e
+            raise QuotaExceeded(e.message, code=e.kind, retry_after=e.retry_after) from e
         except QueueFull as e:
             self.outcome = "rate_limited"
             self.state.metrics.quota_rejections.labels(*labels, "queue_full").inc()
-            raise APIError(
-                429, e.message, type="rate_limit_exceeded", code="queue_full", retry_after=e.retry_after
-            ) from e
+            raise QuotaExceeded(e.message, code="queue_full", retry_after=e.retry_after) from e
         except AdmissionClosed as e:
             self.outcome = "unavailable"
-            raise unavailable() from e
+            raise Unavailable(
+                "The server is shutting down; retry on another replica.", code="service_unavailable"
+            ) from e
         self.state.metrics.queue_wait.labels(*labels).observe(self._ticket.queue_wait_s)
         restore, export = await self._kv_plan()
         self._stream = self.engine.generate(
@@ -128,13 +129,14 @@ class Generation:
             self._first = await self._next()
         except EngineError as e:
             self.outcome = "client_error"
-            raise bad_request(str(e), code="engine_rejected") from e
+            raise InvalidRequest(str(e), code="engine_rejected") from e
         except StopAsyncIteration as e:
-            raise APIError(500, "The engine ended the stream without a result.", type="server_error") from e
+            raise EngineFailed("The engine ended the stream without a result.") from e
 
     async def _kv_plan(self) -> tuple[KVSnapshot | None, bool]:
-        """The cached prefix to restore (a miss, a slow store, anything odd: None, so it prefills) and
-        whether to ask the engine for this sequence's KV when it ends."""
+        """The tenant's KV policy for this sequence: the cached prefix to restore (a miss, a slow
+        store, anything odd: None, so it prefills) and whether to ask the engine for this
+        sequence's KV when it ends."""
         kv = self.state.kv
         if kv is None:
             return None, False
@@ -194,6 +196,14 @@ class Generation:
                 return
             event = await self._next()
 
+    def failure(self) -> ServingError | None:
+        """Engine-side endings that are not a completion: errors, never a silent truncation."""
+        if self.finish_reason == "cancelled":
+            return Unavailable("The request was cancelled by the server.", code="service_unavailable")
+        if self.finish_reason == "error":
+            return EngineFailed("The engine failed while generating.", code="engine_error")
+        return None
+
     async def close(self) -> None:
         """Cancel the sequence if it is still running, release the ticket, count the request."""
         if self._closed:
@@ -220,3 +230,36 @@ class Generation:
                 metrics.prompt_tokens.labels(*labels).inc(self.usage.prompt_tokens)
                 metrics.completion_tokens.labels(*labels).inc(self.usage.completion_tokens)
             metrics.requests.labels(self.tenant, self.model, self.endpoint, self.outcome).inc()
+
+
+@dataclass(frozen=True)
+class CompletedText:
+    """A whole generation as one text, for callers that do not stream tokens (the ABI's generate)."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+async def complete_text(stream: GenerationStream, on_text: Callable[[str], None] | None) -> CompletedText:
+    """Run `stream` to its end (and close it), passing each piece of text to `on_text` as it comes."""
+    parts: list[str] = []
+    try:
+        await stream.start()
+        async for event in stream.events():
+            if event.text:
+                parts.append(event.text)
+                if on_text is not None:
+                    on_text(event.text)
+            if event.error:
+                raise EngineFailed(event.error)
+        stream.outcome = "success"
+    finally:
+        await stream.close()
+    return CompletedText(
+        text="".join(parts),
+        finish_reason=stream.finish_reason or "stop",
+        prompt_tokens=stream.usage.prompt_tokens,
+        completion_tokens=stream.usage.completion_tokens,
+    )

@@ -1,0 +1,106 @@
+"""Tenant WebAssembly invocations over HTTP.
+
+`POST /v1/tenants/{tenant}/invoke` runs the tenant's current module with the request body as its
+input. The response is the module's output: its JSON when the output is JSON, else
+`{"output": "<text>"}`; with `Accept: text/event-stream` every emitted chunk is sent as it comes.
+`PUT /v1/tenants/{tenant}/module` deploys a new module (hot swap: invocations in flight finish on
+the module they started with).
+
+Running the module, and the host services it calls, are the serving layer's
+(runtime/serving/invocations.py); here the request is parsed and the result rendered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from realm.runtime.sandbox.runner import InvocationFailed, InvocationResult
+from realm.runtime.serving.invocations import current_module, invoke_module, running_sandbox
+from realm.runtime.serving.modules import deploy_module
+from realm.runtime.spec.runtime_config import TenantEntry
+
+from . import sse
+from .errors import APIError, invocation_error
+from .state import AppState
+
+router = APIRouter()
+
+
+def _own_tenant(request: Request, tenant: str) -> tuple[AppState, TenantEntry]:
+    entry: TenantEntry = request.state.tenant  # set by the middleware
+    if entry.name != tenant:
+        raise APIError(
+            403, f"This API key belongs to tenant '{entry.name}', not '{tenant}'.", code="wrong_tenant"
+        )
+    state: AppState = request.app.state.realm
+    running_sandbox(state)  # 503 before reading a body there is nothing to run
+    return state, entry
+
+
+@router.put("/v1/tenants/{tenant}/module", response_model=None)
+async def deploy(tenant: str, request: Request) -> JSONResponse:
+    state, _ = _own_tenant(request, tenant)
+    module = await deploy_module(state, tenant, await request.body())
+    return JSONResponse(
+        {
+            "tenant": tenant,
+            "sha256": module.sha256,
+            "kind": module.kind,
+            "abi": ".".join(map(str, module.abi_version)),
+        }
+    )
+
+
+@router.post("/v1/tenants/{tenant}/invoke", response_model=None)
+async def invoke(tenant: str, request: Request) -> Response:
+    state, entry = _own_tenant(request, tenant)
+    raw = await request.body()
+    try:
+        text = raw.decode("utf-8")
+        json.loads(text or "null")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise APIError(400, "The invocation input must be UTF-8 JSON.", code="invalid_json") from e
+    module = current_module(state, tenant)
+    headers = {"X-Realm-Module-Sha256": module.sha256}
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        result = await invoke_module(state, entry, module, text, on_output=lambda _: None)
+        try:
+            return JSONResponse(json.loads(result.output), headers=headers)
+        except ValueError:
+            return JSONResponse({"output": result.output}, headers=headers)
+
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def on_output(chunk: str) -> None:  # on the invocation's worker thread
+        loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+
+    async def events() -> AsyncIterator[bytes]:
+        task = asyncio.create_task(invoke_module(state, entry, module, text, on_output))
+
+        def finished(t: asyncio.Task[InvocationResult]) -> None:
+            # Retrieved here so that a caller who left never leaves an unobserved exception behind.
+            if not t.cancelled():
+                t.exception()
+            chunks.put_nowait(None)
+
+        # A caller who leaves does not stop the module (it may be inside a host call): it runs to
+        # its end or its deadline and its output is dropped.
+        task.add_done_callback(finished)
+        while (chunk := await chunks.get()) is not None:
+            yield sse.event({"chunk": chunk})
+        try:
+            result = task.result()
+            yield sse.event(
+                {"done": True, "host_calls": dict(result.host_calls), "wall_ms": result.wall_s * 1000}
+            )
+        except InvocationFailed as e:
+            yield sse.event(invocation_error(e).body())
+        yield sse.DONE
+
+    return sse.SSEResponse(events(), headers=headers)

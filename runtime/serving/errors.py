@@ -1,0 +1,78 @@
+"""Why the serving layer refused or could not serve a request, whatever door it came in by.
+
+Each class has one machine-readable `reason`; the HTTP API (runtime/api/errors.py) and the
+sandbox (runtime/sandbox/context.py) each map reasons to their own codes, so nothing here knows
+HTTP statuses or ABI codes. `code` is the detailed error code a client sees (e.g. which limit a
+request broke) and `param` the request field at fault, when there is one.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServingError(Exception):
+    reason: ClassVar[str] = "serving_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+class InvalidRequest(ServingError):
+    """The request itself is at fault: a limit it breaks, a value out of range, a prompt the
+    engine cannot take. Retrying it unchanged will not help."""
+
+    reason = "invalid_request"
+
+
+class ModelNotFound(ServingError):
+    reason = "model_not_found"
+
+
+class ModelNotAllowed(ServingError):
+    """The tenant may not use the model (or is no longer configured at all)."""
+
+    reason = "model_not_allowed"
+
+
+class NotReady(ServingError):
+    """What the request needs (a model, the scheduler, the sandbox) is still loading."""
+
+    reason = "not_ready"
+
+
+class QuotaExceeded(ServingError):
+    """A rate quota or the tenant's queue is full; retrying before `retry_after` is futile."""
+
+    reason = "quota_exceeded"
+
+    def __init__(self, message: str, *, code: str, retry_after: float) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class Unavailable(ServingError):
+    """The runtime is draining, or cancelled the request: another replica may serve it."""
+
+    reason = "unavailable"
+
+
+class EngineFailed(ServingError):
+    """The engine failed while generating (not the request's fault)."""
+
+    reason = "engine_failed"
+
+
+class ConversationsDisabled(ServingError):
+    """This runtime has no conversation store."""
+
+    reason = "conversations_disabled"
+
+
+class NoModule(ServingError):
+    """The tenant has no WebAssembly module deployed."""
+
+    reason = "no_module"

@@ -1,0 +1,212 @@
+"""A tenant's WebAssembly module invoked with the runtime behind it: the sandbox limits from its
+quotas, the host services its calls reach (`RuntimeHostServices`, the sandbox's `HostServices`),
+and the invocation's metrics.
+
+A generate from WASM goes through the same model access, limits, sampling mapping, admission and
+metrics as an API request; refusals are serving's domain errors, which the sandbox maps to ABI
+codes itself (runtime/sandbox/context.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+from realm.runtime.conversations import UNSET, Conversation
+from realm.runtime.conversations import Message as StoredMessage
+from realm.runtime.engines.base import Engine
+from realm.runtime.sandbox.abi import (
+    ConversationCreate,
+    ConversationMessage,
+    ConversationPayload,
+    ConversationPut,
+    GenerateParams,
+    GenerationPayload,
+    ModelInfoPayload,
+)
+from realm.runtime.sandbox.context import InvocationContext
+from realm.runtime.sandbox.runner import (
+    InvocationFailed,
+    InvocationResult,
+    Sandbox,
+    SandboxLimits,
+    TenantModule,
+)
+from realm.runtime.spec.runtime_config import TenantEntry
+from realm.runtime.spec.tenant import Quotas
+
+from .conversations import conversation_store
+from .errors import InvalidRequest, NoModule, NotReady
+from .generation import GenerationStream, complete_text
+from .requests import (
+    allowed_engine,
+    configured_tenant,
+    max_tokens_within_limits,
+    sampling_params,
+    text_prompt_ids,
+)
+from .state import ServingState
+
+
+def sandbox_limits(quotas: Quotas) -> SandboxLimits:
+    """The tenant's WebAssembly quotas as the sandbox's own limits (unset: the sandbox's defaults)."""
+    default = SandboxLimits()
+    return SandboxLimits(
+        memory_mib=quotas.wasm_memory_mib or default.memory_mib,
+        fuel=quotas.wasm_fuel_per_invocation,
+        deadline_ms=quotas.wasm_time_ms_per_invocation or default.deadline_ms,
+    )
+
+
+def running_sandbox(state: ServingState) -> Sandbox:
+    if state.sandbox is None:
+        raise NotReady("The WebAssembly sandbox is not running.", code="loading")
+    return state.sandbox
+
+
+def current_module(state: ServingState, tenant: str) -> TenantModule:
+    """The module an invocation starts on now (one deployed meanwhile serves the next)."""
+    module = running_sandbox(state).current(tenant)
+    if module is None:
+        raise NoModule(f"Tenant '{tenant}' has no WebAssembly module deployed.", code="wasm_no_module")
+    return module
+
+
+async def invoke_module(
+    state: ServingState,
+    tenant: TenantEntry,
+    module: TenantModule,
+    input_data: str,
+    on_output: Callable[[str], None],
+) -> InvocationResult:
+    """Run `module` on `input_data`; `on_output` gets each emitted chunk, on the invocation's worker
+    thread. Raises InvocationFailed."""
+    ctx = InvocationContext(
+        tenant=tenant.name,
+        input_data=input_data,
+        services=RuntimeHostServices(state),
+        loop=asyncio.get_running_loop(),
+        on_output=on_output,
+    )
+    metrics = state.metrics
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        result = await running_sandbox(state).invoke(module, ctx, sandbox_limits(tenant.spec.quotas))
+        outcome = "success"
+        if result.fuel_used is not None:
+            metrics.wasm_fuel.labels(tenant.name).inc(result.fuel_used)
+        metrics.wasm_memory_peak.labels(tenant.name).observe(result.memory_peak_bytes)
+        return result
+    except InvocationFailed as e:
+        outcome = str(e.code)
+        raise
+    finally:
+        metrics.wasm_invocations.labels(tenant.name, outcome).inc()
+        metrics.wasm_wall.labels(tenant.name).observe(time.perf_counter() - started)
+        for name, n in ctx.host_calls.items():
+            metrics.wasm_host_calls.labels(tenant.name, name).inc(n)
+
+
+def _stored(messages: list[ConversationMessage]) -> list[StoredMessage]:
+    return [StoredMessage(role=m.role, content=m.content, name=m.name) for m in messages]
+
+
+def _conversation_payload(c: Conversation) -> ConversationPayload:
+    return ConversationPayload(
+        id=c.id,
+        version=c.version,
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+        metadata=c.metadata,
+        messages=[ConversationMessage(role=m.role, content=m.content, name=m.name) for m in c.messages],
+        state=c.state,
+        kv_key=c.kv_key,
+    )
+
+
+class RuntimeHostServices:
+    """HostServices for one tenant's invocations, backed by the runtime's engines and scheduler."""
+
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
+
+    def _engine(self, tenant: str, model: str) -> tuple[TenantEntry, Engine]:
+        entry = configured_tenant(self.state, tenant)
+        return entry, allowed_engine(self.state, entry, model)
+
+    async def generate_text(
+        self, tenant: str, params: GenerateParams, on_text: Callable[[str], None] | None
+    ) -> GenerationPayload:
+        entry, engine = self._engine(tenant, params.model)
+        ids = text_prompt_ids(engine, params.prompt)
+        max_tokens = max_tokens_within_limits(engine, entry, len(ids), params.max_tokens, None)
+        stream = GenerationStream(
+            self.state,
+            tenant=tenant,
+            model=params.model,
+            engine=engine,
+            endpoint="wasm",
+            prompt_ids=ids,
+            params=sampling_params(params, max_tokens=max_tokens),
+            arrived=time.perf_counter(),
+            id_prefix="wasm",
+        )
+        done = await complete_text(stream, on_text)
+        return GenerationPayload(
+            text=done.text,
+            finish_reason=done.finish_reason,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+        )
+
+    async def encode_tokens(self, tenant: str, model: str, text: str) -> list[int]:
+        _, engine = self._engine(tenant, model)
+        ids: list[int] = engine.encode(text, add_special=False)
+        return ids
+
+    async def decode_tokens(self, tenant: str, model: str, tokens: Sequence[int]) -> str:
+        _, engine = self._engine(tenant, model)
+        vocab = engine.info.vocab_size
+        if any(not 0 <= t < vocab for t in tokens):
+            raise InvalidRequest(f"token ids must be in [0, {vocab})")
+        text: str = engine.decode(list(tokens))
+        return text
+
+    async def model_info(self, tenant: str, model: str) -> ModelInfoPayload:
+        _, engine = self._engine(tenant, model)
+        info = engine.info
+        return ModelInfoPayload(
+            name=info.name,
+            version=info.version,
+            engine=info.engine,
+            context_length=info.context_length,
+            vocab_size=info.vocab_size,
+            has_chat_template=info.has_chat_template,
+        )
+
+    # ---- conversations (ABI 1.1): the invocation's tenant scopes every call ---------------------
+
+    async def conversation_create(self, tenant: str, params: ConversationCreate) -> ConversationPayload:
+        c = await conversation_store(self.state).create(
+            tenant, metadata=params.metadata, messages=_stored(params.messages), state=params.state
+        )
+        return _conversation_payload(c)
+
+    async def conversation_get(self, tenant: str, conversation_id: str) -> ConversationPayload:
+        return _conversation_payload(await conversation_store(self.state).get(tenant, conversation_id))
+
+    async def conversation_put(self, tenant: str, params: ConversationPut) -> ConversationPayload:
+        c = await conversation_store(self.state).update(
+            tenant,
+            params.id,
+            expected_version=params.expected_version,
+            append=_stored(params.append),
+            state=params.state if params.changes_state else UNSET,
+            metadata=params.metadata if params.metadata is not None else UNSET,
+        )
+        return _conversation_payload(c)
+
+    async def conversation_delete(self, tenant: str, conversation_id: str) -> None:
+        await conversation_store(self.state).delete(tenant, conversation_id)

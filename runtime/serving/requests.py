@@ -1,0 +1,199 @@
+"""A request, whatever its door (the OpenAI endpoints, the ABI's generate), checked against its
+tenant's limits and made into what the engine is given:
+
+- the model: one that exists, the tenant may use and has loaded;
+- the tenant's limits on tokens (its quotas and the model's context), checked here and nowhere
+  else; rate quotas are the scheduler's, as they depend on what else is running;
+- the prompt's token ids (chat template, text, or token ids);
+- the sampling parameters, with `logit_bias` as a logits processor: one mapping of request
+  fields, so a field means the same thing through either door.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from realm.runtime.engines.base import ChatMessage, Engine, EngineError, LogitsProcessor, SamplingParams
+from realm.runtime.spec.runtime_config import TenantEntry
+
+from .errors import InvalidRequest, ModelNotAllowed, ModelNotFound, NotReady
+from .state import ServingState
+
+# Roles OpenAI added after chat templates were written; templates know them by their older name.
+_ROLE_ALIASES = {"developer": "system"}
+
+# Request fields that map one to one onto SamplingParams: OpenAI's names (and vLLM's extensions),
+# which the ABI's GenerateParams share. A field a request type lacks, or leaves unset, keeps the
+# engine's default.
+SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "ignore_eos",
+)
+
+
+# ---- what the tenant may ask: the model, the tokens ----------------------------------------------
+
+
+def configured_tenant(state: ServingState, tenant: str) -> TenantEntry:
+    """The tenant's current entry; a tenant removed by a config reload may still be mid-invocation."""
+    entry = state.tenants.get(tenant)
+    if entry is None:
+        raise ModelNotAllowed(f"tenant {tenant!r} is no longer configured")
+    return entry
+
+
+def allowed_engine(state: ServingState, tenant: TenantEntry, model: str) -> Engine:
+    """The engine of `model`, if it exists, the tenant may use it and it has loaded."""
+    if model not in state.models:
+        raise ModelNotFound(f"The model '{model}' does not exist.", code="model_not_found", param="model")
+    if model not in tenant.spec.allowed_models:
+        raise ModelNotAllowed(
+            f"Tenant '{tenant.name}' may not use the model '{model}'.",
+            code="model_not_allowed",
+            param="model",
+        )
+    engine = state.engines.get(model)
+    if engine is None:
+        raise NotReady(f"The model '{model}' is still loading.", code="loading")
+    return engine
+
+
+def max_tokens_within_limits(
+    engine: Engine, tenant: TenantEntry, prompt_len: int, requested: int | None, default: int | None
+) -> int:
+    """The max_tokens to use, after the model's context and the tenant's quotas have had their say."""
+    context: int = engine.info.context_length
+    quotas = tenant.spec.quotas
+    if quotas.max_prompt_tokens is not None and prompt_len > quotas.max_prompt_tokens:
+        raise InvalidRequest(
+            f"The prompt has {prompt_len} tokens; this tenant may send at most {quotas.max_prompt_tokens}.",
+            code="context_length_exceeded",
+            param="messages",
+        )
+    if prompt_len >= context:
+        raise InvalidRequest(
+            f"This model's maximum context length is {context} tokens; the prompt has {prompt_len}.",
+            code="context_length_exceeded",
+            param="messages",
+        )
+    if requested is not None:
+        if requested > context:
+            raise InvalidRequest(
+                f"max_tokens is {requested}; this model's context holds only {context} tokens.",
+                code="invalid_value",
+                param="max_tokens",
+            )
+        if quotas.max_tokens_per_request is not None and requested > quotas.max_tokens_per_request:
+            raise InvalidRequest(
+                f"max_tokens is {requested}; this tenant may request at most "
+                f"{quotas.max_tokens_per_request}.",
+                code="max_tokens_exceeded",
+                param="max_tokens",
+            )
+        if prompt_len + requested > context:
+            raise InvalidRequest(
+                f"This model's maximum context length is {context} tokens; the prompt ({prompt_len}) plus "
+                f"max_tokens ({requested}) exceed it.",
+                code="context_length_exceeded",
+                param="max_tokens",
+            )
+        return requested
+    limit = context - prompt_len
+    if quotas.max_tokens_per_request is not None:
+        limit = min(limit, quotas.max_tokens_per_request)
+    return min(limit, default) if default is not None else limit
+
+
+# ---- what the engine is given: prompt ids, sampling ----------------------------------------------
+
+
+def chat_prompt_ids(engine: Engine, messages: Sequence[tuple[str, str]]) -> list[int]:
+    """(role, text) pairs through the model's chat template."""
+    try:
+        return _chat_prompt_ids(engine, messages)
+    except EngineError as e:
+        raise InvalidRequest(
+            f"Cannot render the chat prompt: {e}", code="invalid_value", param="messages"
+        ) from e
+
+
+def _chat_prompt_ids(engine: Engine, messages: Sequence[tuple[str, str]]) -> list[int]:
+    rendered = engine.apply_chat_template(
+        [ChatMessage(role=_ROLE_ALIASES.get(role, role), content=text) for role, text in messages]
+    )
+    ids: list[int] = engine.encode(rendered, add_special=False)
+    # Templates of some families write BOS themselves and others leave it to the tokenizer; adding
+    # it blindly would double it, which measurably degrades output. Add it only where it is missing.
+    bos: list[int] = engine.encode("", add_special=True)
+    if bos and ids[: len(bos)] != bos:
+        ids = bos + ids
+    return ids
+
+
+def text_prompt_ids(engine: Engine, prompt: str) -> list[int]:
+    ids: list[int] = engine.encode(prompt, add_special=True)
+    return ids
+
+
+def token_prompt_ids(engine: Engine, tokens: Sequence[int]) -> list[int]:
+    """A prompt given as token ids, each checked against the vocabulary."""
+    vocab = engine.info.vocab_size
+    ids = [int(t) for t in tokens]
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise InvalidRequest(
+            f"Token id {bad[0]} is out of range [0, {vocab}).", code="invalid_value", param="prompt"
+        )
+    return ids
+
+
+def sampling_params(fields: BaseModel, *, max_tokens: int, logprobs: int | None = None) -> SamplingParams:
+    """The engine's sampling parameters from a request's fields (see SAMPLING_FIELDS)."""
+    given: dict[str, Any] = {
+        name: value for name in SAMPLING_FIELDS if (value := getattr(fields, name, None)) is not None
+    }
+    stop: str | list[str] | None = getattr(fields, "stop", None)
+    stops = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
+    try:
+        return SamplingParams(max_tokens=max_tokens, stop=stops, logprobs=logprobs, **given)
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(
+            f"Invalid sampling parameter: {first['msg']}", code="invalid_value", param=param
+        ) from e
+
+
+def logit_bias_processor(bias: dict[str, float] | None, vocab_size: int) -> LogitsProcessor | None:
+    """OpenAI's `logit_bias` as an engine logits processor (the same per-step hook WASM samplers use)."""
+    if not bias:
+        return None
+    try:
+        ids = np.array([int(k) for k in bias], dtype=np.int64)
+    except ValueError as e:
+        raise InvalidRequest(
+            "logit_bias keys must be token ids.", code="invalid_value", param="logit_bias"
+        ) from e
+    if ((ids < 0) | (ids >= vocab_size)).any():
+        raise InvalidRequest(
+            f"logit_bias token ids must be in [0, {vocab_size}).", code="invalid_value", param="logit_bias"
+        )
+    values = np.array(list(bias.values()), dtype=np.float32)
+    # As OpenAI documents: -100 and 100 ban or force a token outright.
+    values = np.where(values <= -100, -np.inf, np.where(values >= 100, np.float32(1e4), values))
+
+    def apply(_rid: str, logits: np.ndarray[Any, np.dtype[np.float32]], _generated: Sequence[int]) -> None:
+        logits[ids] += values
+
+    return apply
