@@ -13,7 +13,7 @@ last, as every benchmark here does.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -138,13 +138,15 @@ def figures_table(
     *,
     metrics: Sequence[str] | None = None,
     spec: str = ".1f",
+    specs: Mapping[str, str] | None = None,
 ) -> list[str]:
     """A markdown table: a row per metric, each side's median (min-max), then each ratio a / b
-    as the ratio of the medians (range of the per-round ratios)."""
+    as the ratio of the medians (range of the per-round ratios); `specs` formats some metrics apart."""
     header = ["metric", *result.sides, *(f"{a} / {b}" for a, b in ratios)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for metric in metrics if metrics is not None else result.metrics():
-        cells = [metric, *(result.stat(s, metric).format(spec) for s in result.sides)]
+        fmt = (specs or {}).get(metric, spec)
+        cells = [metric, *(result.stat(s, metric).format(fmt) for s in result.sides)]
         cells += [result.ratio(a, b, metric).format(".3f") for a, b in ratios]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
