@@ -29,7 +29,7 @@ import httpx
 import yaml
 
 from bench.harness import Figures, Repetition, Side, describe, figures_table, interleave, print_figures
-from bench.support import realm_serve, stream_chat, with_pythonpath
+from bench.support import exit_on_sigterm, realm_serve, stream_chat, with_pythonpath
 from realm.runtime.engines.cpu_features import cpu_info
 from realm.runtime.spec.runtime_config import hash_api_key
 
@@ -107,6 +107,7 @@ def write_config(cfg: Path, threads: int) -> None:
 
 
 def main() -> None:
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="Interleaved rounds of portable and native.")
     ap.add_argument("--quick", action="store_true", help="One round of 32 tokens (smoke run).")

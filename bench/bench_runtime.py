@@ -46,6 +46,7 @@ from bench.harness import (
 from bench.support import (
     STORY_PROMPT,
     StreamResult,
+    exit_on_sigterm,
     free_port,
     realm_serve,
     revision_label,
@@ -367,6 +368,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    exit_on_sigterm()
     fair_seconds = 10.0 if args.quick else 30.0
     work = Path(tempfile.mkdtemp(prefix="realm-bench-"))
     comparison, ratios = compare_throughput(args, work)

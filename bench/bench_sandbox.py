@@ -47,7 +47,7 @@ from bench.harness import (
     print_figures,
     round_order,
 )
-from bench.support import ROOT, realm_serve, revision_label, revision_tree
+from bench.support import ROOT, exit_on_sigterm, realm_serve, revision_label, revision_tree
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
 from tests.go_builds import build_go_example
 from tests.sandbox_builds import build_example
@@ -166,6 +166,7 @@ def server_side(name: str, cfg: Path, log: Path, tree: Path) -> Side:
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds (default 3)")
     ap.add_argument(

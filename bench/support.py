@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -102,7 +103,17 @@ def revision_tree(rev: str) -> Iterator[Path]:
         yield tree
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
-        parent.rmdir()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (what `timeout` sends) raises SystemExit, so that servers are stopped and a temporary
+    worktree removed by their context managers instead of being left behind."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def revision_label(rev: str) -> str:
