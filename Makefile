@@ -16,10 +16,11 @@ lint:
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
+# The checkout first on the path: the benchmarks import bench.*, e2e.* and tests.* helpers by package.
 bench:
 	scripts/bootstrap.sh test,bench
-	.venv/bin/python bench/bench_runtime.py $(ARGS)
-	.venv/bin/python bench/bench_sandbox.py
-	.venv/bin/python bench/bench_operator.py
-	.venv/bin/python bench/bench_kv.py
-	.venv/bin/python bench/bench_portable.py
+	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_runtime.py $(ARGS)
+	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_sandbox.py
+	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_operator.py
+	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_kv.py
+	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_portable.py

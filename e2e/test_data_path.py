@@ -56,8 +56,9 @@ from e2e.support import require_control_plane  # noqa: E402
 
 require_control_plane()
 
+from e2e.operator_support import NS, PEERING, prepare  # noqa: E402
 from e2e.support import wait_for  # noqa: E402
-from e2e.test_operator import NS, PEERING, World, prepare, tenant  # noqa: E402
+from e2e.test_operator import World, tenant  # noqa: E402
 
 MODEL_NAME = "chat"
 CONFIG_MAP = f"{MODEL_NAME}-v1-config"

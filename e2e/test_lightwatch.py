@@ -23,7 +23,8 @@ from e2e.support import require_control_plane, wait_for  # noqa: E402
 
 require_control_plane()
 
-from e2e.test_operator import NS, World, prepare  # noqa: E402
+from e2e.operator_support import NS, prepare  # noqa: E402
+from e2e.test_operator import World  # noqa: E402
 from e2e.test_operator_resilience import _tenant  # noqa: E402
 from realm.operator.kube import KINDS, Kube  # noqa: E402
 from realm.operator.lightwatch import LightWatch  # noqa: E402

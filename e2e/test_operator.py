@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,12 +24,6 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parent.parent
-# Override only to try CRDs other than the committed ones (e.g. a fix under test).
-CRD_DIR = Path(os.environ.get("REALM_E2E_CRD_DIR") or REPO / "crds")
-NS = "realm-e2e"
-PEERING = "e2e"
-
 from e2e.cluster.cluster import (  # noqa: E402
     CONTROLLER_BINARIES,
     Cluster,
@@ -39,13 +32,10 @@ from e2e.cluster.cluster import (  # noqa: E402
     missing_binaries,
     use_external_kubeconfig,
 )
+from e2e.operator_support import NS, PEERING, REPO, prepare  # noqa: E402
 from e2e.support import require_control_plane, wait_for  # noqa: E402
-from realm.operator.chartgen import peering_crd  # noqa: E402
 
 require_control_plane()
-
-# kopf's peering CRD (namespaced flavour), as the chart ships it: the operator refuses to act without it.
-PEERING_CRD: dict[str, Any] = peering_crd("KopfPeering", "kopfpeerings", "Namespaced")
 
 MODEL = {
     "apiVersion": "realm.dev/v1alpha1",
@@ -109,20 +99,6 @@ class World:
         if st.get("observedGeneration") != obj.get("metadata", {}).get("generation"):
             return {}
         return {c["type"]: c for c in st.get("conditions") or []}
-
-
-def prepare(cluster: Cluster) -> None:
-    """Realm's CRDs, kopf's peering CRD, the namespace and its KopfPeering: what every e2e needs."""
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
-    cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(PEERING_CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=established", "--timeout=60s",
-        "crd/tenants.realm.dev", "crd/models.realm.dev", "crd/pipelines.realm.dev",
-        "crd/kopfpeerings.kopf.dev",
-    )  # fmt: skip
-    cluster.kubectl("create", "namespace", NS)
-    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}
-    cluster.kubectl("apply", "-n", NS, "-f", "-", input=json.dumps(peering))
 
 
 @pytest.fixture(scope="module")

@@ -47,15 +47,10 @@ from e2e.support import require_control_plane  # noqa: E402
 require_control_plane()
 
 # Same skip logic, CRDs, peering and helpers as the other operator e2e tests.
+from e2e.operator_support import NS, PEERING, REPO, operator, prepare  # noqa: E402
 from e2e.support import wait_for  # noqa: E402
-from e2e.test_operator import (  # noqa: E402
-    NS,
-    PEERING,
-    REPO,
-    World,
-    prepare,
-)
-from e2e.test_operator_resilience import _model, _tenant, operator  # noqa: E402
+from e2e.test_operator import World  # noqa: E402
+from e2e.test_operator_resilience import _model, _tenant  # noqa: E402
 
 # Hang guards only: the measured times are printed and are far shorter.
 RECONCILE_TIMEOUT = 90.0

@@ -15,14 +15,11 @@ and prints what it measured. Skipped unless e2e/cluster's binaries are cached.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +30,6 @@ pytestmark = pytest.mark.e2e
 from e2e.cluster.cluster import (  # noqa: E402
     CONTROLLER_BINARIES,
     KWOK_BINARIES,
-    Cluster,
     control_plane,
     find_bin_dir,
     missing_binaries,
@@ -44,38 +40,14 @@ from e2e.support import require_control_plane  # noqa: E402
 require_control_plane()
 
 # Shared with the main operator e2e test (same skip logic, CRDs, peering CRD and helpers).
+from e2e.operator_support import NS, operator, prepare  # noqa: E402
 from e2e.support import wait_for  # noqa: E402
-from e2e.test_operator import NS, PEERING, REPO, World, prepare  # noqa: E402
+from e2e.test_operator import World  # noqa: E402
 
 GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api@v1.6.3"
 GATEWAY = "gw"  # the operator's --gateway is NS/GATEWAY; no Gateway object (or controller) is needed
 # Hang guards only: the measured times are printed and are far shorter.
 RECONCILE_TIMEOUT = 90.0
-
-
-@contextlib.contextmanager
-def operator(
-    cluster: Cluster, log: Path, *extra: str, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """The operator as a subprocess (what the chart runs); terminated (then killed) on exit."""
-    with log.open("w") as sink:
-        op = subprocess.Popen(
-            [sys.executable, "-m", "realm.operator.main", "--namespace", NS, "--peering", PEERING,
-             "--runtime-image", "realm-runtime:e2e", *extra],
-            cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**cluster.env(), "REALM_RESYNC_SECONDS": "10", **(env or {})},
-        )  # fmt: skip
-        try:
-            yield op
-        finally:
-            op.terminate()
-            try:
-                op.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                op.kill()
-                op.wait()
-    if op.returncode not in (0, -15):
-        print(f"operator exited with {op.returncode}:\n{log.read_text()[-4000:]}")
 
 
 def _conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:

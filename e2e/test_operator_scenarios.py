@@ -38,9 +38,10 @@ from e2e.support import require_control_plane  # noqa: E402
 
 require_control_plane()
 
+from e2e.operator_support import NS, REPO, operator, prepare  # noqa: E402
 from e2e.support import wait_for  # noqa: E402
-from e2e.test_operator import NS, REPO, World, prepare  # noqa: E402
-from e2e.test_operator_resilience import _conditions, _model, _tenant, operator  # noqa: E402
+from e2e.test_operator import World  # noqa: E402
+from e2e.test_operator_resilience import _conditions, _model, _tenant  # noqa: E402
 from realm.runtime.spec.model import MSG_IMMUTABLE  # noqa: E402
 
 EXAMPLES = REPO / "manifests" / "examples"

@@ -24,9 +24,9 @@ from e2e.support import require_control_plane  # noqa: E402
 
 require_control_plane()
 
+from e2e.operator_support import NS, REPO, operator, prepare  # noqa: E402
 from e2e.support import wait_for  # noqa: E402
-from e2e.test_operator import NS, REPO, World, prepare  # noqa: E402
-from e2e.test_operator_resilience import operator  # noqa: E402
+from e2e.test_operator import World  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tests"))
 import s3server  # noqa: E402
