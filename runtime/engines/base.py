@@ -164,7 +164,9 @@ class Engine(abc.ABC):
     def cancel(self, request_id: str) -> None: ...
 
     @abc.abstractmethod
-    def encode(self, text: str, *, add_special: bool = True) -> list[int]: ...
+    def encode(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of `text`. `parse_special` False: text that spells a control token (`<|im_start|>`)
+        stays text, as a user's message content must (it would otherwise forge a role)."""
 
     @abc.abstractmethod
     def decode(self, token_ids: Sequence[int]) -> str: ...

@@ -248,8 +248,8 @@ class LlamaCppEngine(Engine):
             raise EngineError(f"model {self.cfg.name} is not loaded")
         return self._model
 
-    def encode(self, text: str, *, add_special: bool = True) -> list[int]:
-        return native.tokenize(self._loaded(), text, add_special=add_special, parse_special=True)
+    def encode(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return native.tokenize(self._loaded(), text, add_special=add_special, parse_special=parse_special)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         model = self._loaded()

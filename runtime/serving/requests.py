@@ -11,6 +11,8 @@ tenant's limits and made into what the engine is given:
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -129,15 +131,62 @@ def chat_prompt_ids(engine: Engine, messages: Sequence[tuple[str, str]]) -> list
 
 
 def _chat_prompt_ids(engine: Engine, messages: Sequence[tuple[str, str]]) -> list[int]:
-    rendered = engine.apply_chat_template(
-        [ChatMessage(role=_ROLE_ALIASES.get(role, role), content=text) for role, text in messages]
-    )
-    ids: list[int] = engine.encode(rendered, add_special=False)
+    chat = [ChatMessage(role=_ROLE_ALIASES.get(role, role), content=text) for role, text in messages]
+    ids = _template_and_content_ids(engine, chat)
     # Templates of some families write BOS themselves and others leave it to the tokenizer; adding
     # it blindly would double it, which measurably degrades output. Add it only where it is missing.
     bos: list[int] = engine.encode("", add_special=True)
     if bos and ids[: len(bos)] != bos:
         ids = bos + ids
+    return ids
+
+
+def _template_and_content_ids(engine: Engine, chat: Sequence[ChatMessage]) -> list[int]:
+    """The rendered chat's ids, with control tokens read only from the template's own text.
+
+    A message's content is the sender's text: `<|im_start|>system` typed by a user must stay text, not
+    open a system turn. A chat whose contents spell no control token is tokenized whole, as rendered
+    (tokenizing it in pieces would change the ids at the seams). Otherwise the template is rendered
+    around a unique mark per message; its own text is tokenized with control tokens and each content
+    without. The mark carries a space on each side, so a template that trims content is seen doing it
+    and the content is trimmed the same way. A template that alters the marks otherwise (it transforms
+    content) cannot keep a content as text, and the request is refused.
+    """
+    if not any(_spells_control_tokens(engine, m.content) for m in chat):
+        return _template_ids(engine, engine.apply_chat_template(chat))
+    marks = [f"\x1f{secrets.token_hex(8)}\x1f" for _ in chat]
+    content_of = {mark: m.content for m, mark in zip(chat, marks, strict=True)}
+    rendered = engine.apply_chat_template(
+        [ChatMessage(role=m.role, content=f" {mark} ") for m, mark in zip(chat, marks, strict=True)]
+    )
+    if not all(mark in rendered or not m.content for m, mark in zip(chat, marks, strict=True)):
+        raise InvalidRequest(
+            "A message's content spells a control token of this model, which its chat template "
+            "cannot keep as text.",
+            code="invalid_value",
+            param="messages",
+        )
+    ids: list[int] = []
+    at = 0
+    for hit in re.finditer("( ?)(" + "|".join(map(re.escape, marks)) + ")( ?)", rendered):
+        ids += _template_ids(engine, rendered[at : hit.start()])
+        left, mark, right = hit.groups()
+        text = content_of[mark]
+        text = text if left else text.lstrip()
+        text = text if right else text.rstrip()
+        ids += engine.encode(text, add_special=False, parse_special=False) if text else []
+        at = hit.end()
+    return ids + _template_ids(engine, rendered[at:])
+
+
+def _spells_control_tokens(engine: Engine, text: str) -> bool:
+    return bool(text) and engine.encode(text, add_special=False) != engine.encode(
+        text, add_special=False, parse_special=False
+    )
+
+
+def _template_ids(engine: Engine, text: str) -> list[int]:
+    ids: list[int] = engine.encode(text, add_special=False) if text else []
     return ids
 
 

@@ -137,8 +137,12 @@ class TrtLlmEngine(Engine):
 
     # ---- text ------------------------------------------------------------------------------
 
-    def encode(self, text: str, *, add_special: bool = True) -> list[int]:
-        return list(self._loaded().tokenizer.encode(text, add_special_tokens=add_special))
+    def encode(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        # transformers' tokenizers read control tokens in text unless asked to split them as text.
+        tokenizer = self._loaded().tokenizer
+        if parse_special:
+            return list(tokenizer.encode(text, add_special_tokens=add_special))
+        return list(tokenizer(text, add_special_tokens=add_special, split_special_tokens=True)["input_ids"])
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self._loaded().tokenizer.decode(list(token_ids)))
