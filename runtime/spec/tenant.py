@@ -18,26 +18,52 @@ class SpecModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
+# Upper bounds of the quotas: beyond these a value is a typo or an attempt to switch a limit off, which
+# leaving the field out does honestly. Generous for any real tenant (the longest contexts are 2^20 tokens).
+MAX_REQUESTS_PER_MINUTE = 1_000_000
+MAX_TOKENS_PER_MINUTE = 1_000_000_000
+MAX_CONCURRENT = 4096
+MAX_QUEUED = 100_000
+MAX_TOKENS = 1 << 20
+MAX_WASM_FUEL = 1_000_000_000_000
+MAX_WASM_TIME_MS = 3_600_000
+
+
 class Quotas(SpecModel):
     """Limits the runtime enforces per tenant. Absent means unlimited."""
 
-    requests_per_minute: int | None = Field(None, ge=1, description="Requests admitted per minute.")
-    tokens_per_minute: int | None = Field(None, ge=1, description="Prompt plus completion tokens per minute.")
+    requests_per_minute: int | None = Field(
+        None, ge=1, le=MAX_REQUESTS_PER_MINUTE, description="Requests admitted per minute."
+    )
+    tokens_per_minute: int | None = Field(
+        None, ge=1, le=MAX_TOKENS_PER_MINUTE, description="Prompt plus completion tokens per minute."
+    )
     max_concurrent_requests: int | None = Field(
-        None, ge=1, description="Requests of this tenant inside the engine at once; more wait in its queue."
+        None,
+        ge=1,
+        le=MAX_CONCURRENT,
+        description="Requests of this tenant inside the engine at once; more wait in its queue.",
     )
     max_queued_requests: int = Field(
-        64, ge=0, description="Requests that may wait for admission; beyond this they are rejected with 429."
+        64,
+        ge=0,
+        le=MAX_QUEUED,
+        description="Requests that may wait for admission; beyond this they are rejected with 429.",
     )
     max_tokens_per_request: int | None = Field(
-        None, ge=1, description="Upper bound on a request's max_tokens (completion length)."
+        None, ge=1, le=MAX_TOKENS, description="Upper bound on a request's max_tokens (completion length)."
     )
-    max_prompt_tokens: int | None = Field(None, ge=1, description="Upper bound on a request's prompt length.")
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, le=MAX_TOKENS, description="Upper bound on a request's prompt length."
+    )
     wasm_fuel_per_invocation: int | None = Field(
-        None, ge=1, description="WebAssembly fuel one invocation may burn."
+        None, ge=1, le=MAX_WASM_FUEL, description="WebAssembly fuel one invocation may burn."
     )
     wasm_time_ms_per_invocation: int | None = Field(
-        None, ge=1, description="Wall-clock deadline of one WebAssembly invocation, in milliseconds."
+        None,
+        ge=1,
+        le=MAX_WASM_TIME_MS,
+        description="Wall-clock deadline of one WebAssembly invocation, in milliseconds.",
     )
     wasm_memory_mib: int | None = Field(
         None, ge=1, le=4096, description="Linear memory cap of one WebAssembly instance, in MiB."

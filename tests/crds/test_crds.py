@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 from repo_paths import REPO
 
 from realm.operator import crdgen
-from realm.runtime.spec.tenant import TenantSpec
+from realm.runtime.spec.tenant import Quotas, TenantSpec
 
 ROOT = REPO
 CRD_FILES = ["tenants.realm.dev.yaml", "models.realm.dev.yaml", "pipelines.realm.dev.yaml"]
@@ -212,3 +213,20 @@ def test_generator_refuses_unstructural_unions() -> None:
         {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None, "description": "d"}, {}
     )
     assert out == {"type": "integer", "description": "d"}
+
+
+def test_every_quota_has_an_upper_bound_the_apiserver_enforces() -> None:
+    quotas = root_schema(load("tenants.realm.dev.yaml"))["properties"]["spec"]["properties"]["quotas"]
+    fields = quotas["properties"]
+    assert set(fields) == {f.alias for f in Quotas.model_fields.values()}
+    unbounded = sorted(name for name, schema in fields.items() if "maximum" not in schema)
+    assert unbounded == []
+    assert fields["maxTokensPerRequest"]["maximum"] == 1 << 20
+
+
+def test_an_absurd_quota_is_refused_with_the_bound_in_the_message() -> None:
+    with pytest.raises(ValidationError) as err:
+        TenantSpec.model_validate({"quotas": {"maxTokensPerRequest": 1_000_000_000_000}})
+    (error,) = err.value.errors()
+    assert error["loc"] == ("quotas", "maxTokensPerRequest")
+    assert error["type"] == "less_than_equal" and error["ctx"] == {"le": 1 << 20}
