@@ -76,3 +76,10 @@ class NoModule(ServingError):
     """The tenant has no WebAssembly module deployed."""
 
     reason = "no_module"
+
+
+class ModulePinned(ServingError):
+    """The tenant's module is pinned by its spec (`spec.wasm`): an upload would run a program the
+    platform did not declare, and the next config reload would replace it anyway."""
+
+    reason = "module_pinned"

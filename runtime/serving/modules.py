@@ -11,6 +11,7 @@ from pathlib import Path
 from realm.runtime.sandbox.runner import InvocationFailed, TenantModule
 
 from . import module_sources
+from .errors import ModulePinned
 from .invocations import running_sandbox
 from .state import ServingState
 
@@ -19,8 +20,18 @@ log = logging.getLogger(__name__)
 
 async def deploy_module(state: ServingState, tenant: str, wasm: bytes) -> TenantModule:
     """Make `wasm` the tenant's module (invocations in flight finish on the one they started with).
-    Raises InvocationFailed for a module the sandbox rejects."""
+    Raises ModulePinned when the tenant's spec pins its module (unless the runtime allows uploads over
+    pins), InvocationFailed for a module the sandbox rejects."""
     sandbox = running_sandbox(state)
+    entry = state.tenants.get(tenant)
+    pin = entry.spec.wasm if entry is not None else None
+    if pin is not None and not state.module_upload_over_pin:
+        raise ModulePinned(
+            f"Tenant {tenant}'s module is pinned by its spec.wasm (sha256 {pin.sha256}): change the "
+            "Tenant's spec.wasm to run another module; uploads over a pinned module are off on this "
+            "runtime (moduleUploadOverPin).",
+            code="module_pinned",
+        )
     module = await asyncio.to_thread(sandbox.deploy, tenant, wasm)  # compiling takes seconds
     state.metrics.wasm_deploys.labels(tenant).inc()
     return module

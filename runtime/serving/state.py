@@ -34,10 +34,16 @@ class ServingState:
     conversations: ConversationStore | None = None
     # KV snapshots and the prefix cache (runtime/kvstore/snapshots.py); None: every prompt prefills.
     kv: KVSnapshots | None = None
+    # RuntimeConfig.module_upload_over_pin: whether an upload may replace a module spec.wasm pins.
+    module_upload_over_pin: bool = False
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:
-        state = cls(models={m.name: m for m in config.models}, metrics=metrics)
+        state = cls(
+            models={m.name: m for m in config.models},
+            metrics=metrics,
+            module_upload_over_pin=config.module_upload_over_pin,
+        )
         state.conversations = open_store(config.conversations, realm_home())
         state.kv = KVSnapshots(
             config.kv_snapshots,

@@ -194,6 +194,11 @@ class RuntimeConfig(SpecModel):
         None,
         description="Folder of tenant WebAssembly modules named <sha256>.wasm (mounted by the operator).",
     )
+    module_upload_over_pin: bool = Field(
+        False,
+        description="Let PUT /v1/tenants/{tenant}/module replace a module the Tenant's spec.wasm pins "
+        "(until the next config reload deploys the pinned one again). Off: such an upload is refused (409).",
+    )
     conversations: ConversationsConfig = Field(
         default_factory=ConversationsConfig, description="The store of tenants' conversations."
     )

@@ -25,6 +25,8 @@ TENANTS = {
     "slow": {"allowedModels": [DEFAULT_MODEL], "quotas": {"wasmTimeMsPerInvocation": 300}},
     "frugal": {"allowedModels": [DEFAULT_MODEL], "quotas": {"requestsPerMinute": 1}},
     "smol-only": {"allowedModels": [DEFAULT_MODEL]},
+    # Its module is pinned by spec.wasm (held nowhere here: this runtime has no modulesDir).
+    "pinned": {"allowedModels": [DEFAULT_MODEL], "wasm": {"configMap": "pinned-module", "sha256": "ab" * 32}},
 }
 
 
@@ -214,3 +216,11 @@ def test_every_example_runs_against_the_real_models(
     r = invoke(base, "alpha", body)
     assert r.status_code == 200, r.text
     assert check(r.json()), r.json()
+
+
+def test_an_upload_over_a_pinned_module_is_refused_with_409(base: str) -> None:
+    r = deploy(base, "pinned", b"\0asm\x01\0\0\0")
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "module_pinned")
+    assert "spec.wasm" in error["message"] and "ab" * 32 in error["message"]

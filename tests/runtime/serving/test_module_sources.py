@@ -4,6 +4,7 @@ into a real Sandbox or written to disk, with a clear error and a metric otherwis
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -21,7 +22,8 @@ from realm.runtime.api.state import AppState
 from realm.runtime.metrics import Metrics
 from realm.runtime.sandbox.runner import Sandbox
 from realm.runtime.serving import module_sources as ms
-from realm.runtime.serving.modules import deploy_configured_modules
+from realm.runtime.serving.errors import ModulePinned
+from realm.runtime.serving.modules import deploy_configured_modules, deploy_module
 from realm.runtime.spec.model import ModelSpec
 from realm.runtime.spec.runtime_config import TenantEntry
 from realm.runtime.spec.tenant import TenantSpec, WasmModuleSource
@@ -41,7 +43,7 @@ def source(**kw: Any) -> WasmModuleSource:
     return WasmModuleSource.model_validate({"sha256": sha(ECHO), **kw})
 
 
-def entry(name: str, wasm: WasmModuleSource) -> TenantEntry:
+def entry(name: str, wasm: WasmModuleSource | None) -> TenantEntry:
     return TenantEntry(name=name, api_key_sha256=["0" * 64], spec=TenantSpec(allowed_models=["m"], wasm=wasm))
 
 
@@ -199,3 +201,13 @@ def test_a_module_that_arrives_late_is_deployed_without_a_config_change(tmp_path
         while sandbox.current("alpha") is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert sandbox.current("alpha").sha256 == sha(ECHO)  # type: ignore[union-attr]
+
+
+def test_an_upload_over_a_pinned_module_is_refused_unless_the_runtime_allows_it(state: AppState) -> None:
+    state.tenants = {"alpha": entry("alpha", source(config_map="alpha-module")), "beta": entry("beta", None)}
+    with pytest.raises(ModulePinned, match=r"pinned by its spec\.wasm") as refused:
+        asyncio.run(deploy_module(state, "alpha", OTHER))
+    assert refused.value.code == "module_pinned" and state.sandbox.current("alpha") is None  # type: ignore[union-attr]
+    assert asyncio.run(deploy_module(state, "beta", OTHER)).sha256 == sha(OTHER)  # an unpinned tenant uploads
+    state.module_upload_over_pin = True
+    assert asyncio.run(deploy_module(state, "alpha", OTHER)).sha256 == sha(OTHER)
