@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.cluster.cluster import Cluster
+from e2e.support import stop
 from realm.operator.chartgen import peering_crd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,11 +56,6 @@ def operator(
         try:
             yield op
         finally:
-            op.terminate()
-            try:
-                op.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                op.kill()
-                op.wait()
+            stop(op)
     if op.returncode not in (0, -15):
         print(f"operator exited with {op.returncode}:\n{log.read_text()[-4000:]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -33,3 +34,13 @@ def require_control_plane() -> None:
             "or set REALM_E2E_USE_KUBECONFIG=1 with KUBECONFIG)",
             allow_module_level=True,
         )
+
+
+def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL after 20 s: an operator that does not drain in time must not hang the suite."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

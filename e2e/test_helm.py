@@ -50,7 +50,7 @@ from e2e.cluster.cluster import (  # noqa: E402
     missing_binaries,
     use_external_kubeconfig,
 )
-from e2e.support import require_control_plane  # noqa: E402
+from e2e.support import require_control_plane, stop  # noqa: E402
 from e2e.support import wait_for as support_wait_for  # noqa: E402
 
 require_control_plane()
@@ -189,12 +189,7 @@ def operator_as(e: Env, kubeconfig: Path, args: list[str], log: Path) -> Iterato
         try:
             yield op
         finally:
-            op.terminate()
-            try:
-                op.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                op.kill()
-                op.wait()
+            stop(op)
 
 
 LOG_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")

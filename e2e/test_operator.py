@@ -33,7 +33,7 @@ from e2e.cluster.cluster import (  # noqa: E402
     use_external_kubeconfig,
 )
 from e2e.operator_support import NS, PEERING, REPO, prepare  # noqa: E402
-from e2e.support import require_control_plane, wait_for  # noqa: E402
+from e2e.support import require_control_plane, stop, wait_for  # noqa: E402
 
 require_control_plane()
 
@@ -121,12 +121,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             try:
                 yield World(cluster, log)
             finally:
-                op.terminate()
-                try:
-                    op.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    op.kill()
-                    op.wait()
+                stop(op)
         if op.returncode not in (0, -15):
             print(log.read_text()[-4000:])
 
