@@ -17,7 +17,7 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from realm.runtime.sandbox.runner import InvocationFailed, InvocationResult
 from realm.runtime.serving.invocations import (
@@ -37,6 +37,9 @@ from .state import AppState
 
 router = APIRouter()
 
+# Outputs longer than this are rendered piece by piece, yielding to the event loop in between.
+OUTPUT_PIECE_CHARS = 1 << 16
+
 
 def _own_tenant(request: Request, tenant: str) -> tuple[AppState, TenantEntry]:
     entry: TenantEntry = request.state.tenant  # set by the middleware
@@ -47,6 +50,25 @@ def _own_tenant(request: Request, tenant: str) -> tuple[AppState, TenantEntry]:
     state: AppState = request.app.state.realm
     running_sandbox(state)  # 503 before reading a body there is nothing to run
     return state, entry
+
+
+def _large_output(output: str, headers: dict[str, str]) -> Response:
+    """A large output as the small ones are (its JSON, else `{"output": ...}`), without holding the
+    event loop for the whole rendering: other tenants' requests are served between the pieces."""
+    try:
+        return JSONResponse(json.loads(output), headers=headers)
+    except ValueError:
+        pass  # text: rendered below
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b'{"output":"'
+        for start in range(0, len(output), OUTPUT_PIECE_CHARS):
+            # Escaping a piece alone gives what escaping it inside the whole string would.
+            yield json.dumps(output[start : start + OUTPUT_PIECE_CHARS], ensure_ascii=False)[1:-1].encode()
+            await asyncio.sleep(0)
+        yield b'"}'
+
+    return StreamingResponse(pieces(), media_type="application/json", headers=headers)
 
 
 @router.put("/v1/tenants/{tenant}/module", response_model=None)
@@ -82,6 +104,8 @@ async def invoke(tenant: str, request: Request) -> Response:
             )
         except ClientGone:
             return Response(status_code=499)
+        if len(result.output) > OUTPUT_PIECE_CHARS:
+            return _large_output(result.output, headers)
         try:
             return JSONResponse(json.loads(result.output), headers=headers)
         except ValueError:

@@ -1,7 +1,8 @@
 """Admission of invocations over HTTP against the real runtime (SmolLM2 loaded, real wasmtime): a
 tenant flooding invocations is held to its cap and queue while another tenant is served, a full
 queue is refused with 503 wasm_busy, a client leaving the queue withdraws its invocation, and
-module deploys beyond a tenant's rate are refused with 429."""
+module deploys beyond a tenant's rate are refused with 429; a large output (rendered in pieces)
+arrives whole."""
 
 from __future__ import annotations
 
@@ -33,11 +34,29 @@ TENANTS = {
     },
     "good": {"allowedModels": [DEFAULT_MODEL]},
     "deployer": {"allowedModels": [DEFAULT_MODEL], "quotas": {"moduleDeploysPerMinute": 2}},
+    "chatty": {"allowedModels": [DEFAULT_MODEL]},
 }
 
 
 def key(tenant: str) -> str:
     return f"sk-admission-{tenant}-0123456789"
+
+
+# Emits its input twice: an output twice the size of an input the body limit allows.
+ECHO_TWICE = """
+(module
+  (import "realm" "realm_input" (func $input (result i64)))
+  (import "realm" "realm_result_read" (func $read (param i32 i32) (result i32)))
+  (import "realm" "realm_emit" (func $emit (param i32 i32) (result i32)))
+  (memory (export "memory") 4)
+  (func (export "realm_abi_version") (result i32) (i32.const 0x10000))
+  (func (export "realm_run") (result i32)
+    (local $n i32)
+    (drop (call $input))
+    (local.set $n (call $read (i32.const 0) (i32.const 200000)))
+    (drop (call $emit (i32.const 0) (local.get $n)))
+    (call $emit (i32.const 0) (local.get $n))))
+"""
 
 
 def wat(name: str) -> bytes:
@@ -152,3 +171,17 @@ def test_deploys_beyond_the_tenants_rate_are_refused_with_429(runtime: Runtime) 
     assert r.status_code == 429, r.text
     assert r.json()["error"]["code"] == "module_deploys_per_minute"
     assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_a_large_text_output_arrives_whole(runtime: Runtime) -> None:
+    assert deploy(runtime.base_url, "chatty", bytes(wasmtime.wat2wasm(ECHO_TWICE))).status_code == 200
+    # Quotes, newlines and non-ASCII letters on both sides of every piece boundary.
+    text = json.dumps('é"\n\\ü' * 9000)
+    r = httpx.post(
+        f"{runtime.base_url}/v1/tenants/chatty/invoke",
+        content=text.encode(),
+        headers={"Authorization": f"Bearer {key('chatty')}"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"output": text + text}
