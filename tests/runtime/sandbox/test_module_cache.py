@@ -37,6 +37,16 @@ def artifact_size(tmp_path: Path) -> int:
     return probe.size_bytes
 
 
+def load_then(c: ModuleCache, n: int, done: threading.Event) -> threading.Thread:
+    """A thread that loads variant `n` into `c`, then sets `done`."""
+
+    def work() -> None:
+        load(c, n)
+        done.set()
+
+    return threading.Thread(target=work)
+
+
 def on_disk(folder: Path, n: int) -> bool:
     sha, _ = variant(n)
     return any(folder.glob(f"{sha}-*.cwasm"))
@@ -45,7 +55,7 @@ def on_disk(folder: Path, n: int) -> bool:
 def test_a_compile_waits_for_the_one_in_progress(tmp_path: Path) -> None:
     c = cache(tmp_path)
     done = threading.Event()
-    worker = threading.Thread(target=lambda: (load(c, 1), done.set()))
+    worker = load_then(c, 1, done)
     with c.compiling:  # another compile is in progress
         worker.start()
         assert not done.wait(0.5)
@@ -59,7 +69,7 @@ def test_a_cached_module_does_not_wait_for_a_compile(tmp_path: Path) -> None:
     load(c, 1)
     done = threading.Event()
     with c.compiling:
-        worker = threading.Thread(target=lambda: (load(c, 1), done.set()))
+        worker = load_then(c, 1, done)
         worker.start()
         assert done.wait(30)
     worker.join()
