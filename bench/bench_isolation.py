@@ -272,7 +272,11 @@ def flood_process(
     stop: EventType,
     results: multiprocessing.Queue[dict[str, dict[str, int]]],
 ) -> None:
-    """The evil tenants' flood until `stop` is set; puts what they got back (status: count) on `results`."""
+    """The evil tenants' flood until `stop` is set; puts what they got back (status: count) on `results`.
+
+    At the lowest priority: a real attacker's client runs elsewhere, and on a small shared host the
+    client's own work (reading 4 MiB responses) would otherwise be charged to the server."""
+    os.nice(19)
     outcomes: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     asyncio.run(_flood(base, first_module, evils, rude, stop, outcomes))
     results.put({tenant: dict(counts) for tenant, counts in outcomes.items()})
