@@ -313,11 +313,15 @@ async def _flood(
 
         async def keep_deploying() -> None:
             while not stop.is_set():
-                r = await client.put(
-                    "/v1/tenants/evil-deploy/module",
-                    content=distinct_module(next(modules)),
-                    headers=headers("evil-deploy"),
-                )
+                try:
+                    r = await client.put(
+                        "/v1/tenants/evil-deploy/module",
+                        content=distinct_module(next(modules)),
+                        headers=headers("evil-deploy"),
+                    )
+                except httpx.HTTPError as e:  # e.g. a kept-alive connection the server had just closed
+                    outcomes["evil-deploy"][type(e).__name__] += 1
+                    continue
                 outcomes["evil-deploy"][str(r.status_code)] += 1
                 if r.status_code == 429:
                     await asyncio.sleep(backoff(r, rude))
