@@ -56,6 +56,11 @@ LABEL_VERSION = "realm.dev/model-version"
 ANNOTATION_MODEL_CONFIG = "realm.dev/model-config-sha256"
 LABEL_TENANT = "realm.dev/tenant"
 DEFAULT_SECRET_KEY = "apiKey"
+# Every emptyDir has a size limit: past it the kubelet evicts the pod instead of letting one pod fill
+# its node's disk. /tmp is the runtime's HOME: its KV disk tier (16 GiB by default), the compiled-module
+# cache and the embedded conversation store live there. Fetched modules are a few MiB each.
+TMP_SIZE_LIMIT = "20Gi"
+MODULES_SIZE_LIMIT = "1Gi"
 
 
 @dataclass(frozen=True)
@@ -439,14 +444,14 @@ def deployment(
     ]
     volumes: list[Manifest] = [
         {"name": "config", "configMap": {"name": config_map_name(model, version)}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
     ]
     if weights_volume is not None and weights_mount is not None:
         mounts.append(weights_mount)
         volumes.append(weights_volume)
     if opts.modules_dir is not None:
         mounts.append({"name": "modules", "mountPath": opts.modules_dir})
-        volumes.append({"name": "modules", "emptyDir": {}})
+        volumes.append({"name": "modules", "emptyDir": {"sizeLimit": MODULES_SIZE_LIMIT}})
         sources = configmap_modules(config.tenants)
         if sources:
             mounts.append(

@@ -318,3 +318,27 @@ def test_overlays_build(overlay: str) -> None:
         assert dep["spec"]["replicas"] == 2 and "@sha256:" in c["image"]
         assert "@sha256:" in args.runtime_image and args.runtime_class == "nvidia" and args.s3_bucket
     assert len(by_kind(docs, "CustomResourceDefinition")) == 5
+
+
+# What the chart and the base hold and expose -----------------------------------------------------------
+
+
+def _empty_dirs(node: Any) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        own = [node] if "emptyDir" in node else []
+        return own + [v for value in node.values() for v in _empty_dirs(value)]
+    if isinstance(node, list):
+        return [v for item in node for v in _empty_dirs(item)]
+    return []
+
+
+@pytest.mark.parametrize("source", ["default", "nondefault", "base"])
+def test_every_empty_dir_has_a_size_limit(source: str) -> None:
+    docs = {
+        "default": render,
+        "nondefault": lambda: render(str(NONDEFAULT)),
+        "base": lambda: kustomize("manifests/base"),
+    }[source]()
+    volumes = _empty_dirs(docs)
+    assert volumes
+    assert [v["name"] for v in volumes if not (v["emptyDir"] or {}).get("sizeLimit")] == []
