@@ -342,3 +342,11 @@ def test_every_empty_dir_has_a_size_limit(source: str) -> None:
     volumes = _empty_dirs(docs)
     assert volumes
     assert [v["name"] for v in volumes if not (v["emptyDir"] or {}).get("sizeLimit")] == []
+
+
+def test_monitors_scrape_the_runtime_ops_port_not_the_public_one() -> None:
+    docs = render("monitoring.podMonitor.enabled=true", "monitoring.serviceMonitor.enabled=true")
+    (pod_monitor,) = by_kind(docs, "PodMonitor")
+    (service_monitor,) = by_kind(docs, "ServiceMonitor")
+    endpoints = pod_monitor["spec"]["podMetricsEndpoints"] + service_monitor["spec"]["endpoints"]
+    assert [(e["port"], e["path"]) for e in endpoints] == [("metrics", "/metrics")] * 2

@@ -44,3 +44,24 @@ def test_every_empty_dir_has_a_size_limit() -> None:
     assert {v["name"] for v in volumes} == {"tmp", "modules"}
     unbounded = [v["name"] for v in volumes if not (v["emptyDir"] or {}).get("sizeLimit")]
     assert unbounded == []
+
+
+def test_metrics_have_their_own_named_port_and_the_route_forwards_only_the_api() -> None:
+    objs = b.build_all(MODEL, TENANTS, OPTS)
+    (dep, _) = (o for o in objs if o["kind"] == "Deployment")
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-2:] == ["--metrics-port", str(b.METRICS_PORT)]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": b.PORT, "metrics": b.METRICS_PORT}
+    version_services = [o for o in objs if o["kind"] == "Service"]
+    for svc in version_services:
+        assert [p["name"] for p in svc["spec"]["ports"]] == ["http", "metrics"]
+    (route,) = (o for o in objs if o["kind"] == "HTTPRoute")
+    (rule,) = route["spec"]["rules"]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/v1"}}]
+    assert {r["port"] for r in rule["backendRefs"]} == {b.PORT}
+
+
+def test_the_stable_service_exposes_only_the_api_port() -> None:
+    svc = b.stable_service(MODEL, OPTS)
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["http"]
