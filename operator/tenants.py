@@ -22,12 +22,14 @@ from typing import Any
 import kopf
 
 from realm.operator import snapshots, world
-from realm.operator.builders import api_key_secret, api_key_secret_ref
+from realm.operator.builders import LABEL_TENANT, SecretRef, api_key_secret, api_key_secret_ref
 from realm.operator.outcome import Outcome, deleting, normal, now, post, report, warn
 from realm.operator.pipelines import refresh_pipelines
 from realm.operator.reconcile import (
     KEY_NOT_FOUND,
     SECRET_NOT_FOUND,
+    SECRET_NOT_LABELLED,
+    SECRET_OF_ANOTHER_TENANT,
     KeyState,
     api_key_hash,
     models_to_republish,
@@ -63,12 +65,52 @@ def ensure_key(op: Operator, body: Mapping[str, Any], spec: TenantSpec | None, o
             op.memory.fresh_secrets[(namespace, ref.name)] = world.secret_hashes(created)
         else:  # someone was first (a previous pass whose watch event has not arrived yet)
             created = k.get("Secret", namespace, ref.name)
+            if created is not None:
+                labelled = ((created.get("metadata") or {}).get("labels") or {}).get(LABEL_TENANT)
+                if labelled is None:
+                    return _unseen_secret(op, namespace, name, ref)
+                if labelled != name:
+                    return _not_owned(name, ref, labelled)
         known, digest = created is not None, api_key_hash(created, ref.key)
     if not known:
-        return KeyState(ref.name, SECRET_NOT_FOUND, f"Secret {ref.name} not found")
+        return _unseen_secret(op, namespace, name, ref)
+    owner = world.secret_owner(op.indexes.secrets, namespace, ref.name)
+    if owner is not None and owner != name:
+        return _not_owned(name, ref, owner)
     if digest is None:
         return KeyState(ref.name, KEY_NOT_FOUND, f"Secret {ref.name} has no key {ref.key}")
     return KeyState(ref.name)
+
+
+def _label_hint(name: str, ref: SecretRef) -> str:
+    return f"kubectl label secret {ref.name} {LABEL_TENANT}={name} --overwrite"
+
+
+def _unseen_secret(op: Operator, namespace: str, name: str, ref: SecretRef) -> KeyState:
+    """A Secret the index lacks: absent, or present without the label the operator's watch selects."""
+    if op.kube.get("Secret", namespace, ref.name) is None:
+        return KeyState(ref.name, SECRET_NOT_FOUND, f"Secret {ref.name} not found")
+    return KeyState(
+        ref.name,
+        SECRET_NOT_LABELLED,
+        f"Secret {ref.name} lacks the label {LABEL_TENANT}={name}: the operator reads only key Secrets "
+        f"labelled with their Tenant's name ({_label_hint(name, ref)})",
+    )
+
+
+def _not_owned(name: str, ref: SecretRef, owner: str) -> KeyState:
+    if not owner:
+        return KeyState(
+            ref.name,
+            SECRET_NOT_LABELLED,
+            f"Secret {ref.name} has an empty {LABEL_TENANT} label ({_label_hint(name, ref)})",
+        )
+    return KeyState(
+        ref.name,
+        SECRET_OF_ANOTHER_TENANT,
+        f"Secret {ref.name} is labelled {LABEL_TENANT}={owner}: it holds Tenant {owner}'s key, and a key "
+        "serves one Tenant only; give this Tenant a Secret of its own, labelled with its name",
+    )
 
 
 def reconcile_tenant(
