@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -310,16 +311,48 @@ def has_snapshots(op: Operator, spec: Mapping[str, Any], meta: Mapping[str, Any]
     return parsed is not None and parsed.kv_snapshots.enabled
 
 
+# A Terminating Tenant annotated with this ("true") loses its finalizer at its next retry, whatever is
+# left behind: the way out when its snapshots cannot be deleted and waiting is not wanted.
+ANNOTATION_FORCE_RELEASE = "realm.dev/force-release"
+
+
+def release_reason(op: Operator, body: Mapping[str, Any], at: datetime) -> str | None:
+    """Why a deleted Tenant's finalizer goes without its snapshots deleted (None: keep trying)."""
+    meta = body.get("metadata") or {}
+    if str((meta.get("annotations") or {}).get(ANNOTATION_FORCE_RELEASE, "")).lower() == "true":
+        return f"released by the annotation {ANNOTATION_FORCE_RELEASE}=true"
+    since = meta.get("deletionTimestamp")
+    if not since:
+        return None
+    waited = (at - datetime.fromisoformat(str(since).replace("Z", "+00:00"))).total_seconds()
+    if waited >= op.config.finalizer_timeout_s:
+        return (
+            f"gave up after {int(waited)} s (the finalizer timeout is {int(op.config.finalizer_timeout_s)} s)"
+        )
+    return None
+
+
 def finalize(
     op: Operator, namespace: str, name: str, spec: Mapping[str, Any], body: Mapping[str, Any]
 ) -> None:
     """Republish without the tenant, delete its KV snapshots, then release it: runs before the finalizer
     goes, so the snapshots are deleted even if the operator was down when the Tenant was deleted. S3
-    unreachable: retried (the Tenant stays, Terminating, until its data is gone)."""
+    unreachable: retried (the Tenant stays, Terminating) until the finalizer timeout passes or the
+    Tenant is annotated realm.dev/force-release=true; then released with a warning event naming what
+    was left behind."""
     reconcile_tenant(op, namespace, name)
     refresh_pipelines(op, namespace, tenant=name)
     parsed, _ = parse_spec(spec, TenantSpec)
     if not isinstance(parsed, TenantSpec):
+        return
+    released = release_reason(op, body, now())
+    if released is not None:
+        where = parsed.kv_snapshots.bucket or (op.config.s3.bucket if op.config.s3 else None) or "S3"
+        warn(
+            body,
+            "SnapshotsNotDeleted",
+            f"{released}; the Tenant's KV snapshots in {where} may remain and must be deleted by hand",
+        )
         return
     tier = snapshots.tier_for(op.kube, namespace, parsed, op.config.s3)
     if tier is None:

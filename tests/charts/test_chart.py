@@ -205,6 +205,7 @@ def test_nondefault_values_reach_the_operator_flags() -> None:
     )
     assert (args.s3_credentials_secret, args.s3_access_key_id_key) == ("realm-s3", "AWS_ACCESS_KEY_ID")
     assert args.modules_dir == "/modules"
+    assert args.finalizer_timeout == 120.0
     # One replica: no PodDisruptionBudget; monitors on; the runtime account in each watched namespace.
     assert not by_kind(docs, "PodDisruptionBudget")
     assert {d["kind"] for d in docs} >= {"PodMonitor", "ServiceMonitor"}
