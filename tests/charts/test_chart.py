@@ -351,3 +351,50 @@ def test_monitors_scrape_the_runtime_ops_port_not_the_public_one() -> None:
     (service_monitor,) = by_kind(docs, "ServiceMonitor")
     endpoints = pod_monitor["spec"]["podMetricsEndpoints"] + service_monitor["spec"]["endpoints"]
     assert [(e["port"], e["path"]) for e in endpoints] == [("metrics", "/metrics")] * 2
+
+
+def _network_policies(*values: str) -> list[dict[str, Any]]:
+    return by_kind(render(*values), "NetworkPolicy")
+
+
+def test_runtime_network_policy_by_default_ingress_from_the_operator_egress_to_dns_and_s3() -> None:
+    (policy,) = _network_policies()
+    spec = policy["spec"]
+    assert policy["metadata"]["namespace"] == NS
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "realm-runtime"
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    (operator_rule,) = spec["ingress"]
+    (peer,) = operator_rule["from"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NS}}
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert [p["port"] for p in operator_rule["ports"]] == ["http", "metrics"]
+    dns, s3 = spec["egress"]
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert s3["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
+    assert [p["port"] for p in s3["ports"]] == [443, 9000]
+
+
+def test_runtime_network_policy_follows_the_gateway_and_the_values() -> None:
+    policies = _network_policies(
+        str(NONDEFAULT),
+        "networkPolicy.egress.s3.cidrs[0]=10.20.0.0/16",
+        "networkPolicy.egress.s3.ports[0]=9000",
+        "networkPolicy.ingress.metrics.namespaceSelector.matchLabels.team=monitoring",
+    )
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
+    spec = policies[0]["spec"]
+    gateway, _, metrics = spec["ingress"]
+    assert gateway["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateways"}}}
+    ]
+    assert [p["port"] for p in gateway["ports"]] == ["http"]
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]
+    assert [p["port"] for p in metrics["ports"]] == ["metrics"]
+    assert spec["egress"][1] == {
+        "to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+        "ports": [{"port": 9000, "protocol": "TCP"}],
+    }
+
+
+def test_runtime_network_policy_can_be_switched_off() -> None:
+    assert _network_policies("networkPolicy.enabled=false") == []
