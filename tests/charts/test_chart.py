@@ -23,7 +23,7 @@ import yaml
 from repo_paths import REPO
 
 from e2e.cluster.cluster import find_bin_dir
-from realm.operator import chartgen, main
+from realm.operator import builders, chartgen, main, options
 
 CHART = REPO / "charts" / "realm"
 NONDEFAULT = CHART / "ci" / "nondefault-values.yaml"
@@ -398,3 +398,20 @@ def test_runtime_network_policy_follows_the_gateway_and_the_values() -> None:
 
 def test_runtime_network_policy_can_be_switched_off() -> None:
     assert _network_policies("networkPolicy.enabled=false") == []
+
+
+def test_runtime_images_pinned_by_digest_reach_the_operator_and_its_pods() -> None:
+    cpu, gpu = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    c = container(render(f"runtime.image.digest={cpu}", f"runtime.gpuImage.digest={gpu}", "image.tag=9.9"))
+    args = main.parse_args(c["args"])
+    assert args.runtime_image == f"ghcr.io/realm-dev/realm-runtime-cpu@{cpu}"
+    assert args.runtime_gpu_image == f"ghcr.io/realm-dev/realm-runtime-gpu@{gpu}"
+    config = main.config_from(args)
+    model = builders.ModelResource(
+        "m",
+        "ns",
+        "uid",
+        builders.ModelSpec.model_validate({"versions": [{"name": "v1", "source": "pypi:x"}]}),
+    )
+    dep = builders.deployment(model, "v1", [], options.build_options(config, gateway_api_served=False))
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == args.runtime_image
