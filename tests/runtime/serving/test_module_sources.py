@@ -201,7 +201,7 @@ def test_deployment_projects_configmap_modules_under_modules_dir() -> None:
     opts = b.BuildOptions(image="runtime:1", modules_dir="/var/lib/realm/modules")
     pod = b.deployment(model, "v1", tenants, opts)["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["modules"] == {"name": "modules", "emptyDir": {}}
+    assert volumes["modules"] == {"name": "modules", "emptyDir": {"sizeLimit": b.MODULES_SIZE_LIMIT}}
     assert volumes["configmap-modules"]["projected"]["sources"] == [
         {
             "configMap": {
