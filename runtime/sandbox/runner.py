@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -68,8 +67,6 @@ SHORT_MESSAGE = 500
 # A component is many core instances (componentize-py: 9 and more: the interpreter, libc, WASI
 # adapters, shims), so its count limits start higher; the tenant's count applies on top.
 COMPONENT_MIN_INSTANCES = 64
-# How much nicer than the process the worker threads that run guests are (19 is the lowest priority).
-GUEST_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -115,9 +112,7 @@ class Sandbox:
         self._pres: dict[str, wasmtime.InstancePre] = {}
         self._modules: dict[str, TenantModule] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="realm-wasm", initializer=_background_priority
-        )
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="realm-wasm")
         self._stop = threading.Event()
         self._max_ticks = 1
         self._ticker = threading.Thread(target=self._tick, name="realm-wasm-epoch", daemon=True)
@@ -332,16 +327,6 @@ class Sandbox:
         for _ in range(self._max_ticks + 1):
             self._engine.increment_epoch()
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _background_priority() -> None:
-    """Guests yield the CPU to the engines and the event loop: a tenant's spinning guests must not
-    slow every other tenant's decoding and requests (Linux: the nice value is per thread)."""
-    try:
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + GUEST_NICE))
-    except (AttributeError, OSError) as e:  # not Linux, or not allowed: guests share the CPU as before
-        log.debug("sandbox worker priority unchanged: %s", e)
 
 
 def _first_line(text: str) -> str:
