@@ -246,7 +246,10 @@ class Runtime:
 
     async def _shutdown_engines(self) -> None:
         if self.state.sandbox is not None:
-            self.state.sandbox.close()
+            # First, so that no module generates into what is flushed below. Its runs in flight
+            # are interrupted (sleeps and host-call waits included) and given a bounded grace;
+            # off the loop, because the host calls they are leaving wait on it.
+            await asyncio.to_thread(self.state.sandbox.close)
         if self.state.conversations is not None:
             try:
                 await self.state.conversations.close()

@@ -13,7 +13,9 @@ Running the module, and the host services it calls, are the serving layer's
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import threading
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -29,6 +31,9 @@ from .errors import APIError, invocation_error
 from .state import AppState
 
 router = APIRouter()
+
+# Chunks a streamed invocation may have ahead of its reader; then its emits wait for the reader.
+STREAM_QUEUE_CHUNKS = 64
 
 
 def _own_tenant(request: Request, tenant: str) -> tuple[AppState, TenantEntry]:
@@ -75,25 +80,38 @@ async def invoke(tenant: str, request: Request) -> Response:
             return JSONResponse({"output": result.output}, headers=headers)
 
     loop = asyncio.get_running_loop()
-    chunks: asyncio.Queue[str | None] = asyncio.Queue()
+    # Bounded: a reader slower than the module holds the module back (the sandbox bounds that
+    # wait by the invocation's deadline) instead of the queue growing without end.
+    chunks: asyncio.Queue[str] = asyncio.Queue(maxsize=STREAM_QUEUE_CHUNKS)
+    gone = threading.Event()
 
-    def on_output(chunk: str) -> None:  # on the invocation's worker thread
-        loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+    def on_output(chunk: str) -> concurrent.futures.Future[None] | None:  # on the worker thread
+        if gone.is_set():
+            return None  # the caller left: the output is dropped
+        return asyncio.run_coroutine_threadsafe(chunks.put(chunk), loop)
+
+    def observed(t: asyncio.Task[InvocationResult]) -> None:
+        # Retrieved here so that a caller who left never leaves an unobserved exception behind.
+        if not t.cancelled():
+            t.exception()
 
     async def events() -> AsyncIterator[bytes]:
         task = asyncio.create_task(invoke_module(state, entry, module, text, on_output))
-
-        def finished(t: asyncio.Task[InvocationResult]) -> None:
-            # Retrieved here so that a caller who left never leaves an unobserved exception behind.
-            if not t.cancelled():
-                t.exception()
-            chunks.put_nowait(None)
-
         # A caller who leaves does not stop the module (it may be inside a host call): it runs to
         # its end or its deadline and its output is dropped.
-        task.add_done_callback(finished)
-        while (chunk := await chunks.get()) is not None:
-            yield sse.event({"chunk": chunk})
+        task.add_done_callback(observed)
+        try:
+            while not (task.done() and chunks.empty()):
+                get = asyncio.ensure_future(chunks.get())
+                await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()  # the module ended: what it queued is still read above
+                    continue
+                yield sse.event({"chunk": get.result()})
+        finally:
+            gone.set()
+            while not chunks.empty():  # an emit waiting for room gets it, and returns
+                chunks.get_nowait()
         try:
             result = task.result()
             yield sse.event(

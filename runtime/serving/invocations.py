@@ -25,7 +25,7 @@ from realm.runtime.sandbox.abi import (
     GenerationPayload,
     ModelInfoPayload,
 )
-from realm.runtime.sandbox.context import InvocationContext
+from realm.runtime.sandbox.context import InvocationContext, OutputSink
 from realm.runtime.sandbox.runner import (
     InvocationFailed,
     InvocationResult,
@@ -78,10 +78,11 @@ async def invoke_module(
     tenant: TenantEntry,
     module: TenantModule,
     input_data: str,
-    on_output: Callable[[str], None],
+    on_output: OutputSink,
 ) -> InvocationResult:
     """Run `module` on `input_data`; `on_output` gets each emitted chunk, on the invocation's worker
-    thread. Raises InvocationFailed."""
+    thread (a future it returns holds the module back until it is done, at most until the deadline).
+    Raises InvocationFailed."""
     ctx = InvocationContext(
         tenant=tenant.name,
         input_data=input_data,
