@@ -396,12 +396,14 @@ class Sandbox:
         while not self._stop.wait(EPOCH_TICK_S):
             self._engine.increment_epoch()
 
-    def close(self, grace_s: float = CLOSE_GRACE_S) -> None:
+    def close(self, grace_s: float = CLOSE_GRACE_S) -> int:
         """Stop: no run starts; runs in flight are interrupted (their epoch deadlines all pass at
-        once, their sleeps and host-call waits end) and have `grace_s` to give their threads back."""
+        once, their sleeps and host-call waits end) and have `grace_s` to give their threads back.
+        Returns how many did not: stuck in host code nothing reaches (a component asleep in WASI
+        0.2), their threads keep the process from exiting normally."""
         with self._idle:
             if self._closing.is_set():
-                return
+                return self._running
             self._closing.set()
         self._stop.set()
         self._ticker.join()
@@ -412,6 +414,7 @@ class Sandbox:
         with self._idle:
             if not self._idle.wait_for(lambda: self._running == 0, timeout=grace_s):
                 log.warning("%d WebAssembly runs did not end within %.0fs of closing", self._running, grace_s)
+            return self._running
 
 
 def _stopped(deadline: Deadline) -> InvocationFailed | None:

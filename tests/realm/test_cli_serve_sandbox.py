@@ -1,4 +1,6 @@
-"""`realm serve` as a process stops on SIGTERM within its grace while a tenant's module sleeps."""
+"""`realm serve` as a process stops on SIGTERM within its grace while a tenant's module sleeps:
+a core module (its WASI sleep is the host's, ended at once) or a component (its WASI 0.2 sleep is
+wasmtime's, which nothing interrupts: the process exits without waiting for its thread)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,11 +20,33 @@ import pytest
 import wasmtime
 from conftest import KEYS, runtime_config
 from repo_paths import WAT
+from sandbox_builds import build_source
 
 DRAIN_S = 3
 # Drain, uvicorn's own grace, the sandbox's grace, the KV flush (nothing queued here): seconds
 # each. What this tells apart is stopping at all from sleeping out the module's hour.
 EXIT_BOUND_S = 90
+
+
+SLEEPING_COMPONENT = """
+import time
+import realm_tenant as rt
+
+
+class WitWorld(rt.Tenant):
+    def main(self) -> None:
+        rt.emit("z")
+        time.sleep(3600)
+"""
+
+
+def sleeping_module(kind: str) -> bytes:
+    """A module that emits "z" and then sleeps for an hour through WASI."""
+    if kind == "core":
+        return bytes(wasmtime.wat2wasm((WAT / "wasi_sleep.wat").read_text()))
+    with tempfile.TemporaryDirectory(prefix="realm-sleeper-") as tmp:
+        (Path(tmp) / "app.py").write_text(SLEEPING_COMPONENT)
+        return build_source("sleeper", Path(tmp)).read_bytes()
 
 
 def _free_port() -> int:
@@ -32,7 +57,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_sigterm_with_a_sleeping_invocation_in_flight_exits_within_the_grace(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["core", "component"])
+def test_sigterm_with_a_sleeping_invocation_in_flight_exits_within_the_grace(
+    kind: str, tmp_path: Path
+) -> None:
+    sleeper = sleeping_module(kind)
     doc = runtime_config()
     for tenant in doc["tenants"]:  # type: ignore[attr-defined]
         if tenant["name"] == "acme":
@@ -75,8 +104,8 @@ def test_sigterm_with_a_sleeping_invocation_in_flight_exits_within_the_grace(tmp
             time.sleep(0.2)
 
         headers = {"Authorization": f"Bearer {KEYS['acme']}"}
-        sleeper = bytes(wasmtime.wat2wasm((WAT / "wasi_sleep.wat").read_text()))  # an hour in poll_oneoff
-        assert http.put("/v1/tenants/acme/module", content=sleeper, headers=headers).status_code == 200
+        deployed = http.put("/v1/tenants/acme/module", content=sleeper, headers=headers, timeout=600)
+        assert deployed.status_code == 200, deployed.text
 
         asleep = threading.Event()
 
