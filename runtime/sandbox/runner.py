@@ -74,6 +74,8 @@ COMPONENT_MIN_INSTANCES = 64
 TABLE_ELEMENT_BYTES = 8
 # How long close() waits for runs it has interrupted to hand their threads back.
 CLOSE_GRACE_S = 5.0
+# How long past its deadline a component's caller waits before it is answered without the run.
+COMPONENT_ANSWER_SLACK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,17 @@ class Sandbox:
         if self._closing.is_set():
             raise RuntimeError("the sandbox is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._invoke_sync, module, ctx, limits)
+        run = loop.run_in_executor(self._pool, self._invoke_sync, module, ctx, limits)
+        if module.kind == "core":
+            return await run
+        # A component asleep in WASI 0.2 cannot be woken (wasmtime's own poll, in native code):
+        # its thread stays with it, but its caller is answered at the deadline all the same.
+        try:
+            return await asyncio.wait_for(run, limits.deadline_ms / 1000 + COMPONENT_ANSWER_SLACK_S)
+        except TimeoutError:
+            raise InvocationFailed(
+                Code.TIMEOUT, "the invocation passed its deadline (still asleep in WASI; abandoned)"
+            ) from None
 
     def _invoke_sync(
         self, module: TenantModule, ctx: InvocationContext, limits: SandboxLimits
