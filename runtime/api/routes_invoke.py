@@ -100,6 +100,7 @@ async def invoke(tenant: str, request: Request) -> Response:
         # A caller who leaves does not stop the module (it may be inside a host call): it runs to
         # its end or its deadline and its output is dropped.
         task.add_done_callback(observed)
+        get: asyncio.Future[str] | None = None
         try:
             while not (task.done() and chunks.empty()):
                 get = asyncio.ensure_future(chunks.get())
@@ -109,6 +110,8 @@ async def invoke(tenant: str, request: Request) -> Response:
                     continue
                 yield sse.event({"chunk": get.result()})
         finally:
+            if get is not None and not get.done():
+                get.cancel()  # the caller left while we waited
             gone.set()
             while not chunks.empty():  # an emit waiting for room gets it, and returns
                 chunks.get_nowait()
