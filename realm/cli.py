@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -138,6 +139,15 @@ def serve(args: argparse.Namespace) -> int:
         on_ready=announce,
     )
     code: int = asyncio.run(runtime.serve())
+    if runtime.abandoned_runs:
+        # Everything is flushed and closed; only threads stuck in a guest's host code are left,
+        # and a normal exit would wait for them (a component's WASI sleep may last hours).
+        log = logging.getLogger("realm")
+        log.warning("exiting with %d WebAssembly runs abandoned", runtime.abandoned_runs)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 

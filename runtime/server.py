@@ -102,6 +102,9 @@ class Runtime:
         self._force = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._signals = 0
+        # WebAssembly runs the sandbox could not end when it closed (see Sandbox.close): their
+        # threads would keep the process alive, so `realm serve` exits without waiting for them.
+        self.abandoned_runs = 0
 
     @property
     def base_url(self) -> str:
@@ -283,7 +286,10 @@ class Runtime:
 
     async def _shutdown_engines(self) -> None:
         if self.state.sandbox is not None:
-            self.state.sandbox.close()
+            # First, so that no module generates into what is flushed below. Its runs in flight
+            # are interrupted (sleeps and host-call waits included) and given a bounded grace;
+            # off the loop, because the host calls they are leaving wait on it.
+            self.abandoned_runs = await asyncio.to_thread(self.state.sandbox.close)
         if self.state.conversations is not None:
             try:
                 await self.state.conversations.close()

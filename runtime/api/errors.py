@@ -123,6 +123,7 @@ _INVOCATION_STATUS: dict[InvocationErrorCode, int] = {
     InvocationErrorCode.MISSING_EXPORT: 422,
     InvocationErrorCode.NO_MODULE: 404,
     InvocationErrorCode.BUSY: 503,
+    InvocationErrorCode.OUTPUT_LIMIT: 422,
 }
 
 

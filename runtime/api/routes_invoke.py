@@ -13,7 +13,9 @@ Running the module, and the host services it calls, are the serving layer's
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import threading
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -39,6 +41,8 @@ router = APIRouter()
 
 # Outputs longer than this are rendered piece by piece, yielding to the event loop in between.
 OUTPUT_PIECE_CHARS = 1 << 16
+# Chunks a streamed invocation may have ahead of its reader; then its emits wait for the reader.
+STREAM_QUEUE_CHUNKS = 64
 
 
 def _own_tenant(request: Request, tenant: str) -> tuple[AppState, TenantEntry]:
@@ -117,29 +121,43 @@ async def invoke(tenant: str, request: Request) -> Response:
     except ClientGone:
         return Response(status_code=499)
     loop = asyncio.get_running_loop()
-    chunks: asyncio.Queue[str | None] = asyncio.Queue()
+    # Bounded: a reader slower than the module holds the module back (the sandbox bounds that
+    # wait by the invocation's deadline) instead of the queue growing without end.
+    chunks: asyncio.Queue[str] = asyncio.Queue(maxsize=STREAM_QUEUE_CHUNKS)
+    gone = threading.Event()
 
-    def on_output(chunk: str) -> None:  # on the invocation's worker thread
-        loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+    def on_output(chunk: str) -> concurrent.futures.Future[None] | None:  # on the worker thread
+        if gone.is_set():
+            return None  # the caller left: the output is dropped
+        return asyncio.run_coroutine_threadsafe(chunks.put(chunk), loop)
 
-    # Started here rather than in the body, which may never run: the task is what frees the slot.
-    task = asyncio.create_task(run_admitted(state, entry, module, text, on_output, slot))
-
-    def finished(t: asyncio.Task[InvocationResult]) -> None:
+    def observed(t: asyncio.Task[InvocationResult]) -> None:
         # Retrieved here so that a caller who left never leaves an unobserved exception behind.
         if not t.cancelled():
             t.exception()
-        chunks.put_nowait(None)
 
-    task.add_done_callback(finished)
+    # Started here rather than in the body, which may never run: the task is what frees the slot.
+    task = asyncio.create_task(run_admitted(state, entry, module, text, on_output, slot))
+    task.add_done_callback(observed)
 
     async def events() -> AsyncIterator[bytes]:
         # A caller who leaves does not stop the module (it may be inside a host call): it runs to
         # its end or its deadline, holding its slot, and its output is dropped.
+        get: asyncio.Future[str] | None = None
         try:
-            while (chunk := await chunks.get()) is not None:
-                yield sse.event({"chunk": chunk})
+            while not (task.done() and chunks.empty()):
+                get = asyncio.ensure_future(chunks.get())
+                await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()  # the module ended: what it queued is still read above
+                    continue
+                yield sse.event({"chunk": get.result()})
         finally:
+            if get is not None and not get.done():
+                get.cancel()  # the caller left while we waited
+            gone.set()
+            while not chunks.empty():  # an emit waiting for room gets it, and returns
+                chunks.get_nowait()
             if not task.done():
                 task.cancel()
         try:

@@ -176,3 +176,4 @@ class InvocationErrorCode(enum.StrEnum):
     MISSING_EXPORT = "wasm_missing_export"
     NO_MODULE = "wasm_no_module"  # the tenant has no module deployed
     BUSY = "wasm_busy"  # too many invocations in flight
+    OUTPUT_LIMIT = "wasm_output_limit"  # emitted more bytes than the invocation may

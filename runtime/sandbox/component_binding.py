@@ -284,6 +284,8 @@ def _input(_store: Any) -> str:
 def _emit(_store: Any, chunk: str) -> None:
     try:
         context.current().emit(chunk)
+    except HostError:
+        pass  # over the output limit or past the deadline: the run is being ended already
     except Exception:
         log.exception("host function emit failed")
 

@@ -6,6 +6,11 @@ that need the runtime (generate, tokenize, model info, conversations) go to `Hos
 the event loop with `run_coroutine_threadsafe(...).result()`: the worker thread waits without
 the GIL, and other tenants and the engine keep running.
 
+Time: epoch interruption stops WebAssembly, not host code, so every wait a run causes on the host
+(a WASI sleep, a host call's answer, back-pressure on its output) is bounded here by the run's
+`Deadline`: it ends at the deadline, or at once when the sandbox closes, and then interrupts the
+guest so that the run ends as `wasm_timeout` and its worker thread is free.
+
 The sandbox knows only the ABI: it defines `HostServices`, which the serving layer implements
 (runtime/serving/invocations.py) with the same admission and quotas as the HTTP API, and maps
 what those services refuse (any exception with a `reason`, see `ServiceRefusal`) to ABI codes.
@@ -25,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .abi import (
+    MAX_PAYLOAD_BYTES,
     ConversationCreate,
     ConversationPayload,
     ConversationPut,
@@ -32,12 +38,107 @@ from .abi import (
     GenerateParams,
     GenerationPayload,
     HostError,
+    InvocationErrorCode,
     LogLevel,
     ModelInfoPayload,
 )
 
 T = TypeVar("T")
 log = logging.getLogger("realm.tenant")
+
+# A wait on a future cannot also wait on the sandbox's closing event: it wakes this often to look.
+WAIT_SLICE_S = 0.05
+DEFAULT_MAX_OUTPUT_BYTES = 16 * MAX_PAYLOAD_BYTES
+
+# What `on_output` may return: a future the emitting thread waits for (bounded by the deadline),
+# so that a consumer slower than the guest holds the guest back instead of queueing without end.
+OutputSink = Callable[[str], "concurrent.futures.Future[Any] | None"]
+
+
+class Deadline:
+    """When one run (an invocation, or a module's load check) must end, on its worker thread.
+
+    `closing` is the sandbox's: once set, nothing waits any more. `interrupt` makes the guest trap
+    as soon as the host call returns: a wait that ends because time is up ends the run, not just
+    the wait.
+    """
+
+    def __init__(
+        self, seconds: float, closing: threading.Event, interrupt: Callable[[], None] | None = None
+    ) -> None:
+        self.started_ns = time.monotonic_ns()
+        self.at = time.monotonic() + seconds
+        self._closing = closing
+        self._interrupt = interrupt
+        # Why the host ended the run, when it did: the runner reports this, whatever the trap says.
+        self.stopped: tuple[InvocationErrorCode, str] | None = None
+
+    def remaining(self) -> float:
+        if self._closing.is_set():
+            return 0.0
+        return max(0.0, self.at - time.monotonic())
+
+    def stop(self, code: InvocationErrorCode, message: str) -> None:
+        """End the run: the guest traps once back in WebAssembly and the run fails with `code`."""
+        if self.stopped is None:
+            self.stopped = (code, message)
+        if self._interrupt is not None:
+            self._interrupt()
+
+    def expire(self) -> None:
+        closing = self._closing.is_set()
+        self.stop(
+            InvocationErrorCode.TIMEOUT,
+            "the sandbox is shutting down" if closing else "the invocation passed its deadline",
+        )
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep `seconds`, unless the deadline or the sandbox's closing comes first (then the run
+        is expired). True when the whole sleep was had."""
+        left = self.remaining()
+        if seconds < left and not self._closing.wait(seconds):
+            return True
+        if seconds >= left:
+            self._closing.wait(left)
+        self.expire()
+        return False
+
+    def result(self, fut: concurrent.futures.Future[T], limit_s: float) -> T:
+        """`fut`'s result, waited for at most `limit_s` and never past the deadline. Raises
+        TimeoutError (the future cancelled) when either comes first; past the deadline the run
+        is expired as well."""
+        end = time.monotonic() + limit_s
+        while True:
+            left = min(self.remaining(), end - time.monotonic())
+            if left <= 0:
+                break
+            try:
+                return fut.result(min(left, WAIT_SLICE_S))
+            except concurrent.futures.TimeoutError:
+                continue
+        fut.cancel()
+        if self.remaining() <= 0:
+            self.expire()
+        raise TimeoutError
+
+
+_deadline = threading.local()
+
+
+@contextmanager
+def deadline_bound(deadline: Deadline) -> Iterator[Deadline]:
+    """Make `deadline` the one of whatever runs on this thread now (WASI's sleeps find it here)."""
+    previous = getattr(_deadline, "current", None)
+    _deadline.current = deadline
+    try:
+        yield deadline
+    finally:
+        _deadline.current = previous
+
+
+def current_deadline() -> Deadline | None:
+    found: Deadline | None = getattr(_deadline, "current", None)
+    return found
 
 
 @runtime_checkable
@@ -104,7 +205,7 @@ class InvocationContext:
         input_data: str,
         services: HostServices,
         loop: asyncio.AbstractEventLoop,
-        on_output: Callable[[str], None],
+        on_output: OutputSink,
         host_call_timeout_s: float = 600.0,
     ) -> None:
         self.tenant = tenant
@@ -115,18 +216,28 @@ class InvocationContext:
         self._timeout = host_call_timeout_s
         self.host_calls: Counter[str] = Counter()
         self.output: list[str] = []
+        self.output_bytes = 0
         self.last_error_log: str | None = None
+        # Set by the runner when the run starts (`begin`); until then waits are bounded only by
+        # `host_call_timeout_s` and output only by the default cap.
+        self.deadline = Deadline(host_call_timeout_s, threading.Event())
+        self.max_output_bytes = DEFAULT_MAX_OUTPUT_BYTES
+
+    def begin(self, deadline: Deadline, max_output_bytes: int) -> None:
+        self.deadline = deadline
+        self.max_output_bytes = max_output_bytes
 
     def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._result(asyncio.run_coroutine_threadsafe(coro, self._loop), self._timeout)
 
     def _result(self, fut: concurrent.futures.Future[T], timeout: float) -> T:
         try:
-            return fut.result(timeout)
+            return self.deadline.result(fut, timeout)
         except HostError:
             raise
         except TimeoutError as e:
-            fut.cancel()
+            if self.deadline.stopped is not None:
+                raise HostError(ErrorCode.ENGINE_ERROR, self.deadline.stopped[1]) from e
             raise HostError(ErrorCode.ENGINE_ERROR, "the host call timed out") from e
         except Exception as e:
             if isinstance(e, ServiceRefusal):
@@ -148,16 +259,20 @@ class InvocationContext:
             self._services.generate_text(self.tenant, params, pieces.put), self._loop
         )
         fut.add_done_callback(lambda _: pieces.put(None))  # after the last piece
-        deadline = time.monotonic() + self._timeout
-        while True:
+        end = time.monotonic() + self._timeout
+        while (left := min(self.deadline.remaining(), end - time.monotonic())) > 0:
             try:
-                piece = pieces.get(timeout=max(0.0, deadline - time.monotonic()))
+                piece = pieces.get(timeout=min(left, WAIT_SLICE_S))
             except queue.Empty:
-                break  # timed out: _result says so
+                continue
             if piece is None:
                 break
-            self.emit(piece)
-        return self._result(fut, max(0.0, deadline - time.monotonic()))
+            try:
+                self.emit(piece)
+            except HostError:
+                fut.cancel()  # the invocation is over: so is its generation
+                raise
+        return self._result(fut, max(0.0, end - time.monotonic()))
 
     def encode_tokens(self, model: str, text: str) -> list[int]:
         self.host_calls["encode_tokens"] += 1
@@ -197,10 +312,31 @@ class InvocationContext:
 
     def emit(self, chunk: str) -> None:
         """Runs on the invocation's worker thread only: the guest's own emits and a streamed
-        generate's text alike (`host_generate` hands the latter over from the event loop)."""
+        generate's text alike (`host_generate` hands the latter over from the event loop).
+
+        The output is capped (`max_output_bytes`): the emit that would pass it ends the
+        invocation with `wasm_output_limit`. A sink that returns a future holds the guest back
+        until the consumer has taken the chunk, never past the deadline."""
         self.host_calls["emit"] += 1
+        size = len(chunk.encode("utf-8", "surrogatepass"))
+        if self.output_bytes + size > self.max_output_bytes:
+            message = f"the invocation's output passed its limit of {self.max_output_bytes} bytes"
+            self.deadline.stop(InvocationErrorCode.OUTPUT_LIMIT, message)
+            raise HostError(ErrorCode.TOO_LARGE, message)
+        self.output_bytes += size
         self.output.append(chunk)
-        self._on_output(chunk)
+        pending = self._on_output(chunk)
+        if pending is None:
+            return
+        try:
+            self.deadline.result(pending, self._timeout)
+        except concurrent.futures.CancelledError:
+            pass  # the consumer left: the chunk is dropped, the invocation goes on
+        except TimeoutError:
+            reason = self.deadline.stopped
+            raise HostError(
+                ErrorCode.ENGINE_ERROR, reason[1] if reason else "the output was not consumed in time"
+            ) from None
 
     def log(self, level: LogLevel, message: str) -> None:
         self.host_calls["log"] += 1

@@ -11,6 +11,10 @@ Rules every function keeps (docs/abi.md):
   (out-of-bounds), lengths are capped at MAX_PAYLOAD_BYTES (too-large);
 - no Python exception ever reaches wasmtime: wasmtime-py keeps the exception of a failed host
   callback in a process-wide global, which concurrent Stores on other threads could pick up.
+
+WASI's `poll_oneoff` (every sleep: Go's `time.Sleep`, libc's `nanosleep`) and the clock it reads
+are shadowed here by host functions that sleep on the run's `Deadline` (context.py): WASI's own
+would block the worker thread in native code, where no epoch deadline reaches.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from __future__ import annotations
 import array
 import ctypes
 import logging
+import struct
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -45,6 +51,7 @@ log = logging.getLogger(__name__)
 
 I32 = "i32"
 I64 = "i64"
+WASI_MODULE = "wasi_snapshot_preview1"
 
 # name -> (params, results): the core ABI 1.x. Must stay in step with docs/abi.md. A module may
 # import any of them whatever minor it declares: what a host lacks fails the deploy by name.
@@ -278,6 +285,120 @@ _IMPLS: dict[str, Callable[..., int]] = {
 }
 
 
+# ---- WASI preview 1: sleeping and the clocks it is measured by ---------------------------------
+#
+# Layouts and codes from the preview 1 witx: a subscription is 48 bytes (userdata u64, tag u8,
+# then at 16 either a clock {id u32, timeout u64 at 24, precision u64 at 32, flags u16 at 40}
+# or an fd u32); an event is 32 bytes (userdata u64, error u16 at 8, type u8 at 10, nbytes u64
+# at 16, flags u16 at 24).
+
+SUBSCRIPTION_SIZE = 48
+EVENT_SIZE = 32
+EVENTTYPE_CLOCK = 0
+EVENTTYPE_FD_READ = 1
+EVENTTYPE_FD_WRITE = 2
+SUBCLOCKFLAG_ABSTIME = 1
+CLOCK_REALTIME = 0
+CLOCK_MONOTONIC = 1
+ERRNO_SUCCESS = 0
+ERRNO_BADF = 8
+ERRNO_FAULT = 21
+ERRNO_INVAL = 28
+# The only descriptors a guest has: stdin (empty) and stdout/stderr (discarded), never blocking.
+STDIO_FDS = (0, 1, 2)
+
+
+def _clock_now_ns(clock_id: int) -> int | None:
+    if clock_id == CLOCK_REALTIME:
+        return time.time_ns()
+    if clock_id == CLOCK_MONOTONIC:
+        # Like WASI's own, from the start of the run: the host's uptime is none of the guest's.
+        deadline = context.current_deadline()
+        return time.monotonic_ns() - (deadline.started_ns if deadline is not None else 0)
+    return None
+
+
+def _clock_time_get(caller: wasmtime.Caller, clock_id: int, _precision: int, out_ptr: int) -> int:
+    now = _clock_now_ns(clock_id)
+    if now is None:
+        return ERRNO_BADF  # the CPU-time clocks, as WASI's own answers
+    base, size = _memory(caller)
+    ptr, _ = _check(size, out_ptr, 8)
+    ctypes.memmove(base + ptr, struct.pack("<Q", now), 8)
+    return ERRNO_SUCCESS
+
+
+def _poll_oneoff(caller: wasmtime.Caller, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int) -> int:
+    """Descriptors are always ready (STDIO_FDS); clocks sleep on the run's deadline, which may
+    cut the sleep short and end the run (the guest traps once this call returns)."""
+    n = nsubs & _U32
+    if n == 0:
+        return ERRNO_INVAL
+    base, size = _memory(caller)
+    src, _ = _check(size, in_ptr, n * SUBSCRIPTION_SIZE)
+    _check(size, out_ptr, n * EVENT_SIZE)
+    _check(size, nevents_ptr, 4)
+    raw = ctypes.string_at(base + src, n * SUBSCRIPTION_SIZE)
+    ready: list[tuple[int, int, int]] = []  # (userdata, errno, event type)
+    clocks: list[tuple[int, int]] = []  # (userdata, ns from now)
+    for i in range(n):
+        at = i * SUBSCRIPTION_SIZE
+        userdata, tag = struct.unpack_from("<QB", raw, at)
+        if tag == EVENTTYPE_CLOCK:
+            (clock_id,) = struct.unpack_from("<I", raw, at + 16)
+            timeout, _precision, flags = struct.unpack_from("<QQH", raw, at + 24)
+            now = _clock_now_ns(clock_id)
+            if now is None:
+                ready.append((userdata, ERRNO_INVAL, EVENTTYPE_CLOCK))
+            else:
+                clocks.append((userdata, timeout - now if flags & SUBCLOCKFLAG_ABSTIME else timeout))
+        elif tag in (EVENTTYPE_FD_READ, EVENTTYPE_FD_WRITE):
+            (fd,) = struct.unpack_from("<I", raw, at + 16)
+            ready.append((userdata, ERRNO_SUCCESS if fd in STDIO_FDS else ERRNO_BADF, tag))
+        else:
+            return ERRNO_INVAL
+    if not ready and clocks:
+        first = min(ns for _, ns in clocks)
+        deadline = context.current_deadline()
+        if first > 0 and deadline is not None:
+            deadline.sleep(first / 1e9)
+        elif first > 0:  # no run is bound: nothing may block
+            first = 0
+        ready = [(u, ERRNO_SUCCESS, EVENTTYPE_CLOCK) for u, ns in clocks if ns <= first]
+    else:
+        ready += [(u, ERRNO_SUCCESS, EVENTTYPE_CLOCK) for u, ns in clocks if ns <= 0]
+    base, _ = _memory(caller)  # the guest did not run meanwhile; read again all the same
+    events = b"".join(struct.pack("<QHBxxxxxQH6x", u, errno, kind, 0, 0) for u, errno, kind in ready)
+    ctypes.memmove(base + (out_ptr & _U32), events, len(events))
+    ctypes.memmove(base + (nevents_ptr & _U32), struct.pack("<I", len(ready)), 4)
+    return ERRNO_SUCCESS
+
+
+def _sched_yield() -> int:
+    # A guest that spins on yield meets its epoch deadline anyway; this one also lets a closing
+    # sandbox end it between two yields.
+    deadline = context.current_deadline()
+    if deadline is not None and deadline.remaining() <= 0:
+        deadline.expire()
+    return ERRNO_SUCCESS
+
+
+def _wasi_guard(name: str, impl: Callable[..., int]) -> Callable[..., int]:
+    """Like `_guard`, in WASI's terms: a bad pointer is EFAULT, anything else EINVAL."""
+
+    def call(*args: Any) -> int:
+        try:
+            return impl(*args)
+        except HostError:
+            return ERRNO_FAULT
+        except Exception:
+            log.exception("WASI function %s failed", name)
+            return ERRNO_INVAL
+
+    call.__name__ = name
+    return call
+
+
 def _guard(name: str, impl: Callable[..., int], produces_result: bool) -> Callable[..., int]:
     """Turn every failure into `-code`: the guest decides what to do, the host never traps it.
 
@@ -304,6 +425,33 @@ def _guard(name: str, impl: Callable[..., int], produces_result: bool) -> Callab
 
 def _valtype(name: str) -> wasmtime.ValType:
     return wasmtime.ValType.i64() if name == I64 else wasmtime.ValType.i32()
+
+
+def shadow_wasi_time(linker: wasmtime.Linker) -> None:
+    """Replace WASI's `poll_oneoff`, `clock_time_get` and `sched_yield` on `linker` (after
+    `define_wasi`) with the deadline-bound ones above."""
+    i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+    linker.allow_shadowing = True
+    try:
+        linker.define_func(
+            WASI_MODULE,
+            "poll_oneoff",
+            wasmtime.FuncType([i32, i32, i32, i32], [i32]),
+            _wasi_guard("poll_oneoff", _poll_oneoff),
+            access_caller=True,
+        )
+        linker.define_func(
+            WASI_MODULE,
+            "clock_time_get",
+            wasmtime.FuncType([i32, i64, i32], [i32]),
+            _wasi_guard("clock_time_get", _clock_time_get),
+            access_caller=True,
+        )
+        linker.define_func(
+            WASI_MODULE, "sched_yield", wasmtime.FuncType([], [i32]), _wasi_guard("sched_yield", _sched_yield)
+        )
+    finally:
+        linker.allow_shadowing = False
 
 
 def define_realm(linker: wasmtime.Linker) -> None:

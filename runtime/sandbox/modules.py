@@ -38,13 +38,12 @@ from .abi import (
     CORE_VERSION_EXPORT,
 )
 from .abi import InvocationErrorCode as Code
-from .core_binding import SIGNATURES
+from .core_binding import SIGNATURES, WASI_MODULE
 
 log = logging.getLogger(__name__)
 
 CORE_HEADER = b"\0asm\x01\0\0\0"
 COMPONENT_HEADER = b"\0asm\x0d\0\x01\0"
-WASI_MODULE = "wasi_snapshot_preview1"
 WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 
 # Room for a few dozen Python components (each compiles to tens of MiB) and thousands of small modules.
@@ -300,6 +299,42 @@ def check_core_interface(module: wasmtime.Module) -> None:
             missing.append(f"{name} (func () -> i32)")
     if missing:
         raise InvocationFailed(Code.MISSING_EXPORT, f"the module must export {', '.join(missing)}")
+
+
+def check_one_memory(wasm: bytes) -> None:
+    """A core module defines at most one linear memory: the store's memory budget is that
+    memory's (runner.SandboxLimits). Imported memories need no count: nothing a core module may
+    import is a memory. Reads section headers only; a module that does not parse is left to the
+    compiler to reject."""
+    pos = len(CORE_HEADER)
+    try:
+        while pos < len(wasm):
+            section = wasm[pos]
+            size, pos = _leb128(wasm, pos + 1)
+            if section == _MEMORY_SECTION:
+                memories = _leb128(wasm, pos)[0]
+                if memories > 1:
+                    raise InvocationFailed(
+                        Code.INVALID_MODULE,
+                        f"the module defines {memories} linear memories; a core module may have one",
+                    )
+            pos += size
+    except IndexError:
+        return
+
+
+_MEMORY_SECTION = 5
+
+
+def _leb128(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
 
 
 def parse_abi_version(raw: int) -> tuple[int, int]:

@@ -3,7 +3,9 @@
 Each invocation runs on a worker thread of the sandbox's pool (a wasmtime Store is used by one
 thread at a time; ctypes releases the GIL while WebAssembly runs, so stores run in parallel).
 Limits: linear memory and table sizes and instance counts through the Store's limiter, CPU
-through fuel, wall-clock time through epoch interruption driven by a ticker thread.
+through fuel, wall-clock time through epoch interruption driven by a ticker thread; the time a
+run spends waiting in host code (WASI sleeps, host calls, output back-pressure) is bounded by
+the same deadline through `context.Deadline`, which also ends every run when the sandbox closes.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from wasmtime import component as wc
 from . import context, core_binding
 from .abi import ABI_MAJOR, CORE_RUN_EXPORT, CORE_VERSION_EXPORT, WIT_PACKAGE
 from .abi import InvocationErrorCode as Code
-from .context import InvocationContext
+from .context import DEFAULT_MAX_OUTPUT_BYTES, Deadline, InvocationContext
 from .modules import (
     Artifact,
     InvocationFailed,
     ModuleCache,
     TenantModule,
     check_core_interface,
+    check_one_memory,
     detect_kind,
     parse_abi_version,
 )
@@ -67,20 +70,30 @@ SHORT_MESSAGE = 500
 # A component is many core instances (componentize-py: 9 and more: the interpreter, libc, WASI
 # adapters, shims), so its count limits start higher; the tenant's count applies on top.
 COMPONENT_MIN_INSTANCES = 64
+# What one table element costs the store's memory budget (a reference is a pointer).
+TABLE_ELEMENT_BYTES = 8
+# How long close() waits for runs it has interrupted to hand their threads back.
+CLOSE_GRACE_S = 5.0
+# How long past its deadline a component's caller waits before it is answered without the run.
+COMPONENT_ANSWER_SLACK_S = 2.0
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-invocation limits. `memory_mib` caps each linear memory; `instances` also caps the
-    number of tables and memories (for components, at least COMPONENT_MIN_INSTANCES). The
-    sandbox's own record: whoever invokes builds it (runtime/serving/invocations.py, from a tenant's
-    quotas)."""
+    """Per-invocation limits. `memory_mib` is the store's memory budget: for a core module (one
+    linear memory) its memory and its tables together (each table reserving `table_elements`
+    elements); for a component, each of its core instances' memories. `instances` also caps the
+    number of tables and memories (for components, at least COMPONENT_MIN_INSTANCES).
+    `deadline_ms` bounds the whole run, waits in host code included; `max_output_bytes` what it
+    may emit. The sandbox's own record: whoever invokes builds it
+    (runtime/serving/invocations.py, from a tenant's quotas)."""
 
     memory_mib: int = 64
     fuel: int | None = None
     deadline_ms: int = 30_000
     table_elements: int = 10_000
     instances: int = 8
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
 
 
 @dataclass
@@ -108,12 +121,17 @@ class Sandbox:
         self._cache = ModuleCache(self._engine, cache_dir, digest)
         self._linker = wasmtime.Linker(self._engine)
         self._linker.define_wasi()
+        core_binding.shadow_wasi_time(self._linker)
         core_binding.define_realm(self._linker)
         self._pres: dict[str, wasmtime.InstancePre] = {}
         self._modules: dict[str, TenantModule] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="realm-wasm")
         self._stop = threading.Event()
+        # Set by close(): every wait of every run ends (context.Deadline), and no run starts.
+        self._closing = threading.Event()
+        self._running = 0
+        self._idle = threading.Condition()
         self._max_ticks = 1
         self._ticker = threading.Thread(target=self._tick, name="realm-wasm-epoch", daemon=True)
         self._ticker.start()
@@ -131,6 +149,8 @@ class Sandbox:
 
     def load(self, tenant: str, wasm: bytes) -> TenantModule:
         kind = detect_kind(wasm)
+        if kind == "core":
+            check_one_memory(wasm)
         sha = hashlib.sha256(wasm).hexdigest()
         artifact = self._cache.artifact(sha, kind, wasm)
         version = self._cache.known_abi(sha)
@@ -170,27 +190,38 @@ class Sandbox:
             memory_mib=LOAD_CHECK_MEMORY_MIB, fuel=LOAD_CHECK_FUEL, deadline_ms=LOAD_CHECK_DEADLINE_MS
         )
         store = self._store(limits)
+        # The start function and `_initialize` run here, at deploy: their sleeps are bounded too.
+        deadline = self._deadline(store, limits)
         try:
-            try:
-                instance = self._linker.instantiate(store, artifact)
-            except wasmtime.WasmtimeError as e:
-                if "unknown import" in str(e) or "incompatible import" in str(e):
-                    raise InvocationFailed(Code.UNKNOWN_IMPORT, _first_line(str(e))) from None
-                raise
-            exports = instance.exports(store)
-            init = exports.get("_initialize")
-            if isinstance(init, wasmtime.Func):
-                init(store)
-            version_fn = exports[CORE_VERSION_EXPORT]
-            assert isinstance(version_fn, wasmtime.Func)
-            raw = version_fn(store)
+            with context.deadline_bound(deadline):
+                instance = self._instantiate_for_check(store, artifact)
+                exports = instance.exports(store)
+                init = exports.get("_initialize")
+                if isinstance(init, wasmtime.Func):
+                    init(store)
+                version_fn = exports[CORE_VERSION_EXPORT]
+                assert isinstance(version_fn, wasmtime.Func)
+                raw = version_fn(store)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-            failure = _failure(e)
+            failure = _stopped(deadline) or _failure(e)
             raise InvocationFailed(
                 failure.code,
                 f"the load check (instantiate, {CORE_VERSION_EXPORT}()) failed: {failure.message}",
             ) from None
+        stopped = _stopped(deadline)
+        if stopped is not None:
+            raise InvocationFailed(stopped.code, f"the load check failed: {stopped.message}")
         return parse_abi_version(int(raw))
+
+    def _instantiate_for_check(self, store: wasmtime.Store, artifact: wasmtime.Module) -> wasmtime.Instance:
+        try:
+            return self._linker.instantiate(store, artifact)
+        except wasmtime.Trap:
+            raise
+        except wasmtime.WasmtimeError as e:
+            if "unknown import" in str(e) or "incompatible import" in str(e):
+                raise InvocationFailed(Code.UNKNOWN_IMPORT, _first_line(str(e))) from None
+            raise
 
     def _check_component(self, artifact: Artifact) -> tuple[int, int]:
         assert isinstance(artifact, wc.Component)
@@ -215,27 +246,62 @@ class Sandbox:
     async def invoke(
         self, module: TenantModule, ctx: InvocationContext, limits: SandboxLimits
     ) -> InvocationResult:
-        if self._stop.is_set():
+        if self._closing.is_set():
             raise RuntimeError("the sandbox is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._invoke_sync, module, ctx, limits)
+        run = loop.run_in_executor(self._pool, self._invoke_sync, module, ctx, limits)
+        if module.kind == "core":
+            return await run
+        # A component asleep in WASI 0.2 cannot be woken (wasmtime's own poll, in native code):
+        # its thread stays with it, but its caller is answered at the deadline all the same.
+        try:
+            return await asyncio.wait_for(run, limits.deadline_ms / 1000 + COMPONENT_ANSWER_SLACK_S)
+        except TimeoutError:
+            raise InvocationFailed(
+                Code.TIMEOUT, "the invocation passed its deadline (still asleep in WASI; abandoned)"
+            ) from None
 
     def _invoke_sync(
         self, module: TenantModule, ctx: InvocationContext, limits: SandboxLimits
     ) -> InvocationResult:
+        with self._idle:
+            if self._closing.is_set():
+                raise InvocationFailed(Code.TIMEOUT, "the sandbox is shutting down")
+            self._running += 1
+        try:
+            return self._run(module, ctx, limits)
+        finally:
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
+
+    def _run(self, module: TenantModule, ctx: InvocationContext, limits: SandboxLimits) -> InvocationResult:
         store = self._store(limits, component=module.kind == "component", wasi=module.needs_wasi)
+        deadline = self._deadline(store, limits)
+        ctx.begin(deadline, limits.max_output_bytes)
         fuel = limits.fuel if limits.fuel is not None else UNLIMITED_FUEL
         started = time.perf_counter()
         memory: Callable[[], int] = lambda: 0  # noqa: E731
         try:
-            if module.kind == "core":
-                memory = self._run_core(module, store, ctx)
-            else:
-                self._run_component(module, store, ctx)
+            with context.deadline_bound(deadline):
+                if module.kind == "core":
+                    memory = self._run_core(module, store, ctx)
+                else:
+                    self._run_component(module, store, ctx)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-            failure = _failure(e)
+            failure = _stopped(deadline) or _failure(e)
             log.info("tenant %s: invocation failed: %s (%s)", ctx.tenant, failure.message, failure.code)
             raise failure from None
+        except InvocationFailed:
+            # The guest reporting an error of its own after the host ended its run: the host's
+            # reason is the invocation's.
+            stopped = _stopped(deadline)
+            if stopped is None:
+                raise
+            raise stopped from None
+        stopped = _stopped(deadline)
+        if stopped is not None:
+            raise stopped
         return InvocationResult(
             output="".join(ctx.output),
             host_calls=dict(ctx.host_calls),
@@ -291,20 +357,44 @@ class Sandbox:
                 pre = self._pres.setdefault(module.sha256, pre)
         return pre
 
+    def _deadline(self, store: wasmtime.Store, limits: SandboxLimits) -> Deadline:
+        # The interrupt runs on the run's own thread, inside a host call: the Store is its own.
+        # It takes the fuel, not the epoch deadline: compiled code keeps the epoch deadline
+        # cached while a function runs, but reloads its fuel after every call, so the guest
+        # traps as soon as the host call returns (and the runner reports the deadline's reason).
+        return Deadline(limits.deadline_ms / 1000, self._closing, lambda: store.set_fuel(0))
+
     def _store(self, limits: SandboxLimits, *, component: bool = False, wasi: bool = True) -> wasmtime.Store:
         store = wasmtime.Store(self._engine)
         count = max(limits.instances, COMPONENT_MIN_INSTANCES) if component else limits.instances
-        store.set_limits(
-            memory_size=limits.memory_mib * MIB,
-            table_elements=limits.table_elements,
-            instances=count,
-            tables=count,
-            memories=count,
-        )
+        budget = limits.memory_mib * MIB
+        if component:
+            # Its core instances each have a memory; wasmtime's limiter caps each, not their sum.
+            store.set_limits(
+                memory_size=budget,
+                table_elements=limits.table_elements,
+                instances=count,
+                tables=count,
+                memories=count,
+            )
+        else:
+            # One memory (checked at load) and the tables share the budget: each table may grow
+            # to `table_elements`, so that much is kept off the memory's share.
+            tables = count * limits.table_elements * TABLE_ELEMENT_BYTES
+            store.set_limits(
+                memory_size=max(0, budget - tables),
+                table_elements=limits.table_elements,
+                instances=count,
+                tables=count,
+                memories=1,
+            )
         store.set_fuel(limits.fuel if limits.fuel is not None else UNLIMITED_FUEL)
         ticks = math.ceil(limits.deadline_ms / 1000 / EPOCH_TICK_S) + 1
-        self._max_ticks = max(self._max_ticks, ticks)
-        store.set_epoch_deadline(ticks)
+        with self._idle:
+            # Under the lock close() bumps the epoch under: a Store made after that bump gets a
+            # deadline that has already passed (the ticker no longer runs).
+            self._max_ticks = max(self._max_ticks, ticks)
+            store.set_epoch_deadline(0 if self._closing.is_set() else ticks)
         # Nothing inherited: no environment, arguments, files; stdout and stderr go nowhere
         # (`realm_log` is the tenant's channel). Capturing them with `stdout_custom` makes
         # wasmtime's I/O threads call into Python, which aborts noisily at interpreter exit.
@@ -318,15 +408,32 @@ class Sandbox:
         while not self._stop.wait(EPOCH_TICK_S):
             self._engine.increment_epoch()
 
-    def close(self) -> None:
-        """Stop: guests still running are interrupted (their epoch deadlines all pass at once)."""
-        if self._stop.is_set():
-            return
+    def close(self, grace_s: float = CLOSE_GRACE_S) -> int:
+        """Stop: no run starts; runs in flight are interrupted (their epoch deadlines all pass at
+        once, their sleeps and host-call waits end) and have `grace_s` to give their threads back.
+        Returns how many did not: stuck in host code nothing reaches (a component asleep in WASI
+        0.2), their threads keep the process from exiting normally."""
+        with self._idle:
+            if self._closing.is_set():
+                return self._running
+            self._closing.set()
         self._stop.set()
         self._ticker.join()
-        for _ in range(self._max_ticks + 1):
-            self._engine.increment_epoch()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._idle:
+            for _ in range(self._max_ticks + 1):
+                self._engine.increment_epoch()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._running == 0, timeout=grace_s):
+                log.warning("%d WebAssembly runs did not end within %.0fs of closing", self._running, grace_s)
+            return self._running
+
+
+def _stopped(deadline: Deadline) -> InvocationFailed | None:
+    """Why the host ended the run (time, output), if it did."""
+    if deadline.stopped is None:
+        return None
+    return InvocationFailed(*deadline.stopped)
 
 
 def _first_line(text: str) -> str:

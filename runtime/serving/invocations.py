@@ -25,7 +25,7 @@ from realm.runtime.sandbox.abi import (
     GenerationPayload,
     ModelInfoPayload,
 )
-from realm.runtime.sandbox.context import InvocationContext
+from realm.runtime.sandbox.context import InvocationContext, OutputSink
 from realm.runtime.sandbox.runner import (
     InvocationFailed,
     InvocationResult,
@@ -95,7 +95,7 @@ async def invoke_module(
     tenant: TenantEntry,
     module: TenantModule,
     input_data: str,
-    on_output: Callable[[str], None],
+    on_output: OutputSink,
 ) -> InvocationResult:
     """Run `module` on `input_data` once admitted (see run_admitted). Raises Busy (no slot),
     InvocationFailed. Cancelling it while queued withdraws the request."""
@@ -109,11 +109,12 @@ async def run_admitted(
     tenant: TenantEntry,
     module: TenantModule,
     input_data: str,
-    on_output: Callable[[str], None],
+    on_output: OutputSink,
     slot: InvocationSlot | None,
 ) -> InvocationResult:
     """Run `module` on `input_data` in the slot `admit_invocation` gave; `on_output` gets each emitted
-    chunk, on the invocation's worker thread. Raises InvocationFailed.
+    chunk, on the invocation's worker thread (a future it returns holds the module back until it is
+    done, at most until the deadline). Raises InvocationFailed.
 
     The guest cannot be stopped from here (it may be inside a host call): cancelling this lets the
     caller go, while the guest runs to its end or deadline, still holding its slot, output dropped."""

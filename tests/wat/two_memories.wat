@@ -1,0 +1,6 @@
+;; Defines two linear memories (multi-memory): a core module may have one.
+(module
+  (memory (export "memory") 1)
+  (memory $second 1)
+  (func (export "realm_abi_version") (result i32) (i32.const 0x10000))
+  (func (export "realm_run") (result i32) (i32.const 0)))
