@@ -130,6 +130,7 @@ def test_tenant_prompt_and_max_tokens_limits(server: Server, http: httpx.Client)
         (CHAT, {"logit_bias": {"100": 500}}),
         (CHAT, {"logit_bias": {"not-a-token": 5}}),
         (CHAT, {"logit_bias": {"99999999": 5}}),
+        (CHAT, {"logit_bias": {"99999999999999999999": 5}}),  # past int64 (found by fuzzing: was a 500)
         (CHAT, {"surprise": 1}),
         (CHAT, {"stream_options": {"include_usage": True}}),
         (COMPLETIONS, {"echo": True}),
