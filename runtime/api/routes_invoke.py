@@ -63,7 +63,8 @@ async def invoke(tenant: str, request: Request) -> Response:
     try:
         text = raw.decode("utf-8")
         json.loads(text or "null")
-    except (UnicodeDecodeError, ValueError) as e:
+    # RecursionError: JSON nested deeper than the parser goes, which is no input a module can be given.
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise APIError(400, "The invocation input must be UTF-8 JSON.", code="invalid_json") from e
     module = current_module(state, tenant)
     headers = {"X-Realm-Module-Sha256": module.sha256}
@@ -71,7 +72,8 @@ async def invoke(tenant: str, request: Request) -> Response:
         result = await invoke_module(state, entry, module, text, on_output=lambda _: None)
         try:
             return JSONResponse(json.loads(result.output), headers=headers)
-        except ValueError:
+        # Not JSON, not JSON a response can carry (NaN), or nested too deep to parse or render: text.
+        except (ValueError, RecursionError):
             return JSONResponse({"output": result.output}, headers=headers)
 
     loop = asyncio.get_running_loop()
