@@ -25,6 +25,7 @@ import pytest
 import schemathesis
 import wasmtime
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from repo_paths import WAT
 from runtime_thread import running
@@ -180,3 +181,84 @@ def test_the_check_refuses_what_it_must(status: int, content_type: str, text: st
 def test_the_check_accepts_a_documented_503() -> None:
     body = {"error": {"message": "busy", "type": "service_unavailable", "param": None, "code": "wasm_busy"}}
     check_answer(503, "application/json", json.dumps(body))
+
+
+@given(
+    authorization=st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=80),
+    path=st.sampled_from(["/v1/models", "/v1/chat/completions", f"/v1/tenants/{TENANT}/invoke"]),
+)
+@settings(max_examples=60, derandomize=True, deadline=None, database=None)
+def test_any_authorization_header_is_a_clean_401(
+    fuzz_runtime: Runtime, authorization: str, path: str
+) -> None:
+    """The key check comes first, whatever the header holds (latin-1, as HTTP carries it)."""
+    headers = {"Authorization": authorization.encode("latin-1")}
+    method = "GET" if path == "/v1/models" else "POST"
+    r = httpx.request(method, fuzz_runtime.base_url + path, headers=headers, json={}, timeout=60)
+    assert r.status_code == 401, r.text
+    check_answer(r.status_code, r.headers.get("content-type", ""), r.text)
+
+
+# Values JSON carries that a JSON-schema generator does not produce: escapes that decode to lone
+# surrogates, nesting deeper than Python's parser goes, integers past 64 bits, non-standard numbers.
+HOSTILE = [
+    "\ud800",
+    "a\udfffb",
+    10**30,
+    -(10**30),
+    2**63,
+    1e308,
+    {"99999999999999999999": 1},
+    {"\ud800": "x"},
+]
+DEEP = "[" * 100_000 + "]" * 100_000
+BASES: dict[str, dict[str, Any]] = {
+    "/v1/chat/completions": {
+        "model": DEFAULT_MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+        "logit_bias": {"5": 1},
+    },
+    "/v1/completions": {"model": DEFAULT_MODEL, "prompt": "Hi", "max_tokens": 2, "stop": ["x"]},
+    "/v1/conversations": {
+        "metadata": {"k": "v"},
+        "messages": [{"role": "user", "content": "Hi"}],
+        "state": "s",
+    },
+    f"/v1/tenants/{TENANT}/invoke": {"input": "x"},
+}
+
+
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every place in `doc` a value can be put: each key and list item, and the document itself."""
+    yield prefix
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _paths(v, (*prefix, i))
+
+
+def _with(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    copy = json.loads(json.dumps(doc))
+    target = copy
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return copy
+
+
+@given(data=st.data(), url=st.sampled_from(sorted(BASES)))
+@settings(max_examples=80, derandomize=True, deadline=None, database=None)
+def test_hostile_json_values_anywhere_in_a_body(fuzz_runtime: Runtime, data: st.DataObject, url: str) -> None:
+    """A valid body with one value, anywhere, replaced by a hostile one (or the body nested too deep)."""
+    base = BASES[url]
+    path = data.draw(st.sampled_from(list(_paths(base))))
+    value = data.draw(st.sampled_from(HOSTILE))
+    text = DEEP if data.draw(st.integers(0, 9)) == 0 else json.dumps(_with(base, path, value))
+    headers = {**AUTH, "content-type": "application/json"}
+    r = httpx.post(fuzz_runtime.base_url + url, content=text, headers=headers, timeout=60)
+    check_answer(r.status_code, r.headers.get("content-type", ""), r.text)
