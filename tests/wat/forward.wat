@@ -26,9 +26,9 @@
   (import "realm" "realm_conversation_get" (func $conv_get (param i32 i32) (result i64)))
   (import "realm" "realm_conversation_put" (func $conv_put (param i32 i32) (result i64)))
   (import "realm" "realm_conversation_delete" (func $conv_delete (param i32 i32) (result i32)))
-  ;; 0..1023 scratch, the input at 1024 (64 KiB at most), the decoded payload at $PAYLOAD.
-  (memory (export "memory") 3)
-  (global $PAYLOAD i32 (i32.const 70000))
+  ;; 0..1023 scratch, the input at 1024 (256 KiB at most), the decoded payload at $PAYLOAD.
+  (memory (export "memory") 8)
+  (global $PAYLOAD i32 (i32.const 270000))
 
   (func (export "realm_abi_version") (result i32) (i32.const 0x10001))
 
@@ -49,7 +49,7 @@
     (local $n i32) (local $i i32) (local $len i32) (local $sel i32) (local $k i32) (local $rest i32)
     (local $r i64)
     (drop (call $input))
-    (local.set $n (call $read (i32.const 1024) (i32.const 65536)))
+    (local.set $n (call $read (i32.const 1024) (i32.const 262144)))
     (if (i32.lt_s (local.get $n) (i32.const 3)) (then (return (i32.const 97))))
     (local.set $sel (i32.load8_u (i32.const 1025)))
     (local.set $len (i32.shr_u (i32.sub (local.get $n) (i32.const 3)) (i32.const 1)))

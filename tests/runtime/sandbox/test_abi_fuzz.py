@@ -77,12 +77,15 @@ edge_values = (
             2**63,
             2**64 - 1,
             2**64,
+            10**30,
             -(2**63),
             1e308,
             -1e308,
             0.5,
             "",
             "x",
+            "\ud800",  # json.dumps writes the escape: a lone surrogate once parsed
+            {"\ud800": "x"},
             [],
             {},
         ]
@@ -110,12 +113,17 @@ def near_valid(valid: st.SearchStrategy[dict[str, Any]], fields: list[str]) -> s
     return st.composite(lambda draw: mutate(draw))()
 
 
+# JSON a generator of Python values does not produce: nesting past any parser's depth.
+DEEP = b"[" * 50_000 + b"]" * 50_000  # as hex, within the guest's 256 KiB input
+
+
 def payloads(valid: st.SearchStrategy[dict[str, Any]], fields: list[str]) -> st.SearchStrategy[bytes]:
-    """Arbitrary bytes, arbitrary JSON, and near-valid payloads."""
+    """Arbitrary bytes, arbitrary JSON, near-valid payloads, and JSON nested too deep."""
     return st.one_of(
         st.binary(max_size=200),
         json_values.map(lambda v: json.dumps(v).encode()),
         near_valid(valid, fields),
+        st.just(DEEP),
     )
 
 
