@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine (README.md):
 #   make serve   installs what is missing, then runs `realm serve` on the embedded default
 #   make test    installs what is missing, then runs every test (what .ci/run calls)
-.PHONY: serve test lint bench
+.PHONY: serve test lint bench docker-locks
 
 serve:
 	scripts/bootstrap.sh
@@ -24,3 +24,14 @@ bench:
 	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_operator.py
 	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_kv.py
 	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_portable.py
+
+# The images' hash-locked Python dependencies (docker/requirements-*.lock) from docker/requirements-*.in,
+# resolved for Python 3.11 with every file's hash (tests/docker/test_dockerfiles.py checks them).
+docker-locks:
+	scripts/bootstrap.sh
+	.venv/bin/python -m venv /tmp/realm-pip-tools
+	/tmp/realm-pip-tools/bin/pip install -q pip-tools
+	cd docker && for n in operator runtime runtime-gpu build cmake; do \
+	  /tmp/realm-pip-tools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+	    --no-emit-index-url --no-emit-find-links -o requirements-$$n.lock requirements-$$n.in || exit 1; \
+	done

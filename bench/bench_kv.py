@@ -251,7 +251,11 @@ class Running:
     def start(self) -> None:
         ready = threading.Event()
         runtime = Runtime(
-            load_config(self.config_path), port=0, log_level="warning", on_ready=lambda _: ready.set()
+            load_config(self.config_path),
+            port=0,
+            metrics_port=0,
+            log_level="warning",
+            on_ready=lambda _: ready.set(),
         )
         self._thread = threading.Thread(
             target=lambda: asyncio.run(runtime.serve(install_signal_handlers=False)), daemon=True
@@ -297,7 +301,8 @@ class Running:
         return httpx.Client(base_url=self.base, headers=auth(tenant), timeout=300)
 
     def metric(self, event: str, reason: str = "") -> float:
-        text = httpx.get(self.base + "/metrics").text
+        assert self.runtime is not None and self.runtime.metrics_url is not None
+        text = httpx.get(self.runtime.metrics_url + "/metrics").text
         pattern = rf'realm_kv_snapshot_events_total\{{event="{event}",reason="{reason}"\}} ([0-9.e+]+)'
         found = re.search(pattern, text)
         return float(found.group(1)) if found else 0.0

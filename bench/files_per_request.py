@@ -82,7 +82,9 @@ def serving(config: dict[str, Any]) -> Iterator[str]:
         path = Path(tmp) / "config.json"
         path.write_text(json.dumps(config))
         ready = threading.Event()
-        runtime = Runtime(load_config(path), port=0, log_level="warning", on_ready=lambda _: ready.set())
+        runtime = Runtime(
+            load_config(path), port=0, metrics_port=0, log_level="warning", on_ready=lambda _: ready.set()
+        )
         thread = threading.Thread(
             target=lambda: asyncio.run(runtime.serve(install_signal_handlers=False)), daemon=True
         )

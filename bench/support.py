@@ -87,6 +87,8 @@ def realm_serve(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [PY, "-m", "realm.cli", "serve", "--config", str(config), "--port", str(port), *extra]
+    if "--metrics-port" in (tree / "realm" / "cli.py").read_text():
+        cmd += ["--metrics-port", "0"]  # two servers at once must not both want the default ops port
     with server(cmd, f"{base}/readyz", log, cwd=tree, env=with_pythonpath(tree, env)):
         yield base
 

@@ -11,6 +11,8 @@
 # llama.cpp is built too, by scripts/build-llama.sh cuda: ggml's CUDA backend plus every CPU variant,
 # so a `llamacpp` version on a GPU pod offloads its layers (the operator sets nGpuLayers: -1 when the
 # Model asks for a GPU) and still runs on the CPU of any node. CUDA_ARCHITECTURES picks the GPUs.
+# Python dependencies (and cmake, and the realm package's build backend) come only from the hash-locked
+# docker/requirements-*.lock files.
 
 ARG TRTLLM_IMAGE=nvcr.io/nvidia/tensorrt-llm/release:1.0.0
 
@@ -19,21 +21,26 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 ARG CUDA_ARCHITECTURES="80;86;89;90"
 WORKDIR /src
 COPY scripts/build-llama.sh scripts/
-# The base image has nvcc and a C++ toolchain; cmake (>= 3.21) comes from PyPI.
-RUN python3 -m pip install --prefix=/opt/build-tools "cmake==3.31.6" \
+COPY docker/requirements-cmake.lock docker/requirements-build.lock docker/requirements-runtime-gpu.lock docker/
+# The base image has nvcc and a C++ toolchain; cmake (>= 3.21) and the realm package's build backend
+# come from PyPI, into a prefix that the final stage leaves behind.
+RUN python3 -m pip install --no-deps --require-hashes --prefix=/opt/build-tools \
+      -r docker/requirements-cmake.lock -r docker/requirements-build.lock \
  && wheel="$(PATH=/opt/build-tools/bin:$PATH PYTHONPATH="$(python3 -c 'import sys; print("/opt/build-tools/lib/python%d.%d/site-packages" % sys.version_info[:2])')" \
       CUDA_ARCHITECTURES="$CUDA_ARCHITECTURES" REALM_CACHE=/tmp/llama PYTHON=python3 scripts/build-llama.sh cuda)" \
  && python3 -m pip install --no-deps --prefix=/opt/realm /tmp/llama/llama-cpp-python/*/llama_cpp_python-*.whl \
  && cp "$(dirname "$wheel")/BUILD-INFO" /opt/realm/lib/python3*/site-packages/llama_cpp/realm-build.txt \
- && rm -rf /tmp/llama /opt/build-tools
+ && rm -rf /tmp/llama \
+ && python3 -m pip install --no-deps --require-hashes --ignore-requires-python --prefix=/opt/realm \
+      -r docker/requirements-runtime-gpu.lock
 COPY pyproject.toml setup.py README.md ./
 COPY realm/ realm/
 COPY runtime/ runtime/
 COPY operator/ operator/
 # Installed into a prefix of its own so the final stage copies only Realm and the packages it adds.
-RUN python3 -m pip install --no-deps --ignore-requires-python --prefix=/opt/realm . \
- && python3 -m pip install --prefix=/opt/realm "numpy>=1.26" "pydantic>=2.7,<3" "pyyaml>=6" "fastapi>=0.115" "uvicorn>=0.30" \
-      "prometheus-client>=0.20" "wasmtime==50.0.1" "boto3>=1.34" "zstandard>=0.22"
+RUN PYTHONPATH="$(python3 -c 'import sys; print("/opt/build-tools/lib/python%d.%d/site-packages" % sys.version_info[:2])')" \
+      python3 -m pip install --no-deps --no-build-isolation --ignore-requires-python --prefix=/opt/realm . \
+ && rm -rf /opt/build-tools
 
 FROM ${TRTLLM_IMAGE}
 COPY --from=build /opt/realm /opt/realm
@@ -43,6 +50,6 @@ RUN python3 -c "import site, sys; print('/opt/realm/lib/python%d.%d/site-package
       > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/realm-prefix.pth" \
  && realm serve --help > /dev/null
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 9090
 ENTRYPOINT ["realm"]
-CMD ["serve", "--config", "/etc/realm/config.yaml", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["serve", "--config", "/etc/realm/config.yaml", "--host", "0.0.0.0", "--port", "8000", "--metrics-port", "9090"]

@@ -275,7 +275,7 @@ def test_tenant_key_reaches_a_real_runtime(world: World, tmp_path: Path) -> None
     base = f"http://127.0.0.1:{port}"
     realm = shutil.which("realm", path=str(Path(sys.executable).parent))
     serve = [realm] if realm else [sys.executable, "-m", "realm.cli"]
-    serve += ["serve", "--config", str(volume / "config.yaml"), "--port", str(port)]
+    serve += ["serve", "--config", str(volume / "config.yaml"), "--port", str(port), "--metrics-port", "0"]
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}  # the runtime never talks to the API
 
     with contextlib.ExitStack() as stack:

@@ -44,6 +44,11 @@ from realm.runtime.spec.tenant import TenantSpec
 Manifest = dict[str, Any]
 
 PORT = 8000
+# The runtime's ops listener (/metrics, /openapi.json): not in the HTTPRoute, scraped by Prometheus and
+# the autoscaler only.
+METRICS_PORT = 9090
+# What the HTTPRoute forwards: the API, not the probes or anything else the public port may answer.
+API_PATH_PREFIX = "/v1"
 CONFIG_DIR = "/etc/realm"
 CONFIG_KEY = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
@@ -56,6 +61,11 @@ LABEL_VERSION = "realm.dev/model-version"
 ANNOTATION_MODEL_CONFIG = "realm.dev/model-config-sha256"
 LABEL_TENANT = "realm.dev/tenant"
 DEFAULT_SECRET_KEY = "apiKey"
+# Every emptyDir has a size limit: past it the kubelet evicts the pod instead of letting one pod fill
+# its node's disk. /tmp is the runtime's HOME: its KV disk tier (16 GiB by default), the compiled-module
+# cache and the embedded conversation store live there. Fetched modules are a few MiB each.
+TMP_SIZE_LIMIT = "20Gi"
+MODULES_SIZE_LIMIT = "1Gi"
 
 
 @dataclass(frozen=True)
@@ -439,14 +449,14 @@ def deployment(
     ]
     volumes: list[Manifest] = [
         {"name": "config", "configMap": {"name": config_map_name(model, version)}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
     ]
     if weights_volume is not None and weights_mount is not None:
         mounts.append(weights_mount)
         volumes.append(weights_volume)
     if opts.modules_dir is not None:
         mounts.append({"name": "modules", "mountPath": opts.modules_dir})
-        volumes.append({"name": "modules", "emptyDir": {}})
+        volumes.append({"name": "modules", "emptyDir": {"sizeLimit": MODULES_SIZE_LIMIT}})
         sources = configmap_modules(config.tenants)
         if sources:
             mounts.append(
@@ -465,10 +475,24 @@ def deployment(
         "name": "runtime",
         "image": image,
         "imagePullPolicy": opts.image_pull_policy,
-        "command": ["realm", "serve", "--config", CONFIG_PATH, "--host", "0.0.0.0", "--port", str(PORT)],
+        "command": [
+            "realm",
+            "serve",
+            "--config",
+            CONFIG_PATH,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(PORT),
+            "--metrics-port",
+            str(METRICS_PORT),
+        ],
         # HOME: the root filesystem is read-only.
         "env": [{"name": "HOME", "value": "/tmp"}, *s3_env(opts.s3)],
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
         # /healthz answers as soon as the server is up; /readyz only once the model is loaded, so a
         # slow load delays traffic without the liveness probe killing the pod.
         "readinessProbe": {
@@ -550,21 +574,23 @@ def deployment(
     }
 
 
-def _service(name: str, model: ModelResource, version: str | None, opts: BuildOptions) -> Manifest:
+def _service(
+    name: str, model: ModelResource, version: str | None, opts: BuildOptions, *, metrics: bool = False
+) -> Manifest:
+    ports: list[Manifest] = [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]
+    if metrics:
+        ports.append({"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"})
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(name, model, version, opts),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector(model, version),
-            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
-        },
+        "spec": {"type": "ClusterIP", "selector": selector(model, version), "ports": ports},
     }
 
 
 def version_service(model: ModelResource, version: str, opts: BuildOptions) -> Manifest:
-    return _service(version_name(model, version), model, version, opts)
+    """A version's pods; its `metrics` port is what the chart's ServiceMonitor scrapes."""
+    return _service(version_name(model, version), model, version, opts, metrics=True)
 
 
 def stable_service(model: ModelResource, opts: BuildOptions) -> Manifest:
@@ -586,7 +612,9 @@ def http_route(model: ModelResource, gateway: GatewayRef, opts: BuildOptions) ->
     ]
     spec: Manifest = {
         "parentRefs": [parent],
-        "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": backends}],
+        "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": API_PATH_PREFIX}}], "backendRefs": backends}
+        ],
     }
     if opts.hostnames:
         spec["hostnames"] = list(opts.hostnames)

@@ -66,6 +66,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> 
     handler, this one included (empty now, live from then on), so the queues' passes read them whether
     or not a peering object is watched."""
     kopf_settings.configure(settings)
+    settings.watching.label_selectors["", "v1", "secrets"] = builders.LABEL_TENANT
     operator_of(memo).indexes = world.Indexes(*(kwargs[n] for n in INDEX_NAMES))
 
 
@@ -111,18 +112,23 @@ async def realm_pipelines(
     return {namespace: world.pipeline_view(name, spec, meta)}
 
 
-@kopf.index("", "v1", "secrets")
+# Key Secrets only, selected by the apiserver (`startup` sets the watch's label selector): the operator
+# never receives the other Secrets of the namespaces it watches. The label names the Tenant that may use
+# the Secret; the operator's own carry it, a Tenant's own Secret must (docs/security.md).
+
+
+@kopf.index("", "v1", "secrets", labels={builders.LABEL_TENANT: kopf.PRESENT})
 async def realm_secret_hashes(
     namespace: str | None, name: str | None, body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], dict[str, str]]:
+) -> dict[tuple[str, str], world.SecretRecord]:
     assert namespace and name
-    return {(namespace, name): world.secret_hashes(body)}
+    return {(namespace, name): world.secret_record(body)}
 
 
 # Tenants and their key Secrets ------------------------------------------------------------------------
 
 
-@kopf.on.event("", "v1", "secrets")
+@kopf.on.event("", "v1", "secrets", labels={builders.LABEL_TENANT: kopf.PRESENT})
 async def secret_event(
     namespace: str | None, name: str | None, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:

@@ -156,6 +156,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="leave new Tenants and Models to kopf's watches alone (see fastpath.py; slower in a burst)",
     )
+    p.add_argument(
+        "--finalizer-timeout",
+        type=float,
+        default=OperatorConfig().finalizer_timeout_s,
+        help="seconds a deleted Tenant's finalizer retries deleting its KV snapshots before it gives up "
+        "with a warning event (annotation realm.dev/force-release=true: at once)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="everything at DEBUG")
     p.add_argument(
         "--object-log-level",
@@ -190,6 +197,7 @@ def config_from(args: argparse.Namespace) -> OperatorConfig:
         tolerations=list(args.runtime_tolerations),
         runtime_class=args.runtime_class,
         image_pull_secrets=tuple(args.image_pull_secret),
+        finalizer_timeout_s=args.finalizer_timeout,
         s3=s3 if (s3.endpoint or s3.region or s3.bucket or s3.credentials_secret) else None,
     )
 

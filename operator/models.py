@@ -167,7 +167,7 @@ def _scrape(pod: Mapping[str, Any]) -> float | None:
     if not ip:
         return None
     try:
-        with urllib.request.urlopen(f"http://{ip}:{builders.PORT}/metrics", timeout=1.0) as resp:
+        with urllib.request.urlopen(f"http://{ip}:{builders.METRICS_PORT}/metrics", timeout=1.0) as resp:
             return float(autoscale.load_from_metrics(resp.read().decode("utf-8", "replace")))
     except (OSError, ValueError):
         return None

@@ -36,6 +36,9 @@ class OperatorConfig:
     runtime_class: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
     s3: builders.S3Options | None = None
+    # How long a deleted Tenant's finalizer keeps retrying the deletion of its KV snapshots before it
+    # lets the Tenant go with a warning event (the chart's operator.finalizerTimeoutSeconds).
+    finalizer_timeout_s: float = 600.0
 
 
 class GatewayApi:

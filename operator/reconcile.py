@@ -86,6 +86,10 @@ MODEL_NOT_READY = "ModelNotReady"
 TENANT_NOT_FOUND = "TenantNotFound"
 SECRET_NOT_FOUND = "SecretNotFound"
 KEY_NOT_FOUND = "KeyNotFound"
+# A Secret the Tenant names that the operator does not watch (no realm.dev/tenant label), or one labelled
+# for another Tenant: no key is published for it.
+SECRET_NOT_LABELLED = "SecretNotLabelled"
+SECRET_OF_ANOTHER_TENANT = "SecretOfAnotherTenant"
 
 S = TypeVar("S", bound=ResourceStatus)
 

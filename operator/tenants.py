@@ -17,17 +17,20 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import kopf
 
 from realm.operator import snapshots, world
-from realm.operator.builders import api_key_secret, api_key_secret_ref
+from realm.operator.builders import LABEL_TENANT, SecretRef, api_key_secret, api_key_secret_ref
 from realm.operator.outcome import Outcome, deleting, normal, now, post, report, warn
 from realm.operator.pipelines import refresh_pipelines
 from realm.operator.reconcile import (
     KEY_NOT_FOUND,
     SECRET_NOT_FOUND,
+    SECRET_NOT_LABELLED,
+    SECRET_OF_ANOTHER_TENANT,
     KeyState,
     api_key_hash,
     models_to_republish,
@@ -63,12 +66,52 @@ def ensure_key(op: Operator, body: Mapping[str, Any], spec: TenantSpec | None, o
             op.memory.fresh_secrets[(namespace, ref.name)] = world.secret_hashes(created)
         else:  # someone was first (a previous pass whose watch event has not arrived yet)
             created = k.get("Secret", namespace, ref.name)
+            if created is not None:
+                labelled = ((created.get("metadata") or {}).get("labels") or {}).get(LABEL_TENANT)
+                if labelled is None:
+                    return _unseen_secret(op, namespace, name, ref)
+                if labelled != name:
+                    return _not_owned(name, ref, labelled)
         known, digest = created is not None, api_key_hash(created, ref.key)
     if not known:
-        return KeyState(ref.name, SECRET_NOT_FOUND, f"Secret {ref.name} not found")
+        return _unseen_secret(op, namespace, name, ref)
+    owner = world.secret_owner(op.indexes.secrets, namespace, ref.name)
+    if owner is not None and owner != name:
+        return _not_owned(name, ref, owner)
     if digest is None:
         return KeyState(ref.name, KEY_NOT_FOUND, f"Secret {ref.name} has no key {ref.key}")
     return KeyState(ref.name)
+
+
+def _label_hint(name: str, ref: SecretRef) -> str:
+    return f"kubectl label secret {ref.name} {LABEL_TENANT}={name} --overwrite"
+
+
+def _unseen_secret(op: Operator, namespace: str, name: str, ref: SecretRef) -> KeyState:
+    """A Secret the index lacks: absent, or present without the label the operator's watch selects."""
+    if op.kube.get("Secret", namespace, ref.name) is None:
+        return KeyState(ref.name, SECRET_NOT_FOUND, f"Secret {ref.name} not found")
+    return KeyState(
+        ref.name,
+        SECRET_NOT_LABELLED,
+        f"Secret {ref.name} lacks the label {LABEL_TENANT}={name}: the operator reads only key Secrets "
+        f"labelled with their Tenant's name ({_label_hint(name, ref)})",
+    )
+
+
+def _not_owned(name: str, ref: SecretRef, owner: str) -> KeyState:
+    if not owner:
+        return KeyState(
+            ref.name,
+            SECRET_NOT_LABELLED,
+            f"Secret {ref.name} has an empty {LABEL_TENANT} label ({_label_hint(name, ref)})",
+        )
+    return KeyState(
+        ref.name,
+        SECRET_OF_ANOTHER_TENANT,
+        f"Secret {ref.name} is labelled {LABEL_TENANT}={owner}: it holds Tenant {owner}'s key, and a key "
+        "serves one Tenant only; give this Tenant a Secret of its own, labelled with its name",
+    )
 
 
 def reconcile_tenant(
@@ -268,16 +311,48 @@ def has_snapshots(op: Operator, spec: Mapping[str, Any], meta: Mapping[str, Any]
     return parsed is not None and parsed.kv_snapshots.enabled
 
 
+# A Terminating Tenant annotated with this ("true") loses its finalizer at its next retry, whatever is
+# left behind: the way out when its snapshots cannot be deleted and waiting is not wanted.
+ANNOTATION_FORCE_RELEASE = "realm.dev/force-release"
+
+
+def release_reason(op: Operator, body: Mapping[str, Any], at: datetime) -> str | None:
+    """Why a deleted Tenant's finalizer goes without its snapshots deleted (None: keep trying)."""
+    meta = body.get("metadata") or {}
+    if str((meta.get("annotations") or {}).get(ANNOTATION_FORCE_RELEASE, "")).lower() == "true":
+        return f"released by the annotation {ANNOTATION_FORCE_RELEASE}=true"
+    since = meta.get("deletionTimestamp")
+    if not since:
+        return None
+    waited = (at - datetime.fromisoformat(str(since).replace("Z", "+00:00"))).total_seconds()
+    if waited >= op.config.finalizer_timeout_s:
+        return (
+            f"gave up after {int(waited)} s (the finalizer timeout is {int(op.config.finalizer_timeout_s)} s)"
+        )
+    return None
+
+
 def finalize(
     op: Operator, namespace: str, name: str, spec: Mapping[str, Any], body: Mapping[str, Any]
 ) -> None:
     """Republish without the tenant, delete its KV snapshots, then release it: runs before the finalizer
     goes, so the snapshots are deleted even if the operator was down when the Tenant was deleted. S3
-    unreachable: retried (the Tenant stays, Terminating, until its data is gone)."""
+    unreachable: retried (the Tenant stays, Terminating) until the finalizer timeout passes or the
+    Tenant is annotated realm.dev/force-release=true; then released with a warning event naming what
+    was left behind."""
     reconcile_tenant(op, namespace, name)
     refresh_pipelines(op, namespace, tenant=name)
     parsed, _ = parse_spec(spec, TenantSpec)
     if not isinstance(parsed, TenantSpec):
+        return
+    released = release_reason(op, body, now())
+    if released is not None:
+        where = parsed.kv_snapshots.bucket or (op.config.s3.bucket if op.config.s3 else None) or "S3"
+        warn(
+            body,
+            "SnapshotsNotDeleted",
+            f"{released}; the Tenant's KV snapshots in {where} may remain and must be deleted by hand",
+        )
         return
     tier = snapshots.tier_for(op.kube, namespace, parsed, op.config.s3)
     if tier is None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from realm.operator.builders import api_key_secret_ref
+from realm.operator.builders import LABEL_TENANT, api_key_secret_ref
 from realm.operator.kube import Kube
 from realm.operator.reconcile import PipelineView, TenantView, is_ready, parse_spec
 from realm.runtime.spec.tenant import TenantSpec
@@ -134,6 +134,20 @@ def secret_hashes(body: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class SecretRecord:
+    """A key Secret as the index keeps it: the Tenant its `realm.dev/tenant` label names (the one Tenant
+    that may use it) and the sha256 of each entry."""
+
+    owner: str
+    hashes: Mapping[str, str]
+
+
+def secret_record(body: Mapping[str, Any]) -> SecretRecord:
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    return SecretRecord(str(labels.get(LABEL_TENANT) or ""), secret_hashes(body))
+
+
 def _stable(read: Callable[[], T]) -> T:
     for _ in range(8):
         try:
@@ -157,20 +171,34 @@ def tenants_in(index: Mapping[str, Iterable[TenantRecord]], namespace: str) -> l
     return records_in(index, namespace)
 
 
-def secret_entry_hash(
-    index: Mapping[tuple[str, str], Iterable[dict[str, str]]], namespace: str, name: str, key: str
-) -> tuple[bool, str | None]:
-    """(known, hash): known is False when the index holds no such Secret (yet), so callers may ask the
-    API, e.g. right after creating it, before the watch event arrived."""
-
-    def read() -> list[dict[str, str]]:
+def _secret(
+    index: Mapping[tuple[str, str], Iterable[SecretRecord]], namespace: str, name: str
+) -> SecretRecord | None:
+    def read() -> list[SecretRecord]:
         store = index.get((namespace, name))
         return list(store) if store is not None else []
 
     found = _stable(read)
-    if not found:
+    return found[0] if found else None
+
+
+def secret_entry_hash(
+    index: Mapping[tuple[str, str], Iterable[SecretRecord]], namespace: str, name: str, key: str
+) -> tuple[bool, str | None]:
+    """(known, hash): known is False when the index holds no such Secret (yet), so callers may ask the
+    API, e.g. right after creating it, before the watch event arrived."""
+    record = _secret(index, namespace, name)
+    if record is None:
         return False, None
-    return True, found[0].get(key)
+    return True, record.hashes.get(key)
+
+
+def secret_owner(
+    index: Mapping[tuple[str, str], Iterable[SecretRecord]], namespace: str, name: str
+) -> str | None:
+    """The Tenant a key Secret's label names ("" when the label is empty); None when the index lacks it."""
+    record = _secret(index, namespace, name)
+    return None if record is None else record.owner
 
 
 # The indexes and what a pass reads from them -------------------------------------------------------------
@@ -182,7 +210,7 @@ class Indexes:
     (`listed`, for tools and tests that run a pass outside a running operator)."""
 
     tenants: Index  # namespace -> Store[TenantRecord]
-    secrets: Index  # (namespace, name) -> Store[{entry: sha256}]
+    secrets: Index  # (namespace, name) -> Store[SecretRecord], labelled key Secrets only
     models: Index  # namespace -> Store[ModelRecord]
     pipelines: Index  # namespace -> Store[PipelineView]
 
@@ -212,7 +240,11 @@ def listed(k: Kube, namespace: str) -> Indexes:
         pipeline_view(p["metadata"]["name"], p.get("spec"), p["metadata"])
         for p in k.list("Pipeline", namespace)
     ]
-    secrets = {(namespace, s["metadata"]["name"]): [secret_hashes(s)] for s in k.list("Secret", namespace)}
+    secrets = {
+        (namespace, s["metadata"]["name"]): [secret_record(s)]
+        for s in k.list("Secret", namespace)
+        if LABEL_TENANT in ((s.get("metadata") or {}).get("labels") or {})  # what kopf's watch selects
+    }
     return Indexes({namespace: tenants}, secrets, {namespace: models}, {namespace: pipelines})
 
 
@@ -227,6 +259,8 @@ def tenant_views(indexes: Indexes, namespace: str, model: str | None = None) -> 
         # A Secret the index lacks does not exist, or was created a moment ago: its watch event will
         # request this pass again (see tenants.secret_changed), so no read is needed here.
         _, digest = secret_entry_hash(indexes.secrets, namespace, ref.name, ref.key)
+        if secret_owner(indexes.secrets, namespace, ref.name) != rec.name:
+            digest = None  # another Tenant's Secret (or no one's): no key is published for this one
         views.append(TenantView(rec.name, rec.spec, rec.deleting, digest))
     return views
 

@@ -9,6 +9,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import Literal
 
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, RuntimeConfig
 
@@ -22,6 +23,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: %(default)s).")
     serve.add_argument("--port", type=int, default=8000, help="Port to listen on; 0 picks a free one.")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Port of the ops listener (/metrics, /openapi.json); the config's server.metricsPort "
+        "(9090) when absent; 0 picks a free one; -1: none.",
+    )
     serve.add_argument(
         "--log-level",
         default="info",
@@ -85,6 +93,12 @@ def _curl_line(base_url: str, model: str, api_key: str | None) -> str:
     )
 
 
+def _metrics_port(flag: int | None) -> int | Literal["config"] | None:
+    if flag is None:
+        return "config"
+    return None if flag < 0 else flag
+
+
 def serve(args: argparse.Namespace) -> int:
     from realm.runtime.config_store import ConfigError, default_api_key, default_config, load_config
     from realm.runtime.server import Runtime
@@ -110,12 +124,15 @@ def serve(args: argparse.Namespace) -> int:
             f"\nRealm is serving {', '.join(runtime.state.engines)} on {runtime.base_url}. Try:\n", flush=True
         )
         print("  " + _curl_line(runtime.base_url, model, api_key) + "\n", flush=True)
+        if runtime.metrics_url is not None:
+            print(f"Metrics and the OpenAPI document: {runtime.metrics_url}\n", flush=True)
 
     runtime = Runtime(
         config,
         config_path=args.config,
         host=args.host,
         port=args.port,
+        metrics_port=_metrics_port(args.metrics_port),
         drain_timeout=args.drain_timeout,
         log_level=args.log_level,
         on_ready=announce,

@@ -16,10 +16,12 @@ import signal
 import socket
 from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Literal
 
 import uvicorn
+from fastapi import FastAPI
 
-from realm.runtime.api import AppState, create_app
+from realm.runtime.api import AppState, create_app, create_ops_app
 from realm.runtime.config_store import ConfigWatcher
 from realm.runtime.engines.base import Engine
 from realm.runtime.engines.model_files import realm_cache
@@ -73,6 +75,7 @@ class Runtime:
         config_path: Path | None = None,
         host: str = "127.0.0.1",
         port: int = 8000,
+        metrics_port: int | Literal["config"] | None = "config",
         drain_timeout: float = 30.0,
         log_level: str = "info",
         reload_interval: float = 1.0,
@@ -83,6 +86,8 @@ class Runtime:
         self.config_path = config_path
         self.host = host
         self.port = port
+        # The ops listener (/metrics, /openapi.json): the config's server.metricsPort unless given here.
+        self.metrics_port = config.server.metrics_port if metrics_port == "config" else metrics_port
         self.drain_timeout = drain_timeout
         self.log_level = log_level
         self.reload_interval = reload_interval
@@ -91,6 +96,7 @@ class Runtime:
         self.metrics = Metrics()
         self.state = AppState.from_config(config, self.metrics)
         self.app = create_app(self.state)
+        self.ops_app = create_ops_app(self.state, self.app)
         self._stop = asyncio.Event()
         self._module_retries: asyncio.Task[None] | None = None
         self._force = asyncio.Event()
@@ -99,8 +105,16 @@ class Runtime:
 
     @property
     def base_url(self) -> str:
+        return self._url(self.port)
+
+    @property
+    def metrics_url(self) -> str | None:
+        """The ops listener's base URL (None without one)."""
+        return None if self.metrics_port is None else self._url(self.metrics_port)
+
+    def _url(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{port}"
 
     def request_stop(self) -> None:
         """Begin draining; safe to call from any thread."""
@@ -124,19 +138,22 @@ class Runtime:
         self._loop = asyncio.get_running_loop()
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
-        server = _Uvicorn(
-            uvicorn.Config(
-                self.app,
-                lifespan="off",  # this class is the lifespan: engines load while /readyz says 503
-                log_level=self.log_level,
-                timeout_graceful_shutdown=5,
-                access_log=self.log_level == "debug",
-            )
-        )
+        ops_sock: socket.socket | None = None
+        if self.metrics_port is not None:
+            ops_sock = _bind(self.host, self.metrics_port)
+            self.metrics_port = ops_sock.getsockname()[1]
+        server = self._uvicorn(self.app)
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal, server, sig)
         server_task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
+        # The ops listener lives as long as the public one: metrics keep answering while draining.
+        ops_server = self._uvicorn(self.ops_app) if ops_sock is not None else None
+        ops_task = (
+            asyncio.create_task(ops_server.serve(sockets=[ops_sock]), name="uvicorn-ops")
+            if ops_server is not None and ops_sock is not None
+            else None
+        )
         watcher: ConfigWatcher | None = None
         code = 0
         try:
@@ -167,6 +184,10 @@ class Runtime:
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await server_task
+            if ops_server is not None and ops_task is not None:
+                ops_server.should_exit = True
+                with contextlib.suppress(Exception):
+                    await ops_task
             if watcher is not None:
                 await watcher.stop()
             if self._module_retries is not None:
@@ -177,6 +198,17 @@ class Runtime:
                     self._loop.remove_signal_handler(sig)
         log.info("stopped")
         return code
+
+    def _uvicorn(self, app: FastAPI) -> _Uvicorn:
+        return _Uvicorn(
+            uvicorn.Config(
+                app,
+                lifespan="off",  # this class is the lifespan: engines load while /readyz says 503
+                log_level=self.log_level,
+                timeout_graceful_shutdown=5,
+                access_log=self.log_level == "debug",
+            )
+        )
 
     async def _load_engines(self) -> None:
         for cfg in self.config.models:

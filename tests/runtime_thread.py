@@ -16,8 +16,10 @@ from realm.runtime.server import Runtime
 @contextmanager
 def running(config_file: Path, **options: Any) -> Iterator[Runtime]:
     """The runtime for `config_file`, ready, until the block ends; then it must stop cleanly (exit 0).
-    `options` go to Runtime (e.g. config_path= to follow reloads, reload_interval=)."""
+    `options` go to Runtime (e.g. config_path= to follow reloads, reload_interval=); the ops listener
+    takes a free port too unless `metrics_port` says otherwise."""
     ready = threading.Event()
+    options.setdefault("metrics_port", 0)
     runtime = Runtime(
         load_config(config_file), port=0, log_level="warning", on_ready=lambda _: ready.set(), **options
     )

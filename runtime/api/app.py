@@ -1,4 +1,6 @@
-"""The ASGI application factory: one app per AppState, nothing global, so tests can build several."""
+"""The ASGI application factories: one public app and one ops app per AppState, nothing global, so tests
+can build several. The public app serves the API (and the probes); the ops app, on its own port,
+serves metrics and the OpenAPI document beside the probes."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ def create_app(state: AppState) -> FastAPI:
         description="OpenAI-compatible completions served by one shared engine per model, for many tenants.",
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served by the ops app
     )
     app.state.realm = state
     install_handlers(app)
@@ -39,3 +42,14 @@ def create_app(state: AppState) -> FastAPI:
         ),
     )
     return app
+
+
+def create_ops_app(state: AppState, api: FastAPI) -> FastAPI:
+    """The ops listener's app: /metrics, /openapi.json (the document of `api`), /healthz, /readyz."""
+    ops = FastAPI(title="Realm runtime (ops)", docs_url=None, redoc_url=None, openapi_url=None)
+    ops.state.realm = state
+    ops.state.api = api
+    install_handlers(ops)
+    ops.include_router(routes_ops.router)
+    ops.include_router(routes_ops.ops_router)
+    return ops

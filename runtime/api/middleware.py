@@ -48,24 +48,26 @@ class RealmMiddleware:
         scope.setdefault("state", {})["tenant"] = tenant
         state.in_flight += 1
         state.idle.clear()
+        held = _Held(state)
         try:
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 # Modules are large (a Python tenant's component is ~18 MB); request bodies are not.
                 is_module = str(scope["path"]).endswith("/module")
                 limit = state.max_module_bytes if is_module else state.max_body_bytes
-                buffered = await self._read_body(scope, receive, limit)
+                buffered = await self._read_body(scope, receive, limit, held)
                 if isinstance(buffered, APIError):
                     await _send_error(send, buffered)
                     return
                 receive = _replay(buffered, receive)
             await self.app(scope, receive, send)
         finally:
+            held.release()
             state.in_flight -= 1
             if state.in_flight == 0:
                 state.idle.set()
 
     @staticmethod
-    async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | APIError:
+    async def _read_body(scope: Scope, receive: Receive, limit: int, held: _Held) -> bytes | APIError:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return _too_large(limit)
@@ -81,9 +83,41 @@ class RealmMiddleware:
             size += len(chunk)
             if size > limit:
                 return _too_large(limit)
+            if not held.take(len(chunk)):
+                return _buffers_full(held.state.max_buffered_bytes)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+class _Held:
+    """One request's share of the bytes all in-flight requests hold buffered (AppState.buffered_bytes),
+    given back when the request ends: the replayed body lives as long as the request."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.bytes = 0
+
+    def take(self, n: int) -> bool:
+        if self.state.buffered_bytes + n > self.state.max_buffered_bytes:
+            return False
+        self.state.buffered_bytes += n
+        self.bytes += n
+        return True
+
+    def release(self) -> None:
+        self.state.buffered_bytes -= self.bytes
+        self.bytes = 0
+
+
+def _buffers_full(limit: int) -> APIError:
+    return APIError(
+        503,
+        f"The server holds its limit of {limit} bytes of request bodies in flight; retry shortly.",
+        type="service_unavailable",
+        code="server_busy",
+        retry_after=1,
+    )
 
 
 def _too_large(limit: int) -> APIError:

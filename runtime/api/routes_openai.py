@@ -24,12 +24,12 @@ from realm.runtime.serving.errors import ServingError
 from realm.runtime.serving.generation import GenerationStream
 from realm.runtime.serving.requests import (
     allowed_engine,
-    chat_prompt_ids,
     logit_bias_processor,
     max_tokens_within_limits,
     sampling_params,
-    text_prompt_ids,
     token_prompt_ids,
+    tokenize_chat,
+    tokenize_text,
 )
 from realm.runtime.spec.runtime_config import TenantEntry
 
@@ -47,12 +47,12 @@ class ClientGone(Exception):
     """The client closed the connection before the response began."""
 
 
-def completion_prompt_ids(engine: Engine, body: CompletionRequest) -> list[int]:
+async def completion_prompt_ids(state: AppState, engine: Engine, body: CompletionRequest) -> list[int]:
     prompt: Any = body.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
         prompt = prompt[0]  # a one-element batch, unwrapped (larger ones were rejected)
     if isinstance(prompt, str):
-        return text_prompt_ids(engine, prompt)
+        return await tokenize_text(state, engine, prompt)
     return token_prompt_ids(engine, prompt)
 
 
@@ -233,7 +233,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             except ConversationError as e:
                 raise api_error(e, param="conversation") from e
             messages = [(m.role, m.content) for m in turn.prompt]
-        prompt_ids = chat_prompt_ids(engine, messages)
+        prompt_ids = await tokenize_chat(state, engine, messages)
         max_tokens = max_tokens_within_limits(
             engine, tenant, len(prompt_ids), body.requested_max_tokens(), None
         )
@@ -352,7 +352,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     tenant: TenantEntry = request.state.tenant  # set by the middleware
     try:
         engine = allowed_engine(state, tenant, body.model)
-        prompt_ids = completion_prompt_ids(engine, body)
+        prompt_ids = await completion_prompt_ids(state, engine, body)
         # OpenAI's legacy endpoint defaults to 16 tokens; chat defaults to "as many as fit".
         max_tokens = max_tokens_within_limits(
             engine, tenant, len(prompt_ids), body.requested_max_tokens(), 16

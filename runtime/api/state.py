@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Self
 
+from realm.runtime.metrics import Metrics
 from realm.runtime.serving.state import ServingState
-from realm.runtime.spec.runtime_config import TenantEntry
+from realm.runtime.spec.runtime_config import RuntimeConfig, TenantEntry
 
 from .auth import AuthTable
 
@@ -22,8 +24,18 @@ class AppState(ServingState):
     draining: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
     max_module_bytes: int = 64 * 1024 * 1024
+    # Each body is bounded above; this bounds them together (RuntimeConfig.server.maxBufferedBytes),
+    # so many slow uploads at once cannot hold the pod's memory.
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    buffered_bytes: int = 0
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set when in_flight drops to 0
+
+    @classmethod
+    def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:
+        state = super().from_config(config, metrics)
+        state.max_buffered_bytes = config.server.max_buffered_bytes
+        return state
 
     def apply_tenants(self, tenants: list[TenantEntry]) -> None:
         super().apply_tenants(tenants)

@@ -44,7 +44,7 @@ from .requests import (
     configured_tenant,
     max_tokens_within_limits,
     sampling_params,
-    text_prompt_ids,
+    tokenize_text,
 )
 from .state import ServingState
 
@@ -140,7 +140,7 @@ class RuntimeHostServices:
         self, tenant: str, params: GenerateParams, on_text: Callable[[str], None] | None
     ) -> GenerationPayload:
         entry, engine = self._engine(tenant, params.model)
-        ids = text_prompt_ids(engine, params.prompt)
+        ids = await tokenize_text(self.state, engine, params.prompt)
         max_tokens = max_tokens_within_limits(engine, entry, len(ids), params.max_tokens, None)
         stream = GenerationStream(
             self.state,
@@ -163,8 +163,7 @@ class RuntimeHostServices:
 
     async def encode_tokens(self, tenant: str, model: str, text: str) -> list[int]:
         _, engine = self._engine(tenant, model)
-        ids: list[int] = engine.encode(text, add_special=False)
-        return ids
+        return await tokenize_text(self.state, engine, text, add_special=False, param="text")
 
     async def decode_tokens(self, tenant: str, model: str, tokens: Sequence[int]) -> str:
         _, engine = self._engine(tenant, model)

@@ -58,7 +58,7 @@ def deploy_configured_modules(
         if getter is None and source.s3_uri:
             getter = module_sources.s3_getter()  # only a tenant with an S3 module pays for a client
         try:
-            wasm = module_sources.module_bytes(source, modules_dir, getter)
+            wasm = module_sources.module_bytes(source, modules_dir, getter, state.max_s3_module_bytes)
             sandbox.deploy(entry.name, wasm)
         except module_sources.ModuleUnavailable as e:
             state.metrics.wasm_deploy_failures.labels(entry.name).inc()

@@ -4,16 +4,19 @@ tenant's limits and made into what the engine is given:
 - the model: one that exists, the tenant may use and has loaded;
 - the tenant's limits on tokens (its quotas and the model's context), checked here and nowhere
   else; rate quotas are the scheduler's, as they depend on what else is running;
-- the prompt's token ids (chat template, text, or token ids);
+- the prompt's token ids (chat template, text, or token ids), tokenized on a worker thread once the
+  text is known to be under the process's cap (`tokenize_chat`, `tokenize_text`): tokenizing a
+  megabyte takes long enough to stall every other request on the event loop;
 - the sampling parameters, with `logit_bias` as a logits processor: one mapping of request
   fields, so a field means the same thing through either door.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -187,6 +190,35 @@ def _spells_control_tokens(engine: Engine, text: str) -> bool:
 
 def _template_ids(engine: Engine, text: str) -> list[int]:
     ids: list[int] = engine.encode(text, add_special=False) if text else []
+    return ids
+
+
+def check_text_size(state: ServingState, texts: Iterable[str], param: str) -> None:
+    """Refuse text over RuntimeConfig.server.maxTextChars before any of it is tokenized."""
+    size = sum(len(t) for t in texts)
+    if size > state.max_text_chars:
+        raise InvalidRequest(
+            f"The text to tokenize has {size} characters; this server accepts at most "
+            f"{state.max_text_chars} per request.",
+            code="text_too_long",
+            param=param,
+        )
+
+
+async def tokenize_chat(
+    state: ServingState, engine: Engine, messages: Sequence[tuple[str, str]]
+) -> list[int]:
+    """`chat_prompt_ids` for a request: size-checked, then off the event loop."""
+    check_text_size(state, (text for _, text in messages), "messages")
+    return await asyncio.to_thread(chat_prompt_ids, engine, messages)
+
+
+async def tokenize_text(
+    state: ServingState, engine: Engine, text: str, *, add_special: bool = True, param: str = "prompt"
+) -> list[int]:
+    """A text's ids for a request (`add_special`: as a prompt, with BOS): size-checked, then off the loop."""
+    check_text_size(state, (text,), param)
+    ids: list[int] = await asyncio.to_thread(engine.encode, text, add_special=add_special)
     return ids
 
 

@@ -36,6 +36,9 @@ class ServingState:
     kv: KVSnapshots | None = None
     # RuntimeConfig.module_upload_over_pin: whether an upload may replace a module spec.wasm pins.
     module_upload_over_pin: bool = False
+    # RuntimeConfig.server: text one request may have tokenized, bytes of a module fetched from S3.
+    max_text_chars: int = 1024 * 1024
+    max_s3_module_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:
@@ -43,6 +46,8 @@ class ServingState:
             models={m.name: m for m in config.models},
             metrics=metrics,
             module_upload_over_pin=config.module_upload_over_pin,
+            max_text_chars=config.server.max_text_chars,
+            max_s3_module_bytes=config.server.max_s3_module_bytes,
         )
         state.conversations = open_store(config.conversations, realm_home())
         state.kv = KVSnapshots(

@@ -183,6 +183,41 @@ class KVSnapshotsConfig(SpecModel):
     )
 
 
+class ServerConfig(SpecModel):
+    """What one runtime process accepts, whatever the tenant: its listeners and the bounds on what a
+    request makes it hold (buffered bodies, text to tokenize, modules fetched from S3)."""
+
+    metrics_port: int | None = Field(
+        9090,
+        ge=0,
+        le=65535,
+        description="Port of the ops listener (/metrics, /openapi.json, /healthz, /readyz) beside the "
+        "public one, which serves neither metrics nor the OpenAPI document; 0 picks a free port; "
+        "null: no ops listener. `realm serve --metrics-port` overrides it.",
+    )
+    max_buffered_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=16 * 1024**3,
+        description="Bytes of request bodies all in-flight requests together may hold buffered; a request "
+        "that would pass it is refused (503, Retry-After) before any more of its body is read.",
+    )
+    max_text_chars: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Characters of text one request may ask to tokenize (a prompt, or a chat's messages "
+        "together); longer is refused (400) before tokenizing.",
+    )
+    max_s3_module_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Largest module a Tenant's spec.wasm.s3Uri may name; a larger object is refused "
+        "without being downloaded.",
+    )
+
+
 class RuntimeConfig(SpecModel):
     models: list[ModelConfig] = Field(default_factory=list, description="Models the runtime loads.")
     tenants: list[TenantEntry] = Field(default_factory=list, description="Tenants the runtime serves.")
@@ -204,6 +239,9 @@ class RuntimeConfig(SpecModel):
     )
     kv_snapshots: KVSnapshotsConfig = Field(
         default_factory=KVSnapshotsConfig, description="KV-cache snapshot tiers and the prefix cache."
+    )
+    server: ServerConfig = Field(
+        default_factory=ServerConfig, description="Listeners and per-process bounds."
     )
 
     @model_validator(mode="after")

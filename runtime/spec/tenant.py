@@ -145,7 +145,10 @@ class TenantSpec(SpecModel):
     )
     quotas: Quotas = Field(default_factory=Quotas, description="Rate and size limits.")
     api_key_secret_ref: SecretKeyRef | None = Field(
-        None, description="Secret holding the tenant's API key; the operator creates it when absent."
+        None,
+        description="Secret holding the tenant's API key; the operator creates it when absent. The "
+        "Secret must carry the label realm.dev/tenant=<this Tenant's name>: the operator watches only "
+        "Secrets with that label, and one labelled for another Tenant is refused.",
     )
     wasm: WasmModuleSource | None = Field(None, description="The tenant's orchestration module.")
     tools: list[str] = Field(default_factory=list, description="Tools the tenant's module may call.")

@@ -23,7 +23,7 @@ import yaml
 from repo_paths import REPO
 
 from e2e.cluster.cluster import find_bin_dir
-from realm.operator import chartgen, main
+from realm.operator import builders, chartgen, main, options
 
 CHART = REPO / "charts" / "realm"
 NONDEFAULT = CHART / "ci" / "nondefault-values.yaml"
@@ -205,6 +205,7 @@ def test_nondefault_values_reach_the_operator_flags() -> None:
     )
     assert (args.s3_credentials_secret, args.s3_access_key_id_key) == ("realm-s3", "AWS_ACCESS_KEY_ID")
     assert args.modules_dir == "/modules"
+    assert args.finalizer_timeout == 120.0
     # One replica: no PodDisruptionBudget; monitors on; the runtime account in each watched namespace.
     assert not by_kind(docs, "PodDisruptionBudget")
     assert {d["kind"] for d in docs} >= {"PodMonitor", "ServiceMonitor"}
@@ -318,3 +319,99 @@ def test_overlays_build(overlay: str) -> None:
         assert dep["spec"]["replicas"] == 2 and "@sha256:" in c["image"]
         assert "@sha256:" in args.runtime_image and args.runtime_class == "nvidia" and args.s3_bucket
     assert len(by_kind(docs, "CustomResourceDefinition")) == 5
+
+
+# What the chart and the base hold and expose -----------------------------------------------------------
+
+
+def _empty_dirs(node: Any) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        own = [node] if "emptyDir" in node else []
+        return own + [v for value in node.values() for v in _empty_dirs(value)]
+    if isinstance(node, list):
+        return [v for item in node for v in _empty_dirs(item)]
+    return []
+
+
+@pytest.mark.parametrize("source", ["default", "nondefault", "base"])
+def test_every_empty_dir_has_a_size_limit(source: str) -> None:
+    docs = {
+        "default": render,
+        "nondefault": lambda: render(str(NONDEFAULT)),
+        "base": lambda: kustomize("manifests/base"),
+    }[source]()
+    volumes = _empty_dirs(docs)
+    assert volumes
+    assert [v["name"] for v in volumes if not (v["emptyDir"] or {}).get("sizeLimit")] == []
+
+
+def test_monitors_scrape_the_runtime_ops_port_not_the_public_one() -> None:
+    docs = render("monitoring.podMonitor.enabled=true", "monitoring.serviceMonitor.enabled=true")
+    (pod_monitor,) = by_kind(docs, "PodMonitor")
+    (service_monitor,) = by_kind(docs, "ServiceMonitor")
+    endpoints = pod_monitor["spec"]["podMetricsEndpoints"] + service_monitor["spec"]["endpoints"]
+    assert [(e["port"], e["path"]) for e in endpoints] == [("metrics", "/metrics")] * 2
+
+
+def _network_policies(*values: str) -> list[dict[str, Any]]:
+    return by_kind(render(*values), "NetworkPolicy")
+
+
+def test_runtime_network_policy_by_default_ingress_from_the_operator_egress_to_dns_and_s3() -> None:
+    (policy,) = _network_policies()
+    spec = policy["spec"]
+    assert policy["metadata"]["namespace"] == NS
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "realm-runtime"
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    (operator_rule,) = spec["ingress"]
+    (peer,) = operator_rule["from"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NS}}
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert [p["port"] for p in operator_rule["ports"]] == ["http", "metrics"]
+    dns, s3 = spec["egress"]
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert s3["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
+    assert [p["port"] for p in s3["ports"]] == [443, 9000]
+
+
+def test_runtime_network_policy_follows_the_gateway_and_the_values() -> None:
+    policies = _network_policies(
+        str(NONDEFAULT),
+        "networkPolicy.egress.s3.cidrs[0]=10.20.0.0/16",
+        "networkPolicy.egress.s3.ports[0]=9000",
+        "networkPolicy.ingress.metrics.namespaceSelector.matchLabels.team=monitoring",
+    )
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
+    spec = policies[0]["spec"]
+    gateway, _, metrics = spec["ingress"]
+    assert gateway["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateways"}}}
+    ]
+    assert [p["port"] for p in gateway["ports"]] == ["http"]
+    assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]
+    assert [p["port"] for p in metrics["ports"]] == ["metrics"]
+    assert spec["egress"][1] == {
+        "to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+        "ports": [{"port": 9000, "protocol": "TCP"}],
+    }
+
+
+def test_runtime_network_policy_can_be_switched_off() -> None:
+    assert _network_policies("networkPolicy.enabled=false") == []
+
+
+def test_runtime_images_pinned_by_digest_reach_the_operator_and_its_pods() -> None:
+    cpu, gpu = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    c = container(render(f"runtime.image.digest={cpu}", f"runtime.gpuImage.digest={gpu}", "image.tag=9.9"))
+    args = main.parse_args(c["args"])
+    assert args.runtime_image == f"ghcr.io/realm-dev/realm-runtime-cpu@{cpu}"
+    assert args.runtime_gpu_image == f"ghcr.io/realm-dev/realm-runtime-gpu@{gpu}"
+    config = main.config_from(args)
+    model = builders.ModelResource(
+        "m",
+        "ns",
+        "uid",
+        builders.ModelSpec.model_validate({"versions": [{"name": "v1", "source": "pypi:x"}]}),
+    )
+    dep = builders.deployment(model, "v1", [], options.build_options(config, gateway_api_served=False))
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == args.runtime_image

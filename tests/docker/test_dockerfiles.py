@@ -1,10 +1,12 @@
 """The Dockerfiles (docker/) are not built here (no Docker engine): this checks what can be checked
 without one. hadolint lints them; each is multi-stage, runs as a numeric non-root user, pins its base
 image and bakes no model in; the entrypoints they call exist and agree with what the chart and the
-operator run; their dependency lists agree with pyproject.toml and cover what the code imports."""
+operator run; their dependency lists agree with pyproject.toml and cover what the code imports; every
+file they install from PyPI is checked against a hash in a docker/requirements-*.lock."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -66,10 +68,60 @@ def exec_form(path: Path, word: str) -> list[str]:
     return parsed
 
 
-def pip_requirements(path: Path) -> dict[str, Requirement]:
-    """Every quoted requirement the Dockerfile pip-installs."""
-    runs = " ".join(a for w, a in instructions(path) if w == "RUN")
-    return {Requirement(r).name: Requirement(r) for r in re.findall(r'"([A-Za-z0-9_.-]+[<>=!~][^"]*)"', runs)}
+def pip_commands(path: Path) -> list[list[str]]:
+    """Every `pip install` the Dockerfile runs, as argv from `install` on."""
+    out: list[list[str]] = []
+    for word, arg in instructions(path):
+        if word != "RUN":
+            continue
+        lexer = shlex.shlex(arg, posix=True, punctuation_chars="&;|")
+        lexer.whitespace_split = True
+        command: list[str] = []
+        for token in [*lexer, "&&"]:
+            if token not in ("&&", ";", "||", "|"):
+                command.append(token)
+                continue
+            at = [i for i, t in enumerate(command) if t.rsplit("/", 1)[-1] in ("pip", "pip3")]
+            if at and "install" in command[at[0] :]:
+                out.append(command[command.index("install", at[0]) :])
+            command = []
+    return out
+
+
+def locks(path: Path) -> list[str]:
+    """The lock files the Dockerfile's pip installs read (`-r docker/requirements-*.lock`)."""
+    return [argv[i + 1] for argv in pip_commands(path) for i, a in enumerate(argv) if a == "-r"]
+
+
+def top_level(lock: str) -> dict[str, Requirement]:
+    """What a lock was compiled from: its .in file's requirements."""
+    source = (REPO / lock).with_suffix(".in")
+    lines = [ln.strip() for ln in source.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return {Requirement(ln).name: Requirement(ln) for ln in lines}
+
+
+def pins(lock: str) -> dict[str, tuple[str, list[str]]]:
+    """name -> (pinned version, its hashes), from a pip-compile --generate-hashes lock."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for entry in re.split(r"\n(?=[A-Za-z0-9])", (REPO / lock).read_text()):
+        head = entry.split("\\", 1)[0].strip()
+        if "==" not in head or head.startswith("#"):
+            continue
+        name, version = head.split("==")
+        out[name.lower().replace("_", "-")] = (
+            version.strip(),
+            re.findall(r"--hash=sha256:([0-9a-f]{64})", entry),
+        )
+    return out
+
+
+def pip_requirements(path: Path, *, runtime: bool = True) -> dict[str, Requirement]:
+    """Every top-level requirement the Dockerfile pip-installs (its locks' .in files), build tools apart
+    unless `runtime` is False."""
+    build = {"docker/requirements-build.lock", "docker/requirements-cmake.lock"}
+    return {
+        n: r for lock in locks(path) if not (runtime and lock in build) for n, r in top_level(lock).items()
+    }
 
 
 def test_the_three_images_exist() -> None:
@@ -120,7 +172,9 @@ def test_copied_sources_exist_and_are_in_the_build_context(name: str) -> None:
         *sources, _dest = shlex.split(arg)
         for src in sources:
             assert (REPO / src).exists(), f"{name}: COPY {src}: no such path"
-            assert src.rstrip("/") in allowed, f"{name}: {src} is excluded by .dockerignore"
+            assert any(fnmatch.fnmatch(src.rstrip("/"), a) for a in allowed), (
+                f"{name}: {src} is excluded by .dockerignore"
+            )
 
 
 def test_operator_entrypoint_is_what_the_chart_and_base_run() -> None:
@@ -231,7 +285,76 @@ def test_gpu_runtime_is_on_tensorrt_llm_and_installs_the_runtime_deps() -> None:
     reqs = pip_requirements(path)
     # The operator's client libraries are not the GPU runtime's business; llama.cpp comes from
     # scripts/build-llama.sh cuda (test_runtime_images_build_llama_cpp_with_the_script_bootstrap_uses).
-    assert set(reqs) == set(DEPS) - {"llama-cpp-python", "kopf", "kubernetes"} | {"cmake"}
-    assert str(reqs.pop("cmake").specifier) == "==3.31.6"  # the llama.cpp build's, not the image's
+    assert set(reqs) == set(DEPS) - {"llama-cpp-python", "kopf", "kubernetes"}
+    tools = pip_requirements(path, runtime=False)
+    assert str(tools["cmake"].specifier) == "==3.31.6"  # the llama.cpp build's, not the image's
     for name, req in reqs.items():
         assert str(req.specifier) == str(DEPS[name].specifier), f"{name}: Dockerfile and pyproject disagree"
+
+
+# Hash-locked installs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_every_pip_install_is_hash_locked_or_a_local_build(name: str) -> None:
+    """A file from PyPI enters an image only through `--require-hashes -r docker/requirements-*.lock`;
+    the other installs are local (the realm package, the llama.cpp wheel just built) with --no-deps, so
+    they pull in nothing, and the realm package builds with the hash-locked backend (no isolation)."""
+    commands = pip_commands(FILES[name])
+    assert commands
+    for argv in commands:
+        if "-r" in argv:
+            assert "--require-hashes" in argv and "--no-deps" in argv, argv
+            rest = [a for a in argv if not a.startswith("-") and a != "install"]
+            assert all(fnmatch.fnmatch(r, "docker/requirements-*.lock") for r in rest), argv
+            continue
+        assert "--no-deps" in argv, f"{name}: an install that may resolve from PyPI: {argv}"
+        targets = [a for a in argv[1:] if not a.startswith("-")]
+        assert targets in (["."], ['"$wheel"'], ["$wheel"]) or all(t.endswith(".whl") for t in targets), argv
+        if targets == ["."]:
+            assert "--no-build-isolation" in argv, f"{name}: the build backend would come unhashed"
+
+
+def test_every_lock_is_hashed_and_pins_what_its_source_asks() -> None:
+    for lock in sorted(f"docker/{p.name}" for p in DOCKER.glob("requirements-*.lock")):
+        pinned = pins(lock)
+        assert pinned, lock
+        for dist, (_, hashes) in pinned.items():
+            assert hashes, f"{lock}: {dist} has no hash"
+        for dist, req in top_level(lock).items():
+            key = dist.lower().replace("_", "-")
+            assert key in pinned, f"{lock}: {dist} is not pinned"
+            assert req.specifier.contains(pinned[key][0], prereleases=True), (
+                f"{lock}: {dist} {pinned[key][0]}"
+            )
+
+
+def test_the_locks_cover_pyprojects_dependencies() -> None:
+    """Each image's locks pin every dependency of the package it runs (pyproject.toml's, which setup.py
+    leaves to it), with pyproject's specifiers, but those the image deliberately leaves out."""
+    left_out = {
+        "operator.Dockerfile": {
+            "numpy",
+            "fastapi",
+            "uvicorn",
+            "prometheus-client",
+            "llama-cpp-python",
+            "wasmtime",
+        },
+        "runtime-cpu.Dockerfile": {"llama-cpp-python"},  # built by scripts/build-llama.sh
+        "runtime-gpu.Dockerfile": {"llama-cpp-python", "kopf", "kubernetes"},
+    }
+    build = Requirement(PYPROJECT["build-system"]["requires"][0])
+    for name, path in FILES.items():
+        pinned = {d: v for lock in locks(path) for d, (v, _) in pins(lock).items()}
+        for dist, req in DEPS.items():
+            if dist in left_out[name]:
+                continue
+            key = dist.lower().replace("_", "-")
+            assert key in pinned, f"{name}: {dist} is not locked"
+            assert req.specifier.contains(pinned[key], prereleases=True), f"{name}: {dist} {pinned[key]}"
+        assert build.specifier.contains(pinned["setuptools"]), f"{name}: the build backend"
+        for dist, req in pip_requirements(path).items():
+            assert str(req.specifier) == str(DEPS[dist].specifier), (
+                f"{name}: {dist}: .in and pyproject disagree"
+            )

@@ -54,7 +54,7 @@ def test_load_is_queued_plus_running_requests() -> None:
 @pytest.mark.slow
 def test_load_signal_from_a_real_runtime(server: object) -> None:
     """The names parsed here are the ones the runtime exports (an idle runtime: zero load)."""
-    text = httpx.get(f"{server.base_url}/metrics").text  # type: ignore[attr-defined]
+    text = httpx.get(f"{server.runtime.metrics_url}/metrics").text  # type: ignore[attr-defined]
     assert "realm_running_requests" in text
     assert autoscale.load_from_metrics(text) == 0.0
 

@@ -76,10 +76,15 @@ def test_deployment_shape() -> None:
         "0.0.0.0",
         "--port",
         "8000",
+        "--metrics-port",
+        "9090",
     ]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "2", "memory": "24Gi"}
     assert c["resources"]["requests"] == {"cpu": "4", "nvidia.com/gpu": "2", "memory": "24Gi"}
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0

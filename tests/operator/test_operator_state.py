@@ -54,9 +54,12 @@ def tenant(name: str, models: list[str], **status: Any) -> dict[str, Any]:
     }
 
 
-def key_secret(name: str, key: str) -> dict[str, Any]:
+def key_secret(name: str, key: str, owner: str | None = None) -> dict[str, Any]:
+    """A key Secret labelled for its Tenant (`owner`, else the name's `<tenant>-api-key`)."""
     data = {"apiKey": base64.b64encode(key.encode()).decode()}
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}, "data": data}
+    labels = {"realm.dev/tenant": owner if owner is not None else name.removesuffix("-api-key")}
+    meta = {"name": name, "namespace": NS, "labels": labels}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": data}
 
 
 def operator(

@@ -18,7 +18,9 @@ import pytest
 from conftest import KEYS, MODEL, runtime_config
 from repo_paths import REPO
 
-from realm.cli import _curl_line, _parser
+from realm.cli import _curl_line, _metrics_port, _parser
+from realm.runtime.server import Runtime
+from realm.runtime.spec.runtime_config import RuntimeConfig
 
 
 def _free_port() -> int:
@@ -33,6 +35,15 @@ def test_serve_arguments_and_defaults() -> None:
     assert (args.config, args.host, args.port, args.drain_timeout) == (None, "127.0.0.1", 8000, 30.0)
     args = _parser().parse_args(["serve", "--config", "c.yaml", "--port", "9", "--drain-timeout", "5"])
     assert (args.config, args.port, args.drain_timeout) == (Path("c.yaml"), 9, 5.0)
+
+
+def test_metrics_port_flag_overrides_the_config() -> None:
+    assert _metrics_port(_parser().parse_args(["serve"]).metrics_port) == "config"
+    assert _metrics_port(_parser().parse_args(["serve", "--metrics-port", "9191"]).metrics_port) == 9191
+    assert _metrics_port(_parser().parse_args(["serve", "--metrics-port", "-1"]).metrics_port) is None
+    config = RuntimeConfig.model_validate({"server": {"metricsPort": 9393}})
+    assert Runtime(config).metrics_port == 9393
+    assert Runtime(config, metrics_port=None).metrics_port is None
 
 
 def test_curl_line_is_a_valid_shell_command_with_the_key() -> None:
@@ -58,6 +69,8 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(tmp_path: Path) -> None
             str(config),
             "--port",
             str(port),
+            "--metrics-port",
+            str(_free_port()),
             "--drain-timeout",
             "600",
             "--log-level",

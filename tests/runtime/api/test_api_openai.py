@@ -148,14 +148,17 @@ def test_models_lists_only_what_the_tenant_may_use(server: Server) -> None:
 
 
 def test_health_readiness_openapi_metrics(server: Server) -> None:
-    with server.http() as http:
-        assert http.get("/healthz").status_code == 200
-        ready = http.get("/readyz")
-        assert ready.status_code == 200 and ready.json()["models"] == [MODEL]
-        spec = http.get("/openapi.json").json()
+    assert server.runtime.metrics_url is not None
+    with server.http() as http, httpx.Client(base_url=server.runtime.metrics_url, timeout=60) as ops:
+        for client in (http, ops):
+            assert client.get("/healthz").status_code == 200
+            ready = client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["models"] == [MODEL]
+        spec = ops.get("/openapi.json").json()
         assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(spec["paths"])
+        assert "/metrics" not in spec["paths"]
         server.client().completions.create(model=MODEL, prompt="Hi", max_tokens=2)
-        text = http.get("/metrics").text
+        text = ops.get("/metrics").text
     for name in (
         "realm_requests_total",
         "realm_prompt_tokens_total",
@@ -174,6 +177,14 @@ def test_health_readiness_openapi_metrics(server: Server) -> None:
     )
 
 
+def test_metrics_and_the_openapi_document_are_not_on_the_public_port(server: Server) -> None:
+    with server.http() as http:
+        for path in ("/metrics", "/openapi.json", "/docs"):
+            r = http.get(path)
+            assert r.status_code == 404, path
+            assert r.json()["error"]["code"] == "not_found"
+
+
 def test_requests_per_minute_quota_gives_429_with_retry_after(server: Server) -> None:
     client = server.client("ratelimited")
     client.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
@@ -184,8 +195,8 @@ def test_requests_per_minute_quota_gives_429_with_retry_after(server: Server) ->
     assert response.headers["retry-after"].isdigit() and int(response.headers["retry-after"]) >= 1
     error = response.json()["error"]
     assert error["type"] == "rate_limit_exceeded" and error["code"] == "requests_per_minute"
-    with server.http() as http:
-        metrics = http.get("/metrics").text
+    assert server.runtime.metrics_url is not None
+    metrics = httpx.get(server.runtime.metrics_url + "/metrics").text
     assert (
         'realm_quota_rejections_total{model="smollm2-135m-instruct",reason="requests_per_minute",' in metrics
     )

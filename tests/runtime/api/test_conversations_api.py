@@ -38,12 +38,16 @@ class Running:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
         self.base = ""
+        self.metrics_base = ""  # the ops listener: /metrics
         self._stack = ExitStack()
         self.start()
 
     def start(self) -> None:
         self._stack = ExitStack()
-        self.base = self._stack.enter_context(running(self.config_path)).base_url
+        runtime = self._stack.enter_context(running(self.config_path))
+        self.base = runtime.base_url
+        assert runtime.metrics_url is not None
+        self.metrics_base = runtime.metrics_url
 
     def stop(self) -> None:
         self._stack.close()

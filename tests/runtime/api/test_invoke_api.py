@@ -18,6 +18,7 @@ from repo_paths import WAT
 from runtime_thread import running
 from sandbox_builds import build_example
 
+from realm.runtime.server import Runtime
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
 
 GEMMA = "gemma-3-270m"
@@ -37,7 +38,7 @@ def key(tenant: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     path = tmp_path_factory.mktemp("invoke") / "config.json"
     doc = {
         "models": [
@@ -55,8 +56,13 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ],
     }
     path.write_text(json.dumps(doc))
-    with running(path) as runtime:
-        yield runtime.base_url
+    with running(path) as rt:
+        yield rt
+
+
+@pytest.fixture(scope="module")
+def base(runtime: Runtime) -> str:
+    return runtime.base_url
 
 
 def deploy(base: str, tenant: str, wasm: Path | bytes) -> httpx.Response:
@@ -188,8 +194,8 @@ def test_hot_swap_keeps_in_flight_invocations_on_the_old_module(base: str) -> No
     assert old_result.status_code == 200 and "answer" in old_result.json()
 
 
-def test_invocation_metrics(base: str) -> None:
-    text = httpx.get(f"{base}/metrics").text
+def test_invocation_metrics(runtime: Runtime) -> None:
+    text = httpx.get(f"{runtime.metrics_url}/metrics").text
     assert 'realm_wasm_invocations_total{outcome="success",tenant="alpha"}' in text
     assert 'realm_wasm_invocations_total{outcome="wasm_timeout",tenant="slow"}' in text
     assert "realm_wasm_host_calls_total" in text and "realm_wasm_invocation_seconds_bucket" in text

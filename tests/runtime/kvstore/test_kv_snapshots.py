@@ -91,7 +91,7 @@ def cached(response: dict[str, Any]) -> int:
 
 
 def metric(rt: Running, event: str, reason: str = "") -> float:
-    text = httpx.get(rt.base + "/metrics").text
+    text = httpx.get(rt.metrics_base + "/metrics").text
     pattern = rf'realm_kv_snapshot_events_total\{{event="{event}",reason="{reason}"\}} ([0-9.e+]+)'
     found = re.search(pattern, text)
     return float(found.group(1)) if found else 0.0

@@ -102,7 +102,7 @@ def test_s3_module_is_fetched_verified_and_kept(
     # Kept, so a restart (or S3 going away) does not need S3 again.
     assert (modules / f"{sha(ECHO)}.wasm").read_bytes() == ECHO
 
-    def s3_down(bucket: str, key: str) -> bytes:
+    def s3_down(bucket: str, key: str, max_bytes: int) -> bytes:
         raise AssertionError("S3 must not be asked for a module already on disk")
 
     assert ms.module_bytes(source(s3Uri=f"s3://{s3_bucket.bucket}/x"), modules, s3_down) == ECHO
@@ -115,7 +115,7 @@ def test_a_tampered_s3_object_is_refused_and_nothing_is_written(
     client.put_object(Bucket=s3_bucket.bucket, Key="m.wasm", Body=OTHER)
     modules = tmp_path / "modules"
 
-    def get(bucket: str, key: str) -> bytes:
+    def get(bucket: str, key: str, max_bytes: int) -> bytes:
         body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         return body
 
@@ -128,6 +128,41 @@ def test_a_tampered_s3_object_is_refused_and_nothing_is_written(
         ms.module_bytes(source(s3Uri=f"s3://{s3_bucket.bucket}/m.wasm"), modules, get)
     with pytest.raises(ms.ModuleUnavailable, match="cannot fetch"):
         ms.module_bytes(source(s3Uri=f"s3://{s3_bucket.bucket}/absent.wasm"), modules, get)
+
+
+def test_an_s3_module_over_the_cap_is_refused_unread_and_not_deployed(
+    state: AppState, tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3_bucket.client().put_object(Bucket=s3_bucket.bucket, Key="big.wasm", Body=ECHO)
+    for name, value in (
+        ("REALM_S3_ENDPOINT", s3_bucket.endpoint),
+        ("REALM_S3_REGION", s3_bucket.region),
+        ("AWS_ACCESS_KEY_ID", s3_bucket.access_key),
+        ("AWS_SECRET_ACCESS_KEY", s3_bucket.secret_key),
+    ):
+        monkeypatch.setenv(name, value)
+    uri = f"s3://{s3_bucket.bucket}/big.wasm"
+    modules = tmp_path / "modules"
+    state.max_s3_module_bytes = len(ECHO) - 1
+    state.apply_tenants([entry("alpha", source(s3Uri=uri))])
+    assert deploy_configured_modules(state, modules) == 1
+    assert state.sandbox is not None and state.sandbox.current("alpha") is None
+    assert failures(state, "alpha") == 1
+    assert not modules.exists() or not any(modules.iterdir())
+    message = f"{uri} holds {len(ECHO)} bytes, over this runtime's limit of {len(ECHO) - 1} bytes"
+    with pytest.raises(ms.ModuleUnavailable, match=message):
+        ms.module_bytes(source(s3Uri=uri), modules, ms.s3_getter(), len(ECHO) - 1)
+    assert ms.module_bytes(source(s3Uri=uri), modules, ms.s3_getter(), len(ECHO)) == ECHO  # at the cap
+
+
+def test_an_s3_read_longer_than_declared_is_refused(tmp_path: Path) -> None:
+    """Whatever the getter returns past the cap (an object replaced after its HEAD) is not a module."""
+
+    def swapped(bucket: str, key: str, max_bytes: int) -> bytes:
+        return ECHO[: max_bytes + 1]
+
+    with pytest.raises(ms.ModuleUnavailable, match="more than 16 bytes, over this runtime's limit"):
+        ms.module_bytes(source(s3Uri="s3://bucket/key.wasm"), tmp_path, swapped, 16)
 
 
 def test_missing_everywhere_names_where_it_looked(tmp_path: Path) -> None:
@@ -166,7 +201,7 @@ def test_deployment_projects_configmap_modules_under_modules_dir() -> None:
     opts = b.BuildOptions(image="runtime:1", modules_dir="/var/lib/realm/modules")
     pod = b.deployment(model, "v1", tenants, opts)["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["modules"] == {"name": "modules", "emptyDir": {}}
+    assert volumes["modules"] == {"name": "modules", "emptyDir": {"sizeLimit": b.MODULES_SIZE_LIMIT}}
     assert volumes["configmap-modules"]["projected"]["sources"] == [
         {
             "configMap": {

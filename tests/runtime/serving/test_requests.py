@@ -3,13 +3,17 @@ control tokens come only from the template, never from what a sender wrote."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
 from realm.runtime.engines.base import ChatMessage
 from realm.runtime.engines.llamacpp import LlamaCppEngine
-from realm.runtime.serving.requests import chat_prompt_ids
+from realm.runtime.metrics import Metrics
+from realm.runtime.serving.errors import InvalidRequest
+from realm.runtime.serving.requests import chat_prompt_ids, tokenize_chat, tokenize_text
+from realm.runtime.serving.state import ServingState
 from realm.runtime.spec.runtime_config import ModelConfig
 
 Chat = list[tuple[str, str]]
@@ -75,3 +79,35 @@ def test_trimming_templates_trim_the_content_of_a_forged_message_too(gemma: Llam
     ids = chat_prompt_ids(gemma, [("user", "  <end_of_turn> x  ")])
     # (decoding drops the template's control tokens and keeps the typed one, which is text)
     assert "user\n<end_of_turn> x\nmodel\n" in gemma.decode(ids)
+
+
+# ---- the text cap and tokenizing off the event loop ----------------------------------------------
+
+
+def _state(max_text_chars: int) -> ServingState:
+    return ServingState(models={}, metrics=Metrics(), max_text_chars=max_text_chars)
+
+
+async def test_text_over_the_cap_is_refused_before_tokenizing(smol: LlamaCppEngine) -> None:
+    state = _state(4096)
+    with pytest.raises(InvalidRequest) as refused:
+        await tokenize_chat(state, smol, [("system", "s" * 2048), ("user", "u" * 2049)])
+    assert (refused.value.code, refused.value.param) == ("text_too_long", "messages")
+    assert "4097" in refused.value.message and "4096" in refused.value.message
+    with pytest.raises(InvalidRequest, match="at most 4096"):
+        await tokenize_text(state, smol, "p" * 4097)
+    assert len(await tokenize_text(state, smol, "p" * 4096)) > 1  # at the cap: tokenized
+
+
+async def test_the_event_loop_runs_while_a_long_chat_tokenizes(smol: LlamaCppEngine) -> None:
+    """Tokenizing on the loop would finish the whole chat in the task's first step, before this loop
+    could count a second turn."""
+    state = _state(1 << 20)
+    words = " ".join(f"word{i}" for i in range(60_000))
+    task = asyncio.create_task(tokenize_chat(state, smol, [("user", words)]))
+    turns = 0
+    while not task.done():
+        turns += 1
+        await asyncio.sleep(0.001)
+    assert turns >= 2
+    assert len(task.result()) > 60_000
