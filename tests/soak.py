@@ -48,17 +48,6 @@ SLEEPER_DEADLINE_MS = 1_000
 SPIN_DEADLINE_MS = 300
 MEMORY_CAP_MIB = 64
 
-# The 503 codes a client is told to retry (see tests/runtime/api/test_api_fuzz.py).
-DOCUMENTED_503 = frozenset(
-    {
-        "wasm_busy",
-        "service_unavailable",
-        "loading",
-        "conversations_unavailable",
-        "conversation_store_unavailable",
-    }
-)
-
 
 @dataclass(frozen=True)
 class Kind:
@@ -98,9 +87,11 @@ KINDS = (
     Kind("trap", 1, 2, "trap", {}, frozenset({"422 wasm_trap"})),
     Kind("memory", 1, 2, "memory_fill", {"wasmMemoryMib": MEMORY_CAP_MIB}, frozenset({"200"})),
 )
-# Any tenant may be refused for load: a rate quota (429) or a full sandbox (503 wasm_busy), both with
-# Retry-After.
-ALWAYS = frozenset({"429 requests_per_minute", "429 tokens_per_minute", "429 queue_full", "503 wasm_busy"})
+# Any tenant may be refused for load: a rate quota (429), a full sandbox (503 wasm_busy) or too many
+# request bodies buffered at once (503 server_busy), each with Retry-After.
+ALWAYS = frozenset(
+    {"429 requests_per_minute", "429 tokens_per_minute", "429 queue_full", "503 wasm_busy", "503 server_busy"}
+)
 MAX_TOKENS = 8
 PROMPT = "Name three colours."
 
@@ -170,7 +161,9 @@ def realm_serve(folder: Path) -> Iterator[Server]:
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
     }
+    # A free ops port too: two servers at once must not both want the default one.
     cmd = [sys.executable, "-m", "realm.cli", "serve", "--config", str(config), "--port", str(port)]
+    cmd += ["--metrics-port", "0"]
     with (folder / "serve.log").open("wb") as log:
         proc = subprocess.Popen(
             [*cmd, "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env

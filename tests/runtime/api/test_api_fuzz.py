@@ -40,12 +40,14 @@ KEY = "sk-fuzz-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 EXAMPLES = 25
 
-# The 503 codes a client is told to retry: `wasm_busy` (docs/abi.md), the runtime draining or a
-# request it cancelled (`service_unavailable`), a model, the scheduler or the sandbox still loading
+# The 503 codes a client is told to retry (docs/operations.md): `wasm_busy` (docs/abi.md), bodies
+# buffered over the runtime's cap (`server_busy`), the runtime draining or a request it cancelled
+# (`service_unavailable`), a model, the scheduler or the sandbox still loading
 # (`loading`), and the conversation store down or absent. Any other 5xx is a bug.
 DOCUMENTED_503 = frozenset(
     {
         "wasm_busy",
+        "server_busy",
         "service_unavailable",
         "loading",
         "conversations_unavailable",
