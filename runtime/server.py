@@ -219,7 +219,10 @@ class Runtime:
         self.state.attach_scheduler(
             AdmissionScheduler({name: e.info.max_batch for name, e in self.state.engines.items()})
         )
-        self.state.sandbox = Sandbox(realm_cache() / "wasm")
+        # Sized to the invocation cap: admission (state.invocations) does all the waiting, fairly.
+        self.state.sandbox = Sandbox(
+            realm_cache() / "wasm", max_workers=self.config.invocations.max_in_flight
+        )
         modules_dir = self._modules_dir(self.config)
         if await asyncio.to_thread(deploy_configured_modules, self.state, modules_dir):
             self._retry_modules(modules_dir)
@@ -267,6 +270,8 @@ class Runtime:
         self.state.draining = True
         if self.state.scheduler is not None:
             self.state.scheduler.close()
+        if self.state.invocations is not None:
+            self.state.invocations.close()
         force = asyncio.create_task(self._force.wait())
         idle = asyncio.create_task(self.state.wait_idle(self.drain_timeout))
         await asyncio.wait({force, idle}, return_when=asyncio.FIRST_COMPLETED)

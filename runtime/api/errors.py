@@ -28,6 +28,7 @@ from realm.runtime.conversations import (
 from realm.runtime.sandbox.abi import InvocationErrorCode
 from realm.runtime.sandbox.modules import InvocationFailed
 from realm.runtime.serving.errors import (
+    Busy,
     ConversationsDisabled,
     EngineFailed,
     InvalidRequest,
@@ -96,6 +97,7 @@ _SERVING_STATUS: dict[type[ServingError], tuple[int, str]] = {
     QuotaExceeded: (429, "rate_limit_exceeded"),
     EngineFailed: (500, "server_error"),
     NotReady: (503, "service_unavailable"),
+    Busy: (503, "service_unavailable"),
     Unavailable: (503, "service_unavailable"),
     ConversationsDisabled: (503, "service_unavailable"),
 }
@@ -135,7 +137,7 @@ def api_error(e: ServingError | ConversationError, *, param: str | None = None) 
             param = None
         return APIError(status, e.message, type=kind, code=e.code, param=param)
     status, kind = _SERVING_STATUS.get(type(e), (500, "server_error"))
-    retry_after = e.retry_after if isinstance(e, QuotaExceeded) else None
+    retry_after = e.retry_after if isinstance(e, QuotaExceeded | Busy) else None
     return APIError(
         status, e.message, type=kind, code=e.code, param=param or e.param, retry_after=retry_after
     )

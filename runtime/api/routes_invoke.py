@@ -17,18 +17,28 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from realm.runtime.sandbox.runner import InvocationFailed, InvocationResult
-from realm.runtime.serving.invocations import current_module, invoke_module, running_sandbox
+from realm.runtime.serving.invocations import (
+    admit_invocation,
+    current_module,
+    invoke_module,
+    run_admitted,
+    running_sandbox,
+)
 from realm.runtime.serving.modules import deploy_module
 from realm.runtime.spec.runtime_config import TenantEntry
 
 from . import sse
+from .disconnect import ClientGone, until_disconnect
 from .errors import APIError, invocation_error
 from .state import AppState
 
 router = APIRouter()
+
+# Outputs longer than this are rendered piece by piece, yielding to the event loop in between.
+OUTPUT_PIECE_CHARS = 1 << 16
 
 
 def _own_tenant(request: Request, tenant: str) -> tuple[AppState, TenantEntry]:
@@ -40,6 +50,25 @@ def _own_tenant(request: Request, tenant: str) -> tuple[AppState, TenantEntry]:
     state: AppState = request.app.state.realm
     running_sandbox(state)  # 503 before reading a body there is nothing to run
     return state, entry
+
+
+def _large_output(output: str, headers: dict[str, str]) -> Response:
+    """A large output as the small ones are (its JSON, else `{"output": ...}`), without holding the
+    event loop for the whole rendering: other tenants' requests are served between the pieces."""
+    try:
+        return JSONResponse(json.loads(output), headers=headers)
+    except ValueError:
+        pass  # text: rendered below
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b'{"output":"'
+        for start in range(0, len(output), OUTPUT_PIECE_CHARS):
+            # Escaping a piece alone gives what escaping it inside the whole string would.
+            yield json.dumps(output[start : start + OUTPUT_PIECE_CHARS], ensure_ascii=False)[1:-1].encode()
+            await asyncio.sleep(0)
+        yield b'"}'
+
+    return StreamingResponse(pieces(), media_type="application/json", headers=headers)
 
 
 @router.put("/v1/tenants/{tenant}/module", response_model=None)
@@ -69,33 +98,52 @@ async def invoke(tenant: str, request: Request) -> Response:
     module = current_module(state, tenant)
     headers = {"X-Realm-Module-Sha256": module.sha256}
     if "text/event-stream" not in request.headers.get("accept", ""):
-        result = await invoke_module(state, entry, module, text, on_output=lambda _: None)
+        try:
+            # A client that leaves while queued withdraws its request (see invoke_module).
+            result = await until_disconnect(
+                request, lambda: invoke_module(state, entry, module, text, on_output=lambda _: None)
+            )
+        except ClientGone:
+            return Response(status_code=499)
+        if len(result.output) > OUTPUT_PIECE_CHARS:
+            return _large_output(result.output, headers)
         try:
             return JSONResponse(json.loads(result.output), headers=headers)
         # Not JSON, not JSON a response can carry (NaN), or nested too deep to parse or render: text.
         except (ValueError, RecursionError):
             return JSONResponse({"output": result.output}, headers=headers)
 
+    # Admitted before the stream begins, so that a refusal is a status code (503 wasm_busy), not an event.
+    try:
+        slot = await until_disconnect(request, lambda: admit_invocation(state, tenant))
+    except ClientGone:
+        return Response(status_code=499)
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[str | None] = asyncio.Queue()
 
     def on_output(chunk: str) -> None:  # on the invocation's worker thread
         loop.call_soon_threadsafe(chunks.put_nowait, chunk)
 
+    # Started here rather than in the body, which may never run: the task is what frees the slot.
+    task = asyncio.create_task(run_admitted(state, entry, module, text, on_output, slot))
+
+    def finished(t: asyncio.Task[InvocationResult]) -> None:
+        # Retrieved here so that a caller who left never leaves an unobserved exception behind.
+        if not t.cancelled():
+            t.exception()
+        chunks.put_nowait(None)
+
+    task.add_done_callback(finished)
+
     async def events() -> AsyncIterator[bytes]:
-        task = asyncio.create_task(invoke_module(state, entry, module, text, on_output))
-
-        def finished(t: asyncio.Task[InvocationResult]) -> None:
-            # Retrieved here so that a caller who left never leaves an unobserved exception behind.
-            if not t.cancelled():
-                t.exception()
-            chunks.put_nowait(None)
-
         # A caller who leaves does not stop the module (it may be inside a host call): it runs to
-        # its end or its deadline and its output is dropped.
-        task.add_done_callback(finished)
-        while (chunk := await chunks.get()) is not None:
-            yield sse.event({"chunk": chunk})
+        # its end or its deadline, holding its slot, and its output is dropped.
+        try:
+            while (chunk := await chunks.get()) is not None:
+                yield sse.event({"chunk": chunk})
+        finally:
+            if not task.done():
+                task.cancel()
         try:
             result = task.result()
             yield sse.event(

@@ -7,10 +7,9 @@ sampling fields, a `GenerationStream` runs it, and the route renders OpenAI's JS
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -34,17 +33,12 @@ from realm.runtime.serving.requests import (
 from realm.runtime.spec.runtime_config import TenantEntry
 
 from . import sse
+from .disconnect import ClientGone, until_disconnect
 from .errors import APIError, api_error, error_body
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .state import AppState
 
 router = APIRouter()
-
-T = TypeVar("T")
-
-
-class ClientGone(Exception):
-    """The client closed the connection before the response began."""
 
 
 async def completion_prompt_ids(state: AppState, engine: Engine, body: CompletionRequest) -> list[int]:
@@ -54,27 +48,6 @@ async def completion_prompt_ids(state: AppState, engine: Engine, body: Completio
     if isinstance(prompt, str):
         return await tokenize_text(state, engine, prompt)
     return token_prompt_ids(engine, prompt)
-
-
-async def until_disconnect(request: Request, work: Callable[[], Awaitable[T]]) -> T:
-    """Run `work`, cancelling it if the client hangs up meanwhile (queue waits can be long)."""
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    work_task = asyncio.ensure_future(work())
-    watch_task = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch_task.cancel()
-        if not work_task.done():
-            work_task.cancel()
-            await asyncio.gather(work_task, return_exceptions=True)
-    if work_task.cancelled():
-        raise ClientGone()
-    return work_task.result()
 
 
 def _token_text(engine: Engine, event: TokenEvent) -> str:

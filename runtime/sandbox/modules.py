@@ -7,6 +7,10 @@ an artifact only loads into an engine configured exactly like the one that compi
 
 The cache directory must be trusted: deserializing runs native code. A sidecar digest catches
 truncated or corrupted files (they are recompiled), not a hostile writer.
+
+Tenants control what gets compiled, so the cache is bounded: compiles run one at a time (a burst of
+deploys takes one core, not one each), and the artifacts are kept within a byte budget, the least
+recently used evicted from memory and disk together.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,6 +46,10 @@ CORE_HEADER = b"\0asm\x01\0\0\0"
 COMPONENT_HEADER = b"\0asm\x0d\0\x01\0"
 WASI_MODULE = "wasi_snapshot_preview1"
 WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+
+# Room for a few dozen Python components (each compiles to tens of MiB) and thousands of small modules.
+DEFAULT_CACHE_BYTES = 2 << 30
+ARTIFACT_SUFFIX = ".cwasm"
 
 Kind = Literal["core", "component"]
 Artifact = wasmtime.Module | wc.Component
@@ -86,36 +96,115 @@ def _type_names(types: list[wasmtime.ValType]) -> tuple[str, ...]:
 
 
 class ModuleCache:
-    """Compiles each distinct module once (per engine config) and keeps it in memory and on disk.
+    """Compiles each distinct module once (per engine config) and keeps it in memory and on disk,
+    within `max_bytes` (an artifact counts its serialized size once, for its file and its loaded
+    copy alike; deployed modules keep their own reference, so eviction never breaks one).
 
     `compiles` counts real compilations in this process (tests assert the disk cache works).
     """
 
-    def __init__(self, engine: wasmtime.Engine, cache_dir: Path, config_digest: str) -> None:
+    def __init__(
+        self,
+        engine: wasmtime.Engine,
+        cache_dir: Path,
+        config_digest: str,
+        *,
+        max_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         self.engine = engine
         self.dir = Path(cache_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
         self._suffix = f"wasmtime-{WASMTIME_VERSION}-{config_digest[:16]}"
         self._loaded: dict[str, Artifact] = {}
         self._abi: dict[str, tuple[int, int]] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        # One compile at a time, whatever the module: compiling takes a core for up to seconds.
+        self.compiling = threading.Lock()
+        # Artifact file name -> its size, least recently used first; files of other wasmtime versions
+        # or engine configs are included so that they age out too.
+        self._lru: OrderedDict[str, int] = OrderedDict()
+        self._bytes = 0
+        self._scan()
         self.compiles = 0
 
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the artifacts the cache holds (on disk, and loaded)."""
+        return self._bytes
+
     def artifact(self, sha: str, kind: Kind, wasm: bytes) -> Artifact:
+        name = self._path(sha, kind).name
         with self._lock:
             found = self._loaded.get(sha)
             if found is not None:
+                if name in self._lru:
+                    self._lru.move_to_end(name)
                 return found
             key_lock = self._locks.setdefault(sha, threading.Lock())
         # One compile per module even when several tenants deploy the same bytes at once.
         with key_lock:
             found = self._loaded.get(sha)
             if found is None:
-                found = self._from_disk(sha, kind) or self._compile(sha, kind, wasm)
+                try:
+                    found = self._from_disk(sha, kind) or self._compile(sha, kind, wasm)
+                except BaseException:
+                    with self._lock:  # rejected bytes leave nothing behind, however many are tried
+                        self._locks.pop(sha, None)
+                    raise
                 with self._lock:
                     self._loaded[sha] = found
+                    self._admit(name)
             return found
+
+    def _scan(self) -> None:
+        found: list[tuple[float, str, int]] = []
+        for path in self.dir.glob(f"*{ARTIFACT_SUFFIX}"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            found.append((stat.st_mtime, path.name, stat.st_size))
+        for _mtime, name, size in sorted(found):
+            self._lru[name] = size
+            self._bytes += size
+        with self._lock:
+            self._evict(keep=None)
+
+    def _admit(self, name: str) -> None:
+        """Count the artifact `name` (called with _lock held), then evict down to the budget."""
+        if name not in self._lru:
+            try:
+                size = (self.dir / name).stat().st_size
+            except OSError:  # not on disk (unwritable folder): its loaded copy still counts
+                size = 0
+            self._lru[name] = size
+            self._bytes += size
+        self._lru.move_to_end(name)
+        self._evict(keep=name)
+
+    def _evict(self, keep: str | None) -> None:
+        # The artifact just admitted stays even alone over budget: it is about to be used.
+        while self._bytes > self.max_bytes and self._lru:
+            name, size = next(iter(self._lru.items()))
+            if name == keep:
+                break
+            del self._lru[name]
+            self._bytes -= size
+            sha = name.split("-", 1)[0]
+            self._loaded.pop(sha, None)
+            self._abi.pop(sha, None)
+            self._locks.pop(sha, None)
+            path = self.dir / name
+            for target in (path, path.with_suffix(".sha256")):
+                try:
+                    os.unlink(target)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.warning("cannot evict cached artifact %s: %s", target.name, e)
+            log.info("evicted compiled module %s (%d bytes) from the cache", sha[:12], size)
 
     def known_abi(self, sha: str) -> tuple[int, int] | None:
         return self._abi.get(sha)
@@ -124,7 +213,7 @@ class ModuleCache:
         self._abi[sha] = version
 
     def _path(self, sha: str, kind: Kind) -> Path:
-        return self.dir / f"{sha}-{kind}-{self._suffix}.cwasm"
+        return self.dir / f"{sha}-{kind}-{self._suffix}{ARTIFACT_SUFFIX}"
 
     def _from_disk(self, sha: str, kind: Kind) -> Artifact | None:
         path = self._path(sha, kind)
@@ -136,18 +225,23 @@ class ModuleCache:
         try:
             if _file_sha256(path) != expected:
                 raise ValueError("digest mismatch")
-            if kind == "core":
-                return wasmtime.Module.deserialize_file(self.engine, str(path))
-            return wc.Component.deserialize_file(self.engine, str(path))
+            art: Artifact = (
+                wasmtime.Module.deserialize_file(self.engine, str(path))
+                if kind == "core"
+                else wc.Component.deserialize_file(self.engine, str(path))
+            )
+            os.utime(path)  # its recency survives a restart (the LRU order is rebuilt from mtimes)
+            return art
         except (OSError, ValueError, wasmtime.WasmtimeError) as e:
             log.warning("cached artifact %s unusable (%s); recompiling", path.name, e)
             return None
 
     def _compile(self, sha: str, kind: Kind, wasm: bytes) -> Artifact:
         try:
-            art: Artifact = (
-                wasmtime.Module(self.engine, wasm) if kind == "core" else wc.Component(self.engine, wasm)
-            )
+            with self.compiling:
+                art: Artifact = (
+                    wasmtime.Module(self.engine, wasm) if kind == "core" else wc.Component(self.engine, wasm)
+                )
         except wasmtime.WasmtimeError as e:
             raise InvocationFailed(Code.INVALID_MODULE, _first_line(str(e))) from None
         self.compiles += 1

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-QuotaKind = Literal["requests_per_minute", "tokens_per_minute"]
+QuotaKind = Literal["requests_per_minute", "tokens_per_minute", "module_deploys_per_minute"]
 
 
 class QuotaExceeded(Exception):
-    """A rate quota (requests or tokens per minute) is exhausted; retrying before `retry_after` is futile."""
+    """A rate quota (requests, tokens or module deploys per minute) is exhausted; retrying before
+    `retry_after` is futile."""
 
     def __init__(self, kind: QuotaKind, retry_after: float, message: str | None = None) -> None:
         self.kind: QuotaKind = kind

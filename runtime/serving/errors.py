@@ -54,6 +54,17 @@ class QuotaExceeded(ServingError):
         self.retry_after = retry_after
 
 
+class Busy(ServingError):
+    """Every slot the request could take is in use and its queue is full, or it waited too long for
+    one: the runtime is saturated, not the request wrong; retrying after `retry_after` may succeed."""
+
+    reason = "busy"
+
+    def __init__(self, message: str, *, code: str, retry_after: float) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 class Unavailable(ServingError):
     """The runtime is draining, or cancelled the request: another replica may serve it."""
 

@@ -33,11 +33,12 @@ from realm.runtime.sandbox.runner import (
     SandboxLimits,
     TenantModule,
 )
+from realm.runtime.scheduler import AdmissionClosed, InvocationsBusy, InvocationSlot
 from realm.runtime.spec.runtime_config import TenantEntry
 from realm.runtime.spec.tenant import Quotas
 
 from .conversations import conversation_store
-from .errors import InvalidRequest, NoModule, NotReady
+from .errors import Busy, InvalidRequest, NoModule, NotReady, Unavailable
 from .generation import GenerationStream, complete_text
 from .requests import (
     allowed_engine,
@@ -73,6 +74,22 @@ def current_module(state: ServingState, tenant: str) -> TenantModule:
     return module
 
 
+async def admit_invocation(state: ServingState, tenant: str) -> InvocationSlot | None:
+    """Wait for the tenant's turn to run an invocation (None: this state admits everything at once).
+    Cancelling the wait (the client left) takes the request out of the queue. Raises Busy, Unavailable."""
+    if state.invocations is None:
+        return None
+    try:
+        return await state.invocations.admit(tenant)
+    except InvocationsBusy as e:
+        state.metrics.wasm_invocations.labels(tenant, "wasm_busy").inc()
+        raise Busy(e.message, code="wasm_busy", retry_after=e.retry_after) from e
+    except AdmissionClosed as e:
+        raise Unavailable(
+            "The server is shutting down; retry on another replica.", code="service_unavailable"
+        ) from e
+
+
 async def invoke_module(
     state: ServingState,
     tenant: TenantEntry,
@@ -80,8 +97,32 @@ async def invoke_module(
     input_data: str,
     on_output: Callable[[str], None],
 ) -> InvocationResult:
-    """Run `module` on `input_data`; `on_output` gets each emitted chunk, on the invocation's worker
-    thread. Raises InvocationFailed."""
+    """Run `module` on `input_data` once admitted (see run_admitted). Raises Busy (no slot),
+    InvocationFailed. Cancelling it while queued withdraws the request."""
+    running_sandbox(state)
+    slot = await admit_invocation(state, tenant.name)
+    return await run_admitted(state, tenant, module, input_data, on_output, slot)
+
+
+async def run_admitted(
+    state: ServingState,
+    tenant: TenantEntry,
+    module: TenantModule,
+    input_data: str,
+    on_output: Callable[[str], None],
+    slot: InvocationSlot | None,
+) -> InvocationResult:
+    """Run `module` on `input_data` in the slot `admit_invocation` gave; `on_output` gets each emitted
+    chunk, on the invocation's worker thread. Raises InvocationFailed.
+
+    The guest cannot be stopped from here (it may be inside a host call): cancelling this lets the
+    caller go, while the guest runs to its end or deadline, still holding its slot, output dropped."""
+    try:
+        sandbox = running_sandbox(state)
+    except NotReady:
+        if slot is not None:
+            slot.release()
+        raise
     ctx = InvocationContext(
         tenant=tenant.name,
         input_data=input_data,
@@ -89,24 +130,40 @@ async def invoke_module(
         loop=asyncio.get_running_loop(),
         on_output=on_output,
     )
-    metrics = state.metrics
     started = time.perf_counter()
+    run = asyncio.ensure_future(sandbox.invoke(module, ctx, sandbox_limits(tenant.spec.quotas)))
+    # The slot stands for a busy sandbox thread: freed when the guest returns, not when the caller leaves.
+    run.add_done_callback(lambda done: _finished(state, tenant.name, ctx, done, slot, started))
+    return await asyncio.shield(run)
+
+
+def _finished(
+    state: ServingState,
+    tenant: str,
+    ctx: InvocationContext,
+    run: asyncio.Future[InvocationResult],
+    slot: InvocationSlot | None,
+    started: float,
+) -> None:
+    if slot is not None:
+        slot.release()
+    metrics = state.metrics
     outcome = "error"
-    try:
-        result = await running_sandbox(state).invoke(module, ctx, sandbox_limits(tenant.spec.quotas))
+    if run.cancelled():
+        outcome = "cancelled"
+    elif (error := run.exception()) is not None:  # retrieved, so a caller who left leaves no warning
+        if isinstance(error, InvocationFailed):
+            outcome = str(error.code)
+    else:
+        result = run.result()
         outcome = "success"
         if result.fuel_used is not None:
-            metrics.wasm_fuel.labels(tenant.name).inc(result.fuel_used)
-        metrics.wasm_memory_peak.labels(tenant.name).observe(result.memory_peak_bytes)
-        return result
-    except InvocationFailed as e:
-        outcome = str(e.code)
-        raise
-    finally:
-        metrics.wasm_invocations.labels(tenant.name, outcome).inc()
-        metrics.wasm_wall.labels(tenant.name).observe(time.perf_counter() - started)
-        for name, n in ctx.host_calls.items():
-            metrics.wasm_host_calls.labels(tenant.name, name).inc(n)
+            metrics.wasm_fuel.labels(tenant).inc(result.fuel_used)
+        metrics.wasm_memory_peak.labels(tenant).observe(result.memory_peak_bytes)
+    metrics.wasm_wall.labels(tenant).observe(time.perf_counter() - started)
+    metrics.wasm_invocations.labels(tenant, outcome).inc()
+    for name, n in ctx.host_calls.items():
+        metrics.wasm_host_calls.labels(tenant, name).inc(n)
 
 
 def _stored(messages: list[ConversationMessage]) -> list[StoredMessage]:

@@ -9,9 +9,10 @@ import logging
 from pathlib import Path
 
 from realm.runtime.sandbox.runner import InvocationFailed, TenantModule
+from realm.runtime.scheduler import QuotaExceeded as RateQuotaExceeded
 
 from . import module_sources
-from .errors import ModulePinned
+from .errors import ModulePinned, QuotaExceeded
 from .invocations import running_sandbox
 from .state import ServingState
 
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 async def deploy_module(state: ServingState, tenant: str, wasm: bytes) -> TenantModule:
     """Make `wasm` the tenant's module (invocations in flight finish on the one they started with).
     Raises ModulePinned when the tenant's spec pins its module (unless the runtime allows uploads over
-    pins), InvocationFailed for a module the sandbox rejects."""
+    pins), QuotaExceeded past the tenant's moduleDeploysPerMinute, InvocationFailed for a module the
+    sandbox rejects."""
     sandbox = running_sandbox(state)
     entry = state.tenants.get(tenant)
     pin = entry.spec.wasm if entry is not None else None
@@ -32,6 +34,14 @@ async def deploy_module(state: ServingState, tenant: str, wasm: bytes) -> Tenant
             "runtime (moduleUploadOverPin).",
             code="module_pinned",
         )
+    if state.invocations is not None:
+        try:
+            # Every upload counts, compiled before or not, so that the quota tells a tenant nothing
+            # about which modules other tenants deployed (the compile cache is shared).
+            state.invocations.charge_deploy(tenant)
+        except RateQuotaExceeded as e:
+            state.metrics.wasm_deploy_failures.labels(tenant).inc()
+            raise QuotaExceeded(e.message, code=e.kind, retry_after=e.retry_after) from e
     module = await asyncio.to_thread(sandbox.deploy, tenant, wasm)  # compiling takes seconds
     state.metrics.wasm_deploys.labels(tenant).inc()
     return module

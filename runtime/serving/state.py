@@ -14,7 +14,7 @@ from realm.runtime.conversations import ConversationStore, open_store
 from realm.runtime.engines.base import Engine
 from realm.runtime.kvstore.snapshots import KVSnapshots
 from realm.runtime.metrics import Metrics
-from realm.runtime.scheduler import AdmissionScheduler, TenantPolicy
+from realm.runtime.scheduler import AdmissionScheduler, InvocationAdmission, TenantPolicy
 from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig, TenantEntry
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ class ServingState:
     scheduler: AdmissionScheduler | None = None
     tenants: dict[str, TenantEntry] = field(default_factory=dict)
     sandbox: Sandbox | None = None
+    # Who of the tenants' invocations runs now; None (embedders, tests): every invocation runs at once.
+    invocations: InvocationAdmission | None = None
     # Tenants' conversations (runtime/conversations); None: conversations are refused.
     conversations: ConversationStore | None = None
     # KV snapshots and the prefix cache (runtime/kvstore/snapshots.py); None: every prompt prefills.
@@ -46,6 +48,9 @@ class ServingState:
             models={m.name: m for m in config.models},
             metrics=metrics,
             module_upload_over_pin=config.module_upload_over_pin,
+            invocations=InvocationAdmission(
+                config.invocations.max_in_flight, max_wait_s=config.invocations.max_queue_wait_ms / 1000
+            ),
             max_text_chars=config.server.max_text_chars,
             max_s3_module_bytes=config.server.max_s3_module_bytes,
         )
@@ -61,8 +66,11 @@ class ServingState:
     def apply_tenants(self, tenants: list[TenantEntry]) -> None:
         """Swap the tenant table; requests already admitted keep the policy they were admitted under."""
         self.tenants = {t.name: t for t in tenants}
+        policies = {t.name: TenantPolicy.from_spec(t.spec) for t in tenants}
         if self.scheduler is not None:
-            self.scheduler.set_policies({t.name: TenantPolicy.from_spec(t.spec) for t in tenants})
+            self.scheduler.set_policies(policies)
+        if self.invocations is not None:
+            self.invocations.set_policies(policies)
 
     def attach_scheduler(self, scheduler: AdmissionScheduler) -> None:
         self.scheduler = scheduler

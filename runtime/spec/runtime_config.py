@@ -183,6 +183,25 @@ class KVSnapshotsConfig(SpecModel):
     )
 
 
+class InvocationsConfig(SpecModel):
+    """Admission of WebAssembly invocations, all tenants together (each tenant's own caps are its
+    quotas). Read at start: a reload does not resize the sandbox's thread pool."""
+
+    max_in_flight: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Invocations running at once in this pod; the sandbox's thread pool is sized to it, "
+        "so waiting happens in the fair queue and never in the pool.",
+    )
+    max_queue_wait_ms: int = Field(
+        5000,
+        ge=1,
+        le=600_000,
+        description="Longest an invocation waits for a slot before it is refused with 503 wasm_busy.",
+    )
+
+
 class ServerConfig(SpecModel):
     """What one runtime process accepts, whatever the tenant: its listeners and the bounds on what a
     request makes it hold (buffered bodies, text to tokenize, modules fetched from S3)."""
@@ -239,6 +258,9 @@ class RuntimeConfig(SpecModel):
     )
     kv_snapshots: KVSnapshotsConfig = Field(
         default_factory=KVSnapshotsConfig, description="KV-cache snapshot tiers and the prefix cache."
+    )
+    invocations: InvocationsConfig = Field(
+        default_factory=InvocationsConfig, description="Admission of WebAssembly invocations."
     )
     server: ServerConfig = Field(
         default_factory=ServerConfig, description="Listeners and per-process bounds."

@@ -27,6 +27,7 @@ MAX_QUEUED = 100_000
 MAX_TOKENS = 1 << 20
 MAX_WASM_FUEL = 1_000_000_000_000
 MAX_WASM_TIME_MS = 3_600_000
+MAX_DEPLOYS_PER_MINUTE = 600
 
 
 class Quotas(SpecModel):
@@ -67,6 +68,27 @@ class Quotas(SpecModel):
     )
     wasm_memory_mib: int | None = Field(
         None, ge=1, le=4096, description="Linear memory cap of one WebAssembly instance, in MiB."
+    )
+    max_concurrent_invocations: int = Field(
+        4,
+        ge=1,
+        le=MAX_CONCURRENT,
+        description="WebAssembly invocations of this tenant running at once; more wait in its queue "
+        "(fair by weight among tenants). The runtime's own cap (invocations.maxInFlight) applies on top.",
+    )
+    max_queued_invocations: int = Field(
+        16,
+        ge=0,
+        le=MAX_QUEUED,
+        description="Invocations that may wait for a slot; beyond this, and after the runtime's "
+        "invocations.maxQueueWaitMs in the queue, they are refused with 503 wasm_busy.",
+    )
+    module_deploys_per_minute: int = Field(
+        30,
+        ge=1,
+        le=MAX_DEPLOYS_PER_MINUTE,
+        description="Module uploads (PUT /v1/tenants/{tenant}/module) per minute; beyond this they are "
+        "refused with 429 and Retry-After.",
     )
 
 
