@@ -57,8 +57,8 @@ def _large_output(output: str, headers: dict[str, str]) -> Response:
     event loop for the whole rendering: other tenants' requests are served between the pieces."""
     try:
         return JSONResponse(json.loads(output), headers=headers)
-    except ValueError:
-        pass  # text: rendered below
+    except (ValueError, RecursionError):
+        pass  # text (or JSON nested too deep to parse or render): rendered below
 
     async def pieces() -> AsyncIterator[bytes]:
         yield b'{"output":"'
