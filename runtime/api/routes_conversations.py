@@ -21,39 +21,33 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from realm.runtime.conversations import UNSET, Conversation, ConversationError, ConversationStore, Unset
 from realm.runtime.serving.conversations import conversation_store
 
 from .errors import api_error
-from .schemas import Message
+from .schemas import Message, RequestBody
 from .state import AppState
 
 router = APIRouter()
 
 
-class CreateConversation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CreateConversation(RequestBody):
     metadata: dict[str, str] | None = None
     messages: list[Message] = Field(default_factory=list)
     state: str | None = None
 
 
-class UpdateConversation(BaseModel):
+class UpdateConversation(RequestBody):
     """Absent fields stay as they are; `"state": null` clears the state."""
-
-    model_config = ConfigDict(extra="forbid")
 
     metadata: dict[str, str] | None = None
     state: str | None = None
     expected_version: int | None = Field(None, ge=1)
 
 
-class AppendMessages(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AppendMessages(RequestBody):
     messages: list[Message] = Field(..., min_length=1)
     expected_version: int | None = Field(None, ge=1)
 

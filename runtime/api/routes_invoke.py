@@ -61,8 +61,8 @@ def _large_output(output: str, headers: dict[str, str]) -> Response:
     event loop for the whole rendering: other tenants' requests are served between the pieces."""
     try:
         return JSONResponse(json.loads(output), headers=headers)
-    except ValueError:
-        pass  # text: rendered below
+    except (ValueError, RecursionError):
+        pass  # text (or JSON nested too deep to parse or render): rendered below
 
     async def pieces() -> AsyncIterator[bytes]:
         yield b'{"output":"'
@@ -96,7 +96,8 @@ async def invoke(tenant: str, request: Request) -> Response:
     try:
         text = raw.decode("utf-8")
         json.loads(text or "null")
-    except (UnicodeDecodeError, ValueError) as e:
+    # RecursionError: JSON nested deeper than the parser goes, which is no input a module can be given.
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise APIError(400, "The invocation input must be UTF-8 JSON.", code="invalid_json") from e
     module = current_module(state, tenant)
     headers = {"X-Realm-Module-Sha256": module.sha256}
@@ -112,7 +113,8 @@ async def invoke(tenant: str, request: Request) -> Response:
             return _large_output(result.output, headers)
         try:
             return JSONResponse(json.loads(result.output), headers=headers)
-        except ValueError:
+        # Not JSON, not JSON a response can carry (NaN), or nested too deep to parse or render: text.
+        except (ValueError, RecursionError):
             return JSONResponse({"output": result.output}, headers=headers)
 
     # Admitted before the stream begins, so that a refusal is a status code (503 wasm_busy), not an event.

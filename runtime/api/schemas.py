@@ -16,6 +16,41 @@ from realm.runtime.conversations import Message as StoredMessage
 StopField = Annotated[str | list[str] | None, Field(None, description="Up to 4 stop strings.")]
 
 
+def _lone_surrogate(value: object) -> str | None:
+    """The first string in a parsed JSON document that UTF-8 cannot encode (JSON's `\\ud800` escape
+    parses to one), if any; walked without recursion, as deep as the parser went."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+class RequestBody(BaseModel):
+    """A request body: unknown fields and strings with lone surrogates refused. Such a string
+    would be refused later anyway, by whatever encodes it (the tokenizer, the conversation store),
+    as a 500; here it is the client's 400."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        bad = _lone_surrogate(data)
+        if bad is not None:
+            raise ValueError(f"strings must be valid Unicode; {bad[:40]!r} holds a lone surrogate")
+        return data
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -53,11 +88,9 @@ class Message(BaseModel):
         return StoredMessage(role=self.role, content=self.text(), name=self.name)
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(RequestBody):
     """Fields both endpoints share; the sampling ones map onto the engine's parameters in
     runtime/serving/requests.py."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1)

@@ -261,15 +261,17 @@ def logit_bias_processor(bias: dict[str, float] | None, vocab_size: int) -> Logi
     if not bias:
         return None
     try:
-        ids = np.array([int(k) for k in bias], dtype=np.int64)
+        keys = [int(k) for k in bias]
     except ValueError as e:
         raise InvalidRequest(
             "logit_bias keys must be token ids.", code="invalid_value", param="logit_bias"
         ) from e
-    if ((ids < 0) | (ids >= vocab_size)).any():
+    # Checked as Python ints: a key past int64 would overflow the array instead of being out of range.
+    if any(not 0 <= k < vocab_size for k in keys):
         raise InvalidRequest(
             f"logit_bias token ids must be in [0, {vocab_size}).", code="invalid_value", param="logit_bias"
         )
+    ids = np.array(keys, dtype=np.int64)
     values = np.array(list(bias.values()), dtype=np.float32)
     # As OpenAI documents: -100 and 100 ban or force a token outright.
     values = np.where(values <= -100, -np.inf, np.where(values >= 100, np.float32(1e4), values))

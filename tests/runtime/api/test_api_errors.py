@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -130,6 +131,7 @@ def test_tenant_prompt_and_max_tokens_limits(server: Server, http: httpx.Client)
         (CHAT, {"logit_bias": {"100": 500}}),
         (CHAT, {"logit_bias": {"not-a-token": 5}}),
         (CHAT, {"logit_bias": {"99999999": 5}}),
+        (CHAT, {"logit_bias": {"99999999999999999999": 5}}),  # past int64 (found by fuzzing: was a 500)
         (CHAT, {"surprise": 1}),
         (CHAT, {"stream_options": {"include_usage": True}}),
         (COMPLETIONS, {"echo": True}),
@@ -162,3 +164,22 @@ def test_oversized_body_is_413(server: Server, http: httpx.Client) -> None:
 def test_unknown_path_and_method_keep_openai_shape(server: Server, http: httpx.Client) -> None:
     _error(http.get("/v1/nothing-here", headers=server.headers()), 404)
     _error(http.get(CHAT, headers=server.headers()), 405)
+
+
+@pytest.mark.parametrize(
+    ("path", "overrides"),
+    [
+        (CHAT, {"messages": [{"role": "user", "content": "\ud800"}]}),
+        (CHAT, {"messages": [{"role": "user", "content": [{"type": "text", "text": "a\udfffb"}]}]}),
+        (COMPLETIONS, {"prompt": "\udfff\ud800"}),
+    ],
+)
+def test_a_lone_surrogate_is_400(
+    server: Server, http: httpx.Client, path: str, overrides: dict[str, Any]
+) -> None:
+    """JSON's \\ud800 escape parses to a string no UTF-8 can carry: refused, not a 500 when encoded."""
+    body = (
+        _chat(**overrides) if path == CHAT else {"model": MODEL, "prompt": "Hi", "max_tokens": 4, **overrides}
+    )
+    headers = {**server.headers(), "content-type": "application/json"}
+    _error(http.post(path, content=json.dumps(body), headers=headers), 400, "invalid_value")

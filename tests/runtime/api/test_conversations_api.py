@@ -196,6 +196,9 @@ def test_bad_requests(rt: Running) -> None:
         err = error(c.post(f"/v1/conversations/{cid}/messages", json=huge), 400, "conversation_too_large")
         assert "524288 bytes" in err["message"]
         error(c.get("/v1/conversations", params={"limit": 0}), 400, "invalid_value")
+        surrogate = json.dumps({"state": "\ud800"})  # a string no UTF-8 can carry
+        headers = {"content-type": "application/json"}
+        error(c.post("/v1/conversations", content=surrogate, headers=headers), 400, "invalid_value")
         error(c.get("/v1/conversations", params={"after": "nonsense"}), 404, "conversation_not_found")
         assert c.get(f"/v1/conversations/{cid}").json()["version"] == 1
     r = httpx.get(f"{rt.base}/v1/conversations")

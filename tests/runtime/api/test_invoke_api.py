@@ -12,7 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+import wasmtime
 from go_builds import build_go_example
+from repo_paths import WAT
 from runtime_thread import running
 from sandbox_builds import build_example
 
@@ -230,3 +232,24 @@ def test_an_upload_over_a_pinned_module_is_refused_with_409(base: str) -> None:
     error = r.json()["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "module_pinned")
     assert "spec.wasm" in error["message"] and "ab" * 32 in error["message"]
+
+
+def wat(name: str) -> bytes:
+    return bytes(wasmtime.wat2wasm((WAT / f"{name}.wat").read_text()))
+
+
+def test_an_input_nested_too_deep_to_parse_is_a_400(base: str) -> None:
+    assert deploy(base, "beta", wat("echo")).status_code == 200
+    deep = "[" * 100_000 + "]" * 100_000
+    r = httpx.post(
+        f"{base}/v1/tenants/beta/invoke", content=deep, headers={"Authorization": f"Bearer {key('beta')}"}
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_json"
+
+
+def test_an_output_nested_too_deep_to_parse_is_returned_as_text(base: str) -> None:
+    assert deploy(base, "beta", wat("deep_json")).status_code == 200
+    r = invoke(base, "beta", {})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"output": "[" * 100_000 + "]" * 100_000}
