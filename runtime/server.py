@@ -224,7 +224,9 @@ class Runtime:
         )
         # Sized to the invocation cap: admission (state.invocations) does all the waiting, fairly.
         self.state.sandbox = Sandbox(
-            realm_cache() / "wasm", max_workers=self.config.invocations.max_in_flight
+            realm_cache() / "wasm",
+            max_workers=self.config.invocations.max_in_flight,
+            guest_nice=self.config.invocations.guest_nice,
         )
         modules_dir = self._modules_dir(self.config)
         if await asyncio.to_thread(deploy_configured_modules, self.state, modules_dir):

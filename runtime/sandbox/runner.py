@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,9 @@ TABLE_ELEMENT_BYTES = 8
 CLOSE_GRACE_S = 5.0
 # How long past its deadline a component's caller waits before it is answered without the run.
 COMPONENT_ANSWER_SLACK_S = 2.0
+# How much nicer than the process the worker threads that run guests are, by default (19 is the
+# lowest priority; the runtime config's invocations.guestNice sets it).
+GUEST_NICE = 10
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ def make_engine() -> tuple[wasmtime.Engine, str]:
 
 
 class Sandbox:
-    def __init__(self, cache_dir: Path, *, max_workers: int = 64) -> None:
+    def __init__(self, cache_dir: Path, *, max_workers: int = 64, guest_nice: int = GUEST_NICE) -> None:
         self._engine, digest = make_engine()
         self._cache = ModuleCache(self._engine, cache_dir, digest)
         self._linker = wasmtime.Linker(self._engine)
@@ -126,7 +130,12 @@ class Sandbox:
         self._pres: dict[str, wasmtime.InstancePre] = {}
         self._modules: dict[str, TenantModule] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="realm-wasm")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_workers,
+            thread_name_prefix="realm-wasm",
+            initializer=_background_priority,
+            initargs=(guest_nice,),
+        )
         self._stop = threading.Event()
         # Set by close(): every wait of every run ends (context.Deadline), and no run starts.
         self._closing = threading.Event()
@@ -434,6 +443,16 @@ def _stopped(deadline: Deadline) -> InvocationFailed | None:
     if deadline.stopped is None:
         return None
     return InvocationFailed(*deadline.stopped)
+
+
+def _background_priority(nice: int) -> None:
+    """Guests yield the CPU to the engines and the event loop: a tenant's spinning guests must not
+    slow every other tenant's decoding and requests (Linux: the nice value is per thread)."""
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
+    except (AttributeError, OSError) as e:  # not Linux, or not allowed: guests share the CPU as before
+        log.debug("sandbox worker priority unchanged: %s", e)
 
 
 def _first_line(text: str) -> str:

@@ -200,6 +200,13 @@ class InvocationsConfig(SpecModel):
         le=600_000,
         description="Longest an invocation waits for a slot before it is refused with 503 wasm_busy.",
     )
+    guest_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How many nice levels below the process the threads that run guests are (Linux), so "
+        "that spinning guests yield the CPU to the engines and the event loop; 0 leaves them equal.",
+    )
 
 
 class ServerConfig(SpecModel):
