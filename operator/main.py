@@ -31,6 +31,7 @@ import urllib3
 from pydantic import TypeAdapter, ValidationError
 
 from realm.operator import builders, fastpath, handlers  # importing handlers registers them with kopf
+from realm.operator.identity import ensure_installation_secret
 from realm.operator.kube import Kube, peering_kind
 from realm.operator.options import OperatorConfig
 from realm.operator.peering_gate import own_identity
@@ -156,6 +157,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="leave new Tenants and Models to kopf's watches alone (see fastpath.py; slower in a burst)",
     )
+    ident = p.add_argument_group("identity (the root of every tenant's storage keys)")
+    ident.add_argument(
+        "--installation-secret",
+        default=os.environ.get("REALM_INSTALLATION_SECRET_NAME") or "realm-installation",
+        help="Secret holding the installation secret, generated there if missing",
+    )
+    ident.add_argument(
+        "--installation-namespace",
+        default=os.environ.get("REALM_OPERATOR_NAMESPACE") or None,
+        help="its namespace (default: $REALM_OPERATOR_NAMESPACE, else the first watched namespace)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="everything at DEBUG")
     p.add_argument(
         "--object-log-level",
@@ -259,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not namespaces and not args.all_namespaces and os.environ.get("REALM_NAMESPACE"):
         namespaces = [os.environ["REALM_NAMESPACE"]]
     clusterwide = args.all_namespaces or not namespaces
+    plain = [n for n in namespaces if not any(ch in n for ch in "*?[!")]
+    home = args.installation_namespace or (plain[0] if plain else "default")
+    op.config.installation_secret = ensure_installation_secret(op.kube, home, args.installation_secret)
 
     if not args.standalone:
         ensure_peering(args.peering, namespaces, clusterwide)

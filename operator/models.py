@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from realm.operator import autoscale, builders, world
+from realm.operator import autoscale, builders, identity, world
 from realm.operator.objects import ObjectKey, key_of
 from realm.operator.options import build_options
 from realm.operator.outcome import Outcome, deleting, now, report
@@ -96,6 +96,7 @@ def reconcile_model(op: Operator, namespace: str, name: str) -> Outcome:
         if isinstance(resource, str):
             error = resource
         else:
+            identity.ensure_identity_secret(op, resource, opts, out)
             try:
                 desired = builders.build_all(resource, tenants, opts, pipelines)
             except (ValidationError, ValueError) as e:  # e.g. a tenant the runtime config rejects

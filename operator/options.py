@@ -36,6 +36,8 @@ class OperatorConfig:
     runtime_class: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
     s3: builders.S3Options | None = None
+    # The root of tenants' owner keys, read (or generated) at start by main.py (operator/identity.py).
+    installation_secret: str | None = field(default=None, repr=False)
 
 
 class GatewayApi:
@@ -73,4 +75,5 @@ def build_options(config: OperatorConfig, gateway_api_served: bool) -> builders.
         runtime_class=config.runtime_class,
         image_pull_secrets=config.image_pull_secrets,
         s3=config.s3,
+        installation_secret=config.installation_secret,
     )

@@ -5,8 +5,10 @@ it outlives any pod and sees the Tenant: every sweep expires objects older than 
 oldest beyond `maxBytes`, and reports what is left in the Tenant's status; a Tenant deleted with
 `deletionPolicy: Delete` keeps its finalizer until its objects are gone.
 
-Objects live under `<prefix>/<tenant>/` in the bucket, the layout the runtime writes (the same
-`runtime.kvstore` code lists and deletes them, and it refuses keys outside the tenant's folder).
+Objects live under `<prefix>/<owner key>/` in the bucket, the layout the runtime writes: the owner key is
+the Tenant's namespace and uid under the installation secret (runtime/spec/identity.py), so a same-named
+Tenant of another namespace, or a Tenant created again under an old name, never reaches these objects. The
+same `runtime.kvstore` code lists and deletes them, and it refuses keys outside the owner's folder.
 Credentials: the Secret the chart names (`--s3-credentials-secret`, read from the Tenant's namespace),
 else boto3's usual chain (the operator pod's environment or role).
 """
@@ -66,17 +68,18 @@ def tier_for(k: Kube, namespace: str, spec: TenantSpec, s3: S3Options | None) ->
     )
 
 
-def sweep(tier: S3Tier, tenant: str, spec: TenantSpec) -> SweepResult:
-    """Expire, evict over budget, then measure what is left. Raises S3Unavailable when S3 is down."""
+def sweep(tier: S3Tier, owner: str, spec: TenantSpec) -> SweepResult:
+    """Expire, evict over budget, then measure what is left, in the folder of `owner` (the Tenant's owner
+    key, operator/identity.py). Raises S3Unavailable when S3 is down."""
     policy = spec.kv_snapshots
-    expired = len(tier.expire(tenant, policy.ttl_seconds)) if policy.ttl_seconds else 0
-    evicted = len(tier.enforce_max_bytes(tenant, policy.max_bytes)) if policy.max_bytes else 0
-    usage = tier.usage(tenant)
+    expired = len(tier.expire(owner, policy.ttl_seconds)) if policy.ttl_seconds else 0
+    evicted = len(tier.enforce_max_bytes(owner, policy.max_bytes)) if policy.max_bytes else 0
+    usage = tier.usage(owner)
     return SweepResult(expired, evicted, usage.objects, usage.bytes)
 
 
-def delete_all(tier: S3Tier, tenant: str) -> int:
-    return len(tier.delete_tenant(tenant))
+def delete_all(tier: S3Tier, owner: str) -> int:
+    return len(tier.delete_tenant(owner))
 
 
 __all__ = ["S3Unavailable", "SweepResult", "delete_all", "sweep", "tier_for"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from realm.operator import snapshots, world
+from realm.operator import identity, snapshots, world
 from realm.operator.builders import api_key_secret, api_key_secret_ref
 from realm.operator.outcome import Outcome, deleting, normal, now, post, report, warn
 from realm.operator.pipelines import refresh_pipelines
@@ -283,7 +283,9 @@ def finalize(
     if tier is None:
         return
     try:
-        deleted = snapshots.delete_all(tier, name)
+        # The owner key of this Tenant (namespace and uid), never its name: a same-named Tenant of
+        # another namespace, or an earlier one of this name, keeps its snapshots.
+        deleted = snapshots.delete_all(tier, identity.owner_key(op, namespace, body["metadata"]["uid"]))
     except snapshots.S3Unavailable as e:
         raise kopf.TemporaryError(f"cannot delete the KV snapshots yet: {e}", delay=10) from e
     post(normal, body, "SnapshotsDeleted", f"deleted {deleted} KV snapshot(s) (deletionPolicy Delete)")
@@ -305,7 +307,7 @@ def sweep_kv_snapshots(
     if tier is None:
         return
     try:
-        result = snapshots.sweep(tier, name, parsed)
+        result = snapshots.sweep(tier, identity.owner_key(op, namespace, body["metadata"]["uid"]), parsed)
     except snapshots.S3Unavailable as e:
         warn(body, "SnapshotsUnreachable", str(e))
         raise kopf.TemporaryError(f"S3 unreachable: {e}", delay=30) from e

@@ -227,7 +227,7 @@ def tenant_views(indexes: Indexes, namespace: str, model: str | None = None) -> 
         # A Secret the index lacks does not exist, or was created a moment ago: its watch event will
         # request this pass again (see tenants.secret_changed), so no read is needed here.
         _, digest = secret_entry_hash(indexes.secrets, namespace, ref.name, ref.key)
-        views.append(TenantView(rec.name, rec.spec, rec.deleting, digest))
+        views.append(TenantView(rec.name, rec.spec, rec.deleting, digest, namespace, rec.uid or None))
     return views
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .engine_args import batch_size_error, llamacpp_args
+from .identity import DEFAULT_NAMESPACE
 from .pipeline import PipelineSpec, PipelineStep
 from .tenant import SpecModel, TenantSpec
 
@@ -80,9 +81,24 @@ class ModelConfig(SpecModel):
 
 
 class TenantEntry(SpecModel):
-    """A tenant as published to runtime pods: its spec and the hashes of its API keys."""
+    """A tenant as published to runtime pods: its spec, the hashes of its API keys, and its identity
+    (namespace and uid: what its stored state is keyed by, runtime/spec/identity.py)."""
 
     name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description="Tenant name.")
+    namespace: str = Field(
+        DEFAULT_NAMESPACE,
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="The Tenant's namespace; with its uid, what its conversations and KV snapshots are "
+        "keyed by.",
+    )
+    uid: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        description="The Tenant object's uid: a Tenant deleted and created again under the same name "
+        "sees nothing of the old one. Absent (hand-written configs): the name stands for it.",
+    )
     api_key_sha256: list[str] = Field(default_factory=list, description="Hex sha256 of each valid API key.")
     spec: TenantSpec = Field(default_factory=TenantSpec)
 
@@ -140,7 +156,7 @@ class ConversationsConfig(SpecModel):
         None, description="SQLite file; `conversations.sqlite` in the runtime's data folder when absent."
     )
     bucket: str | None = Field(None, description="S3 bucket (backend s3).")
-    prefix: str = Field("realm", description="Key prefix in the bucket: <prefix>/<tenant>/conversations/.")
+    prefix: str = Field("realm", description="Key prefix in the bucket: <prefix>/<owner key>/conversations/.")
     endpoint: str | None = Field(
         None, description="S3 endpoint URL; AWS's when absent (MinIO: http://host:9000)."
     )
@@ -169,7 +185,7 @@ class KVSnapshotsConfig(SpecModel):
     )
     disk_bytes: int = Field(16 * 1024**3, ge=0, description="Byte budget of the disk tier (LRU).")
     bucket: str | None = Field(None, description="S3 bucket of the persistent tier; none: disk only.")
-    prefix: str = Field("realm/kv", description="Key prefix in the bucket: <prefix>/<tenant>/<model>/…")
+    prefix: str = Field("realm/kv", description="Key prefix in the bucket: <prefix>/<owner key>/<model>/…")
     endpoint: str | None = Field(None, description="S3 endpoint URL; AWS's when absent.")
     region: str | None = Field(None, description="S3 region.")
     restore_deadline_ms: int = Field(
@@ -219,6 +235,10 @@ class RuntimeConfig(SpecModel):
         hashes = [h for t in self.tenants for h in t.api_key_sha256]
         if len(hashes) != len(set(hashes)):
             raise ValueError("one API key hash is listed under two tenants")
+        namespaces = sorted({t.namespace for t in self.tenants})
+        if len(namespaces) > 1:
+            # A runtime holds the identity secret of one namespace (runtime/spec/identity.py).
+            raise ValueError(f"tenants of one runtime share one namespace, not {', '.join(namespaces)}")
         tenants = {t.name for t in self.tenants}
         strangers = sorted(p.name for p in self.pipelines if p.tenant not in tenants)
         if strangers:

@@ -79,7 +79,8 @@ class KVSnapshotPolicy(SpecModel):
         None,
         max_length=256,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
-        description="Key prefix inside the bucket; objects go under <prefix>/<tenant>/. "
+        description="Key prefix inside the bucket; objects go under <prefix>/<owner key>/ (the Tenant's "
+        "namespace and uid under the installation secret). "
         "The chart's prefix when absent.",
     )
     ttl_seconds: int | None = Field(None, ge=60, description="Snapshots older than this are expired.")
