@@ -87,6 +87,7 @@ def _curl_line(base_url: str, model: str, api_key: str | None) -> str:
 
 def serve(args: argparse.Namespace) -> int:
     from realm.runtime.config_store import ConfigError, default_api_key, default_config, load_config
+    from realm.runtime.conversations import ConversationError
     from realm.runtime.server import Runtime
 
     api_key: str | None = None
@@ -111,15 +112,19 @@ def serve(args: argparse.Namespace) -> int:
         )
         print("  " + _curl_line(runtime.base_url, model, api_key) + "\n", flush=True)
 
-    runtime = Runtime(
-        config,
-        config_path=args.config,
-        host=args.host,
-        port=args.port,
-        drain_timeout=args.drain_timeout,
-        log_level=args.log_level,
-        on_ready=announce,
-    )
+    try:
+        runtime = Runtime(
+            config,
+            config_path=args.config,
+            host=args.host,
+            port=args.port,
+            drain_timeout=args.drain_timeout,
+            log_level=args.log_level,
+            on_ready=announce,
+        )
+    except ConversationError as e:  # e.g. an S3 server that ignores conditional writes
+        print(f"realm: {e.message}", file=sys.stderr)
+        return 2
     code: int = asyncio.run(runtime.serve())
     return code
 

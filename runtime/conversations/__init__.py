@@ -62,4 +62,6 @@ def open_store(config: ConversationsConfig, home: Path) -> ConversationStore:
         os.environ.get("REALM_S3_ENDPOINT") or config.endpoint,
         os.environ.get("REALM_S3_REGION") or config.region,
     )
-    return S3ConversationStore(client, bucket, config.prefix, limits)
+    store = S3ConversationStore(client, bucket, config.prefix, limits)
+    store.verify_at_start()  # a server that ignores conditional writes stops the runtime here
+    return store
