@@ -122,6 +122,12 @@ def cm_text(cluster: Cluster, namespace: str) -> str:
     return str(cm["data"])
 
 
+def cm_text_raw(cluster: Cluster, namespace: str) -> str:
+    cm = get(cluster, "configmap", namespace, "chat-v1-config")
+    assert cm is not None
+    return str(cm["data"]["config.yaml"])
+
+
 def keys_under(s3: s3server.S3Bucket, prefix: str) -> list[str]:
     listed = s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=prefix).get("Contents") or []
     return sorted(o["Key"] for o in listed)
@@ -190,6 +196,27 @@ def test_same_named_tenants_of_two_namespaces_share_nothing(s3: s3server.S3Bucke
                     assert got.metadata == {"of": NS}
 
                 asyncio.run(still_there())
+
+                # A Tenant naming a bucket the platform does not allow: refused in its status, not served.
+                stray = acme(NS)
+                stray["metadata"]["name"] = "stray"
+                stray["spec"]["kvSnapshots"]["bucket"] = "someone-elses-bucket"
+                apply(cluster, stray)
+
+                def refusal() -> str | None:
+                    st = (get(cluster, "tenant", NS, "stray") or {}).get("status") or {}
+                    for c in st.get("conditions") or []:
+                        if c["type"] == "ModelsResolved" and c["status"] == "False":
+                            return str(c["message"])
+                    return None
+
+                message = wait_for("stray's refusal", refusal)
+                assert message.startswith("kvSnapshots.bucket 'someone-elses-bucket' is not one the platform")
+                names = [
+                    t.name
+                    for t in RuntimeConfig.model_validate(yaml.safe_load(cm_text_raw(cluster, NS))).tenants
+                ]
+                assert names == ["acme"], names
         finally:
             mp.undo()
         assert "Traceback" not in log.read_text()

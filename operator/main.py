@@ -35,6 +35,7 @@ from realm.operator.identity import ensure_installation_secret
 from realm.operator.kube import Kube, peering_kind
 from realm.operator.options import OperatorConfig
 from realm.operator.peering_gate import own_identity
+from realm.operator.snapshots import DEFAULT_PREFIX, SnapshotLocations
 from realm.operator.state import MEMO_KEY
 from realm.runtime.spec.model import Toleration
 
@@ -147,6 +148,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Secret (in each Model's namespace) with the access key id and secret access key",
     )
+    s3.add_argument(
+        "--kv-allowed-bucket",
+        action="append",
+        default=[],
+        help="a bucket Tenants may name in kvSnapshots.bucket besides --s3-bucket (repeatable)",
+    )
+    s3.add_argument(
+        "--kv-allowed-prefix",
+        action="append",
+        default=[],
+        help=f"a prefix Tenants' kvSnapshots.prefix must lie under (repeatable; default {DEFAULT_PREFIX})",
+    )
     s3.add_argument("--s3-access-key-id-key", default="AWS_ACCESS_KEY_ID", help="its key for the key id")
     s3.add_argument(
         "--s3-secret-access-key-key", default="AWS_SECRET_ACCESS_KEY", help="its key for the secret key"
@@ -203,6 +216,9 @@ def config_from(args: argparse.Namespace) -> OperatorConfig:
         runtime_class=args.runtime_class,
         image_pull_secrets=tuple(args.image_pull_secret),
         s3=s3 if (s3.endpoint or s3.region or s3.bucket or s3.credentials_secret) else None,
+        snapshot_locations=SnapshotLocations(
+            buckets=tuple(args.kv_allowed_bucket), prefixes=tuple(args.kv_allowed_prefix or [DEFAULT_PREFIX])
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from realm.operator import builders
 from realm.operator.kube import Kube
+from realm.operator.snapshots import SnapshotLocations
 
 GATEWAY_GROUP_VERSION = "gateway.networking.k8s.io/v1"
 
@@ -36,6 +37,8 @@ class OperatorConfig:
     runtime_class: str | None = None
     image_pull_secrets: tuple[str, ...] = ()
     s3: builders.S3Options | None = None
+    # Where Tenants may keep KV snapshots (the chart's s3.allowedSnapshotBuckets/Prefixes).
+    snapshot_locations: SnapshotLocations = field(default_factory=SnapshotLocations)
     # The root of tenants' owner keys, read (or generated) at start by main.py (operator/identity.py).
     installation_secret: str | None = field(default=None, repr=False)
 

@@ -95,6 +95,10 @@ def reconcile_tenant(
     meta = body["metadata"]
     spec, error = parse_spec(body.get("spec"), TenantSpec)
     tspec = spec if isinstance(spec, TenantSpec) else None
+    if tspec is not None and error is None:
+        # A snapshot location outside what the platform allows: refused like an invalid spec (the
+        # Model passes leave such a Tenant out of every runtime config).
+        error = snapshots.location_error(tspec, op.config.s3, op.config.snapshot_locations)
     key = ensure_key(op, body, tspec, out)
 
     models = set(world.models_in(op.indexes, namespace))
@@ -113,7 +117,7 @@ def reconcile_tenant(
         key=key,
         allowed=allowed,
         existing_models=models,
-        published_to=[m for m in allowed if m in models],
+        published_to=[m for m in allowed if m in models] if error is None else [],
     )
     patch = status_patch(body.get("status"), status)
     if patch is not None:
@@ -279,7 +283,7 @@ def finalize(
     parsed, _ = parse_spec(spec, TenantSpec)
     if not isinstance(parsed, TenantSpec):
         return
-    tier = snapshots.tier_for(op.kube, namespace, parsed, op.config.s3)
+    tier = snapshots.tier_for(op.kube, namespace, parsed, op.config.s3, op.config.snapshot_locations)
     if tier is None:
         return
     try:
@@ -303,7 +307,7 @@ def sweep_kv_snapshots(
     parsed, _ = parse_spec(spec, TenantSpec)
     if not isinstance(parsed, TenantSpec) or deleting(body):
         return
-    tier = snapshots.tier_for(op.kube, namespace, parsed, op.config.s3)
+    tier = snapshots.tier_for(op.kube, namespace, parsed, op.config.s3, op.config.snapshot_locations)
     if tier is None:
         return
     try:

@@ -97,6 +97,7 @@ class KVSnapshots:
             folder = self.disk if default else self.disk / hashlib.sha256(repr(key).encode()).hexdigest()[:16]
             store = KVSnapshotStore(
                 KVStoreConfig(
+                    mac_key=hmac.new(self._secret.encode(), b"realm-kv-mac", hashlib.sha256).digest(),
                     memory_bytes=self._memory if default else self._memory // 8,
                     disk_dir=folder if self.config.disk_bytes > 0 else None,
                     disk_bytes=self.config.disk_bytes,

@@ -21,6 +21,15 @@ from .tenant import SpecModel, TenantSpec
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
+def roots_overlap(a: str, b: str) -> bool:
+    """Whether one key prefix contains the other, segment by segment ("realm" contains "realm/kv",
+    "realm/k" does not): two stores under overlapping roots could list, sweep or delete each other's
+    objects."""
+    sa, sb = [p for p in a.split("/") if p], [p for p in b.split("/") if p]
+    shorter, longer = (sa, sb) if len(sa) <= len(sb) else (sb, sa)
+    return longer[: len(shorter)] == shorter
+
+
 def hash_api_key(key: str) -> str:
     """The stored form of an API key. Keys are long random tokens, so a plain digest suffices."""
     return hashlib.sha256(key.encode()).hexdigest()
@@ -156,7 +165,11 @@ class ConversationsConfig(SpecModel):
         None, description="SQLite file; `conversations.sqlite` in the runtime's data folder when absent."
     )
     bucket: str | None = Field(None, description="S3 bucket (backend s3).")
-    prefix: str = Field("realm", description="Key prefix in the bucket: <prefix>/<owner key>/conversations/.")
+    prefix: str = Field(
+        "realm/conversations",
+        description="Key prefix in the bucket: <prefix>/<owner key>/conversations/. Must not overlap "
+        "a KV snapshot prefix in the same bucket.",
+    )
     endpoint: str | None = Field(
         None, description="S3 endpoint URL; AWS's when absent (MinIO: http://host:9000)."
     )
@@ -239,11 +252,32 @@ class RuntimeConfig(SpecModel):
         if len(namespaces) > 1:
             # A runtime holds the identity secret of one namespace (runtime/spec/identity.py).
             raise ValueError(f"tenants of one runtime share one namespace, not {', '.join(namespaces)}")
+        self._separate_roots()
         tenants = {t.name for t in self.tenants}
         strangers = sorted(p.name for p in self.pipelines if p.tenant not in tenants)
         if strangers:
             raise ValueError(f"pipelines whose tenant is not listed: {', '.join(strangers)}")
         return self
+
+    def _separate_roots(self) -> None:
+        """Conversations and KV snapshots never share a root in one bucket (a bucket left out is the
+        environment's REALM_S3_BUCKET, so it counts as the same)."""
+        if self.conversations.backend != "s3":
+            return
+        kv_roots = [(self.kv_snapshots.bucket, self.kv_snapshots.prefix, "kvSnapshots.prefix")]
+        for t in self.tenants:
+            policy = t.spec.kv_snapshots
+            if policy.bucket is not None or policy.prefix is not None:
+                where = f"tenant {t.name}'s kvSnapshots.prefix"
+                kv_roots.append((policy.bucket or self.kv_snapshots.bucket, policy.prefix or "", where))
+        conv_bucket, conv_prefix = self.conversations.bucket, self.conversations.prefix
+        for bucket, prefix, where in kv_roots:
+            same_bucket = bucket is None or conv_bucket is None or bucket == conv_bucket
+            if same_bucket and roots_overlap(prefix or self.kv_snapshots.prefix, conv_prefix):
+                raise ValueError(
+                    f"{where} {prefix or self.kv_snapshots.prefix!r} overlaps conversations.prefix "
+                    f"{conv_prefix!r}: conversations and KV snapshots never share a root"
+                )
 
 
 def default_models() -> list[ModelConfig]:

@@ -182,7 +182,8 @@ def test_a_corrupted_snapshot_means_a_recompute_and_a_metric(rt: Running, s3: s3
     with rt.http("alpha") as c:
         again = turn(c, cid, "Now to four.")
     assert cached(again) == 0
-    assert metric(rt, "load_failed", "truncated") + metric(rt, "load_failed", "corrupt") >= 1
+    # Cut short, the object's MAC no longer matches: refused before a byte of it is parsed.
+    assert metric(rt, "load_failed", "forged") >= 1
 
 
 def test_with_s3_down_the_turn_still_succeeds_by_recomputing(rt: Running, s3: s3server.S3Bucket) -> None:
