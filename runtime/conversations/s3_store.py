@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ import botocore.config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .models import Conversation, Limits, StoreUnavailable, valid_id
-from .store import CasStore
+from .store import CasStore, Stored
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -253,6 +254,25 @@ class S3ConversationStore(CasStore[str]):
         # The documents are fetched in parallel; one deleted since the listing is skipped.
         found = self._pool.map(lambda i: self._read(tenant, i), ids)
         return [c for c, _ in (f for f in found if f is not None) if c.tenant == tenant]
+
+    def _usage(self, tenant: str) -> list[Stored]:
+        """From a listing alone: sizes and LastModified (the server's clock) of the tenant's documents."""
+        directory = self._dir(tenant)
+        found: list[Stored] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=directory
+            ):
+                for obj in page.get("Contents", []):
+                    name = obj.get("Key", "")[len(directory) :]
+                    conversation_id = name[: -len(".json")]
+                    if name.endswith(".json") and valid_id(conversation_id):
+                        modified = obj.get("LastModified")
+                        changed = modified.timestamp() if modified is not None else time.time()
+                        found.append(Stored(conversation_id, int(obj.get("Size", 0)), changed))
+        except (ClientError, BotoCoreError) as e:
+            raise self._fail("list", e) from e
+        return found
 
     def _close(self) -> None:
         self._pool.shutdown(wait=False)

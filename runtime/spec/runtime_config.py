@@ -182,6 +182,23 @@ class ConversationsConfig(SpecModel):
         description="Bytes of messages, state and metadata one conversation may hold (at most 1 MiB: "
         "a conversation must fit one tenant host-call result).",
     )
+    max_conversations: int = Field(
+        1000, ge=1, le=1_000_000, description="Conversations one tenant may hold; creating more is refused."
+    )
+    max_total_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=1024**4,
+        description="Stored bytes (the documents as written) of all of one tenant's conversations; a "
+        "create or append beyond it is refused.",
+    )
+    ttl_seconds: int | None = Field(
+        90 * 86400,
+        ge=60,
+        le=3650 * 86400,
+        description="A conversation unchanged for this long expires: it reads as not found and is swept. "
+        "null: never.",
+    )
 
 
 class KVSnapshotsConfig(SpecModel):

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from xml.sax.saxutils import escape
 
 import pytest
 
@@ -66,10 +69,29 @@ class ConditionalS3:
                 self._send(200, etag=self._etag(body))
 
             def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                if "list-type" in parse_qs(url.query):
+                    return self._list(url.path, parse_qs(url.query).get("prefix", [""])[0])
                 current = store.objects.get(self.path)
                 if current is None:
                     return self._send(404, b"<Error><Code>NoSuchKey</Code></Error>")
                 self._send(200, current, etag=self._etag(current))
+
+            def _list(self, bucket_path: str, prefix: str) -> None:
+                """ListObjectsV2, one page: what a listing of a tenant's conversations needs."""
+                root = bucket_path.rstrip("/") + "/"
+                now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())  # every object: just written
+                items = "".join(
+                    f"<Contents><Key>{escape(path[len(root) :])}</Key><Size>{len(body)}</Size>"
+                    f"<LastModified>{now}</LastModified></Contents>"
+                    for path, body in sorted(store.objects.items())
+                    if path.startswith(root + prefix)
+                )
+                xml = (
+                    '<?xml version="1.0" encoding="UTF-8"?><ListBucketResult>'
+                    f"<Prefix>{escape(prefix)}</Prefix><IsTruncated>false</IsTruncated>{items}</ListBucketResult>"
+                )
+                self._send(200, xml.encode())
 
             def do_HEAD(self) -> None:
                 current = store.objects.get(self.path)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import wasmtime
+from repo_paths import WAT
 
 from realm.runtime.conversations import ConversationNotFound, ConversationStore
 from realm.runtime.conversations.s3_store import S3ConversationStore
@@ -16,7 +18,9 @@ from realm.runtime.conversations.sqlite_store import SqliteConversationStore
 from realm.runtime.engines.base import KV_FINGERPRINT, MODEL_DIGEST, KVSnapshot, ModelInfo
 from realm.runtime.kvstore.snapshots import KVSnapshots
 from realm.runtime.metrics import Metrics
+from realm.runtime.sandbox.runner import Sandbox
 from realm.runtime.serving.conversations import conversation_store
+from realm.runtime.serving.modules import deploy_module
 from realm.runtime.serving.state import ServingState
 from realm.runtime.spec.identity import NamespaceIdentity
 from realm.runtime.spec.runtime_config import KVSnapshotsConfig, TenantEntry
@@ -104,3 +108,18 @@ async def test_a_cached_prefix_is_found_by_its_owner_only(tmp_path: Path) -> Non
         assert await kv.restore(b, None, INFO, [*prompt, 7]) is None
     finally:
         kv.close()
+
+
+async def test_a_tenant_created_again_does_not_inherit_the_old_ones_module(tmp_path: Path) -> None:
+    """A module uploaded by `acme` (uid-1) is gone once the config says `acme` is uid-2."""
+    echo = bytes(wasmtime.wat2wasm((WAT / "echo.wat").read_text()))
+    state = runtime("team-a", "uid-1", SqliteConversationStore(tmp_path / "c.sqlite"))
+    state.sandbox = Sandbox(tmp_path / "cache")
+    try:
+        await deploy_module(state, "acme", echo)
+        state.apply_tenants([TenantEntry(name="acme", namespace="team-a", uid="uid-1")])  # unchanged
+        assert state.sandbox.current("acme") is not None
+        state.apply_tenants([TenantEntry(name="acme", namespace="team-a", uid="uid-2")])
+        assert state.sandbox.current("acme") is None
+    finally:
+        state.sandbox.close()
