@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from realm.runtime.serving.module_sources import CONFIGMAP_KEY, CONFIGMAP_SUBDIR
+from realm.runtime.spec.identity import DEFAULT_NAMESPACE, NAMESPACE_ENV, SECRET_ENV, namespace_secret
 from realm.runtime.spec.model import MODEL_NAME_PATTERN, ModelSpec, ModelVersion
 from realm.runtime.spec.pipeline import PipelineSpec
 from realm.runtime.spec.runtime_config import (
@@ -66,6 +67,7 @@ DEFAULT_SECRET_KEY = "apiKey"
 # cache and the embedded conversation store live there. Fetched modules are a few MiB each.
 TMP_SIZE_LIMIT = "20Gi"
 MODULES_SIZE_LIMIT = "1Gi"
+IDENTITY_KEY = "identitySecret"  # the entry of a Model's identity Secret
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,14 @@ class ModelResource:
 
 @dataclass(frozen=True)
 class PublishedTenant:
-    """A tenant as the operator publishes it: the spec and the sha256 of its API keys (never the keys)."""
+    """A tenant as the operator publishes it: the spec, the sha256 of its API keys (never the keys), and
+    its identity (namespace and uid), which its stored state is keyed by."""
 
     name: str
     spec: TenantSpec
     api_key_sha256: tuple[str, ...]
+    namespace: str = DEFAULT_NAMESPACE
+    uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,8 @@ class BuildOptions:
     runtime_class: str | None = None  # only for pods that request a GPU
     image_pull_secrets: tuple[str, ...] = ()
     s3: S3Options | None = None
+    # The root of tenants' owner keys (operator/identity.py); pods get their namespace's secret only.
+    installation_secret: str | None = field(default=None, repr=False)
 
 
 # Names and metadata -------------------------------------------------------------------------------
@@ -274,7 +281,14 @@ def runtime_config(
     return RuntimeConfig(
         models=[model_config(model, version)],
         tenants=[
-            TenantEntry(name=t.name, api_key_sha256=sorted(t.api_key_sha256), spec=t.spec) for t in allowed
+            TenantEntry(
+                name=t.name,
+                namespace=t.namespace,
+                uid=t.uid,
+                api_key_sha256=sorted(t.api_key_sha256),
+                spec=t.spec,
+            )
+            for t in allowed
         ],
         pipelines=pipelines_for(model, (t.name for t in allowed), pipelines),
         modules_dir=modules_dir,
@@ -398,6 +412,42 @@ def s3_env(s3: S3Options | None) -> list[Manifest]:
     return env
 
 
+def identity_secret_name(model: ModelResource) -> str:
+    return f"{model.name}-identity"
+
+
+def identity_secret(model: ModelResource, opts: BuildOptions) -> Manifest | None:
+    """The Model's pods' identity secret (its namespace's, derived from the installation secret: a pod
+    of one namespace cannot derive another's owner keys), owned by the Model; None without an
+    installation secret. Created once by the operator (operator/identity.py), never rewritten."""
+    if not opts.installation_secret:
+        return None
+    value = namespace_secret(opts.installation_secret, model.namespace)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": identity_secret_name(model),
+            "namespace": model.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "realm-operator", LABEL_MODEL: model.name},
+            "ownerReferences": [owner_reference(model)],
+        },
+        "data": {IDENTITY_KEY: base64.b64encode(value.encode()).decode()},
+    }
+
+
+def identity_env(model: ModelResource, opts: BuildOptions) -> list[Manifest]:
+    """The namespace's identity secret as the runtime reads it (from the Secret, never the config)."""
+    if not opts.installation_secret:
+        return []
+    ref = {"name": identity_secret_name(model), "key": IDENTITY_KEY}
+    return [
+        {"name": NAMESPACE_ENV, "value": model.namespace},
+        {"name": SECRET_ENV, "valueFrom": {"secretKeyRef": ref}},
+    ]
+
+
 def node_selector(spec: ModelSpec, opts: BuildOptions) -> dict[str, str]:
     """The operator's default node selector with the Model's own on top (same key: the Model wins)."""
     merged = dict(opts.node_selector)
@@ -488,7 +538,7 @@ def deployment(
             str(METRICS_PORT),
         ],
         # HOME: the root filesystem is read-only.
-        "env": [{"name": "HOME", "value": "/tmp"}, *s3_env(opts.s3)],
+        "env": [{"name": "HOME", "value": "/tmp"}, *s3_env(opts.s3), *identity_env(model, opts)],
         "ports": [
             {"name": "http", "containerPort": PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},

@@ -31,9 +31,11 @@ import urllib3
 from pydantic import TypeAdapter, ValidationError
 
 from realm.operator import builders, fastpath, handlers  # importing handlers registers them with kopf
+from realm.operator.identity import ensure_installation_secret
 from realm.operator.kube import Kube, peering_kind
 from realm.operator.options import OperatorConfig
 from realm.operator.peering_gate import own_identity
+from realm.operator.snapshots import DEFAULT_PREFIX, SnapshotLocations
 from realm.operator.state import MEMO_KEY
 from realm.runtime.spec.model import Toleration
 
@@ -146,6 +148,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Secret (in each Model's namespace) with the access key id and secret access key",
     )
+    s3.add_argument(
+        "--kv-allowed-bucket",
+        action="append",
+        default=[],
+        help="a bucket Tenants may name in kvSnapshots.bucket besides --s3-bucket (repeatable)",
+    )
+    s3.add_argument(
+        "--kv-allowed-prefix",
+        action="append",
+        default=[],
+        help=f"a prefix Tenants' kvSnapshots.prefix must lie under (repeatable; default {DEFAULT_PREFIX})",
+    )
     s3.add_argument("--s3-access-key-id-key", default="AWS_ACCESS_KEY_ID", help="its key for the key id")
     s3.add_argument(
         "--s3-secret-access-key-key", default="AWS_SECRET_ACCESS_KEY", help="its key for the secret key"
@@ -162,6 +176,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=OperatorConfig().finalizer_timeout_s,
         help="seconds a deleted Tenant's finalizer retries deleting its KV snapshots before it gives up "
         "with a warning event (annotation realm.dev/force-release=true: at once)",
+    )
+    ident = p.add_argument_group("identity (the root of every tenant's storage keys)")
+    ident.add_argument(
+        "--installation-secret",
+        default=os.environ.get("REALM_INSTALLATION_SECRET_NAME") or "realm-installation",
+        help="Secret holding the installation secret, generated there if missing",
+    )
+    ident.add_argument(
+        "--installation-namespace",
+        default=os.environ.get("REALM_OPERATOR_NAMESPACE") or None,
+        help="its namespace (default: $REALM_OPERATOR_NAMESPACE, else the first watched namespace)",
     )
     p.add_argument("--verbose", "-v", action="store_true", help="everything at DEBUG")
     p.add_argument(
@@ -199,6 +224,9 @@ def config_from(args: argparse.Namespace) -> OperatorConfig:
         image_pull_secrets=tuple(args.image_pull_secret),
         finalizer_timeout_s=args.finalizer_timeout,
         s3=s3 if (s3.endpoint or s3.region or s3.bucket or s3.credentials_secret) else None,
+        snapshot_locations=SnapshotLocations(
+            buckets=tuple(args.kv_allowed_bucket), prefixes=tuple(args.kv_allowed_prefix or [DEFAULT_PREFIX])
+        ),
     )
 
 
@@ -267,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not namespaces and not args.all_namespaces and os.environ.get("REALM_NAMESPACE"):
         namespaces = [os.environ["REALM_NAMESPACE"]]
     clusterwide = args.all_namespaces or not namespaces
+    plain = [n for n in namespaces if not any(ch in n for ch in "*?[!")]
+    home = args.installation_namespace or (plain[0] if plain else "default")
+    op.config.installation_secret = ensure_installation_secret(op.kube, home, args.installation_secret)
 
     if not args.standalone:
         ensure_peering(args.peering, namespaces, clusterwide)

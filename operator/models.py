@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from realm.operator import autoscale, builders, world
+from realm.operator import autoscale, builders, identity, snapshots, world
 from realm.operator.objects import ObjectKey, key_of
 from realm.operator.options import build_options
 from realm.operator.outcome import Outcome, deleting, now, report
@@ -85,7 +85,12 @@ def reconcile_model(op: Operator, namespace: str, name: str) -> Outcome:
         return out  # owner references let the garbage collector remove the rest
     meta = body["metadata"]
     spec, error = parse_spec(body.get("spec"), ModelSpec)
-    tenants = published_tenants(world.tenant_views(op.indexes, namespace, model=name))
+    tenants = [
+        t
+        for t in published_tenants(world.tenant_views(op.indexes, namespace, model=name))
+        # A Tenant whose snapshot location the platform refuses is not served (its status says why).
+        if snapshots.location_error(t.spec, op.config.s3, op.config.snapshot_locations) is None
+    ]
     models = set(world.models_in(op.indexes, namespace))
     pipelines = published_pipelines(world.pipelines_in(op.indexes, namespace), tenants, models)
     opts = build_options(op.config, op.gateway_api.served())
@@ -96,6 +101,7 @@ def reconcile_model(op: Operator, namespace: str, name: str) -> Outcome:
         if isinstance(resource, str):
             error = resource
         else:
+            identity.ensure_identity_secret(op, resource, opts, out)
             try:
                 desired = builders.build_all(resource, tenants, opts, pipelines)
             except (ValidationError, ValueError) as e:  # e.g. a tenant the runtime config rejects

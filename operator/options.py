@@ -12,6 +12,7 @@ from typing import Any
 
 from realm.operator import builders
 from realm.operator.kube import Kube
+from realm.operator.snapshots import SnapshotLocations
 
 GATEWAY_GROUP_VERSION = "gateway.networking.k8s.io/v1"
 
@@ -39,6 +40,10 @@ class OperatorConfig:
     # How long a deleted Tenant's finalizer keeps retrying the deletion of its KV snapshots before it
     # lets the Tenant go with a warning event (the chart's operator.finalizerTimeoutSeconds).
     finalizer_timeout_s: float = 600.0
+    # Where Tenants may keep KV snapshots (the chart's s3.allowedSnapshotBuckets/Prefixes).
+    snapshot_locations: SnapshotLocations = field(default_factory=SnapshotLocations)
+    # The root of tenants' owner keys, read (or generated) at start by main.py (operator/identity.py).
+    installation_secret: str | None = field(default=None, repr=False)
 
 
 class GatewayApi:
@@ -76,4 +81,5 @@ def build_options(config: OperatorConfig, gateway_api_served: bool) -> builders.
         runtime_class=config.runtime_class,
         image_pull_secrets=config.image_pull_secrets,
         s3=config.s3,
+        installation_secret=config.installation_secret,
     )

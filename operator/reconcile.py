@@ -38,6 +38,7 @@ from realm.operator.builders import (
     pipeline_entry,
 )
 from realm.operator.objects import ObjectKey, key_of
+from realm.runtime.spec.identity import DEFAULT_NAMESPACE
 from realm.runtime.spec.model import ModelSpec, ModelStatus, TrafficTarget, VersionStatus, traffic_summary
 from realm.runtime.spec.pipeline import PipelineSpec, PipelineStatus
 from realm.runtime.spec.runtime_config import PipelineEntry, hash_api_key
@@ -234,6 +235,8 @@ class TenantView:
     spec: TenantSpec | None
     deleting: bool
     api_key_sha256: str | None
+    namespace: str = DEFAULT_NAMESPACE
+    uid: str | None = None
 
 
 def published_tenants(tenants: Iterable[TenantView]) -> list[PublishedTenant]:
@@ -252,7 +255,7 @@ def published_tenants(tenants: Iterable[TenantView]) -> list[PublishedTenant]:
         if t.api_key_sha256 is not None and t.api_key_sha256 not in seen:
             seen.add(t.api_key_sha256)
             hashes = (t.api_key_sha256,)
-        out.append(PublishedTenant(t.name, t.spec, hashes))
+        out.append(PublishedTenant(t.name, t.spec, hashes, t.namespace, t.uid))
     return out
 
 

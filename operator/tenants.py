@@ -22,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from realm.operator import snapshots, world
+from realm.operator import identity, snapshots, world
 from realm.operator.builders import LABEL_TENANT, SecretRef, api_key_secret, api_key_secret_ref
 from realm.operator.outcome import Outcome, deleting, normal, now, post, report, warn
 from realm.operator.pipelines import refresh_pipelines
@@ -138,6 +138,10 @@ def reconcile_tenant(
     meta = body["metadata"]
     spec, error = parse_spec(body.get("spec"), TenantSpec)
     tspec = spec if isinstance(spec, TenantSpec) else None
+    if tspec is not None and error is None:
+        # A snapshot location outside what the platform allows: refused like an invalid spec (the
+        # Model passes leave such a Tenant out of every runtime config).
+        error = snapshots.location_error(tspec, op.config.s3, op.config.snapshot_locations)
     key = ensure_key(op, body, tspec, out)
 
     models = set(world.models_in(op.indexes, namespace))
@@ -156,7 +160,7 @@ def reconcile_tenant(
         key=key,
         allowed=allowed,
         existing_models=models,
-        published_to=[m for m in allowed if m in models],
+        published_to=[m for m in allowed if m in models] if error is None else [],
     )
     patch = status_patch(body.get("status"), status)
     if patch is not None:
@@ -354,11 +358,13 @@ def finalize(
             f"{released}; the Tenant's KV snapshots in {where} may remain and must be deleted by hand",
         )
         return
-    tier = snapshots.tier_for(op.kube, namespace, parsed, op.config.s3)
+    tier = snapshots.tier_for(op.kube, namespace, parsed, op.config.s3, op.config.snapshot_locations)
     if tier is None:
         return
     try:
-        deleted = snapshots.delete_all(tier, name)
+        # The owner key of this Tenant (namespace and uid), never its name: a same-named Tenant of
+        # another namespace, or an earlier one of this name, keeps its snapshots.
+        deleted = snapshots.delete_all(tier, identity.owner_key(op, namespace, body["metadata"]["uid"]))
     except snapshots.S3Unavailable as e:
         raise kopf.TemporaryError(f"cannot delete the KV snapshots yet: {e}", delay=10) from e
     post(normal, body, "SnapshotsDeleted", f"deleted {deleted} KV snapshot(s) (deletionPolicy Delete)")
@@ -376,11 +382,11 @@ def sweep_kv_snapshots(
     parsed, _ = parse_spec(spec, TenantSpec)
     if not isinstance(parsed, TenantSpec) or deleting(body):
         return
-    tier = snapshots.tier_for(op.kube, namespace, parsed, op.config.s3)
+    tier = snapshots.tier_for(op.kube, namespace, parsed, op.config.s3, op.config.snapshot_locations)
     if tier is None:
         return
     try:
-        result = snapshots.sweep(tier, name, parsed)
+        result = snapshots.sweep(tier, identity.owner_key(op, namespace, body["metadata"]["uid"]), parsed)
     except snapshots.S3Unavailable as e:
         warn(body, "SnapshotsUnreachable", str(e))
         raise kopf.TemporaryError(f"S3 unreachable: {e}", delay=30) from e

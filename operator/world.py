@@ -261,7 +261,7 @@ def tenant_views(indexes: Indexes, namespace: str, model: str | None = None) -> 
         _, digest = secret_entry_hash(indexes.secrets, namespace, ref.name, ref.key)
         if secret_owner(indexes.secrets, namespace, ref.name) != rec.name:
             digest = None  # another Tenant's Secret (or no one's): no key is published for this one
-        views.append(TenantView(rec.name, rec.spec, rec.deleting, digest))
+        views.append(TenantView(rec.name, rec.spec, rec.deleting, digest, namespace, rec.uid or None))
     return views
 
 

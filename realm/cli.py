@@ -102,6 +102,7 @@ def _metrics_port(flag: int | None) -> int | Literal["config"] | None:
 
 def serve(args: argparse.Namespace) -> int:
     from realm.runtime.config_store import ConfigError, default_api_key, default_config, load_config
+    from realm.runtime.conversations import ConversationError
     from realm.runtime.server import Runtime
 
     api_key: str | None = None
@@ -128,16 +129,20 @@ def serve(args: argparse.Namespace) -> int:
         if runtime.metrics_url is not None:
             print(f"Metrics and the OpenAPI document: {runtime.metrics_url}\n", flush=True)
 
-    runtime = Runtime(
-        config,
-        config_path=args.config,
-        host=args.host,
-        port=args.port,
-        metrics_port=_metrics_port(args.metrics_port),
-        drain_timeout=args.drain_timeout,
-        log_level=args.log_level,
-        on_ready=announce,
-    )
+    try:
+        runtime = Runtime(
+            config,
+            config_path=args.config,
+            host=args.host,
+            port=args.port,
+            metrics_port=_metrics_port(args.metrics_port),
+            drain_timeout=args.drain_timeout,
+            log_level=args.log_level,
+            on_ready=announce,
+        )
+    except ConversationError as e:  # e.g. an S3 server that ignores conditional writes
+        print(f"realm: {e.message}", file=sys.stderr)
+        return 2
     code: int = asyncio.run(runtime.serve())
     if runtime.abandoned_runs:
         # Everything is flushed and closed; only threads stuck in a guest's host code are left,

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from realm.runtime.spec.identity import DEFAULT_NAMESPACE, NAMESPACE_ENV, SECRET_ENV, NamespaceIdentity
 from realm.runtime.spec.runtime_config import RuntimeConfig, TenantEntry, default_models, hash_api_key
 from realm.runtime.spec.tenant import TenantSpec
 
@@ -65,35 +67,57 @@ def load_config(path: Path) -> RuntimeConfig:
     return parse_config(text, source=str(path))
 
 
-def default_api_key(home: Path | None = None) -> str:
-    """The default tenant's key: generated on first use, then read back, so it survives restarts."""
-    path = (home or realm_home()) / "default-api-key"
+def _private_value(path: Path, make: Callable[[], str]) -> str:
+    """A value generated on first use into a 0600 file, then read back, so it survives restarts."""
     try:
-        key = path.read_text().strip()
-        if key:
-            return key
+        value = path.read_text().strip()
+        if value:
+            return value
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = "realm-" + secrets.token_urlsafe(32)
+    value = make()
     # Written to a private temporary file, then renamed: never world-readable, never half-written.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
+        f.write(value + "\n")
     try:
         os.link(tmp, path)  # fails if another process created it meanwhile: then theirs wins
     except FileExistsError:
-        key = path.read_text().strip()
+        value = path.read_text().strip()
     finally:
         tmp.unlink()
-    return key
+    return value
 
 
-def default_config(api_key: str) -> RuntimeConfig:
+def default_api_key(home: Path | None = None) -> str:
+    """The default tenant's key: generated on first use, then read back, so it survives restarts."""
+    return _private_value(
+        (home or realm_home()) / "default-api-key", lambda: "realm-" + secrets.token_urlsafe(32)
+    )
+
+
+def runtime_identity(config: RuntimeConfig, home: Path | None = None) -> NamespaceIdentity:
+    """The identity secret tenants' stored state is keyed under (runtime/spec/identity.py): in a cluster
+    the operator's Secret for this namespace ($REALM_IDENTITY_SECRET); alone, an installation secret
+    generated once in the data folder (0600), for the namespace of the config's tenants."""
+    namespace = config.tenants[0].namespace if config.tenants else DEFAULT_NAMESPACE
+    secret = os.environ.get(SECRET_ENV, "").strip()
+    if secret:
+        return NamespaceIdentity(os.environ.get(NAMESPACE_ENV) or namespace, secret)
+    installation = _private_value(
+        (home or realm_home()) / "installation-secret", lambda: secrets.token_hex(32)
+    )
+    return NamespaceIdentity.of(installation, namespace)
+
+
+def default_config(api_key: str, home: Path | None = None) -> RuntimeConfig:
     models = default_models()
     tenant = TenantEntry(
         name=DEFAULT_TENANT,
+        # Generated once, like the key: the embedded default tenant keeps its conversations across restarts.
+        uid=_private_value((home or realm_home()) / "default-tenant-uid", lambda: str(uuid.uuid4())),
         api_key_sha256=[hash_api_key(api_key)],
         spec=TenantSpec(display_name="Default tenant", allowed_models=[m.name for m in models]),
     )

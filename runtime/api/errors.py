@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from realm.runtime.conversations import (
     ConversationError,
     ConversationNotFound,
+    ConversationQuotaExceeded,
     InvalidConversation,
     LimitExceeded,
     StoreUnavailable,
@@ -105,6 +106,8 @@ _CONVERSATION_STATUS: dict[type[ConversationError], tuple[int, str]] = {
     ConversationNotFound: (404, "invalid_request_error"),
     VersionConflict: (409, "invalid_request_error"),
     LimitExceeded: (400, "invalid_request_error"),
+    # The tenant's conversations are at their count or byte quota: deleting some, not waiting, helps.
+    ConversationQuotaExceeded: (429, "insufficient_quota"),
     InvalidConversation: (400, "invalid_request_error"),
     StoreUnavailable: (503, "service_unavailable"),
 }

@@ -15,6 +15,7 @@ from .models import (
     Conversation,
     ConversationError,
     ConversationNotFound,
+    ConversationQuotaExceeded,
     InvalidConversation,
     LimitExceeded,
     Limits,
@@ -30,6 +31,7 @@ __all__ = [
     "Conversation",
     "ConversationError",
     "ConversationNotFound",
+    "ConversationQuotaExceeded",
     "ConversationStore",
     "InvalidConversation",
     "LimitExceeded",
@@ -45,7 +47,13 @@ __all__ = [
 
 def open_store(config: ConversationsConfig, home: Path) -> ConversationStore:
     """The store `config` names; `home` is the runtime's data folder (the SQLite default's place)."""
-    limits = Limits(max_messages=config.max_messages, max_bytes=config.max_bytes)
+    limits = Limits(
+        max_messages=config.max_messages,
+        max_bytes=config.max_bytes,
+        max_conversations=config.max_conversations,
+        max_total_bytes=config.max_total_bytes,
+        ttl_seconds=config.ttl_seconds,
+    )
     if config.backend == "sqlite":
         from .sqlite_store import SqliteConversationStore
 
@@ -62,4 +70,6 @@ def open_store(config: ConversationsConfig, home: Path) -> ConversationStore:
         os.environ.get("REALM_S3_ENDPOINT") or config.endpoint,
         os.environ.get("REALM_S3_REGION") or config.region,
     )
-    return S3ConversationStore(client, bucket, config.prefix, limits)
+    store = S3ConversationStore(client, bucket, config.prefix, limits)
+    store.verify_at_start()  # a server that ignores conditional writes stops the runtime here
+    return store

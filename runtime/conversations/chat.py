@@ -18,6 +18,7 @@ from .store import UNSET, ConversationStore, Unset
 
 @dataclass(frozen=True)
 class ChatTurn:
+    tenant: str  # as the store was asked: the turn is recorded under the same one
     conversation: Conversation  # as read when the request started
     new_messages: tuple[Message, ...]
 
@@ -31,7 +32,7 @@ async def begin_turn(
     store: ConversationStore, tenant: str, conversation_id: str, new_messages: Sequence[Message]
 ) -> ChatTurn:
     conversation = await store.get(tenant, conversation_id)
-    return ChatTurn(conversation, tuple(new_messages))
+    return ChatTurn(tenant, conversation, tuple(new_messages))
 
 
 async def finish_turn(
@@ -40,7 +41,7 @@ async def finish_turn(
     """Append the turn (its new messages and the assistant's reply) as one new version; `kv_key`
     (the KV snapshot of this turn) goes into the same write."""
     return await store.update(
-        turn.conversation.tenant,
+        turn.tenant,
         turn.conversation.id,
         expected_version=turn.conversation.version,
         append=[*turn.new_messages, Message(role="assistant", content=reply)],

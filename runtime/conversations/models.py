@@ -88,6 +88,13 @@ class LimitExceeded(ConversationError):
     reason = "conversation_too_large"
 
 
+class ConversationQuotaExceeded(ConversationError):
+    """A tenant holds as many conversations, or as many bytes of them, as it may: delete some first."""
+
+    code = "conversation_quota_exceeded"
+    reason = "quota_exceeded"
+
+
 class InvalidConversation(ConversationError):
     """A change that would make the document invalid (e.g. metadata over OpenAI's limits)."""
 
@@ -102,13 +109,21 @@ class StoreUnavailable(ConversationError):
     reason = "conversation_store_unavailable"
 
 
+DAY = 86_400
+
+
 class Limits(BaseModel):
-    """Per-conversation limits. The whole document must also fit one host-call result (1 MiB)."""
+    """Per-conversation limits (the whole document must also fit one host-call result, 1 MiB) and
+    per-tenant ones: how many conversations, how many stored bytes in all, and how long one lives after
+    its last change (an expired one reads as not found and is swept)."""
 
     model_config = ConfigDict(frozen=True)
 
     max_messages: int = Field(1000, ge=1, le=100_000)
     max_bytes: int = Field(512 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_conversations: int = Field(1000, ge=1, le=1_000_000)
+    max_total_bytes: int = Field(64 << 20, ge=1024, le=1 << 40)
+    ttl_seconds: int | None = Field(90 * DAY, ge=60, le=3650 * DAY)
 
 
 class Message(BaseModel):

@@ -1,9 +1,11 @@
 """Conversations on S3 (or any server speaking S3's conditional writes: AWS S3 since 2024,
 MinIO, Ceph RGW recent releases), for runtimes in a cluster that share them.
 
-One JSON object per conversation, `<prefix>/<tenant>/conversations/<id>.json`. Compare-and-swap
+One JSON object per conversation, `<prefix>/<owner key>/conversations/<id>.json` (the owner key: the
+Tenant's namespace and uid under the installation secret, runtime/spec/identity.py). Compare-and-swap
 is a conditional PutObject: `If-None-Match: *` to create, `If-Match: <ETag read>` to replace;
-the server answers 412 (or 409 when two conditional writes race) to the writer that lost. A
+the server answers 412 (or 409 when two conditional writes race) to the writer that lost. A delete
+is a DeleteObject with `If-Match` where the server honours it (probed with the writes). A
 listing is a ListObjectsV2 of the tenant's prefix: ids sort newest first (models.new_id), so
 key order is the listing's order and `after` is `StartAfter`.
 
@@ -15,8 +17,11 @@ own to run. boto3 blocks, so CasStore runs every call in a worker thread.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -25,13 +30,15 @@ import botocore.config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .models import Conversation, Limits, StoreUnavailable, valid_id
-from .store import CasStore
+from .store import CasStore, Stored
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+_DELETE_ATTEMPTS = 16
+log = logging.getLogger(__name__)
 
 
 def make_client(
@@ -85,14 +92,29 @@ class S3ConversationStore(CasStore[str]):
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="realm-s3-list")
         self._checked = False
         self._check_lock = threading.Lock()
+        # Whether the server honours If-Match on DeleteObject (found by the probe).
+        self.conditional_deletes = False
+
+    def verify_at_start(self) -> None:
+        """Run the conditional-request probe now, so that a server that ignores conditions stops the
+        runtime before it serves. A server that cannot be reached yet is left to the first write."""
+        try:
+            self._check_conditional_writes()
+        except StoreUnavailable as e:
+            if isinstance(e.__cause__, (ClientError, BotoCoreError)):
+                log.warning("conversation store not checked at start (checked on first write): %s", e)
+                return
+            raise
 
     def _check_conditional_writes(self) -> None:
-        """Refuse to write through a server that ignores If-None-Match/If-Match.
+        """Refuse to write through a server that ignores If-None-Match or If-Match on PutObject.
 
-        Such a server (S3-compatible stores before their 2024-2025 releases) accepts the
-        conditional PutObject and overwrites unconditionally: compare-and-swap would silently
-        become last-writer-wins. Checked once, on the first write: a probe object created with
-        If-None-Match: * must refuse to be created again.
+        Such a server (S3-compatible stores before their 2024-2025 releases) accepts the conditional
+        PutObject and overwrites unconditionally: compare-and-swap would silently become
+        last-writer-wins. Checked once, at start (`verify_at_start`) or on the first write, on a probe
+        object: created with If-None-Match: *, it must refuse to be created again, and refuse a replace
+        whose If-Match names an ETag it does not have. Conditional DeleteObject (If-Match) is probed
+        too: AWS S3 honours it, MinIO (2025 releases) ignores it; deletes use it where it is honoured.
         """
         if self._checked:
             return
@@ -104,24 +126,46 @@ class S3ConversationStore(CasStore[str]):
                 if self.prefix
                 else f".cas-probe/{secrets.token_hex(8)}"
             )
+            wrong = f'"{secrets.token_hex(16)}"'  # an ETag the probe object does not have
             try:
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=b"1", IfNoneMatch="*")
-                try:
-                    self.client.put_object(Bucket=self.bucket, Key=key, Body=b"2", IfNoneMatch="*")
-                    honoured = False
-                except ClientError as e:
-                    if not (_code(e) in _LOST_RACE or _status(e) in ("412", "409")):
-                        raise
-                    honoured = True
-                self.client.delete_object(Bucket=self.bucket, Key=key)
+                create_refused = self._refused(
+                    lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=b"2", IfNoneMatch="*")
+                )
+                replace_refused = self._refused(
+                    lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=b"3", IfMatch=wrong)
+                )
+                delete_refused = self._refused(
+                    lambda: self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=wrong)
+                )
+                if delete_refused:
+                    self.client.delete_object(Bucket=self.bucket, Key=key)
             except (ClientError, BotoCoreError) as e:
                 raise self._fail("check conditional writes", e) from e
-            if not honoured:
+            ignored = [
+                name
+                for name, refused in (("If-None-Match", create_refused), ("If-Match", replace_refused))
+                if not refused
+            ]
+            if ignored:
                 raise StoreUnavailable(
-                    "The S3 server ignores conditional writes (If-None-Match); conversations need them "
-                    "for compare-and-swap (AWS S3, MinIO and Ceph RGW releases since 2024 have them)."
+                    f"The S3 server ignores conditional writes ({' and '.join(ignored)} on PutObject); "
+                    "conversations need them for compare-and-swap (AWS S3, MinIO and Ceph RGW releases "
+                    "since 2024 have them). Refusing to use it."
                 )
+            self.conditional_deletes = delete_refused
             self._checked = True
+
+    @staticmethod
+    def _refused(call: Callable[[], object]) -> bool:
+        """Whether a conditional request was refused as a lost condition (412, or 409 for a race)."""
+        try:
+            call()
+        except ClientError as e:
+            if _code(e) in _LOST_RACE or _status(e) in ("412", "409"):
+                return True
+            raise
+        return False
 
     def _dir(self, tenant: str) -> str:
         return f"{self.prefix}/{tenant}/conversations/" if self.prefix else f"{tenant}/conversations/"
@@ -171,20 +215,27 @@ class S3ConversationStore(CasStore[str]):
         return self._put(conversation, IfMatch=token)
 
     def _delete(self, tenant: str, conversation_id: str) -> bool:
+        """Delete the document read as this tenant's: with If-Match on its ETag where the server honours
+        it, so that what is deleted is what was checked (a write in between makes it read again)."""
+        self._check_conditional_writes()
         key = self._key(tenant, conversation_id)
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as e:
-            if _code(e) in _MISSING or _status(e) == "404":
+        for _ in range(_DELETE_ATTEMPTS):
+            found = self._read(tenant, conversation_id)
+            if found is None or found[0].tenant != tenant:
                 return False
-            raise self._fail("delete", e) from e
-        except BotoCoreError as e:
-            raise self._fail("delete", e) from e
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        except (ClientError, BotoCoreError) as e:
-            raise self._fail("delete", e) from e
-        return True
+            try:
+                if self.conditional_deletes:
+                    self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=found[1])
+                else:
+                    self.client.delete_object(Bucket=self.bucket, Key=key)
+            except ClientError as e:
+                if _code(e) in _LOST_RACE or _status(e) in ("412", "409"):
+                    continue  # changed since it was read: read it again
+                raise self._fail("delete", e) from e
+            except BotoCoreError as e:
+                raise self._fail("delete", e) from e
+            return True
+        raise StoreUnavailable(f"Conversation '{conversation_id}' is changing too fast to delete.")
 
     def _list(self, tenant: str, limit: int, after: str | None) -> list[Conversation]:
         directory = self._dir(tenant)
@@ -203,6 +254,25 @@ class S3ConversationStore(CasStore[str]):
         # The documents are fetched in parallel; one deleted since the listing is skipped.
         found = self._pool.map(lambda i: self._read(tenant, i), ids)
         return [c for c, _ in (f for f in found if f is not None) if c.tenant == tenant]
+
+    def _usage(self, tenant: str) -> list[Stored]:
+        """From a listing alone: sizes and LastModified (the server's clock) of the tenant's documents."""
+        directory = self._dir(tenant)
+        found: list[Stored] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=directory
+            ):
+                for obj in page.get("Contents", []):
+                    name = obj.get("Key", "")[len(directory) :]
+                    conversation_id = name[: -len(".json")]
+                    if name.endswith(".json") and valid_id(conversation_id):
+                        modified = obj.get("LastModified")
+                        changed = modified.timestamp() if modified is not None else time.time()
+                        found.append(Stored(conversation_id, int(obj.get("Size", 0)), changed))
+        except (ClientError, BotoCoreError) as e:
+            raise self._fail("list", e) from e
+        return found
 
     def _close(self) -> None:
         self._pool.shutdown(wait=False)

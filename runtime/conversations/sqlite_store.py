@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from .models import Conversation, Limits, StoreUnavailable
-from .store import CasStore
+from .store import CasStore, Stored
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -103,6 +103,15 @@ class SqliteConversationStore(CasStore[int]):
                 (tenant, after or "", limit),
             ).fetchall()
         return [Conversation.model_validate_json(r[0]) for r in rows]
+
+    def _usage(self, tenant: str) -> list[Stored]:
+        with self._lock:
+            rows = self._execute(
+                "SELECT id, LENGTH(CAST(doc AS BLOB)), json_extract(doc, '$.updated_at') "
+                "FROM conversations WHERE tenant = ?",
+                (tenant,),
+            ).fetchall()
+        return [Stored(r[0], int(r[1]), float(r[2])) for r in rows]
 
     def _close(self) -> None:
         with self._lock:

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
 import enum
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from pydantic import ValidationError
 
 from .models import (
     Conversation,
     ConversationNotFound,
+    ConversationQuotaExceeded,
     InvalidConversation,
     Limits,
     Message,
@@ -43,6 +45,14 @@ MAX_PAGE = 100
 # An append without an expected version re-reads and retries when it loses a race; this many
 # lost races in a row means something is wrong (or hopelessly contended).
 _UNCONDITIONAL_RETRIES = 16
+
+
+class Stored(NamedTuple):
+    """One stored conversation as a listing sees it, without reading it."""
+
+    id: str
+    bytes: int  # the document as stored
+    changed_at: float  # unix seconds of its last write
 
 
 class Unset(enum.Enum):
@@ -118,6 +128,10 @@ class CasStore(abc.ABC, Generic[Token]):
     def _list(self, tenant: str, limit: int, after: str | None) -> list[Conversation]:
         """Up to `limit` conversations with ids greater than `after`, in id order (newest first)."""
 
+    @abc.abstractmethod
+    def _usage(self, tenant: str) -> list[Stored]:
+        """Every conversation of the tenant (expired ones included), from a listing."""
+
     def _close(self) -> None:
         return None
 
@@ -143,7 +157,7 @@ class CasStore(abc.ABC, Generic[Token]):
             messages=tuple(messages),
             state=state,
         ).check(self.limits)
-        await self._run(self._insert, conversation)
+        await self._run(self._insert_within_quota, conversation)
         return conversation
 
     async def get(self, tenant: str, conversation_id: str) -> Conversation:
@@ -154,7 +168,7 @@ class CasStore(abc.ABC, Generic[Token]):
         limit = max(1, min(limit, MAX_PAGE))
         if after is not None and not valid_id(after):
             raise ConversationNotFound(after)
-        found = await self._run(self._list, tenant, limit + 1, after)
+        found = await self._run(self._list_live, tenant, limit + 1, after)
         return Page(data=tuple(found[:limit]), has_more=len(found) > limit)
 
     async def update(
@@ -192,6 +206,46 @@ class CasStore(abc.ABC, Generic[Token]):
     async def _run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    # Per-tenant quotas and expiry. Checked against a listing made just before the write: two writes
+    # racing may both pass it, so a tenant may briefly hold a little more than its quota.
+
+    def _expired(self, changed_at: float, now: float) -> bool:
+        ttl = self.limits.ttl_seconds
+        return ttl is not None and changed_at < now - ttl
+
+    def _sweep(self, tenant: str) -> builtins.list[Stored]:
+        """Delete the tenant's expired conversations; the live ones."""
+        now = time.time()
+        live: builtins.list[Stored] = []
+        for entry in self._usage(tenant):
+            if self._expired(entry.changed_at, now):
+                self._delete(tenant, entry.id)
+            else:
+                live.append(entry)
+        return live
+
+    def _check_quota(self, tenant: str, stored: Conversation, replacing: str | None) -> None:
+        live = self._sweep(tenant)
+        count = len(live) + (0 if replacing is not None else 1)
+        if count > self.limits.max_conversations:
+            raise ConversationQuotaExceeded(
+                f"A tenant holds at most {self.limits.max_conversations} conversations; delete some first."
+            )
+        total = sum(e.bytes for e in live if e.id != replacing) + len(stored.model_dump_json().encode())
+        if total > self.limits.max_total_bytes:
+            raise ConversationQuotaExceeded(
+                f"A tenant's conversations hold at most {self.limits.max_total_bytes} bytes in all; this "
+                f"change would make {total}. Delete some first."
+            )
+
+    def _insert_within_quota(self, conversation: Conversation) -> None:
+        self._check_quota(conversation.tenant, conversation, None)
+        self._insert(conversation)
+
+    def _list_live(self, tenant: str, limit: int, after: str | None) -> builtins.list[Conversation]:
+        self._sweep(tenant)
+        return self._list(tenant, limit, after)
+
     def _get(self, tenant: str, conversation_id: str) -> Conversation:
         return self._get_with_token(tenant, conversation_id)[0]
 
@@ -203,6 +257,9 @@ class CasStore(abc.ABC, Generic[Token]):
         # The tenant check on the document too: a backend bug, or a hand-copied object, must not
         # hand one tenant's conversation to another.
         if found is None or found[0].tenant != tenant or found[0].id != conversation_id:
+            raise ConversationNotFound(conversation_id)
+        if self._expired(found[0].updated_at, time.time()):
+            self._delete(tenant, conversation_id)
             raise ConversationNotFound(conversation_id)
         return found
 
@@ -224,6 +281,8 @@ class CasStore(abc.ABC, Generic[Token]):
             fields["version"] = current.version + 1
             fields["updated_at"] = max(int(time.time()), current.updated_at)
             updated = _build(**fields).check(self.limits)
+            if len(updated.model_dump_json()) > len(current.model_dump_json()):
+                self._check_quota(tenant, updated, conversation_id)
             if self._replace(updated, token):
                 return updated
             if expected_version is not None:

@@ -1,16 +1,21 @@
 """The stored object: a header that says what the payload is valid for, then the engine's KV bytes.
 
-    b"RKVS" | uint32 little-endian header length | header (JSON) | payload
+    b"RKVS" | uint32 little-endian header length | header (JSON) | payload | HMAC-SHA256 (32 bytes)
 
-Decoding checks everything before anything is returned: the magic, the header, the format version, the
-payload length (a truncated object), the payload checksum, the decompressed size, and then, in
-`check_scope`, that the snapshot belongs to the scope and its token ids to the key. Any failure raises
-`SnapshotRejected` with a reason the store counts; wrong bytes are never handed to an engine.
+The MAC covers every byte before it, keyed by a secret of the runtime's installation (derived from its
+identity secret, runtime/spec/identity.py): an object written by anyone else (another installation or
+namespace, a tenant with write access to its own bucket, a hand-edited file) is refused before a byte of
+it is even parsed, let alone handed to `llama_state_seq_set_data`. Decoding then checks the rest: the
+magic, the header, the format version, the payload length (a truncated object), the payload checksum, the
+decompressed size, and then, in `check_scope`, that the snapshot belongs to the scope and its token ids to
+the key. Any failure raises `SnapshotRejected` with a reason the store counts; wrong bytes are never handed
+to an engine.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import struct
 import time
 from dataclasses import dataclass
@@ -27,7 +32,9 @@ _LEN = struct.Struct("<I")
 # A header holds the token ids: 16 MiB is ~2M tokens, far beyond any context.
 MAX_HEADER_BYTES = 16 << 20
 
-RejectReason = Literal["corrupt", "truncated", "mismatch"]
+MAC_BYTES = 32
+
+RejectReason = Literal["corrupt", "truncated", "mismatch", "forged"]
 Compression = Literal["none", "zstd"]
 
 
@@ -95,8 +102,17 @@ class CompressionPolicy:
         return "zstd", packed
 
 
+def _mac(key: bytes, data: bytes | memoryview) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
 def encode(
-    scope: Scope, snapshot: KVSnapshot, policy: CompressionPolicy, *, created: float | None = None
+    scope: Scope,
+    snapshot: KVSnapshot,
+    policy: CompressionPolicy,
+    *,
+    mac_key: bytes,
+    created: float | None = None,
 ) -> bytes:
     compression, payload = policy.choose(snapshot.data)
     header = SnapshotHeader(
@@ -116,7 +132,8 @@ def encode(
         created=time.time() if created is None else created,
     )
     head = header.model_dump_json().encode()
-    return b"".join((MAGIC, _LEN.pack(len(head)), head, payload))
+    body = b"".join((MAGIC, _LEN.pack(len(head)), head, payload))
+    return body + _mac(mac_key, body)
 
 
 def read_header(blob: bytes) -> tuple[SnapshotHeader, int]:
@@ -138,14 +155,25 @@ def read_header(blob: bytes) -> tuple[SnapshotHeader, int]:
     return header, start + length
 
 
-def decode(blob: bytes) -> tuple[SnapshotHeader, KVSnapshot]:
-    """Parse and verify an object on its own (not yet against a scope: see `check_scope`)."""
-    header, offset = read_header(blob)
+def authenticate(blob: bytes, mac_key: bytes) -> memoryview:
+    """The object without its MAC, once the MAC is right; nothing of it is parsed before."""
+    if len(blob) < len(MAGIC) + _LEN.size + MAC_BYTES:
+        raise SnapshotRejected("truncated", f"{len(blob)} bytes, shorter than the preamble and MAC")
+    body = memoryview(blob)[:-MAC_BYTES]
+    if not hmac.compare_digest(_mac(mac_key, body), blob[-MAC_BYTES:]):
+        raise SnapshotRejected("forged", "the MAC does not match this installation's key")
+    return body
+
+
+def decode(blob: bytes, *, mac_key: bytes) -> tuple[SnapshotHeader, KVSnapshot]:
+    """Authenticate, parse and verify an object on its own (not yet against a scope: see `check_scope`)."""
+    body = authenticate(blob, mac_key)
+    header, offset = read_header(bytes(body[: len(MAGIC) + _LEN.size + MAX_HEADER_BYTES]))
     if header.format_version != FORMAT_VERSION:
         raise SnapshotRejected("mismatch", f"format version {header.format_version}")
     if header.token_count != len(header.token_ids):
         raise SnapshotRejected("corrupt", "token count disagrees with the token ids")
-    payload = memoryview(blob)[offset:]
+    payload = body[offset:]
     if len(payload) < header.payload_length:
         raise SnapshotRejected("truncated", f"payload {len(payload)} of {header.payload_length} bytes")
     if len(payload) > header.payload_length:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 #: Bumped whenever the key derivation or the object layout changes: old objects then simply stop matching.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_BLOCK_SIZE = 64
 
 #: The namespace of tenants that opted into sharing (Tenant.spec.kvSnapshots.sharePrefixCache). Tenant
@@ -149,6 +149,19 @@ def namespace_prefix(root: str, namespace: str) -> str:
     """The listing prefix of one namespace, with its trailing '/': 'a' never matches 'ab/...'."""
     validate_namespace(namespace)
     return f"{root}/{namespace}/" if root else f"{namespace}/"
+
+
+def in_layout(root: str, namespace: str, key: str) -> bool:
+    """Whether `key` is a snapshot object of `namespace` as the store writes it:
+    `<root>/<namespace>/<model>/<version>/<block hash>`, nothing more and nothing less. The policy
+    operations touch only such keys, never whatever else lies under the prefix."""
+    prefix = namespace_prefix(root, namespace)
+    if not key.startswith(prefix):
+        return False
+    parts = key[len(prefix) :].split("/")
+    if len(parts) != 3 or not _HASH.fullmatch(parts[2]):
+        return False
+    return all(_SEGMENT.fullmatch(p) and ".." not in p for p in parts[:2])
 
 
 def hash_of_key(key: str) -> str | None:

@@ -6,8 +6,10 @@ attempt and short timeouts (a slow S3 must cost a request no more than its deadl
 operations retry.
 
 The policy operations (usage, expire, enforce_max_bytes, delete_tenant) list `<root>/<namespace>/` only:
-the namespace is validated as a single path segment and every listed key is checked to start with that
-prefix before anything is deleted, so one tenant's operation can never touch another's objects.
+the namespace is validated as a single path segment and every listed key is checked to be a snapshot
+object of that namespace in the store's layout (`<root>/<namespace>/<model>/<version>/<block hash>`)
+before anything is deleted, so one tenant's operation can never touch another's objects, nor anything
+else that lies under the prefix.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import boto3
 import botocore.config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .keys import Scope, hash_of_key, namespace_prefix, object_key, validate_root
+from .keys import Scope, hash_of_key, in_layout, namespace_prefix, object_key, validate_root
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -159,7 +161,10 @@ class S3Tier:
             raise S3Unavailable(str(exc)) from exc
 
     def list_namespace(self, namespace: str) -> Iterator[ObjectInfo]:
-        return self.list_prefix(namespace_prefix(self.root, namespace))
+        """The namespace's snapshot objects: only keys in the store's layout (keys.in_layout)."""
+        for info in self.list_prefix(namespace_prefix(self.root, namespace)):
+            if in_layout(self.root, namespace, info.key):
+                yield info
 
     def list_scope(self, scope: Scope, limit: int) -> list[tuple[str, str]]:
         """(block hash, key) of up to `limit` objects of one scope's directory."""
@@ -207,8 +212,8 @@ class S3Tier:
 
     def _delete(self, namespace: str, keys: list[str]) -> list[str]:
         prefix = namespace_prefix(self.root, namespace)
-        if any(not k.startswith(prefix) for k in keys):
-            raise ValueError(f"refusing to delete keys outside {prefix!r}")
+        if any(not in_layout(self.root, namespace, k) for k in keys):
+            raise ValueError(f"refusing to delete keys outside the snapshot layout under {prefix!r}")
         deleted: list[str] = []
         try:
             for i in range(0, len(keys), _DELETE_BATCH):

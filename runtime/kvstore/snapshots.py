@@ -7,10 +7,13 @@ Two stores, because two promises differ:
 - the persistent tiers (memory, local disk, S3), for tenants whose `spec.kvSnapshots.enabled` is set:
   their snapshots survive the pod and are found by any replica.
 
-Scopes are per tenant: the tenant's name is the namespace (the objects' folder) and a salt derived from
-it keys the hash chain, so identical prompts of two tenants never share a key. A Tenant with
-`sharePrefixCache` also writes into, and reads from, a shared scope whose salt every sharing tenant
-knows (opting in means accepting that others can time its cached prefixes).
+Scopes are per tenant *owner*, never per name: the owner key (the Tenant's namespace and uid under the
+installation secret, runtime/spec/identity.py) is the namespace (the objects' folder), and a salt derived
+from it and the runtime's secret keys the hash chain, so identical prompts of two tenants never share a
+key, and a Tenant of the same name in another namespace, or created again, finds nothing. A Tenant with
+`sharePrefixCache` also writes into, and reads from, a shared scope (in process memory only) whose salt
+every sharing tenant of this runtime knows (opting in means accepting that others can time its cached
+prefixes).
 
 The engine never sees any of this: a request carries the snapshot to restore and asks for its KV back.
 """
@@ -18,6 +21,7 @@ The engine never sees any of this: a request carries the snapshot to restore and
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 from collections.abc import Callable
@@ -42,11 +46,9 @@ log = logging.getLogger(__name__)
 Listener = Callable[[str, str], None]
 
 
-def _salt(material: str) -> str:
-    # A secret of the deployment, when given, makes keys unguessable even to someone who knows the
-    # tenant names; without one the salt still keeps tenants' chains apart.
-    secret = os.environ.get("REALM_KV_SALT", "")
-    return hashlib.sha256(f"realm-kv-salt\0{secret}\0{material}".encode()).hexdigest()
+def _salt(secret: str, material: str) -> str:
+    # Keyed by the runtime's secret: a chain hash cannot be computed, hence not probed, without it.
+    return hmac.new(secret.encode(), f"realm-kv-salt\0{material}".encode(), hashlib.sha256).hexdigest()
 
 
 def kv_key_hint(key: str | None) -> tuple[str | None, int | None]:
@@ -59,8 +61,14 @@ def kv_key_hint(key: str | None) -> tuple[str | None, int | None]:
 
 
 class KVSnapshots:
-    def __init__(self, config: KVSnapshotsConfig, home: Path, listener: Listener | None = None) -> None:
+    def __init__(
+        self, config: KVSnapshotsConfig, home: Path, *, secret: str, listener: Listener | None = None
+    ) -> None:
+        """`secret`: the runtime's KV secret (derived from its identity secret), which salts every scope."""
+        if not secret:
+            raise ValueError("KV snapshots need a non-empty secret")
         self.config = config
+        self._secret = secret
         stats = KVStoreStats(listener)
         self.prefix_cache: KVSnapshotStore | None = None
         if config.prefix_cache and config.memory_bytes > 0:
@@ -89,6 +97,7 @@ class KVSnapshots:
             folder = self.disk if default else self.disk / hashlib.sha256(repr(key).encode()).hexdigest()[:16]
             store = KVSnapshotStore(
                 KVStoreConfig(
+                    mac_key=hmac.new(self._secret.encode(), b"realm-kv-mac", hashlib.sha256).digest(),
                     memory_bytes=self._memory if default else self._memory // 8,
                     disk_dir=folder if self.config.disk_bytes > 0 else None,
                     disk_bytes=self.config.disk_bytes,
@@ -127,19 +136,20 @@ class KVSnapshots:
             log.warning("no KV snapshots for %s/%s: %s", namespace, info.name, e)
             return None
 
-    def scopes(self, tenant: str, spec: TenantSpec | None, info: ModelInfo) -> list[Scope]:
-        """Where this tenant's requests may find KV: its own scope first, then the shared one."""
+    def scopes(self, owner: str, spec: TenantSpec | None, info: ModelInfo) -> list[Scope]:
+        """Where this tenant's requests may find KV: its own scope first, then the shared one. `owner`:
+        the tenant's owner key (ServingState.owner), never its name."""
         shared = spec is not None and spec.kv_snapshots.share_prefix_cache
-        key = (tenant, shared, info.name, info.version, info.metadata.get(KV_FINGERPRINT))
+        key = (owner, shared, info.name, info.version, info.metadata.get(KV_FINGERPRINT))
         # Every request asks three times (restore, export?, keep); a scope hashes its whole identity.
         found = self._scopes.get(key)
         if found is None:
-            # The namespace is always the tenant's name: a Tenant's prefix moves its folder, never into
+            # The namespace is always the owner key: a Tenant's prefix moves its folder, never into
             # another tenant's (usage, expiry and deletion work per namespace).
-            own = self._scope(tenant, _salt(f"tenant\0{tenant}"), info)
+            own = self._scope(owner, _salt(self._secret, f"tenant\0{owner}"), info)
             found = [own] if own is not None else []
             if shared:
-                common = self._scope(SHARED_NAMESPACE, _salt("shared"), info)
+                common = self._scope(SHARED_NAMESPACE, _salt(self._secret, "shared"), info)
                 if common is not None:
                     found.append(common)
             if len(self._scopes) > 4096:  # tenants come and go: never grow without bound
@@ -152,21 +162,21 @@ class KVSnapshots:
 
     # The request path --------------------------------------------------------------------------------
 
-    def wants_export(self, tenant: str, spec: TenantSpec | None, info: ModelInfo) -> bool:
-        return bool(self.scopes(tenant, spec, info)) and (
+    def wants_export(self, owner: str, spec: TenantSpec | None, info: ModelInfo) -> bool:
+        return bool(self.scopes(owner, spec, info)) and (
             self.prefix_cache is not None or self.persistent_for(spec)
         )
 
     async def restore(
         self,
-        tenant: str,
+        owner: str,
         spec: TenantSpec | None,
         info: ModelInfo,
         prompt: list[int],
         hint: int | None = None,
     ) -> KVSnapshot | None:
         """The longest cached prefix of `prompt` this tenant may use, or None (then it prefills)."""
-        scopes = self.scopes(tenant, spec, info)
+        scopes = self.scopes(owner, spec, info)
         if not scopes or len(prompt) < scopes[0].block_size:
             return None
         hints = (hint,) if hint else ()
@@ -179,12 +189,12 @@ class KVSnapshots:
             return await self.prefix_cache.fetch(scopes, prompt, deadline=deadline_in(0.05))
         return None
 
-    def keep(self, tenant: str, spec: TenantSpec | None, info: ModelInfo, snapshot: KVSnapshot) -> str | None:
+    def keep(self, owner: str, spec: TenantSpec | None, info: ModelInfo, snapshot: KVSnapshot) -> str | None:
         """Store a finished sequence's KV (returns at once: uploads run in the background). The key,
         with the token count appended, is what a conversation records for its next turn."""
         if len(snapshot.token_ids) < self.config.min_tokens:
             return None
-        scopes = self.scopes(tenant, spec, info)
+        scopes = self.scopes(owner, spec, info)
         if not scopes:
             return None
         key: str | None = None

@@ -34,8 +34,11 @@ Event = Literal[
 ]
 
 #: Why a load failed: a bad object ("corrupt", "truncated"), one for another scope or prompt ("mismatch"),
+#: one without this installation's MAC ("forged": written by someone else, or tampered with),
 #: S3 unreachable or failing ("s3_error"), the caller's deadline ("timeout"), gone meanwhile ("not_found").
-Reason = Literal["corrupt", "truncated", "mismatch", "s3_error", "timeout", "not_found", "disk_error"]
+Reason = Literal[
+    "corrupt", "truncated", "mismatch", "forged", "s3_error", "timeout", "not_found", "disk_error"
+]
 
 Listener = Callable[[Event, str], None]
 

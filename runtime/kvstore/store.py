@@ -71,6 +71,12 @@ class KVStoreConfig:
     # an edited last message): each snapshot is also found under every one of its block hashes. For
     # engines that can drop a restored sequence's tail (llama.cpp can, except on sliding-window models).
     partial_prefixes: bool = False
+    # The key of every object's MAC (codec.py): objects without the right one are refused unread.
+    mac_key: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.disk_dir is not None or self.s3 is not None) and not self.mac_key:
+            raise ValueError("a KV store with a disk or S3 tier needs a MAC key")
 
 
 @dataclass(frozen=True)
@@ -353,7 +359,7 @@ class KVSnapshotStore:
     def _verify(self, hit: Hit, blob: bytes) -> KVSnapshot | Reason:
         """Runs in the pool: decoding hashes the whole payload."""
         try:
-            header, snapshot = codec.decode(blob)
+            header, snapshot = codec.decode(blob, mac_key=self.config.mac_key)
             codec.check_scope(header, hit.scope, hit.block_hash)
         except codec.SnapshotRejected as exc:
             log.warning("KV snapshot %s rejected: %s", hit.block_hash[:16], exc)
@@ -533,7 +539,7 @@ class KVSnapshotStore:
             blob = job.blob
         else:
             assert job.snapshot is not None
-            blob = codec.encode(job.scope, job.snapshot, self.config.compression)
+            blob = codec.encode(job.scope, job.snapshot, self.config.compression, mac_key=self.config.mac_key)
         relpath = object_key("", job.scope, job.block_hash)
         if self.disk is not None:
             try:

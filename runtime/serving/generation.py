@@ -120,7 +120,9 @@ class GenerationStream:
                 prompt_token_ids=self.prompt_ids,
                 params=self.params,
                 logits_processor=self.logits_processor,
-                cache_salt=self.tenant,  # engines know no tenants; the salt keeps prefix caches apart
+                # Engines know no tenants; the owner key (namespace and uid, not the name) keeps prefix
+                # caches apart.
+                cache_salt=self.state.owners.get(self.tenant) or f"unserved\0{self.tenant}",
                 restore_kv=restore,
                 export_kv=export,
             )
@@ -141,22 +143,28 @@ class GenerationStream:
         if kv is None:
             return None, False
         entry = self.state.tenants.get(self.tenant)
+        owner = self.state.owners.get(self.tenant)
+        if owner is None:  # not a served tenant (gone in a reload): nothing cached is its own
+            return None, False
         spec = entry.spec if entry is not None else None
         info = self.engine.info
         try:
-            restore = await kv.restore(self.tenant, spec, info, self.prompt_ids, hint=self.kv_hint)
+            restore = await kv.restore(owner, spec, info, self.prompt_ids, hint=self.kv_hint)
         except Exception:  # the store must never fail a request: prefilling is always correct
             log.exception("KV snapshot lookup failed for %s", self.request_id)
             restore = None
-        return restore, kv.wants_export(self.tenant, spec, info)
+        return restore, kv.wants_export(owner, spec, info)
 
     def _keep_kv(self, snapshot: KVSnapshot) -> None:
         kv = self.state.kv
         if kv is None:
             return
         entry = self.state.tenants.get(self.tenant)
+        owner = self.state.owners.get(self.tenant)
+        if owner is None:
+            return
         try:
-            self.kv_key = kv.keep(self.tenant, entry.spec if entry else None, self.engine.info, snapshot)
+            self.kv_key = kv.keep(owner, entry.spec if entry else None, self.engine.info, snapshot)
         except Exception:
             log.exception("keeping the KV snapshot of %s failed", self.request_id)
 

@@ -6,19 +6,23 @@ The HTTP API extends it with what only HTTP needs (runtime/api/state.py).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Self
 
-from realm.runtime.config_store import realm_home
+from realm.runtime.config_store import realm_home, runtime_identity
 from realm.runtime.conversations import ConversationStore, open_store
 from realm.runtime.engines.base import Engine
 from realm.runtime.kvstore.snapshots import KVSnapshots
 from realm.runtime.metrics import Metrics
 from realm.runtime.scheduler import AdmissionScheduler, InvocationAdmission, TenantPolicy
+from realm.runtime.spec.identity import NamespaceIdentity, tenant_uid
 from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig, TenantEntry
 
 if TYPE_CHECKING:
     from realm.runtime.sandbox.runner import Sandbox
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +45,12 @@ class ServingState:
     # RuntimeConfig.server: text one request may have tokenized, bytes of a module fetched from S3.
     max_text_chars: int = 1024 * 1024
     max_s3_module_bytes: int = 64 * 1024 * 1024
+    # The secret tenants' owner keys derive from (runtime/spec/identity.py); a bare state gets one of
+    # its own, so nothing it keys is shared with anything else.
+    identity: NamespaceIdentity = field(default_factory=NamespaceIdentity.ephemeral)
+    # Tenant name -> owner key (namespace and uid under the identity secret): what every store and
+    # cache scope is keyed by, never the name.
+    owners: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:
@@ -53,24 +63,51 @@ class ServingState:
             ),
             max_text_chars=config.server.max_text_chars,
             max_s3_module_bytes=config.server.max_s3_module_bytes,
+            identity=runtime_identity(config),
         )
         state.conversations = open_store(config.conversations, realm_home())
         state.kv = KVSnapshots(
             config.kv_snapshots,
             realm_home(),
+            secret=state.identity.derive("kv"),
             listener=lambda event, reason: metrics.kv_snapshot_events.labels(event, reason).inc(),
         )
         state.apply_tenants(config.tenants)
         return state
 
     def apply_tenants(self, tenants: list[TenantEntry]) -> None:
-        """Swap the tenant table; requests already admitted keep the policy they were admitted under."""
+        """Swap the tenant table; requests already admitted keep the policy they were admitted under.
+
+        A tenant of another namespace than this runtime's identity is left out (nobody can authenticate
+        as it): its keys could not match what the operator sweeps and deletes. A tenant whose owner
+        changed (deleted and created again: a new uid) or that is gone loses its deployed module."""
+        served = [t for t in tenants if t.namespace == self.identity.namespace]
+        for t in tenants:
+            if t.namespace != self.identity.namespace:
+                log.error(
+                    "tenant %s is in namespace %s, this runtime's identity is %s's: not served",
+                    t.name,
+                    t.namespace,
+                    self.identity.namespace,
+                )
+        owners = {t.name: self.identity.owner_key(tenant_uid(t.uid, t.name)) for t in served}
+        if self.sandbox is not None:
+            for name, owner in self.owners.items():
+                if owners.get(name) != owner:
+                    self.sandbox.remove(name)
+        self.owners = owners
+        tenants = served
         self.tenants = {t.name: t for t in tenants}
         policies = {t.name: TenantPolicy.from_spec(t.spec) for t in tenants}
         if self.scheduler is not None:
             self.scheduler.set_policies(policies)
         if self.invocations is not None:
             self.invocations.set_policies(policies)
+
+    def owner(self, tenant: str) -> str:
+        """The owner key of a served tenant: what its conversations, KV snapshots and cache scopes are
+        keyed by. KeyError for a tenant this runtime does not serve."""
+        return self.owners[tenant]
 
     def attach_scheduler(self, scheduler: AdmissionScheduler) -> None:
         self.scheduler = scheduler

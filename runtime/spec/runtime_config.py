@@ -14,10 +14,20 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .engine_args import batch_size_error, llamacpp_args
+from .identity import DEFAULT_NAMESPACE
 from .pipeline import PipelineSpec, PipelineStep
 from .tenant import SpecModel, TenantSpec
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def roots_overlap(a: str, b: str) -> bool:
+    """Whether one key prefix contains the other, segment by segment ("realm" contains "realm/kv",
+    "realm/k" does not): two stores under overlapping roots could list, sweep or delete each other's
+    objects."""
+    sa, sb = [p for p in a.split("/") if p], [p for p in b.split("/") if p]
+    shorter, longer = (sa, sb) if len(sa) <= len(sb) else (sb, sa)
+    return longer[: len(shorter)] == shorter
 
 
 def hash_api_key(key: str) -> str:
@@ -80,9 +90,24 @@ class ModelConfig(SpecModel):
 
 
 class TenantEntry(SpecModel):
-    """A tenant as published to runtime pods: its spec and the hashes of its API keys."""
+    """A tenant as published to runtime pods: its spec, the hashes of its API keys, and its identity
+    (namespace and uid: what its stored state is keyed by, runtime/spec/identity.py)."""
 
     name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description="Tenant name.")
+    namespace: str = Field(
+        DEFAULT_NAMESPACE,
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="The Tenant's namespace; with its uid, what its conversations and KV snapshots are "
+        "keyed by.",
+    )
+    uid: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        description="The Tenant object's uid: a Tenant deleted and created again under the same name "
+        "sees nothing of the old one. Absent (hand-written configs): the name stands for it.",
+    )
     api_key_sha256: list[str] = Field(default_factory=list, description="Hex sha256 of each valid API key.")
     spec: TenantSpec = Field(default_factory=TenantSpec)
 
@@ -140,7 +165,11 @@ class ConversationsConfig(SpecModel):
         None, description="SQLite file; `conversations.sqlite` in the runtime's data folder when absent."
     )
     bucket: str | None = Field(None, description="S3 bucket (backend s3).")
-    prefix: str = Field("realm", description="Key prefix in the bucket: <prefix>/<tenant>/conversations/.")
+    prefix: str = Field(
+        "realm/conversations",
+        description="Key prefix in the bucket: <prefix>/<owner key>/conversations/. Must not overlap "
+        "a KV snapshot prefix in the same bucket.",
+    )
     endpoint: str | None = Field(
         None, description="S3 endpoint URL; AWS's when absent (MinIO: http://host:9000)."
     )
@@ -152,6 +181,23 @@ class ConversationsConfig(SpecModel):
         le=1024 * 1024,
         description="Bytes of messages, state and metadata one conversation may hold (at most 1 MiB: "
         "a conversation must fit one tenant host-call result).",
+    )
+    max_conversations: int = Field(
+        1000, ge=1, le=1_000_000, description="Conversations one tenant may hold; creating more is refused."
+    )
+    max_total_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=1024**4,
+        description="Stored bytes (the documents as written) of all of one tenant's conversations; a "
+        "create or append beyond it is refused.",
+    )
+    ttl_seconds: int | None = Field(
+        90 * 86400,
+        ge=60,
+        le=3650 * 86400,
+        description="A conversation unchanged for this long expires: it reads as not found and is swept. "
+        "null: never.",
     )
 
 
@@ -169,7 +215,7 @@ class KVSnapshotsConfig(SpecModel):
     )
     disk_bytes: int = Field(16 * 1024**3, ge=0, description="Byte budget of the disk tier (LRU).")
     bucket: str | None = Field(None, description="S3 bucket of the persistent tier; none: disk only.")
-    prefix: str = Field("realm/kv", description="Key prefix in the bucket: <prefix>/<tenant>/<model>/…")
+    prefix: str = Field("realm/kv", description="Key prefix in the bucket: <prefix>/<owner key>/<model>/…")
     endpoint: str | None = Field(None, description="S3 endpoint URL; AWS's when absent.")
     region: str | None = Field(None, description="S3 region.")
     restore_deadline_ms: int = Field(
@@ -286,11 +332,36 @@ class RuntimeConfig(SpecModel):
         hashes = [h for t in self.tenants for h in t.api_key_sha256]
         if len(hashes) != len(set(hashes)):
             raise ValueError("one API key hash is listed under two tenants")
+        namespaces = sorted({t.namespace for t in self.tenants})
+        if len(namespaces) > 1:
+            # A runtime holds the identity secret of one namespace (runtime/spec/identity.py).
+            raise ValueError(f"tenants of one runtime share one namespace, not {', '.join(namespaces)}")
+        self._separate_roots()
         tenants = {t.name for t in self.tenants}
         strangers = sorted(p.name for p in self.pipelines if p.tenant not in tenants)
         if strangers:
             raise ValueError(f"pipelines whose tenant is not listed: {', '.join(strangers)}")
         return self
+
+    def _separate_roots(self) -> None:
+        """Conversations and KV snapshots never share a root in one bucket (a bucket left out is the
+        environment's REALM_S3_BUCKET, so it counts as the same)."""
+        if self.conversations.backend != "s3":
+            return
+        kv_roots = [(self.kv_snapshots.bucket, self.kv_snapshots.prefix, "kvSnapshots.prefix")]
+        for t in self.tenants:
+            policy = t.spec.kv_snapshots
+            if policy.bucket is not None or policy.prefix is not None:
+                where = f"tenant {t.name}'s kvSnapshots.prefix"
+                kv_roots.append((policy.bucket or self.kv_snapshots.bucket, policy.prefix or "", where))
+        conv_bucket, conv_prefix = self.conversations.bucket, self.conversations.prefix
+        for bucket, prefix, where in kv_roots:
+            same_bucket = bucket is None or conv_bucket is None or bucket == conv_bucket
+            if same_bucket and roots_overlap(prefix or self.kv_snapshots.prefix, conv_prefix):
+                raise ValueError(
+                    f"{where} {prefix or self.kv_snapshots.prefix!r} overlaps conversations.prefix "
+                    f"{conv_prefix!r}: conversations and KV snapshots never share a root"
+                )
 
 
 def default_models() -> list[ModelConfig]:

@@ -96,13 +96,19 @@ class KVSnapshotPolicy(SpecModel):
     """How this tenant's KV-cache snapshots are kept."""
 
     enabled: bool = Field(False, description="Save and restore KV-cache snapshots across turns.")
-    bucket: str | None = Field(None, description="S3 bucket; the chart's default bucket when absent.")
+    bucket: str | None = Field(
+        None,
+        description="S3 bucket; the chart's default bucket when absent. Another bucket must be one the "
+        "platform allows (chart value s3.allowedSnapshotBuckets), or the Tenant is refused.",
+    )
     prefix: str | None = Field(
         None,
         max_length=256,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
-        description="Key prefix inside the bucket; objects go under <prefix>/<tenant>/. "
-        "The chart's prefix when absent.",
+        description="Key prefix inside the bucket; objects go under <prefix>/<owner key>/ (the Tenant's "
+        "namespace and uid under the installation secret). The chart's prefix when absent; otherwise it "
+        "must lie under one the platform allows (chart value s3.allowedSnapshotPrefixes) and not overlap "
+        "the conversations' root, or the Tenant is refused.",
     )
     ttl_seconds: int | None = Field(None, ge=60, description="Snapshots older than this are expired.")
     max_bytes: int | None = Field(

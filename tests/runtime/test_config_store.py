@@ -21,7 +21,9 @@ from realm.runtime.config_store import (
     default_config,
     load_config,
     parse_config,
+    runtime_identity,
 )
+from realm.runtime.spec.identity import SECRET_ENV, NamespaceIdentity, tenant_uid
 from realm.runtime.spec.runtime_config import RuntimeConfig, default_models, hash_api_key
 
 
@@ -49,10 +51,35 @@ def test_default_key_is_generated_once_private_and_only_hashed_in_config(tmp_pat
     path = tmp_path / "default-api-key"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert default_api_key(tmp_path) == key  # persisted, not regenerated
-    config = default_config(key)
+    config = default_config(key, tmp_path)
     assert [m.name for m in config.models] == [m.name for m in default_models()]
     assert config.tenants[0].api_key_sha256 == [hash_api_key(key)]
     assert key not in config.model_dump_json()
+
+
+def test_alone_the_identity_is_generated_once_private_and_stable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    config = default_config(default_api_key(tmp_path), tmp_path)
+    first = runtime_identity(config, tmp_path)
+    assert stat.S_IMODE((tmp_path / "installation-secret").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "default-tenant-uid").stat().st_mode) == 0o600
+    again = default_config(default_api_key(tmp_path), tmp_path)
+    tenant = again.tenants[0]
+    assert tenant.uid == config.tenants[0].uid  # a restart keeps the default tenant's conversations
+    assert runtime_identity(again, tmp_path).owner_key(
+        tenant_uid(tenant.uid, tenant.name)
+    ) == first.owner_key(tenant_uid(tenant.uid, tenant.name))
+    assert first.secret not in again.model_dump_json()
+
+
+def test_in_a_cluster_the_identity_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, "from-the-secret")
+    assert runtime_identity(RuntimeConfig(), tmp_path) == NamespaceIdentity("default", "from-the-secret")
+    assert not (tmp_path / "installation-secret").exists()
 
 
 def _config_with_tenant(name: str, key: str) -> RuntimeConfig:

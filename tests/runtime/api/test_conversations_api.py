@@ -6,6 +6,7 @@ S3 on a real MinIO)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -362,7 +363,9 @@ def test_a_restart_continues_from_s3(tmp_path: Path, s3_bucket: Any, monkeypatch
     finally:
         running.stop()
     keys = [o["Key"] for o in s3_bucket.client().list_objects_v2(Bucket=s3_bucket.bucket)["Contents"]]
-    assert len(keys) == 1 and keys[0].startswith("pods/alpha/conversations/conv_")
+    # Keyed by the tenant's owner key (namespace and uid under the installation secret), never its name.
+    assert len(keys) == 1
+    assert re.fullmatch(r"pods/[0-9a-f]{48}/conversations/conv_[0-9a-f]{12}[A-Za-z0-9_-]{20}\.json", keys[0])
 
 
 # ---- the same conversations from a tenant's WebAssembly ------------------------------------------

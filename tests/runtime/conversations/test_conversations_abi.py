@@ -33,7 +33,9 @@ from realm.runtime.sandbox.abi import (
     InvocationErrorCode,
 )
 from realm.runtime.sandbox.context import InvocationContext
+from realm.runtime.serving.conversations import conversation_store
 from realm.runtime.serving.invocations import RuntimeHostServices
+from realm.runtime.spec.runtime_config import TenantEntry
 
 
 class Services(RuntimeHostServices):
@@ -57,6 +59,7 @@ class Services(RuntimeHostServices):
 async def services(tmp_path: Path) -> AsyncIterator[Services]:
     state = AppState(models={}, metrics=Metrics())
     state.conversations = SqliteConversationStore(tmp_path / "c.sqlite")
+    state.apply_tenants([TenantEntry(name="alpha"), TenantEntry(name="beta")])
     yield Services(state)
     await state.conversations.close()
 
@@ -292,7 +295,7 @@ async def test_convo_example(
     third = await turn(message="And now?", conversation=cid, expected_version=1)
     assert (third["conflicts"], third["version"], third["messages"], third["turns"]) == (1, 4, 6, 3)
     assert services.state.conversations is not None
-    stored = await services.state.conversations.get("alpha", cid)
+    stored = await conversation_store(services.state).get("alpha", cid)
     assert [m.content for m in stored.messages] == [
         "My name is Ada.",
         "reply 1",
@@ -304,15 +307,14 @@ async def test_convo_example(
     assert stored.metadata == {"by": "convo"} and json.loads(stored.state or "") == {"turns": 3}
 
     assert await turn("beta", message="Whose is this?", conversation=cid) == {"error": "not_found"}
-    assert (await services.state.conversations.get("alpha", cid)).version == 4
+    assert (await conversation_store(services.state).get("alpha", cid)).version == 4
 
 
 async def test_the_python_sdk_sees_kv_keys_and_deletes(
     sandbox: Sandbox, services: Services, python_convo: bytes
 ) -> None:
     """What the runtime writes (the KV key) reaches the guest read-only, through the same record."""
-    store = services.state.conversations
-    assert store is not None
+    store = conversation_store(services.state)
     c = await store.create("alpha", messages=[Message(role="user", content="hi")])
     await store.update("alpha", c.id, expected_version=1, kv_key="kv/alpha/abc")
     out, _ = await invoke(

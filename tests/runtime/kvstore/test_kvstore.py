@@ -6,6 +6,8 @@ S3 behaviour (a real MinIO) is in test_kvstore_s3.py, which imports the helpers 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
 import threading
 import time
@@ -32,6 +34,7 @@ from realm.runtime.kvstore.keys import namespace_prefix, object_key
 
 B = 16  # tokens per block in these tests (the default is 64)
 FP = "llamacpp-0.3.36/f16/seq/tp1"
+MAC = b"the installation's KV MAC key"
 
 
 def scope(namespace: str = "acme", *, salt: str | None = None, **kw: object) -> Scope:
@@ -64,7 +67,7 @@ def snap(token_ids: tuple[int, ...], data: bytes | None = None, fingerprint: str
 
 
 def local_store(tmp_path: Path | None = None, **kw: object) -> KVSnapshotStore:
-    args: dict[str, object] = {"memory_bytes": 64 << 20}
+    args: dict[str, object] = {"memory_bytes": 64 << 20, "mac_key": MAC}
     if tmp_path is not None:
         args["disk_dir"] = tmp_path / "kv"
     args.update(kw)
@@ -149,8 +152,8 @@ def test_compression_policy_keeps_zstd_only_where_it_pays() -> None:
     assert CompressionPolicy(min_ratio=1.01).choose(f16)[0] == "zstd"
     for data in (f16, sparse):
         s = scope()
-        blob = codec.encode(s, snap(tokens(B), data), policy)
-        header, out = codec.decode(blob)
+        blob = codec.encode(s, snap(tokens(B), data), policy, mac_key=MAC)
+        header, out = codec.decode(blob, mac_key=MAC)
         assert out.data == data and header.raw_length == len(data)
 
 
@@ -158,45 +161,63 @@ def test_codec_round_trip_and_header() -> None:
     s = scope()
     ids = tokens(2 * B + 5)
     original = snap(ids)
-    blob = codec.encode(s, original, CompressionPolicy())
-    header, out = codec.decode(blob)
+    blob = codec.encode(s, original, CompressionPolicy(), mac_key=MAC)
+    header, out = codec.decode(blob, mac_key=MAC)
     codec.check_scope(header, s, block_hashes(s, ids)[-1])
     assert out == original
     assert header.token_count == len(ids) and header.compression == "none"
     assert header.model_digest == s.model_digest and header.engine_fingerprint == FP
 
 
+def test_an_object_without_this_installations_mac_is_refused_before_it_is_parsed() -> None:
+    s = scope()
+    ids = tokens(2 * B)
+    other = codec.encode(s, snap(ids), CompressionPolicy(), mac_key=b"another installation")
+    assert _reason(other) == "forged"
+    tampered = bytearray(codec.encode(s, snap(ids), CompressionPolicy(), mac_key=MAC))
+    tampered[len(tampered) // 2] ^= 0x01  # one bit of the payload
+    assert _reason(bytes(tampered)) == "forged"
+    # A header that does not even parse is never parsed: the MAC is checked first.
+    assert _reason(b"RKVS\x05\x00\x00\x00{{{{{" + bytes(codec.MAC_BYTES)) == "forged"
+
+
 def _reason(blob: bytes, s: Scope | None = None, block_hash: str | None = None) -> str:
     with pytest.raises(codec.SnapshotRejected) as info:
-        header, _ = codec.decode(blob)
+        header, _ = codec.decode(blob, mac_key=MAC)
         if s is not None and block_hash is not None:
             codec.check_scope(header, s, block_hash)
     return info.value.reason
+
+
+def sealed(body: bytes) -> bytes:
+    """`body` with a valid MAC: what only a writer holding the key makes (so, damage of our own making)."""
+    return body + hmac.new(MAC, body, hashlib.sha256).digest()
 
 
 def test_codec_rejects_every_kind_of_damage() -> None:
     s = scope()
     ids = tokens(2 * B)
     h = block_hashes(s, ids)[-1]
-    blob = codec.encode(s, snap(ids), CompressionPolicy())
-    flipped = bytearray(blob)
+    blob = codec.encode(s, snap(ids), CompressionPolicy(), mac_key=MAC)
+    body = blob[: -codec.MAC_BYTES]
+    flipped = bytearray(body)
     flipped[-10] ^= 0xFF
-    assert _reason(bytes(flipped)) == "corrupt"
-    assert _reason(blob[:-1]) == "truncated"
+    assert _reason(sealed(bytes(flipped))) == "corrupt"
+    assert _reason(sealed(body[:-1])) == "truncated"
     assert _reason(blob[:6]) == "truncated"
-    assert _reason(blob[: len(blob) // 10]) == "truncated"  # ends inside the header
-    assert _reason(blob + b"x") == "corrupt"
-    assert _reason(b"XXXX" + blob[4:]) == "corrupt"
-    assert _reason(b"RKVS\xff\xff\xff\xff" + blob[8:]) == "corrupt"
-    header_len = int.from_bytes(blob[4:8], "little")
-    garbage = blob[:8] + b"{" * header_len + blob[8 + header_len :]
-    assert _reason(garbage) == "corrupt"
+    assert _reason(sealed(body[: len(body) // 10])) == "truncated"  # ends inside the header
+    assert _reason(sealed(body + b"x")) == "corrupt"
+    assert _reason(sealed(b"XXXX" + body[4:])) == "corrupt"
+    assert _reason(sealed(b"RKVS\xff\xff\xff\xff" + body[8:])) == "corrupt"
+    header_len = int.from_bytes(body[4:8], "little")
+    garbage = body[:8] + b"{" * header_len + body[8 + header_len :]
+    assert _reason(sealed(garbage)) == "corrupt"
     # Compressed payloads: damage inside zstd data is caught by the checksum before decompression.
-    zblob = codec.encode(s, snap(ids, bytes(100_000)), CompressionPolicy())
-    assert codec.decode(zblob)[0].compression == "zstd"
-    zflipped = bytearray(zblob)
+    zblob = codec.encode(s, snap(ids, bytes(100_000)), CompressionPolicy(), mac_key=MAC)
+    assert codec.decode(zblob, mac_key=MAC)[0].compression == "zstd"
+    zflipped = bytearray(zblob[: -codec.MAC_BYTES])
     zflipped[-5] ^= 0x01
-    assert _reason(bytes(zflipped)) == "corrupt"
+    assert _reason(sealed(bytes(zflipped))) == "corrupt"
     # Valid objects that belong elsewhere.
     assert _reason(blob, scope("other"), h) == "mismatch"
     assert _reason(blob, scope(engine_fingerprint="trtllm/fp8"), h) == "mismatch"
@@ -308,7 +329,7 @@ async def test_disk_tier_serves_what_memory_evicted_and_promotes_it(tmp_path: Pa
 
 async def test_disk_tier_budget_evicts_oldest_files(tmp_path: Path) -> None:
     s = scope()
-    blob_size = len(codec.encode(s, snap(tokens(B)), CompressionPolicy()))
+    blob_size = len(codec.encode(s, snap(tokens(B)), CompressionPolicy(), mac_key=MAC))
     store = local_store(tmp_path, memory_bytes=1, disk_bytes=2 * blob_size + 100)
     for i in range(3):
         store.put(s, snap(tokens(B, seed=i)))
@@ -338,7 +359,9 @@ def _only_file(root: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "foreign", "tmp-leftover"])
+@pytest.mark.parametrize(
+    "damage", ["flip", "truncate", "empty", "foreign", "other-installation", "tmp-leftover"]
+)
 async def test_damaged_disk_objects_are_refused_and_counted(tmp_path: Path, damage: str) -> None:
     s = scope()
     ids = tokens(2 * B)
@@ -347,7 +370,14 @@ async def test_damaged_disk_objects_are_refused_and_counted(tmp_path: Path, dama
     writer.close()
     path = _only_file(tmp_path / "kv")
     blob = path.read_bytes()
-    expected = {"flip": "corrupt", "truncate": "truncated", "empty": "truncated", "foreign": "mismatch"}
+    # Damage breaks the MAC; only an object of our own installation gets as far as its scope.
+    expected = {
+        "flip": "forged",
+        "truncate": "forged",
+        "empty": "truncated",
+        "foreign": "mismatch",
+        "other-installation": "forged",
+    }
     if damage == "flip":
         path.write_bytes(blob[:-3] + bytes([blob[-3] ^ 0x40]) + blob[-2:])
     elif damage == "truncate":
@@ -356,7 +386,10 @@ async def test_damaged_disk_objects_are_refused_and_counted(tmp_path: Path, dama
         path.write_bytes(b"")
     elif damage == "foreign":
         # A well-formed object of another tenant placed under this key.
-        path.write_bytes(codec.encode(scope("intruder"), snap(ids), CompressionPolicy()))
+        path.write_bytes(codec.encode(scope("intruder"), snap(ids), CompressionPolicy(), mac_key=MAC))
+    elif damage == "other-installation":
+        # The right scope and tokens, written by someone without this installation's key.
+        path.write_bytes(codec.encode(s, snap(ids), CompressionPolicy(), mac_key=b"someone else"))
     else:
         # What a crash mid-write leaves: only the temporary file, which must never be served.
         path.rename(path.with_name(f".{path.name}.dead.tmp"))

@@ -21,7 +21,7 @@ import pytest
 import s3server
 from repo_paths import TESTS
 from s3server import S3Bucket
-from test_kvstore import B, kv_bytes, scope, snap, tokens
+from test_kvstore import MAC, B, kv_bytes, scope, snap, tokens
 
 from realm.runtime.engines.base import ChatMessage, EngineRequest, SamplingParams
 from realm.runtime.engines.llamacpp import LlamaCppEngine
@@ -58,7 +58,12 @@ def store_on(
     bucket: S3Bucket, tmp: Path | None = None, s3: dict[str, Any] | None = None, **kw: Any
 ) -> KVSnapshotStore:
     return KVSnapshotStore(
-        KVStoreConfig(s3=s3_config(bucket, **(s3 or {})), disk_dir=None if tmp is None else tmp / "kv", **kw)
+        KVStoreConfig(
+            s3=s3_config(bucket, **(s3 or {})),
+            disk_dir=None if tmp is None else tmp / "kv",
+            mac_key=MAC,
+            **kw,
+        )
     )
 
 
@@ -147,7 +152,7 @@ async def test_objects_are_compressed_only_where_it_pays(s3_bucket: S3Bucket, ki
     reader.close()
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "foreign", "garbage"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "foreign", "garbage", "other-installation"])
 async def test_damaged_s3_objects_are_refused_and_counted(s3_bucket: S3Bucket, damage: str) -> None:
     s = scope()
     ids = tokens(2 * B)
@@ -161,13 +166,20 @@ async def test_damaged_s3_objects_are_refused_and_counted(s3_bucket: S3Bucket, d
     replacement = {
         "flip": blob[:-1] + bytes([blob[-1] ^ 1]),
         "truncate": blob[: len(blob) - 100],
-        "foreign": codec.encode(scope("intruder"), snap(ids), codec.CompressionPolicy()),
+        "foreign": codec.encode(scope("intruder"), snap(ids), codec.CompressionPolicy(), mac_key=MAC),
         "garbage": os.urandom(len(blob)),
+        "other-installation": codec.encode(s, snap(ids), codec.CompressionPolicy(), mac_key=b"someone else"),
     }[damage]
     client.put_object(Bucket=s3_bucket.bucket, Key=key, Body=replacement)
     reader = store_on(s3_bucket)
     assert await reader.fetch(s, ids, deadline=deadline_in(5)) is None
-    reason = {"flip": "corrupt", "truncate": "truncated", "foreign": "mismatch", "garbage": "corrupt"}[damage]
+    reason = {
+        "flip": "forged",
+        "truncate": "forged",
+        "foreign": "mismatch",
+        "garbage": "forged",
+        "other-installation": "forged",
+    }[damage]
     assert reader.stats.get("load_failed", reason) == 1
     assert len(reader.memory) == 0
     reader.close()
@@ -333,6 +345,28 @@ async def test_tenant_operations_never_cross_tenants(s3_bucket: S3Bucket) -> Non
             tier.usage(bad)
     with pytest.raises(ValueError, match="outside"):
         tier._delete("team-a", [f"{ROOT}/team-b/x"])
+    store.close()
+
+
+async def test_tenant_operations_touch_only_keys_in_the_snapshot_layout(s3_bucket: S3Bucket) -> None:
+    """Whatever else lies under a tenant's folder (someone's notes, a deeper path, another store sharing
+    the prefix) is neither counted, expired, evicted nor deleted."""
+    store = await _fill(s3_bucket, ["team-a"], per=2)
+    client = s3_bucket.client()
+    strangers = [
+        f"{ROOT}/team-a/notes.txt",
+        f"{ROOT}/team-a/m/v1/not-a-hash",
+        f"{ROOT}/team-a/m/v1/extra/{'0' * 64}",
+        f"{ROOT}/team-a/conversations/{'0' * 64}.json",
+    ]
+    for key in strangers:
+        client.put_object(Bucket=s3_bucket.bucket, Key=key, Body=b"keep me")
+    assert (await store.usage("team-a")).objects == 2
+    assert await store.enforce_max_bytes("team-a", 0) == 2
+    assert await store.delete_tenant("team-a") == 0
+    assert sorted(keys_in(s3_bucket)) == sorted(strangers)
+    with pytest.raises(ValueError, match="outside the snapshot layout"):
+        S3Tier(s3_config(s3_bucket))._delete("team-a", [f"{ROOT}/team-a/notes.txt"])
     store.close()
 
 
