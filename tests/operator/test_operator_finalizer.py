@@ -37,7 +37,7 @@ def deleted(seconds_ago: float, **annotations: str) -> dict[str, Any]:
 
 def finalize(body: dict[str, Any]) -> None:
     s3 = builders.S3Options(endpoint=closed_endpoint(), region="us-east-1", bucket="snapshots")
-    config = OperatorConfig(s3=s3, finalizer_timeout_s=600)
+    config = OperatorConfig(s3=s3, finalizer_timeout_s=600, installation_secret="finalizer-test-secret")
     op = handlers.new_operator(FakeKube({}), config)  # type: ignore[arg-type]
     op.indexes = world.Indexes.empty()
     tenants.finalize(op, NS, "acme", body["spec"], body)
