@@ -202,6 +202,7 @@ def test_operator_end_to_end(world: World) -> None:
     from kubernetes import config
 
     from realm.operator import handlers, pipelines, tenants
+    from realm.operator.identity import ensure_installation_secret
     from realm.operator.kube import Kube
     from realm.operator.options import OperatorConfig
     from realm.operator.world import listed
@@ -217,7 +218,11 @@ def test_operator_end_to_end(world: World) -> None:
 
     before = wait_for("the operator to settle", settled, timeout=90)
     k = Kube(config.new_client_from_config(config_file=str(world.cluster.kubeconfig)))
-    op = handlers.new_operator(k, OperatorConfig(runtime_image="realm-runtime:e2e"))  # what it was given
+    # What it was given, and the installation secret it generated at start (read back, not made anew).
+    installation = ensure_installation_secret(k, NS, "realm-installation")
+    op = handlers.new_operator(
+        k, OperatorConfig(runtime_image="realm-runtime:e2e", installation_secret=installation)
+    )
     op.indexes = listed(k, NS)  # what kopf's indexes hold, read once
     op.passes.request(NS, "chat", now=True)  # the one way to run a Model pass
     tenants.reconcile_tenant(op, NS, "acme")  # these request more from the same queue

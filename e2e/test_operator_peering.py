@@ -128,14 +128,23 @@ def _setup(cluster: Cluster) -> None:
     wait_for("tenants/models/pipelines to be listable", listable, timeout=RECONCILE_TIMEOUT, every=0.25)
 
 
-def _warm_up(world: World, name: str) -> None:
-    """A Tenant and a Model reconciled by the one active operator: its watches are live, not starting."""
+def _warm_up(world: World, name: str, log: Path) -> None:
+    """A Tenant and a Model reconciled by the one active operator: its watches are live, not starting.
+    Then its handlers fall quiet (the events its own status writes cause have been handled), so none of
+    them is still running when a later operator makes it pause."""
     world.apply(_tenant(name))
     world.apply(_model(name, ["v1"], None))
     wait_for(f"{name}-api-key", lambda: world.get("secret", f"{name}-api-key"),
              timeout=RECONCILE_TIMEOUT, every=0.25)  # fmt: skip
     wait_for(f"deployment/{name}-v1", lambda: world.get("deployment", f"{name}-v1"),
              timeout=RECONCILE_TIMEOUT, every=0.25)  # fmt: skip
+
+    def quiet() -> bool:
+        before = len(_handled(log))
+        time.sleep(2)
+        return len(_handled(log)) == before
+
+    wait_for(f"the operator's handlers for {name} to fall quiet", quiet, timeout=RECONCILE_TIMEOUT)
 
 
 def _stop(op: subprocess.Popen[bytes]) -> float:
@@ -159,7 +168,7 @@ def test_higher_priority_acts_and_the_other_takes_over_on_sigterm(tmp_path: Path
             low_id = _identity_with(cluster, 10)
             wait_for("the low-priority operator to resume (alone)", lambda: _log_has(low_log, RESUMING),
                      timeout=RECONCILE_TIMEOUT, every=0.25)  # fmt: skip
-            _warm_up(world, "warm")
+            _warm_up(world, "warm", low_log)
             with operator(cluster, high_log, "--priority", "100", *HANDLER_LOGS) as high:
                 high_id = _identity_with(cluster, 100)
                 wait_for("the high-priority operator to resume", lambda: _log_has(high_log, RESUMING),
@@ -243,7 +252,7 @@ def test_same_priority_both_pause_until_one_leaves(tmp_path: Path) -> None:
             a_id = _identity_with(cluster, 5)
             wait_for("a to resume (alone)", lambda: _log_has(a_log, RESUMING),
                      timeout=RECONCILE_TIMEOUT, every=0.25)  # fmt: skip
-            _warm_up(world, "warm")
+            _warm_up(world, "warm", a_log)
             with operator(cluster, b_log, "--priority", "5", *HANDLER_LOGS) as b:
                 _identity_with(cluster, 5, exclude={a_id})
                 # a was alone and active; it sees b and pauses. b starts paused (as every kopf operator
