@@ -30,6 +30,20 @@ def _free_port() -> int:
         return port
 
 
+def wait_until_ready(proc: subprocess.Popen[str], http: httpx.Client) -> None:
+    """Poll /readyz of the `realm serve` subprocess until it answers 200 (its output if it dies first)."""
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            if http.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server never became ready"
+        time.sleep(0.2)
+
+
 def test_serve_arguments_and_defaults() -> None:
     args = _parser().parse_args(["serve"])
     assert (args.config, args.host, args.port, args.drain_timeout) == (None, "127.0.0.1", 8000, 30.0)
@@ -83,16 +97,7 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(tmp_path: Path) -> None
     )
     try:
         http = httpx.Client(base_url=base, timeout=60)
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if http.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.2)
+        wait_until_ready(proc, http)
 
         headers = {"Authorization": f"Bearer {KEYS['acme']}"}
         body = {

@@ -22,6 +22,7 @@ import wasmtime
 from conftest import KEYS, runtime_config
 from repo_paths import WAT
 from sandbox_builds import build_source
+from test_cli_serve import wait_until_ready
 
 DRAIN_S = 3
 # Drain, uvicorn's own grace, the sandbox's grace, the KV flush (nothing queued here): seconds
@@ -87,6 +88,8 @@ def test_sigterm_with_a_sleeping_invocation_in_flight_exits_within_the_grace(
             str(config),
             "--port",
             str(port),
+            "--metrics-port",
+            "0",
             "--drain-timeout",
             str(DRAIN_S),
             "--log-level",
@@ -99,16 +102,7 @@ def test_sigterm_with_a_sleeping_invocation_in_flight_exits_within_the_grace(
     )
     try:
         http = httpx.Client(base_url=base, timeout=60)
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if http.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.2)
+        wait_until_ready(proc, http)
 
         headers = {"Authorization": f"Bearer {KEYS['acme']}"}
         deployed = http.put("/v1/tenants/acme/module", content=sleeper, headers=headers, timeout=600)
