@@ -290,6 +290,41 @@ class ServerConfig(SpecModel):
     )
 
 
+class ClusterModel(SpecModel):
+    """One version of a Model in the runtime's namespace, as the operator placed it."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="The Model's name.")
+    version: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]{0,18}[a-z0-9])?$", description="Version name.")
+    weight: int = Field(
+        ..., ge=0, le=100, description="Percent of the requests naming the model without a version."
+    )
+    service: str = Field(
+        ...,
+        pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="The Service whose EndpointSlices list the ready pods serving this version.",
+    )
+
+
+class ClusterConfig(SpecModel):
+    """Where every model of the namespace runs, so that a pod can reach the ones it does not load.
+    Which pods are ready comes from the Kubernetes API (each entry's EndpointSlices), never from here."""
+
+    namespace: str = Field(
+        ..., pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", description="Namespace of the Models."
+    )
+    models: list[ClusterModel] = Field(
+        default_factory=list, max_length=1024, description="Every serving Model version of the namespace."
+    )
+    internal_port: int = Field(
+        8081, ge=1, le=65535, description="Port of every runtime pod's internal listener (pod-to-pod calls)."
+    )
+    kubeconfig: str | None = Field(
+        None,
+        description="Kubeconfig to reach the API with when the runtime runs outside a pod; inside one, "
+        "its service account.",
+    )
+
+
 class RuntimeConfig(SpecModel):
     models: list[ModelConfig] = Field(default_factory=list, description="Models the runtime loads.")
     tenants: list[TenantEntry] = Field(default_factory=list, description="Tenants the runtime serves.")
@@ -317,6 +352,11 @@ class RuntimeConfig(SpecModel):
     )
     server: ServerConfig = Field(
         default_factory=ServerConfig, description="Listeners and per-process bounds."
+    )
+    cluster: ClusterConfig | None = Field(
+        None,
+        description="The namespace's placement of models (written by the operator); absent outside a "
+        "cluster, where only the models listed above are served.",
     )
 
     @model_validator(mode="after")
