@@ -76,6 +76,9 @@ class TenantModule:
     # Core modules that import no WASI skip setting it up per invocation (a measurable part of a
     # ~0.1 ms cold invoke); components always need it.
     needs_wasi: bool = True
+    # Linear memories its instances define (a core module: one at most; a component: the sum over
+    # its core modules): the store's memory budget is shared out between them.
+    memories: int = 1
 
 
 def detect_kind(wasm: bytes) -> Kind:
@@ -323,7 +326,46 @@ def check_one_memory(wasm: bytes) -> None:
         return
 
 
+def count_component_memories(wasm: bytes) -> int:
+    """The linear memories a component's core modules define, nested components included: each
+    gets an equal share of the store's budget, and the store may hold no more memories than this
+    (runner.py), so their sum stays within the budget even if a module is instantiated twice (its
+    second memory is refused). Reads section headers only; a component that does not parse is left
+    to the compiler to reject."""
+    return _component_memories(wasm, len(COMPONENT_HEADER))
+
+
+def _component_memories(wasm: bytes, pos: int, end: int | None = None) -> int:
+    end = len(wasm) if end is None else end
+    total = 0
+    try:
+        while pos < end:
+            section = wasm[pos]
+            size, pos = _leb128(wasm, pos + 1)
+            if section == _COMPONENT_CORE_MODULE_SECTION:
+                total += _core_memories(wasm, pos + len(CORE_HEADER), pos + size)
+            elif section == _COMPONENT_COMPONENT_SECTION:
+                total += _component_memories(wasm, pos + len(COMPONENT_HEADER), pos + size)
+            pos += size
+    except IndexError:
+        pass
+    return total
+
+
+def _core_memories(wasm: bytes, pos: int, end: int) -> int:
+    total = 0
+    while pos < end:
+        section = wasm[pos]
+        size, pos = _leb128(wasm, pos + 1)
+        if section == _MEMORY_SECTION:
+            total += _leb128(wasm, pos)[0]
+        pos += size
+    return total
+
+
 _MEMORY_SECTION = 5
+_COMPONENT_CORE_MODULE_SECTION = 1
+_COMPONENT_COMPONENT_SECTION = 4
 
 
 def _leb128(data: bytes, pos: int) -> tuple[int, int]:

@@ -38,6 +38,7 @@ from .modules import (
     TenantModule,
     check_core_interface,
     check_one_memory,
+    count_component_memories,
     detect_kind,
     parse_abi_version,
 )
@@ -86,8 +87,8 @@ GUEST_NICE = 10
 class SandboxLimits:
     """Per-invocation limits. `memory_mib` is the store's memory budget: for a core module (one
     linear memory) its memory and its tables together (each table reserving `table_elements`
-    elements); for a component, each of its core instances' memories. `instances` also caps the
-    number of tables and memories (for components, at least COMPONENT_MIN_INSTANCES).
+    elements); for a component, the memories its core modules define, each an equal share.
+    `instances` also caps the number of tables (for components, at least COMPONENT_MIN_INSTANCES).
     `deadline_ms` bounds the whole run, waits in host code included; `max_output_bytes` what it
     may emit. The sandbox's own record: whoever invokes builds it
     (runtime/serving/invocations.py, from a tenant's quotas)."""
@@ -160,6 +161,7 @@ class Sandbox:
         kind = detect_kind(wasm)
         if kind == "core":
             check_one_memory(wasm)
+        memories = 1 if kind == "core" else count_component_memories(wasm)
         sha = hashlib.sha256(wasm).hexdigest()
         artifact = self._cache.artifact(sha, kind, wasm)
         version = self._cache.known_abi(sha)
@@ -177,12 +179,14 @@ class Sandbox:
             abi_version=version,
             artifact=artifact,
             needs_wasi=needs_wasi,
+            memories=memories,
         )
 
     def deploy(self, tenant: str, wasm: bytes) -> TenantModule:
         module = self.load(tenant, wasm)
         with self._lock:
             self._modules[tenant] = module
+            self._prune_pres()
         return module
 
     def current(self, tenant: str) -> TenantModule | None:
@@ -191,6 +195,19 @@ class Sandbox:
     def remove(self, tenant: str) -> None:
         with self._lock:
             self._modules.pop(tenant, None)
+            self._prune_pres()
+
+    @property
+    def instance_pres(self) -> int:
+        """Pre-linked core modules kept for reuse: one per distinct deployed core module at most."""
+        return len(self._pres)
+
+    def _prune_pres(self) -> None:
+        # Called with _lock held. A pre-link holds its compiled module; only deployed modules keep
+        # theirs, so the dict is bounded by the tenants and the cache's byte budget stays true.
+        deployed = {m.sha256 for m in self._modules.values()}
+        for sha in [sha for sha in self._pres if sha not in deployed]:
+            del self._pres[sha]
 
     def _check_core(self, artifact: Artifact) -> tuple[int, int]:
         assert isinstance(artifact, wasmtime.Module)
@@ -285,7 +302,8 @@ class Sandbox:
                 self._idle.notify_all()
 
     def _run(self, module: TenantModule, ctx: InvocationContext, limits: SandboxLimits) -> InvocationResult:
-        store = self._store(limits, component=module.kind == "component", wasi=module.needs_wasi)
+        memories = module.memories if module.kind == "component" else None
+        store = self._store(limits, component_memories=memories, wasi=module.needs_wasi)
         deadline = self._deadline(store, limits)
         ctx.begin(deadline, limits.max_output_bytes)
         fuel = limits.fuel if limits.fuel is not None else UNLIMITED_FUEL
@@ -363,7 +381,9 @@ class Sandbox:
             assert isinstance(module.artifact, wasmtime.Module)
             pre = self._linker.instantiate_pre(module.artifact)
             with self._lock:
-                pre = self._pres.setdefault(module.sha256, pre)
+                # A module no tenant has deployed (any more) is pre-linked for this run only.
+                if any(m.sha256 == module.sha256 for m in self._modules.values()):
+                    pre = self._pres.setdefault(module.sha256, pre)
         return pre
 
     def _deadline(self, store: wasmtime.Store, limits: SandboxLimits) -> Deadline:
@@ -373,22 +393,28 @@ class Sandbox:
         # traps as soon as the host call returns (and the runner reports the deadline's reason).
         return Deadline(limits.deadline_ms / 1000, self._closing, lambda: store.set_fuel(0))
 
-    def _store(self, limits: SandboxLimits, *, component: bool = False, wasi: bool = True) -> wasmtime.Store:
+    def _store(
+        self, limits: SandboxLimits, *, component_memories: int | None = None, wasi: bool = True
+    ) -> wasmtime.Store:
+        """A Store for one run: a core module's (`component_memories` None) or a component's
+        defining that many linear memories."""
         store = wasmtime.Store(self._engine)
-        count = max(limits.instances, COMPONENT_MIN_INSTANCES) if component else limits.instances
         budget = limits.memory_mib * MIB
-        if component:
-            # Its core instances each have a memory; wasmtime's limiter caps each, not their sum.
+        if component_memories is not None:
+            # wasmtime's limiter caps each memory, not their sum: each of the component's memories
+            # gets an equal share, and the store holds no more memories than the component defines.
+            count = max(limits.instances, COMPONENT_MIN_INSTANCES)
             store.set_limits(
-                memory_size=budget,
+                memory_size=budget // max(1, component_memories),
                 table_elements=limits.table_elements,
                 instances=count,
                 tables=count,
-                memories=count,
+                memories=component_memories,
             )
         else:
             # One memory (checked at load) and the tables share the budget: each table may grow
             # to `table_elements`, so that much is kept off the memory's share.
+            count = limits.instances
             tables = count * limits.table_elements * TABLE_ELEMENT_BYTES
             store.set_limits(
                 memory_size=max(0, budget - tables),
