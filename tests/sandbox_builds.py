@@ -81,6 +81,21 @@ class WitWorld(rt.Tenant):
 """
 
 
+# Emits "z", then sleeps in WASI 0.2 (wasmtime's native poll, which the host cannot interrupt) for
+# the seconds its input gives, an hour when its input is not a number.
+NAPPER_APP = """
+import time
+import realm_tenant as rt
+
+
+class WitWorld(rt.Tenant):
+    def main(self) -> None:
+        rt.emit("z")
+        given = rt.input_text().strip()
+        time.sleep(float(given) if given.replace(".", "", 1).isdigit() else 3600)
+"""
+
+
 def cache_dir() -> Path:
     path = Path(os.environ.get("REALM_TEST_BUILD_CACHE", Path.home() / ".cache" / "realm" / "test-builds"))
     path.mkdir(parents=True, exist_ok=True)
@@ -118,6 +133,18 @@ def build_probe() -> Path:
     with tempfile.TemporaryDirectory(prefix="realm-probe-") as tmp:
         (Path(tmp) / "app.py").write_text(PROBE_APP)
         return build_source("probe", Path(tmp))
+
+
+def build_napper() -> Path:
+    with tempfile.TemporaryDirectory(prefix="realm-napper-") as tmp:
+        (Path(tmp) / "app.py").write_text(NAPPER_APP)
+        return build_source("napper", Path(tmp))
+
+
+def artifact_cache() -> Path:
+    """A Sandbox's compiled-module cache kept across test runs (keyed by module sha256, wasmtime
+    version and engine config, like any Sandbox's), so a component compiles once per machine."""
+    return cache_dir() / "sandbox-artifacts"
 
 
 def compile_component(engine: Engine, wasm: Path, *, config_tag: str = "epoch+fuel") -> Component:

@@ -152,6 +152,8 @@ def invocation_status(code: InvocationErrorCode) -> int:
 
 
 def invocation_error(e: InvocationFailed) -> APIError:
+    if e.code == InvocationErrorCode.BUSY:  # the sandbox's own refusal (components asleep past deadlines)
+        return APIError(503, e.message, type="service_unavailable", code=str(e.code), retry_after=1.0)
     return APIError(invocation_status(e.code), e.message, type="invocation_error", code=str(e.code))
 
 

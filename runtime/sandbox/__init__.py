@@ -5,7 +5,14 @@ the host functions is a `HostServices` it defines (context.py) and serving imple
 come as its own `SandboxLimits`; what the services refuse it maps to ABI codes itself.
 """
 
-from .modules import InvocationFailed, TenantModule
+from .modules import InvocationAbandoned, InvocationFailed, TenantModule
 from .runner import InvocationResult, Sandbox, SandboxLimits
 
-__all__ = ["InvocationFailed", "InvocationResult", "Sandbox", "SandboxLimits", "TenantModule"]
+__all__ = [
+    "InvocationAbandoned",
+    "InvocationFailed",
+    "InvocationResult",
+    "Sandbox",
+    "SandboxLimits",
+    "TenantModule",
+]

@@ -15,6 +15,7 @@ recently used evicted from memory and disk together.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.metadata
 import logging
@@ -23,7 +24,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import wasmtime
 from wasmtime import component as wc
@@ -61,6 +62,17 @@ class InvocationFailed(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class InvocationAbandoned(InvocationFailed):
+    """The caller was answered at the deadline, but the run's thread is still held by code the host
+    cannot interrupt (a component asleep in WASI 0.2's native poll). `thread_done` completes when
+    the thread comes back: whatever stands for a busy thread (the tenant's invocation slot) is held
+    until then."""
+
+    def __init__(self, code: Code, message: str, thread_done: asyncio.Future[Any]) -> None:
+        super().__init__(code, message)
+        self.thread_done = thread_done
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from .abi import InvocationErrorCode as Code
 from .context import DEFAULT_MAX_OUTPUT_BYTES, Deadline, InvocationContext
 from .modules import (
     Artifact,
+    InvocationAbandoned,
     InvocationFailed,
     ModuleCache,
     TenantModule,
@@ -43,7 +44,14 @@ from .modules import (
     parse_abi_version,
 )
 
-__all__ = ["InvocationFailed", "InvocationResult", "Sandbox", "SandboxLimits", "TenantModule"]
+__all__ = [
+    "InvocationAbandoned",
+    "InvocationFailed",
+    "InvocationResult",
+    "Sandbox",
+    "SandboxLimits",
+    "TenantModule",
+]
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +129,18 @@ def make_engine() -> tuple[wasmtime.Engine, str]:
 
 
 class Sandbox:
-    def __init__(self, cache_dir: Path, *, max_workers: int = 64, guest_nice: int = GUEST_NICE) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        max_workers: int = 64,
+        max_abandoned: int | None = None,
+        guest_nice: int = GUEST_NICE,
+    ) -> None:
+        """`max_workers`: runs at once (the caller's admission keeps to it). `max_abandoned` (default
+        `max_workers`): threads that may stay asleep past their callers' answers (components in WASI
+        0.2's native poll) before new component runs are refused with `wasm_busy`; the pool has
+        threads for both, so runs the caller admits always find one."""
         self._engine, digest = make_engine()
         self._cache = ModuleCache(self._engine, cache_dir, digest)
         self._linker = wasmtime.Linker(self._engine)
@@ -131,8 +150,11 @@ class Sandbox:
         self._pres: dict[str, wasmtime.InstancePre] = {}
         self._modules: dict[str, TenantModule] = {}
         self._lock = threading.Lock()
+        self._max_abandoned = max_workers if max_abandoned is None else max_abandoned
+        self._abandoned = 0
+        # Abandoned runs stop at max_abandoned, plus those running when it was reached.
         self._pool = ThreadPoolExecutor(
-            max_workers=max_workers,
+            max_workers=2 * max_workers + self._max_abandoned,
             thread_name_prefix="realm-wasm",
             initializer=_background_priority,
             initargs=(guest_nice,),
@@ -275,17 +297,43 @@ class Sandbox:
         if self._closing.is_set():
             raise RuntimeError("the sandbox is closed")
         loop = asyncio.get_running_loop()
-        run = loop.run_in_executor(self._pool, self._invoke_sync, module, ctx, limits)
         if module.kind == "core":
-            return await run
+            return await loop.run_in_executor(self._pool, self._invoke_sync, module, ctx, limits)
+        with self._idle:
+            if self._abandoned >= self._max_abandoned:
+                raise InvocationFailed(
+                    Code.BUSY,
+                    f"{self._abandoned} component runs are still asleep past their deadlines; "
+                    "components are refused until they wake",
+                )
+        run = loop.run_in_executor(self._pool, self._invoke_sync, module, ctx, limits)
         # A component asleep in WASI 0.2 cannot be woken (wasmtime's own poll, in native code):
         # its thread stays with it, but its caller is answered at the deadline all the same.
         try:
-            return await asyncio.wait_for(run, limits.deadline_ms / 1000 + COMPONENT_ANSWER_SLACK_S)
+            return await asyncio.wait_for(
+                asyncio.shield(run), limits.deadline_ms / 1000 + COMPONENT_ANSWER_SLACK_S
+            )
         except TimeoutError:
-            raise InvocationFailed(
-                Code.TIMEOUT, "the invocation passed its deadline (still asleep in WASI; abandoned)"
-            ) from None
+            pass
+        with self._idle:
+            self._abandoned += 1
+        run.add_done_callback(self._woke)
+        raise InvocationAbandoned(
+            Code.TIMEOUT,
+            "the invocation passed its deadline (still asleep in WASI; abandoned)",
+            thread_done=run,
+        )
+
+    @property
+    def abandoned(self) -> int:
+        """Runs whose callers were answered while their threads are still asleep."""
+        return self._abandoned
+
+    def _woke(self, run: asyncio.Future[InvocationResult]) -> None:
+        if not run.cancelled():
+            run.exception()  # retrieved: nobody else waits for it
+        with self._idle:
+            self._abandoned -= 1
 
     def _invoke_sync(
         self, module: TenantModule, ctx: InvocationContext, limits: SandboxLimits

@@ -58,21 +58,37 @@ def _is_stale(waiter: _Waiter) -> bool:
 class InvocationSlot:
     """The right to run one invocation; release exactly once, when the guest has returned."""
 
-    __slots__ = ("_on_release", "_released", "queue_wait_s", "tenant")
+    __slots__ = ("_on_release", "_on_release_share", "_released", "queue_wait_s", "shared", "tenant")
 
     def __init__(
-        self, tenant: str, queue_wait_s: float, on_release: Callable[[InvocationSlot], None]
+        self,
+        tenant: str,
+        queue_wait_s: float,
+        on_release: Callable[[InvocationSlot], None],
+        on_release_share: Callable[[InvocationSlot], None],
     ) -> None:
         self.tenant = tenant
         self.queue_wait_s = queue_wait_s
         self._on_release = on_release
+        self._on_release_share = on_release_share
         self._released = False
+        # Whether it still counts towards the runtime-wide cap (max_in_flight).
+        self.shared = True
 
     def release(self) -> None:
         if self._released:
             return
         self._released = True
         self._on_release(self)
+
+    def release_runtime_share(self) -> None:
+        """Stop counting towards the runtime-wide cap while still counting towards the tenant's: for
+        a run its caller was answered for while its thread is held (runner.InvocationAbandoned), so
+        that such runs cost their own tenant its slots and nobody else theirs."""
+        if self._released or not self.shared:
+            return
+        self.shared = False
+        self._on_release_share(self)
 
     async def __aenter__(self) -> InvocationSlot:
         return self
@@ -212,7 +228,7 @@ class InvocationAdmission:
     def _start(self, tenant: str, *, queue_wait_s: float) -> InvocationSlot:
         self._running[tenant] = self._running.get(tenant, 0) + 1
         self._in_flight += 1
-        return InvocationSlot(tenant, queue_wait_s, self._release)
+        return InvocationSlot(tenant, queue_wait_s, self._release, self._release_share)
 
     def _release(self, slot: InvocationSlot) -> None:
         remaining = self._running[slot.tenant] - 1
@@ -220,6 +236,11 @@ class InvocationAdmission:
             self._running[slot.tenant] = remaining
         else:
             del self._running[slot.tenant]  # keeps the map from growing with every tenant ever seen
+        if slot.shared:
+            self._in_flight -= 1
+        self._dispatch()
+
+    def _release_share(self, _slot: InvocationSlot) -> None:
         self._in_flight -= 1
         self._dispatch()
 

@@ -27,6 +27,7 @@ from realm.runtime.sandbox.abi import (
 )
 from realm.runtime.sandbox.context import InvocationContext, OutputSink
 from realm.runtime.sandbox.runner import (
+    InvocationAbandoned,
     InvocationFailed,
     InvocationResult,
     Sandbox,
@@ -147,7 +148,13 @@ def _finished(
     started: float,
 ) -> None:
     if slot is not None:
-        slot.release()
+        abandoned = None if run.cancelled() else run.exception()
+        if isinstance(abandoned, InvocationAbandoned):
+            # Its thread is still asleep: the tenant's slot stays taken until it wakes.
+            slot.release_runtime_share()
+            abandoned.thread_done.add_done_callback(lambda _: slot.release())
+        else:
+            slot.release()
     metrics = state.metrics
     outcome = "error"
     if run.cancelled():

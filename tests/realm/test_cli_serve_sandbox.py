@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import wasmtime
 from conftest import KEYS, runtime_config
 from repo_paths import WAT
-from sandbox_builds import build_source
+from sandbox_builds import build_napper
 from test_cli_serve import wait_until_ready
 
 DRAIN_S = 3
@@ -30,25 +29,11 @@ DRAIN_S = 3
 EXIT_BOUND_S = 90
 
 
-SLEEPING_COMPONENT = """
-import time
-import realm_tenant as rt
-
-
-class WitWorld(rt.Tenant):
-    def main(self) -> None:
-        rt.emit("z")
-        time.sleep(3600)
-"""
-
-
 def sleeping_module(kind: str) -> bytes:
     """A module that emits "z" and then sleeps for an hour through WASI."""
     if kind == "core":
         return bytes(wasmtime.wat2wasm((WAT / "wasi_sleep.wat").read_text()))
-    with tempfile.TemporaryDirectory(prefix="realm-sleeper-") as tmp:
-        (Path(tmp) / "app.py").write_text(SLEEPING_COMPONENT)
-        return build_source("sleeper", Path(tmp)).read_bytes()
+    return build_napper().read_bytes()  # given no number, it sleeps for an hour
 
 
 def _free_port() -> int:

@@ -9,6 +9,10 @@ import httpx
 import pytest
 from conftest import MODEL, Server
 
+from realm.runtime.api.errors import invocation_error
+from realm.runtime.sandbox import InvocationFailed
+from realm.runtime.sandbox.abi import InvocationErrorCode
+
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 
@@ -183,3 +187,13 @@ def test_a_lone_surrogate_is_400(
     )
     headers = {**server.headers(), "content-type": "application/json"}
     _error(http.post(path, content=json.dumps(body), headers=headers), 400, "invalid_value")
+
+
+def test_the_sandboxs_own_busy_refusal_is_a_503_with_retry_after() -> None:
+    busy = invocation_error(InvocationFailed(InvocationErrorCode.BUSY, "components asleep"))
+    assert (busy.status, busy.type, busy.code, busy.headers()) == (
+        503,
+        "service_unavailable",
+        "wasm_busy",
+        {"Retry-After": "1"},
+    )

@@ -17,6 +17,7 @@ import pytest
 import wasmtime
 from repo_paths import WAT
 from runtime_thread import running
+from sandbox_builds import build_napper
 
 from realm.runtime.server import Runtime
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
@@ -35,6 +36,7 @@ TENANTS = {
     "good": {"allowedModels": [DEFAULT_MODEL]},
     "deployer": {"allowedModels": [DEFAULT_MODEL], "quotas": {"moduleDeploysPerMinute": 2}},
     "chatty": {"allowedModels": [DEFAULT_MODEL]},
+    "sleepy": {"quotas": {"maxConcurrentInvocations": 1, "wasmTimeMsPerInvocation": 500}},
 }
 
 
@@ -185,3 +187,17 @@ def test_a_large_text_output_arrives_whole(runtime: Runtime) -> None:
     )
     assert r.status_code == 200, r.text
     assert r.json() == {"output": text + text}
+
+
+def test_a_component_asleep_past_its_answer_holds_its_tenants_slot_and_no_one_elses(
+    runtime: Runtime,
+) -> None:
+    # The napper sleeps in WASI 0.2's native poll, which nothing interrupts: its caller is answered at
+    # the deadline, and its thread sleeps on for the seconds it was given.
+    assert deploy(runtime.base_url, "sleepy", build_napper().read_bytes()).status_code == 200
+    r = invoke(runtime.base_url, "sleepy", 8)
+    assert (r.status_code, r.json()["error"]["code"]) == (504, "wasm_timeout")
+    admission = runtime.state.invocations
+    assert admission is not None
+    assert (admission.running("sleepy"), admission.running()) == (1, 0)
+    assert wait_until(lambda: admission.running("sleepy") == 0, limit_s=60)

@@ -129,6 +129,22 @@ async def test_close_refuses_the_queued_and_the_new() -> None:
         await admission.admit("b")
 
 
+async def test_a_slot_whose_runtime_share_is_released_still_counts_for_its_tenant() -> None:
+    admission = make({"sleepy": TenantPolicy(max_concurrent_invocations=1), "good": TenantPolicy()}, 1)
+    slot = await admission.admit("sleepy")
+    slot.release_runtime_share()
+    slot.release_runtime_share()  # twice frees the share once
+    assert (admission.running(), admission.running("sleepy")) == (0, 1)
+    good = await admission.admit("good")  # the runtime-wide cap of 1 has room again
+    queued = asyncio.ensure_future(admission.admit("sleepy"))
+    await settle()
+    assert not queued.done()  # sleepy is still at its own cap
+    good.release()
+    slot.release()
+    assert (await queued).tenant == "sleepy"
+    assert admission.running() == 1
+
+
 async def test_a_slot_released_twice_frees_one_slot() -> None:
     admission = make({"a": TenantPolicy(max_concurrent_invocations=2)})
     slot: InvocationSlot = await admission.admit("a")
