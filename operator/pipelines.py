@@ -28,7 +28,7 @@ def republish_pipeline(op: Operator, namespace: str, name: str, raw_spec: Mappin
     used = pipeline_models(spec) if isinstance(spec, PipelineSpec) else []
     listed = models_listing_pipeline(op.kube.list("ConfigMap", namespace, builders.LABEL_MODEL), name)
     for model in sorted((set(used) | set(listed)) & set(world.models_in(op.indexes, namespace))):
-        op.passes.request(namespace, model)
+        op.request_model(namespace, model)
 
 
 def reconcile_pipeline(op: Operator, namespace: str, name: str, republish: bool = True) -> Outcome:

@@ -35,12 +35,15 @@ NS = "realm-system"
 NAMESPACED_RULES = {
     ("realm.dev", "tenants"): {"get", "list", "watch", "patch"},
     ("realm.dev", "models"): {"get", "list", "watch", "patch"},
+    ("realm.dev", "modelpools"): {"get", "list", "watch", "patch"},
     ("realm.dev", "pipelines"): {"get", "list", "watch", "patch"},
     ("realm.dev", "tenants/status"): {"patch"},
     ("realm.dev", "models/status"): {"patch"},
+    ("realm.dev", "modelpools/status"): {"patch"},
     ("realm.dev", "pipelines/status"): {"patch"},
     ("realm.dev", "tenants/finalizers"): {"update"},
     ("realm.dev", "models/finalizers"): {"update"},
+    ("realm.dev", "modelpools/finalizers"): {"update"},
     ("", "secrets"): {"get", "list", "watch", "create"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
@@ -250,7 +253,7 @@ def test_crds_are_the_generated_ones_and_kept() -> None:
     docs = render()
     crds = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
     assert set(crds) == {
-        "tenants.realm.dev", "models.realm.dev", "pipelines.realm.dev",
+        "tenants.realm.dev", "models.realm.dev", "modelpools.realm.dev", "pipelines.realm.dev",
         "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev",
     }  # fmt: skip
     for name, crd in crds.items():
@@ -259,7 +262,7 @@ def test_crds_are_the_generated_ones_and_kept() -> None:
             generated = yaml.safe_load((REPO / "crds" / f"{name}.yaml").read_text())
             assert {**crd, "metadata": generated["metadata"]} == generated
     unkept = by_kind(render("crds.keep=false"), "CustomResourceDefinition")
-    assert len(unkept) == 5 and all("annotations" not in d["metadata"] for d in unkept)
+    assert len(unkept) == 6 and all("annotations" not in d["metadata"] for d in unkept)
     assert not by_kind(render("crds.install=false"), "CustomResourceDefinition")
 
 
@@ -318,7 +321,7 @@ def test_overlays_build(overlay: str) -> None:
     else:
         assert dep["spec"]["replicas"] == 2 and "@sha256:" in c["image"]
         assert "@sha256:" in args.runtime_image and args.runtime_class == "nvidia" and args.s3_bucket
-    assert len(by_kind(docs, "CustomResourceDefinition")) == 5
+    assert len(by_kind(docs, "CustomResourceDefinition")) == 6
 
 
 # What the chart and the base hold and expose -----------------------------------------------------------

@@ -16,7 +16,12 @@ from realm.operator import crdgen
 from realm.runtime.spec.tenant import Quotas, TenantSpec
 
 ROOT = REPO
-CRD_FILES = ["tenants.realm.dev.yaml", "models.realm.dev.yaml", "pipelines.realm.dev.yaml"]
+CRD_FILES = [
+    "tenants.realm.dev.yaml",
+    "models.realm.dev.yaml",
+    "modelpools.realm.dev.yaml",
+    "pipelines.realm.dev.yaml",
+]
 
 
 def load(name: str) -> dict[str, Any]:
