@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from realm.operator.builders import (
     IDENTITY_KEY,
@@ -257,11 +257,3 @@ def build_all(
     if not pool.members:
         return []
     return [config_map(pool, tenants, opts, pipelines, cluster), deployment(pool, tenants, opts)]
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a namespace's Models run, as one Model's or pool's pass needs it: the pools by name and,
-    per pool, its members' names (sorted)."""
-
-    members: dict[str, tuple[str, ...]] = field(default_factory=dict)

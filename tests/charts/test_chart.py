@@ -186,6 +186,14 @@ def test_default_flags_parse_and_pin_no_priority() -> None:
     assert args.liveness == "http://0.0.0.0:8080/healthz"
 
 
+def test_tenant_modules_work_with_the_defaults_and_can_be_turned_off() -> None:
+    # By default the runtime pods get a modulesDir (an emptyDir), so a Tenant's spec.wasm is deployed;
+    # an empty value turns it off (and such Tenants then say so in ModuleReady).
+    on = main.config_from(main.parse_args(container(render())["args"]))
+    off = main.config_from(main.parse_args(container(render("runtime.modulesDir="))["args"]))
+    assert (on.modules_dir, off.modules_dir) == ("/var/lib/realm/modules", None)
+
+
 def test_nondefault_values_reach_the_operator_flags() -> None:
     docs = render(str(NONDEFAULT))
     c = container(docs)
