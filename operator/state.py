@@ -99,6 +99,7 @@ class Operator:
             lambda namespace, pool: pool_pass(self, namespace, pool) if pool_pass is not None else None,
             workers=4,
             defer=self.tenants.urgent_active,
+            kind="ModelPool",
         )
 
     def request_model(self, namespace: str, model: str) -> None:
