@@ -50,6 +50,9 @@ PORT = 8000
 # The runtime's ops listener (/metrics, /openapi.json): not in the HTTPRoute, scraped by Prometheus and
 # the autoscaler only.
 METRICS_PORT = 9090
+# The runtime's internal listener, for calls from the other runtime pods of the namespace (the runtime
+# config's cluster.internalPort): never in a Service or the HTTPRoute.
+INTERNAL_PORT = 8081
 # What the HTTPRoute forwards: the API, not the probes or anything else the public port may answer.
 API_PATH_PREFIX = "/v1"
 CONFIG_DIR = "/etc/realm"
@@ -308,7 +311,11 @@ def cluster_config(namespace: str, models: Iterable[tuple[str, ModelSpec]]) -> C
         for t in spec.effective_traffic()
         if t.weight > 0
     ]
-    return ClusterConfig(namespace=namespace, models=sorted(entries, key=lambda m: (m.name, m.version)))
+    return ClusterConfig(
+        namespace=namespace,
+        models=sorted(entries, key=lambda m: (m.name, m.version)),
+        internal_port=INTERNAL_PORT,
+    )
 
 
 def tenant_entries(tenants: Iterable[PublishedTenant]) -> list[TenantEntry]:
@@ -649,6 +656,7 @@ def runtime_deployment(plan: PodPlan, opts: BuildOptions) -> Manifest:
         "ports": [
             {"name": "http", "containerPort": PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+            {"name": "internal", "containerPort": INTERNAL_PORT, "protocol": "TCP"},
         ],
         # /healthz answers as soon as the server is up; /readyz only once the model is loaded, so a
         # slow load delays traffic without the liveness probe killing the pod.
@@ -684,8 +692,10 @@ def runtime_deployment(plan: PodPlan, opts: BuildOptions) -> Manifest:
         # The runtime drains in-flight generations on SIGTERM.
         "terminationGracePeriodSeconds": 60,
         "enableServiceLinks": False,
-        # The runtime reads its mounted ConfigMap and never calls the Kubernetes API: no token.
-        "automountServiceAccountToken": False,
+        # The runtime reads which pods serve the models it does not load from its namespace's
+        # EndpointSlices (the config's `cluster`): a token only with the runtime's own account, which the
+        # chart allows exactly that; the namespace's default account gets none.
+        "automountServiceAccountToken": opts.service_account is not None,
     }
     selected = node_selector(plan.node_selector, opts)
     if selected:

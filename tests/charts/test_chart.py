@@ -52,6 +52,7 @@ NAMESPACED_RULES = {
     ("", "pods"): {"list"},
     ("", "events"): {"create"},
 }
+RUNTIME_RULES = {("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"}}
 CLUSTER_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 PEERING_VERBS = {"get", "list", "watch", "patch", "create"}
 
@@ -233,15 +234,22 @@ def test_rbac_is_least_privilege_cluster_wide() -> None:
         **CLUSTER_RULES,
         ("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS,
     }
-    assert not by_kind(docs, "Role")
     (binding,) = by_kind(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "realm-operator", "namespace": NS}]
-    # The runtime pods' account: separate, no token, and nothing binds a role to it.
+    # The runtime pods' account: separate, no token of its own accord, no cluster-wide role, and in its
+    # namespace only the right to read EndpointSlices (which pods serve the models a pod does not load).
     runtime = [d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["name"] == "realm-runtime"]
     assert len(runtime) == 1 and runtime[0]["automountServiceAccountToken"] is False
     assert all(
         s["name"] != "realm-runtime" for b in by_kind(docs, "ClusterRoleBinding") for s in b["subjects"]
     )
+    (role,) = by_kind(docs, "Role")
+    assert flatten(role["rules"]) == RUNTIME_RULES
+    (runtime_binding,) = by_kind(docs, "RoleBinding")
+    assert runtime_binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "realm-runtime", "namespace": NS}
+    ]
+    assert runtime_binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def test_rbac_is_namespaced_with_watch_namespaces() -> None:
@@ -249,12 +257,18 @@ def test_rbac_is_namespaced_with_watch_namespaces() -> None:
     (cluster_role,) = by_kind(docs, "ClusterRole")
     # kopf lists and watches Namespaces when it serves a list of them (not when cluster-wide).
     assert flatten(cluster_role["rules"]) == {**CLUSTER_RULES, ("", "namespaces"): {"list", "watch"}}
-    roles = by_kind(docs, "Role")
+    roles = [
+        r
+        for r in by_kind(docs, "Role")
+        if r["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    ]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for r in roles:
         assert flatten(r["rules"]) == {**NAMESPACED_RULES, ("kopf.dev", "kopfpeerings"): PEERING_VERBS}
+    runtime_roles = [r for r in by_kind(docs, "Role") if r not in roles]
+    assert all(flatten(r["rules"]) == RUNTIME_RULES for r in runtime_roles) and len(runtime_roles) == 2
     bindings = by_kind(docs, "RoleBinding")
-    assert {b["subjects"][0]["name"] for b in bindings} == {"realm-op"}
+    assert {b["subjects"][0]["name"] for b in bindings} == {"realm-op", "llm-runtime"}
 
 
 def test_crds_are_the_generated_ones_and_kept() -> None:
@@ -374,15 +388,21 @@ def test_runtime_network_policy_by_default_ingress_from_the_operator_egress_to_d
     assert policy["metadata"]["namespace"] == NS
     assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "realm-runtime"
     assert spec["policyTypes"] == ["Ingress", "Egress"]
-    (operator_rule,) = spec["ingress"]
+    operator_rule, peers_in = spec["ingress"]
     (peer,) = operator_rule["from"]
     assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NS}}
     assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
     assert [p["port"] for p in operator_rule["ports"]] == ["http", "metrics"]
-    dns, s3 = spec["egress"]
+    # The internal port: only between the namespace's runtime pods, both ways.
+    dns, s3, peers_out, api = spec["egress"]
+    for rule, side in ((peers_in, "from"), (peers_out, "to")):
+        (runtime,) = rule[side]
+        assert runtime == {"podSelector": spec["podSelector"]}
+        assert rule["ports"] == [{"port": "internal", "protocol": "TCP"}]
     assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
     assert s3["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
     assert [p["port"] for p in s3["ports"]] == [443, 9000]
+    assert [p["port"] for p in api["ports"]] == [443, 6443]
 
 
 def test_runtime_network_policy_follows_the_gateway_and_the_values() -> None:
@@ -394,7 +414,7 @@ def test_runtime_network_policy_follows_the_gateway_and_the_values() -> None:
     )
     assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
     spec = policies[0]["spec"]
-    gateway, _, metrics = spec["ingress"]
+    gateway, _, metrics, _ = spec["ingress"]
     assert gateway["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateways"}}}
     ]

@@ -402,3 +402,20 @@ def test_pool_problem() -> None:
     problem = pool_problem("small", exists=True, fit=oversized)
     assert problem is not None and problem[0] == POOL_DOES_NOT_FIT
     assert pool_problem("small", exists=True, fit=fit(pool_spec(), [])) is None
+
+
+def test_pods_of_the_runtimes_own_account_mount_its_token_to_read_endpointslices() -> None:
+    # The chart binds that account to reading EndpointSlices only; the namespace's default account
+    # gets no token.
+    solo = b.ModelResource(
+        "solo", NS, "uid", ModelSpec.model_validate({"versions": [{"name": "v1", "source": SMOL}]})
+    )
+    own = b.BuildOptions(image="img", service_account="realm-runtime")
+    assert (
+        b.deployment(solo, "v1", [], own)["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    )
+    assert pb.deployment(pool(), [], own)["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    assert (
+        b.deployment(solo, "v1", [], OPTS)["spec"]["template"]["spec"]["automountServiceAccountToken"]
+        is False
+    )
