@@ -415,7 +415,8 @@ def test_operator_rbac_is_sufficient_and_least_privilege(env: Env) -> None:
         assert conditions(pipeline)["ConfigPublished"]["status"] == "True", conditions(pipeline)
         (pod,) = [p for p in env.items("pods", TEAM, "realm.dev/model=chat") if running_ready(p)]
         assert pod["spec"]["nodeName"] == NODE and pod["spec"]["serviceAccountName"] == "realm-runtime"
-        assert pod["spec"]["automountServiceAccountToken"] is False
+        # Its token: the runtime account's, allowed to read EndpointSlices and nothing else (above).
+        assert pod["spec"]["automountServiceAccountToken"] is True
         assert env.get("clusterkopfpeering", RELEASE) is not None  # created by the operator itself
         assert op.poll() is None, log.read_text()[-3000:]
     env.timings["reconcile as the chart's ServiceAccount"] = time.monotonic() - began

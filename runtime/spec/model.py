@@ -338,7 +338,9 @@ class ModelStatus(ResourceStatus):
     """What the operator observed and did for a Model.
 
     Ready is rolled up from WorkloadsReady (Deployments available), RoutesReady (Services and the
-    HTTPRoute accepted) and ConfigPublished (runtime ConfigMaps current).
+    HTTPRoute accepted) and ConfigPublished (runtime ConfigMaps current). For a Model in a pool, the
+    pool's Deployment is its workload, and ConfigPublished is False with reason PoolNotFound (no such
+    ModelPool) or PoolDoesNotFit (its members do not fit).
     """
 
     versions: list[VersionStatus] = Field(

@@ -419,3 +419,9 @@ def test_pods_of_the_runtimes_own_account_mount_its_token_to_read_endpointslices
         b.deployment(solo, "v1", [], OPTS)["spec"]["template"]["spec"]["automountServiceAccountToken"]
         is False
     )
+
+
+def test_an_autoscaled_pool_runs_the_autoscalers_choice_within_its_bounds() -> None:
+    spec = pool_spec(autoscaling={"minReplicas": 1, "maxReplicas": 3}, resources={"memory": "2Gi"})
+    chosen = [pb.replicas(pb.PoolResource("small", NS, "uid", spec, autoscaled=n)) for n in (None, 2, 9)]
+    assert chosen == [1, 2, 3]
