@@ -112,8 +112,8 @@ def reconcile_model(op: Operator, namespace: str, name: str) -> Outcome:
         else:
             if spec.pool is None:  # a pool's pods read their pool's identity Secret
                 identity.ensure_identity_secret(op, resource, opts, out)
-            cluster = builders.cluster_config(namespace, world.placed_models(op.indexes, namespace))
             try:
+                cluster = builders.cluster_config(namespace, world.placed_models(op.indexes, namespace))
                 desired = builders.build_all(resource, tenants, opts, pipelines, cluster)
             except (ValidationError, ValueError) as e:  # e.g. a tenant the runtime config rejects
                 error = f"runtime config rejected: {e}"

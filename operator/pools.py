@@ -92,8 +92,8 @@ def reconcile_pool(op: Operator, namespace: str, name: str) -> Outcome:
             ]
             models = set(world.models_in(op.indexes, namespace))
             pipelines = published_pipelines(world.pipelines_in(op.indexes, namespace), tenants, models)
-            cluster = builders.cluster_config(namespace, world.placed_models(op.indexes, namespace))
             try:
+                cluster = builders.cluster_config(namespace, world.placed_models(op.indexes, namespace))
                 desired = pool_builders.build_all(resource, tenants, opts, pipelines, cluster)
             except (ValueError, TypeError) as e:  # e.g. two entries the runtime config refuses together
                 error = f"runtime config rejected: {e}"

@@ -41,7 +41,7 @@ from realm.operator.objects import ObjectKey, key_of
 from realm.runtime.spec.identity import DEFAULT_NAMESPACE
 from realm.runtime.spec.model import ModelSpec, ModelStatus, TrafficTarget, VersionStatus, traffic_summary
 from realm.runtime.spec.pipeline import PipelineSpec, PipelineStatus
-from realm.runtime.spec.pool import DOES_NOT_FIT, FITS, Fit, ModelPoolStatus, usage_text
+from realm.runtime.spec.pool import DOES_NOT_FIT, FITS, MAX_MEMBERS, Fit, ModelPoolStatus, usage_text
 from realm.runtime.spec.runtime_config import PipelineEntry, hash_api_key
 from realm.runtime.spec.status import (
     READY,
@@ -706,6 +706,8 @@ def pool_status(
             else:
                 conds.append(condition(WORKLOADS_READY, "True", "Available", "", generation, now))
     members = list(fit.members) if fit is not None else (old.members if old else [])
+    count = len(members)
+    members = members[:MAX_MEMBERS]  # the status lists so many; memberCount says how many there are
     total = fit.total_bytes if fit is not None else None
     cap = fit.capacity_bytes if fit is not None else None
     return ModelPoolStatus(
@@ -713,7 +715,7 @@ def pool_status(
         observed_generation=generation,
         operator_version=OPERATOR_VERSION,
         members=members,
-        member_count=len(members),
+        member_count=count,
         total_bytes=total,
         capacity_bytes=cap,
         usage=usage_text(total, cap) if fit is not None else (old.usage if old else ""),

@@ -298,7 +298,8 @@ class ModelPoolStatus(ResourceStatus):
     members: list[PoolMember] = Field(
         default_factory=list,
         max_length=MAX_MEMBERS,
-        description="The Models that name this pool, with their serving versions and footprints.",
+        description="The Models that name this pool (the first 32 by name), with their serving versions "
+        "and footprints.",
         json_schema_extra=list_map("name"),
     )
     member_count: int = Field(0, ge=0, description="Number of members.")

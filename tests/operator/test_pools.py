@@ -425,3 +425,12 @@ def test_an_autoscaled_pool_runs_the_autoscalers_choice_within_its_bounds() -> N
     spec = pool_spec(autoscaling={"minReplicas": 1, "maxReplicas": 3}, resources={"memory": "2Gi"})
     chosen = [pb.replicas(pb.PoolResource("small", NS, "uid", spec, autoscaled=n)) for n in (None, 2, 9)]
     assert chosen == [1, 2, 3]
+
+
+def test_a_pool_of_many_members_lists_the_first_in_status_and_counts_them_all() -> None:
+    many = [(f"m{i:02d}", member(f"m{i:02d}", SMOL).spec) for i in range(40)]
+    verdict = fit(pool_spec(resources={"memory": "64Gi"}), many)
+    status = pool_status(
+        previous=None, generation=1, now=NOW, spec_error=None, fit=verdict, desired=[], live={}
+    )
+    assert (len(status.members), status.member_count) == (32, 40)
