@@ -117,7 +117,7 @@ def test_two_models_share_a_pool_and_a_third_runs_alone(world: World) -> None:
     # Each pooled version's Service selects the pool's pods.
     pod_labels = pool_dep["spec"]["template"]["metadata"]["labels"]
     for name in ("chat-v1", "notes-v1"):
-        svc = wait_for(f"Service {name}", lambda n=name: world.get("service", n))  # type: ignore[misc]
+        svc = wait_for(f"Service {name}", lambda n=name: world.get("service", n))
         assert svc["spec"]["selector"].items() <= pod_labels.items()
 
     # The pool says it fits, with the numbers.
@@ -135,7 +135,7 @@ def test_two_models_share_a_pool_and_a_third_runs_alone(world: World) -> None:
     for cm in ("small-pool-config", "solo-v1-config"):
         wait_for(
             f"{cm} listing all three in cluster", lambda cm=cm: cluster_entries(world.config(cm)) == everyone
-        )  # type: ignore[misc]
+        )
 
 
 def test_an_oversized_member_does_not_fit(world: World) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 from repo_paths import REPO
 
-from realm.operator import handlers, models, tenants, world
+from realm.operator import handlers, models, pipelines, tenants, world
 from realm.operator.options import OperatorConfig
 from realm.operator.peering_gate import AlwaysOpen
 from realm.operator.state import MEMO_KEY, Operator, operator_of
@@ -188,6 +188,17 @@ def test_a_model_change_republishes_every_other_model_and_pool_of_its_namespace(
     handlers.republish_namespace(op, NS, "solo")
     assert sorted(args for args, _ in model_requests.calls) == [(NS, "chat"), (NS, "notes")]
     assert [args for args, _ in pool_requests.calls] == [(NS, "small")]
+
+
+def test_a_pipeline_change_requests_the_pools_passes_too() -> None:
+    # A pool's ConfigMap lists its members' pipelines and carries no Model label to be found by.
+    op, _, model_requests = operator({"Model": [model("chat", "small")], "ModelPool": [model_pool("small")]})
+    pool_requests = Requests()
+    op.pool_passes = pool_requests  # type: ignore[assignment]
+    spec = {"tenant": "acme", "steps": [{"name": "draft", "model": "chat", "promptTemplate": "{{input}}"}]}
+    pipelines.republish_pipeline(op, NS, "qa", spec)
+    assert [args for args, _ in model_requests.calls] == [(NS, "chat")]
+    assert {args for args, _ in pool_requests.calls} == {(NS, "small")}
 
 
 def test_tenants_whose_configmap_module_is_unverified_are_looked_at_again() -> None:
