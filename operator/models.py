@@ -5,7 +5,9 @@ its status, its autoscaler, and the light watch's early request for a new Model.
 A Model pass runs only from the Model pass queue (`op.passes`, passes.py): every change that concerns a
 Model requests its pass there, and the queue runs at most one pass per Model at a time, so concurrent
 changes cannot publish a stale config. The runtime ConfigMap is a function of the Model, its namespace's
-Tenants and its Pipelines, so publishing a Pipeline is part of this pass.
+Tenants, its Pipelines and where the namespace's Models run (`cluster`), so publishing a Pipeline is part
+of this pass. A Model in a pool (`spec.pool`) owns only its Services: its pool's pass (pools.py) runs its
+pods, and its status follows the pool (PoolNotFound, PoolDoesNotFit, the pool's Deployment).
 """
 
 from __future__ import annotations
