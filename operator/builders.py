@@ -751,8 +751,9 @@ def _service(
 
 def version_service(model: ModelResource, version: str, opts: BuildOptions) -> Manifest:
     """A version's pods (a pool's that serve it, for a Model in a pool); its `metrics` port is what the
-    chart's ServiceMonitor scrapes."""
-    return _service(version_name(model, version), model, version, opts, metrics=True)
+    chart's ServiceMonitor scrapes. A pool's pods serve several versions: their pool's Service carries
+    the port instead, so that each pod is scraped once."""
+    return _service(version_name(model, version), model, version, opts, metrics=model.spec.pool is None)
 
 
 def stable_service(model: ModelResource, opts: BuildOptions) -> Manifest:

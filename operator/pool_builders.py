@@ -6,6 +6,8 @@ Layout per ModelPool `p` (owned by it):
 - ConfigMap `p-pool-config`: the RuntimeConfig its pods read: every serving version of every member
   Model (members sorted by name, versions in the Model's order), the union of the tenants allowed to use
   a member, the published pipelines with a step on a member, and the namespace's placement (`cluster`);
+- Service `p-pool` over all its pods (its `metrics` port is what the chart's pool ServiceMonitor
+  scrapes; the members' version Services leave that port out, so each pod is scraped once);
 - Deployment `p-pool`: one runtime pod template for all of them, labelled `realm.dev/pool: p` (its
   selector) and, per member, `serves.realm.dev/<model>` and `serves.realm.dev/<model>.<version>` per
   serving version: the member Models' own Services select on those (builders.service_selector), so
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 
 from realm.operator.builders import (
     IDENTITY_KEY,
+    METRICS_PORT,
+    PORT,
     SERVES_VALUE,
     BuildOptions,
     Manifest,
@@ -225,6 +229,21 @@ def deployment(pool: PoolResource, tenants: Iterable[PublishedTenant], opts: Bui
     )
 
 
+def service(pool: PoolResource, opts: BuildOptions) -> Manifest:
+    """Every pod of the pool: its `metrics` port is what the chart's pool ServiceMonitor scrapes (the
+    members' version Services leave that port out, so each pod is scraped once)."""
+    ports = [
+        {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+        {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(deployment_name(pool), pool, opts),
+        "spec": {"type": "ClusterIP", "selector": selector(pool), "ports": ports},
+    }
+
+
 def identity_secret(pool: PoolResource, opts: BuildOptions) -> Manifest | None:
     """The pool's pods' identity secret (their namespace's), owned by the pool; None without an
     installation secret. Created once, never rewritten (operator/identity.py)."""
@@ -252,8 +271,12 @@ def build_all(
     pipelines: Sequence[PipelineEntry] = (),
     cluster: ClusterConfig | None = None,
 ) -> list[Manifest]:
-    """Everything the pool owns (its ConfigMap, then its Deployment); nothing while it has no members,
-    since pods without a model serve nothing."""
+    """Everything the pool owns (its ConfigMap, its Deployment, its Service); nothing while it has no
+    members, since pods without a model serve nothing."""
     if not pool.members:
         return []
-    return [config_map(pool, tenants, opts, pipelines, cluster), deployment(pool, tenants, opts)]
+    return [
+        config_map(pool, tenants, opts, pipelines, cluster),
+        deployment(pool, tenants, opts),
+        service(pool, opts),
+    ]

@@ -45,7 +45,8 @@ log = logging.getLogger("realm.operator.pools")
 
 def _owned(op: Operator, namespace: str, name: str) -> list[dict[str, Any]]:
     sel = pool_builders.pool_selector(name)
-    listed = [op.io.submit(op.kube.list, kind, namespace, sel) for kind in ("ConfigMap", "Deployment")]
+    kinds = ("ConfigMap", "Deployment", "Service")
+    listed = [op.io.submit(op.kube.list, kind, namespace, sel) for kind in kinds]
     return [o for f in listed for o in f.result()]
 
 

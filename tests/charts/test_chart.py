@@ -373,9 +373,17 @@ def test_every_empty_dir_has_a_size_limit(source: str) -> None:
 def test_monitors_scrape_the_runtime_ops_port_not_the_public_one() -> None:
     docs = render("monitoring.podMonitor.enabled=true", "monitoring.serviceMonitor.enabled=true")
     (pod_monitor,) = by_kind(docs, "PodMonitor")
-    (service_monitor,) = by_kind(docs, "ServiceMonitor")
-    endpoints = pod_monitor["spec"]["podMetricsEndpoints"] + service_monitor["spec"]["endpoints"]
-    assert [(e["port"], e["path"]) for e in endpoints] == [("metrics", "/metrics")] * 2
+    versions, pools = by_kind(docs, "ServiceMonitor")
+    endpoints = [
+        *pod_monitor["spec"]["podMetricsEndpoints"],
+        *versions["spec"]["endpoints"],
+        *pools["spec"]["endpoints"],
+    ]
+    assert [(e["port"], e["path"]) for e in endpoints] == [("metrics", "/metrics")] * 3
+    # Version Services, and pools' Services: a pool's pods are behind several version Services, which
+    # leave the metrics port out, so each pod is scraped once.
+    keys = [m["spec"]["selector"]["matchExpressions"][0]["key"] for m in (versions, pools)]
+    assert keys == ["realm.dev/model-version", "realm.dev/pool"]
 
 
 def _network_policies(*values: str) -> list[dict[str, Any]]:

@@ -193,6 +193,7 @@ def test_one_deployment_and_one_config_map_serve_every_member() -> None:
     assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
         ("ConfigMap", "small-pool-config"),
         ("Deployment", "small-pool"),
+        ("Service", "small-pool"),
     ]
     config = RuntimeConfig.model_validate(yaml.safe_load(objs[0]["data"]["config.yaml"]))
     assert [(m.name, m.source) for m in config.models] == [("chat", SMOL), ("notes", GEMMA)]
@@ -216,6 +217,14 @@ def test_each_member_versions_service_selects_the_pool_pods() -> None:
             selected = svc["spec"]["selector"]
             assert selected and selected.items() <= pod_labels.items(), (m.name, selected)
     assert all(LABEL_KEY.match(k) for k in pod_labels)
+
+
+def test_each_pool_pod_is_scraped_once_through_its_pools_service() -> None:
+    p = pool()
+    pool_service = pb.build_all(p, tenants(), OPTS)[2]
+    assert [port["name"] for port in pool_service["spec"]["ports"]] == ["http", "metrics"]
+    for m in p.members:
+        assert [port["name"] for port in b.version_service(m, "v1", OPTS)["spec"]["ports"]] == ["http"]
 
 
 def test_the_longest_names_make_valid_label_keys() -> None:
