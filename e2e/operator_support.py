@@ -33,7 +33,8 @@ def prepare(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(PEERING_CRD))
     cluster.kubectl(
         "wait", "--for=condition=established", "--timeout=60s",
-        "crd/tenants.realm.dev", "crd/models.realm.dev", "crd/pipelines.realm.dev",
+        "crd/tenants.realm.dev", "crd/models.realm.dev", "crd/modelpools.realm.dev",
+        "crd/pipelines.realm.dev",
         "crd/kopfpeerings.kopf.dev",
     )  # fmt: skip
     cluster.kubectl("create", "namespace", NS)

@@ -30,9 +30,11 @@ import yaml
 
 from realm.runtime.serving.module_sources import CONFIGMAP_KEY, CONFIGMAP_SUBDIR
 from realm.runtime.spec.identity import DEFAULT_NAMESPACE, NAMESPACE_ENV, SECRET_ENV, namespace_secret
-from realm.runtime.spec.model import MODEL_NAME_PATTERN, ModelSpec, ModelVersion
+from realm.runtime.spec.model import MODEL_NAME_PATTERN, ModelSpec, ModelVersion, Resources, Toleration
 from realm.runtime.spec.pipeline import PipelineSpec
 from realm.runtime.spec.runtime_config import (
+    ClusterConfig,
+    ClusterModel,
     ConversationsConfig,
     ModelConfig,
     PipelineEntry,
@@ -48,6 +50,9 @@ PORT = 8000
 # The runtime's ops listener (/metrics, /openapi.json): not in the HTTPRoute, scraped by Prometheus and
 # the autoscaler only.
 METRICS_PORT = 9090
+# The runtime's internal listener, for calls from the other runtime pods of the namespace (the runtime
+# config's cluster.internalPort): never in a Service or the HTTPRoute.
+INTERNAL_PORT = 8081
 # What the HTTPRoute forwards: the API, not the probes or anything else the public port may answer.
 API_PATH_PREFIX = "/v1"
 CONFIG_DIR = "/etc/realm"
@@ -58,6 +63,13 @@ RUN_AS = 10001
 GPU_RESOURCE = "nvidia.com/gpu"
 LABEL_MODEL = "realm.dev/model"
 LABEL_VERSION = "realm.dev/model-version"
+# Pods that serve a version carry `serves.realm.dev/<model>.<version>` (and `serves.realm.dev/<model>`)
+# when they are a pool's: a pod of a pool serves several Models, and one label key per (model, version)
+# lets each version's Service select exactly the pods that load it. The name part of a label key is at
+# most 63 characters: a model name of at most 42, a dot and a version of at most 20 fit exactly (neither
+# name holds a dot, so the split is unambiguous).
+SERVES_PREFIX = "serves.realm.dev"
+SERVES_VALUE = "true"
 # Rolls the pods when the model section changes; tenant changes are hot-reloaded by the runtime.
 ANNOTATION_MODEL_CONFIG = "realm.dev/model-config-sha256"
 LABEL_TENANT = "realm.dev/tenant"
@@ -67,6 +79,9 @@ DEFAULT_SECRET_KEY = "apiKey"
 # cache and the embedded conversation store live there. Fetched modules are a few MiB each.
 TMP_SIZE_LIMIT = "20Gi"
 MODULES_SIZE_LIMIT = "1Gi"
+# Where the runtime pods keep tenants' pinned modules (an emptyDir) unless the operator is told otherwise:
+# on by default, so that a Tenant's spec.wasm works with the chart's defaults.
+DEFAULT_MODULES_DIR = "/var/lib/realm/modules"
 IDENTITY_KEY = "identitySecret"  # the entry of a Model's identity Secret
 
 
@@ -180,6 +195,19 @@ def selector(model: ModelResource, version: str | None) -> dict[str, str]:
     return sel
 
 
+def serves_label(model: str, version: str | None = None) -> str:
+    """The label key of pool pods that serve `model` (at `version` when given); see SERVES_PREFIX."""
+    return f"{SERVES_PREFIX}/{model}" if version is None else f"{SERVES_PREFIX}/{model}.{version}"
+
+
+def service_selector(model: ModelResource, version: str | None) -> dict[str, str]:
+    """What a Model's Service selects: its own pods, or, for a Model in a pool, the pool's pods that
+    serve it (all of its serving versions when `version` is None)."""
+    if model.spec.pool is None:
+        return selector(model, version)
+    return {serves_label(model.name, version): SERVES_VALUE}
+
+
 def owner_reference(model: ModelResource) -> Manifest:
     return {
         "apiVersion": API_VERSION,
@@ -220,22 +248,29 @@ def _weights(v: ModelVersion) -> tuple[str, Manifest | None, Manifest | None]:
     return f"{mount}/{rest}", volume, {"name": "weights", "mountPath": mount, "readOnly": True}
 
 
-def model_config(model: ModelResource, version: str) -> ModelConfig:
+def model_config(model: ModelResource, version: str, gpus: int | None = None) -> ModelConfig:
+    """One version as the runtime loads it. `gpus`: the GPUs of the pods it runs on (a pool's), when
+    they are not the Model's own."""
     v = _version(model, version)
     rt = model.spec.runtime
-    return ModelConfig(
+    fields: dict[str, Any] = {
         # Clients ask for the Model's name; which version answers is the traffic split's business.
-        name=model.name,
-        engine=v.engine,
-        source=_weights(v)[0],
-        context_length=rt.context_length,
-        kv_cache_tokens=rt.kv_cache_tokens,
-        max_batch=rt.max_batch,
-        prefill_chunk=rt.prefill_chunk,
-        threads=rt.threads,
-        chat_template=v.chat_template,
-        engine_args=_engine_args(v, gpus=model.spec.resources.gpu),
-    )
+        "name": model.name,
+        "engine": v.engine,
+        "source": _weights(v)[0],
+        "context_length": rt.context_length,
+        "kv_cache_tokens": rt.kv_cache_tokens,
+        "max_batch": rt.max_batch,
+        "prefill_chunk": rt.prefill_chunk,
+        "threads": rt.threads,
+        "chat_template": v.chat_template,
+        "engine_args": _engine_args(v, gpus=model.spec.resources.gpu if gpus is None else gpus),
+    }
+    # Which version an entry is: the runtime config names it once ModelConfig has `version` (issue 14's
+    # versions work adds it); until then a pod serves its Model's one version and says nothing more.
+    if "version" in ModelConfig.model_fields:
+        fields["version"] = version
+    return ModelConfig(**fields)
 
 
 def _engine_args(v: ModelVersion, *, gpus: int) -> dict[str, str | int | float | bool]:
@@ -265,6 +300,38 @@ def pipelines_for(
     )
 
 
+def cluster_config(namespace: str, models: Iterable[tuple[str, ModelSpec]]) -> ClusterConfig:
+    """Where every serving version of the namespace's Models runs (`models`: each Model's name and
+    valid spec): its weight in the Model's traffic split and the Service `<model>-<version>` whose
+    EndpointSlices list the pods that serve it, whether they are the version's own or a pool's. Sorted,
+    so the ConfigMaps that carry it change only when a Model's placement or split does."""
+    entries = [
+        ClusterModel(name=name, version=t.version, weight=t.weight, service=f"{name}-{t.version}")
+        for name, spec in models
+        for t in spec.effective_traffic()
+        if t.weight > 0
+    ]
+    return ClusterConfig(
+        namespace=namespace,
+        models=sorted(entries, key=lambda m: (m.name, m.version)),
+        internal_port=INTERNAL_PORT,
+    )
+
+
+def tenant_entries(tenants: Iterable[PublishedTenant]) -> list[TenantEntry]:
+    """Published tenants as the runtime config lists them, sorted by name."""
+    return [
+        TenantEntry(
+            name=t.name,
+            namespace=t.namespace,
+            uid=t.uid,
+            api_key_sha256=sorted(t.api_key_sha256),
+            spec=t.spec,
+        )
+        for t in sorted(tenants, key=lambda t: t.name)
+    ]
+
+
 def runtime_config(
     model: ModelResource,
     version: str,
@@ -272,27 +339,21 @@ def runtime_config(
     modules_dir: str | None = None,
     pipelines: Iterable[PipelineEntry] = (),
     shared_store: bool = False,
+    cluster: ClusterConfig | None = None,
 ) -> RuntimeConfig:
     """The document one version's pods read: that version as the only model, its allowed tenants, and
     the pipelines (already validated by the caller) that use the model and run as one of those tenants.
     With `shared_store` (an S3 bucket configured) conversations live in S3, so every replica of every
-    version serves every conversation; the bucket and credentials reach the pods as environment."""
+    version serves every conversation; the bucket and credentials reach the pods as environment.
+    `cluster`: where the namespace's other models run (`cluster_config`)."""
     allowed = sorted((t for t in tenants if model.name in t.spec.allowed_models), key=lambda t: t.name)
     return RuntimeConfig(
         models=[model_config(model, version)],
-        tenants=[
-            TenantEntry(
-                name=t.name,
-                namespace=t.namespace,
-                uid=t.uid,
-                api_key_sha256=sorted(t.api_key_sha256),
-                spec=t.spec,
-            )
-            for t in allowed
-        ],
+        tenants=tenant_entries(allowed),
         pipelines=pipelines_for(model, (t.name for t in allowed), pipelines),
         modules_dir=modules_dir,
         conversations=ConversationsConfig(backend="s3") if shared_store else ConversationsConfig(),
+        cluster=cluster,
     )
 
 
@@ -339,19 +400,29 @@ def model_config_digest(config: RuntimeConfig) -> str:
     return hashlib.sha256(json.dumps(models, sort_keys=True).encode()).hexdigest()
 
 
+def shared_store(opts: BuildOptions) -> bool:
+    return opts.s3 is not None and bool(opts.s3.bucket)
+
+
 def config_map(
     model: ModelResource,
     version: str,
     tenants: Iterable[PublishedTenant],
     opts: BuildOptions,
     pipelines: Iterable[PipelineEntry] = (),
+    cluster: ClusterConfig | None = None,
 ) -> Manifest:
-    shared = opts.s3 is not None and bool(opts.s3.bucket)
-    config = runtime_config(model, version, tenants, opts.modules_dir, pipelines, shared_store=shared)
+    config = runtime_config(
+        model, version, tenants, opts.modules_dir, pipelines, shared_store=shared_store(opts), cluster=cluster
+    )
+    return config_map_of(_metadata(config_map_name(model, version), model, version, opts), config)
+
+
+def config_map_of(metadata: Manifest, config: RuntimeConfig) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(config_map_name(model, version), model, version, opts),
+        "metadata": metadata,
         "data": {CONFIG_KEY: _dump(config)},
     }
 
@@ -370,10 +441,9 @@ def replicas_for(model: ModelResource, version: str) -> int | None:
     return model.spec.replicas if model.spec.replicas is not None else 1
 
 
-def _resources(spec: ModelSpec, gpu_resource: str = GPU_RESOURCE) -> Manifest:
+def _resources(r: Resources, gpu_resource: str = GPU_RESOURCE) -> Manifest:
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
-    r = spec.resources
     if r.cpu is not None:
         requests["cpu"] = r.cpu
     if r.memory is not None:
@@ -439,26 +509,30 @@ def identity_secret(model: ModelResource, opts: BuildOptions) -> Manifest | None
 
 def identity_env(model: ModelResource, opts: BuildOptions) -> list[Manifest]:
     """The namespace's identity secret as the runtime reads it (from the Secret, never the config)."""
+    return identity_env_from(identity_secret_name(model), model.namespace, opts)
+
+
+def identity_env_from(secret: str, namespace: str, opts: BuildOptions) -> list[Manifest]:
     if not opts.installation_secret:
         return []
-    ref = {"name": identity_secret_name(model), "key": IDENTITY_KEY}
+    ref = {"name": secret, "key": IDENTITY_KEY}
     return [
-        {"name": NAMESPACE_ENV, "value": model.namespace},
+        {"name": NAMESPACE_ENV, "value": namespace},
         {"name": SECRET_ENV, "valueFrom": {"secretKeyRef": ref}},
     ]
 
 
-def node_selector(spec: ModelSpec, opts: BuildOptions) -> dict[str, str]:
-    """The operator's default node selector with the Model's own on top (same key: the Model wins)."""
+def node_selector(own: Mapping[str, str], opts: BuildOptions) -> dict[str, str]:
+    """The operator's default node selector with the resource's own on top (same key: its own wins)."""
     merged = dict(opts.node_selector)
-    merged.update(spec.node_selector or {})
+    merged.update(own or {})
     return dict(sorted(merged.items()))
 
 
-def tolerations(spec: ModelSpec, opts: BuildOptions) -> list[Manifest]:
-    """The operator's default tolerations, then the Model's own that are not already among them."""
+def tolerations(own: Sequence[Toleration], opts: BuildOptions) -> list[Manifest]:
+    """The operator's default tolerations, then the resource's own that are not already among them."""
     out: list[Manifest] = [dict(t) for t in opts.tolerations]
-    for t in spec.tolerations or []:
+    for t in own or []:
         item = t.model_dump(by_alias=True, exclude_none=True)
         if item not in out:
             out.append(item)
@@ -483,14 +557,56 @@ def configmap_modules(tenants: Iterable[TenantEntry]) -> list[Manifest]:
     return sources
 
 
+@dataclass(frozen=True)
+class PodPlan:
+    """What differs between the pods of a Model's version and those of a pool: everything else about a
+    runtime Deployment is the same for both (`runtime_deployment`)."""
+
+    metadata: Manifest  # the Deployment's
+    selector: Mapping[str, str]
+    pod_labels: Mapping[str, str]
+    config_map: str
+    config: RuntimeConfig
+    weights: tuple[tuple[Manifest, Manifest], ...]  # (volume, mount) per claim
+    resources: Resources
+    node_selector: Mapping[str, str]
+    tolerations: tuple[Toleration, ...]
+    wants_gpu: bool
+    identity_env: tuple[Manifest, ...]
+    replicas: int | None
+
+
 def deployment(
     model: ModelResource, version: str, tenants: Iterable[PublishedTenant], opts: BuildOptions
 ) -> Manifest:
     spec = model.spec
     v = _version(model, version)
     _, weights_volume, weights_mount = _weights(v)
-    config = runtime_config(model, version, tenants, opts.modules_dir)
+    weights = ((weights_volume, weights_mount),) if weights_volume and weights_mount else ()
+    return runtime_deployment(
+        PodPlan(
+            metadata=_metadata(version_name(model, version), model, version, opts),
+            selector=selector(model, version),
+            pod_labels=labels(model, version, opts),
+            config_map=config_map_name(model, version),
+            config=runtime_config(model, version, tenants, opts.modules_dir),
+            weights=weights,
+            resources=spec.resources,
+            node_selector=spec.node_selector,
+            tolerations=tuple(spec.tolerations),
+            # The GPU image carries TensorRT-LLM and a CUDA build of llama.cpp; a CPU image would leave a
+            # GPU idle.
+            wants_gpu=v.engine == "trtllm" or spec.resources.gpu >= 1,
+            identity_env=tuple(identity_env(model, opts)),
+            replicas=replicas_for(model, version),
+        ),
+        opts,
+    )
 
+
+def runtime_deployment(plan: PodPlan, opts: BuildOptions) -> Manifest:
+    """A Deployment of runtime pods that read `plan.config` from the ConfigMap `plan.config_map`."""
+    config = plan.config
     # The whole folder is mounted (no subPath) so ConfigMap updates reach the pod and the runtime
     # reloads tenants without a restart.
     mounts: list[Manifest] = [
@@ -498,12 +614,12 @@ def deployment(
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     volumes: list[Manifest] = [
-        {"name": "config", "configMap": {"name": config_map_name(model, version)}},
+        {"name": "config", "configMap": {"name": plan.config_map}},
         {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
     ]
-    if weights_volume is not None and weights_mount is not None:
-        mounts.append(weights_mount)
-        volumes.append(weights_volume)
+    for volume, mount in plan.weights:
+        mounts.append(mount)
+        volumes.append(volume)
     if opts.modules_dir is not None:
         mounts.append({"name": "modules", "mountPath": opts.modules_dir})
         volumes.append({"name": "modules", "emptyDir": {"sizeLimit": MODULES_SIZE_LIMIT}})
@@ -518,9 +634,7 @@ def deployment(
             )
             volumes.append({"name": "configmap-modules", "projected": {"sources": sources}})
 
-    # The GPU image carries TensorRT-LLM and a CUDA build of llama.cpp; a CPU image would leave a GPU idle.
-    wants_gpu = v.engine == "trtllm" or model.spec.resources.gpu >= 1
-    image = opts.gpu_image if wants_gpu and opts.gpu_image else opts.image
+    image = opts.gpu_image if plan.wants_gpu and opts.gpu_image else opts.image
     container: Manifest = {
         "name": "runtime",
         "image": image,
@@ -538,10 +652,11 @@ def deployment(
             str(METRICS_PORT),
         ],
         # HOME: the root filesystem is read-only.
-        "env": [{"name": "HOME", "value": "/tmp"}, *s3_env(opts.s3), *identity_env(model, opts)],
+        "env": [{"name": "HOME", "value": "/tmp"}, *s3_env(opts.s3), *plan.identity_env],
         "ports": [
             {"name": "http", "containerPort": PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+            {"name": "internal", "containerPort": INTERNAL_PORT, "protocol": "TCP"},
         ],
         # /healthz answers as soon as the server is up; /readyz only once the model is loaded, so a
         # slow load delays traffic without the liveness probe killing the pod.
@@ -555,7 +670,7 @@ def deployment(
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "resources": _resources(spec, opts.gpu_resource),
+        "resources": _resources(plan.resources, opts.gpu_resource),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -577,13 +692,15 @@ def deployment(
         # The runtime drains in-flight generations on SIGTERM.
         "terminationGracePeriodSeconds": 60,
         "enableServiceLinks": False,
-        # The runtime reads its mounted ConfigMap and never calls the Kubernetes API: no token.
-        "automountServiceAccountToken": False,
+        # The runtime reads which pods serve the models it does not load from its namespace's
+        # EndpointSlices (the config's `cluster`): a token only with the runtime's own account, which the
+        # chart allows exactly that; the namespace's default account gets none.
+        "automountServiceAccountToken": opts.service_account is not None,
     }
-    selected = node_selector(spec, opts)
+    selected = node_selector(plan.node_selector, opts)
     if selected:
         pod_spec["nodeSelector"] = selected
-    tolerated = tolerations(spec, opts)
+    tolerated = tolerations(plan.tolerations, opts)
     if tolerated:
         pod_spec["tolerations"] = tolerated
     if opts.service_account is not None:
@@ -592,36 +709,30 @@ def deployment(
         pod_spec["imagePullSecrets"] = [{"name": n} for n in opts.image_pull_secrets]
     # The GPU container runtime (e.g. RuntimeClass `nvidia`) only where a GPU is requested: its
     # scheduling constraints would otherwise pull CPU-only pods onto GPU nodes.
-    if opts.runtime_class is not None and spec.resources.gpu > 0:
+    if opts.runtime_class is not None and plan.resources.gpu > 0:
         pod_spec["runtimeClassName"] = opts.runtime_class
 
     # GPUs are scarce: surging would need a spare one, so GPU pods replace one at a time instead.
     rolling = (
         {"maxSurge": 0, "maxUnavailable": 1}
-        if spec.resources.gpu > 0
+        if plan.resources.gpu > 0
         else {"maxSurge": 1, "maxUnavailable": 0}
     )
     dep_spec: Manifest = {
-        "selector": {"matchLabels": selector(model, version)},
+        "selector": {"matchLabels": dict(plan.selector)},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
         "revisionHistoryLimit": 3,
         "template": {
             "metadata": {
-                "labels": labels(model, version, opts),
+                "labels": dict(plan.pod_labels),
                 "annotations": {ANNOTATION_MODEL_CONFIG: model_config_digest(config)},
             },
             "spec": pod_spec,
         },
     }
-    replicas = replicas_for(model, version)
-    if replicas is not None:
-        dep_spec["replicas"] = replicas
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(version_name(model, version), model, version, opts),
-        "spec": dep_spec,
-    }
+    if plan.replicas is not None:
+        dep_spec["replicas"] = plan.replicas
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": plan.metadata, "spec": dep_spec}
 
 
 def _service(
@@ -634,13 +745,15 @@ def _service(
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(name, model, version, opts),
-        "spec": {"type": "ClusterIP", "selector": selector(model, version), "ports": ports},
+        "spec": {"type": "ClusterIP", "selector": service_selector(model, version), "ports": ports},
     }
 
 
 def version_service(model: ModelResource, version: str, opts: BuildOptions) -> Manifest:
-    """A version's pods; its `metrics` port is what the chart's ServiceMonitor scrapes."""
-    return _service(version_name(model, version), model, version, opts, metrics=True)
+    """A version's pods (a pool's that serve it, for a Model in a pool); its `metrics` port is what the
+    chart's ServiceMonitor scrapes. A pool's pods serve several versions: their pool's Service carries
+    the port instead, so that each pod is scraped once."""
+    return _service(version_name(model, version), model, version, opts, metrics=model.spec.pool is None)
 
 
 def stable_service(model: ModelResource, opts: BuildOptions) -> Manifest:
@@ -681,12 +794,15 @@ def build_all(
     tenants: Sequence[PublishedTenant],
     opts: BuildOptions,
     pipelines: Sequence[PipelineEntry] = (),
+    cluster: ClusterConfig | None = None,
 ) -> list[Manifest]:
-    """Everything the Model owns, in a fixed order (per version: ConfigMap, Deployment, Service)."""
+    """Everything the Model owns, in a fixed order (per version: ConfigMap, Deployment, Service). A
+    Model in a pool owns its Services (and HTTPRoute) only: its pool's pass runs the pods."""
     out: list[Manifest] = []
     for v in model.spec.versions:
-        out.append(config_map(model, v.name, tenants, opts, pipelines))
-        out.append(deployment(model, v.name, tenants, opts))
+        if model.spec.pool is None:
+            out.append(config_map(model, v.name, tenants, opts, pipelines, cluster))
+            out.append(deployment(model, v.name, tenants, opts))
         out.append(version_service(model, v.name, opts))
     if opts.gateway is not None:
         out.append(http_route(model, opts.gateway, opts))

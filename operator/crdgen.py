@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from realm.runtime.spec.cel import cel
 from realm.runtime.spec.model import MODEL_NAME_PATTERN, ModelSpec, ModelStatus
 from realm.runtime.spec.pipeline import PipelineSpec, PipelineStatus
+from realm.runtime.spec.pool import ModelPoolSpec, ModelPoolStatus
 from realm.runtime.spec.status import GROUP, VERSION, TenantStatus
 from realm.runtime.spec.tenant import TenantSpec
 
@@ -244,6 +245,33 @@ KINDS: tuple[Kind, ...] = (
                 f"self.metadata.name.matches('{MODEL_NAME_PATTERN}')",
                 "Model names must be DNS-1035 labels of at most 42 characters: "
                 "they prefix Service names and are the model name clients send",
+            ),
+        ),
+    ),
+    Kind(
+        kind="ModelPool",
+        plural="modelpools",
+        short_names=("mpool",),
+        spec=ModelPoolSpec,
+        status=ModelPoolStatus,
+        description="Runtime pods that several Models share (each Model names it in spec.pool): "
+        "resources, replicas or autoscaling, node selector and tolerations, and whether the members fit.",
+        columns=(
+            READY_COLUMN,
+            REASON_COLUMN,
+            Column("Members", ".status.memberCount", "integer", "Models that name this pool."),
+            Column("Fits", '.status.conditions[?(@.type=="Fits")].status', description="Whether they fit."),
+            Column("Usage", ".status.usage", description="Memory the members need of what one pod has."),
+            Column("Replicas", ".status.readyReplicas", "integer", "Ready pods of the pool."),
+            Column("GPU", ".spec.resources.gpu", "integer", "GPUs per pod.", priority=1),
+            OPERATOR_COLUMN,
+            AGE_COLUMN,
+        ),
+        root_rules=(
+            cel(
+                f"self.metadata.name.matches('{MODEL_NAME_PATTERN}')",
+                "ModelPool names must be DNS-1035 labels of at most 42 characters: "
+                "they prefix the pool's Deployment and ConfigMap names",
             ),
         ),
     ),

@@ -12,6 +12,9 @@ Who runs the passes:
 - Model passes run on the Model pass queue (`op.passes`, passes.py), the one way to run one: Tenant,
   Secret, Deployment and Pipeline changes, the Models' own create/update/resume handlers (at once,
   `now`) and their timers request them there, so at most one pass per Model runs at a time.
+- ModelPool passes run on the pool pass queue (`op.pool_passes`) likewise. A Model's change requests
+  the passes of every pool and every other Model of its namespace (their runtime configs list where
+  each Model runs, `cluster`); a pool's change or its Deployment's requests its members' passes.
 - Ahead of kopf, light watches of Tenants and Models (fastpath.py) request a new Tenant's key and a new
   Model's pass from the same queues, gated by kopf's peering.
 - Indexers and the event handlers that only request passes are `async`: they run on kopf's loop
@@ -26,7 +29,7 @@ from typing import Any
 
 import kopf
 
-from realm.operator import builders, kopf_settings, models, pipelines, tenants, world
+from realm.operator import builders, kopf_settings, models, pipelines, pool_builders, pools, tenants, world
 from realm.operator.kube import Kube
 from realm.operator.options import OperatorConfig
 from realm.operator.reconcile import PipelineView
@@ -41,12 +44,18 @@ TIMER_BACKOFF = min(RESYNC_SECONDS, 15.0)
 KV_SWEEP_SECONDS = float(os.environ.get("REALM_KV_SWEEP_SECONDS") or 300)
 AUTOSCALE_SECONDS = float(os.environ.get("REALM_AUTOSCALE_SECONDS") or 15)
 # The index handlers below, in world.Indexes' field order (kopf names each index after its handler).
-INDEX_NAMES = ("realm_tenants", "realm_secret_hashes", "realm_models", "realm_pipelines")
+INDEX_NAMES = ("realm_tenants", "realm_secret_hashes", "realm_models", "realm_pipelines", "realm_pools")
 
 
 def new_operator(kube: Kube, config: OperatorConfig) -> Operator:
-    """The operator's state, its two queues running the Tenant and the Model passes."""
-    return Operator(kube, config, tenant_pass=tenants.tenant_pass, model_pass=models.reconcile_model)
+    """The operator's state, its queues running the Tenant, Model and ModelPool passes."""
+    return Operator(
+        kube,
+        config,
+        tenant_pass=tenants.tenant_pass,
+        model_pass=models.reconcile_model,
+        pool_pass=pools.reconcile_pool,
+    )
 
 
 def _operator(memo: Mapping[str, Any]) -> Operator:
@@ -98,10 +107,23 @@ async def realm_tenants(
 
 @kopf.index(GROUP, VERSION, "models")
 async def realm_models(
-    namespace: str | None, name: str | None, meta: Mapping[str, Any], status: Mapping[str, Any], **_: Any
+    namespace: str | None,
+    name: str | None,
+    spec: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    status: Mapping[str, Any],
+    **_: Any,
 ) -> dict[str, world.ModelRecord]:
     assert namespace and name
-    return {namespace: world.model_record(name, meta, status)}
+    return {namespace: world.model_record(name, meta, status, spec)}
+
+
+@kopf.index(GROUP, VERSION, "modelpools")
+async def realm_pools(
+    namespace: str | None, name: str | None, spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any
+) -> dict[str, world.PoolRecord]:
+    assert namespace and name
+    return {namespace: world.pool_record(name, meta, spec)}
 
 
 @kopf.index(GROUP, VERSION, "pipelines")
@@ -206,6 +228,17 @@ def model_changed(namespace: str | None, name: str | None, memo: kopf.Memo, **_:
     op.passes.request(namespace, name, now=True)
     tenants.refresh_tenants(op, namespace, name, exists=True)
     pipelines.refresh_pipelines(op, namespace, model=name)
+    republish_namespace(op, namespace, name)
+
+
+def republish_namespace(op: Operator, namespace: str, model: str) -> None:
+    """A Model came, went or changed: every runtime config of its namespace lists where it runs
+    (`cluster`), and a pool's members may have changed. Passes over configs that do not change write
+    nothing."""
+    for other in world.models_in(op.indexes, namespace):
+        if other != model:
+            op.passes.request(namespace, other)
+    pools.request_all(op, namespace)
 
 
 @kopf.on.event(GROUP, VERSION, "models")
@@ -216,6 +249,7 @@ def model_event(namespace: str | None, name: str | None, type: str | None, memo:
     if type == "DELETED" and namespace and name:
         pipelines.refresh_pipelines(op, namespace, model=name)
         tenants.refresh_tenants(op, namespace, name, exists=False)
+        republish_namespace(op, namespace, name)
 
 
 @kopf.timer(
@@ -228,6 +262,7 @@ def model_resync(namespace: str | None, name: str | None, memo: kopf.Memo, **_: 
     op = _operator(memo)
     op.passes.request(namespace, name)
     tenants.refresh_tenants(op, namespace, name, exists=True)
+    tenants.refresh_modules(op, namespace)
 
 
 def has_autoscaling(spec: Mapping[str, Any], **_: Any) -> bool:
@@ -251,9 +286,16 @@ def model_autoscale(
 def deployment_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Replica counts reach the Model's status as they change (and drift is undone right away)."""
     op = _operator(memo)
+    namespace = body.metadata.namespace
+    if not namespace or type not in ("ADDED", "MODIFIED", "DELETED", None):
+        return
     model = body.metadata.labels.get(builders.LABEL_MODEL)
-    if model and body.metadata.namespace and type in ("ADDED", "MODIFIED", "DELETED", None):
-        op.passes.request(body.metadata.namespace, model)
+    if model:
+        op.passes.request(namespace, model)
+    pool = body.metadata.labels.get(pool_builders.LABEL_POOL)
+    if pool:
+        op.pool_passes.request(namespace, pool)
+        pools.request_members(op, namespace, pool)
 
 
 # Pipelines ----------------------------------------------------------------------------------------------
@@ -290,3 +332,58 @@ def pipeline_resync(namespace: str | None, name: str | None, memo: kopf.Memo, **
     """Status only: the Models' own timers keep the published pipelines current."""
     assert namespace and name
     pipelines.reconcile_pipeline(_operator(memo), namespace, name, republish=False)
+
+
+# ModelPools -------------------------------------------------------------------------------------------
+
+
+@kopf.on.create(GROUP, VERSION, "modelpools", backoff=5)
+@kopf.on.update(GROUP, VERSION, "modelpools", backoff=5)
+@kopf.on.resume(GROUP, VERSION, "modelpools", backoff=5)
+def pool_changed(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """The pool's pass at once; its members' statuses follow its fit verdict."""
+    assert namespace and name
+    op = _operator(memo)
+    op.pool_passes.request(namespace, name, now=True)
+    pools.request_members(op, namespace, name)
+
+
+@kopf.on.event(GROUP, VERSION, "modelpools")
+def pool_event(namespace: str | None, name: str | None, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted pool leaves its members unserved: their statuses say so (PoolNotFound)."""
+    op = _operator(memo)
+    if type == "DELETED" and namespace and name:
+        pools.request_members(op, namespace, name)
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "modelpools",
+    interval=RESYNC_SECONDS,
+    initial_delay=RESYNC_SECONDS / 4,
+    backoff=TIMER_BACKOFF,
+)
+def pool_resync(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """The safety net for missed events."""
+    assert namespace and name
+    _operator(memo).pool_passes.request(namespace, name)
+
+
+def pool_has_autoscaling(spec: Mapping[str, Any], **_: Any) -> bool:
+    return pools.has_autoscaling(spec)
+
+
+@kopf.timer(
+    GROUP, VERSION, "modelpools", interval=AUTOSCALE_SECONDS, backoff=TIMER_BACKOFF, when=pool_has_autoscaling
+)
+def pool_autoscale(
+    namespace: str | None,
+    name: str | None,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    assert namespace and name
+    pools.autoscale_pool(_operator(memo), namespace, name, spec, status)

@@ -71,15 +71,19 @@ def ensure_identity_secret(
     op: Operator, model: builders.ModelResource, opts: builders.BuildOptions, out: Outcome
 ) -> None:
     """Create the Model's identity Secret once (its pods read their namespace's secret from it)."""
-    manifest = builders.identity_secret(model, opts)
+    ensure_secret(op, model.namespace, builders.identity_secret(model, opts), out)
+
+
+def ensure_secret(op: Operator, namespace: str, manifest: dict[str, Any] | None, out: Outcome) -> None:
+    """Create an identity Secret (a Model's or a pool's) once; never rewritten."""
     if manifest is None:
         return
     name = manifest["metadata"]["name"]
-    known, _ = world.secret_entry_hash(op.indexes.secrets, model.namespace, name, builders.IDENTITY_KEY)
-    if known or (model.namespace, name) in op.memory.fresh_secrets:
+    known, _ = world.secret_entry_hash(op.indexes.secrets, namespace, name, builders.IDENTITY_KEY)
+    if known or (namespace, name) in op.memory.fresh_secrets:
         return
     created = op.kube.create(manifest)
     if created is not None:
         out.created.append(f"Secret/{name}")
     # Created now or before (a lost race, or the index does not hold it): either way it exists.
-    op.memory.fresh_secrets[(model.namespace, name)] = world.secret_hashes(created or manifest)
+    op.memory.fresh_secrets[(namespace, name)] = world.secret_hashes(created or manifest)

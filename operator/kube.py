@@ -58,6 +58,7 @@ KINDS: dict[str, Kind] = {
     "HTTPRoute": Kind("gateway.networking.k8s.io", "v1", "httproutes"),
     "Tenant": Kind("realm.dev", "v1alpha1", "tenants"),
     "Model": Kind("realm.dev", "v1alpha1", "models"),
+    "ModelPool": Kind("realm.dev", "v1alpha1", "modelpools"),
     "Pipeline": Kind("realm.dev", "v1alpha1", "pipelines"),
     # kopf's peering (leader election) objects: one per watched namespace, or one cluster-wide.
     "KopfPeering": Kind("kopf.dev", "v1", "kopfpeerings"),

@@ -110,7 +110,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--hostname", action="append", default=[], help="HTTPRoute hostname (repeatable)")
     p.add_argument("--service-account", default=None, help="service account of the runtime pods")
-    p.add_argument("--modules-dir", default=None, help="tenant WebAssembly module folder in the pods")
+    p.add_argument(
+        "--modules-dir",
+        default=builders.DEFAULT_MODULES_DIR,
+        help="tenant WebAssembly module folder in the pods (an emptyDir); empty: none, and Tenants that pin "
+        "a module say so (ModuleReady=False, ModulesDisabled)",
+    )
     rt = p.add_argument_group("runtime pod defaults")
     rt.add_argument(
         "--runtime-gpu-image",
@@ -215,7 +220,7 @@ def config_from(args: argparse.Namespace) -> OperatorConfig:
         gateway=args.gateway,
         hostnames=tuple(args.hostname),
         service_account=args.service_account,
-        modules_dir=args.modules_dir,
+        modules_dir=args.modules_dir or None,
         runtime_gpu_image=args.runtime_gpu_image,
         gpu_resource=args.gpu_resource_name,
         node_selector=dict(args.runtime_node_selector),

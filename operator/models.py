@@ -5,7 +5,9 @@ its status, its autoscaler, and the light watch's early request for a new Model.
 A Model pass runs only from the Model pass queue (`op.passes`, passes.py): every change that concerns a
 Model requests its pass there, and the queue runs at most one pass per Model at a time, so concurrent
 changes cannot publish a stale config. The runtime ConfigMap is a function of the Model, its namespace's
-Tenants and its Pipelines, so publishing a Pipeline is part of this pass.
+Tenants, its Pipelines and where the namespace's Models run (`cluster`), so publishing a Pipeline is part
+of this pass. A Model in a pool (`spec.pool`) owns only its Services: its pool's pass (pools.py) runs its
+pods, and its status follows the pool (PoolNotFound, PoolDoesNotFit, the pool's Deployment).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 import urllib.request
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +32,7 @@ from realm.operator.reconcile import (
     model_status,
     parse_spec,
     plan,
+    pool_problem,
     published_pipelines,
     published_tenants,
     scheduling_problem,
@@ -45,6 +48,8 @@ objects_log = logging.getLogger("realm.operator.objects")
 
 
 def _owned(op: Operator, namespace: str, model: str, with_routes: bool) -> list[dict[str, Any]]:
+    # A Model in a pool owns no ConfigMap or Deployment now, but may have before it joined the pool:
+    # listed all the same, so that the plan prunes them.
     sel = model_selector(model)
     kinds = ["ConfigMap", "Deployment", "Service", *(["HTTPRoute"] if with_routes else [])]
     listed = [op.io.submit(op.kube.list, kind, namespace, sel) for kind in kinds]
@@ -96,14 +101,22 @@ def reconcile_model(op: Operator, namespace: str, name: str) -> Outcome:
     opts = build_options(op.config, op.gateway_api.served())
     desired: list[dict[str, Any]] = []
     listed = 0
+    problem: tuple[str, str] | None = None
+    pool_deployment: Future[dict[str, Any] | None] | None = None
+    if isinstance(spec, ModelSpec) and spec.pool is not None:
+        exists, verdict = world.pool_fit(op.indexes, namespace, spec.pool)
+        problem = pool_problem(spec.pool, exists, verdict)
+        pool_deployment = op.io.submit(k.get, "Deployment", namespace, f"{spec.pool}-pool")
     if isinstance(spec, ModelSpec):
         resource = model_resource(name, namespace, meta["uid"], spec, body.get("status"))
         if isinstance(resource, str):
             error = resource
         else:
-            identity.ensure_identity_secret(op, resource, opts, out)
+            if spec.pool is None:  # a pool's pods read their pool's identity Secret
+                identity.ensure_identity_secret(op, resource, opts, out)
             try:
-                desired = builders.build_all(resource, tenants, opts, pipelines)
+                cluster = builders.cluster_config(namespace, world.placed_models(op.indexes, namespace))
+                desired = builders.build_all(resource, tenants, opts, pipelines, cluster)
             except (ValidationError, ValueError) as e:  # e.g. a tenant the runtime config rejects
                 error = f"runtime config rejected: {e}"
             allowed_names = [t.name for t in tenants if name in t.spec.allowed_models]
@@ -136,6 +149,8 @@ def reconcile_model(op: Operator, namespace: str, name: str) -> Outcome:
         tenant_count=allowed,
         pipeline_count=listed,
         unschedulable=unschedulable,
+        pool_problem=problem,
+        pool_deployment=pool_deployment.result() if pool_deployment is not None else None,
     )
     patch = status_patch(body.get("status"), status)
     if patch is not None:
@@ -167,7 +182,7 @@ def seen_early(op: Operator, type: str, obj: Mapping[str, Any]) -> None:
 # Autoscaling ----------------------------------------------------------------------------------------------
 
 
-def _scrape(pod: Mapping[str, Any]) -> float | None:
+def scrape(pod: Mapping[str, Any]) -> float | None:
     """A runtime pod's load (queued + running requests), or None when its metrics cannot be read."""
     ip = (pod.get("status") or {}).get("podIP")
     if not ip:
@@ -203,7 +218,7 @@ def autoscale_model(
         pods = [p for p in k.list("Pod", namespace, selector_of(dep)) if not deleting(p)] if dep else []
         running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            loads = list(pool.map(_scrape, running))
+            loads = list(pool.map(scrape, running))
         current = chosen.get(version, parsed.autoscaling.min_replicas)
         decided[version] = autoscale.desired_replicas(
             current=current, loads=loads, policy=parsed.autoscaling, last_change=last_change, now=at

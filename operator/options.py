@@ -27,7 +27,7 @@ class OperatorConfig:
     gateway: builders.GatewayRef | None = None
     hostnames: tuple[str, ...] = ()
     service_account: str | None = None
-    modules_dir: str | None = None
+    modules_dir: str | None = builders.DEFAULT_MODULES_DIR  # None: no modulesDir (spec.wasm cannot work)
     gateway_check_seconds: float = 60.0
     # Runtime pod defaults (the chart's `runtime.*` and `s3.*` values): see BuildOptions.
     runtime_gpu_image: str | None = None

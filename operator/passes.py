@@ -50,8 +50,10 @@ class PassQueue:
         max_wait: float = 3.0,
         max_hold: float = 10.0,
         defer: Callable[[], bool] | None = None,
+        kind: str = "Model",
     ) -> None:
         self._run_pass = run
+        self._kind = kind  # what its keys name, for the log
         self._defer = defer
         self.context: contextvars.Context | None = None
         self.deferred = 0
@@ -134,7 +136,9 @@ class PassQueue:
                 self._run_pass(*key)
         except Exception:
             failed = True
-            log.exception("pass of Model %s/%s failed; retrying in %.0fs", key[0], key[1], self.retry_seconds)
+            log.exception(
+                "pass of %s %s/%s failed; retrying in %.0fs", self._kind, key[0], key[1], self.retry_seconds
+            )
         with self._lock:
             self.passes += 1
             self._running.discard(key)

@@ -1,7 +1,7 @@
 """The Pipeline kind: its status, and its publication. A valid Pipeline whose references resolve (see the
 publication rule in `reconcile`) is listed in the runtime ConfigMap of every Model its steps use; that
 ConfigMap is the Model pass's to write, so a Pipeline pass only requests the passes of the Models it uses
-or is listed in."""
+or is listed in (and the ModelPools', whose ConfigMaps list their members' pipelines)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,11 @@ def republish_pipeline(op: Operator, namespace: str, name: str, raw_spec: Mappin
     used = pipeline_models(spec) if isinstance(spec, PipelineSpec) else []
     listed = models_listing_pipeline(op.kube.list("ConfigMap", namespace, builders.LABEL_MODEL), name)
     for model in sorted((set(used) | set(listed)) & set(world.models_in(op.indexes, namespace))):
-        op.passes.request(namespace, model)
+        op.request_model(namespace, model)
+    # A pool's ConfigMap lists its members' pipelines too, and is not labelled with a Model: every pool
+    # of the namespace looks again (a pass that changes nothing writes nothing).
+    for pool in world.pools_in(op.indexes, namespace):
+        op.pool_passes.request(namespace, pool)
 
 
 def reconcile_pipeline(op: Operator, namespace: str, name: str, republish: bool = True) -> Outcome:

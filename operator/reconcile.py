@@ -41,6 +41,7 @@ from realm.operator.objects import ObjectKey, key_of
 from realm.runtime.spec.identity import DEFAULT_NAMESPACE
 from realm.runtime.spec.model import ModelSpec, ModelStatus, TrafficTarget, VersionStatus, traffic_summary
 from realm.runtime.spec.pipeline import PipelineSpec, PipelineStatus
+from realm.runtime.spec.pool import DOES_NOT_FIT, FITS, MAX_MEMBERS, Fit, ModelPoolStatus, usage_text
 from realm.runtime.spec.runtime_config import PipelineEntry, hash_api_key
 from realm.runtime.spec.status import (
     READY,
@@ -75,8 +76,10 @@ API_KEY_READY = "ApiKeyReady"
 MODELS_RESOLVED = "ModelsResolved"
 SPEC_VALID = "SpecValid"
 REFERENCES_RESOLVED = "ReferencesResolved"
+MODULE_READY = "ModuleReady"
 MODEL_PARTS = (CONFIG_PUBLISHED, WORKLOADS_READY, ROUTES_READY)
-TENANT_PARTS = (API_KEY_READY, MODELS_RESOLVED, CONFIG_PUBLISHED)
+TENANT_PARTS = (API_KEY_READY, MODELS_RESOLVED, MODULE_READY, CONFIG_PUBLISHED)
+POOL_PARTS = (CONFIG_PUBLISHED, WORKLOADS_READY)
 PIPELINE_PARTS = (SPEC_VALID, REFERENCES_RESOLVED, CONFIG_PUBLISHED)
 
 # Reasons shared with docs/crds.md.
@@ -91,6 +94,17 @@ KEY_NOT_FOUND = "KeyNotFound"
 # for another Tenant: no key is published for it.
 SECRET_NOT_LABELLED = "SecretNotLabelled"
 SECRET_OF_ANOTHER_TENANT = "SecretOfAnotherTenant"
+# A Model naming a ModelPool that does not exist (or is invalid), or one whose members do not fit.
+POOL_NOT_FOUND = "PoolNotFound"
+POOL_DOES_NOT_FIT = "PoolDoesNotFit"
+# ModuleReady reasons: what the operator found of a Tenant's pinned module.
+MODULE_VERIFIED = "Verified"
+MODULE_PINNED = "Pinned"
+NO_MODULE = "NoModule"
+MODULES_DISABLED = "ModulesDisabled"
+MODULE_CONFIGMAP_NOT_FOUND = "ModuleConfigMapNotFound"
+MODULE_NOT_IN_CONFIGMAP = "ModuleNotInConfigMap"
+MODULE_DIGEST_MISMATCH = "ModuleDigestMismatch"
 
 S = TypeVar("S", bound=ResourceStatus)
 
@@ -323,6 +337,61 @@ def is_ready(status: Mapping[str, Any] | None) -> bool:
 
 
 @dataclass(frozen=True)
+class ModuleState:
+    """What the operator found of the Tenant's pinned module (`module_state`)."""
+
+    ok: bool
+    reason: str
+    message: str = ""
+
+
+def module_state(
+    spec: TenantSpec | None, modules_dir: str | None, config_map: Mapping[str, Any] | None, key: str
+) -> ModuleState:
+    """Whether the Tenant's `wasm` can work: the runtime pods have a modulesDir, and a ConfigMap-held
+    module hashes to the pin (`config_map`: the ConfigMap it names, None when absent; `key`: the entry
+    holding the module). An S3 module is the pods' to fetch and verify: the operator does not read it."""
+    wasm = spec.wasm if spec is not None else None
+    if wasm is None:
+        return ModuleState(True, NO_MODULE, "no module pinned")
+    if modules_dir is None:
+        return ModuleState(
+            False,
+            MODULES_DISABLED,
+            "spec.wasm needs a modulesDir in the runtime pods, and the operator runs without one "
+            "(chart value runtime.modulesDir is empty): the module is never deployed",
+        )
+    if wasm.config_map is None:
+        where = wasm.s3_uri or f"{modules_dir}/{wasm.sha256}.wasm"
+        return ModuleState(True, MODULE_PINNED, f"fetched and verified by the runtime pods from {where}")
+    if config_map is None:
+        return ModuleState(False, MODULE_CONFIGMAP_NOT_FOUND, f"ConfigMap {wasm.config_map} not found")
+    raw: bytes | None = None
+    binary = (config_map.get("binaryData") or {}).get(key)
+    text = (config_map.get("data") or {}).get(key)
+    if isinstance(binary, str):
+        try:
+            raw = base64.b64decode(binary, validate=True)
+        except binascii.Error:
+            raw = None
+    elif isinstance(text, str):
+        raw = text.encode()
+    if raw is None:
+        return ModuleState(
+            False, MODULE_NOT_IN_CONFIGMAP, f"ConfigMap {wasm.config_map} has no binaryData entry {key!r}"
+        )
+    found = hashlib.sha256(raw).hexdigest()
+    if found != wasm.sha256:
+        return ModuleState(
+            False,
+            MODULE_DIGEST_MISMATCH,
+            f"ConfigMap {wasm.config_map} holds a module of sha256 {found}, but spec.wasm.sha256 pins "
+            f"{wasm.sha256}: the runtime refuses it",
+        )
+    return ModuleState(True, MODULE_VERIFIED, f"ConfigMap {wasm.config_map} matches sha256 {wasm.sha256}")
+
+
+@dataclass(frozen=True)
 class KeyState:
     """What the handler found for the tenant's API key."""
 
@@ -341,8 +410,10 @@ def tenant_status(
     allowed: Sequence[str],
     existing_models: Iterable[str],
     published_to: Sequence[str],
+    module: ModuleState | None = None,
 ) -> TenantStatus:
-    """Tenant status: unknown models are a False condition with reason ModelNotFound, never an error."""
+    """Tenant status: unknown models are a False condition with reason ModelNotFound, never an error.
+    `module`: what `module_state` found of its pinned module (none pinned when absent)."""
     old = _previous(previous, TenantStatus)
     conds: list[Condition] = []
     if key.reason is None:
@@ -358,6 +429,12 @@ def tenant_status(
             conds.append(condition(MODELS_RESOLVED, "False", MODEL_NOT_FOUND, msg, generation, now))
         else:
             conds.append(condition(MODELS_RESOLVED, "True", "ModelsFound", "", generation, now))
+    module = module or ModuleState(True, NO_MODULE, "no module pinned")
+    conds.append(
+        condition(
+            MODULE_READY, "True" if module.ok else "False", module.reason, module.message, generation, now
+        )
+    )
     conds.append(
         condition(CONFIG_PUBLISHED, "True", "Published", f"in {len(published_to)} model(s)", generation, now)
     )
@@ -426,12 +503,18 @@ def model_status(
     tenant_count: int,
     pipeline_count: int = 0,
     unschedulable: Mapping[str, str] | None = None,
+    pool_problem: tuple[str, str] | None = None,
+    pool_deployment: Mapping[str, Any] | None = None,
 ) -> ModelStatus:
     """Model status from the desired objects and the live ones (after this pass's applies).
 
     `spec_error` (an invalid spec, or a runtime config the builders refused) makes ConfigPublished
     False with reason Invalid; Ready then reports that first. `unschedulable` maps a Deployment's name to
     the scheduler's reason its pods wait (more GPUs asked than any node has, a taint, a selector).
+
+    A Model in a pool: ConfigPublished is False with `pool_problem`'s (reason, message) when its pool is
+    missing or its members do not fit, and its workloads are the pool's Deployment (`pool_deployment`,
+    None when absent), which every serving version shares.
     """
     old = _previous(previous, ModelStatus)
     conds: list[Condition] = []
@@ -441,6 +524,8 @@ def model_status(
         conds.append(
             condition(CONFIG_PUBLISHED, "False", INVALID, spec_error or "invalid spec", generation, now)
         )
+    elif spec.pool is not None:
+        versions = _pooled(conds, spec, pool_problem, pool_deployment, desired, live, generation, now)
     else:
         stale = [
             str(key_of(d))
@@ -491,17 +576,7 @@ def model_status(
         else:
             conds.append(condition(WORKLOADS_READY, "True", "Available", "", generation, now))
 
-        services = [key_of(d) for d in desired if d["kind"] == "Service"]
-        absent = [str(k) for k in services if k not in live]
-        routes = [key_of(d) for d in desired if d["kind"] == "HTTPRoute"]
-        if absent:
-            msg = f"missing {', '.join(absent)}"
-            conds.append(condition(ROUTES_READY, "False", "ServiceMissing", msg, generation, now))
-        elif routes:
-            st, reason, msg = _route_condition(live.get(routes[0]))
-            conds.append(condition(ROUTES_READY, st, reason, msg, generation, now))
-        else:
-            conds.append(condition(ROUTES_READY, "True", "ServicesReady", "", generation, now))
+        conds.append(_services_condition(desired, live, generation, now))
 
     traffic: list[TrafficTarget] = spec.effective_traffic() if spec is not None else []
     if spec is None and old is not None:
@@ -516,6 +591,149 @@ def model_status(
         ready_replicas=sum(v.ready_replicas for v in versions),
         last_scale_time=old.last_scale_time if old else None,
     )
+
+
+def _services_condition(
+    desired: Sequence[Manifest], live: Mapping[ObjectKey, Mapping[str, Any]], generation: int, now: datetime
+) -> Condition:
+    services = [key_of(d) for d in desired if d["kind"] == "Service"]
+    absent = [str(k) for k in services if k not in live]
+    routes = [key_of(d) for d in desired if d["kind"] == "HTTPRoute"]
+    if absent:
+        return condition(
+            ROUTES_READY, "False", "ServiceMissing", f"missing {', '.join(absent)}", generation, now
+        )
+    if routes:
+        st, reason, msg = _route_condition(live.get(routes[0]))
+        return condition(ROUTES_READY, st, reason, msg, generation, now)
+    return condition(ROUTES_READY, "True", "ServicesReady", "", generation, now)
+
+
+def _pooled(
+    conds: list[Condition],
+    spec: ModelSpec,
+    pool_problem: tuple[str, str] | None,
+    pool_deployment: Mapping[str, Any] | None,
+    desired: Sequence[Manifest],
+    live: Mapping[ObjectKey, Mapping[str, Any]],
+    generation: int,
+    now: datetime,
+) -> list[VersionStatus]:
+    """A pooled Model's conditions (appended to `conds`) and per-version replica counts."""
+    if pool_problem is not None:
+        reason, message = pool_problem
+        conds.append(condition(CONFIG_PUBLISHED, "False", reason, message, generation, now))
+    else:
+        conds.append(
+            condition(CONFIG_PUBLISHED, "True", "Published", f"in pool {spec.pool}", generation, now)
+        )
+    serving = [v.name for v in spec.versions if v.name in spec.serving_versions()]
+    name = f"{spec.pool}-pool"
+    if pool_deployment is None:
+        conds.append(
+            condition(WORKLOADS_READY, "False", "DeploymentMissing", f"missing {name}", generation, now)
+        )
+        versions = [VersionStatus(name=v) for v in serving]
+    else:
+        want, ready, current = _dep_counts(pool_deployment)
+        versions = [VersionStatus(name=v, replicas=want, ready_replicas=ready) for v in serving]
+        if ready < want or not current:
+            msg = f"{name}: {ready}/{want} ready"
+            conds.append(condition(WORKLOADS_READY, "False", "Progressing", msg, generation, now))
+        else:
+            conds.append(condition(WORKLOADS_READY, "True", "Available", f"on {name}", generation, now))
+    conds.append(_services_condition(desired, live, generation, now))
+    return versions
+
+
+def pool_status(
+    *,
+    previous: Mapping[str, Any] | None,
+    generation: int,
+    now: datetime,
+    spec_error: str | None,
+    fit: Fit | None,
+    desired: Sequence[Manifest],
+    live: Mapping[ObjectKey, Mapping[str, Any]],
+    unschedulable: str | None = None,
+) -> ModelPoolStatus:
+    """A ModelPool's status: Fits (the verdict with its numbers), ConfigPublished (False with reason
+    DoesNotFit while the members do not fit: nothing of the pool is changed then) and WorkloadsReady
+    (its Deployment; True with no members, which run nothing)."""
+    old = _previous(previous, ModelPoolStatus)
+    conds: list[Condition] = []
+    want = ready = 0
+    if spec_error is not None or fit is None:
+        conds.append(
+            condition(CONFIG_PUBLISHED, "False", INVALID, spec_error or "invalid spec", generation, now)
+        )
+    else:
+        conds.append(condition(FITS, fit.status, fit.reason, fit.message, generation, now))
+        if fit.status == "False":
+            conds.append(condition(CONFIG_PUBLISHED, "False", DOES_NOT_FIT, fit.message, generation, now))
+        else:
+            stale = [
+                str(key_of(d))
+                for d in desired
+                if d["kind"] == "ConfigMap" and needs_apply(stamp(d), live.get(key_of(d)))
+            ]
+            if stale:
+                conds.append(
+                    condition(CONFIG_PUBLISHED, "False", "ConfigStale", ", ".join(stale), generation, now)
+                )
+            else:
+                msg = f"{len(fit.members)} member(s)"
+                conds.append(condition(CONFIG_PUBLISHED, "True", "Published", msg, generation, now))
+        deps = [d for d in desired if d["kind"] == "Deployment"]
+        if not fit.members:
+            conds.append(
+                condition(WORKLOADS_READY, "True", "NoMembers", "no Model names this pool", generation, now)
+            )
+        elif not deps or key_of(deps[0]) not in live:
+            name = deps[0]["metadata"]["name"] if deps else "the pool's Deployment"
+            conds.append(
+                condition(WORKLOADS_READY, "False", "DeploymentMissing", f"missing {name}", generation, now)
+            )
+        else:
+            want, ready, current = _dep_counts(live[key_of(deps[0])])
+            if unschedulable:
+                conds.append(
+                    condition(WORKLOADS_READY, "False", "Unschedulable", unschedulable, generation, now)
+                )
+            elif ready < want or not current:
+                msg = f"{ready}/{want} ready"
+                conds.append(condition(WORKLOADS_READY, "False", "Progressing", msg, generation, now))
+            else:
+                conds.append(condition(WORKLOADS_READY, "True", "Available", "", generation, now))
+    members = list(fit.members) if fit is not None else (old.members if old else [])
+    count = len(members)
+    members = members[:MAX_MEMBERS]  # the status lists so many; memberCount says how many there are
+    total = fit.total_bytes if fit is not None else None
+    cap = fit.capacity_bytes if fit is not None else None
+    return ModelPoolStatus(
+        conditions=merge_conditions(old.conditions if old else [], conds, POOL_PARTS, generation, now),
+        observed_generation=generation,
+        operator_version=OPERATOR_VERSION,
+        members=members,
+        member_count=count,
+        total_bytes=total,
+        capacity_bytes=cap,
+        usage=usage_text(total, cap) if fit is not None else (old.usage if old else ""),
+        replicas=want,
+        ready_replicas=ready,
+        desired_replicas=old.desired_replicas if old else None,
+        last_scale_time=old.last_scale_time if old else None,
+    )
+
+
+def pool_problem(pool: str, exists: bool, fit: Fit | None) -> tuple[str, str] | None:
+    """Why a Model in `pool` is not served (reason, message), or None: the pool is missing or invalid
+    (`fit` None), or its members do not fit."""
+    if not exists or fit is None:
+        return POOL_NOT_FOUND, f"no valid ModelPool named {pool} in this namespace"
+    if fit.status == "False":
+        return POOL_DOES_NOT_FIT, f"ModelPool {pool}: {fit.message}"
+    return None
 
 
 def autoscaled(status: Mapping[str, Any] | None) -> dict[str, int]:

@@ -18,7 +18,7 @@ from realm.operator.options import GatewayApi, OperatorConfig
 from realm.operator.passes import PassQueue
 from realm.operator.peering_gate import Gate
 from realm.operator.workqueue import WorkQueue
-from realm.operator.world import Indexes, SpecCache
+from realm.operator.world import Indexes, ModelRecord, SpecCache, records_in
 
 TenantKey = tuple[str, str]  # (namespace, name)
 MEMO_KEY = "operator"  # where kopf's memo holds the Operator
@@ -43,8 +43,8 @@ class TenantMemory:
 
 
 class Operator:
-    """The one state object. `tenant_pass` and `model_pass` are the work of the two queues (tenants.py and
-    models.py; handlers.new_operator wires them), taking this object first."""
+    """The one state object. `tenant_pass`, `model_pass` and `pool_pass` are the work of the three queues
+    (tenants.py, models.py and pools.py; handlers.new_operator wires them), taking this object first."""
 
     def __init__(
         self,
@@ -52,6 +52,7 @@ class Operator:
         config: OperatorConfig,
         tenant_pass: Callable[[Operator, TenantKey, bool], None],
         model_pass: Callable[[Operator, str, str], object],
+        pool_pass: Callable[[Operator, str, str], object] | None = None,
     ) -> None:
         self.kube = kube
         self.config = config
@@ -92,6 +93,23 @@ class Operator:
             workers=32,
             defer=self.tenants.urgent_active,
         )
+        # The one way to run a ModelPool pass, likewise one per pool at a time. Pools are few: a few
+        # workers do.
+        self.pool_passes = PassQueue(
+            lambda namespace, pool: pool_pass(self, namespace, pool) if pool_pass is not None else None,
+            workers=4,
+            defer=self.tenants.urgent_active,
+            kind="ModelPool",
+        )
+
+    def request_model(self, namespace: str, model: str) -> None:
+        """Request the pass that publishes a Model's runtime config: its own, and its pool's when it is
+        in one (the pool's ConfigMap lists its tenants and pipelines)."""
+        self.passes.request(namespace, model)
+        records: list[ModelRecord] = records_in(self.indexes.models, namespace)
+        pool = next((m.pool for m in records if m.name == model and not m.deleting), None)
+        if pool is not None:
+            self.pool_passes.request(namespace, pool)
 
     def kopf_called(self) -> None:
         """kopf called a handler: its indexes are populated (kopf indexes before it handles), and the
@@ -99,7 +117,7 @@ class Operator:
         variables)."""
         if self.indexed:
             return
-        self.tenants.context = self.passes.context = contextvars.copy_context()
+        self.tenants.context = self.passes.context = self.pool_passes.context = contextvars.copy_context()
         self.indexed = True
 
     def may_act_early(self) -> bool:

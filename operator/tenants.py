@@ -34,11 +34,13 @@ from realm.operator.reconcile import (
     KeyState,
     api_key_hash,
     models_to_republish,
+    module_state,
     parse_spec,
     status_patch,
     tenant_status,
 )
 from realm.operator.state import Operator, TenantKey
+from realm.runtime.serving.module_sources import CONFIGMAP_KEY
 from realm.runtime.spec.tenant import TenantSpec
 
 # See models.objects_log: what the light watches set going, per object.
@@ -149,9 +151,11 @@ def reconcile_tenant(
     previous = (body.get("status") or {}).get("publishedTo") or []
     for model in models_to_republish(allowed, previous):
         if model in models:
-            op.passes.request(namespace, model)
+            op.request_model(namespace, model)
     if deleting(body):
         return out  # no status for an object on its way out
+    held = tspec.wasm.config_map if tspec is not None and tspec.wasm is not None else None
+    config_map = k.get("ConfigMap", namespace, held) if held and op.config.modules_dir is not None else None
     status = tenant_status(
         previous=body.get("status"),
         generation=int(meta.get("generation") or 0),
@@ -161,6 +165,7 @@ def reconcile_tenant(
         allowed=allowed,
         existing_models=models,
         published_to=[m for m in allowed if m in models] if error is None else [],
+        module=module_state(tspec, op.config.modules_dir, config_map, CONFIGMAP_KEY),
     )
     patch = status_patch(body.get("status"), status)
     if patch is not None:
@@ -203,6 +208,14 @@ def refresh_tenants(op: Operator, namespace: str, model: str, exists: bool) -> N
             op.tenants.request((namespace, r.name))
 
 
+def refresh_modules(op: Operator, namespace: str) -> None:
+    """Request the passes of the Tenants whose ConfigMap-held module is not verified yet: the operator
+    does not watch those ConfigMaps, so the Models' timers have their Tenants look again."""
+    for r in world.tenants_in(op.indexes.tenants, namespace):
+        if r.module_unverified and r.reconciled and not r.deleting:
+            op.tenants.request((namespace, r.name))
+
+
 def wants_pass(type: str | None, body: Mapping[str, Any]) -> bool:
     """Whether a Tenant's watch event calls for a pass: when first seen (a create, or the listing at the
     operator's start: level-based, whatever happened while it was down), and when its spec changed since
@@ -241,7 +254,7 @@ def watch_event(op: Operator, namespace: str, name: str, type: str | None, body:
         allowed = spec.allowed_models if spec is not None else []
         published = (body.get("status") or {}).get("publishedTo") or []
         for model in models_to_republish(allowed, published):
-            op.passes.request(namespace, model)
+            op.request_model(namespace, model)
         if type == "DELETED":
             op.tenants.request(key)
         return
@@ -261,7 +274,7 @@ def secret_changed(op: Operator, namespace: str, name: str, type: str | None) ->
             continue
         if rec.spec is not None:
             for model in rec.spec.allowed_models:
-                op.passes.request(namespace, model)
+                op.request_model(namespace, model)
         if type == "DELETED" and not rec.deleting:  # a managed key is created again at once
             op.tenants.request((namespace, rec.name), urgent=True)
 

@@ -26,12 +26,14 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from realm.operator.builders import LABEL_TENANT, api_key_secret_ref
 from realm.operator.kube import Kube
-from realm.operator.reconcile import PipelineView, TenantView, is_ready, parse_spec
+from realm.operator.reconcile import MODULE_READY, PipelineView, TenantView, is_ready, parse_spec
+from realm.runtime.spec.model import ModelSpec
+from realm.runtime.spec.pool import Fit, ModelPoolSpec, fit
 from realm.runtime.spec.tenant import TenantSpec
 
 T = TypeVar("T")
@@ -49,6 +51,9 @@ class TenantRecord:
     published_to: tuple[str, ...]  # from status: the Models it was last published to
     reconciled: bool  # it has a status: its own pass has run at least once
     secret: str = ""  # the name of its API key Secret (managed or referenced)
+    # Its spec pins a module in a ConfigMap whose bytes its status does not (yet) call verified: the
+    # ConfigMap is not watched, so the Models' timers ask its pass to look again.
+    module_unverified: bool = False
 
     def allows(self, model: str) -> bool:
         return self.spec is not None and model in self.spec.allowed_models
@@ -101,7 +106,18 @@ def tenant_record(
         published_to=tuple((status or {}).get("publishedTo") or ()),
         reconciled=bool(status),
         secret=api_key_secret_ref(name, parsed).name,
+        module_unverified=parsed is not None
+        and parsed.wasm is not None
+        and parsed.wasm.config_map is not None
+        and not _condition_true(status, MODULE_READY),
     )
+
+
+def _condition_true(status: Mapping[str, Any] | None, type_: str) -> bool:
+    for c in (status or {}).get("conditions") or []:
+        if isinstance(c, Mapping) and c.get("type") == type_:
+            return bool(c.get("status") == "True")
+    return False
 
 
 @dataclass(frozen=True)
@@ -109,10 +125,48 @@ class ModelRecord:
     name: str
     deleting: bool
     ready: bool  # the Ready condition of its status
+    # Its parsed spec (None when invalid): where it runs (its pool) and its traffic split make every
+    # runtime config's `cluster`, and a pool's pass builds its members' configs from it.
+    spec: ModelSpec | None = None
+    uid: str = ""
+
+    @property
+    def pool(self) -> str | None:
+        return self.spec.pool if self.spec is not None else None
 
 
-def model_record(name: str, meta: Mapping[str, Any], status: Mapping[str, Any] | None) -> ModelRecord:
-    return ModelRecord(name, bool(meta.get("deletionTimestamp")), is_ready(status))
+def model_record(
+    name: str,
+    meta: Mapping[str, Any],
+    status: Mapping[str, Any] | None,
+    spec: Mapping[str, Any] | None = None,
+) -> ModelRecord:
+    parsed, _ = parse_spec(spec, ModelSpec)
+    return ModelRecord(
+        name,
+        bool(meta.get("deletionTimestamp")),
+        is_ready(status),
+        parsed if isinstance(parsed, ModelSpec) else None,
+        str(meta.get("uid") or ""),
+    )
+
+
+@dataclass(frozen=True)
+class PoolRecord:
+    name: str
+    deleting: bool
+    spec: ModelPoolSpec | None  # None when invalid
+    uid: str = ""
+
+
+def pool_record(name: str, meta: Mapping[str, Any], spec: Mapping[str, Any] | None) -> PoolRecord:
+    parsed, _ = parse_spec(spec, ModelPoolSpec)
+    return PoolRecord(
+        name,
+        bool(meta.get("deletionTimestamp")),
+        parsed if isinstance(parsed, ModelPoolSpec) else None,
+        str(meta.get("uid") or ""),
+    )
 
 
 def pipeline_view(name: str, spec: Mapping[str, Any] | None, meta: Mapping[str, Any]) -> PipelineView:
@@ -213,10 +267,11 @@ class Indexes:
     secrets: Index  # (namespace, name) -> Store[SecretRecord], labelled key Secrets only
     models: Index  # namespace -> Store[ModelRecord]
     pipelines: Index  # namespace -> Store[PipelineView]
+    pools: Index = field(default_factory=dict)  # namespace -> Store[PoolRecord]
 
     @classmethod
     def empty(cls) -> Indexes:
-        return cls({}, {}, {}, {})
+        return cls({}, {}, {}, {}, {})
 
 
 def listed(k: Kube, namespace: str) -> Indexes:
@@ -233,8 +288,12 @@ def listed(k: Kube, namespace: str) -> Indexes:
         for t in k.list("Tenant", namespace)
     ]
     models = [
-        model_record(m["metadata"]["name"], m["metadata"], m.get("status"))
+        model_record(m["metadata"]["name"], m["metadata"], m.get("status"), m.get("spec"))
         for m in k.list("Model", namespace)
+    ]
+    pools = [
+        pool_record(p["metadata"]["name"], p["metadata"], p.get("spec"))
+        for p in k.list("ModelPool", namespace)
     ]
     pipelines = [
         pipeline_view(p["metadata"]["name"], p.get("spec"), p["metadata"])
@@ -245,7 +304,9 @@ def listed(k: Kube, namespace: str) -> Indexes:
         for s in k.list("Secret", namespace)
         if LABEL_TENANT in ((s.get("metadata") or {}).get("labels") or {})  # what kopf's watch selects
     }
-    return Indexes({namespace: tenants}, secrets, {namespace: models}, {namespace: pipelines})
+    return Indexes(
+        {namespace: tenants}, secrets, {namespace: models}, {namespace: pipelines}, {namespace: pools}
+    )
 
 
 def tenant_views(indexes: Indexes, namespace: str, model: str | None = None) -> list[TenantView]:
@@ -278,3 +339,38 @@ def models_in(indexes: Indexes, namespace: str) -> dict[str, bool]:
 def tenant_specs(indexes: Indexes, namespace: str) -> dict[str, TenantSpec | None]:
     """Tenants not being deleted, with their parsed spec (None when invalid)."""
     return {t.name: t.spec for t in tenants_in(indexes.tenants, namespace) if not t.deleting}
+
+
+def model_records(indexes: Indexes, namespace: str) -> list[ModelRecord]:
+    """The namespace's Models that are not being deleted, sorted by name."""
+    records: list[ModelRecord] = records_in(indexes.models, namespace)
+    return sorted((m for m in records if not m.deleting), key=lambda m: m.name)
+
+
+def placed_models(indexes: Indexes, namespace: str) -> list[tuple[str, ModelSpec]]:
+    """Every Model of the namespace with a valid spec, not being deleted, sorted by name: what the
+    runtime configs' `cluster` lists (builders.cluster_config)."""
+    return [(m.name, m.spec) for m in model_records(indexes, namespace) if m.spec is not None]
+
+
+def members_of(indexes: Indexes, namespace: str, pool: str) -> list[ModelRecord]:
+    """The Models (valid, not being deleted) that name `pool`, sorted by name."""
+    return [m for m in model_records(indexes, namespace) if m.spec is not None and m.spec.pool == pool]
+
+
+def pools_in(indexes: Indexes, namespace: str) -> dict[str, PoolRecord]:
+    """The namespace's ModelPools that are not being deleted, by name."""
+    records: list[PoolRecord] = records_in(indexes.pools, namespace)
+    return {p.name: p for p in records if not p.deleting}
+
+
+def pool_fit(indexes: Indexes, namespace: str, pool: str) -> tuple[bool, Fit | None]:
+    """(whether a ModelPool of that name exists, its fit verdict: None when its spec is invalid), from
+    the indexes alone: the pool's pass and its members' passes reach the same verdict."""
+    record = pools_in(indexes, namespace).get(pool)
+    if record is None:
+        return False, None
+    if record.spec is None:
+        return True, None
+    members = members_of(indexes, namespace, pool)
+    return True, fit(record.spec, [(m.name, m.spec) for m in members if m.spec is not None])

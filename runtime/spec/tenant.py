@@ -178,7 +178,12 @@ class TenantSpec(SpecModel):
         "Secret must carry the label realm.dev/tenant=<this Tenant's name>: the operator watches only "
         "Secrets with that label, and one labelled for another Tenant is refused.",
     )
-    wasm: WasmModuleSource | None = Field(None, description="The tenant's orchestration module.")
+    wasm: WasmModuleSource | None = Field(
+        None,
+        description="The tenant's orchestration module, pinned by digest and deployed from the runtime pods' "
+        "modulesDir (on by default: the chart's runtime.modulesDir). The ModuleReady condition says whether "
+        "it can be (for a configMap, whether its bytes match sha256).",
+    )
     tools: list[str] = Field(default_factory=list, description="Tools the tenant's module may call.")
     kv_snapshots: KVSnapshotPolicy = Field(
         default_factory=KVSnapshotPolicy, description="KV snapshot policy."

@@ -35,12 +35,15 @@ NS = "realm-system"
 NAMESPACED_RULES = {
     ("realm.dev", "tenants"): {"get", "list", "watch", "patch"},
     ("realm.dev", "models"): {"get", "list", "watch", "patch"},
+    ("realm.dev", "modelpools"): {"get", "list", "watch", "patch"},
     ("realm.dev", "pipelines"): {"get", "list", "watch", "patch"},
     ("realm.dev", "tenants/status"): {"patch"},
     ("realm.dev", "models/status"): {"patch"},
+    ("realm.dev", "modelpools/status"): {"patch"},
     ("realm.dev", "pipelines/status"): {"patch"},
     ("realm.dev", "tenants/finalizers"): {"update"},
     ("realm.dev", "models/finalizers"): {"update"},
+    ("realm.dev", "modelpools/finalizers"): {"update"},
     ("", "secrets"): {"get", "list", "watch", "create"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
@@ -49,6 +52,7 @@ NAMESPACED_RULES = {
     ("", "pods"): {"list"},
     ("", "events"): {"create"},
 }
+RUNTIME_RULES = {("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"}}
 CLUSTER_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 PEERING_VERBS = {"get", "list", "watch", "patch", "create"}
 
@@ -183,6 +187,14 @@ def test_default_flags_parse_and_pin_no_priority() -> None:
     assert args.liveness == "http://0.0.0.0:8080/healthz"
 
 
+def test_tenant_modules_work_with_the_defaults_and_can_be_turned_off() -> None:
+    # By default the runtime pods get a modulesDir (an emptyDir), so a Tenant's spec.wasm is deployed;
+    # an empty value turns it off (and such Tenants then say so in ModuleReady).
+    on = main.config_from(main.parse_args(container(render())["args"]))
+    off = main.config_from(main.parse_args(container(render("runtime.modulesDir="))["args"]))
+    assert (on.modules_dir, off.modules_dir) == ("/var/lib/realm/modules", None)
+
+
 def test_nondefault_values_reach_the_operator_flags() -> None:
     docs = render(str(NONDEFAULT))
     c = container(docs)
@@ -222,15 +234,22 @@ def test_rbac_is_least_privilege_cluster_wide() -> None:
         **CLUSTER_RULES,
         ("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS,
     }
-    assert not by_kind(docs, "Role")
     (binding,) = by_kind(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "realm-operator", "namespace": NS}]
-    # The runtime pods' account: separate, no token, and nothing binds a role to it.
+    # The runtime pods' account: separate, no token of its own accord, no cluster-wide role, and in its
+    # namespace only the right to read EndpointSlices (which pods serve the models a pod does not load).
     runtime = [d for d in by_kind(docs, "ServiceAccount") if d["metadata"]["name"] == "realm-runtime"]
     assert len(runtime) == 1 and runtime[0]["automountServiceAccountToken"] is False
     assert all(
         s["name"] != "realm-runtime" for b in by_kind(docs, "ClusterRoleBinding") for s in b["subjects"]
     )
+    (role,) = by_kind(docs, "Role")
+    assert flatten(role["rules"]) == RUNTIME_RULES
+    (runtime_binding,) = by_kind(docs, "RoleBinding")
+    assert runtime_binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "realm-runtime", "namespace": NS}
+    ]
+    assert runtime_binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 def test_rbac_is_namespaced_with_watch_namespaces() -> None:
@@ -238,19 +257,25 @@ def test_rbac_is_namespaced_with_watch_namespaces() -> None:
     (cluster_role,) = by_kind(docs, "ClusterRole")
     # kopf lists and watches Namespaces when it serves a list of them (not when cluster-wide).
     assert flatten(cluster_role["rules"]) == {**CLUSTER_RULES, ("", "namespaces"): {"list", "watch"}}
-    roles = by_kind(docs, "Role")
+    roles = [
+        r
+        for r in by_kind(docs, "Role")
+        if r["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    ]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for r in roles:
         assert flatten(r["rules"]) == {**NAMESPACED_RULES, ("kopf.dev", "kopfpeerings"): PEERING_VERBS}
+    runtime_roles = [r for r in by_kind(docs, "Role") if r not in roles]
+    assert all(flatten(r["rules"]) == RUNTIME_RULES for r in runtime_roles) and len(runtime_roles) == 2
     bindings = by_kind(docs, "RoleBinding")
-    assert {b["subjects"][0]["name"] for b in bindings} == {"realm-op"}
+    assert {b["subjects"][0]["name"] for b in bindings} == {"realm-op", "llm-runtime"}
 
 
 def test_crds_are_the_generated_ones_and_kept() -> None:
     docs = render()
     crds = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
     assert set(crds) == {
-        "tenants.realm.dev", "models.realm.dev", "pipelines.realm.dev",
+        "tenants.realm.dev", "models.realm.dev", "modelpools.realm.dev", "pipelines.realm.dev",
         "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev",
     }  # fmt: skip
     for name, crd in crds.items():
@@ -259,7 +284,7 @@ def test_crds_are_the_generated_ones_and_kept() -> None:
             generated = yaml.safe_load((REPO / "crds" / f"{name}.yaml").read_text())
             assert {**crd, "metadata": generated["metadata"]} == generated
     unkept = by_kind(render("crds.keep=false"), "CustomResourceDefinition")
-    assert len(unkept) == 5 and all("annotations" not in d["metadata"] for d in unkept)
+    assert len(unkept) == 6 and all("annotations" not in d["metadata"] for d in unkept)
     assert not by_kind(render("crds.install=false"), "CustomResourceDefinition")
 
 
@@ -318,7 +343,7 @@ def test_overlays_build(overlay: str) -> None:
     else:
         assert dep["spec"]["replicas"] == 2 and "@sha256:" in c["image"]
         assert "@sha256:" in args.runtime_image and args.runtime_class == "nvidia" and args.s3_bucket
-    assert len(by_kind(docs, "CustomResourceDefinition")) == 5
+    assert len(by_kind(docs, "CustomResourceDefinition")) == 6
 
 
 # What the chart and the base hold and expose -----------------------------------------------------------
@@ -348,9 +373,17 @@ def test_every_empty_dir_has_a_size_limit(source: str) -> None:
 def test_monitors_scrape_the_runtime_ops_port_not_the_public_one() -> None:
     docs = render("monitoring.podMonitor.enabled=true", "monitoring.serviceMonitor.enabled=true")
     (pod_monitor,) = by_kind(docs, "PodMonitor")
-    (service_monitor,) = by_kind(docs, "ServiceMonitor")
-    endpoints = pod_monitor["spec"]["podMetricsEndpoints"] + service_monitor["spec"]["endpoints"]
-    assert [(e["port"], e["path"]) for e in endpoints] == [("metrics", "/metrics")] * 2
+    versions, pools = by_kind(docs, "ServiceMonitor")
+    endpoints = [
+        *pod_monitor["spec"]["podMetricsEndpoints"],
+        *versions["spec"]["endpoints"],
+        *pools["spec"]["endpoints"],
+    ]
+    assert [(e["port"], e["path"]) for e in endpoints] == [("metrics", "/metrics")] * 3
+    # Version Services, and pools' Services: a pool's pods are behind several version Services, which
+    # leave the metrics port out, so each pod is scraped once.
+    keys = [m["spec"]["selector"]["matchExpressions"][0]["key"] for m in (versions, pools)]
+    assert keys == ["realm.dev/model-version", "realm.dev/pool"]
 
 
 def _network_policies(*values: str) -> list[dict[str, Any]]:
@@ -363,15 +396,21 @@ def test_runtime_network_policy_by_default_ingress_from_the_operator_egress_to_d
     assert policy["metadata"]["namespace"] == NS
     assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "realm-runtime"
     assert spec["policyTypes"] == ["Ingress", "Egress"]
-    (operator_rule,) = spec["ingress"]
+    operator_rule, peers_in = spec["ingress"]
     (peer,) = operator_rule["from"]
     assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NS}}
     assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
     assert [p["port"] for p in operator_rule["ports"]] == ["http", "metrics"]
-    dns, s3 = spec["egress"]
+    # The internal port: only between the namespace's runtime pods, both ways.
+    dns, s3, peers_out, api = spec["egress"]
+    for rule, side in ((peers_in, "from"), (peers_out, "to")):
+        (runtime,) = rule[side]
+        assert runtime == {"podSelector": spec["podSelector"]}
+        assert rule["ports"] == [{"port": "internal", "protocol": "TCP"}]
     assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
     assert s3["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
     assert [p["port"] for p in s3["ports"]] == [443, 9000]
+    assert [p["port"] for p in api["ports"]] == [443, 6443]
 
 
 def test_runtime_network_policy_follows_the_gateway_and_the_values() -> None:
@@ -383,7 +422,7 @@ def test_runtime_network_policy_follows_the_gateway_and_the_values() -> None:
     )
     assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
     spec = policies[0]["spec"]
-    gateway, _, metrics = spec["ingress"]
+    gateway, _, metrics, _ = spec["ingress"]
     assert gateway["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateways"}}}
     ]

@@ -16,7 +16,12 @@ from realm.operator import crdgen
 from realm.runtime.spec.tenant import Quotas, TenantSpec
 
 ROOT = REPO
-CRD_FILES = ["tenants.realm.dev.yaml", "models.realm.dev.yaml", "pipelines.realm.dev.yaml"]
+CRD_FILES = [
+    "tenants.realm.dev.yaml",
+    "models.realm.dev.yaml",
+    "modelpools.realm.dev.yaml",
+    "pipelines.realm.dev.yaml",
+]
 
 
 def load(name: str) -> dict[str, Any]:
@@ -171,6 +176,27 @@ def test_model_cel_rules() -> None:
     assert nodes[".spec.versions[].engine"]["enum"] == ["trtllm", "llamacpp"]
     assert nodes[".spec.versions[].engine"]["default"] == "llamacpp"
     assert any("metadata.name" in r for r in rules_at(doc, ""))
+
+
+def test_autoscaling_from_zero_is_refused_by_the_apiserver_with_the_operators_words() -> None:
+    from realm.runtime.spec.model import MSG_MIN_REPLICAS
+
+    nodes = dict(walk(root_schema(load("models.realm.dev.yaml"))))
+    rules = nodes[".spec.autoscaling"]["x-kubernetes-validations"]
+    assert {"rule": "!has(self.minReplicas) || self.minReplicas >= 1", "message": MSG_MIN_REPLICAS} in rules
+
+
+def test_modelpool_crd() -> None:
+    doc = load("modelpools.realm.dev.yaml")
+    assert doc["spec"]["names"]["plural"] == "modelpools" and doc["spec"]["names"]["shortNames"] == ["mpool"]
+    nodes = dict(walk(root_schema(doc)))
+    assert {".spec.resources.gpuMemory", ".spec.replicas", ".spec.autoscaling", ".spec.nodeSelector"} <= set(
+        nodes
+    )
+    assert {".status.members[].footprintBytes", ".status.totalBytes", ".status.capacityBytes"} <= set(nodes)
+    assert any("has(self.replicas) && has(self.autoscaling)" in r for r in rules_at(doc, ".spec"))
+    columns = {c["name"] for c in doc["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert {"Fits", "Usage", "Members"} <= columns
 
 
 def test_pipeline_cel_rules() -> None:

