@@ -237,9 +237,8 @@ def test_model_ready_with_pods_on_a_kwok_gpu_node(tmp_path: Path) -> None:
             assert st["readyReplicas"] == 2
             cols = _printer_columns(world, "model", "chat")
             assert (cols["READY"], cols["REPLICAS"]) == ("True", "2"), cols
-            # No Gateway here: the stable Service selects the ready pods of both versions, so requests
-            # follow ready replicas, not the 90/10 asked for (status.traffic is only the split asked for;
-            # reporting the split in force is issue 14's work).
+            # No Gateway here: the stable Service selects the ready pods of both versions; a runtime picks
+            # the version by the weights the operator publishes (status.traffic is the split measured).
             stable = world.get("service", "chat")
             assert stable is not None
             served = _pods(world, stable["spec"]["selector"])
@@ -342,13 +341,6 @@ def test_gateway_api_httproute_follows_the_traffic_split(tmp_path: Path) -> None
             followed = time.monotonic() - began
             assert route["metadata"]["uid"] == first_uid  # the same object, updated in place
 
-            def summary() -> str | None:
-                found = (
-                    (_current_status(world, "model", "chat") or {}).get("status", {}).get("trafficSummary")
-                )
-                return str(found) if found else None
-
-            wait_for("trafficSummary v1=50,v2=50", lambda: summary() == "v1=50,v2=50")
             assert op.poll() is None
     print(
         f"\n[gateway api] {GATEWAY_API_MODULE} CRDs installed in {installed:.1f}s; HTTPRoute 90/10 after "
