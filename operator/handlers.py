@@ -255,7 +255,7 @@ def model_traffic(
 ) -> None:
     """status.traffic as measured on the Model's pods (traffic.py), beside its passes."""
     assert namespace and name
-    traffic.measure_traffic(_operator(memo), namespace, name, status, time.monotonic())
+    traffic.request_tick(_operator(memo), namespace, name, status, time.monotonic())
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "realm-operator"})

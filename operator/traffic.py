@@ -7,9 +7,10 @@ on the pods behind the Model's Services (their EndpointSlices' `metrics` ports) 
 of each version among the requests counted over the last window (`WINDOW_SECONDS`).
 
 The arithmetic is pure (`increase`, `measured_split`, `percentages`); `TrafficMeter` keeps the samples
-between ticks (on the Operator object); `measure_traffic` is the periodic tick (handlers.py): read the
-endpoints, scrape, record, write the split when it changed. It runs beside the Model's pass, never in
-it: a pass never waits on pods that do not answer.
+between ticks (on the Operator object); `measure_traffic` is the periodic tick (handlers.py's timer
+hands it to the meter's threads with `request_tick`): read the endpoints, scrape, record, write the
+split when it changed. It runs beside the Model's passes, never in them, and never on kopf's handler
+threads: nothing else waits on pods that do not answer.
 
 What it does not see: requests for this Model routed by pods that serve only other Models (a module's
 chain) are counted on those pods, which are not behind this Model's Services.
@@ -18,11 +19,13 @@ chain) are counted on those pods, which are not behind this Model's Services.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import threading
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +33,8 @@ from realm.runtime.spec.model import TrafficTarget, traffic_summary
 
 if TYPE_CHECKING:
     from realm.operator.state import Operator
+
+log = logging.getLogger(__name__)
 
 COUNTER = "realm_model_requests_total"
 # The span the split is measured over, and how often it is sampled (handlers.py's timer).
@@ -107,13 +112,29 @@ def measured_split(history: Mapping[str, Sequence[Sample]], *, since: float) -> 
 
 
 class TrafficMeter:
-    """Samples per (namespace, model, pod) across ticks, kept for one window (plus a baseline each).
-    Timers run on kopf's threads, hence the lock."""
+    """Samples per (namespace, model, pod) across ticks, kept for one window (plus a baseline each), and
+    the threads ticks run on. Ticks of different Models run at once, hence the lock."""
 
     def __init__(self, window: float = WINDOW_SECONDS) -> None:
         self.window = window
         self._samples: dict[tuple[str, str], dict[str, list[Sample]]] = {}
+        self._running: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        # Ticks wait on pods (up to SCRAPE_TIMEOUT each): never on kopf's handler threads, whose 16
+        # workers also run every event handler.
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="traffic")
+
+    def begin(self, namespace: str, model: str) -> bool:
+        """Whether a tick for the Model may start (False: the previous one is still running)."""
+        with self._lock:
+            if (namespace, model) in self._running:
+                return False
+            self._running.add((namespace, model))
+            return True
+
+    def end(self, namespace: str, model: str) -> None:
+        with self._lock:
+            self._running.discard((namespace, model))
 
     def record(self, namespace: str, model: str, pod: str, sample: Sample) -> None:
         with self._lock:
@@ -164,6 +185,23 @@ def _scrape(url: str) -> str | None:
             return text
     except (OSError, ValueError):
         return None
+
+
+def request_tick(op: Operator, namespace: str, name: str, status: Mapping[str, Any], now: float) -> None:
+    """Run one `measure_traffic` on the meter's threads and return at once; skipped while the Model's
+    previous tick still runs."""
+    if not op.traffic.begin(namespace, name):
+        return
+
+    def tick() -> None:
+        try:
+            measure_traffic(op, namespace, name, status, now)
+        except Exception as e:  # the next tick tries again; the split keeps its last value meanwhile
+            log.warning("Model %s/%s: traffic not measured: %s", namespace, name, e)
+        finally:
+            op.traffic.end(namespace, name)
+
+    op.traffic.pool.submit(tick)
 
 
 def measure_traffic(op: Operator, namespace: str, name: str, status: Mapping[str, Any], now: float) -> None:

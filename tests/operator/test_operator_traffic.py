@@ -83,6 +83,17 @@ def test_the_meter_forgets_a_pod_silent_for_a_whole_window() -> None:
     assert meter.split("ns", "chat", now=160) == split(("v1", 100))
 
 
+def test_a_models_tick_is_skipped_while_its_previous_one_runs() -> None:
+    meter = TrafficMeter()
+    assert (meter.begin("ns", "chat"), meter.begin("ns", "chat"), meter.begin("ns", "other")) == (
+        True,
+        False,
+        True,
+    )
+    meter.end("ns", "chat")
+    assert meter.begin("ns", "chat")
+
+
 def slice_of(service: str, port: int, *addresses: str, uid: str | None = None) -> dict[str, Any]:
     ref = {"targetRef": {"kind": "Pod", "uid": uid}} if uid else {}
     return {
