@@ -168,8 +168,11 @@ def _turn_recorded(c: Conversation) -> dict[str, Any]:
 
 
 def _count_rejection(state: AppState, tenant: str, model: str, endpoint: str, error: APIError) -> None:
-    # Names a client invents must not become label values (unbounded cardinality).
-    label = model if model in state.models else "unknown"
+    # Names a client invents must not become label values (unbounded cardinality): a loaded version's
+    # key, else a known model's name (a bare name, an unknown version), else "unknown".
+    name = model.partition("@")[0]
+    known = model in state.models or any(m.name == name for m in state.models.values())
+    label = (model if model in state.models else name) if known else "unknown"
     outcome = "client_error" if error.status < 500 else "unavailable"
     state.metrics.requests.labels(tenant, label, endpoint, outcome).inc()
 

@@ -111,3 +111,22 @@ def test_get_model_version_names_the_version_and_its_digest(http: httpx.Client) 
 @pytest.mark.usefixtures("model_version")
 def test_an_unknown_version_through_the_abi_is_model_not_found(http: httpx.Client) -> None:
     assert abi_model_version(http, "smol@v9") == "error D"  # '@' + 4: model-not-found
+
+
+def test_a_refused_unknown_version_is_counted_under_its_models_name(
+    runtime: Runtime, http: httpx.Client
+) -> None:
+    assert runtime.metrics_url is not None
+    line = re.compile(
+        r'^realm_requests_total\{endpoint="completions",model="smol",outcome="client_error",'
+        r'tenant="acme"\} (\S+)$',
+        re.M,
+    )
+
+    def count() -> float:
+        found = line.search(httpx.get(runtime.metrics_url + "/metrics", timeout=60).text)
+        return float(found[1]) if found else 0.0
+
+    before = count()
+    assert complete(http, "smol@v7").status_code == 404
+    assert count() == before + 1
