@@ -91,7 +91,7 @@ def test_the_routed_split_is_counted_on_the_ops_port(runtime: Runtime, http: htt
     assert count() == before + 3
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def model_version(http: httpx.Client) -> None:
     """acme's module: realm_get_model_version of the reference its input names (tests/wat)."""
     module = bytes(wasmtime.wat2wasm((WAT / "model_version.wat").read_text()))
@@ -129,4 +129,27 @@ def test_a_refused_unknown_version_is_counted_under_its_models_name(
 
     before = count()
     assert complete(http, "smol@v7").status_code == 404
+    assert count() == before + 1
+
+
+def test_a_modules_generate_reaches_the_named_version(runtime: Runtime, http: httpx.Client) -> None:
+    assert runtime.metrics_url is not None
+    metrics = runtime.metrics_url + "/metrics"
+    line = re.compile(
+        r'^realm_requests_total\{endpoint="wasm",model="smol@v2",outcome="success",tenant="acme"\} (\S+)$',
+        re.M,
+    )
+
+    def count() -> float:
+        found = line.search(httpx.get(metrics, timeout=60).text)
+        return float(found[1]) if found else 0.0
+
+    forward = bytes(wasmtime.wat2wasm((WAT / "forward.wat").read_text()))
+    assert http.put("/v1/tenants/acme/module", content=forward).status_code == 200
+    before = count()
+    # forward.wat: "g" + a GenerateParams payload in hex calls realm_host_generate ("#+": it succeeded).
+    params = json.dumps({"model": "smol@v2", "prompt": "Hi", "max_tokens": 1}).encode()
+    assert (
+        http.post("/v1/tenants/acme/invoke", content=json.dumps("g" + params.hex())).json()["output"] == "#+"
+    )
     assert count() == before + 1
