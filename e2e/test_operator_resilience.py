@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -64,10 +65,12 @@ def _current_status(world: World, kind: str, name: str) -> dict[str, Any] | None
 
 
 def _printer_columns(world: World, kind: str, name: str) -> dict[str, str]:
-    """`kubectl get` as a user sees it: the header row mapped onto the object's row."""
+    """`kubectl get` as a user sees it: the header row mapped onto the object's row, cut at the headers'
+    columns (a cell may be empty: TRAFFIC before any request is measured)."""
     out = world.cluster.kubectl("get", kind, name, "-n", NS).stdout.splitlines()
-    header, row = out[0].split(), out[1].split()
-    return dict(zip(header, row, strict=False))
+    starts = [m.start() for m in re.finditer(r"\S+", out[0])]
+    ends = [*starts[1:], None]
+    return {out[0][a:b].strip(): out[1][a:b].strip() for a, b in zip(starts, ends, strict=True)}
 
 
 def _tenant(name: str, weight: int = 1) -> dict[str, Any]:
