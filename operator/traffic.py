@@ -120,8 +120,8 @@ class TrafficMeter:
         self._samples: dict[tuple[str, str], dict[str, list[Sample]]] = {}
         self._running: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
-        # Ticks wait on pods (up to SCRAPE_TIMEOUT each): never on kopf's handler threads, whose 16
-        # workers also run every event handler.
+        # Ticks wait on pods (up to SCRAPE_TIMEOUT each): never on kopf's handler threads, which also
+        # run every event handler.
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="traffic")
 
     def begin(self, namespace: str, model: str) -> bool:

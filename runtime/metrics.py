@@ -90,7 +90,7 @@ class Metrics:
         # counted once, by the pod that chose its version, wherever it is then served.
         self.model_requests = Counter(
             "realm_model_requests",
-            "Requests routed to a model version (explicitly named or picked by weight).",
+            "Generating requests routed to a model version (named or picked by weight).",
             ["model", "version"],
             registry=r,
         )

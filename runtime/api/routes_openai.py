@@ -203,6 +203,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             tenant,
             body.model,
             route_key(request.headers, conversation=body.conversation, user=body.user),
+            generates=True,
         )
         engine = served.engine
         if body.conversation is not None:
@@ -332,7 +333,11 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     tenant: TenantEntry = request.state.tenant  # set by the middleware
     try:
         served = allowed_model(
-            state, tenant, body.model, route_key(request.headers, conversation=None, user=body.user)
+            state,
+            tenant,
+            body.model,
+            route_key(request.headers, conversation=None, user=body.user),
+            generates=True,
         )
         engine = served.engine
         prompt_ids = await completion_prompt_ids(state, engine, body)

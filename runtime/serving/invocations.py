@@ -208,9 +208,9 @@ class RuntimeHostServices:
         self.state = state
         self.route_key = route_key
 
-    def _served(self, tenant: str, model: str) -> tuple[TenantEntry, ServedModel]:
+    def _served(self, tenant: str, model: str, *, generates: bool = False) -> tuple[TenantEntry, ServedModel]:
         entry = configured_tenant(self.state, tenant)
-        return entry, allowed_model(self.state, entry, model, self.route_key)
+        return entry, allowed_model(self.state, entry, model, self.route_key, generates=generates)
 
     def _engine(self, tenant: str, model: str) -> tuple[TenantEntry, Engine]:
         entry, served = self._served(tenant, model)
@@ -219,7 +219,7 @@ class RuntimeHostServices:
     async def generate_text(
         self, tenant: str, params: GenerateParams, on_text: Callable[[str], None] | None
     ) -> GenerationPayload:
-        entry, served = self._served(tenant, params.model)
+        entry, served = self._served(tenant, params.model, generates=True)
         engine = served.engine
         ids = await tokenize_text(self.state, engine, params.prompt)
         max_tokens = max_tokens_within_limits(engine, entry, len(ids), params.max_tokens, None)

@@ -72,10 +72,16 @@ class ServedModel:
 
 
 def routed_target(
-    state: ServingState, tenant: TenantEntry, reference: str, route_key: str | None = None
+    state: ServingState,
+    tenant: TenantEntry,
+    reference: str,
+    route_key: str | None = None,
+    *,
+    generates: bool = False,
 ) -> ModelTarget:
     """The version `reference` reaches for the tenant (routing.resolve_target over this runtime's
-    versions and the cluster's), counted in realm_model_requests_total: the split as measured."""
+    versions and the cluster's). A request that `generates` is counted in realm_model_requests_total:
+    the split as measured (tokenizing or describing a model is no traffic)."""
     target = resolve_target(
         reference,
         tenant=tenant,
@@ -83,16 +89,23 @@ def routed_target(
         loaded=state.loaded_versions(),
         cluster=state.cluster,
     )
-    state.metrics.model_requests.labels(target.name, target.version).inc()
+    if generates:
+        state.metrics.model_requests.labels(target.name, target.version).inc()
     return target
 
 
 def allowed_model(
-    state: ServingState, tenant: TenantEntry, reference: str, route_key: str | None = None
+    state: ServingState,
+    tenant: TenantEntry,
+    reference: str,
+    route_key: str | None = None,
+    *,
+    generates: bool = False,
 ) -> ServedModel:
     """The engine serving `reference` (`name` or `name@version`) here, if the model exists, the tenant
-    may use it, the chosen version is loaded here and has finished loading."""
-    target = routed_target(state, tenant, reference, route_key)
+    may use it, the chosen version is loaded here and has finished loading (`generates`: see
+    routed_target)."""
+    target = routed_target(state, tenant, reference, route_key, generates=generates)
     key = state.key_of(target)
     if key is None:
         raise Unavailable(

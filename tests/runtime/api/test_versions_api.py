@@ -153,3 +153,13 @@ def test_a_modules_generate_reaches_the_named_version(runtime: Runtime, http: ht
         http.post("/v1/tenants/acme/invoke", content=json.dumps("g" + params.hex())).json()["output"] == "#+"
     )
     assert count() == before + 1
+
+
+@pytest.mark.usefixtures("model_version")
+def test_asking_a_version_is_not_counted_as_traffic(runtime: Runtime, http: httpx.Client) -> None:
+    assert runtime.metrics_url is not None
+    metrics = runtime.metrics_url + "/metrics"
+    counted = re.compile(r"^realm_model_requests_total\{.*$", re.M)
+    before = counted.findall(httpx.get(metrics, timeout=60).text)
+    assert abi_model_version(http, "smol@v2").startswith("v2@sha256:")
+    assert counted.findall(httpx.get(metrics, timeout=60).text) == before
