@@ -24,6 +24,8 @@ bench:
 	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_operator.py
 	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_kv.py
 	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_portable.py
+	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_versions.py
+	PYTHONPATH=$(CURDIR) .venv/bin/python bench/bench_colocation.py
 
 # The images' hash-locked Python dependencies (docker/requirements-*.lock) from docker/requirements-*.in,
 # resolved for Python 3.11 with every file's hash (tests/docker/test_dockerfiles.py checks them).

@@ -48,15 +48,16 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) 
 @contextmanager
 def server(
     cmd: list[str], ready_url: str, log: Path, cwd: Path = ROOT, env: dict[str, str] | None = None
-) -> Iterator[None]:
-    """A subprocess that answers `ready_url`; SIGTERM (then SIGKILL) on exit, its output in `log`."""
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A subprocess that answers `ready_url`; SIGTERM (then SIGKILL) on exit, its output in `log`.
+    Yields the process (for its pid: memory figures)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **(env or {})}
         )
         try:
             wait_ready(ready_url, proc)
-            yield
+            yield proc
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -91,6 +92,27 @@ def realm_serve(
         cmd += ["--metrics-port", "0"]  # two servers at once must not both want the default ops port
     with server(cmd, f"{base}/readyz", log, cwd=tree, env=with_pythonpath(tree, env)):
         yield base
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running `realm serve`: its public and ops base URLs and its process."""
+
+    base: str
+    ops: str
+    proc: subprocess.Popen[bytes]
+
+
+@contextmanager
+def realm_process(config: Path, log: Path, extra: tuple[str, ...] = ()) -> Iterator[Served]:
+    """`realm serve` of this checkout on free loopback ports, like `realm_serve`, with its ops listener on
+    a known port (its /metrics) and its process (its memory)."""
+    port, ops = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [PY, "-m", "realm.cli", "serve", "--config", str(config), "--port", str(port)]
+    cmd += ["--metrics-port", str(ops), *extra]
+    with server(cmd, f"{base}/readyz", log, env=with_pythonpath(ROOT)) as proc:
+        yield Served(base, f"http://127.0.0.1:{ops}", proc)
 
 
 @contextmanager

@@ -325,7 +325,7 @@ def test_tenant_key_reaches_a_real_runtime(world: World, tmp_path: Path) -> None
             accept_s = sent - applied
             content = completion["choices"][0]["message"]["content"]
             assert isinstance(content, str) and content.strip(), completion
-            assert completion["model"] == MODEL_NAME
+            assert completion["model"] == f"{MODEL_NAME}@v1"  # the version that answered
             assert completion["usage"]["completion_tokens"] > 0
 
             seen = kubelet.first_with(digest)

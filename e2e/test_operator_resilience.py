@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -64,10 +65,12 @@ def _current_status(world: World, kind: str, name: str) -> dict[str, Any] | None
 
 
 def _printer_columns(world: World, kind: str, name: str) -> dict[str, str]:
-    """`kubectl get` as a user sees it: the header row mapped onto the object's row."""
+    """`kubectl get` as a user sees it: the header row mapped onto the object's row, cut at the headers'
+    columns (a cell may be empty: TRAFFIC before any request is measured)."""
     out = world.cluster.kubectl("get", kind, name, "-n", NS).stdout.splitlines()
-    header, row = out[0].split(), out[1].split()
-    return dict(zip(header, row, strict=False))
+    starts = [m.start() for m in re.finditer(r"\S+", out[0])]
+    ends = [*starts[1:], None]
+    return {out[0][a:b].strip(): out[1][a:b].strip() for a, b in zip(starts, ends, strict=True)}
 
 
 def _tenant(name: str, weight: int = 1) -> dict[str, Any]:
@@ -237,9 +240,8 @@ def test_model_ready_with_pods_on_a_kwok_gpu_node(tmp_path: Path) -> None:
             assert st["readyReplicas"] == 2
             cols = _printer_columns(world, "model", "chat")
             assert (cols["READY"], cols["REPLICAS"]) == ("True", "2"), cols
-            # No Gateway here: the stable Service selects the ready pods of both versions, so requests
-            # follow ready replicas, not the 90/10 asked for (status.traffic is only the split asked for;
-            # reporting the split in force is issue 14's work).
+            # No Gateway here: the stable Service selects the ready pods of both versions; a runtime picks
+            # the version by the weights the operator publishes (status.traffic is the split measured).
             stable = world.get("service", "chat")
             assert stable is not None
             served = _pods(world, stable["spec"]["selector"])
@@ -342,13 +344,6 @@ def test_gateway_api_httproute_follows_the_traffic_split(tmp_path: Path) -> None
             followed = time.monotonic() - began
             assert route["metadata"]["uid"] == first_uid  # the same object, updated in place
 
-            def summary() -> str | None:
-                found = (
-                    (_current_status(world, "model", "chat") or {}).get("status", {}).get("trafficSummary")
-                )
-                return str(found) if found else None
-
-            wait_for("trafficSummary v1=50,v2=50", lambda: summary() == "v1=50,v2=50")
             assert op.poll() is None
     print(
         f"\n[gateway api] {GATEWAY_API_MODULE} CRDs installed in {installed:.1f}s; HTTPRoute 90/10 after "

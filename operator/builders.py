@@ -265,11 +265,8 @@ def model_config(model: ModelResource, version: str, gpus: int | None = None) ->
         "threads": rt.threads,
         "chat_template": v.chat_template,
         "engine_args": _engine_args(v, gpus=model.spec.resources.gpu if gpus is None else gpus),
+        "version": version,
     }
-    # Which version an entry is: the runtime config names it once ModelConfig has `version` (issue 14's
-    # versions work adds it); until then a pod serves its Model's one version and says nothing more.
-    if "version" in ModelConfig.model_fields:
-        fields["version"] = version
     return ModelConfig(**fields)
 
 

@@ -232,7 +232,7 @@ KINDS: tuple[Kind, ...] = (
             Column(
                 "Traffic",
                 ".status.trafficSummary",
-                description="Split asked for (a Gateway enforces it), version=percent.",
+                description="Split measured over the last window, version=percent (empty: none counted).",
             ),
             Column("Replicas", ".status.readyReplicas", "integer", "Ready replicas over all versions."),
             Column("GPU", ".spec.resources.gpu", "integer", "GPUs per pod.", priority=1),

@@ -24,12 +24,23 @@ Who runs the passes:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from realm.operator import builders, kopf_settings, models, pipelines, pool_builders, pools, tenants, world
+from realm.operator import (
+    builders,
+    kopf_settings,
+    models,
+    pipelines,
+    pool_builders,
+    pools,
+    tenants,
+    traffic,
+    world,
+)
 from realm.operator.kube import Kube
 from realm.operator.options import OperatorConfig
 from realm.operator.reconcile import PipelineView
@@ -247,6 +258,7 @@ def model_event(namespace: str | None, name: str | None, type: str | None, memo:
     tenants say it is gone."""
     op = _operator(memo)
     if type == "DELETED" and namespace and name:
+        op.traffic.forget(namespace, name)
         pipelines.refresh_pipelines(op, namespace, model=name)
         tenants.refresh_tenants(op, namespace, name, exists=False)
         republish_namespace(op, namespace, name)
@@ -280,6 +292,15 @@ def model_autoscale(
 ) -> None:
     assert namespace and name
     models.autoscale_model(_operator(memo), namespace, name, spec, status)
+
+
+@kopf.timer(GROUP, VERSION, "models", interval=traffic.SAMPLE_SECONDS, backoff=TIMER_BACKOFF)
+def model_traffic(
+    namespace: str | None, name: str | None, status: Mapping[str, Any], memo: kopf.Memo, **_: Any
+) -> None:
+    """status.traffic as measured on the Model's pods (traffic.py), beside its passes."""
+    assert namespace and name
+    traffic.request_tick(_operator(memo), namespace, name, status, time.monotonic())
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "realm-operator"})

@@ -55,6 +55,7 @@ KINDS: dict[str, Kind] = {
     "Service": Kind("", "v1", "services"),
     "Deployment": Kind("apps", "v1", "deployments"),
     "Pod": Kind("", "v1", "pods"),
+    "EndpointSlice": Kind("discovery.k8s.io", "v1", "endpointslices"),
     "HTTPRoute": Kind("gateway.networking.k8s.io", "v1", "httproutes"),
     "Tenant": Kind("realm.dev", "v1alpha1", "tenants"),
     "Model": Kind("realm.dev", "v1alpha1", "models"),

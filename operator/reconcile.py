@@ -578,9 +578,10 @@ def model_status(
 
         conds.append(_services_condition(desired, live, generation, now))
 
-    traffic: list[TrafficTarget] = spec.effective_traffic() if spec is not None else []
+    # Measured on the pods (traffic.py writes it), never the spec's split echoed: a pass keeps it.
+    traffic: list[TrafficTarget] = list(old.traffic) if old is not None else []
     if spec is None and old is not None:
-        traffic, versions = old.traffic, old.versions  # keep the last known-good picture
+        versions = old.versions  # keep the last known-good picture
     return ModelStatus(
         conditions=merge_conditions(old.conditions if old else [], conds, MODEL_PARTS, generation, now),
         observed_generation=generation,

@@ -17,6 +17,7 @@ from realm.operator.kube import Kube
 from realm.operator.options import GatewayApi, OperatorConfig
 from realm.operator.passes import PassQueue
 from realm.operator.peering_gate import Gate
+from realm.operator.traffic import TrafficMeter
 from realm.operator.workqueue import WorkQueue
 from realm.operator.world import Indexes, ModelRecord, SpecCache, records_in
 
@@ -65,6 +66,8 @@ class Operator:
         self.indexed = False
         self.specs = SpecCache()
         self.memory = TenantMemory()
+        # The Models' request counters sampled across ticks: status.traffic as measured (traffic.py).
+        self.traffic = TrafficMeter()
         # Whether this replica may act on the light watches' events (kopf's peering, read by
         # peering_gate.py); None: no light watches run (tests, tools, namespace patterns).
         self.gate: Gate | None = None

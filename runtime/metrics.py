@@ -86,6 +86,14 @@ class Metrics:
             ["tenant", "model", "endpoint", "outcome"],
             registry=r,
         )
+        # What the operator reads to report a Model's split as measured (status.traffic): each request
+        # counted once, by the pod that chose its version, wherever it is then served.
+        self.model_requests = Counter(
+            "realm_model_requests",
+            "Generating requests routed to a model version (named or picked by weight).",
+            ["model", "version"],
+            registry=r,
+        )
         self.prompt_tokens = Counter(
             "realm_prompt_tokens", "Prompt tokens processed.", ["tenant", "model"], registry=r
         )

@@ -215,10 +215,10 @@ class Runtime:
 
     async def _load_engines(self) -> None:
         for cfg in self.config.models:
-            log.info("loading model %s from %s", cfg.name, cfg.source)
+            log.info("loading model %s from %s", cfg.key, cfg.source)
             engine = self.engine_factory(cfg)
             await engine.start()
-            self.state.engines[cfg.name] = engine
+            self.state.engines[cfg.key] = engine
         self.state.attach_scheduler(
             AdmissionScheduler({name: e.info.max_batch for name, e in self.state.engines.items()})
         )
@@ -238,6 +238,7 @@ class Runtime:
 
     def _apply_config(self, new: RuntimeConfig) -> None:
         self.state.apply_tenants(new.tenants)
+        self.state.cluster = new.cluster  # the weights a bare model name picks by
         self._retry_modules(self._modules_dir(new), first_delay=0.0)
 
     def _retry_modules(self, modules_dir: Path | None, first_delay: float | None = None) -> None:

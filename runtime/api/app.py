@@ -34,10 +34,10 @@ def create_app(state: AppState) -> FastAPI:
         lambda: (
             state.scheduler,
             [
-                (t.name, m)
+                (t.name, key)
                 for t in state.tenants.values()
-                for m in t.spec.allowed_models
-                if m in state.engines
+                for key in state.engines
+                if state.models[key].name in t.spec.allowed_models
             ],
         ),
     )

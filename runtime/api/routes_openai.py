@@ -22,7 +22,7 @@ from realm.runtime.serving.conversations import begin_chat_turn, finish_chat_tur
 from realm.runtime.serving.errors import ServingError
 from realm.runtime.serving.generation import GenerationStream
 from realm.runtime.serving.requests import (
-    allowed_engine,
+    allowed_model,
     logit_bias_processor,
     max_tokens_within_limits,
     sampling_params,
@@ -35,7 +35,7 @@ from realm.runtime.spec.runtime_config import TenantEntry
 from . import sse
 from .disconnect import ClientGone, until_disconnect
 from .errors import APIError, api_error, error_body
-from .schemas import ChatCompletionRequest, CompletionRequest
+from .schemas import ChatCompletionRequest, CompletionRequest, route_key
 from .state import AppState
 
 router = APIRouter()
@@ -168,8 +168,11 @@ def _turn_recorded(c: Conversation) -> dict[str, Any]:
 
 
 def _count_rejection(state: AppState, tenant: str, model: str, endpoint: str, error: APIError) -> None:
-    # Names a client invents must not become label values (unbounded cardinality).
-    label = model if model in state.models else "unknown"
+    # Names a client invents must not become label values (unbounded cardinality): a loaded version's
+    # key, else a known model's name (a bare name, an unknown version), else "unknown".
+    name = model.partition("@")[0]
+    known = model in state.models or any(m.name == name for m in state.models.values())
+    label = (model if model in state.models else name) if known else "unknown"
     outcome = "client_error" if error.status < 500 else "unavailable"
     state.metrics.requests.labels(tenant, label, endpoint, outcome).inc()
 
@@ -179,13 +182,11 @@ async def list_models(request: Request) -> dict[str, Any]:
     state: AppState = request.app.state.realm
     tenant: TenantEntry = request.state.tenant  # set by the middleware
     allowed = set(tenant.spec.allowed_models)
+    # Each model by its name (any version, by weight) and each version loaded here by its key.
+    ids = sorted({n for key, m in state.models.items() if m.name in allowed for n in (m.name, key)})
     return {
         "object": "list",
-        "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "realm"}
-            for name in state.models
-            if name in allowed
-        ],
+        "data": [{"id": i, "object": "model", "created": 0, "owned_by": "realm"} for i in ids],
     }
 
 
@@ -197,7 +198,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     turn: ChatTurn | None = None
     messages = [(m.role, m.text()) for m in body.messages]
     try:
-        engine = allowed_engine(state, tenant, body.model)
+        served = allowed_model(
+            state,
+            tenant,
+            body.model,
+            route_key(request.headers, conversation=body.conversation, user=body.user),
+            generates=True,
+        )
+        engine = served.engine
         if body.conversation is not None:
             try:
                 turn = await begin_chat_turn(
@@ -220,7 +228,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     gen = GenerationStream(
         state,
         tenant=tenant.name,
-        model=body.model,
+        model=served.key,
         engine=engine,
         endpoint="chat",
         prompt_ids=prompt_ids,
@@ -324,7 +332,14 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     state: AppState = request.app.state.realm
     tenant: TenantEntry = request.state.tenant  # set by the middleware
     try:
-        engine = allowed_engine(state, tenant, body.model)
+        served = allowed_model(
+            state,
+            tenant,
+            body.model,
+            route_key(request.headers, conversation=None, user=body.user),
+            generates=True,
+        )
+        engine = served.engine
         prompt_ids = await completion_prompt_ids(state, engine, body)
         # OpenAI's legacy endpoint defaults to 16 tokens; chat defaults to "as many as fit".
         max_tokens = max_tokens_within_limits(
@@ -339,7 +354,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     gen = GenerationStream(
         state,
         tenant=tenant.name,
-        model=body.model,
+        model=served.key,
         engine=engine,
         endpoint="completions",
         prompt_ids=prompt_ids,

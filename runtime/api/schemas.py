@@ -7,6 +7,7 @@ and ignored; each is listed under "Accepted and ignored" below.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -92,6 +93,7 @@ class SamplingFields(RequestBody):
     """Fields both endpoints share; the sampling ones map onto the engine's parameters in
     runtime/serving/requests.py."""
 
+    # `name` or `name@version` (runtime/serving/routing.py checks its shape).
     model: str = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -111,8 +113,10 @@ class SamplingFields(RequestBody):
     # vLLM's extension: keep generating past end-of-sequence tokens (benchmarks use it).
     ignore_eos: bool | None = None
 
+    # What a model named without a version is sticky by when there is no conversation and no
+    # X-Realm-Route-Key (docs/versions.md); it does not change what is generated.
+    user: str | None = Field(None, max_length=256)
     # Accepted and ignored: they do not change what is generated.
-    user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
@@ -227,3 +231,14 @@ class CompletionRequest(SamplingFields):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+
+# The client's key for sticky version picks (docs/versions.md): requests carrying the same key reach the
+# same version of a model named without one, on every pod, while the weights stay the same.
+ROUTE_KEY_HEADER = "x-realm-route-key"
+
+
+def route_key(headers: Mapping[str, str], *, conversation: str | None, user: str | None) -> str | None:
+    """What a bare model name's version pick is sticky by: the conversation, else the client's
+    X-Realm-Route-Key, else OpenAI's `user` field; None: a fresh draw per request."""
+    return conversation or headers.get(ROUTE_KEY_HEADER) or user

@@ -10,12 +10,13 @@ codes itself (runtime/sandbox/context.py).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable, Sequence
 
 from realm.runtime.conversations import UNSET, Conversation
 from realm.runtime.conversations import Message as StoredMessage
-from realm.runtime.engines.base import Engine
+from realm.runtime.engines.base import MODEL_DIGEST, Engine, ModelInfo
 from realm.runtime.sandbox.abi import (
     ConversationCreate,
     ConversationMessage,
@@ -42,13 +43,21 @@ from .conversations import conversation_store
 from .errors import Busy, InvalidRequest, NoModule, NotReady, Unavailable
 from .generation import GenerationStream, complete_text
 from .requests import (
-    allowed_engine,
+    ServedModel,
+    allowed_model,
     configured_tenant,
     max_tokens_within_limits,
     sampling_params,
     tokenize_text,
 )
 from .state import ServingState
+
+
+def version_with_digest(version: str, info: ModelInfo) -> str:
+    """What the ABI reports as a model's version: its name and the sha256 of its weights,
+    `v2@sha256:<hex>`, so a module can both name the version and pin what it means."""
+    digest = info.metadata.get(MODEL_DIGEST) or info.version
+    return f"{version}@sha256:{digest}"
 
 
 def sandbox_limits(quotas: Quotas) -> SandboxLimits:
@@ -97,12 +106,14 @@ async def invoke_module(
     module: TenantModule,
     input_data: str,
     on_output: OutputSink,
+    *,
+    route_key: str | None = None,
 ) -> InvocationResult:
     """Run `module` on `input_data` once admitted (see run_admitted). Raises Busy (no slot),
     InvocationFailed. Cancelling it while queued withdraws the request."""
     running_sandbox(state)
     slot = await admit_invocation(state, tenant.name)
-    return await run_admitted(state, tenant, module, input_data, on_output, slot)
+    return await run_admitted(state, tenant, module, input_data, on_output, slot, route_key=route_key)
 
 
 async def run_admitted(
@@ -112,10 +123,16 @@ async def run_admitted(
     input_data: str,
     on_output: OutputSink,
     slot: InvocationSlot | None,
+    *,
+    route_key: str | None = None,
 ) -> InvocationResult:
     """Run `module` on `input_data` in the slot `admit_invocation` gave; `on_output` gets each emitted
     chunk, on the invocation's worker thread (a future it returns holds the module back until it is
     done, at most until the deadline). Raises InvocationFailed.
+
+    `route_key` makes the versions its host calls pick for bare model names sticky (the client's
+    X-Realm-Route-Key); without one, the invocation draws a key of its own, so all its calls naming
+    one model reach one version.
 
     The guest cannot be stopped from here (it may be inside a host call): cancelling this lets the
     caller go, while the guest runs to its end or deadline, still holding its slot, output dropped."""
@@ -128,7 +145,7 @@ async def run_admitted(
     ctx = InvocationContext(
         tenant=tenant.name,
         input_data=input_data,
-        services=RuntimeHostServices(state),
+        services=RuntimeHostServices(state, route_key=route_key or secrets.token_hex(8)),
         loop=asyncio.get_running_loop(),
         on_output=on_output,
     )
@@ -194,23 +211,29 @@ def _conversation_payload(c: Conversation) -> ConversationPayload:
 class RuntimeHostServices:
     """HostServices for one tenant's invocations, backed by the runtime's engines and scheduler."""
 
-    def __init__(self, state: ServingState) -> None:
+    def __init__(self, state: ServingState, *, route_key: str | None = None) -> None:
         self.state = state
+        self.route_key = route_key
+
+    def _served(self, tenant: str, model: str, *, generates: bool = False) -> tuple[TenantEntry, ServedModel]:
+        entry = configured_tenant(self.state, tenant)
+        return entry, allowed_model(self.state, entry, model, self.route_key, generates=generates)
 
     def _engine(self, tenant: str, model: str) -> tuple[TenantEntry, Engine]:
-        entry = configured_tenant(self.state, tenant)
-        return entry, allowed_engine(self.state, entry, model)
+        entry, served = self._served(tenant, model)
+        return entry, served.engine
 
     async def generate_text(
         self, tenant: str, params: GenerateParams, on_text: Callable[[str], None] | None
     ) -> GenerationPayload:
-        entry, engine = self._engine(tenant, params.model)
+        entry, served = self._served(tenant, params.model, generates=True)
+        engine = served.engine
         ids = await tokenize_text(self.state, engine, params.prompt)
         max_tokens = max_tokens_within_limits(engine, entry, len(ids), params.max_tokens, None)
         stream = GenerationStream(
             self.state,
             tenant=tenant,
-            model=params.model,
+            model=served.key,
             engine=engine,
             endpoint="wasm",
             prompt_ids=ids,
@@ -239,11 +262,11 @@ class RuntimeHostServices:
         return text
 
     async def model_info(self, tenant: str, model: str) -> ModelInfoPayload:
-        _, engine = self._engine(tenant, model)
-        info = engine.info
+        _, served = self._served(tenant, model)
+        info = served.engine.info
         return ModelInfoPayload(
             name=info.name,
-            version=info.version,
+            version=version_with_digest(served.target.version, info),
             engine=info.engine,
             context_length=info.context_length,
             vocab_size=info.vocab_size,

@@ -1,7 +1,8 @@
 """A request, whatever its door (the OpenAI endpoints, the ABI's generate), checked against its
 tenant's limits and made into what the engine is given:
 
-- the model: one that exists, the tenant may use and has loaded;
+- the model: one that exists, the tenant may use and has loaded, in the version the reference names
+  or its weights pick (routing.py);
 - the tenant's limits on tokens (its quotas and the model's context), checked here and nowhere
   else; rate quotas are the scheduler's, as they depend on what else is running;
 - the prompt's token ids (chat template, text, or token ids), tokenized on a worker thread once the
@@ -17,6 +18,7 @@ import asyncio
 import re
 import secrets
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,8 @@ from pydantic import BaseModel, ValidationError
 from realm.runtime.engines.base import ChatMessage, Engine, EngineError, LogitsProcessor, SamplingParams
 from realm.runtime.spec.runtime_config import TenantEntry
 
-from .errors import InvalidRequest, ModelNotAllowed, ModelNotFound, NotReady
+from .errors import InvalidRequest, ModelNotAllowed, NotReady, Unavailable
+from .routing import ModelTarget, resolve_target
 from .state import ServingState
 
 # Roles OpenAI added after chat templates were written; templates know them by their older name.
@@ -58,20 +61,60 @@ def configured_tenant(state: ServingState, tenant: str) -> TenantEntry:
     return entry
 
 
-def allowed_engine(state: ServingState, tenant: TenantEntry, model: str) -> Engine:
-    """The engine of `model`, if it exists, the tenant may use it and it has loaded."""
-    if model not in state.models:
-        raise ModelNotFound(f"The model '{model}' does not exist.", code="model_not_found", param="model")
-    if model not in tenant.spec.allowed_models:
-        raise ModelNotAllowed(
-            f"Tenant '{tenant.name}' may not use the model '{model}'.",
-            code="model_not_allowed",
-            param="model",
+@dataclass(frozen=True)
+class ServedModel:
+    """The version a request resolved to, and where it runs here: `key` names its engine, admission
+    queue and metrics labels (ModelConfig.key)."""
+
+    target: ModelTarget
+    key: str
+    engine: Engine
+
+
+def routed_target(
+    state: ServingState,
+    tenant: TenantEntry,
+    reference: str,
+    route_key: str | None = None,
+    *,
+    generates: bool = False,
+) -> ModelTarget:
+    """The version `reference` reaches for the tenant (routing.resolve_target over this runtime's
+    versions and the cluster's). A request that `generates` is counted in realm_model_requests_total:
+    the split as measured (tokenizing or describing a model is no traffic)."""
+    target = resolve_target(
+        reference,
+        tenant=tenant,
+        route_key=route_key,
+        loaded=state.loaded_versions(),
+        cluster=state.cluster,
+    )
+    if generates:
+        state.metrics.model_requests.labels(target.name, target.version).inc()
+    return target
+
+
+def allowed_model(
+    state: ServingState,
+    tenant: TenantEntry,
+    reference: str,
+    route_key: str | None = None,
+    *,
+    generates: bool = False,
+) -> ServedModel:
+    """The engine serving `reference` (`name` or `name@version`) here, if the model exists, the tenant
+    may use it, the chosen version is loaded here and has finished loading (`generates`: see
+    routed_target)."""
+    target = routed_target(state, tenant, reference, route_key, generates=generates)
+    key = state.key_of(target)
+    if key is None:
+        raise Unavailable(
+            f"The model version '{target}' is not served here.", code="model_version_not_served"
         )
-    engine = state.engines.get(model)
+    engine = state.engines.get(key)
     if engine is None:
-        raise NotReady(f"The model '{model}' is still loading.", code="loading")
-    return engine
+        raise NotReady(f"The model '{target}' is still loading.", code="loading")
+    return ServedModel(target, key, engine)
 
 
 def max_tokens_within_limits(

@@ -17,7 +17,9 @@ from realm.runtime.kvstore.snapshots import KVSnapshots
 from realm.runtime.metrics import Metrics
 from realm.runtime.scheduler import AdmissionScheduler, InvocationAdmission, TenantPolicy
 from realm.runtime.spec.identity import NamespaceIdentity, tenant_uid
-from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig, TenantEntry
+from realm.runtime.spec.runtime_config import ClusterConfig, ModelConfig, RuntimeConfig, TenantEntry
+
+from .routing import ModelTarget
 
 if TYPE_CHECKING:
     from realm.runtime.sandbox.runner import Sandbox
@@ -27,10 +29,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ServingState:
+    # Keyed by ModelConfig.key: the name of a model's only version, `name@version` otherwise.
     models: dict[str, ModelConfig]
     metrics: Metrics
-    # Filled in as models finish loading; the API serves (and /healthz answers) before that.
+    # Filled in as models finish loading (keyed like `models`); the API serves (and /healthz answers)
+    # before that.
     engines: dict[str, Engine] = field(default_factory=dict)
+    # RuntimeConfig.cluster: every version of the namespace's models and its weight (reloaded with the
+    # config); None outside a cluster.
+    cluster: ClusterConfig | None = None
     scheduler: AdmissionScheduler | None = None
     tenants: dict[str, TenantEntry] = field(default_factory=dict)
     sandbox: Sandbox | None = None
@@ -55,8 +62,9 @@ class ServingState:
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:
         state = cls(
-            models={m.name: m for m in config.models},
+            models={m.key: m for m in config.models},
             metrics=metrics,
+            cluster=config.cluster,
             module_upload_over_pin=config.module_upload_over_pin,
             invocations=InvocationAdmission(
                 config.invocations.max_in_flight, max_wait_s=config.invocations.max_queue_wait_ms / 1000
@@ -103,6 +111,17 @@ class ServingState:
             self.scheduler.set_policies(policies)
         if self.invocations is not None:
             self.invocations.set_policies(policies)
+
+    def loaded_versions(self) -> dict[ModelTarget, int | None]:
+        """The versions this runtime loads, with their local weights (what `resolve_target` reads)."""
+        return {ModelTarget(m.name, m.served_version): m.weight for m in self.models.values()}
+
+    def key_of(self, target: ModelTarget) -> str | None:
+        """The key of the entry that loads `target` here (see `models`); None: not loaded here."""
+        for key, m in self.models.items():
+            if m.name == target.name and m.served_version == target.version:
+                return key
+        return None
 
     def owner(self, tenant: str) -> str:
         """The owner key of a served tenant: what its conversations, KV snapshots and cache scopes are

@@ -353,12 +353,14 @@ class ModelStatus(ResourceStatus):
         default_factory=list,
         max_length=MAX_VERSIONS,
         description=(
-            "The split the spec asks for, as written to the HTTPRoute. Only a Gateway enforces it; "
-            "without one, requests spread over the ready replicas of every serving version."
+            "The split measured: each version's share (percent) of the requests the Model's runtime pods "
+            "routed to it over the last 5 minutes (realm_model_requests_total, sampled by the operator). "
+            "Empty while no request was counted. spec.traffic is the split asked for; the runtimes "
+            "honour it themselves, so this follows it with or without a Gateway."
         ),
     )
     traffic_summary: str = Field(
-        "", description="status.traffic as text, e.g. v1=90,v2=10 (the split asked for; see traffic)."
+        "", description="status.traffic as text, e.g. v1=88,v2=12 (the split measured; see traffic)."
     )
     ready_replicas: int = Field(0, ge=0, description="Ready replicas over all versions.")
     last_scale_time: str | None = Field(

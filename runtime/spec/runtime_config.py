@@ -15,10 +15,13 @@ from pydantic import Field, field_validator, model_validator
 
 from .engine_args import batch_size_error, llamacpp_args
 from .identity import DEFAULT_NAMESPACE
+from .model import VERSION_NAME_PATTERN
 from .pipeline import PipelineSpec, PipelineStep
 from .tenant import SpecModel, TenantSpec
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# The version a model entry without `version` serves (and reports): a model's only version.
+DEFAULT_VERSION = "v1"
 
 
 def roots_overlap(a: str, b: str) -> bool:
@@ -40,6 +43,22 @@ class ModelConfig(SpecModel):
 
     name: str = Field(
         ..., pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Name clients send as `model`."
+    )
+    version: str | None = Field(
+        None,
+        pattern=VERSION_NAME_PATTERN,
+        description="Which version of the model this entry is: clients address it as `name@version`. "
+        "Absent: the model's only version, reported as v1. One runtime may load several versions of "
+        "one name; a request naming the model without a version picks one by weight "
+        "(docs/versions.md).",
+    )
+    weight: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Share of the requests naming the model without a version, among this runtime's "
+        "versions of it, when the runtime has no `cluster` (whose weights win); set on every version of "
+        "the name or on none (equal shares).",
     )
     engine: Literal["llamacpp", "trtllm"] = Field("llamacpp", description="Engine backend.")
     source: str = Field(
@@ -70,6 +89,17 @@ class ModelConfig(SpecModel):
         description="Engine settings: for llamacpp the keys of LlamaCppArgs (runtime/spec/engine_args.py; "
         "unknown keys are refused), for trtllm keyword arguments of LLM(...) passed unchanged.",
     )
+
+    @property
+    def served_version(self) -> str:
+        """The version this entry serves: its own, or v1 for a model's only version."""
+        return self.version or DEFAULT_VERSION
+
+    @property
+    def key(self) -> str:
+        """What the runtime keys this entry's engine, admission queue and metrics by: the name for an
+        entry without a version (as before versions existed), `name@version` otherwise."""
+        return self.name if self.version is None else f"{self.name}@{self.version}"
 
     @model_validator(mode="after")
     def _engine_args(self) -> ModelConfig:
@@ -361,8 +391,16 @@ class RuntimeConfig(SpecModel):
 
     @model_validator(mode="after")
     def _unique(self) -> RuntimeConfig:
+        versions = [f"{m.name}@{m.served_version}" for m in self.models]
+        dupes = sorted({v for v in versions if versions.count(v) > 1})
+        if dupes:
+            # An entry without a version is v1: `m` and `m@v1` are the same version twice.
+            raise ValueError(f"duplicate model versions: {', '.join(dupes)}")
+        for name in sorted({m.name for m in self.models}):
+            weighted = {m.weight is None for m in self.models if m.name == name}
+            if len(weighted) > 1:
+                raise ValueError(f"model {name}: set weight on every version or on none")
         for what, names in (
-            ("model", [m.name for m in self.models]),
             ("tenant", [t.name for t in self.tenants]),
             ("pipeline", [p.name for p in self.pipelines]),
         ):

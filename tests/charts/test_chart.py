@@ -50,6 +50,7 @@ NAMESPACED_RULES = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list"},
+    ("discovery.k8s.io", "endpointslices"): {"list"},
     ("", "events"): {"create"},
 }
 RUNTIME_RULES = {("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"}}

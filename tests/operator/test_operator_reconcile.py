@@ -485,3 +485,11 @@ def test_models_listing_pipeline_ignores_foreign_and_broken_configmaps() -> None
         cm({b.LABEL_MODEL: "other"}, "pipelines: [{name: qa}]"),
     ]
     assert r.models_listing_pipeline(maps, "qa") == ["other"]
+
+
+def test_a_pass_keeps_the_measured_traffic_and_never_echoes_the_spec() -> None:
+    world = applied_world(b.build_all(model(), tenants(), OPTS))
+    assert model_status(world).traffic == []  # SPEC asks 90/10; nothing was measured
+    measured = {"traffic": [{"version": "v1", "weight": 87}, {"version": "v2", "weight": 13}]}
+    kept = model_status(world, previous=measured).traffic
+    assert [(t.version, t.weight) for t in kept] == [("v1", 87), ("v2", 13)]

@@ -35,7 +35,7 @@ from realm.runtime.spec.pool import (
     fit,
     quantity_bytes,
 )
-from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig, hash_api_key
+from realm.runtime.spec.runtime_config import RuntimeConfig, hash_api_key
 from realm.runtime.spec.status import find_condition
 from realm.runtime.spec.tenant import TenantSpec
 
@@ -263,13 +263,9 @@ def test_a_gpu_pool_offloads_its_members_layers() -> None:
     assert [m.engine_args["nGpuLayers"] for m in config.models] == [-1, -1]
 
 
-@pytest.mark.skipif(
-    "version" not in ModelConfig.model_fields,
-    reason="ModelConfig.version lands with issue 14's versions work",
-)
 def test_each_entry_names_its_version() -> None:
     config = pb.runtime_config(pool(), tenants(), OPTS)
-    assert [getattr(m, "version", None) for m in config.models] == ["v1", "v1"]
+    assert [m.version for m in config.models] == ["v1", "v1"]
 
 
 # Placement in every runtime config -------------------------------------------------------------------

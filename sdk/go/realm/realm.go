@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"unsafe"
 )
 
@@ -122,10 +123,20 @@ func LoadModel(name string) (ModelInfo, error) {
 	return info, nil
 }
 
-// ModelVersion returns the version of the model the runtime serves under name.
+// ModelVersion returns the version a model reference reaches, with the digest of its weights:
+// "v2@sha256:<hex>". name is a model reference: "smollm2-135m-instruct@v2" names the version; a bare
+// name reports the version its weights pick for this invocation (the same one its Generate calls
+// naming the bare model reach). SplitModelVersion separates the two parts.
 func ModelVersion(name string) (string, error) {
 	res, err := takeResult("realm_get_model_version", hostGetModelVersion(strPtr(name), uint32(len(name))))
 	return string(res), err
+}
+
+// SplitModelVersion splits what ModelVersion returns into the version's name ("v2") and the digest of
+// its weights ("sha256:<hex>"); a string without "@" is all version.
+func SplitModelVersion(v string) (version, digest string) {
+	version, digest, _ = strings.Cut(v, "@")
+	return version, digest
 }
 
 // Input returns the invocation's input: the request's JSON body, as text.

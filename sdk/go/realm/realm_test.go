@@ -77,3 +77,13 @@ func TestChangePayload(t *testing.T) {
 		t.Errorf("ErrConflict: %q", got)
 	}
 }
+
+func TestSplitModelVersion(t *testing.T) {
+	version, digest := SplitModelVersion("v2@sha256:0a1b")
+	if version != "v2" || digest != "sha256:0a1b" {
+		t.Errorf("SplitModelVersion = %q, %q", version, digest)
+	}
+	if version, digest := SplitModelVersion("v1"); version != "v1" || digest != "" {
+		t.Errorf("without a digest: %q, %q", version, digest)
+	}
+}

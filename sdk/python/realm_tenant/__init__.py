@@ -67,6 +67,7 @@ __all__ = [
     "model_version",
     "prompts",
     "put_conversation",
+    "split_model_version",
     "tenant",
 ]
 
@@ -132,7 +133,17 @@ def load_model(name: str) -> ModelInfo:
 
 
 def model_version(name: str) -> str:
+    """The version a model reference reaches, with the digest of its weights: `"v2@sha256:<hex>"`.
+    `name` may name the version (`"smollm2-135m-instruct@v2"`); a bare name reports the version its
+    weights pick for this invocation, the one its `generate` calls naming the bare model reach."""
     return host().get_model_version(name)
+
+
+def split_model_version(version: str) -> tuple[str, str]:
+    """`model_version`'s result as (version name, weights digest): `("v2", "sha256:<hex>")`; a string
+    without `@` is all version."""
+    name, _, digest = version.partition("@")
+    return name, digest
 
 
 def input_text() -> str:

@@ -68,10 +68,13 @@ class FakeHost:
 
     # ---- the Host protocol --------------------------------------------------------------
 
-    def _model(self, name: str) -> str:
+    def _model(self, reference: str) -> str:
+        """The version a model reference reaches: `name@version` names it (with a fake digest), a bare
+        name is its entry in `models`."""
+        name, _, version = reference.partition("@")
         if name not in self.models:
             raise RealmError("model-not-allowed", f"model {name!r} is not allowed for this tenant")
-        return self.models[name]
+        return f"{version}@sha256:{'0' * 64}" if version else self.models[name]
 
     def generate_(self, params: GenerateParams, *, stream: bool) -> Generation:
         self._model(params.model)

@@ -415,3 +415,16 @@ def test_build_errors_are_clear(tmp_path: Path) -> None:
     assert "SyntaxError" in str(info.value)
     assert not (tmp_path / "out.wasm").exists()
     assert not list(tmp_path.glob(".out.wasm.*"))  # no half-written output left behind
+
+
+def test_the_sdk_names_a_version_and_splits_what_it_reports() -> None:
+    """model_version("name@v2") through realm_tenant.testing's FakeHost, and split_model_version."""
+    _load_app("echo")  # puts the SDK on sys.path
+    import realm_tenant as rt
+    from realm_tenant.testing import FakeHost
+
+    class Versions(rt.Tenant):
+        def main(self) -> None:
+            rt.emit_json(rt.split_model_version(rt.model_version("smollm2-135m-instruct@v2")))
+
+    assert FakeHost().run(Versions).json() == ["v2", "sha256:" + "0" * 64]
