@@ -121,6 +121,20 @@ class Metrics:
         self.kv_snapshot_events = Counter(
             "realm_kv_snapshot_events", "KV snapshot store events.", ["event", "reason"], registry=r
         )
+        # Cross-pod calls this pod made (serving/remote.py), by the model they named and how they ended;
+        # the pod that serves one counts it under the endpoint `internal` of realm_requests.
+        self.remote_calls = Counter(
+            "realm_remote_calls",
+            "Generations sent to another pod, by outcome.",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.remote_retries = Counter(
+            "realm_remote_retries",
+            "Cross-pod calls moved to another pod after one failed before any text.",
+            ["model"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "realm_config_reloads", "Config file reloads by outcome.", ["outcome"], registry=r
         )

@@ -8,8 +8,8 @@ sampling fields, a `GenerationStream` runs it, and the route renders OpenAI's JS
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -21,6 +21,7 @@ from realm.runtime.kvstore.snapshots import kv_key_hint
 from realm.runtime.serving.conversations import begin_chat_turn, finish_chat_turn
 from realm.runtime.serving.errors import ServingError
 from realm.runtime.serving.generation import GenerationStream
+from realm.runtime.serving.remote import API_DEADLINE_S, RemoteStream, internal_body, open_remote, remote_for
 from realm.runtime.serving.requests import (
     allowed_engine,
     logit_bias_processor,
@@ -30,7 +31,7 @@ from realm.runtime.serving.requests import (
     tokenize_chat,
     tokenize_text,
 )
-from realm.runtime.spec.runtime_config import TenantEntry
+from realm.runtime.spec.runtime_config import ClusterModel, TenantEntry
 
 from . import sse
 from .disconnect import ClientGone, until_disconnect
@@ -95,7 +96,23 @@ class _CompletionLogprobs:
         }
 
 
-def _failure(gen: GenerationStream) -> APIError | None:
+class _Generation(Protocol):
+    """What rendering needs of a generation, run here (GenerationStream) or by another pod (RemoteStream)."""
+
+    outcome: str
+    request_id: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def failure(self) -> ServingError | None: ...
+
+
+G = TypeVar("G", bound=_Generation)
+
+
+def _failure(gen: _Generation) -> APIError | None:
     failure = gen.failure()
     return api_error(failure) if failure is not None else None
 
@@ -103,11 +120,11 @@ def _failure(gen: GenerationStream) -> APIError | None:
 async def _serve(
     request: Request,
     state: AppState,
-    gen: GenerationStream,
+    gen: G,
     *,
     stream: bool,
-    body_fn: Callable[[GenerationStream], AsyncIterator[bytes]],
-    collect_fn: Callable[[GenerationStream], Awaitable[dict[str, Any]]],
+    body_fn: Callable[[G], AsyncIterator[bytes]],
+    collect_fn: Callable[[G], Awaitable[dict[str, Any]]],
 ) -> Response:
     """Start the generation, then answer as one JSON document or as an SSE stream."""
     streaming = False
@@ -137,7 +154,7 @@ async def _serve(
             await gen.close()
 
 
-async def _guarded(gen: GenerationStream, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _guarded(gen: _Generation, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Stream `chunks`; an error after the first byte can only be told as an SSE error event."""
     gen.outcome = "cancelled"  # until the stream completes; a disconnect leaves it so
     try:
@@ -153,6 +170,10 @@ async def _guarded(gen: GenerationStream, chunks: AsyncIterator[bytes]) -> Async
     except EngineError as e:
         gen.outcome = "error"
         yield sse.event(error_body(str(e), code="engine_rejected"))
+        yield sse.DONE
+    except ServingError as e:  # a generation another pod ran, failed after its first text
+        gen.outcome = "error"
+        yield sse.event(api_error(e).body())
         yield sse.DONE
     except Exception:
         gen.outcome = "error"
@@ -196,6 +217,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     tenant: TenantEntry = request.state.tenant  # set by the middleware
     turn: ChatTurn | None = None
     messages = [(m.role, m.text()) for m in body.messages]
+    target = remote_for(state, body.model)
+    if target is not None:
+        return await _remote_chat(request, state, tenant, body, target, messages)
     try:
         engine = allowed_engine(state, tenant, body.model)
         if body.conversation is not None:
@@ -316,6 +340,109 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     return await _serve(
         request, state, gen, stream=bool(body.stream), body_fn=stream_body, collect_fn=collect
     )
+
+
+async def _remote_chat(
+    request: Request,
+    state: AppState,
+    tenant: TenantEntry,
+    body: ChatCompletionRequest,
+    target: ClusterModel,
+    messages: Sequence[tuple[str, str]],
+) -> Response:
+    """A chat completion for a model another pod serves (serving/remote.py): the same answer's shape."""
+    try:
+        unsupported = [
+            name
+            for name, given in (
+                ("conversation", body.conversation is not None),
+                ("logprobs", bool(body.logprobs)),
+                ("logit_bias", bool(body.logit_bias)),
+            )
+            if given
+        ]
+        if unsupported:
+            raise APIError(
+                400,
+                f"{unsupported[0]} is not supported for the model '{body.model}', which another pod serves.",
+                code="unsupported_remote",
+                param=unsupported[0],
+            )
+        gen = open_remote(
+            state,
+            tenant=tenant,
+            target=target,
+            body=internal_body(
+                model=target, fields=body, messages=messages, max_tokens=body.requested_max_tokens()
+            ),
+            deadline_s=API_DEADLINE_S,
+            endpoint="chat",
+            id_prefix="chatcmpl",
+        )
+    except (APIError, ServingError) as e:
+        error = e if isinstance(e, APIError) else api_error(e)
+        _count_rejection(state, tenant.name, body.model, "chat", error)
+        raise error from e
+    fingerprint = f"realm-{target.name}-{target.version}"
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+        payload: dict[str, Any] = {
+            "id": gen.request_id,
+            "object": "chat.completion.chunk",
+            "created": gen.created,
+            "model": gen.model,
+            "system_fingerprint": fingerprint,
+            "choices": choices,
+        }
+        if body.include_usage:
+            payload["usage"] = usage
+        return sse.event(payload)
+
+    async def stream_body(g: RemoteStream) -> AsyncIterator[bytes]:
+        yield chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
+        async for event in g.events():
+            if event.text:
+                yield chunk(
+                    [{"index": 0, "delta": {"content": event.text}, "logprobs": None, "finish_reason": None}]
+                )
+        yield chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": g.finish_reason}])
+        if body.include_usage:
+            yield chunk([], g.usage.as_openai())
+
+    async def collect(g: RemoteStream) -> dict[str, Any]:
+        text = [event.text async for event in g.events()]
+        return {
+            "id": g.request_id,
+            "object": "chat.completion",
+            "created": g.created,
+            "model": g.model,
+            "system_fingerprint": fingerprint,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(text)},
+                    "logprobs": None,
+                    "finish_reason": g.finish_reason,
+                }
+            ],
+            "usage": g.usage.as_openai(),
+        }
+
+    try:
+        return await _serve(
+            request, state, gen, stream=bool(body.stream), body_fn=stream_body, collect_fn=collect
+        )
+    except ServingError as e:  # failed after it started, before the answer began
+        raise api_error(e) from e
 
 
 @router.post("/v1/completions", response_model=None)

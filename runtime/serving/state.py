@@ -22,6 +22,8 @@ from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig, Tenant
 if TYPE_CHECKING:
     from realm.runtime.sandbox.runner import Sandbox
 
+    from .remote import RemoteGenerations
+
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +53,9 @@ class ServingState:
     # Tenant name -> owner key (namespace and uid under the identity secret): what every store and
     # cache scope is keyed by, never the name.
     owners: dict[str, str] = field(default_factory=dict)
+    # Calls to the pods serving the models this one does not load (serving/remote.py); None outside a
+    # cluster (RuntimeConfig.cluster absent), where only the loaded models are served.
+    remote: RemoteGenerations | None = None
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:
