@@ -1,6 +1,6 @@
 """Cross-pod generations between two real runtimes on loopback: pod A loads SmolLM2, pod B Gemma 3, and
 each one's config places both (ClusterConfig). A's discovery is a fake at its seam (a fixed table of
-B's internal listener); tests/e2e/test_remote_e2e.py finds the pods through a real kube-apiserver.
+B's internal listener); e2e/test_remote_e2e.py finds the pods through a real kube-apiserver.
 
 What is real: both runtimes (`realm serve`'s Runtime, llama.cpp, wasmtime), the internal listener, the
 credential, the HTTP between them."""
