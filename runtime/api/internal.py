@@ -10,8 +10,9 @@ accept. Checked in this order, each refusal an OpenAI-shaped error: the body's s
 credential (401: missing, forged, another namespace's, expired; 400: over the hop limit), the body
 (400), the tenant (403 unknown_tenant: not served here under that identity), the model (404
 model_not_loaded). The answer is a server-sent-event stream (api/sse.py): `{"text"}` pieces, then
-`{"text", "finish_reason", "usage"}`, or an `{"error"}` event; its `x-realm-queue-depth` header says how
-busy the model is here, for the caller's picker. The generation ends at the credential's expiry.
+`{"text", "finish_reason", "usage", "server_ms"}` (this pod's own time on the call), or an `{"error"}`
+event; its `x-realm-queue-depth` header says how busy the model is here, for the caller's picker. The
+generation ends at the credential's expiry.
 """
 
 from __future__ import annotations
@@ -186,6 +187,8 @@ async def _events(gen: GenerationStream) -> AsyncIterator[bytes]:
                 {
                     "text": event.text,
                     "finish_reason": event.finish_reason,
+                    # This pod's own time on the call, so that the caller can tell what the hop added.
+                    "server_ms": (time.perf_counter() - gen.arrived) * 1000,
                     "usage": {
                         "prompt_tokens": usage.prompt_tokens,
                         "completion_tokens": usage.completion_tokens,

@@ -457,6 +457,7 @@ class RemoteStream:
 
     async def _call(self, ep: Endpoint, left: float) -> AsyncIterator[TokenEvent]:
         timeout = aiohttp.ClientTimeout(total=left, sock_connect=min(left, CONNECT_TIMEOUT_S))
+        began = time.perf_counter()
         async with self.remote.session().post(
             ep.url + INTERNAL_PATH,
             data=self.body.model_dump_json(exclude_none=True),
@@ -473,10 +474,19 @@ class RemoteStream:
                     continue
                 payload = json.loads(line[6:])
                 event = self._event(ep, payload)
-                if event is not None:
+                if event is None:
+                    continue
+                if event.finish_reason is not None:
+                    # Read to the end (the [DONE] line follows at once), so that the connection goes back
+                    # to the pool instead of being closed half read.
+                    await resp.content.read()
+                    server_s = float(payload.get("server_ms", 0.0)) / 1000
+                    self.state.metrics.remote_overhead.labels(self.model).observe(
+                        max(0.0, time.perf_counter() - began - server_s)
+                    )
                     yield event
-                    if event.finish_reason is not None:
-                        return
+                    return
+                yield event
             raise aiohttp.ServerDisconnectedError("the stream ended without a final event")
 
     def _event(self, ep: Endpoint, payload: dict[str, Any]) -> TokenEvent | None:
