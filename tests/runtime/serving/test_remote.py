@@ -345,3 +345,10 @@ def test_tokens_are_counted_where_they_are_generated(pods: Pods, tmp_path: Path)
     assert metric(pods.a, "realm_remote_calls_total", model=GEMMA, outcome="success") == calls + 1
     assert metric(pods.b, "realm_completion_tokens_total", tenant="acme", model=GEMMA) == b_tokens + 3
     assert metric(pods.a, "realm_completion_tokens_total", tenant="acme", model=GEMMA) == a_tokens
+
+
+def test_the_caller_records_what_each_remote_call_added(pods: Pods) -> None:
+    """realm_remote_overhead_seconds: A's wall time on the call minus the time B reports it spent."""
+    calls = metric(pods.a, "realm_remote_overhead_seconds_count", model=GEMMA)
+    assert chat(pods.a.base_url, "acme", GEMMA).status_code == 200
+    assert metric(pods.a, "realm_remote_overhead_seconds_count", model=GEMMA) == calls + 1
