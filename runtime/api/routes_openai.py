@@ -21,7 +21,14 @@ from realm.runtime.kvstore.snapshots import kv_key_hint
 from realm.runtime.serving.conversations import begin_chat_turn, finish_chat_turn
 from realm.runtime.serving.errors import ServingError
 from realm.runtime.serving.generation import GenerationStream
-from realm.runtime.serving.remote import API_DEADLINE_S, RemoteStream, internal_body, open_remote, remote_for
+from realm.runtime.serving.remote import (
+    API_DEADLINE_S,
+    InternalGenerateBody,
+    RemoteStream,
+    internal_body,
+    open_remote,
+    remote_for,
+)
 from realm.runtime.serving.requests import (
     allowed_engine,
     logit_bias_processor,
@@ -200,11 +207,14 @@ async def list_models(request: Request) -> dict[str, Any]:
     state: AppState = request.app.state.realm
     tenant: TenantEntry = request.state.tenant  # set by the middleware
     allowed = set(tenant.spec.allowed_models)
+    # The models of this pod, then those other pods of the namespace serve for it (serving/remote.py).
+    remote = [m.name for m in state.remote.cluster.models] if state.remote is not None else []
+    names = dict.fromkeys([*state.models, *remote])
     return {
         "object": "list",
         "data": [
             {"id": name, "object": "model", "created": 0, "owned_by": "realm"}
-            for name in state.models
+            for name in names
             if name in allowed
         ],
     }
@@ -342,6 +352,44 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     )
 
 
+def _open_remote(
+    state: AppState,
+    tenant: TenantEntry,
+    target: ClusterModel,
+    *,
+    model: str,
+    endpoint: str,
+    id_prefix: str,
+    unsupported: Sequence[tuple[str, bool]],
+    body: InternalGenerateBody | None,
+) -> RemoteStream:
+    """A generation another pod will run, or the 4xx for what cannot go there (counted as refused)."""
+    try:
+        refused = [name for name, given in unsupported if given]
+        if refused or body is None:
+            what = refused[0] if refused else "prompt"
+            raise APIError(
+                400,
+                f"{'A prompt of token ids' if not refused else refused[0]} is not supported for the model "
+                f"'{model}', which another pod serves.",
+                code="unsupported_remote",
+                param=what,
+            )
+        return open_remote(
+            state,
+            tenant=tenant,
+            target=target,
+            body=body,
+            deadline_s=API_DEADLINE_S,
+            endpoint=endpoint,
+            id_prefix=id_prefix,
+        )
+    except (APIError, ServingError) as e:
+        error = e if isinstance(e, APIError) else api_error(e)
+        _count_rejection(state, tenant.name, model, endpoint, error)
+        raise error from e
+
+
 async def _remote_chat(
     request: Request,
     state: AppState,
@@ -351,38 +399,22 @@ async def _remote_chat(
     messages: Sequence[tuple[str, str]],
 ) -> Response:
     """A chat completion for a model another pod serves (serving/remote.py): the same answer's shape."""
-    try:
-        unsupported = [
-            name
-            for name, given in (
-                ("conversation", body.conversation is not None),
-                ("logprobs", bool(body.logprobs)),
-                ("logit_bias", bool(body.logit_bias)),
-            )
-            if given
-        ]
-        if unsupported:
-            raise APIError(
-                400,
-                f"{unsupported[0]} is not supported for the model '{body.model}', which another pod serves.",
-                code="unsupported_remote",
-                param=unsupported[0],
-            )
-        gen = open_remote(
-            state,
-            tenant=tenant,
-            target=target,
-            body=internal_body(
-                model=target, fields=body, messages=messages, max_tokens=body.requested_max_tokens()
-            ),
-            deadline_s=API_DEADLINE_S,
-            endpoint="chat",
-            id_prefix="chatcmpl",
-        )
-    except (APIError, ServingError) as e:
-        error = e if isinstance(e, APIError) else api_error(e)
-        _count_rejection(state, tenant.name, body.model, "chat", error)
-        raise error from e
+    gen = _open_remote(
+        state,
+        tenant,
+        target,
+        model=body.model,
+        endpoint="chat",
+        id_prefix="chatcmpl",
+        unsupported=(
+            ("conversation", body.conversation is not None),
+            ("logprobs", bool(body.logprobs)),
+            ("logit_bias", bool(body.logit_bias)),
+        ),
+        body=internal_body(
+            model=target, fields=body, messages=messages, max_tokens=body.requested_max_tokens()
+        ),
+    )
     fingerprint = f"realm-{target.name}-{target.version}"
 
     def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
@@ -450,6 +482,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     arrived = time.perf_counter()
     state: AppState = request.app.state.realm
     tenant: TenantEntry = request.state.tenant  # set by the middleware
+    target = remote_for(state, body.model)
+    if target is not None:
+        return await _remote_completions(request, state, tenant, body, target)
     try:
         engine = allowed_engine(state, tenant, body.model)
         prompt_ids = await completion_prompt_ids(state, engine, body)
@@ -536,3 +571,74 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     return await _serve(
         request, state, gen, stream=bool(body.stream), body_fn=stream_body, collect_fn=collect
     )
+
+
+async def _remote_completions(
+    request: Request, state: AppState, tenant: TenantEntry, body: CompletionRequest, target: ClusterModel
+) -> Response:
+    """A completion for a model another pod serves: a text prompt only (token ids are another model's)."""
+    prompt: Any = body.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    text = prompt if isinstance(prompt, str) else None
+    gen = _open_remote(
+        state,
+        tenant,
+        target,
+        model=body.model,
+        endpoint="completions",
+        id_prefix="cmpl",
+        unsupported=(("logprobs", body.logprobs is not None), ("logit_bias", bool(body.logit_bias))),
+        body=None
+        if text is None
+        else internal_body(
+            model=target,
+            fields=body,
+            prompt=text,
+            max_tokens=body.requested_max_tokens(),
+            default_max_tokens=16,
+        ),
+    )
+    fingerprint = f"realm-{target.name}-{target.version}"
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+        payload: dict[str, Any] = {
+            "id": gen.request_id,
+            "object": "text_completion",
+            "created": gen.created,
+            "model": gen.model,
+            "system_fingerprint": fingerprint,
+            "choices": choices,
+        }
+        if body.include_usage:
+            payload["usage"] = usage
+        return sse.event(payload)
+
+    async def stream_body(g: RemoteStream) -> AsyncIterator[bytes]:
+        async for event in g.events():
+            if event.text:
+                yield chunk([{"index": 0, "text": event.text, "logprobs": None, "finish_reason": None}])
+        yield chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": g.finish_reason}])
+        if body.include_usage:
+            yield chunk([], g.usage.as_openai())
+
+    async def collect(g: RemoteStream) -> dict[str, Any]:
+        text = [event.text async for event in g.events()]
+        return {
+            "id": g.request_id,
+            "object": "text_completion",
+            "created": g.created,
+            "model": g.model,
+            "system_fingerprint": fingerprint,
+            "choices": [
+                {"index": 0, "text": "".join(text), "logprobs": None, "finish_reason": g.finish_reason}
+            ],
+            "usage": g.usage.as_openai(),
+        }
+
+    try:
+        return await _serve(
+            request, state, gen, stream=bool(body.stream), body_fn=stream_body, collect_fn=collect
+        )
+    except ServingError as e:  # failed after it started, before the answer began
+        raise api_error(e) from e

@@ -94,6 +94,7 @@ class Pods:
     b_internal: str
     discovery: StaticDiscovery
     b_endpoint: Endpoint
+    a_config: Path
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +109,11 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
         discovery = StaticDiscovery({"gemma-v1": [b_endpoint]})
         with (
             running(tmp / "b.json", discovery=StaticDiscovery()) as b,
-            running(tmp / "a.json", discovery=discovery) as a,
+            running(
+                tmp / "a.json", discovery=discovery, config_path=tmp / "a.json", reload_interval=0.2
+            ) as a,
         ):
-            yield Pods(a, b, f"http://127.0.0.1:{b_port}", discovery, b_endpoint)
+            yield Pods(a, b, f"http://127.0.0.1:{b_port}", discovery, b_endpoint, tmp / "a.json")
 
 
 def auth(tenant: str) -> dict[str, str]:
@@ -154,7 +157,7 @@ def test_a_go_module_chains_a_local_and_a_remote_generate(pods: Pods) -> None:
     assert after == served + 1  # the rewrite ran in pod B
 
 
-def test_a_core_module_streams_a_remote_generation(pods: Pods) -> None:
+def test_a_core_module_chains_a_local_and_a_remote_generate(pods: Pods) -> None:
     """tests/wat/chain.wat: a local generate, then a remote one, both results emitted."""
     base = pods.a.base_url
     wasm = bytes(wasmtime.wat2wasm((WAT / "chain.wat").read_text()))
@@ -352,3 +355,73 @@ def test_the_caller_records_what_each_remote_call_added(pods: Pods) -> None:
     calls = metric(pods.a, "realm_remote_overhead_seconds_count", model=GEMMA)
     assert chat(pods.a.base_url, "acme", GEMMA).status_code == 200
     assert metric(pods.a, "realm_remote_overhead_seconds_count", model=GEMMA) == calls + 1
+
+
+def test_a_completion_for_a_remote_model_is_answered_by_the_pod_serving_it(pods: Pods) -> None:
+    body = {"model": GEMMA, "prompt": "The sea is", "max_tokens": 3, "ignore_eos": True}
+    r = httpx.post(f"{pods.a.base_url}/v1/completions", json=body, headers=auth("acme"), timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 3
+
+
+def test_a_completion_prompt_of_token_ids_for_a_remote_model_is_refused(pods: Pods) -> None:
+    """Token ids are one model's; the pod serving another cannot read them."""
+    body = {"model": GEMMA, "prompt": [1, 2, 3], "max_tokens": 3}
+    r = httpx.post(f"{pods.a.base_url}/v1/completions", json=body, headers=auth("acme"), timeout=120)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "unsupported_remote")
+
+
+def test_a_version_named_in_the_reference_reaches_that_version(pods: Pods) -> None:
+    r = chat(pods.a.base_url, "acme", f"{GEMMA}@v1")
+    assert r.status_code == 200, r.text
+
+
+def test_the_model_list_names_the_models_other_pods_serve(pods: Pods) -> None:
+    r = httpx.get(f"{pods.a.base_url}/v1/models", headers=auth("acme"), timeout=30)
+    assert [m["id"] for m in r.json()["data"]] == [DEFAULT_MODEL, GEMMA, "ghost"]
+
+
+def test_a_streamed_generate_from_a_module_streams_the_remote_text(pods: Pods) -> None:
+    """tests/wat/forward.wat's `s`: generate-stream, its text emitted piece by piece as B generates it."""
+    base = pods.a.base_url
+    wasm = bytes(wasmtime.wat2wasm((WAT / "forward.wat").read_text()))
+    assert (
+        httpx.put(
+            f"{base}/v1/tenants/acme/module", content=wasm, headers=auth("acme"), timeout=120
+        ).status_code
+        == 200
+    )
+    params = json.dumps({"model": GEMMA, "prompt": "Once upon a time", "max_tokens": 12}).encode().hex()
+    r = httpx.post(
+        f"{base}/v1/tenants/acme/invoke",
+        json="s" + params,
+        headers={**auth("acme"), "Accept": "text/event-stream"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    chunks = [json.loads(line[6:])["chunk"] for line in r.text.splitlines() if '"chunk"' in line]
+    assert chunks[-1] == "#+"
+    assert len(chunks) > 4  # the text came piece by piece before the call's status
+
+
+def test_a_reload_that_places_a_model_elsewhere_is_followed(pods: Pods) -> None:
+    """The operator republishes the placement: Gemma's pods are now behind another Service."""
+    doc = json.loads(pods.a_config.read_text())
+    for m in doc["cluster"]["models"]:
+        if m["name"] == GEMMA:
+            m["service"] = "gemma-moved"
+    pods.discovery.table["gemma-moved"] = [pods.b_endpoint]
+    before = pods.a_config.read_text()
+    try:
+        pods.a_config.write_text(json.dumps(doc))
+        deadline = time.monotonic() + 30
+        while (
+            pods.a.state.remote is not None and pods.a.state.remote.cluster.models[1].service != "gemma-moved"
+        ):
+            assert time.monotonic() < deadline, "the reload was not applied"
+            time.sleep(0.1)
+        pods.discovery.table["gemma-v1"] = []  # the old Service has no pods any more
+        assert chat(pods.a.base_url, "acme", GEMMA).status_code == 200
+    finally:
+        pods.discovery.table["gemma-v1"] = [pods.b_endpoint]
+        pods.a_config.write_text(before)
