@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from realm.runtime.engines.base import Engine, FinishReason, TokenEvent
 from realm.runtime.peers import Discovery, Endpoint, InternalCredential, pick
 from realm.runtime.peers.credential import HEADER as CREDENTIAL_HEADER
+from realm.runtime.peers.credential import MAX_LIFETIME_S
 from realm.runtime.peers.picker import DEFAULT_BOUND, route_key
 from realm.runtime.scheduler import AdmissionClosed, Ticket
 from realm.runtime.scheduler import QuotaExceeded as RateQuotaExceeded
@@ -266,13 +267,13 @@ class RemoteGenerations:
     discovery: Discovery
     identity: NamespaceIdentity
     bound: float = DEFAULT_BOUND
-    # Calls this pod has open on each peer, and the load each peer reported last.
+    # Calls this pod has open on each peer, and the load each peer last reported for a Service's model
+    # (a pod serving several models reports each one's queue).
     outstanding: dict[Endpoint, int] = field(default_factory=dict)
-    reported: dict[Endpoint, int] = field(default_factory=dict)
+    reported: dict[tuple[str, Endpoint], int] = field(default_factory=dict)
+    # What each Service listed at its last pick, to drop the reports of pods that left it.
+    _listed: dict[str, frozenset[Endpoint]] = field(default_factory=dict)
     _session: aiohttp.ClientSession | None = None
-
-    def load(self, ep: Endpoint) -> float:
-        return self.outstanding.get(ep, 0) + self.reported.get(ep, 0)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -288,8 +289,19 @@ class RemoteGenerations:
             self._session = None
 
     def pick(self, target: ClusterModel, key: str, tried: set[Endpoint]) -> Endpoint | None:
-        ready = [ep for ep in self.discovery.endpoints(target.service) if ep not in tried]
-        return pick(ready, key, self.load, bound=self.bound)
+        service = target.service
+        listed = self.discovery.endpoints(service)
+        # Pods come and go (a new address each time): the reports of those gone are dropped.
+        for gone in self._listed.get(service, frozenset()) - set(listed):
+            self.reported.pop((service, gone), None)
+        self._listed[service] = frozenset(listed)
+        ready = [ep for ep in listed if ep not in tried]
+        return pick(
+            ready,
+            key,
+            lambda ep: self.outstanding.get(ep, 0) + self.reported.get((service, ep), 0),
+            bound=self.bound,
+        )
 
 
 class RemoteStream:
@@ -394,7 +406,9 @@ class RemoteStream:
             uid=tenant_uid(self.tenant.uid, self.tenant.name),
             model=self.target.name,
             version=self.target.version,
-            expires=time.time() + max(0.0, self.deadline - time.monotonic()),
+            # A credential lives at most MAX_LIFETIME_S (the receiver refuses longer ones); a longer
+            # deadline is cut to it.
+            expires=time.time() + min(MAX_LIFETIME_S, max(0.0, self.deadline - time.monotonic())),
             hops=self.hops,
         ).sign(self.remote.identity)
 
@@ -466,7 +480,7 @@ class RemoteStream:
         ) as resp:
             depth = resp.headers.get(QUEUE_DEPTH_HEADER, "")
             if depth.isdigit():
-                self.remote.reported[ep] = int(depth)
+                self.remote.reported[self.target.service, ep] = int(depth)
             if resp.status != 200:
                 await self._refused(resp)
             async for line in resp.content:
