@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+import wasmtime
 
 pytestmark = pytest.mark.e2e
 
@@ -123,6 +124,16 @@ class World:
     a_url: str
     b_address: str
     b_internal_port: int
+    b_config: Path
+    b_port: int
+
+    def ensure_b(self) -> None:
+        """Pod B serving (started again after a test killed it)."""
+        if self.b.poll() is None:
+            return
+        self.b = serve(self.b_config, self.b_address, self.b_port)
+        url = f"http://{self.b_address}:{self.b_port}"
+        wait_for("pod B ready again", lambda: ready(url), timeout=READY_WITHIN)
 
     def slice(self, *, ready: bool) -> None:
         self.cluster.kubectl(
@@ -162,6 +173,7 @@ def ready(url: str) -> bool:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("remote-e2e")
+    world: World | None = None
     b_address = host_address()
     if b_address is None:
         pytest.skip("this host has no address but loopback to stand for pod B's")
@@ -179,9 +191,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         try:
             a_url, b_url = f"http://127.0.0.1:{a_port}", f"http://{b_address}:{b_port}"
             wait_for("both runtimes ready", lambda: ready(a_url) and ready(b_url), timeout=READY_WITHIN)
-            yield World(cluster, a, b, a_url, b_address, b_internal)
+            world = World(cluster, a, b, a_url, b_address, b_internal, tmp / "b.json", b_port)
+            yield world
         finally:
-            for proc in (a, b):
+            for proc in (a, b, *([world.b] if world is not None else [])):
                 if proc.poll() is None:
                     stop(proc)
 
@@ -241,9 +254,10 @@ def test_pod_a_keeps_following_the_slice_after_the_apiserver_restarts(world: Wor
 
 
 def test_killing_pod_b_mid_call_ends_the_stream_with_an_error_naming_it(world: World) -> None:
-    """Last: it kills B. Text already went out, so the call cannot move to another pod; it fails
-    clearly. The next call finds B's address refusing connections (the slice still lists it: no
-    controller runs here) and, with no other pod, fails clearly too."""
+    """It kills B. Text already went out, so the call cannot move to another pod; it fails clearly.
+    The next call finds B's address refusing connections (the slice still lists it: no controller
+    runs here) and, with no other pod, fails clearly too."""
+    world.ensure_b()
     events: list[dict[str, Any]] = []
     body = {
         "model": GEMMA,
@@ -273,3 +287,37 @@ def test_killing_pod_b_mid_call_ends_the_stream_with_an_error_naming_it(world: W
     after = chat(world)
     assert (after.status_code, error_code(after)) == (503, "remote_unavailable")
     assert POD_B in after.json()["error"]["message"]
+
+
+def test_killing_pod_b_mid_generate_of_a_module_fails_the_call_with_an_error_naming_it(world: World) -> None:
+    """The ABI's door: tests/wat/generate_stream.wat streams Gemma's text from B, then emits the call's
+    result; B is killed once text came, and the module gets the call's error (engine-error) with the pod
+    in its message."""
+    world.ensure_b()
+    headers = {"Authorization": f"Bearer {KEY}"}
+    wasm = wasmtime.wat2wasm((REPO / "tests" / "wat" / "generate_stream.wat").read_text())
+    assert (
+        httpx.put(
+            f"{world.a_url}/v1/tenants/acme/module", content=bytes(wasm), headers=headers, timeout=120
+        ).status_code
+        == 200
+    )
+    chunks: list[str] = []
+    params = {"model": GEMMA, "prompt": "Tell a long story.", "max_tokens": 400}
+    with httpx.stream(
+        "POST",
+        f"{world.a_url}/v1/tenants/acme/invoke",
+        json=params,
+        headers={**headers, "Accept": "text/event-stream"},
+        timeout=120,
+    ) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if '"chunk"' not in line:
+                continue
+            chunks.append(json.loads(line[6:])["chunk"])
+            if len(chunks) == 2:  # two pieces of Gemma's text: B is mid-generation
+                world.b.kill()
+                world.b.wait()
+    assert POD_B in chunks[-1]
+    assert "after streaming part of the text" in chunks[-1]
