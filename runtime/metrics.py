@@ -129,6 +129,42 @@ class Metrics:
         self.kv_snapshot_events = Counter(
             "realm_kv_snapshot_events", "KV snapshot store events.", ["event", "reason"], registry=r
         )
+        # Cross-pod calls this pod made (serving/remote.py), by the model they named and how they ended;
+        # the pod that serves one counts it under the endpoint `internal` of realm_requests.
+        self.remote_calls = Counter(
+            "realm_remote_calls",
+            "Generations sent to another pod, by outcome.",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.remote_retries = Counter(
+            "realm_remote_retries",
+            "Cross-pod calls moved to another pod after one failed before any text.",
+            ["model"],
+            registry=r,
+        )
+        self.remote_overhead = Histogram(
+            "realm_remote_overhead_seconds",
+            "What a cross-pod call added to its generation: the caller's wall time on it minus the serving "
+            "pod's own time (picking, the credential, HTTP both ways, the serving pod's listener).",
+            ["model"],
+            buckets=(
+                0.0005,
+                0.001,
+                0.0015,
+                0.002,
+                0.0025,
+                0.003,
+                0.004,
+                0.005,
+                0.0075,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+            ),
+            registry=r,
+        )
         self.config_reloads = Counter(
             "realm_config_reloads", "Config file reloads by outcome.", ["outcome"], registry=r
         )

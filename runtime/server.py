@@ -22,13 +22,16 @@ import uvicorn
 from fastapi import FastAPI
 
 from realm.runtime.api import AppState, create_app, create_ops_app
+from realm.runtime.api.internal import create_internal_app
 from realm.runtime.config_store import ConfigWatcher
 from realm.runtime.engines.base import Engine
 from realm.runtime.engines.model_files import realm_cache
 from realm.runtime.metrics import Metrics
+from realm.runtime.peers import Discovery, EndpointSliceDiscovery, kube
 from realm.runtime.sandbox.runner import Sandbox
 from realm.runtime.scheduler import AdmissionScheduler
 from realm.runtime.serving.modules import deploy_configured_modules
+from realm.runtime.serving.remote import RemoteGenerations
 from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ class Runtime:
         reload_interval: float = 1.0,
         on_ready: Callable[[Runtime], None] | None = None,
         engine_factory: EngineFactory = _default_engine_factory,
+        discovery: Discovery | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -97,6 +101,11 @@ class Runtime:
         self.state = AppState.from_config(config, self.metrics)
         self.app = create_app(self.state)
         self.ops_app = create_ops_app(self.state, self.app)
+        # In a cluster, the internal listener (pod-to-pod generations) and the peers it calls; the
+        # discovery is the Kubernetes API's EndpointSlices unless a test puts a fake at this seam.
+        self.internal_port: int | None = config.cluster.internal_port if config.cluster else None
+        self.internal_app = create_internal_app(self.state) if config.cluster else None
+        self._discovery = discovery
         self._stop = asyncio.Event()
         self._module_retries: asyncio.Task[None] | None = None
         self._force = asyncio.Event()
@@ -145,6 +154,9 @@ class Runtime:
         if self.metrics_port is not None:
             ops_sock = _bind(self.host, self.metrics_port)
             self.metrics_port = ops_sock.getsockname()[1]
+        internal_sock: socket.socket | None = None
+        if self.internal_port is not None:
+            internal_sock = _bind(self.host, self.internal_port)
         server = self._uvicorn(self.app)
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -157,9 +169,18 @@ class Runtime:
             if ops_server is not None and ops_sock is not None
             else None
         )
+        # Like the ops listener, the internal one outlives the drain: calls in flight from other pods
+        # finish, new ones are refused (503) and go to another pod.
+        internal_server = self._uvicorn(self.internal_app) if self.internal_app is not None else None
+        internal_task = (
+            asyncio.create_task(internal_server.serve(sockets=[internal_sock]), name="uvicorn-internal")
+            if internal_server is not None and internal_sock is not None
+            else None
+        )
         watcher: ConfigWatcher | None = None
         code = 0
         try:
+            await self._start_remote()
             loading = asyncio.create_task(self._load_engines())
             stop_wait = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait(
@@ -187,10 +208,12 @@ class Runtime:
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await server_task
-            if ops_server is not None and ops_task is not None:
-                ops_server.should_exit = True
-                with contextlib.suppress(Exception):
-                    await ops_task
+            for extra_server, extra_task in ((ops_server, ops_task), (internal_server, internal_task)):
+                if extra_server is not None and extra_task is not None:
+                    extra_server.should_exit = True
+                    with contextlib.suppress(Exception):
+                        await extra_task
+            await self._stop_remote()
             if watcher is not None:
                 await watcher.stop()
             if self._module_retries is not None:
@@ -201,6 +224,27 @@ class Runtime:
                     self._loop.remove_signal_handler(sig)
         log.info("stopped")
         return code
+
+    async def _start_remote(self) -> None:
+        """Follow the pods of the cluster's models (serving/remote.py calls them)."""
+        cluster = self.config.cluster
+        if cluster is None:
+            return
+        if self._discovery is None:
+            self._discovery = EndpointSliceDiscovery(
+                lambda: kube.access(cluster.kubeconfig),
+                cluster.namespace,
+                {m.service for m in cluster.models},
+                default_port=cluster.internal_port,
+            )
+        await self._discovery.start()
+        self.state.remote = RemoteGenerations(cluster, self._discovery, self.state.identity)
+
+    async def _stop_remote(self) -> None:
+        if self.state.remote is not None:
+            await self.state.remote.close()
+        if self._discovery is not None:
+            await self._discovery.stop()
 
     def _uvicorn(self, app: FastAPI) -> _Uvicorn:
         return _Uvicorn(
@@ -239,6 +283,11 @@ class Runtime:
     def _apply_config(self, new: RuntimeConfig) -> None:
         self.state.apply_tenants(new.tenants)
         self.state.cluster = new.cluster  # the weights a bare model name picks by
+        remote = self.state.remote
+        if remote is not None and new.cluster is not None:
+            # The placement changes as Models come and go; the listener's port is fixed at start.
+            remote.cluster = new.cluster
+            remote.discovery.set_services({m.service for m in new.cluster.models})
         self._retry_modules(self._modules_dir(new), first_delay=0.0)
 
     def _retry_modules(self, modules_dir: Path | None, first_delay: float | None = None) -> None:

@@ -78,6 +78,17 @@ def test_the_import_reader_sees_relative_and_absolute_imports(tmp_path: Path) ->
         ("runtime/scheduler", ("realm.runtime.api", "realm.runtime.serving", *HTTP)),
         ("runtime/sandbox", ("realm.runtime.api", "realm.runtime.serving", "realm.runtime.spec", *HTTP)),
         ("runtime/serving", ("realm.runtime.api", *HTTP)),
+        (
+            "runtime/peers",
+            (
+                "realm.runtime.api",
+                "realm.runtime.serving",
+                "realm.runtime.sandbox",
+                "realm.runtime.scheduler",
+                "realm.runtime.engines",
+                *HTTP,
+            ),
+        ),
         ("runtime/kvstore", ("realm.runtime.api", "realm.runtime.serving", *HTTP)),
         ("runtime/conversations", ("realm.runtime.api", "realm.runtime.serving", *HTTP)),
     ],

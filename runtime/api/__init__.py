@@ -12,6 +12,7 @@
     routes_conversations.py  /v1/conversations
     routes_invoke.py         /v1/tenants/{tenant}/invoke and /module
     routes_ops.py            /healthz, /readyz (both apps), /metrics, /openapi.json (ops app only)
+    internal.py              the internal listener's app (pod-to-pod generations, cluster.internalPort)
 
 No route module imports another.
 """

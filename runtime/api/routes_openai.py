@@ -8,8 +8,8 @@ sampling fields, a `GenerationStream` runs it, and the route renders OpenAI's JS
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -21,16 +21,26 @@ from realm.runtime.kvstore.snapshots import kv_key_hint
 from realm.runtime.serving.conversations import begin_chat_turn, finish_chat_turn
 from realm.runtime.serving.errors import ServingError
 from realm.runtime.serving.generation import GenerationStream
+from realm.runtime.serving.remote import (
+    API_DEADLINE_S,
+    InternalGenerateBody,
+    RemoteStream,
+    internal_body,
+    open_remote,
+    remote_for,
+)
 from realm.runtime.serving.requests import (
-    allowed_model,
     logit_bias_processor,
     max_tokens_within_limits,
+    routed_target,
     sampling_params,
+    served_here,
     token_prompt_ids,
     tokenize_chat,
     tokenize_text,
 )
-from realm.runtime.spec.runtime_config import TenantEntry
+from realm.runtime.serving.routing import ModelTarget
+from realm.runtime.spec.runtime_config import ClusterModel, TenantEntry
 
 from . import sse
 from .disconnect import ClientGone, until_disconnect
@@ -95,7 +105,23 @@ class _CompletionLogprobs:
         }
 
 
-def _failure(gen: GenerationStream) -> APIError | None:
+class _Generation(Protocol):
+    """What rendering needs of a generation, run here (GenerationStream) or by another pod (RemoteStream)."""
+
+    outcome: str
+    request_id: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def failure(self) -> ServingError | None: ...
+
+
+G = TypeVar("G", bound=_Generation)
+
+
+def _failure(gen: _Generation) -> APIError | None:
     failure = gen.failure()
     return api_error(failure) if failure is not None else None
 
@@ -103,11 +129,11 @@ def _failure(gen: GenerationStream) -> APIError | None:
 async def _serve(
     request: Request,
     state: AppState,
-    gen: GenerationStream,
+    gen: G,
     *,
     stream: bool,
-    body_fn: Callable[[GenerationStream], AsyncIterator[bytes]],
-    collect_fn: Callable[[GenerationStream], Awaitable[dict[str, Any]]],
+    body_fn: Callable[[G], AsyncIterator[bytes]],
+    collect_fn: Callable[[G], Awaitable[dict[str, Any]]],
 ) -> Response:
     """Start the generation, then answer as one JSON document or as an SSE stream."""
     streaming = False
@@ -137,7 +163,7 @@ async def _serve(
             await gen.close()
 
 
-async def _guarded(gen: GenerationStream, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _guarded(gen: _Generation, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Stream `chunks`; an error after the first byte can only be told as an SSE error event."""
     gen.outcome = "cancelled"  # until the stream completes; a disconnect leaves it so
     try:
@@ -153,6 +179,10 @@ async def _guarded(gen: GenerationStream, chunks: AsyncIterator[bytes]) -> Async
     except EngineError as e:
         gen.outcome = "error"
         yield sse.event(error_body(str(e), code="engine_rejected"))
+        yield sse.DONE
+    except ServingError as e:  # a generation another pod ran, failed after its first text
+        gen.outcome = "error"
+        yield sse.event(api_error(e).body())
         yield sse.DONE
     except Exception:
         gen.outcome = "error"
@@ -182,8 +212,15 @@ async def list_models(request: Request) -> dict[str, Any]:
     state: AppState = request.app.state.realm
     tenant: TenantEntry = request.state.tenant  # set by the middleware
     allowed = set(tenant.spec.allowed_models)
-    # Each model by its name (any version, by weight) and each version loaded here by its key.
-    ids = sorted({n for key, m in state.models.items() if m.name in allowed for n in (m.name, key)})
+    # Each model by its name (any version, by weight) and each version by its key (`name@version`):
+    # those loaded here, then those other pods of the namespace serve (serving/remote.py).
+    local = [n for key, m in state.models.items() for n in (m.name, key)]
+    remote = (
+        [n for m in state.remote.cluster.models for n in (m.name, f"{m.name}@{m.version}")]
+        if state.remote is not None
+        else []
+    )
+    ids = sorted({i for i in (*local, *remote) if i.partition("@")[0] in allowed})
     return {
         "object": "list",
         "data": [{"id": i, "object": "model", "created": 0, "owned_by": "realm"} for i in ids],
@@ -197,14 +234,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     tenant: TenantEntry = request.state.tenant  # set by the middleware
     turn: ChatTurn | None = None
     messages = [(m.role, m.text()) for m in body.messages]
+    key = route_key(request.headers, conversation=body.conversation, user=body.user)
+    target, remote = _route(state, tenant, body.model, key, "chat")
+    if remote is not None:
+        return await _remote_chat(request, state, tenant, body, remote, messages)
     try:
-        served = allowed_model(
-            state,
-            tenant,
-            body.model,
-            route_key(request.headers, conversation=body.conversation, user=body.user),
-            generates=True,
-        )
+        served = served_here(state, target)
         engine = served.engine
         if body.conversation is not None:
             try:
@@ -326,19 +361,156 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     )
 
 
+def _route(
+    state: AppState, tenant: TenantEntry, model: str, key: str | None, endpoint: str
+) -> tuple[ModelTarget, ClusterModel | None]:
+    """The version `model` reaches (counted once, here), and the cluster's entry to call when another
+    pod serves it; a refusal is counted and raised as its API error."""
+    try:
+        target = routed_target(state, tenant, model, key, generates=True)
+    except ServingError as e:
+        error = api_error(e)
+        _count_rejection(state, tenant.name, model, endpoint, error)
+        raise error from e
+    return target, remote_for(state, target)
+
+
+def _open_remote(
+    state: AppState,
+    tenant: TenantEntry,
+    target: ClusterModel,
+    *,
+    model: str,
+    endpoint: str,
+    id_prefix: str,
+    unsupported: Sequence[tuple[str, bool]],
+    body: InternalGenerateBody | None,
+) -> RemoteStream:
+    """A generation another pod will run, or the 4xx for what cannot go there (counted as refused)."""
+    try:
+        refused = [name for name, given in unsupported if given]
+        if refused or body is None:
+            what = refused[0] if refused else "prompt"
+            raise APIError(
+                400,
+                f"{'A prompt of token ids' if not refused else refused[0]} is not supported for the model "
+                f"'{model}', which another pod serves.",
+                code="unsupported_remote",
+                param=what,
+            )
+        return open_remote(
+            state,
+            tenant=tenant,
+            target=target,
+            body=body,
+            deadline_s=API_DEADLINE_S,
+            endpoint=endpoint,
+            id_prefix=id_prefix,
+        )
+    except (APIError, ServingError) as e:
+        error = e if isinstance(e, APIError) else api_error(e)
+        _count_rejection(state, tenant.name, model, endpoint, error)
+        raise error from e
+
+
+async def _remote_chat(
+    request: Request,
+    state: AppState,
+    tenant: TenantEntry,
+    body: ChatCompletionRequest,
+    target: ClusterModel,
+    messages: Sequence[tuple[str, str]],
+) -> Response:
+    """A chat completion for a model another pod serves (serving/remote.py): the same answer's shape."""
+    gen = _open_remote(
+        state,
+        tenant,
+        target,
+        model=body.model,
+        endpoint="chat",
+        id_prefix="chatcmpl",
+        unsupported=(
+            ("conversation", body.conversation is not None),
+            ("logprobs", bool(body.logprobs)),
+            ("logit_bias", bool(body.logit_bias)),
+        ),
+        body=internal_body(
+            model=target, fields=body, messages=messages, max_tokens=body.requested_max_tokens()
+        ),
+    )
+    fingerprint = f"realm-{target.name}-{target.version}"
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+        payload: dict[str, Any] = {
+            "id": gen.request_id,
+            "object": "chat.completion.chunk",
+            "created": gen.created,
+            "model": gen.model,
+            "system_fingerprint": fingerprint,
+            "choices": choices,
+        }
+        if body.include_usage:
+            payload["usage"] = usage
+        return sse.event(payload)
+
+    async def stream_body(g: RemoteStream) -> AsyncIterator[bytes]:
+        yield chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
+        async for event in g.events():
+            if event.text:
+                yield chunk(
+                    [{"index": 0, "delta": {"content": event.text}, "logprobs": None, "finish_reason": None}]
+                )
+        yield chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": g.finish_reason}])
+        if body.include_usage:
+            yield chunk([], g.usage.as_openai())
+
+    async def collect(g: RemoteStream) -> dict[str, Any]:
+        text = [event.text async for event in g.events()]
+        return {
+            "id": g.request_id,
+            "object": "chat.completion",
+            "created": g.created,
+            "model": g.model,
+            "system_fingerprint": fingerprint,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(text)},
+                    "logprobs": None,
+                    "finish_reason": g.finish_reason,
+                }
+            ],
+            "usage": g.usage.as_openai(),
+        }
+
+    try:
+        return await _serve(
+            request, state, gen, stream=bool(body.stream), body_fn=stream_body, collect_fn=collect
+        )
+    except ServingError as e:  # failed after it started, before the answer began
+        raise api_error(e) from e
+
+
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     arrived = time.perf_counter()
     state: AppState = request.app.state.realm
     tenant: TenantEntry = request.state.tenant  # set by the middleware
+    key = route_key(request.headers, conversation=None, user=body.user)
+    target, remote = _route(state, tenant, body.model, key, "completions")
+    if remote is not None:
+        return await _remote_completions(request, state, tenant, body, remote)
     try:
-        served = allowed_model(
-            state,
-            tenant,
-            body.model,
-            route_key(request.headers, conversation=None, user=body.user),
-            generates=True,
-        )
+        served = served_here(state, target)
         engine = served.engine
         prompt_ids = await completion_prompt_ids(state, engine, body)
         # OpenAI's legacy endpoint defaults to 16 tokens; chat defaults to "as many as fit".
@@ -424,3 +596,74 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     return await _serve(
         request, state, gen, stream=bool(body.stream), body_fn=stream_body, collect_fn=collect
     )
+
+
+async def _remote_completions(
+    request: Request, state: AppState, tenant: TenantEntry, body: CompletionRequest, target: ClusterModel
+) -> Response:
+    """A completion for a model another pod serves: a text prompt only (token ids are another model's)."""
+    prompt: Any = body.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    text = prompt if isinstance(prompt, str) else None
+    gen = _open_remote(
+        state,
+        tenant,
+        target,
+        model=body.model,
+        endpoint="completions",
+        id_prefix="cmpl",
+        unsupported=(("logprobs", body.logprobs is not None), ("logit_bias", bool(body.logit_bias))),
+        body=None
+        if text is None
+        else internal_body(
+            model=target,
+            fields=body,
+            prompt=text,
+            max_tokens=body.requested_max_tokens(),
+            default_max_tokens=16,
+        ),
+    )
+    fingerprint = f"realm-{target.name}-{target.version}"
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+        payload: dict[str, Any] = {
+            "id": gen.request_id,
+            "object": "text_completion",
+            "created": gen.created,
+            "model": gen.model,
+            "system_fingerprint": fingerprint,
+            "choices": choices,
+        }
+        if body.include_usage:
+            payload["usage"] = usage
+        return sse.event(payload)
+
+    async def stream_body(g: RemoteStream) -> AsyncIterator[bytes]:
+        async for event in g.events():
+            if event.text:
+                yield chunk([{"index": 0, "text": event.text, "logprobs": None, "finish_reason": None}])
+        yield chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": g.finish_reason}])
+        if body.include_usage:
+            yield chunk([], g.usage.as_openai())
+
+    async def collect(g: RemoteStream) -> dict[str, Any]:
+        text = [event.text async for event in g.events()]
+        return {
+            "id": g.request_id,
+            "object": "text_completion",
+            "created": g.created,
+            "model": g.model,
+            "system_fingerprint": fingerprint,
+            "choices": [
+                {"index": 0, "text": "".join(text), "logprobs": None, "finish_reason": g.finish_reason}
+            ],
+            "usage": g.usage.as_openai(),
+        }
+
+    try:
+        return await _serve(
+            request, state, gen, stream=bool(body.stream), body_fn=stream_body, collect_fn=collect
+        )
+    except ServingError as e:  # failed after it started, before the answer began
+        raise api_error(e) from e

@@ -42,6 +42,7 @@ class _Waiter:
     max_tokens: int
     enqueued_at: float
     future: asyncio.Future[Ticket]
+    charged: bool = True
 
 
 def _is_stale(waiter: _Waiter) -> bool:
@@ -105,10 +106,16 @@ class AdmissionScheduler:
 
     # -- admission -------------------------------------------------------------------------------
 
-    async def admit(self, tenant: str, model: str, *, prompt_tokens: int, max_tokens: int) -> Ticket:
+    async def admit(
+        self, tenant: str, model: str, *, prompt_tokens: int, max_tokens: int, charge: bool = True
+    ) -> Ticket:
         """Check rate quotas at once (raise QuotaExceeded with retry_after), then wait in the tenant's queue
         until both the tenant's concurrency cap and the model's capacity allow it; among tenants waiting for
         the same model, deficit round robin by weight. Cancellation-safe. Records queue wait on the ticket.
+
+        `charge=False` is for a call another pod already charged to the tenant's rate quotas (a cross-pod
+        call, see `charge_only`): it queues by the tenant's weight and concurrency cap like any other, but
+        its rate quotas are neither checked nor charged here, so the call counts once.
 
         Raises QuotaExceeded, QueueFull, AdmissionClosed; ValueError for an unknown model or negative counts.
         """
@@ -126,16 +133,18 @@ class AdmissionScheduler:
 
         # Quota before queue length, so a tenant out of quota learns the exact time it must wait;
         # neither refusal charges anything.
-        self._limiter.check(tenant, policy)
+        if charge:
+            self._limiter.check(tenant, policy)
         if not immediate and self._queued(tenant) >= policy.max_queued_requests:
             raise QueueFull(
                 QUEUE_FULL_RETRY_AFTER_S,
                 f"tenant {tenant!r} already has {policy.max_queued_requests} requests queued",
             )
-        estimate = prompt_tokens + max_tokens
-        self._limiter.charge(tenant, estimate)
+        estimate = prompt_tokens + max_tokens if charge else 0
+        if charge:
+            self._limiter.charge(tenant, estimate)
         if immediate:
-            return self._start(tenant, model, prompt_tokens, max_tokens, queue_wait_s=0.0)
+            return self._start(tenant, model, prompt_tokens, max_tokens, queue_wait_s=0.0, charged=charge)
 
         waiter = _Waiter(
             tenant,
@@ -144,6 +153,7 @@ class AdmissionScheduler:
             max_tokens,
             self._clock(),
             asyncio.get_running_loop().create_future(),
+            charge,
         )
         queue.push(tenant, waiter)
         try:
@@ -155,9 +165,29 @@ class AdmissionScheduler:
                 future.result().release(prompt_tokens=0, completion_tokens=0)
             else:
                 queue.remove(tenant, waiter)
-                self._limiter.settle(tenant, estimate)
+                if charge:
+                    self._limiter.settle(tenant, estimate)
                 self._forget_if_idle(tenant)
             raise
+
+    def charge_only(self, tenant: str, *, prompt_tokens: int, max_tokens: int) -> Ticket:
+        """Check and charge the tenant's rate quotas for a call another pod will run (a cross-pod call),
+        without a slot here: the pod that runs it admits it with `charge=False`. Release the ticket with
+        the usage that pod reported. Raises QuotaExceeded, AdmissionClosed."""
+        if self._closed:
+            raise AdmissionClosed()
+        if prompt_tokens < 0 or max_tokens < 0:
+            raise ValueError("prompt_tokens and max_tokens must be >= 0")
+        self._limiter.check(tenant, self._policy(tenant))
+        self._limiter.charge(tenant, prompt_tokens + max_tokens)
+        return Ticket(
+            tenant,
+            "",
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            queue_wait_s=0.0,
+            on_release=lambda t, used: self._limiter.settle(tenant, t.estimated_tokens - used),
+        )
 
     # -- introspection ---------------------------------------------------------------------------
 
@@ -208,7 +238,14 @@ class AdmissionScheduler:
             self._limiter.forget(tenant)
 
     def _start(
-        self, tenant: str, model: str, prompt_tokens: int, max_tokens: int, *, queue_wait_s: float
+        self,
+        tenant: str,
+        model: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        *,
+        queue_wait_s: float,
+        charged: bool = True,
     ) -> Ticket:
         self._running_by_model[model] += 1
         self._running_by_tenant[tenant] = self._running_by_tenant.get(tenant, 0) + 1
@@ -221,6 +258,7 @@ class AdmissionScheduler:
             max_tokens=max_tokens,
             queue_wait_s=queue_wait_s,
             on_release=self._release,
+            charged=charged,
         )
 
     def _release(self, ticket: Ticket, used_tokens: int) -> None:
@@ -229,7 +267,8 @@ class AdmissionScheduler:
         _decrement(self._running_by_tenant, tenant)
         _decrement(self._running_by_pair, (tenant, model))
         self._in_flight -= 1
-        self._limiter.settle(tenant, ticket.estimated_tokens - used_tokens)
+        if ticket.charged:
+            self._limiter.settle(tenant, ticket.estimated_tokens - used_tokens)
         self._dispatch(model)
         # The tenant's freed concurrency slot may be what its waiters on other models were missing.
         for other, queue in self._queues.items():
@@ -252,6 +291,7 @@ class AdmissionScheduler:
                 waiter.prompt_tokens,
                 waiter.max_tokens,
                 queue_wait_s=max(0.0, self._clock() - waiter.enqueued_at),
+                charged=waiter.charged,
             )
             waiter.future.set_result(ticket)
 

@@ -17,6 +17,7 @@ class Ticket:
         "_on_release",
         "_released",
         "_reported",
+        "charged",
         "max_tokens",
         "model",
         "prompt_tokens",
@@ -33,12 +34,16 @@ class Ticket:
         max_tokens: int,
         queue_wait_s: float,
         on_release: Callable[[Ticket, int], None],
+        charged: bool = True,
     ) -> None:
         self.tenant = tenant
         self.model = model
         self.prompt_tokens = prompt_tokens  # as estimated at admission
         self.max_tokens = max_tokens
         self.queue_wait_s = queue_wait_s
+        # False for a call another pod admitted against the tenant's rate quotas (a cross-pod call):
+        # this one holds a slot for fairness, and neither charges nor settles the quotas.
+        self.charged = charged
         self._on_release = on_release
         self._released = False
         self._reported: tuple[int, int] = (prompt_tokens, 0)

@@ -10,7 +10,9 @@ tenant's WebAssembly through the host ABI).
     invocations.py    a tenant's module invoked (its sandbox limits from its quotas), and the
                       host services its calls reach (RuntimeHostServices)
     modules.py        deploying modules, uploaded or pinned (module_sources.py: where they come from)
+    remote.py         the cross-pod path: a generate for a model another pod loads, and an internal
+                      call from another pod made into a generation here
 
-Depends on the scheduler, engines, sandbox, kvstore, conversations and spec; never on the API.
+Depends on the scheduler, engines, sandbox, kvstore, conversations, peers and spec; never on the API.
 Kept free of imports here so that a light user (the operator reads module_sources) pays for none.
 """

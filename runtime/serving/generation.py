@@ -66,8 +66,12 @@ class GenerationStream:
         logits_processor: LogitsProcessor | None = None,
         id_prefix: str,
         kv_hint: int | None = None,
+        charge: bool = True,
     ) -> None:
         self.state = state
+        # False for a call another pod admitted (serving/remote.py): the tenant's rate quotas were
+        # charged there; here it only queues by the tenant's weight and concurrency.
+        self.charge = charge
         self.tenant = tenant
         self.model = model
         self.engine = engine
@@ -97,7 +101,11 @@ class GenerationStream:
         labels = (self.tenant, self.model)
         try:
             self._ticket = await scheduler.admit(
-                self.tenant, self.model, prompt_tokens=len(self.prompt_ids), max_tokens=self.params.max_tokens
+                self.tenant,
+                self.model,
+                prompt_tokens=len(self.prompt_ids),
+                max_tokens=self.params.max_tokens,
+                charge=self.charge,
             )
         except RateQuotaExceeded as e:
             self.outcome = "rate_limited"

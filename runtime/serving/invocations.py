@@ -36,21 +36,28 @@ from realm.runtime.sandbox.runner import (
     TenantModule,
 )
 from realm.runtime.scheduler import AdmissionClosed, InvocationsBusy, InvocationSlot
-from realm.runtime.spec.runtime_config import TenantEntry
+from realm.runtime.spec.runtime_config import ClusterModel, TenantEntry
 from realm.runtime.spec.tenant import Quotas
 
 from .conversations import conversation_store
 from .errors import Busy, InvalidRequest, NoModule, NotReady, Unavailable
 from .generation import GenerationStream, complete_text
+from .remote import internal_body, open_remote, remote_for, remote_model, remote_text
 from .requests import (
     ServedModel,
     allowed_model,
     configured_tenant,
     max_tokens_within_limits,
+    routed_target,
     sampling_params,
+    served_here,
     tokenize_text,
 )
+from .routing import ModelTarget
 from .state import ServingState
+
+# The deadline of a generate called from outside a sandbox run (tests, embedders): none of its own.
+REMOTE_DEADLINE_S = 600.0
 
 
 def version_with_digest(version: str, info: ModelInfo) -> str:
@@ -142,13 +149,16 @@ async def run_admitted(
         if slot is not None:
             slot.release()
         raise
+    services = RuntimeHostServices(state, route_key=route_key or secrets.token_hex(8))
     ctx = InvocationContext(
         tenant=tenant.name,
         input_data=input_data,
-        services=RuntimeHostServices(state, route_key=route_key or secrets.token_hex(8)),
+        services=services,
         loop=asyncio.get_running_loop(),
         on_output=on_output,
     )
+    # The runner sets the run's deadline when it starts; a cross-pod generate carries what is left of it.
+    services.remaining = lambda: ctx.deadline.remaining()
     started = time.perf_counter()
     run = asyncio.ensure_future(sandbox.invoke(module, ctx, sandbox_limits(tenant.spec.quotas)))
     # The slot stands for a busy sandbox thread: freed when the guest returns, not when the caller leaves.
@@ -214,10 +224,20 @@ class RuntimeHostServices:
     def __init__(self, state: ServingState, *, route_key: str | None = None) -> None:
         self.state = state
         self.route_key = route_key
+        # Seconds left to the invocation (its deadline); a cross-pod generate carries it along.
+        self.remaining: Callable[[], float] = lambda: REMOTE_DEADLINE_S
 
     def _served(self, tenant: str, model: str, *, generates: bool = False) -> tuple[TenantEntry, ServedModel]:
         entry = configured_tenant(self.state, tenant)
         return entry, allowed_model(self.state, entry, model, self.route_key, generates=generates)
+
+    def _routed(
+        self, tenant: str, model: str, *, generates: bool = False
+    ) -> tuple[TenantEntry, ModelTarget, ClusterModel | None]:
+        """The version `model` reaches, and the cluster's entry to call when another pod serves it."""
+        entry = configured_tenant(self.state, tenant)
+        target = routed_target(self.state, entry, model, self.route_key, generates=generates)
+        return entry, target, remote_for(self.state, target)
 
     def _engine(self, tenant: str, model: str) -> tuple[TenantEntry, Engine]:
         entry, served = self._served(tenant, model)
@@ -226,7 +246,10 @@ class RuntimeHostServices:
     async def generate_text(
         self, tenant: str, params: GenerateParams, on_text: Callable[[str], None] | None
     ) -> GenerationPayload:
-        entry, served = self._served(tenant, params.model, generates=True)
+        entry, target, remote = self._routed(tenant, params.model, generates=True)
+        if remote is not None:
+            return await self._generate_remote(tenant, params, remote, on_text)
+        served = served_here(self.state, target)
         engine = served.engine
         ids = await tokenize_text(self.state, engine, params.prompt)
         max_tokens = max_tokens_within_limits(engine, entry, len(ids), params.max_tokens, None)
@@ -249,6 +272,33 @@ class RuntimeHostServices:
             completion_tokens=done.completion_tokens,
         )
 
+    async def _generate_remote(
+        self,
+        tenant: str,
+        params: GenerateParams,
+        target: ClusterModel,
+        on_text: Callable[[str], None] | None,
+    ) -> GenerationPayload:
+        """A generate for a model another pod serves (serving/remote.py), within the invocation's deadline."""
+        stream = open_remote(
+            self.state,
+            tenant=configured_tenant(self.state, tenant),
+            target=target,
+            body=internal_body(
+                model=target, fields=params, prompt=params.prompt, max_tokens=params.max_tokens
+            ),
+            deadline_s=self.remaining(),
+            endpoint="wasm",
+            id_prefix="wasm",
+        )
+        text = await remote_text(stream, on_text)
+        return GenerationPayload(
+            text=text,
+            finish_reason=stream.finish_reason or "stop",
+            prompt_tokens=stream.usage.prompt_tokens,
+            completion_tokens=stream.usage.completion_tokens,
+        )
+
     async def encode_tokens(self, tenant: str, model: str, text: str) -> list[int]:
         _, engine = self._engine(tenant, model)
         return await tokenize_text(self.state, engine, text, add_special=False, param="text")
@@ -262,7 +312,13 @@ class RuntimeHostServices:
         return text
 
     async def model_info(self, tenant: str, model: str) -> ModelInfoPayload:
-        _, served = self._served(tenant, model)
+        entry, target, remote = self._routed(tenant, model)
+        if remote is not None:
+            described = await remote_model(
+                self.state, tenant=entry, target=remote, deadline_s=self.remaining()
+            )
+            return ModelInfoPayload.model_validate(described)
+        served = served_here(self.state, target)
         info = served.engine.info
         return ModelInfoPayload(
             name=info.name,

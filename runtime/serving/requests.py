@@ -105,7 +105,12 @@ def allowed_model(
     """The engine serving `reference` (`name` or `name@version`) here, if the model exists, the tenant
     may use it, the chosen version is loaded here and has finished loading (`generates`: see
     routed_target)."""
-    target = routed_target(state, tenant, reference, route_key, generates=generates)
+    return served_here(state, routed_target(state, tenant, reference, route_key, generates=generates))
+
+
+def served_here(state: ServingState, target: ModelTarget) -> ServedModel:
+    """The engine of `target` in this runtime: Unavailable when another pod serves that version (the
+    cross-pod path, serving/remote.py, is the caller's to try first), NotReady while it loads."""
     key = state.key_of(target)
     if key is None:
         raise Unavailable(

@@ -24,6 +24,8 @@ from .routing import ModelTarget
 if TYPE_CHECKING:
     from realm.runtime.sandbox.runner import Sandbox
 
+    from .remote import RemoteGenerations
+
 log = logging.getLogger(__name__)
 
 
@@ -58,6 +60,9 @@ class ServingState:
     # Tenant name -> owner key (namespace and uid under the identity secret): what every store and
     # cache scope is keyed by, never the name.
     owners: dict[str, str] = field(default_factory=dict)
+    # Calls to the pods serving the models this one does not load (serving/remote.py); None outside a
+    # cluster (RuntimeConfig.cluster absent), where only the loaded models are served.
+    remote: RemoteGenerations | None = None
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:

