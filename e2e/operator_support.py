@@ -1,5 +1,6 @@
 """The operator's e2e fixtures that are not tests: its namespace, what every cluster needs before it
-(`prepare`), and the operator as a subprocess (`operator`). e2e tests and bench/bench_operator.py import
+(`prepare`), the operator as a subprocess (`operator`), and kubelet's projection of a ConfigMap volume
+(`KubeletProjection`). e2e tests and bench/bench_operator.py import
 them from here (importing a test module would collect or skip its tests along with them)."""
 
 from __future__ import annotations
@@ -7,11 +8,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from e2e.cluster.cluster import Cluster
 from e2e.support import stop
@@ -60,3 +67,105 @@ def operator(
             stop(op)
     if op.returncode not in (0, -15):
         print(f"operator exited with {op.returncode}:\n{log.read_text()[-4000:]}")
+
+
+class ObjectReader(Protocol):
+    """What the projection reads the ConfigMap through (an e2e test's World)."""
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One swap of the projected volume: when it happened and the files it put there."""
+
+    at: float  # time.monotonic()
+    files: dict[str, str]
+
+
+class KubeletProjection:
+    """Projects a ConfigMap into `target` as kubelet does for a configMap volume; polls every `every` s.
+    `edit`, when given, changes the files before they are compared and written: what a test adds that
+    only a pod would have (a runtime outside a pod needs a kubeconfig, say); history holds the edited
+    files."""
+
+    def __init__(
+        self,
+        world: ObjectReader,
+        name: str,
+        target: Path,
+        every: float = 0.5,
+        edit: Callable[[dict[str, str]], dict[str, str]] | None = None,
+    ) -> None:
+        self.world = world
+        self.name = name
+        self.target = target
+        self.every = every
+        self.edit = edit
+        self.history: list[Projection] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kubelet-projection", daemon=True)
+
+    def __enter__(self) -> KubeletProjection:
+        self.target.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync()
+            except Exception as err:  # keep projecting; the test reports these
+                self.errors.append(repr(err))
+            self._stop.wait(self.every)
+
+    def sync(self) -> None:
+        cm = self.world.get("configmap", self.name)
+        if cm is None:
+            return
+        files: dict[str, str] = dict(cm.get("data") or {})
+        if self.edit is not None:
+            files = self.edit(files)
+        if self.history and self.history[-1].files == files:
+            return  # kubelet rewrites only when the payload changed
+        self._write(files)
+        self.history.append(Projection(time.monotonic(), files))
+
+    def _write(self, files: dict[str, str]) -> None:
+        # pkg/volume/util/atomic_writer.go: new timestamped dir, ..data_tmp -> it, rename onto ..data.
+        stamp = datetime.now(UTC).strftime("..%Y_%m_%d_%H_%M_%S.")
+        ts_dir = Path(tempfile.mkdtemp(prefix=stamp, dir=self.target))
+        ts_dir.chmod(0o755)
+        for key, text in files.items():
+            (ts_dir / key).write_text(text)
+            (ts_dir / key).chmod(0o644)
+        data = self.target / "..data"
+        old = os.readlink(data) if data.is_symlink() else None
+        tmp = self.target / "..data_tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(ts_dir.name)
+        tmp.rename(data)
+        for key in files:
+            visible = self.target / key
+            if not visible.is_symlink():
+                visible.symlink_to(Path("..data") / key)
+        if old is not None and old != ts_dir.name:
+            shutil.rmtree(self.target / old, ignore_errors=True)
+
+    def first_with(self, needle: str) -> Projection | None:
+        return next((p for p in self.history if needle in p.files.get("config.yaml", "")), None)
+
+    def first_without(self, needle: str, after: float) -> Projection | None:
+        return next(
+            (p for p in self.history if p.at >= after and needle not in p.files.get("config.yaml", "")),
+            None,
+        )

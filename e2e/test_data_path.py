@@ -27,14 +27,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +52,7 @@ from e2e.support import require_control_plane  # noqa: E402
 
 require_control_plane()
 
-from e2e.operator_support import NS, PEERING, prepare  # noqa: E402
+from e2e.operator_support import NS, PEERING, KubeletProjection, prepare  # noqa: E402
 from e2e.support import wait_for  # noqa: E402
 from e2e.test_operator import World, tenant  # noqa: E402
 
@@ -117,92 +113,6 @@ def _process(args: list[str], log: Path, env: dict[str, str]) -> Iterator[subpro
         yield proc
     finally:
         _stop(proc)
-
-
-# --------------------------------------------------------------------------------------------- kubelet
-
-
-@dataclass(frozen=True)
-class Projection:
-    """One swap of the projected volume: when it happened and the files it put there."""
-
-    at: float  # time.monotonic()
-    files: dict[str, str]
-
-
-class KubeletProjection:
-    """Projects a ConfigMap into `target` as kubelet does for a configMap volume; polls every `every` s."""
-
-    def __init__(self, world: World, name: str, target: Path, every: float = 0.5) -> None:
-        self.world = world
-        self.name = name
-        self.target = target
-        self.every = every
-        self.history: list[Projection] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kubelet-projection", daemon=True)
-
-    def __enter__(self) -> KubeletProjection:
-        self.target.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sync()
-            except Exception as err:  # keep projecting; the test reports these
-                self.errors.append(repr(err))
-            self._stop.wait(self.every)
-
-    def sync(self) -> None:
-        cm = self.world.get("configmap", self.name)
-        if cm is None:
-            return
-        files: dict[str, str] = dict(cm.get("data") or {})
-        if self.history and self.history[-1].files == files:
-            return  # kubelet rewrites only when the payload changed
-        self._write(files)
-        self.history.append(Projection(time.monotonic(), files))
-
-    def _write(self, files: dict[str, str]) -> None:
-        # pkg/volume/util/atomic_writer.go: new timestamped dir, ..data_tmp -> it, rename onto ..data.
-        stamp = datetime.now(UTC).strftime("..%Y_%m_%d_%H_%M_%S.")
-        ts_dir = Path(tempfile.mkdtemp(prefix=stamp, dir=self.target))
-        ts_dir.chmod(0o755)
-        for key, text in files.items():
-            (ts_dir / key).write_text(text)
-            (ts_dir / key).chmod(0o644)
-        data = self.target / "..data"
-        old = os.readlink(data) if data.is_symlink() else None
-        tmp = self.target / "..data_tmp"
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        tmp.symlink_to(ts_dir.name)
-        tmp.rename(data)
-        for key in files:
-            visible = self.target / key
-            if not visible.is_symlink():
-                visible.symlink_to(Path("..data") / key)
-        if old is not None and old != ts_dir.name:
-            shutil.rmtree(self.target / old, ignore_errors=True)
-
-    def first_with(self, needle: str) -> Projection | None:
-        return next((p for p in self.history if needle in p.files.get("config.yaml", "")), None)
-
-    def first_without(self, needle: str, after: float) -> Projection | None:
-        return next(
-            (p for p in self.history if p.at >= after and needle not in p.files.get("config.yaml", "")),
-            None,
-        )
 
 
 # --------------------------------------------------------------------------------------------- runtime
