@@ -54,9 +54,10 @@ func (c ErrorCode) Error() string { return "realm: " + c.String() }
 
 // HostError is a host call that failed.
 type HostError struct {
-	Op   string    // the host function, e.g. "realm_host_generate"
-	Code ErrorCode // what the host returned, negated
-	Name string    // Code.String()
+	Op      string    // the host function, e.g. "realm_host_generate"
+	Code    ErrorCode // what the host returned, negated
+	Name    string    // Code.String()
+	Message string    // why, as the host put it (result-producing calls only; may be empty)
 }
 
 func newHostError(op string, code ErrorCode) *HostError {
@@ -64,7 +65,10 @@ func newHostError(op string, code ErrorCode) *HostError {
 }
 
 func (e *HostError) Error() string {
-	return fmt.Sprintf("realm: %s: %s (%d)", e.Op, e.Name, int32(e.Code))
+	if e.Message == "" {
+		return fmt.Sprintf("realm: %s: %s (%d)", e.Op, e.Name, int32(e.Code))
+	}
+	return fmt.Sprintf("realm: %s: %s (%d): %s", e.Op, e.Name, int32(e.Code), e.Message)
 }
 
 // Is reports whether target is the ErrorCode of e, for errors.Is.

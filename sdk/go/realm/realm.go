@@ -190,7 +190,9 @@ func Logf(level LogLevel, format string, args ...any) {
 // takeResult turns an i64 host result into the pending result's bytes, or a *HostError.
 func takeResult(op string, n int64) ([]byte, error) {
 	if n < 0 {
-		return nil, newHostError(op, ErrorCode(-n))
+		err := newHostError(op, ErrorCode(-n))
+		err.Message = pendingMessage()
+		return nil, err
 	}
 	buf := make([]byte, n)
 	got := hostResultRead(bytesPtr(buf), uint32(n))
@@ -201,6 +203,19 @@ func takeResult(op string, n int64) ([]byte, error) {
 		return nil, fmt.Errorf("realm: %s: host copied %d of %d result bytes", op, got, n)
 	}
 	return buf, nil
+}
+
+// maxErrorMessage bounds the host's error message a failed call leaves pending; a longer one is left unread.
+const maxErrorMessage = 4096
+
+// pendingMessage reads the message a failed result-producing call leaves pending (docs/abi.md), or "".
+func pendingMessage() string {
+	buf := make([]byte, maxErrorMessage)
+	got := hostResultRead(bytesPtr(buf), uint32(len(buf)))
+	if got <= 0 {
+		return ""
+	}
+	return string(buf[:got])
 }
 
 func bytesPtr(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }

@@ -18,6 +18,10 @@ func TestHostErrorMatchesItsCode(t *testing.T) {
 	if got, want := err.Error(), "realm: realm_host_generate: model_not_allowed (3)"; got != want {
 		t.Errorf("Error() = %q, want %q", got, want)
 	}
+	he.Message = "Tenant 'acme' may not use the model 'm'."
+	if got, want := err.Error(), "realm: realm_host_generate: model_not_allowed (3): Tenant 'acme' may not use the model 'm'."; got != want {
+		t.Errorf("Error() with the host's message = %q, want %q", got, want)
+	}
 	if got := ErrorCode(42).String(); got != "error_42" {
 		t.Errorf("unknown code: %q", got)
 	}

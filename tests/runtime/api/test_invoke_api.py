@@ -127,8 +127,10 @@ def test_a_disallowed_model_reaches_the_guest_as_an_error(base: str) -> None:
     assert r.status_code == 422, r.text
     err = r.json()["error"]
     assert err["code"] == "tenant_error"
-    # The Go SDK names the host's ABI error and its code (docs/abi.md: 3, model-not-allowed).
-    assert err["message"].endswith("realm_host_generate: model_not_allowed (3)"), err["message"]
+    # The Go SDK names the host's ABI error, its code (docs/abi.md: 3, model-not-allowed) and the host's
+    # message (the pending result a failed call leaves).
+    expected = "realm_host_generate: model_not_allowed (3): Tenant 'smol-only' may not use the model"
+    assert expected in err["message"], err["message"]
 
 
 def test_hostile_module_fails_alone(base: str) -> None:
@@ -178,8 +180,9 @@ def test_quotas_apply_to_generate_from_wasm(base: str) -> None:
     assert first.status_code == 200, first.text
     assert second.status_code == 422, second.text
     message = second.json()["error"]["message"]
-    # The Go SDK names the host's ABI error and its code (docs/abi.md: 5, quota-exceeded).
-    assert message.endswith("realm_host_generate: quota_exceeded (5)"), message
+    # The Go SDK names the host's ABI error, its code (docs/abi.md: 5, quota-exceeded) and the host's message.
+    assert "realm_host_generate: quota_exceeded (5): " in message, message
+    assert "frugal" in message.partition("quota_exceeded (5): ")[2], message
 
 
 def test_hot_swap_keeps_in_flight_invocations_on_the_old_module(base: str) -> None:
