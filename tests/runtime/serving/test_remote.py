@@ -371,6 +371,132 @@ def test_a_completion_prompt_of_token_ids_for_a_remote_model_is_refused(pods: Po
     assert (r.status_code, r.json()["error"]["code"]) == (400, "unsupported_remote")
 
 
+FINGERPRINT = f"realm-{GEMMA}-v1"  # a remote answer names the version it ran, not an engine's digest
+
+
+def sse_chunks(r: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+
+
+def client_errors(rt: Runtime, endpoint: str) -> float:
+    """acme's requests refused as its own fault on `endpoint`, under whatever model label."""
+    return sum(
+        s.value
+        for m in rt.metrics.registry.collect()
+        if m.name == "realm_requests"
+        for s in m.samples
+        if s.name == "realm_requests_total"
+        and (s.labels["tenant"], s.labels["endpoint"], s.labels["outcome"])
+        == ("acme", endpoint, "client_error")
+    )
+
+
+def complete(base: str, **extra: Any) -> httpx.Response:
+    body = {"model": GEMMA, "prompt": "The sea is", "max_tokens": 4, "ignore_eos": True, **extra}
+    return httpx.post(f"{base}/v1/completions", json=body, headers=auth("acme"), timeout=120)
+
+
+def test_a_streamed_remote_chat_opens_with_the_role_and_closes_with_the_finish(pods: Pods) -> None:
+    """The chunks a local chat streams: the assistant's role, the text, the finish; no usage asked for."""
+    r = chat(pods.a.base_url, "acme", GEMMA, stream=True, max_tokens=4, ignore_eos=True)
+    assert r.status_code == 200, r.text
+    chunks = sse_chunks(r)
+    head = {"object": "chat.completion.chunk", "system_fingerprint": FINGERPRINT, "model": GEMMA}
+    assert [{k: c[k] for k in head} for c in chunks] == [head] * len(chunks)
+    assert [c["choices"] for c in (chunks[0], chunks[-1])] == [
+        [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+        ],
+        [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}],
+    ]
+    assert [c for c in chunks if "usage" in c] == []
+
+
+def test_a_streamed_remote_chat_with_include_usage_ends_with_the_usage_chunk(pods: Pods) -> None:
+    r = chat(
+        pods.a.base_url,
+        "acme",
+        GEMMA,
+        stream=True,
+        max_tokens=4,
+        ignore_eos=True,
+        stream_options={"include_usage": True},
+    )
+    assert r.status_code == 200, r.text
+    chunks = sse_chunks(r)
+    assert [c["usage"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert (chunks[-1]["choices"], chunks[-1]["usage"]["completion_tokens"]) == ([], 4)
+
+
+def test_a_streamed_remote_completion_ends_with_the_finish_and_usage_chunks(pods: Pods) -> None:
+    r = complete(pods.a.base_url, stream=True, stream_options={"include_usage": True})
+    assert r.status_code == 200, r.text
+    chunks = sse_chunks(r)
+    assert chunks[-2]["choices"] == [{"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}]
+    assert (chunks[-1]["choices"], chunks[-1]["usage"]["completion_tokens"]) == ([], 4)
+    assert {(c["object"], c["system_fingerprint"]) for c in chunks} == {("text_completion", FINGERPRINT)}
+    assert r.text.rstrip().endswith("data: [DONE]")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "obj", "prefix"),
+    [("chat", "chat.completion", "chatcmpl-"), ("completions", "text_completion", "cmpl-")],
+)
+def test_a_remote_answer_has_the_local_answers_shape(
+    pods: Pods, endpoint: str, obj: str, prefix: str
+) -> None:
+    if endpoint == "chat":
+        r = chat(pods.a.base_url, "acme", GEMMA, max_tokens=4, ignore_eos=True)
+    else:
+        r = complete(pods.a.base_url)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    choice = body["choices"][0]
+    assert (body["object"], body["system_fingerprint"], body["id"][: len(prefix)]) == (
+        obj,
+        FINGERPRINT,
+        prefix,
+    )
+    assert (choice["logprobs"], choice["finish_reason"], body["usage"]["completion_tokens"]) == (
+        None,
+        "length",
+        4,
+    )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "field", "value"),
+    [
+        ("chat", "logprobs", True),
+        ("chat", "logit_bias", {"1": 5.0}),
+        ("chat", "conversation", "conv-1"),
+        ("completions", "logprobs", 1),
+        ("completions", "logit_bias", {"1": 5.0}),
+    ],
+)
+def test_a_remote_request_is_refused_what_only_a_local_engine_does(
+    pods: Pods, endpoint: str, field: str, value: Any
+) -> None:
+    """Logprobs and logit bias need the engine's vocabulary, a conversation this pod's store: a 400,
+    counted as the tenant's client error."""
+    before = client_errors(pods.a, endpoint)
+    if endpoint == "chat":
+        r = chat(pods.a.base_url, "acme", GEMMA, **{field: value})
+    else:
+        r = complete(pods.a.base_url, **{field: value})
+    assert (r.status_code, r.json()["error"]["code"], r.json()["error"]["param"]) == (
+        400,
+        "unsupported_remote",
+        field,
+    )
+    assert client_errors(pods.a, endpoint) == before + 1
+
+
 def test_a_version_named_in_the_reference_reaches_that_version(pods: Pods) -> None:
     r = chat(pods.a.base_url, "acme", f"{GEMMA}@v1")
     assert r.status_code == 200, r.text
