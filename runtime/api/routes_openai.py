@@ -2,14 +2,16 @@
 
 Per request: the middleware has authenticated the tenant; FastAPI has parsed the body; here the
 serving layer resolves the model, builds the prompt, applies the tenant's limits and maps the
-sampling fields, a `GenerationStream` runs it, and the route renders OpenAI's JSON or SSE.
+sampling fields, a `GenerationStream` runs it (a `RemoteStream` where another pod serves the model), and
+the route renders OpenAI's JSON or SSE, the same for either.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,7 +22,7 @@ from realm.runtime.engines.base import Engine, EngineError, TokenEvent
 from realm.runtime.kvstore.snapshots import kv_key_hint
 from realm.runtime.serving.conversations import begin_chat_turn, finish_chat_turn
 from realm.runtime.serving.errors import ServingError
-from realm.runtime.serving.generation import GenerationStream
+from realm.runtime.serving.generation import GenerationStream, Usage
 from realm.runtime.serving.remote import (
     API_DEADLINE_S,
     InternalGenerateBody,
@@ -51,10 +53,16 @@ from .state import AppState
 router = APIRouter()
 
 
-async def completion_prompt_ids(state: AppState, engine: Engine, body: CompletionRequest) -> list[int]:
+def _one_prompt(body: CompletionRequest) -> Any:
+    """The request's prompt: a text or token ids."""
     prompt: Any = body.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
         prompt = prompt[0]  # a one-element batch, unwrapped (larger ones were rejected)
+    return prompt
+
+
+async def completion_prompt_ids(state: AppState, engine: Engine, body: CompletionRequest) -> list[int]:
+    prompt = _one_prompt(body)
     if isinstance(prompt, str):
         return await tokenize_text(state, engine, prompt)
     return token_prompt_ids(engine, prompt)
@@ -109,16 +117,32 @@ class _Generation(Protocol):
     """What rendering needs of a generation, run here (GenerationStream) or by another pod (RemoteStream)."""
 
     outcome: str
-    request_id: str
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def created(self) -> int: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def finish_reason(self) -> str | None: ...
+
+    @property
+    def usage(self) -> Usage: ...
+
+    @property
+    def kv_key(self) -> str | None: ...
 
     async def start(self) -> None: ...
+
+    def events(self) -> AsyncIterator[TokenEvent]: ...
 
     async def close(self) -> None: ...
 
     def failure(self) -> ServingError | None: ...
-
-
-G = TypeVar("G", bound=_Generation)
 
 
 def _failure(gen: _Generation) -> APIError | None:
@@ -128,12 +152,11 @@ def _failure(gen: _Generation) -> APIError | None:
 
 async def _serve(
     request: Request,
-    state: AppState,
-    gen: G,
+    gen: _Generation,
     *,
     stream: bool,
-    body_fn: Callable[[G], AsyncIterator[bytes]],
-    collect_fn: Callable[[G], Awaitable[dict[str, Any]]],
+    chunks: Callable[[], AsyncIterator[bytes]],
+    answer: Callable[[], Awaitable[dict[str, Any]]],
 ) -> Response:
     """Start the generation, then answer as one JSON document or as an SSE stream."""
     streaming = False
@@ -144,8 +167,8 @@ async def _serve(
             raise api_error(e) from e
         if stream:
             streaming = True  # from here on, the SSE body owns closing the generation
-            return sse.SSEResponse(_guarded(gen, body_fn(gen)), on_close=gen.close)
-        payload = await until_disconnect(request, lambda: collect_fn(gen))
+            return sse.SSEResponse(_guarded(gen, chunks()), on_close=gen.close)
+        payload = await until_disconnect(request, answer)
         error = _failure(gen)
         if error is not None:
             raise error
@@ -158,6 +181,8 @@ async def _serve(
         if gen.outcome == "error" and e.status < 500:
             gen.outcome = "client_error"
         raise
+    except ServingError as e:  # another pod's generation failed after it started, before the answer
+        raise api_error(e) from e
     finally:
         if not streaming:
             await gen.close()
@@ -190,6 +215,147 @@ async def _guarded(gen: _Generation, chunks: AsyncIterator[bytes]) -> AsyncItera
         yield sse.DONE
     finally:
         await gen.close()
+
+
+@dataclass(frozen=True)
+class _Render:
+    """How one answer is written, whichever pod generates it."""
+
+    gen: _Generation
+    fingerprint: str
+    include_usage: bool
+    logprobs: Engine | None  # the engine that decodes the asked-for logprobs' tokens; None: not asked
+
+    def head(self, obj: str) -> dict[str, Any]:
+        g = self.gen
+        return {
+            "id": g.request_id,
+            "object": obj,
+            "created": g.created,
+            "model": g.model,
+            "system_fingerprint": self.fingerprint,
+        }
+
+    def chunk(self, obj: str, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+        payload: dict[str, Any] = {**self.head(obj), "choices": choices}
+        if self.include_usage:
+            payload["usage"] = usage
+        return sse.event(payload)
+
+
+def _render(gen: GenerationStream | RemoteStream, *, include_usage: bool, logprobs: bool) -> _Render:
+    if isinstance(gen, RemoteStream):
+        # The engine (and its digest) is the other pod's: the version it was asked for names it. Logprobs
+        # were refused before the call (_open_remote).
+        return _Render(gen, f"realm-{gen.target.name}-{gen.target.version}", include_usage, None)
+    engine = gen.engine
+    return _Render(gen, f"realm-{engine.info.version}", include_usage, engine if logprobs else None)
+
+
+async def _chat_chunks(r: _Render, state: AppState, turn: ChatTurn | None) -> AsyncIterator[bytes]:
+    g, obj, engine = r.gen, "chat.completion.chunk", r.logprobs
+    yield r.chunk(
+        obj,
+        [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+        ],
+    )
+    text: list[str] = []
+    async for event in g.events():
+        text.append(event.text)
+        if event.text or (engine is not None and event.token_id is not None):
+            lp = {"content": _chat_logprobs(engine, event)} if engine is not None else None
+            yield r.chunk(
+                obj, [{"index": 0, "delta": {"content": event.text}, "logprobs": lp, "finish_reason": None}]
+            )
+    if g.finish_reason in ("stop", "length"):
+        yield r.chunk(obj, [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": g.finish_reason}])
+        if r.include_usage:
+            yield r.chunk(obj, [], g.usage.as_openai())
+        if turn is not None:
+            # Recorded only once the whole reply went out; a conflict is the stream's last word.
+            try:
+                recorded = await finish_chat_turn(state, turn, "".join(text), kv_key=g.kv_key)
+            except ConversationError as e:
+                yield sse.event(api_error(e, param="conversation").body())
+            else:
+                yield sse.event({**r.head(obj), "choices": [], "conversation": _turn_recorded(recorded)})
+
+
+async def _chat_answer(r: _Render, state: AppState, turn: ChatTurn | None) -> dict[str, Any]:
+    g, engine = r.gen, r.logprobs
+    text: list[str] = []
+    logprobs: list[dict[str, Any]] = []
+    async for event in g.events():
+        text.append(event.text)
+        if engine is not None:
+            logprobs += _chat_logprobs(engine, event)
+    payload: dict[str, Any] = {
+        **r.head("chat.completion"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(text)},
+                "logprobs": {"content": logprobs} if engine is not None else None,
+                "finish_reason": g.finish_reason,
+            }
+        ],
+        "usage": g.usage.as_openai(),
+    }
+    if turn is not None and g.finish_reason in ("stop", "length"):
+        try:
+            recorded = await finish_chat_turn(state, turn, "".join(text), kv_key=g.kv_key)
+        except ConversationError as e:
+            raise api_error(e, param="conversation") from e
+        payload["conversation"] = _turn_recorded(recorded)
+    return payload
+
+
+async def _completion_chunks(r: _Render) -> AsyncIterator[bytes]:
+    g, obj, engine = r.gen, "text_completion", r.logprobs
+    offset = 0
+    async for event in g.events():
+        if event.text or (engine is not None and event.token_id is not None):
+            lp = None
+            if engine is not None:
+                acc = _CompletionLogprobs()
+                acc.add(engine, event, offset)
+                lp = acc.as_openai()
+            offset += len(event.text)
+            yield r.chunk(obj, [{"index": 0, "text": event.text, "logprobs": lp, "finish_reason": None}])
+    if g.finish_reason in ("stop", "length"):
+        yield r.chunk(obj, [{"index": 0, "text": "", "logprobs": None, "finish_reason": g.finish_reason}])
+        if r.include_usage:
+            yield r.chunk(obj, [], g.usage.as_openai())
+
+
+async def _completion_answer(r: _Render) -> dict[str, Any]:
+    g, engine = r.gen, r.logprobs
+    text: list[str] = []
+    acc = _CompletionLogprobs()
+    offset = 0
+    async for event in g.events():
+        if engine is not None:
+            acc.add(engine, event, offset)
+        text.append(event.text)
+        offset += len(event.text)
+    return {
+        **r.head("text_completion"),
+        "choices": [
+            {
+                "index": 0,
+                "text": "".join(text),
+                "logprobs": acc.as_openai() if engine is not None else None,
+                "finish_reason": g.finish_reason,
+            }
+        ],
+        "usage": g.usage.as_openai(),
+    }
 
 
 def _turn_recorded(c: Conversation) -> dict[str, Any]:
@@ -232,12 +398,50 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     arrived = time.perf_counter()
     state: AppState = request.app.state.realm
     tenant: TenantEntry = request.state.tenant  # set by the middleware
-    turn: ChatTurn | None = None
     messages = [(m.role, m.text()) for m in body.messages]
     key = route_key(request.headers, conversation=body.conversation, user=body.user)
     target, remote = _route(state, tenant, body.model, key, "chat")
-    if remote is not None:
-        return await _remote_chat(request, state, tenant, body, remote, messages)
+    turn: ChatTurn | None = None
+    gen: GenerationStream | RemoteStream
+    if remote is None:
+        gen, turn = await _chat_here(state, tenant, body, target, messages, arrived)
+    else:
+        gen = _open_remote(
+            state,
+            tenant,
+            remote,
+            model=body.model,
+            endpoint="chat",
+            id_prefix="chatcmpl",
+            unsupported=(
+                ("conversation", body.conversation is not None),
+                ("logprobs", bool(body.logprobs)),
+                ("logit_bias", bool(body.logit_bias)),
+            ),
+            body=internal_body(
+                model=remote, fields=body, messages=messages, max_tokens=body.requested_max_tokens()
+            ),
+        )
+    r = _render(gen, include_usage=body.include_usage, logprobs=bool(body.logprobs))
+    return await _serve(
+        request,
+        gen,
+        stream=bool(body.stream),
+        chunks=lambda: _chat_chunks(r, state, turn),
+        answer=lambda: _chat_answer(r, state, turn),
+    )
+
+
+async def _chat_here(
+    state: AppState,
+    tenant: TenantEntry,
+    body: ChatCompletionRequest,
+    target: ModelTarget,
+    messages: Sequence[tuple[str, str]],
+    arrived: float,
+) -> tuple[GenerationStream, ChatTurn | None]:
+    """The chat generation this pod runs (not yet started), and the conversation turn it continues."""
+    turn: ChatTurn | None = None
     try:
         served = served_here(state, target)
         engine = served.engine
@@ -273,92 +477,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         id_prefix="chatcmpl",
         kv_hint=kv_key_hint(turn.conversation.kv_key)[1] if turn is not None else None,
     )
-    fingerprint = f"realm-{engine.info.version}"
-    want_logprobs = bool(body.logprobs)
-
-    def _chunk_head() -> dict[str, Any]:
-        return {
-            "id": gen.request_id,
-            "object": "chat.completion.chunk",
-            "created": gen.created,
-            "model": gen.model,
-            "system_fingerprint": fingerprint,
-        }
-
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-        payload: dict[str, Any] = {**_chunk_head(), "choices": choices}
-        if body.include_usage:
-            payload["usage"] = usage
-        return sse.event(payload)
-
-    async def stream_body(g: GenerationStream) -> AsyncIterator[bytes]:
-        yield chunk(
-            [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ]
-        )
-        text: list[str] = []
-        async for event in g.events():
-            text.append(event.text)
-            if event.text or (want_logprobs and event.token_id is not None):
-                lp = {"content": _chat_logprobs(engine, event)} if want_logprobs else None
-                yield chunk(
-                    [{"index": 0, "delta": {"content": event.text}, "logprobs": lp, "finish_reason": None}]
-                )
-        if g.finish_reason in ("stop", "length"):
-            yield chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": g.finish_reason}])
-            if body.include_usage:
-                yield chunk([], g.usage.as_openai())
-            if turn is not None:
-                # Recorded only once the whole reply went out; a conflict is the stream's last word.
-                try:
-                    recorded = await finish_chat_turn(state, turn, "".join(text), kv_key=g.kv_key)
-                except ConversationError as e:
-                    yield sse.event(api_error(e, param="conversation").body())
-                else:
-                    yield sse.event(
-                        {**_chunk_head(), "choices": [], "conversation": _turn_recorded(recorded)}
-                    )
-
-    async def collect(g: GenerationStream) -> dict[str, Any]:
-        text: list[str] = []
-        logprobs: list[dict[str, Any]] = []
-        async for event in g.events():
-            text.append(event.text)
-            if want_logprobs:
-                logprobs += _chat_logprobs(engine, event)
-        payload: dict[str, Any] = {
-            "id": g.request_id,
-            "object": "chat.completion",
-            "created": g.created,
-            "model": g.model,
-            "system_fingerprint": fingerprint,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(text)},
-                    "logprobs": {"content": logprobs} if want_logprobs else None,
-                    "finish_reason": g.finish_reason,
-                }
-            ],
-            "usage": g.usage.as_openai(),
-        }
-        if turn is not None and g.finish_reason in ("stop", "length"):
-            try:
-                recorded = await finish_chat_turn(state, turn, "".join(text), kv_key=g.kv_key)
-            except ConversationError as e:
-                raise api_error(e, param="conversation") from e
-            payload["conversation"] = _turn_recorded(recorded)
-        return payload
-
-    return await _serve(
-        request, state, gen, stream=bool(body.stream), body_fn=stream_body, collect_fn=collect
-    )
+    return gen, turn
 
 
 def _route(
@@ -413,93 +532,6 @@ def _open_remote(
         raise error from e
 
 
-async def _remote_chat(
-    request: Request,
-    state: AppState,
-    tenant: TenantEntry,
-    body: ChatCompletionRequest,
-    target: ClusterModel,
-    messages: Sequence[tuple[str, str]],
-) -> Response:
-    """A chat completion for a model another pod serves (serving/remote.py): the same answer's shape."""
-    gen = _open_remote(
-        state,
-        tenant,
-        target,
-        model=body.model,
-        endpoint="chat",
-        id_prefix="chatcmpl",
-        unsupported=(
-            ("conversation", body.conversation is not None),
-            ("logprobs", bool(body.logprobs)),
-            ("logit_bias", bool(body.logit_bias)),
-        ),
-        body=internal_body(
-            model=target, fields=body, messages=messages, max_tokens=body.requested_max_tokens()
-        ),
-    )
-    fingerprint = f"realm-{target.name}-{target.version}"
-
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-        payload: dict[str, Any] = {
-            "id": gen.request_id,
-            "object": "chat.completion.chunk",
-            "created": gen.created,
-            "model": gen.model,
-            "system_fingerprint": fingerprint,
-            "choices": choices,
-        }
-        if body.include_usage:
-            payload["usage"] = usage
-        return sse.event(payload)
-
-    async def stream_body(g: RemoteStream) -> AsyncIterator[bytes]:
-        yield chunk(
-            [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ]
-        )
-        async for event in g.events():
-            if event.text:
-                yield chunk(
-                    [{"index": 0, "delta": {"content": event.text}, "logprobs": None, "finish_reason": None}]
-                )
-        yield chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": g.finish_reason}])
-        if body.include_usage:
-            yield chunk([], g.usage.as_openai())
-
-    async def collect(g: RemoteStream) -> dict[str, Any]:
-        text = [event.text async for event in g.events()]
-        return {
-            "id": g.request_id,
-            "object": "chat.completion",
-            "created": g.created,
-            "model": g.model,
-            "system_fingerprint": fingerprint,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(text)},
-                    "logprobs": None,
-                    "finish_reason": g.finish_reason,
-                }
-            ],
-            "usage": g.usage.as_openai(),
-        }
-
-    try:
-        return await _serve(
-            request, state, gen, stream=bool(body.stream), body_fn=stream_body, collect_fn=collect
-        )
-    except ServingError as e:  # failed after it started, before the answer began
-        raise api_error(e) from e
-
-
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     arrived = time.perf_counter()
@@ -507,8 +539,44 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     tenant: TenantEntry = request.state.tenant  # set by the middleware
     key = route_key(request.headers, conversation=None, user=body.user)
     target, remote = _route(state, tenant, body.model, key, "completions")
-    if remote is not None:
-        return await _remote_completions(request, state, tenant, body, remote)
+    gen: GenerationStream | RemoteStream
+    if remote is None:
+        gen = await _completion_here(state, tenant, body, target, arrived)
+    else:
+        # A text prompt only: token ids are another model's.
+        prompt = _one_prompt(body)
+        gen = _open_remote(
+            state,
+            tenant,
+            remote,
+            model=body.model,
+            endpoint="completions",
+            id_prefix="cmpl",
+            unsupported=(("logprobs", body.logprobs is not None), ("logit_bias", bool(body.logit_bias))),
+            body=internal_body(
+                model=remote,
+                fields=body,
+                prompt=prompt,
+                max_tokens=body.requested_max_tokens(),
+                default_max_tokens=16,
+            )
+            if isinstance(prompt, str)
+            else None,
+        )
+    r = _render(gen, include_usage=body.include_usage, logprobs=body.logprobs is not None)
+    return await _serve(
+        request,
+        gen,
+        stream=bool(body.stream),
+        chunks=lambda: _completion_chunks(r),
+        answer=lambda: _completion_answer(r),
+    )
+
+
+async def _completion_here(
+    state: AppState, tenant: TenantEntry, body: CompletionRequest, target: ModelTarget, arrived: float
+) -> GenerationStream:
+    """The completion this pod runs (not yet started)."""
     try:
         served = served_here(state, target)
         engine = served.engine
@@ -523,7 +591,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         error = api_error(e)
         _count_rejection(state, tenant.name, body.model, "completions", error)
         raise error from e
-    gen = GenerationStream(
+    return GenerationStream(
         state,
         tenant=tenant.name,
         model=served.key,
@@ -535,135 +603,3 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         arrived=arrived,
         id_prefix="cmpl",
     )
-    fingerprint = f"realm-{engine.info.version}"
-    want_logprobs = body.logprobs is not None
-
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-        payload: dict[str, Any] = {
-            "id": gen.request_id,
-            "object": "text_completion",
-            "created": gen.created,
-            "model": gen.model,
-            "system_fingerprint": fingerprint,
-            "choices": choices,
-        }
-        if body.include_usage:
-            payload["usage"] = usage
-        return sse.event(payload)
-
-    async def stream_body(g: GenerationStream) -> AsyncIterator[bytes]:
-        offset = 0
-        async for event in g.events():
-            if event.text or (want_logprobs and event.token_id is not None):
-                lp = None
-                if want_logprobs:
-                    acc = _CompletionLogprobs()
-                    acc.add(engine, event, offset)
-                    lp = acc.as_openai()
-                offset += len(event.text)
-                yield chunk([{"index": 0, "text": event.text, "logprobs": lp, "finish_reason": None}])
-        if g.finish_reason in ("stop", "length"):
-            yield chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": g.finish_reason}])
-            if body.include_usage:
-                yield chunk([], g.usage.as_openai())
-
-    async def collect(g: GenerationStream) -> dict[str, Any]:
-        text: list[str] = []
-        acc = _CompletionLogprobs()
-        offset = 0
-        async for event in g.events():
-            if want_logprobs:
-                acc.add(engine, event, offset)
-            text.append(event.text)
-            offset += len(event.text)
-        return {
-            "id": g.request_id,
-            "object": "text_completion",
-            "created": g.created,
-            "model": g.model,
-            "system_fingerprint": fingerprint,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": "".join(text),
-                    "logprobs": acc.as_openai() if want_logprobs else None,
-                    "finish_reason": g.finish_reason,
-                }
-            ],
-            "usage": g.usage.as_openai(),
-        }
-
-    return await _serve(
-        request, state, gen, stream=bool(body.stream), body_fn=stream_body, collect_fn=collect
-    )
-
-
-async def _remote_completions(
-    request: Request, state: AppState, tenant: TenantEntry, body: CompletionRequest, target: ClusterModel
-) -> Response:
-    """A completion for a model another pod serves: a text prompt only (token ids are another model's)."""
-    prompt: Any = body.prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-        prompt = prompt[0]
-    text = prompt if isinstance(prompt, str) else None
-    gen = _open_remote(
-        state,
-        tenant,
-        target,
-        model=body.model,
-        endpoint="completions",
-        id_prefix="cmpl",
-        unsupported=(("logprobs", body.logprobs is not None), ("logit_bias", bool(body.logit_bias))),
-        body=None
-        if text is None
-        else internal_body(
-            model=target,
-            fields=body,
-            prompt=text,
-            max_tokens=body.requested_max_tokens(),
-            default_max_tokens=16,
-        ),
-    )
-    fingerprint = f"realm-{target.name}-{target.version}"
-
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-        payload: dict[str, Any] = {
-            "id": gen.request_id,
-            "object": "text_completion",
-            "created": gen.created,
-            "model": gen.model,
-            "system_fingerprint": fingerprint,
-            "choices": choices,
-        }
-        if body.include_usage:
-            payload["usage"] = usage
-        return sse.event(payload)
-
-    async def stream_body(g: RemoteStream) -> AsyncIterator[bytes]:
-        async for event in g.events():
-            if event.text:
-                yield chunk([{"index": 0, "text": event.text, "logprobs": None, "finish_reason": None}])
-        yield chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": g.finish_reason}])
-        if body.include_usage:
-            yield chunk([], g.usage.as_openai())
-
-    async def collect(g: RemoteStream) -> dict[str, Any]:
-        text = [event.text async for event in g.events()]
-        return {
-            "id": g.request_id,
-            "object": "text_completion",
-            "created": g.created,
-            "model": g.model,
-            "system_fingerprint": fingerprint,
-            "choices": [
-                {"index": 0, "text": "".join(text), "logprobs": None, "finish_reason": g.finish_reason}
-            ],
-            "usage": g.usage.as_openai(),
-        }
-
-    try:
-        return await _serve(
-            request, state, gen, stream=bool(body.stream), body_fn=stream_body, collect_fn=collect
-        )
-    except ServingError as e:  # failed after it started, before the answer began
-        raise api_error(e) from e
