@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -495,6 +497,59 @@ def test_a_remote_request_is_refused_what_only_a_local_engine_does(
         field,
     )
     assert client_errors(pods.a, endpoint) == before + 1
+
+
+class _HalfAnswer(BaseHTTPRequestHandler):
+    """A fake peer at the internal listener's seam: it takes the call, streams one piece of text and hangs
+    up, as a pod that dies mid-generation does (a real one cannot be made to, in-process)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(b'data: {"text": "Hi"}\n\n')
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def half_answering_pod(pods: Pods) -> Iterator[None]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HalfAnswer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    pods.discovery.table["gemma-v1"] = [Endpoint("127.0.0.1", server.server_address[1], "pod-half")]
+    try:
+        yield
+    finally:
+        pods.discovery.table["gemma-v1"] = [pods.b_endpoint]
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.usefixtures("half_answering_pod")
+def test_a_remote_chat_that_fails_after_its_first_text_ends_its_stream_with_an_error_event(
+    pods: Pods,
+) -> None:
+    r = chat(pods.a.base_url, "acme", GEMMA, stream=True)
+    assert r.status_code == 200, r.text
+    chunks = sse_chunks(r)
+    assert [c["choices"][0]["delta"] for c in chunks[:2]] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hi"},
+    ]
+    assert (chunks[-1]["error"]["code"], r.text.rstrip().endswith("data: [DONE]")) == ("remote_failed", True)
+
+
+@pytest.mark.usefixtures("half_answering_pod")
+def test_an_unstreamed_remote_chat_that_fails_midway_is_a_503_naming_the_pod(pods: Pods) -> None:
+    r = chat(pods.a.base_url, "acme", GEMMA)
+    error = r.json()["error"]
+    assert (r.status_code, error["code"]) == (503, "remote_failed")
+    assert "pod-half" in error["message"]
 
 
 def test_a_version_named_in_the_reference_reaches_that_version(pods: Pods) -> None:
