@@ -176,12 +176,15 @@ async def quota_demand(request: Request) -> Response:
     if exchange is None:
         raise APIError(404, "This pod exchanges no quota demand.", code="not_found")
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_REPORT_BYTES:
+    # The listener's middleware bounds every body; a report has a tighter bound of its own.
+    too_large = length.isdigit() and int(length) > MAX_REPORT_BYTES
+    raw = b"" if too_large else await request.body()
+    if too_large or len(raw) > MAX_REPORT_BYTES:
         raise APIError(
             413, f"A quota demand report may hold at most {MAX_REPORT_BYTES} bytes.", code="report_too_large"
         )
     try:
-        body, signature = exchange.receive(await request.body(), request.headers.get(SIGNATURE_HEADER))
+        body, signature = exchange.receive(raw, request.headers.get(SIGNATURE_HEADER))
     except CredentialError as e:
         raise APIError(401, e.message, type="authentication_error", code=e.code) from e
     except ServingError as e:

@@ -9,7 +9,12 @@ never move them; demand says where the traffic is.
 
     share = reserve / n + (1 - reserve) * own / (own + sum of the others' demand)
 
-where n is this pod and every pod whose report is fresh. The reserve is spread evenly so that a pod
+where n is this pod and every pod whose report is fresh, and `own` is this pod's demand as it last
+reported it, not as of the request being checked: a request raises its own pod's demand the moment it
+arrives, while the others learn of it only at the next report, so a share taken right then would be
+high every time it matters (a quarter too high at one request a second per pod, measured). Taken at
+report times, which no request chooses, every pod's figure is the same average the others see. The
+reserve is spread evenly so that a pod
 where the tenant is idle still refills a little and its first request is not refused; the shares of
 all pods still add up to one, so the reserve costs at most `IDLE_RESERVE` of the quota (the part idle
 pods hold and do not use), never an excess. Cases (`demand_share`):
@@ -126,6 +131,8 @@ class QuotaShares:
     _requests: dict[str, _Ewma] = field(default_factory=dict)
     _tokens: dict[str, _Ewma] = field(default_factory=dict)
     _peers: dict[str, _Report] = field(default_factory=dict)
+    # This pod's demand as of its last report: what its shares are computed from.
+    _reported: dict[str, Demand] = field(default_factory=dict)
 
     def record(self, tenant: str, requests: float, tokens: float) -> None:
         now = self.clock()
@@ -141,7 +148,8 @@ class QuotaShares:
         )
 
     def report(self) -> dict[str, Demand]:
-        """This pod's demand for every tenant it has seen lately (and forgets the long idle ones)."""
+        """This pod's demand for every tenant it has seen lately (and forgets the long idle ones);
+        from now until the next report, its shares are computed from these figures."""
         out: dict[str, Demand] = {}
         for tenant in list(self._requests):
             demand = self.own(tenant)
@@ -150,6 +158,7 @@ class QuotaShares:
                 self._tokens.pop(tenant, None)
             else:
                 out[tenant] = demand
+        self._reported = dict(out)
         return out
 
     def receive(self, pod: str, sent: float, demand: Mapping[str, Demand]) -> bool:
@@ -177,7 +186,8 @@ class QuotaShares:
 
     def share(self, tenant: str, kind: RateKind) -> float:
         others = self.others(tenant, kind)
-        return demand_share(self.own(tenant).of(kind), others, reporters=len(self._peers), known=self.known)
+        own = self._reported.get(tenant, Demand()).of(kind)
+        return demand_share(own, others, reporters=len(self._peers), known=self.known)
 
     def _expire(self, now: float) -> None:
         for pod in [p for p, r in self._peers.items() if now - r.received > REPORT_TTL_S]:

@@ -64,6 +64,7 @@ class Cluster:
                 self.exchange()
 
     def shares(self, kind: RateKind = RPM, tenant: str = "acme") -> dict[str, float]:
+        self.exchange()  # what every pod has reported and heard as of now
         return {p: s.share(tenant, kind) for p, s in self.pods.items() if p not in self.dead}
 
 
@@ -103,6 +104,7 @@ def test_the_token_quota_follows_token_demand_not_request_counts() -> None:
         b.record("acme", 1.0, 100.0)  # as many short ones
         a.receive("b", clock.now, b.report())
         b.receive("a", clock.now, a.report())
+    a.report()
     assert a.share("acme", RPM) == pytest.approx(0.5, abs=0.01)
     assert a.share("acme", TPM) == pytest.approx(IDLE_RESERVE / 2 + (1 - IDLE_RESERVE) * 0.9, abs=0.01)
 
@@ -155,6 +157,7 @@ def test_a_report_older_than_the_last_one_of_the_same_pod_is_ignored() -> None:
     assert shares.receive("b", 200.0, {"acme": Demand(requests=1.0)})
     assert not shares.receive("b", 100.0, {"acme": Demand(requests=1000.0)})
     shares.record("acme", DEMAND_WINDOW_S, 0.0)  # a rate of one per second
+    shares.report()
     assert shares.share("acme", RPM) == pytest.approx(IDLE_RESERVE / 2 + (1 - IDLE_RESERVE) * 0.5)
 
 
@@ -176,6 +179,16 @@ def test_a_steady_rate_is_measured_as_that_rate() -> None:
     # Read right after a deposit, a decaying sum is above its mean by half a deposit's worth (~2 %).
     assert shares.own("acme").requests == pytest.approx(4.0, rel=0.03)
     assert shares.own("acme").tokens == pytest.approx(400.0, rel=0.03)
+
+
+def test_the_share_follows_the_demand_last_reported_not_a_request_just_recorded() -> None:
+    clock = FakeClock()
+    a = QuotaShares(clock, known=2)
+    a.receive("b", clock.now, {"acme": Demand(requests=1.0)})
+    a.record("acme", DEMAND_WINDOW_S, 0.0)
+    a.report()  # reported: one per second, like b
+    a.record("acme", DEMAND_WINDOW_S, 0.0)  # a burst since, that b cannot know of yet
+    assert a.share("acme", RPM) == pytest.approx(0.5)
 
 
 def test_demand_share_with_no_demand_anywhere_is_even() -> None:

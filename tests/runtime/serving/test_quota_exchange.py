@@ -184,6 +184,14 @@ def report(pod: str = "intruder", **over: Any) -> bytes:
     return json.dumps(doc).encode()
 
 
+def test_each_pod_hears_the_two_others_and_recognises_itself_among_the_endpoints(pods: list[Pod]) -> None:
+    time.sleep(REPORT_TTL_S)  # a few rounds
+    for pod in pods:
+        shares = pod.runtime.state.quota_shares
+        assert shares is not None
+        assert (shares.known, shares.fresh_peers()) == (3, 2)
+
+
 def test_a_signed_report_is_answered_with_the_receivers_own(pods: list[Pod]) -> None:
     body = report()
     r = httpx.post(pods[0].internal + DEMAND_PATH, content=body, headers=signed(body))
