@@ -16,8 +16,9 @@ twice their quota: `acme` with requestsPerMinute 600 (max_tokens 1, a two-token 
 tokensPerMinute 12000 (a ~100-token prompt, max_tokens 1). Phases: `balanced` (25/25/25/25),
 `skewed` (70/10/10/10) and `killed` (pod 4 SIGKILLed, its traffic gone: 70/15/15 over the other
 three, then pod 4 started again). Each phase first empties every bucket (requests in waves until a
-pod refuses: a quota's burst is not its rate), lets the load run `--settle` s, then counts what is
-admitted in `--window` s. Figures: admitted per minute and the error against the quota, in %.
+pod refuses, in passes until one takes under 2 s: a quota's burst is not its rate), lets the load run
+`--settle` s, then counts what is admitted in `--window` s. Figures: admitted per minute and the
+error against the quota, in %.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ KEYS = {"acme": "sk-bench-quota-acme-0123456789", "tok": "sk-bench-quota-tok-012
 PROMPTS = {"acme": "hi", "tok": "word " * 100}
 PODS = 4
 SECRET = "bench-quota-namespace-secret"
+# A pass of floods this short leaves at most this much of a minute's refill in any bucket.
+QUICK_PASS_S = 2.0
 
 
 def pod_config(internal_port: int | None) -> dict[str, Any]:
@@ -147,11 +150,21 @@ async def flood(client: httpx.AsyncClient, base: str, tenant: str) -> None:
             return
 
 
+async def empty_buckets(client: httpx.AsyncClient, bases: list[str], tenants: list[str]) -> None:
+    """Flood every bucket, again and again until a pass is quick: a bucket emptied early refills while
+    the others drain (a minute of it is a whole quota's burst)."""
+    while True:
+        began = time.monotonic()
+        await asyncio.gather(*(flood(client, b, t) for b in bases for t in tenants))
+        if time.monotonic() - began < QUICK_PASS_S:
+            return
+
+
 async def run_phase(
     bases: list[str], parts: list[float], per_second: dict[str, float], settle: float, window: float
 ) -> Load:
     async with httpx.AsyncClient(timeout=120.0, limits=httpx.Limits(max_connections=1000)) as client:
-        await asyncio.gather(*(flood(client, b, t) for b in bases for t in per_second))
+        await empty_buckets(client, bases, list(per_second))
         start = time.monotonic()
         counted_from, end = start + settle, start + settle + window
         counted: list[tuple[str, asyncio.Task[tuple[str, int]]]] = []

@@ -100,7 +100,6 @@ class QuotaExchange:
         self.wall_clock = wall_clock
         # A new one per process: a restarted pod is a new reporter, its predecessor's report ages out.
         self.instance = uuid.uuid4().hex
-        self.rounds = 0
         self._me: set[Endpoint] = set()
         self._session: aiohttp.ClientSession | None = None
 
@@ -163,7 +162,6 @@ class QuotaExchange:
         self.shares.known = len(peers) + 1
         body, signature = self._own_report()
         await asyncio.gather(*(self._post(ep, body, signature) for ep in peers))
-        self.rounds += 1
         scheduler = self.state.scheduler
         if scheduler is not None:
             scheduler.refresh_quota_shares()
