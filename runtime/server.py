@@ -14,6 +14,7 @@ import itertools
 import logging
 import signal
 import socket
+import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Literal
@@ -30,7 +31,9 @@ from realm.runtime.metrics import Metrics
 from realm.runtime.peers import Discovery, EndpointSliceDiscovery, kube
 from realm.runtime.sandbox.runner import Sandbox
 from realm.runtime.scheduler import AdmissionScheduler
+from realm.runtime.scheduler.shares import QuotaShares
 from realm.runtime.serving.modules import deploy_configured_modules
+from realm.runtime.serving.quota_exchange import QuotaExchange
 from realm.runtime.serving.remote import RemoteGenerations
 from realm.runtime.spec.runtime_config import ModelConfig, RuntimeConfig
 
@@ -106,6 +109,7 @@ class Runtime:
         self.internal_port: int | None = config.cluster.internal_port if config.cluster else None
         self.internal_app = create_internal_app(self.state) if config.cluster else None
         self._discovery = discovery
+        self._quota_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._module_retries: asyncio.Task[None] | None = None
         self._force = asyncio.Event()
@@ -239,8 +243,26 @@ class Runtime:
             )
         await self._discovery.start()
         self.state.remote = RemoteGenerations(cluster, self._discovery, self.state.identity)
+        self._start_quota_exchange(self.state.remote)
+
+    def _start_quota_exchange(self, remote: RemoteGenerations) -> None:
+        """Share each tenant's rate quotas with the namespace's other pods (serving/quota_exchange.py)."""
+        shares = QuotaShares(time.monotonic)
+        self.state.quota_shares = shares
+        if self.state.scheduler is not None:
+            self.state.scheduler.set_quota_shares(shares)
+        exchange = QuotaExchange(self.state, remote, shares)
+        self.state.quota_exchange = exchange
+        self._quota_task = asyncio.create_task(exchange.run(), name="quota-exchange")
 
     async def _stop_remote(self) -> None:
+        if self._quota_task is not None:
+            self._quota_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._quota_task
+            self._quota_task = None
+        if self.state.quota_exchange is not None:
+            await self.state.quota_exchange.close()
         if self.state.remote is not None:
             await self.state.remote.close()
         if self._discovery is not None:

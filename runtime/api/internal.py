@@ -2,6 +2,8 @@
 
     POST /internal/v1/generate    header x-realm-credential; body serving/remote.py InternalGenerateBody
     GET  /internal/v1/model       header x-realm-credential: the engine's description of its model
+    POST /internal/v1/quota-demand  header x-realm-signature; body and answer serving/quota_exchange.py
+                                  DemandReport (each pod's demand for tenants' rate quotas)
 
 The caller is another runtime pod of the namespace; what it proves is the internal credential
 (runtime/peers/credential.py: an HMAC under the namespace secret over the tenant's identity, the model
@@ -28,9 +30,11 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from realm.runtime.peers.credential import HEADER, CredentialError, InternalCredential
+from realm.runtime.peers.signed import SIGNATURE_HEADER
 from realm.runtime.serving.errors import ServingError
 from realm.runtime.serving.generation import GenerationStream
 from realm.runtime.serving.invocations import version_with_digest
+from realm.runtime.serving.quota_exchange import DEMAND_PATH, MAX_REPORT_BYTES
 from realm.runtime.serving.remote import (
     INTERNAL_MODEL_PATH,
     INTERNAL_PATH,
@@ -165,6 +169,30 @@ async def model(request: Request) -> dict[str, Any]:
         "vocab_size": info.vocab_size,
         "has_chat_template": info.has_chat_template,
     }
+
+
+@router.post(DEMAND_PATH, response_model=None)
+async def quota_demand(request: Request) -> Response:
+    """A peer's demand for tenants' rate quotas; the answer is this pod's own."""
+    state: AppState = request.app.state.realm
+    exchange = state.quota_exchange
+    if exchange is None:
+        raise APIError(404, "This pod exchanges no quota demand.", code="not_found")
+    length = request.headers.get("content-length", "")
+    # The listener's middleware bounds every body; a report has a tighter bound of its own.
+    too_large = length.isdigit() and int(length) > MAX_REPORT_BYTES
+    raw = b"" if too_large else await request.body()
+    if too_large or len(raw) > MAX_REPORT_BYTES:
+        raise APIError(
+            413, f"A quota demand report may hold at most {MAX_REPORT_BYTES} bytes.", code="report_too_large"
+        )
+    try:
+        body, signature = exchange.receive(raw, request.headers.get(SIGNATURE_HEADER))
+    except CredentialError as e:
+        raise APIError(401, e.message, type="authentication_error", code=e.code) from e
+    except ServingError as e:
+        raise api_error(e) from e
+    return Response(body, media_type="application/json", headers={SIGNATURE_HEADER: signature})
 
 
 async def _events(gen: GenerationStream) -> AsyncIterator[bytes]:

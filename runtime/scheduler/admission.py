@@ -21,6 +21,7 @@ from .errors import AdmissionClosed, QueueFull
 from .fair_queue import FairQueue
 from .policy import TenantPolicy
 from .quotas import RateLimiter
+from .shares import ShareSource
 from .ticket import Ticket
 
 # Tenants the scheduler has no policy for get the defaults: authenticating tenants is the caller's job,
@@ -90,6 +91,19 @@ class AdmissionScheduler:
         for model in self._capacity:
             self._dispatch(model)
 
+    def set_quota_shares(self, shares: ShareSource | None) -> None:
+        """Enforce this pod's share of each tenant's rate quotas (a runtime in a cluster: shares.py),
+        or, with None, the whole quota."""
+        self._limiter.shares = shares
+        self.refresh_quota_shares()
+
+    def refresh_quota_shares(self) -> None:
+        """Resize every tenant's buckets to its current share. The exchange calls this with each round
+        of reports, so that a tenant idle here is resized too: a bucket sized only when its tenant's
+        next request comes would keep, meanwhile, the level of its last share."""
+        for tenant, policy in self._policies.items():
+            self._limiter.sync(tenant, policy)
+
     def close(self) -> None:
         """New admits raise AdmissionClosed; queued waiters get AdmissionClosed too; tickets in flight are
         unaffected."""
@@ -134,7 +148,7 @@ class AdmissionScheduler:
         # Quota before queue length, so a tenant out of quota learns the exact time it must wait;
         # neither refusal charges anything.
         if charge:
-            self._limiter.check(tenant, policy)
+            self._limiter.check(tenant, policy, tokens=prompt_tokens + max_tokens)
         if not immediate and self._queued(tenant) >= policy.max_queued_requests:
             raise QueueFull(
                 QUEUE_FULL_RETRY_AFTER_S,
@@ -178,7 +192,7 @@ class AdmissionScheduler:
             raise AdmissionClosed()
         if prompt_tokens < 0 or max_tokens < 0:
             raise ValueError("prompt_tokens and max_tokens must be >= 0")
-        self._limiter.check(tenant, self._policy(tenant))
+        self._limiter.check(tenant, self._policy(tenant), tokens=prompt_tokens + max_tokens)
         self._limiter.charge(tenant, prompt_tokens + max_tokens)
         return Ticket(
             tenant,

@@ -16,6 +16,7 @@ from realm.runtime.engines.base import Engine
 from realm.runtime.kvstore.snapshots import KVSnapshots
 from realm.runtime.metrics import Metrics
 from realm.runtime.scheduler import AdmissionScheduler, InvocationAdmission, TenantPolicy
+from realm.runtime.scheduler.shares import QuotaShares
 from realm.runtime.spec.identity import NamespaceIdentity, tenant_uid
 from realm.runtime.spec.runtime_config import ClusterConfig, ModelConfig, RuntimeConfig, TenantEntry
 
@@ -24,6 +25,7 @@ from .routing import ModelTarget
 if TYPE_CHECKING:
     from realm.runtime.sandbox.runner import Sandbox
 
+    from .quota_exchange import QuotaExchange
     from .remote import RemoteGenerations
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,10 @@ class ServingState:
     # Calls to the pods serving the models this one does not load (serving/remote.py); None outside a
     # cluster (RuntimeConfig.cluster absent), where only the loaded models are served.
     remote: RemoteGenerations | None = None
+    # In a cluster, this pod's share of each tenant's rate quotas and the exchange of demand it follows
+    # (serving/quota_exchange.py); None outside one, where each bucket holds the whole quota.
+    quota_shares: QuotaShares | None = None
+    quota_exchange: QuotaExchange | None = None
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:
@@ -135,4 +141,6 @@ class ServingState:
 
     def attach_scheduler(self, scheduler: AdmissionScheduler) -> None:
         self.scheduler = scheduler
+        if self.quota_shares is not None:
+            scheduler.set_quota_shares(self.quota_shares)
         scheduler.set_policies({t.name: TenantPolicy.from_spec(t.spec) for t in self.tenants.values()})
