@@ -355,6 +355,8 @@ class LlamaCppEngine(Engine):
                 raise EngineError("penalties cannot be combined with a step controller")
             if not 1 <= ctrl.top_k <= MAX_TOP_K:
                 raise EngineError(f"a step controller's top_k must be 1..{MAX_TOP_K}, not {ctrl.top_k}")
+            if not ctrl.budget_s > 0:
+                raise EngineError(f"a step controller's budget_s must be positive, not {ctrl.budget_s}")
         loop = asyncio.get_running_loop()
         return _Seq(
             req=request,

@@ -251,3 +251,16 @@ def test_numpy_sampler_top_p_keeps_the_smallest_nucleus() -> None:
     row = np.array([10.0, 0.0, 0.0, 0.0], dtype=np.float32)
     rng = np.random.default_rng(0)
     assert {sample_row(row, SamplingParams(temperature=2.0, top_p=0.5), rng) for _ in range(100)} == {0}
+
+
+@pytest.mark.parametrize(("top_k", "budget_s"), [(0, 1.0), (65, 1.0), (8, 0.0)])
+async def test_controller_bounds_are_checked_at_submit(
+    smol: LlamaCppEngine, top_k: int, budget_s: float
+) -> None:
+    with pytest.raises(EngineError, match="step controller's"):
+        await run(
+            smol,
+            "bad",
+            chat_ids(smol, "Hi"),
+            step_controller=FnController(top, top_k=top_k, budget_s=budget_s),
+        )
