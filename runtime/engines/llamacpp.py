@@ -597,13 +597,14 @@ class LlamaCppEngine(Engine):
             return
         for seq, count in spans:
             seq.n_past += count
-        views: dict[StepController, list[tuple[_Seq, StepView]]] = {}
+        # By identity: a controller object may define equality (a dataclass) and not be hashable.
+        views: dict[int, tuple[StepController, list[tuple[_Seq, StepView]]]] = {}
         for seq, idx in rows:
             if (ctrl := seq.req.step_controller) is None:
                 self._sample(seq, idx, out)
             elif (view := self._view(seq, ctrl, idx, out)) is not None:
-                views.setdefault(ctrl, []).append((seq, view))
-        for ctrl, group in views.items():
+                views.setdefault(id(ctrl), (ctrl, []))[1].append((seq, view))
+        for ctrl, group in views.values():
             self._submit(ctrl, group, out)
 
     def _add(
