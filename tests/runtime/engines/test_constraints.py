@@ -150,6 +150,7 @@ async def test_json_schema_constrains_output(smol: LlamaCppEngine) -> None:
     text, events = await run(smol, "js", chat_ids(smol, "Tell me a joke."), GREEDY, schema_constraint(PERSON))
     assert events[-1].finish_reason == "stop"
     validate(json.loads(text), PERSON)
+    assert text == json.dumps(json.loads(text), ensure_ascii=False)  # compact, as json.dumps writes it
 
 
 async def test_json_object_constrains_output(smol: LlamaCppEngine) -> None:
