@@ -10,6 +10,12 @@ sequences free their KV before the next step.
 Sampling: greedy requests take an argmax over the logits row (numpy, no Python loop over the
 vocabulary); the rest run llama.cpp's sampler chain in C. Events for all sequences of a step are
 handed to the event loop in one `call_soon_threadsafe`.
+
+Constrained sequences (`EngineRequest.constraint`) carry an llguidance matcher; the masks of all of
+a step's constrained rows are filled while `llama_decode` runs (constraints.StepMasks) and applied
+to the logits rows in place before the argmax or sampler chain, so both see only tokens the
+constraint allows. EOS is allowed only where the constraint accepts, and a sequence whose matcher
+has nothing left to add finishes "stop".
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from .base import (
     KV_FINGERPRINT,
     MODEL_DIGEST,
     ChatMessage,
+    Constraint,
+    ConstraintError,
     Engine,
     EngineError,
     EngineRequest,
@@ -44,6 +52,7 @@ from .base import (
     TokenEvent,
     TopLogprob,
 )
+from .constraints import Constraints, StepMasks
 from .model_files import resolve_source, weights_digest
 from .text_stream import TextStream
 
@@ -77,6 +86,7 @@ class _Seq:
     sampler: Any = None  # llama_sampler_p, or None for the greedy argmax path
     started: bool = False  # admitted at least once (sampler built, snapshot restored)
     generated: list[int] = field(default_factory=list)
+    matcher: Any = None  # llguidance.LLMatcher of a constrained sequence
 
     @property
     def pending(self) -> int:
@@ -136,6 +146,8 @@ class LlamaCppEngine(Engine):
         self._context_length = 0
         self._kv_capacity = 0
         self._step_tokens = STEP_TOKENS
+        self._constraints: Constraints | None = None
+        self._masks: StepMasks | None = None
 
         self._cv = threading.Condition()
         self._incoming: deque[_Seq] = deque()
@@ -181,6 +193,8 @@ class LlamaCppEngine(Engine):
         self._mem = L.llama_get_memory(ctx)
         self._batch = L.llama_batch_init(self._step_tokens, 0, 1)
         self._pieces = native.PieceCache(model)
+        self._constraints = Constraints(model.vocab)
+        self._masks = StepMasks(model.n_vocab, self.cfg.max_batch)
         self._kv_capacity = L.llama_n_ctx(ctx)
         self._context_length = min(context_length, self._kv_capacity)
         self._free_ids = list(range(self.cfg.max_batch - 1, -1, -1))
@@ -232,6 +246,9 @@ class LlamaCppEngine(Engine):
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        if self._masks is not None:
+            self._masks.close()
+            self._masks = None
         if self._batch is not None:
             L.llama_batch_free(self._batch)
             self._batch = None
@@ -266,6 +283,11 @@ class LlamaCppEngine(Engine):
             )
         except native.NativeError as e:
             raise EngineError(str(e)) from e
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        if self._constraints is None:
+            raise EngineError(f"model {self.cfg.name} is not loaded")
+        self._constraints.matcher(constraint)
 
     def _check_ids(self, token_ids: Sequence[int]) -> None:
         n_vocab = self.info.vocab_size
@@ -395,8 +417,20 @@ class LlamaCppEngine(Engine):
             self._active.append(seq)
             if not seq.started:
                 seq.started = True
+                if seq.req.constraint is not None and not self._start_matcher(seq, out):
+                    continue
                 seq.sampler = self._make_sampler(seq)
                 self._restore(seq)
+
+    def _start_matcher(self, seq: _Seq, out: list[tuple[_Sink, TokenEvent]]) -> bool:
+        assert self._constraints is not None and seq.req.constraint is not None
+        try:
+            # Compiled on this thread, not the caller's event loop (cached after the first time).
+            seq.matcher = self._constraints.matcher(seq.req.constraint)
+        except ConstraintError as e:
+            self._finish(seq, "error", out, error=str(e), error_code="invalid_constraint")
+            return False
+        return True
 
     @staticmethod
     def _footprint(seq: _Seq) -> int:
@@ -485,7 +519,15 @@ class LlamaCppEngine(Engine):
                 break
             n = self._add(batch, n, seq, min(seq.pending, room, chunk_cap), rows, spans)
         batch.n_tokens = n
-        rc = L.llama_decode(self._ctx, batch)
+        if n == 0:
+            return
+        assert self._masks is not None
+        # The masks of this step's constrained rows are filled while the batch decodes.
+        self._masks.start([(s.matcher, s.seq_id) for s, _ in rows if s.matcher is not None])
+        try:
+            rc = L.llama_decode(self._ctx, batch)
+        finally:
+            self._masks.wait()
         self.steps += 1
         if rc != 0:
             log.error("llama_decode returned %d on a batch of %d tokens", rc, n)
@@ -524,7 +566,12 @@ class LlamaCppEngine(Engine):
         p = seq.req.params
         assert self._info is not None and self._pieces is not None
         logits: np.ndarray[Any, np.dtype[np.float32]] | None = None
-        if seq.sampler is None or seq.req.logits_processor is not None or p.logprobs is not None:
+        if (
+            seq.sampler is None
+            or seq.req.logits_processor is not None
+            or p.logprobs is not None
+            or seq.matcher is not None
+        ):
             ptr = L.llama_get_logits_ith(self._ctx, idx)
             logits = np.ctypeslib.as_array(ptr, shape=(self._info.vocab_size,))
             if seq.req.logits_processor is not None:
@@ -534,6 +581,9 @@ class LlamaCppEngine(Engine):
                 except Exception as e:
                     self._finish(seq, "error", out, error=f"logits processor failed: {e}")
                     return
+            if seq.matcher is not None:
+                assert self._masks is not None
+                self._masks.apply(seq.seq_id, logits)
         token = (
             int(L.llama_sampler_sample(seq.sampler, self._ctx, idx))
             if seq.sampler is not None or logits is None
@@ -550,18 +600,25 @@ class LlamaCppEngine(Engine):
                 top = tuple(
                     TopLogprob(int(t), self._pieces(int(t)).decode("utf-8", errors="replace"), float(lp[t]))
                     for t in best
+                    if np.isfinite(lp[t])  # fewer tokens than asked may survive a constraint
                 )
         seq.n_generated += 1
         seq.generated.append(token)
         reason: FinishReason | None = None
         text = ""
-        eog = not p.ignore_eos and L.llama_vocab_is_eog(self._model.vocab if self._model else None, token)
+        # A constrained sequence reaches EOS only where its constraint accepts: it always ends there.
+        eog = (not p.ignore_eos or seq.matcher is not None) and L.llama_vocab_is_eog(
+            self._model.vocab if self._model else None, token
+        )
         if eog or token in p.stop_token_ids:
             reason = "stop"
         else:
             seq.tokens.append(token)
             text = seq.text.feed(self._pieces(token))
-            if seq.text.stopped:
+            if seq.matcher is not None and not seq.matcher.consume_token(token):
+                self._finish(seq, "error", out, error=f"the constraint rejected token {token}")
+                return
+            if seq.text.stopped or (seq.matcher is not None and seq.matcher.is_stopped()):
                 reason = "stop"
             elif seq.n_generated >= p.max_tokens or len(seq.tokens) >= self._context_length:
                 reason = "length"
@@ -581,6 +638,7 @@ class LlamaCppEngine(Engine):
         logprob: float | None = None,
         top: tuple[TopLogprob, ...] = (),
         error: str | None = None,
+        error_code: str | None = None,
     ) -> None:
         if reason in ("stop", "length"):
             text += seq.text.flush()
@@ -619,6 +677,7 @@ class LlamaCppEngine(Engine):
                     cached_prompt_tokens=seq.cached,
                     kv=kv,
                     error=error,
+                    error_code=error_code,
                 ),
             )
         )
