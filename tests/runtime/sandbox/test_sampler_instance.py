@@ -319,3 +319,25 @@ def test_the_step_input_is_the_documented_json() -> None:
             }
         ]
     }
+
+
+@pytest.mark.parametrize(
+    ("ptr", "length", "code"),
+    [("0xfffffff0", "64", 2), ("0", "0x200000", 7), ("0", "-1", 7)],
+)
+async def test_a_decide_outside_memory_or_too_large_is_refused(
+    sandbox: Sandbox, ptr: str, length: str, code: int
+) -> None:
+    # realm_sampler_decide must return -code, else the guest traps; with no decision the step is
+    # then sampler_invalid (and not a trap of the host).
+    wat = (
+        "(module"
+        + HEADER
+        + f"""
+  (func (export "realm_sampler_step") (param $n i32) (result i32)
+    (if (i32.ne (call $decide (i32.const {ptr}) (i32.const {length})) (i32.const -{code})) (then unreachable))
+    (i32.const 0)))
+"""
+    )
+    inst, _ = await instance(sandbox, wat)
+    assert (await failed(inst, steps(1))).code == "sampler_invalid"
