@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -293,14 +295,32 @@ async def test_a_step_may_tokenize_but_not_read_the_input(sandbox: Sandbox) -> N
 
 async def test_submit_answers_on_the_instance_thread(sandbox: Sandbox) -> None:
     inst, _ = await instance(sandbox, TOP)
-    got: list[object] = []
+    got: list[tuple[object, str]] = []
     done = threading.Event()
-    inst.submit(
-        steps(5), lambda outcome: (got.append((outcome, threading.current_thread().name)), done.set())
-    )
+
+    def answer(outcome: object) -> None:
+        got.append((outcome, threading.current_thread().name))
+        done.set()
+
+    inst.submit(steps(5), answer)
     assert await asyncio.to_thread(done.wait, 30)
-    outcome, thread = got[0]  # type: ignore[misc]
-    assert outcome == [TokenDecision(kind="token", token=5)] and thread.startswith("realm-sampler-acme")
+    assert got == [([TokenDecision(kind="token", token=5)], "realm-sampler-acme_0")]
+    inst.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+async def test_the_instance_thread_runs_at_guest_priority(sandbox: Sandbox) -> None:
+    inst, _ = await instance(sandbox, TOP)
+    niceness: list[int] = []
+    done = threading.Event()
+
+    def answer(_: object) -> None:
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        done.set()
+
+    inst.submit(steps(5), answer)
+    assert await asyncio.to_thread(done.wait, 30)
+    assert niceness == [min(19, os.getpriority(os.PRIO_PROCESS, 0) + sandbox.guest_nice)]
     inst.close()
 
 
