@@ -20,6 +20,7 @@ from realm.runtime.scheduler.shares import QuotaShares
 from realm.runtime.spec.identity import NamespaceIdentity, tenant_uid
 from realm.runtime.spec.runtime_config import ClusterConfig, ModelConfig, RuntimeConfig, TenantEntry
 
+from .egress import EgressRuntime
 from .routing import ModelTarget
 
 if TYPE_CHECKING:
@@ -69,6 +70,9 @@ class ServingState:
     # (serving/quota_exchange.py); None outside one, where each bucket holds the whole quota.
     quota_shares: QuotaShares | None = None
     quota_exchange: QuotaExchange | None = None
+    # RuntimeConfig.egress, the resolver and each tenant's compiled allowlist (serving/egress.py); a bare
+    # state allows no address range beyond the public ones.
+    egress: EgressRuntime = field(default_factory=EgressRuntime)
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:
@@ -83,6 +87,7 @@ class ServingState:
             max_text_chars=config.server.max_text_chars,
             max_s3_module_bytes=config.server.max_s3_module_bytes,
             identity=runtime_identity(config),
+            egress=EgressRuntime(config.egress),
         )
         state.conversations = open_store(config.conversations, realm_home())
         state.kv = KVSnapshots(
