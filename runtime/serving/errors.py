@@ -107,40 +107,36 @@ class ModulePinned(ServingError):
     reason = "module_pinned"
 
 
-# ---- tools (ABI 1.3): MCP servers a tenant's module reaches (runtime/serving/mcp.py) -------------
+class EgressDenied(ServingError):
+    """An outbound call the tenant may not make: off its allowlist, a forbidden address, a malformed URL
+    or a header the caller may not set (`code` says which, docs/egress.md)."""
+
+    reason = "egress_denied"
 
 
-class ToolNotFound(ServingError):
-    """No MCP server of that name for this tenant."""
-
-    reason = "tool_not_found"
-
-
-class ToolDenied(ServingError):
-    """A server or tool the tenant's spec, or the invocation's narrowing, does not allow."""
-
-    reason = "tool_denied"
-
-
-class ToolFailed(ServingError):
-    """The MCP server answered with a protocol-level error."""
-
-    reason = "tool_failed"
-
-
-class ToolUnreachable(ServingError):
-    """The MCP server could not be reached, or its session broke."""
+class EgressFailed(ServingError):
+    """An allowed outbound call that did not complete: unreachable, TLS, protocol, too many redirects,
+    timed out (`code`)."""
 
     reason = "egress_failed"
 
 
-class ToolTimedOut(ServingError):
-    """The call's time (the invocation's egress timeout, bounded by its deadline) ran out."""
+class EgressLimit(ServingError):
+    """The invocation's outbound calls or bytes are spent, or a response is larger than what is left."""
 
-    reason = "egress_timeout"
+    reason = "egress_limit"
 
 
-class ToolTooLarge(ServingError):
-    """A tool's result is larger than the bytes the invocation may still take."""
+# ---- tools (ABI 1.3): MCP servers a tenant's module reaches (runtime/serving/mcp.py) -------------
 
-    reason = "egress_too_large"
+
+class ToolNotFound(ServingError):
+    """The tenant has no MCP server of that name."""
+
+    reason = "tool_not_found"
+
+
+class ToolFailed(ServingError):
+    """The MCP server answered a call with a protocol-level error (a tool's own failure is a result)."""
+
+    reason = "tool_failed"
