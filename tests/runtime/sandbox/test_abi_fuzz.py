@@ -32,8 +32,10 @@ from realm.runtime.sandbox.abi import (
     ConversationPut,
     ErrorCode,
     GenerateParams,
+    HttpRequestPayload,
     LogLevel,
     Payload,
+    ToolCallPayload,
 )
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
 
@@ -166,6 +168,21 @@ put_docs = st.fixed_dictionaries(
     },
 )
 PUT_FIELDS = ["id", "expected_version", "append", "state", "metadata"]
+fetch_docs = st.fixed_dictionaries(
+    {"method": st.sampled_from(["GET", "POST", "BREW"]), "url": short_text},
+    optional={
+        "headers": st.lists(st.lists(short_text, min_size=2, max_size=2), max_size=3),
+        "body": st.sampled_from(["", "aGk=", "not base64"]),
+    },
+)
+FETCH_FIELDS = ["method", "url", "headers", "body"]
+call_docs = st.fixed_dictionaries(
+    {"server": short_text, "tool": short_text},
+    optional={
+        "arguments": st.dictionaries(short_text, short_text, max_size=3) | st.lists(short_text, max_size=2)
+    },
+)
+CALL_FIELDS = ["server", "tool", "arguments"]
 
 
 # ---- the payload models alone -------------------------------------------------------------------
@@ -177,8 +194,10 @@ PUT_FIELDS = ["id", "expected_version", "append", "state", "metadata"]
         (GenerateParams, generate_docs, GENERATE_FIELDS),
         (ConversationCreate, create_docs, CREATE_FIELDS),
         (ConversationPut, put_docs, PUT_FIELDS),
+        (HttpRequestPayload, fetch_docs, FETCH_FIELDS),
+        (ToolCallPayload, call_docs, CALL_FIELDS),
     ],
-    ids=["generate", "conversation_create", "conversation_put"],
+    ids=["generate", "conversation_create", "conversation_put", "http_fetch", "mcp_call_tool"],
 )
 def test_a_payload_parses_or_fails_validation(
     model: type[Payload], valid: st.SearchStrategy[dict[str, Any]], fields: list[str]

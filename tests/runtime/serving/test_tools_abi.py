@@ -11,6 +11,7 @@ or for a failure "@" + chr(64 + code) ('S' = 19 denied ...), ":" and the pending
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -25,10 +26,12 @@ from mcp_server import WEATHER, McpServerHandle, mcp_server
 
 from realm.runtime.api.schemas import invocation_tools
 from realm.runtime.metrics import Metrics
-from realm.runtime.sandbox import InvocationFailed, Sandbox
-from realm.runtime.sandbox.abi import ABI_MINOR, ErrorCode, InvocationErrorCode
+from realm.runtime.sandbox import Sandbox, component_binding, context
+from realm.runtime.sandbox.abi import ABI_MINOR, ErrorCode, ToolCallPayload
+from realm.runtime.sandbox.context import InvocationContext
 from realm.runtime.serving.egress import EgressRuntime
-from realm.runtime.serving.invocations import run_admitted
+from realm.runtime.serving.errors import EgressFailed
+from realm.runtime.serving.invocations import RuntimeHostServices, run_admitted
 from realm.runtime.serving.state import ServingState
 from realm.runtime.spec.runtime_config import EgressConfig, TenantEntry
 from realm.runtime.spec.tenant import mcp_secret_env
@@ -167,7 +170,7 @@ async def state(
         [
             tenant("alpha", mcp.url, api_url, toolCallsPerInvocation=2),
             # The invocation's deadline cuts a slow tool; the per-call timeout is longer.
-            tenant("slowpoke", mcp.url, api_url, wasmTimeMsPerInvocation=1500, egressTimeoutMs=60_000),
+            tenant("slowpoke", mcp.url, api_url, egressTimeoutMs=60_000),
             # The per-call timeout cuts it; the deadline is longer.
             tenant("quick", mcp.url, api_url, egressTimeoutMs=500),
         ]
@@ -263,10 +266,15 @@ async def test_sessions_are_reused_across_invocations(state: ServingState) -> No
 
 
 async def test_a_slow_tool_is_cut_at_the_invocations_deadline(state: ServingState) -> None:
+    """slowpoke's calls may take 60 s each, but its invocation has 1 s left: the call ends then."""
+    services = RuntimeHostServices(state)
+    services.remaining = lambda: 1.0
     started = time.monotonic()
-    with pytest.raises(InvocationFailed) as failed:
-        await call(state, "realm_mcp_call_tool", tool_call("slow", seconds=60), who="slowpoke")
-    assert failed.value.code == InvocationErrorCode.TIMEOUT
+    with pytest.raises(EgressFailed) as failed:
+        await services.mcp_call_tool(
+            "slowpoke", ToolCallPayload(server="tools", tool="slow", arguments={"seconds": 60})
+        )
+    assert failed.value.code == "timeout"
     assert time.monotonic() - started < 30  # the tool sleeps 60 s
 
 
@@ -388,3 +396,77 @@ async def test_the_tools_header_lists_names() -> None:
         invocation_tools({"x-realm-tools": ",".join(f"s{i}" for i in range(65))})
     with pytest.raises(ValueError, match="not a server name"):
         invocation_tools({"x-realm-tools": "a b"})
+
+
+# ---- the component binding: WIT values over the same host code ---------------------------------
+
+
+def _component_calls(state: ServingState, loop: asyncio.AbstractEventLoop, *calls: Any) -> list[Any]:
+    """Run the component binding's host functions on this (worker) thread, as a component's calls
+    would be, for an invocation of alpha's."""
+    ctx = InvocationContext(
+        tenant="alpha",
+        input_data="",
+        services=RuntimeHostServices(state),
+        loop=loop,
+        on_output=lambda _: None,
+    )
+    with context.bound(ctx):
+        return [func(None, *args) for func, *args in calls]
+
+
+async def test_components_get_wit_records(state: ServingState) -> None:
+    ok, listed = await asyncio.to_thread(
+        _component_calls,
+        state,
+        asyncio.get_running_loop(),
+        (component_binding._call_tool, "tools", "add", '{"a": 2, "b": 3}'),
+        (component_binding._list_tools, "tools"),
+    )
+    assert ok.tag == "ok"
+    assert (ok.payload.text, getattr(ok.payload, "is-error")) == ("5", False)
+    assert json.loads(ok.payload.content) == [{"type": "text", "text": "5"}]
+    assert sorted(t.name for t in listed) == ["add", "fail", "slow", "weather"]
+    add = next(t for t in listed if t.name == "add")
+    assert json.loads(getattr(add, "input-schema"))["required"] == ["a", "b"]
+
+
+async def test_components_get_tool_error_codes(state: ServingState) -> None:
+    denied, not_object, missing = await asyncio.to_thread(
+        _component_calls,
+        state,
+        asyncio.get_running_loop(),
+        (component_binding._call_tool, "tools", "secret", "{}"),
+        (component_binding._call_tool, "tools", "add", "[1, 2]"),
+        (component_binding._list_tools, "nowhere"),
+    )
+    assert (denied.tag, denied.payload.code) == ("err", "denied")
+    assert (not_object.tag, not_object.payload.code) == ("err", "invalid-argument")
+    assert missing.code == "not-found"  # result<list<...>, tool-error> is untagged: the record is the error
+
+
+# ---- sessions -----------------------------------------------------------------------------------
+
+
+async def test_a_session_is_closed_when_its_server_changes(state: ServingState, api_url: str) -> None:
+    await call(state, "realm_mcp_call_tool", tool_call("add", a=1, b=1))
+    assert ("alpha", "tools") in state.mcp._sessions
+    state.apply_tenants([tenant("alpha", "http://127.0.0.1:9/mcp", api_url)])
+    assert ("alpha", "tools") not in state.mcp._sessions
+
+
+async def test_an_idle_session_is_closed(state: ServingState) -> None:
+    state.mcp.idle_s = 0.2
+    await call(state, "realm_mcp_call_tool", tool_call("add", a=1, b=1))
+    end = time.monotonic() + 10
+    while ("alpha", "tools") in state.mcp._sessions and time.monotonic() < end:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    assert ("alpha", "tools") not in state.mcp._sessions
+
+
+async def test_calls_are_counted_in_the_egress_metrics(state: ServingState) -> None:
+    await call(state, "realm_mcp_call_tool", tool_call("secret"))
+    await call(state, "realm_mcp_call_tool", tool_call("add", a=1, b=1))
+    counter = state.metrics.egress_requests
+    assert counter.labels("alpha", "denied")._value.get() == 1
+    assert counter.labels("alpha", "ok")._value.get() == 1
