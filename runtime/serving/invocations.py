@@ -577,7 +577,12 @@ class RuntimeHostServices:
         the spec does not allow is refused first, costing nothing."""
         entry, spec = self._server(tenant, server)
         with counted(self.state, tenant, "mcp", server):
-            endpoint = McpEndpoint(name=spec.name, url=spec.url, tools=tuple(spec.tools))
+            endpoint = McpEndpoint(
+                name=spec.name,
+                url=spec.url,
+                tools=tuple(spec.tools),
+                ssl_context=self.state.egress.ssl_context,
+            )
             if tool is not None and not endpoint.allows(tool):
                 raise EgressDenied(
                     f"tool {tool[:256]!r} of MCP server {server!r} is not allowed for this tenant",
