@@ -189,11 +189,6 @@ def counted(state: ServingState, tenant: str, kind: str, host: str) -> Iterator[
             kind, tenant, host, outcome, e.code, (time.monotonic() - started) * 1000,
         )  # fmt: skip
         raise
-    except Exception:
-        # A failure nothing above names (a bug, not the target): counted, and left to propagate.
-        state.metrics.egress_requests.labels(tenant, "failed").inc()
-        log.exception("egress %s tenant=%s host=%s outcome=failed code=internal", kind, tenant, host)
-        raise
     state.metrics.egress_requests.labels(tenant, "ok").inc()
     log.info(
         "egress %s tenant=%s host=%s outcome=ok ms=%.1f",
