@@ -311,7 +311,8 @@ class McpSessions:
                 f"MCP server {endpoint.name!r} failed: {type(e).__name__}: {e}", code="unreachable"
             ) from None
         finally:
-            log.info(
+            # The call's info line and metrics are serving/egress.py's `counted`; this adds the tool.
+            log.debug(
                 "egress mcp tenant=%s server=%s call=%s outcome=%s ms=%.1f",
                 tenant,
                 endpoint.name,
