@@ -545,3 +545,14 @@ async def test_a_component_calls_tools_and_fetches(state: ServingState, api_url:
     assert out["secret"] == {"err": "DENIED"}
     status, body = out["fetch"]["ok"]
     assert (status, json.loads(body)) == (200, {"method": "POST", "path": "/x", "body": "hi"})
+
+
+async def test_a_rotated_credential_reaches_the_server(
+    state: ServingState, mcp: McpServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session opened with the old credential is not reused: the next call sends the new one."""
+    await call(state, "realm_mcp_call_tool", tool_call("add", a=1, b=1))
+    monkeypatch.setenv(mcp_secret_env("alpha", "tools"), "Bearer rotated")
+    before = len(mcp.auth)
+    assert (await call(state, "realm_mcp_call_tool", tool_call("add", a=1, b=1)))["text"] == "2"
+    assert "Bearer rotated" in mcp.auth[before:]
