@@ -170,7 +170,7 @@ def tenant(name: str, mcp_url: str, api_url: str, **quotas: Any) -> TenantEntry:
 async def state(
     sandbox: Sandbox, mcp: McpServerHandle, api_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[ServingState]:
-    for name in ("alpha", "narrow", "slowpoke", "quick"):
+    for name in ("alpha", "slowpoke", "quick", "tiny"):
         monkeypatch.setenv(mcp_secret_env(name, "tools"), TOKEN)
     s = ServingState(models={}, metrics=Metrics())
     s.egress = EgressRuntime(EgressConfig(allowed_cidrs=["127.0.0.0/8"]))
@@ -182,6 +182,8 @@ async def state(
             tenant("slowpoke", mcp.url, api_url, egressTimeoutMs=60_000),
             # The per-call timeout cuts it; the deadline is longer.
             tenant("quick", mcp.url, api_url, egressTimeoutMs=500),
+            # Its invocations may take 16 bytes from outside: less than any tool result.
+            tenant("tiny", mcp.url, api_url, egressBytesPerInvocation=16),
         ]
     )
     yield s
@@ -556,3 +558,8 @@ async def test_a_rotated_credential_reaches_the_server(
     before = len(mcp.auth)
     assert (await call(state, "realm_mcp_call_tool", tool_call("add", a=1, b=1)))["text"] == "2"
     assert "Bearer rotated" in mcp.auth[before:]
+
+
+async def test_a_result_over_the_invocations_bytes_is_refused(state: ServingState) -> None:
+    code, message = await call(state, "realm_mcp_call_tool", tool_call("weather", city="Lyon"), who="tiny")
+    assert code == ErrorCode.LIMIT_EXCEEDED, message
