@@ -58,6 +58,7 @@ from .egress import EgressBudget, FetchRequest, counted, http_fetch, mcp_authori
 from .errors import (
     Busy,
     EgressDenied,
+    EgressLimit,
     EngineFailed,
     InvalidRequest,
     NoModule,
@@ -602,10 +603,19 @@ class RuntimeHostServices:
         return target
 
     async def mcp_list_tools(self, tenant: str, server: str) -> list[ToolInfoPayload]:
-        async def call(endpoint: McpEndpoint, timeout_s: float, _max_bytes: int) -> list[ToolInfoPayload]:
-            return await self.state.mcp.list_tools(
+        async def call(endpoint: McpEndpoint, timeout_s: float, max_bytes: int) -> list[ToolInfoPayload]:
+            tools = await self.state.mcp.list_tools(
                 tenant, endpoint, check=lambda url: self._check(tenant, server, url), timeout_s=timeout_s
             )
+            size = sum(len(t.model_dump_json()) for t in tools)
+            budget = self.budget(configured_tenant(self.state, tenant))
+            budget.charge(size)
+            if size > max_bytes:
+                raise EgressLimit(
+                    f"MCP server {server!r} listed {size} bytes of tools, over the {max_bytes} left",
+                    code="response_too_large",
+                )
+            return tools
 
         return await self._mcp(tenant, server, call)
 

@@ -563,3 +563,8 @@ async def test_a_rotated_credential_reaches_the_server(
 async def test_a_result_over_the_invocations_bytes_is_refused(state: ServingState) -> None:
     code, message = await call(state, "realm_mcp_call_tool", tool_call("weather", city="Lyon"), who="tiny")
     assert code == ErrorCode.LIMIT_EXCEEDED, message
+
+
+async def test_a_tool_list_over_the_invocations_bytes_is_refused(state: ServingState) -> None:
+    code, message = await call(state, "realm_mcp_list_tools", "tools", who="tiny")
+    assert code == ErrorCode.LIMIT_EXCEEDED, message
