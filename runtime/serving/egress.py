@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import httpx
 from pydantic import BaseModel, ConfigDict
 
 from realm.runtime.egress import client
@@ -26,7 +25,7 @@ from realm.runtime.egress.allowlist import Allowlist, parse_pattern
 from realm.runtime.egress.checks import EgressPolicy, ResolvedTarget, check_url
 from realm.runtime.egress.errors import EgressError, Refused, TimedOut, TooLarge, Unreachable
 from realm.runtime.egress.resolver import Resolver, SystemResolver
-from realm.runtime.egress.transport import PinnedTransport, default_ssl_context
+from realm.runtime.egress.transport import default_ssl_context
 from realm.runtime.egress.urls import parse_url
 from realm.runtime.spec.runtime_config import EgressConfig, TenantEntry
 from realm.runtime.spec.tenant import McpServer, Quotas, mcp_secret_env
@@ -49,7 +48,6 @@ __all__ = [
     "http_fetch",
     "mcp_authorization",
     "mcp_target",
-    "pinned_client",
 ]
 
 
@@ -234,7 +232,7 @@ async def http_fetch(
 
 async def mcp_target(state: ServingState, tenant: str, server: str) -> tuple[McpServer, ResolvedTarget]:
     """The tenant's MCP server `server` and its checked, resolved target (EgressDenied when it has no
-    such server or its addresses are forbidden). Connect through `pinned_client`."""
+    such server or its addresses are forbidden). serving/mcp.py connects to those addresses only."""
     entry = _tenant(state, tenant)
     spec = next((s for s in entry.spec.egress.mcp_servers if s.name == server), None)
     if spec is None:
@@ -269,21 +267,3 @@ def mcp_authorization(tenant: str, server: McpServer) -> str | None:
             code="missing_credentials",
         )
     return value
-
-
-def pinned_client(
-    state: ServingState,
-    target: ResolvedTarget,
-    *,
-    headers: dict[str, str] | None = None,
-    timeout: httpx.Timeout | None = None,
-) -> httpx.AsyncClient:
-    """An httpx client that reaches `target`'s checked addresses only (no redirects, nothing from the
-    pod's environment): what the MCP SDK's Streamable HTTP client is given."""
-    return httpx.AsyncClient(
-        transport=PinnedTransport([target], state.egress.ssl_context),
-        headers=headers,
-        timeout=timeout if timeout is not None else httpx.Timeout(30.0),
-        follow_redirects=False,
-        trust_env=False,
-    )

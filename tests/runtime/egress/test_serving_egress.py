@@ -22,7 +22,6 @@ from realm.runtime.serving.egress import (
     http_fetch,
     mcp_authorization,
     mcp_target,
-    pinned_client,
 )
 from realm.runtime.serving.state import ServingState
 from realm.runtime.spec.runtime_config import EgressConfig, TenantEntry
@@ -149,14 +148,13 @@ def test_the_budget_comes_from_the_tenants_quotas() -> None:
     assert (b.calls_left, b.bytes_left, b.call_timeout_s, b.deadline) == (32, 8 * 1024 * 1024, 10.0, 123.0)
 
 
-async def test_an_mcp_servers_addresses_are_checked_and_its_client_pinned() -> None:
+async def test_an_mcp_servers_addresses_are_checked_at_each_lookup() -> None:
     async with serving({"/mcp": echo}) as port:
         resolver = ScriptedResolver({"mcp.test": [["127.0.0.1"], ["169.254.169.254"]]})
         egress = {"mcpServers": [{"name": "search", "url": f"http://mcp.test:{port}/mcp", "tools": ["*"]}]}
         state = state_with(egress, resolver)
-        server, target = await mcp_target(state, "acme", "search")
-        async with pinned_client(state, target) as client:
-            assert (await client.post(server.url, content=b"{}")).status_code == 200
+        _, target = await mcp_target(state, "acme", "search")
+        assert [str(a) for a in target.addresses] == ["127.0.0.1"]
         # The name now answers the metadata endpoint: the next session is refused.
         with pytest.raises(EgressDenied, match="cloud metadata endpoint"):
             await mcp_target(state, "acme", "search")
