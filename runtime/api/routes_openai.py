@@ -8,6 +8,7 @@ the route renders OpenAI's JSON or SSE, the same for either.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from realm.runtime.conversations import Conversation, ConversationError
 from realm.runtime.conversations.chat import ChatTurn
-from realm.runtime.engines.base import Engine, EngineError, TokenEvent
+from realm.runtime.engines.base import Constraint, Engine, EngineError, TokenEvent
 from realm.runtime.kvstore.snapshots import kv_key_hint
 from realm.runtime.serving.conversations import begin_chat_turn, finish_chat_turn
 from realm.runtime.serving.errors import ServingError
@@ -34,6 +35,7 @@ from realm.runtime.serving.remote import (
 from realm.runtime.serving.requests import (
     logit_bias_processor,
     max_tokens_within_limits,
+    response_constraint,
     routed_target,
     sampling_params,
     served_here,
@@ -47,7 +49,12 @@ from realm.runtime.spec.runtime_config import ClusterModel, TenantEntry
 from . import sse
 from .disconnect import ClientGone, until_disconnect
 from .errors import APIError, api_error, error_body
-from .schemas import ChatCompletionRequest, CompletionRequest, route_key
+from .schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+    route_key,
+)
 from .state import AppState
 
 router = APIRouter()
@@ -66,6 +73,20 @@ async def completion_prompt_ids(state: AppState, engine: Engine, body: Completio
     if isinstance(prompt, str):
         return await tokenize_text(state, engine, prompt)
     return token_prompt_ids(engine, prompt)
+
+
+async def _response_constraint(engine: Engine, body: SamplingFields) -> Constraint | None:
+    """The request's `response_format` as the engine's constraint (None: unconstrained), compiled off the
+    event loop: a large schema takes a while."""
+    fmt = body.constrained_format()
+    if fmt is None:
+        return None
+    if fmt.json_schema is not None:
+        schema = fmt.json_schema.json_schema
+        return await asyncio.to_thread(
+            response_constraint, engine, "json_schema", schema, param="response_format"
+        )
+    return await asyncio.to_thread(response_constraint, engine, "json_object", None, param="response_format")
 
 
 def _token_text(engine: Engine, event: TokenEvent) -> str:
@@ -417,6 +438,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
                 ("conversation", body.conversation is not None),
                 ("logprobs", bool(body.logprobs)),
                 ("logit_bias", bool(body.logit_bias)),
+                ("response_format", body.constrained_format() is not None),
             ),
             body=internal_body(
                 model=remote, fields=body, messages=messages, max_tokens=body.requested_max_tokens()
@@ -460,6 +482,7 @@ async def _chat_here(
         top = (body.top_logprobs or 0) if body.logprobs else None
         params = sampling_params(body, max_tokens=max_tokens, logprobs=top)
         bias = logit_bias_processor(body.logit_bias, engine.info.vocab_size)
+        constraint = await _response_constraint(engine, body)
     except (APIError, ServingError) as e:
         error = e if isinstance(e, APIError) else api_error(e)
         _count_rejection(state, tenant.name, body.model, "chat", error)
@@ -473,6 +496,7 @@ async def _chat_here(
         prompt_ids=prompt_ids,
         params=params,
         logits_processor=bias,
+        constraint=constraint,
         arrived=arrived,
         id_prefix="chatcmpl",
         kv_hint=kv_key_hint(turn.conversation.kv_key)[1] if turn is not None else None,
@@ -552,7 +576,11 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             model=body.model,
             endpoint="completions",
             id_prefix="cmpl",
-            unsupported=(("logprobs", body.logprobs is not None), ("logit_bias", bool(body.logit_bias))),
+            unsupported=(
+                ("logprobs", body.logprobs is not None),
+                ("logit_bias", bool(body.logit_bias)),
+                ("response_format", body.constrained_format() is not None),
+            ),
             body=internal_body(
                 model=remote,
                 fields=body,
@@ -587,6 +615,7 @@ async def _completion_here(
         )
         params = sampling_params(body, max_tokens=max_tokens, logprobs=body.logprobs)
         bias = logit_bias_processor(body.logit_bias, engine.info.vocab_size)
+        constraint = await _response_constraint(engine, body)
     except ServingError as e:
         error = api_error(e)
         _count_rejection(state, tenant.name, body.model, "completions", error)
@@ -600,6 +629,7 @@ async def _completion_here(
         prompt_ids=prompt_ids,
         params=params,
         logits_processor=bias,
+        constraint=constraint,
         arrived=arrived,
         id_prefix="cmpl",
     )

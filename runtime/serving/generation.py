@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import anyio
 
 from realm.runtime.engines.base import (
+    Constraint,
     Engine,
     EngineError,
     EngineRequest,
@@ -64,6 +65,7 @@ class GenerationStream:
         params: SamplingParams,
         arrived: float,
         logits_processor: LogitsProcessor | None = None,
+        constraint: Constraint | None = None,
         id_prefix: str,
         kv_hint: int | None = None,
         charge: bool = True,
@@ -79,6 +81,7 @@ class GenerationStream:
         self.prompt_ids = prompt_ids
         self.params = params
         self.logits_processor = logits_processor
+        self.constraint = constraint
         self.arrived = arrived
         self.request_id = f"{id_prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -128,6 +131,7 @@ class GenerationStream:
                 prompt_token_ids=self.prompt_ids,
                 params=self.params,
                 logits_processor=self.logits_processor,
+                constraint=self.constraint,
                 # Engines know no tenants; the owner key (namespace and uid, not the name) keeps prefix
                 # caches apart.
                 cache_salt=self.state.owners.get(self.tenant) or f"unserved\0{self.tenant}",

@@ -481,13 +481,15 @@ def test_a_remote_answer_has_the_local_answers_shape(
         ("chat", "conversation", "conv-1"),
         ("completions", "logprobs", 1),
         ("completions", "logit_bias", {"1": 5.0}),
+        ("chat", "response_format", {"type": "json_object"}),
+        ("completions", "response_format", {"type": "json_object"}),
     ],
 )
 def test_a_remote_request_is_refused_what_only_a_local_engine_does(
     pods: Pods, endpoint: str, field: str, value: Any
 ) -> None:
-    """Logprobs and logit bias need the engine's vocabulary, a conversation this pod's store: a 400,
-    counted as the tenant's client error."""
+    """Logprobs, logit bias and a constraining response format need the engine's vocabulary, a
+    conversation this pod's store: a 400, counted as the tenant's client error."""
     before = client_errors(pods.a, endpoint)
     if endpoint == "chat":
         r = chat(pods.a.base_url, "acme", GEMMA, **{field: value})
