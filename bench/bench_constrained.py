@@ -338,6 +338,9 @@ def llama_cpp_server_side(gguf: Path, log: Path, validity: Validity, threads: in
 
             def run() -> Figures:
                 window = asyncio.run(closed_loop(base, "none", constrained, loop.ramp, loop.seconds))
+                # Its /v1/models takes the model's lock too: answered once the cancelled requests queued
+                # before it have left, so that their last work does not run into the next side's window.
+                httpx.get(f"{base}/v1/models", timeout=120).raise_for_status()
                 validity.count(PY_SERVER, window.texts)
                 return figures(window)
 
