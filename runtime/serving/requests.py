@@ -37,8 +37,8 @@ from realm.runtime.engines.base import (
 )
 from realm.runtime.spec.runtime_config import TenantEntry
 
-from .constraints import InvalidConstraint, checked_constraint
-from .errors import InvalidRequest, ModelNotAllowed, NotReady, Unavailable
+from .constraints import checked_constraint
+from .errors import InvalidConstraint, InvalidRequest, ModelNotAllowed, NotReady, Unavailable
 from .routing import ModelTarget, resolve_target
 from .state import ServingState
 
