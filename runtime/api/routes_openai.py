@@ -22,7 +22,7 @@ from realm.runtime.conversations.chat import ChatTurn
 from realm.runtime.engines.base import Constraint, Engine, EngineError, TokenEvent
 from realm.runtime.kvstore.snapshots import kv_key_hint
 from realm.runtime.serving.conversations import begin_chat_turn, finish_chat_turn
-from realm.runtime.serving.errors import ServingError
+from realm.runtime.serving.errors import InvalidConstraint, ServingError
 from realm.runtime.serving.generation import GenerationStream, Usage
 from realm.runtime.serving.remote import (
     API_DEADLINE_S,
@@ -166,9 +166,14 @@ class _Generation(Protocol):
     def failure(self) -> ServingError | None: ...
 
 
+def _generation_error(e: ServingError) -> APIError:
+    """A generation's refusal or failure; a constraint here can only have come from `response_format`."""
+    return api_error(e, param="response_format" if isinstance(e, InvalidConstraint) else None)
+
+
 def _failure(gen: _Generation) -> APIError | None:
     failure = gen.failure()
-    return api_error(failure) if failure is not None else None
+    return _generation_error(failure) if failure is not None else None
 
 
 async def _serve(
@@ -185,7 +190,7 @@ async def _serve(
         try:
             await until_disconnect(request, gen.start)
         except ServingError as e:
-            raise api_error(e) from e
+            raise _generation_error(e) from e
         if stream:
             streaming = True  # from here on, the SSE body owns closing the generation
             return sse.SSEResponse(_guarded(gen, chunks()), on_close=gen.close)

@@ -12,6 +12,8 @@ import pytest
 from conftest import MODEL, Server
 from pydantic import BaseModel, ConfigDict
 
+from realm.runtime.api.routes_openai import _generation_error
+from realm.runtime.serving.errors import InvalidConstraint
 from realm.runtime.serving.requests import MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH
 
 CHAT = "/v1/chat/completions"
@@ -237,3 +239,10 @@ def test_a_schema_past_the_bounds_is_refused_before_it_compiles(
     error = r.json()["error"]
     assert (r.status_code, error["code"]) == (400, "invalid_constraint")
     assert says in error["message"]
+
+
+def test_a_constraint_the_engine_refuses_later_still_names_response_format() -> None:
+    """Checked before admission, a constraint the engine still refuses (at its start or mid-stream) is
+    the same 400 naming the field, not a bare engine error."""
+    error = _generation_error(InvalidConstraint("The grammar is too large."))
+    assert (error.status, error.code, error.param) == (400, "invalid_constraint", "response_format")
