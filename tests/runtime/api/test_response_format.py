@@ -164,6 +164,11 @@ HOSTILE: list[tuple[str, Any, str]] = [
     ),
     ("unknown field", {"type": "json_object", "grammar": "x"}, "response_format.grammar"),
     (
+        "schema under its Python name",
+        {"type": "json_schema", "json_schema": {"name": "x", "json_schema": {}}},
+        "response_format.json_schema.json_schema",
+    ),
+    (
         "keyword the engine does not implement",
         _schema_format({"type": "object", "if": {}, "then": {}}),
         "response_format",
