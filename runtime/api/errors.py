@@ -140,7 +140,9 @@ def api_error(e: ServingError | ConversationError, *, param: str | None = None) 
         if status >= 500:
             param = None
         return APIError(status, e.message, type=kind, code=e.code, param=param)
-    status, kind = _SERVING_STATUS.get(type(e), (500, "server_error"))
+    # The nearest class mapped: a refinement (InvalidConstraint of InvalidRequest) keeps its family's status.
+    mapped = next((c for c in type(e).__mro__ if c in _SERVING_STATUS), None)
+    status, kind = _SERVING_STATUS[mapped] if mapped is not None else (500, "server_error")
     retry_after = e.retry_after if isinstance(e, QuotaExceeded | Busy) else None
     return APIError(
         status, e.message, type=kind, code=e.code, param=param or e.param, retry_after=retry_after

@@ -8,6 +8,7 @@ the route renders OpenAI's JSON or SSE, the same for either.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,10 +19,10 @@ from fastapi.responses import JSONResponse, Response
 
 from realm.runtime.conversations import Conversation, ConversationError
 from realm.runtime.conversations.chat import ChatTurn
-from realm.runtime.engines.base import Engine, EngineError, TokenEvent
+from realm.runtime.engines.base import Constraint, Engine, EngineError, TokenEvent
 from realm.runtime.kvstore.snapshots import kv_key_hint
 from realm.runtime.serving.conversations import begin_chat_turn, finish_chat_turn
-from realm.runtime.serving.errors import ServingError
+from realm.runtime.serving.errors import InvalidConstraint, ServingError
 from realm.runtime.serving.generation import GenerationStream, Usage
 from realm.runtime.serving.remote import (
     API_DEADLINE_S,
@@ -32,8 +33,10 @@ from realm.runtime.serving.remote import (
     remote_for,
 )
 from realm.runtime.serving.requests import (
+    format_constraint,
     logit_bias_processor,
     max_tokens_within_limits,
+    response_constraint,
     routed_target,
     sampling_params,
     served_here,
@@ -47,7 +50,12 @@ from realm.runtime.spec.runtime_config import ClusterModel, TenantEntry
 from . import sse
 from .disconnect import ClientGone, until_disconnect
 from .errors import APIError, api_error, error_body
-from .schemas import ChatCompletionRequest, CompletionRequest, route_key
+from .schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+    route_key,
+)
 from .state import AppState
 
 router = APIRouter()
@@ -66,6 +74,38 @@ async def completion_prompt_ids(state: AppState, engine: Engine, body: Completio
     if isinstance(prompt, str):
         return await tokenize_text(state, engine, prompt)
     return token_prompt_ids(engine, prompt)
+
+
+async def _response_constraint(engine: Engine, body: SamplingFields) -> Constraint | None:
+    """The request's `response_format` as the engine's constraint (None: unconstrained), compiled off the
+    event loop: a large schema takes a while."""
+    fmt = body.constrained_format()
+    if fmt is None:
+        return None
+    if fmt.json_schema is not None:
+        schema = fmt.json_schema.json_schema
+        return await asyncio.to_thread(
+            response_constraint, engine, "json_schema", schema, param="response_format"
+        )
+    return await asyncio.to_thread(response_constraint, engine, "json_object", None, param="response_format")
+
+
+def _remote_constraint(
+    state: AppState, tenant: str, body: SamplingFields, endpoint: str
+) -> Constraint | None:
+    """The request's `response_format` as the constraint another pod will compile for its model (bounded
+    here); a refusal is counted and raised as its API error."""
+    fmt = body.constrained_format()
+    if fmt is None:
+        return None
+    try:
+        if fmt.json_schema is not None:
+            return format_constraint("json_schema", fmt.json_schema.json_schema, param="response_format")
+        return format_constraint("json_object", None, param="response_format")
+    except ServingError as e:
+        error = api_error(e)
+        _count_rejection(state, tenant, body.model, endpoint, error)
+        raise error from e
 
 
 def _token_text(engine: Engine, event: TokenEvent) -> str:
@@ -145,9 +185,14 @@ class _Generation(Protocol):
     def failure(self) -> ServingError | None: ...
 
 
+def _generation_error(e: ServingError) -> APIError:
+    """A generation's refusal or failure; a constraint here can only have come from `response_format`."""
+    return api_error(e, param="response_format" if isinstance(e, InvalidConstraint) else None)
+
+
 def _failure(gen: _Generation) -> APIError | None:
     failure = gen.failure()
-    return api_error(failure) if failure is not None else None
+    return _generation_error(failure) if failure is not None else None
 
 
 async def _serve(
@@ -164,7 +209,7 @@ async def _serve(
         try:
             await until_disconnect(request, gen.start)
         except ServingError as e:
-            raise api_error(e) from e
+            raise _generation_error(e) from e
         if stream:
             streaming = True  # from here on, the SSE body owns closing the generation
             return sse.SSEResponse(_guarded(gen, chunks()), on_close=gen.close)
@@ -419,7 +464,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
                 ("logit_bias", bool(body.logit_bias)),
             ),
             body=internal_body(
-                model=remote, fields=body, messages=messages, max_tokens=body.requested_max_tokens()
+                model=remote,
+                fields=body,
+                messages=messages,
+                max_tokens=body.requested_max_tokens(),
+                constraint=_remote_constraint(state, tenant.name, body, "chat"),
             ),
         )
     r = _render(gen, include_usage=body.include_usage, logprobs=bool(body.logprobs))
@@ -460,6 +509,7 @@ async def _chat_here(
         top = (body.top_logprobs or 0) if body.logprobs else None
         params = sampling_params(body, max_tokens=max_tokens, logprobs=top)
         bias = logit_bias_processor(body.logit_bias, engine.info.vocab_size)
+        constraint = await _response_constraint(engine, body)
     except (APIError, ServingError) as e:
         error = e if isinstance(e, APIError) else api_error(e)
         _count_rejection(state, tenant.name, body.model, "chat", error)
@@ -473,6 +523,7 @@ async def _chat_here(
         prompt_ids=prompt_ids,
         params=params,
         logits_processor=bias,
+        constraint=constraint,
         arrived=arrived,
         id_prefix="chatcmpl",
         kv_hint=kv_key_hint(turn.conversation.kv_key)[1] if turn is not None else None,
@@ -559,6 +610,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                 prompt=prompt,
                 max_tokens=body.requested_max_tokens(),
                 default_max_tokens=16,
+                constraint=_remote_constraint(state, tenant.name, body, "completions"),
             )
             if isinstance(prompt, str)
             else None,
@@ -587,6 +639,7 @@ async def _completion_here(
         )
         params = sampling_params(body, max_tokens=max_tokens, logprobs=body.logprobs)
         bias = logit_bias_processor(body.logit_bias, engine.info.vocab_size)
+        constraint = await _response_constraint(engine, body)
     except ServingError as e:
         error = api_error(e)
         _count_rejection(state, tenant.name, body.model, "completions", error)
@@ -600,6 +653,7 @@ async def _completion_here(
         prompt_ids=prompt_ids,
         params=params,
         logits_processor=bias,
+        constraint=constraint,
         arrived=arrived,
         id_prefix="cmpl",
     )

@@ -1,6 +1,6 @@
 """Request bodies of the OpenAI-compatible endpoints, with OpenAI's field names.
 
-Unknown fields are rejected (`extra="forbid"`): a client that asks for tools, JSON mode or audio
+Unknown fields are rejected (`extra="forbid"`): a client that asks for tools or audio
 must hear that it did not get them. OpenAI fields that cannot change the completion are accepted
 and ignored; each is listed under "Accepted and ignored" below.
 """
@@ -89,6 +89,37 @@ class Message(BaseModel):
         return StoredMessage(role=self.role, content=self.text(), name=self.name)
 
 
+class JSONSchemaSpec(BaseModel):
+    """OpenAI's `json_schema` object. `schema` is optional in OpenAI's types; here a format without one
+    is refused when the request is checked (serving/requests.py), as there is nothing to hold it to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None  # accepted and ignored: the schema, not a prose hint, constrains output
+    # `schema` would shadow BaseModel.schema; the wire name is kept by the alias.
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    # Accepted either way: the schema is always enforced by constrained decoding (docs/api.md).
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: `{"type": "text"}` (no constraint), `{"type": "json_object"}` (one JSON
+    object) or `{"type": "json_schema", "json_schema": {...}}`. One model rather than a tagged union, so
+    an error's `param` is the field's path as the client wrote it (a union puts its tag in the path)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type 'json_schema', and only allowed with it")
+        return self
+
+
 class SamplingFields(RequestBody):
     """Fields both endpoints share; the sampling ones map onto the engine's parameters in
     runtime/serving/requests.py."""
@@ -112,6 +143,9 @@ class SamplingFields(RequestBody):
     logit_bias: dict[str, float] | None = Field(None, max_length=1024)
     # vLLM's extension: keep generating past end-of-sequence tokens (benchmarks use it).
     ignore_eos: bool | None = None
+    # OpenAI's on chat; on the legacy completions endpoint as vLLM takes it (OpenAI's clients send it
+    # there through `extra_body`).
+    response_format: ResponseFormat | None = None
 
     # What a model named without a version is sticky by when there is no conversation and no
     # X-Realm-Route-Key (docs/versions.md); it does not change what is generated.
@@ -145,6 +179,11 @@ class SamplingFields(RequestBody):
             raise ValueError("logit_bias values must be between -100 and 100")
         return v
 
+    def constrained_format(self) -> ResponseFormat | None:
+        """The response format that constrains the output; None for none or `text`."""
+        fmt = self.response_format
+        return None if fmt is None or fmt.type == "text" else fmt
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
@@ -156,19 +195,11 @@ class SamplingFields(RequestBody):
         return self
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # JSON mode and schemas need constrained decoding, which is not wired to this endpoint.
-    type: Literal["text"]
-
-
 class ChatCompletionRequest(SamplingFields):
     messages: list[Message] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    response_format: ResponseFormat | None = None
     # Accepted and ignored: only meaningful together with `tools`, which are rejected.
     parallel_tool_calls: bool | None = None
     # Realm's extension (the name OpenAI's Responses API uses): continue a stored conversation

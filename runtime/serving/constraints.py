@@ -34,8 +34,9 @@ def checked_constraint(engine: Engine, constraint: Constraint) -> Constraint:
 
 
 def local_only(model: str, feature: str) -> InvalidRequest:
-    """The refusal for a constrained or sampled request whose model only another pod serves: the
-    cross-pod path (serving/remote.py) carries neither a constraint nor a step controller."""
+    """The refusal for a request whose model only another pod serves and which needs what the
+    cross-pod path (serving/remote.py) does not carry: a step controller, logprobs to a module. (The
+    HTTP door carries a response_format's constraint; the ABI door does not yet.)"""
     return InvalidRequest(
         f"The model '{model}' is not served here, and {feature} needs a model served on this pod.",
         code="model_not_served_here",

@@ -9,25 +9,36 @@ tenant's limits and made into what the engine is given:
   text is known to be under the process's cap (`tokenize_chat`, `tokenize_text`): tokenizing a
   megabyte takes long enough to stall every other request on the event loop;
 - the sampling parameters, with `logit_bias` as a logits processor: one mapping of request
-  fields, so a field means the same thing through either door.
+  fields, so a field means the same thing through either door;
+- a response format's constraint (JSON object, JSON schema), bounded in size and depth before the
+  engine compiles it (constraints.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from realm.runtime.engines.base import ChatMessage, Engine, EngineError, LogitsProcessor, SamplingParams
+from realm.runtime.engines.base import (
+    ChatMessage,
+    Constraint,
+    Engine,
+    EngineError,
+    LogitsProcessor,
+    SamplingParams,
+)
 from realm.runtime.spec.runtime_config import TenantEntry
 
-from .errors import InvalidRequest, ModelNotAllowed, NotReady, Unavailable
+from .constraints import checked_constraint
+from .errors import InvalidConstraint, InvalidRequest, ModelNotAllowed, NotReady, Unavailable
 from .routing import ModelTarget, resolve_target
 from .state import ServingState
 
@@ -48,6 +59,13 @@ SAMPLING_FIELDS = (
     "seed",
     "ignore_eos",
 )
+
+
+# A response format's schema, as JSON text, and how deep its document nests: bounded before the engine
+# compiles it (a compile's time and memory grow with both, and a deep document would exhaust a
+# recursive compiler's stack). Generous for hand-written and generated schemas alike.
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_SCHEMA_DEPTH = 64
 
 
 # ---- what the tenant may ask: the model, the tokens ----------------------------------------------
@@ -328,3 +346,71 @@ def logit_bias_processor(bias: dict[str, float] | None, vocab_size: int) -> Logi
         logits[ids] += values
 
     return apply
+
+
+def _depth(value: object) -> int:
+    """How deep a parsed JSON document nests (a scalar: 0), walked without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+            deepest = max(deepest, depth + 1)
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+            deepest = max(deepest, depth + 1)
+    return deepest
+
+
+def format_constraint(
+    kind: Literal["json_object", "json_schema"], schema: Mapping[str, Any] | None, *, param: str
+) -> Constraint:
+    """A response format (OpenAI's `json_object`, or `json_schema` with its schema) as an engine
+    constraint, not yet compiled; InvalidConstraint naming `param` when it has no schema or the schema
+    is too large or too deep. The pod that runs the generation compiles it (`response_constraint` here,
+    remote.internal_generation for another pod's model)."""
+    if kind == "json_object":
+        return Constraint(kind="json_object")
+    return Constraint(kind="json_schema", value=_schema_text(schema, param))
+
+
+def response_constraint(
+    engine: Engine,
+    kind: Literal["json_object", "json_schema"],
+    schema: Mapping[str, Any] | None,
+    *,
+    param: str,
+) -> Constraint:
+    """`format_constraint`, compiled by `engine` to check it: InvalidConstraint naming `param` when it
+    cannot be."""
+    constraint = format_constraint(kind, schema, param=param)
+    try:
+        return checked_constraint(engine, constraint)
+    except InvalidConstraint as e:
+        raise InvalidConstraint(e.message, code=e.code or "invalid_constraint", param=param) from e
+
+
+def _schema_text(schema: Mapping[str, Any] | None, param: str) -> str:
+    """The schema as compact JSON text, once it is known to be there and within the bounds."""
+    if schema is None:
+        raise InvalidConstraint(
+            "A json_schema response format needs its 'schema'.", code="invalid_constraint", param=param
+        )
+    depth = _depth(schema)
+    if depth > MAX_SCHEMA_DEPTH:
+        raise InvalidConstraint(
+            f"The response format's schema nests {depth} levels deep; at most {MAX_SCHEMA_DEPTH} are "
+            "allowed.",
+            code="invalid_constraint",
+            param=param,
+        )
+    text = json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
+    size = len(text.encode())
+    if size > MAX_SCHEMA_BYTES:
+        raise InvalidConstraint(
+            f"The response format's schema is {size} bytes as JSON; at most {MAX_SCHEMA_BYTES} are allowed.",
+            code="invalid_constraint",
+            param=param,
+        )
+    return text

@@ -131,7 +131,7 @@ def test_tenant_prompt_and_max_tokens_limits(server: Server, http: httpx.Client)
     [
         (CHAT, {"n": 2}),
         (CHAT, {"tools": [{"type": "function", "function": {"name": "f"}}]}),
-        (CHAT, {"response_format": {"type": "json_object"}}),
+        (CHAT, {"response_format": {"type": "yaml"}}),
         (CHAT, {"logit_bias": {"100": 500}}),
         (CHAT, {"logit_bias": {"not-a-token": 5}}),
         (CHAT, {"logit_bias": {"99999999": 5}}),

@@ -220,8 +220,23 @@ BASES: dict[str, dict[str, Any]] = {
         "messages": [{"role": "user", "content": "Hi"}],
         "max_tokens": 2,
         "logit_bias": {"5": 1},
+        # A schema's values reach the constraint compiler: hostile ones must be a 400 there too.
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "n",
+                "schema": {"type": "object", "properties": {"a": {"type": "integer", "maximum": 9}}},
+                "strict": True,
+            },
+        },
     },
-    "/v1/completions": {"model": DEFAULT_MODEL, "prompt": "Hi", "max_tokens": 2, "stop": ["x"]},
+    "/v1/completions": {
+        "model": DEFAULT_MODEL,
+        "prompt": "Hi",
+        "max_tokens": 2,
+        "stop": ["x"],
+        "response_format": {"type": "json_object"},
+    },
     "/v1/conversations": {
         "metadata": {"k": "v"},
         "messages": [{"role": "user", "content": "Hi"}],
