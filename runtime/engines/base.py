@@ -29,6 +29,87 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 # adapts to this in one line.
 LogitsProcessor = Callable[[str, "npt.NDArray[np.float32]", Sequence[int]], None]
 
+ConstraintKind = Literal["json_schema", "json_object", "regex", "lark", "gbnf"]
+
+
+class Constraint(BaseModel):
+    """What a completion must match, enforced by masking the logits at every step."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: ConstraintKind
+    value: str = Field("", description='schema JSON text, regex or grammar; "" for json_object')
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One token a step controller may choose, from the sequence's distribution at that step."""
+
+    token_id: int
+    logprob: float  # log-softmax after the constraint mask (and logit bias)
+    text: str  # the token's piece, utf-8 decoded with errors="replace"
+
+
+@dataclass(frozen=True)
+class StepView:
+    """One sequence at one step, handed to its controller."""
+
+    request_id: str
+    step: int  # index of the completion token being chosen (= tokens generated so far)
+    candidates: tuple[Candidate, ...]  # best first, at most controller.top_k, after the constraint
+    tokens: tuple[int, ...]  # completion tokens so far
+
+
+StepKind = Literal["sample", "token", "allow", "bias", "force", "stop"]
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    """A controller's answer for one view.
+
+    sample: the sequence's own SamplingParams; token: `tokens == (id,)`; allow: sample among
+    `tokens` only; bias: add each value to its token's logit, a value <= -1e30 bans it, then sample;
+    force: append `tokens` (at least one) as completion tokens; stop: finish the sequence "stop".
+    """
+
+    kind: StepKind
+    tokens: tuple[int, ...] = ()
+    bias: tuple[tuple[int, float], ...] = ()
+
+
+StepFailureCode = Literal["sampler_timeout", "sampler_trap", "sampler_invalid"]
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """A controller could not decide: every view of that submit ends with `code`."""
+
+    code: StepFailureCode
+    message: str
+
+
+StepDone = Callable[[Sequence[StepDecision] | StepFailure], None]
+
+
+class StepController(abc.ABC):
+    """Chooses tokens for the sequences that name it, one batched call per step.
+
+    The engine hands the views of all the controller's sequences that are sampled in one step to a
+    single `submit`, and leaves those sequences out of decode until `done` is called; a decision
+    not back after `2 * budget_s + 0.05` s ends them with "sampler_timeout".
+    """
+
+    top_k: int  # candidates per view, 1..64
+    budget_s: float  # per-step budget the controller enforces itself
+
+    @abc.abstractmethod
+    def submit(self, views: Sequence[StepView], done: StepDone) -> None:
+        """Must not block. Calls `done` exactly once, from any thread: one decision per view in
+        order, or one StepFailure for all of them."""
+
+    def release(self, request_id: str) -> None:  # noqa: B027 - optional hook, default no-op
+        """The sequence ended (any reason); default: nothing."""
+
 
 class SamplingParams(BaseModel):
     """Per-request sampling. Defaults are those of the OpenAI API."""
@@ -76,6 +157,10 @@ class EngineRequest:
     restore_kv: KVSnapshot | None = None
     # Export this sequence's KV when it finishes; it arrives on the final TokenEvent.
     export_kv: bool = False
+    # The completion must match this (see Engine.check_constraint); None = free text.
+    constraint: Constraint | None = None
+    # Chooses this sequence's tokens step by step instead of the sampler; None = SamplingParams.
+    step_controller: StepController | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +190,9 @@ class TokenEvent:
     cached_prompt_tokens: int = 0
     kv: KVSnapshot | None = None
     error: str | None = None
+    # Machine-readable why, with finish_reason "error": "sampler_timeout" | "sampler_trap" |
+    # "sampler_invalid" | "invalid_constraint".
+    error_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +228,10 @@ class EngineStats:
 
 class EngineError(Exception):
     """A request the engine cannot serve (e.g. prompt longer than the context)."""
+
+
+class ConstraintError(EngineError):
+    """The constraint does not compile; str(e) says why."""
 
 
 class Engine(abc.ABC):
@@ -179,3 +271,7 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> EngineStats: ...
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        """Compile `constraint` for this model (cached) or raise ConstraintError saying why."""
+        raise ConstraintError("constraints are not supported by this engine")
