@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from wasmtime import Engine, Store, WasiConfig
 from wasmtime.component import (
     Component,
@@ -61,6 +61,7 @@ from .abi import (
     ConversationMessage,
     ConversationPayload,
     ConversationPut,
+    DecisionPayload,
     ErrorCode,
     GenerateOptions,
     GenerateParams,
@@ -71,6 +72,7 @@ from .abi import (
     LogLevel,
     ModelInfoPayload,
     SamplerSpec,
+    SequenceStepPayload,
 )
 
 log = logging.getLogger("realm.sandbox")
@@ -482,6 +484,37 @@ def _sampling_generate(_store: Any, params: Any, options: Any) -> Any:
         tagged=True,
         error=_sampling_error,
     )
+
+
+# ---- the exported sampler (1.2): sequence-step records down, decision variants up -------------
+
+
+def sequence_step_to_wit(s: SequenceStepPayload) -> Record:
+    return _record(
+        id=s.id,
+        config=_text(s.config),
+        step=s.step,
+        candidates=[_candidate_to_wit(c.token, c.logprob, c.text) for c in s.candidates],
+        tokens=[_token_id(t) for t in s.tokens],
+    )
+
+
+def decision_from_wit(d: Any) -> DecisionPayload:
+    """A `decision` variant as the core binding's JSON decision (validated the same way)."""
+    tag: str = d.tag
+    payload = d.payload
+    fields: dict[str, Any] = {"kind": tag}
+    if tag == "token":
+        fields["token"] = payload
+    elif tag in ("allow", "force"):
+        fields["tokens"] = list(payload)
+    elif tag == "bias":
+        fields["bias"] = [{"token": b.token, "bias": b.bias} for b in payload]
+    decision: DecisionPayload = _DECISION.validate_python(fields)
+    return decision
+
+
+_DECISION: TypeAdapter[DecisionPayload] = TypeAdapter(DecisionPayload)
 
 
 SAMPLING_FUNCTIONS: Mapping[str, Callable[..., Any]] = {"generate": _sampling_generate}
