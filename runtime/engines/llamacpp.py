@@ -10,6 +10,17 @@ sequences free their KV before the next step.
 Sampling: greedy requests take an argmax over the logits row (numpy, no Python loop over the
 vocabulary); the rest run llama.cpp's sampler chain in C. Events for all sequences of a step are
 handed to the event loop in one `call_soon_threadsafe`.
+
+Constrained sequences (`EngineRequest.constraint`) carry an llguidance matcher; the masks of all of
+a step's constrained rows are filled while `llama_decode` runs (constraints.StepMasks) and applied
+to the logits rows in place before the argmax or sampler chain, so both see only tokens the
+constraint allows. EOS is allowed only where the constraint accepts, and a sequence whose matcher
+has nothing left to add finishes "stop".
+
+Controlled sequences (`EngineRequest.step_controller`): after a decode, the views of all the rows
+sharing one controller go to it in a single `submit`; those sequences sit out of decode until its
+decision is back (the others go on), and are ended "sampler_timeout" past the backstop
+(`2 * budget_s + 0.05` s). Decisions are checked and applied on this thread (step_control).
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +46,8 @@ from .base import (
     KV_FINGERPRINT,
     MODEL_DIGEST,
     ChatMessage,
+    Constraint,
+    ConstraintError,
     Engine,
     EngineError,
     EngineRequest,
@@ -41,10 +55,26 @@ from .base import (
     FinishReason,
     KVSnapshot,
     ModelInfo,
+    StepController,
+    StepDecision,
+    StepFailure,
+    StepView,
     TokenEvent,
     TopLogprob,
 )
+from .constraints import Constraints, StepMasks
 from .model_files import resolve_source, weights_digest
+from .step_control import (
+    MAX_TOP_K,
+    DecisionError,
+    Submission,
+    allowed,
+    biased,
+    candidates,
+    check_ids,
+    log_softmax,
+    sample_row,
+)
 from .text_stream import TextStream
 
 log = logging.getLogger("realm.engine")
@@ -77,16 +107,14 @@ class _Seq:
     sampler: Any = None  # llama_sampler_p, or None for the greedy argmax path
     started: bool = False  # admitted at least once (sampler built, snapshot restored)
     generated: list[int] = field(default_factory=list)
+    matcher: Any = None  # llguidance.LLMatcher of a constrained sequence
+    awaiting: Submission | None = None  # the controller's decision this sequence waits for
+    row: np.ndarray[Any, np.dtype[np.float32]] | None = None  # its logits, copied for that decision
+    rng: np.random.Generator | None = None  # draws of a controlled sequence's "sample" decisions
 
     @property
     def pending(self) -> int:
         return len(self.tokens) - self.n_past
-
-
-def _log_softmax(row: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, np.dtype[np.float32]]:
-    m = float(row.max())
-    shifted = row - m
-    return shifted - np.float32(np.log(np.exp(shifted).sum()))
 
 
 def context_settings(cfg: ModelConfig, args: LlamaCppArgs, *, n_ctx: int) -> native.ContextSettings:
@@ -136,11 +164,14 @@ class LlamaCppEngine(Engine):
         self._context_length = 0
         self._kv_capacity = 0
         self._step_tokens = STEP_TOKENS
+        self._constraints: Constraints | None = None
+        self._masks: StepMasks | None = None
 
         self._cv = threading.Condition()
         self._incoming: deque[_Seq] = deque()
         self._cancels: set[str] = set()
         self._live_ids: set[str] = set()
+        self._settled: list[Submission] = []  # controllers' answers, appended from any thread
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -149,6 +180,7 @@ class LlamaCppEngine(Engine):
         self._active: list[_Seq] = []
         self._by_id: dict[str, _Seq] = {}
         self._free_ids: list[int] = []
+        self._submissions: list[Submission] = []  # in flight, for the backstop
         self.preemptions = 0
         # Read by stats() from other threads; plain ints are updated atomically.
         self._kv_used = 0
@@ -181,6 +213,8 @@ class LlamaCppEngine(Engine):
         self._mem = L.llama_get_memory(ctx)
         self._batch = L.llama_batch_init(self._step_tokens, 0, 1)
         self._pieces = native.PieceCache(model)
+        self._constraints = Constraints(model.vocab)
+        self._masks = StepMasks(model.n_vocab, self.cfg.max_batch)
         self._kv_capacity = L.llama_n_ctx(ctx)
         self._context_length = min(context_length, self._kv_capacity)
         self._free_ids = list(range(self.cfg.max_batch - 1, -1, -1))
@@ -232,6 +266,9 @@ class LlamaCppEngine(Engine):
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        if self._masks is not None:
+            self._masks.close()
+            self._masks = None
         if self._batch is not None:
             L.llama_batch_free(self._batch)
             self._batch = None
@@ -266,6 +303,11 @@ class LlamaCppEngine(Engine):
             )
         except native.NativeError as e:
             raise EngineError(str(e)) from e
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        if self._constraints is None:
+            raise EngineError(f"model {self.cfg.name} is not loaded")
+        self._constraints.matcher(constraint)
 
     def _check_ids(self, token_ids: Sequence[int]) -> None:
         n_vocab = self.info.vocab_size
@@ -307,6 +349,12 @@ class LlamaCppEngine(Engine):
                 "including at least one completion token"
             )
         self._check_ids(request.params.stop_token_ids)
+        if (ctrl := request.step_controller) is not None:
+            p = request.params
+            if p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
+                raise EngineError("penalties cannot be combined with a step controller")
+            if not 1 <= ctrl.top_k <= MAX_TOP_K:
+                raise EngineError(f"a step controller's top_k must be 1..{MAX_TOP_K}, not {ctrl.top_k}")
         loop = asyncio.get_running_loop()
         return _Seq(
             req=request,
@@ -334,15 +382,23 @@ class LlamaCppEngine(Engine):
     def _run(self) -> None:
         while True:
             with self._cv:
+                # Sequences waiting for a controller give this thread nothing to do: it sleeps
+                # until an answer, a request or the next backstop deadline.
                 while not (
-                    self._stopping or self._incoming or self._cancels or self._active or self._waiting
+                    self._stopping
+                    or self._incoming
+                    or self._cancels
+                    or self._settled
+                    or self._runnable()
+                    or self._overdue()
                 ):
-                    self._cv.wait()
+                    self._cv.wait(self._until_deadline())
                 if self._stopping:
                     break
                 incoming = list(self._incoming)
                 self._incoming.clear()
                 cancels, self._cancels = self._cancels, set()
+                settled, self._settled = self._settled, []
             out: list[tuple[_Sink, TokenEvent]] = []
             try:
                 for seq in incoming:
@@ -351,8 +407,11 @@ class LlamaCppEngine(Engine):
                 for rid in cancels:
                     if (seq_c := self._by_id.get(rid)) is not None:
                         self._finish(seq_c, "cancelled", out)
+                for sub in settled:
+                    self._settle(sub, out)
+                self._expire(out)
                 self._admit(out)
-                if self._active:
+                if any(s.awaiting is None for s in self._active):
                     self._step(out)
             except Exception as e:
                 # A bug must cost the requests in flight, never the engine or the process.
@@ -369,6 +428,18 @@ class LlamaCppEngine(Engine):
         for seq in [*self._by_id.values(), *leftovers]:
             self._finish(seq, "cancelled", out, error="the engine shut down")
         self._deliver(out)
+
+    def _runnable(self) -> bool:
+        return any(s.awaiting is None for s in self._active) or bool(self._waiting and self._free_ids)
+
+    def _overdue(self) -> bool:
+        now = time.monotonic()
+        return any(sub.deadline <= now for sub in self._submissions)
+
+    def _until_deadline(self) -> float | None:
+        if not self._submissions:
+            return None
+        return max(0.0, min(sub.deadline for sub in self._submissions) - time.monotonic())
 
     def _deliver(self, out: list[tuple[_Sink, TokenEvent]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[TokenEvent], TokenEvent]]] = {}
@@ -395,8 +466,23 @@ class LlamaCppEngine(Engine):
             self._active.append(seq)
             if not seq.started:
                 seq.started = True
-                seq.sampler = self._make_sampler(seq)
+                if seq.req.constraint is not None and not self._start_matcher(seq, out):
+                    continue
+                if seq.req.step_controller is None:
+                    seq.sampler = self._make_sampler(seq)
+                else:
+                    seq.rng = np.random.default_rng(seq.req.params.seed)
                 self._restore(seq)
+
+    def _start_matcher(self, seq: _Seq, out: list[tuple[_Sink, TokenEvent]]) -> bool:
+        assert self._constraints is not None and seq.req.constraint is not None
+        try:
+            # Compiled on this thread, not the caller's event loop (cached after the first time).
+            seq.matcher = self._constraints.matcher(seq.req.constraint)
+        except ConstraintError as e:
+            self._finish(seq, "error", out, error=str(e), error_code="invalid_constraint")
+            return False
+        return True
 
     @staticmethod
     def _footprint(seq: _Seq) -> int:
@@ -404,8 +490,15 @@ class LlamaCppEngine(Engine):
 
     def _make_room(self, needed: int) -> None:
         """Preempt the youngest sequences until this step's tokens fit in the KV cache."""
-        while len(self._active) > 1 and sum(s.n_past for s in self._active) + needed > self._kv_capacity:
-            victim = self._active.pop()
+        # A sequence waiting for its controller is not preempted: its decision is applied in place.
+        victims = [s for s in self._active if s.awaiting is None]
+        while (
+            len(self._active) > 1
+            and victims
+            and sum(s.n_past for s in self._active) + needed > self._kv_capacity
+        ):
+            victim = victims.pop()
+            self._active.remove(victim)
             L.llama_memory_seq_rm(self._mem, victim.seq_id, -1, -1)
             self._free_ids.append(victim.seq_id)
             victim.seq_id = -1
@@ -485,7 +578,15 @@ class LlamaCppEngine(Engine):
                 break
             n = self._add(batch, n, seq, min(seq.pending, room, chunk_cap), rows, spans)
         batch.n_tokens = n
-        rc = L.llama_decode(self._ctx, batch)
+        if n == 0:
+            return
+        assert self._masks is not None
+        # The masks of this step's constrained rows are filled while the batch decodes.
+        self._masks.start([(s.matcher, s.seq_id) for s, _ in rows if s.matcher is not None])
+        try:
+            rc = L.llama_decode(self._ctx, batch)
+        finally:
+            self._masks.wait()
         self.steps += 1
         if rc != 0:
             log.error("llama_decode returned %d on a batch of %d tokens", rc, n)
@@ -494,8 +595,14 @@ class LlamaCppEngine(Engine):
             return
         for seq, count in spans:
             seq.n_past += count
+        views: dict[StepController, list[tuple[_Seq, StepView]]] = {}
         for seq, idx in rows:
-            self._sample(seq, idx, out)
+            if (ctrl := seq.req.step_controller) is None:
+                self._sample(seq, idx, out)
+            elif (view := self._view(seq, ctrl, idx, out)) is not None:
+                views.setdefault(ctrl, []).append((seq, view))
+        for ctrl, group in views.items():
+            self._submit(ctrl, group, out)
 
     def _add(
         self,
@@ -520,55 +627,206 @@ class LlamaCppEngine(Engine):
         spans.append((seq, count))
         return n
 
+    def _logits(
+        self, seq: _Seq, idx: int, out: list[tuple[_Sink, TokenEvent]]
+    ) -> np.ndarray[Any, np.dtype[np.float32]] | None:
+        """The sequence's logits row, in llama.cpp's buffer, after its logits processor and
+        constraint mask; None when the processor failed (the sequence is then finished)."""
+        assert self._info is not None
+        ptr = L.llama_get_logits_ith(self._ctx, idx)
+        logits = np.ctypeslib.as_array(ptr, shape=(self._info.vocab_size,))
+        if seq.req.logits_processor is not None:
+            try:
+                # In place: the sampler chain reads the same buffer.
+                seq.req.logits_processor(seq.req.request_id, logits, seq.generated)
+            except Exception as e:
+                self._finish(seq, "error", out, error=f"logits processor failed: {e}")
+                return None
+        if seq.matcher is not None:
+            assert self._masks is not None
+            self._masks.apply(seq.seq_id, logits)
+        return logits
+
+    def _logprobs(
+        self, logits: np.ndarray[Any, np.dtype[np.float32]] | None, token: int, n: int | None
+    ) -> tuple[float | None, tuple[TopLogprob, ...]]:
+        if n is None or logits is None:
+            return None, ()
+        assert self._pieces is not None
+        lp = log_softmax(logits)
+        top = (
+            tuple(TopLogprob(c.token_id, c.text, c.logprob) for c in candidates(lp, n, self._pieces))
+            if n
+            else ()
+        )
+        return float(lp[token]), top
+
     def _sample(self, seq: _Seq, idx: int, out: list[tuple[_Sink, TokenEvent]]) -> None:
         p = seq.req.params
-        assert self._info is not None and self._pieces is not None
         logits: np.ndarray[Any, np.dtype[np.float32]] | None = None
-        if seq.sampler is None or seq.req.logits_processor is not None or p.logprobs is not None:
-            ptr = L.llama_get_logits_ith(self._ctx, idx)
-            logits = np.ctypeslib.as_array(ptr, shape=(self._info.vocab_size,))
-            if seq.req.logits_processor is not None:
-                try:
-                    # In place: the sampler chain below reads the same buffer.
-                    seq.req.logits_processor(seq.req.request_id, logits, seq.generated)
-                except Exception as e:
-                    self._finish(seq, "error", out, error=f"logits processor failed: {e}")
-                    return
+        if (
+            seq.sampler is None
+            or seq.req.logits_processor is not None
+            or p.logprobs is not None
+            or seq.matcher is not None
+        ):
+            logits = self._logits(seq, idx, out)
+            if logits is None:
+                return
         token = (
             int(L.llama_sampler_sample(seq.sampler, self._ctx, idx))
             if seq.sampler is not None or logits is None
             else int(logits.argmax())
         )
-        logprob: float | None = None
-        top: tuple[TopLogprob, ...] = ()
-        if p.logprobs is not None and logits is not None:
-            lp = _log_softmax(logits)
-            logprob = float(lp[token])
-            if p.logprobs > 0:
-                best = np.argpartition(lp, -p.logprobs)[-p.logprobs :]
-                best = best[np.argsort(lp[best])[::-1]]
-                top = tuple(
-                    TopLogprob(int(t), self._pieces(int(t)).decode("utf-8", errors="replace"), float(lp[t]))
-                    for t in best
-                )
+        logprob, top = self._logprobs(logits, token, p.logprobs)
+        self._accept(seq, token, logprob, top, out)
+
+    def _accept(
+        self,
+        seq: _Seq,
+        token: int,
+        logprob: float | None,
+        top: tuple[TopLogprob, ...],
+        out: list[tuple[_Sink, TokenEvent]],
+    ) -> bool:
+        """Append a completion token and emit its event; False when that ended the sequence."""
+        assert self._pieces is not None
+        p = seq.req.params
         seq.n_generated += 1
         seq.generated.append(token)
         reason: FinishReason | None = None
         text = ""
-        eog = not p.ignore_eos and L.llama_vocab_is_eog(self._model.vocab if self._model else None, token)
+        # A constrained sequence reaches EOS only where its constraint accepts: it always ends there.
+        eog = (not p.ignore_eos or seq.matcher is not None) and L.llama_vocab_is_eog(
+            self._model.vocab if self._model else None, token
+        )
         if eog or token in p.stop_token_ids:
             reason = "stop"
         else:
             seq.tokens.append(token)
             text = seq.text.feed(self._pieces(token))
-            if seq.text.stopped:
+            if seq.matcher is not None and not seq.matcher.consume_token(token):
+                self._finish(seq, "error", out, error=f"the constraint rejected token {token}")
+                return False
+            if seq.text.stopped or (seq.matcher is not None and seq.matcher.is_stopped()):
                 reason = "stop"
             elif seq.n_generated >= p.max_tokens or len(seq.tokens) >= self._context_length:
                 reason = "length"
         if reason is None:
             out.append((seq.sink, TokenEvent(token_id=token, text=text, logprob=logprob, top_logprobs=top)))
-        else:
-            self._finish(seq, reason, out, token=token, text=text, logprob=logprob, top=top)
+            return True
+        self._finish(seq, reason, out, token=token, text=text, logprob=logprob, top=top)
+        return False
+
+    # ---- step controllers ------------------------------------------------------------------
+
+    def _view(
+        self, seq: _Seq, ctrl: StepController, idx: int, out: list[tuple[_Sink, TokenEvent]]
+    ) -> StepView | None:
+        logits = self._logits(seq, idx, out)
+        if logits is None:
+            return None
+        assert self._pieces is not None
+        # The next decode overwrites llama.cpp's buffer before the decision is back.
+        seq.row = logits.copy()
+        return StepView(
+            request_id=seq.req.request_id,
+            step=seq.n_generated,
+            candidates=candidates(log_softmax(seq.row), ctrl.top_k, self._pieces),
+            tokens=tuple(seq.generated),
+        )
+
+    def _submit(
+        self, ctrl: StepController, group: list[tuple[_Seq, StepView]], out: list[tuple[_Sink, TokenEvent]]
+    ) -> None:
+        sub = Submission(ctrl, [seq for seq, _ in group], Submission.deadline_for(ctrl))
+        for seq in sub.seqs:
+            seq.awaiting = sub
+        self._submissions.append(sub)
+
+        def done(result: Sequence[StepDecision] | StepFailure) -> None:
+            with self._cv:
+                if sub.result is not None or sub.expired:
+                    return  # exactly once; an answer after the backstop is dropped
+                sub.result = result
+                self._settled.append(sub)
+                self._cv.notify()
+
+        try:
+            ctrl.submit([view for _, view in group], done)
+        except Exception as e:
+            done(StepFailure("sampler_trap", f"the step controller failed: {type(e).__name__}: {e}"))
+
+    def _settle(self, sub: Submission, out: list[tuple[_Sink, TokenEvent]]) -> None:
+        if sub in self._submissions:
+            self._submissions.remove(sub)
+        live = [seq for seq in sub.seqs if seq.awaiting is sub]
+        for seq in live:
+            seq.awaiting = None
+        result = sub.result
+        if isinstance(result, StepFailure):
+            for seq in live:
+                self._finish(seq, "error", out, error=result.message, error_code=result.code)
+            return
+        assert result is not None
+        if len(result) != len(sub.seqs):
+            message = f"the step controller answered {len(result)} decisions for {len(sub.seqs)} sequences"
+            for seq in live:
+                self._finish(seq, "error", out, error=message, error_code="sampler_invalid")
+            return
+        for seq, decision in zip(sub.seqs, result, strict=True):
+            if seq in live:
+                try:
+                    self._decide(seq, decision, out)
+                except DecisionError as e:
+                    self._finish(seq, "error", out, error=str(e), error_code="sampler_invalid")
+
+    def _expire(self, out: list[tuple[_Sink, TokenEvent]]) -> None:
+        now = time.monotonic()
+        for sub in [s for s in self._submissions if s.deadline <= now]:
+            with self._cv:
+                if sub.result is not None:
+                    continue  # answered just in time: settled on the next pass
+                sub.expired = True
+            self._submissions.remove(sub)
+            message = f"the step controller did not decide within {sub.controller.budget_s:g} s"
+            for seq in sub.seqs:
+                if seq.awaiting is sub:
+                    seq.awaiting = None
+                    self._finish(seq, "error", out, error=message, error_code="sampler_timeout")
+
+    def _decide(self, seq: _Seq, d: StepDecision, out: list[tuple[_Sink, TokenEvent]]) -> None:
+        """Apply one decision; DecisionError for one the sequence cannot take."""
+        assert self._info is not None and seq.row is not None and seq.rng is not None
+        row, seq.row = seq.row, None
+        n_vocab, p = self._info.vocab_size, seq.req.params
+        if d.kind == "stop":
+            self._finish(seq, "stop", out)
+            return
+        if d.kind in ("token", "force"):
+            if d.kind == "token" and len(d.tokens) != 1:
+                raise DecisionError(f"a token decision names {len(d.tokens)} tokens, not one")
+            if not d.tokens:
+                raise DecisionError("a force decision names no token")
+            check_ids(d.tokens, n_vocab)
+            if seq.matcher is not None and seq.matcher.validate_tokens(list(d.tokens)) != len(d.tokens):
+                raise DecisionError(f"the constraint forbids the {d.kind} decision's tokens {list(d.tokens)}")
+            logprob, top = self._logprobs(row, d.tokens[0], p.logprobs)
+            for i, token in enumerate(d.tokens):
+                if not self._accept(seq, token, logprob if i == 0 else None, top if i == 0 else (), out):
+                    return
+            return
+        if d.kind == "allow":
+            check_ids(d.tokens, n_vocab)
+            row = allowed(row, d.tokens)
+        elif d.kind == "bias":
+            check_ids([t for t, _ in d.bias], n_vocab)
+            row = biased(row, d.bias)
+        elif d.kind != "sample":
+            raise DecisionError(f"unknown decision kind {d.kind!r}")
+        token = sample_row(row, p, seq.rng)
+        logprob, top = self._logprobs(row, token, p.logprobs)
+        self._accept(seq, token, logprob, top, out)
 
     def _finish(
         self,
@@ -581,6 +839,7 @@ class LlamaCppEngine(Engine):
         logprob: float | None = None,
         top: tuple[TopLogprob, ...] = (),
         error: str | None = None,
+        error_code: str | None = None,
     ) -> None:
         if reason in ("stop", "length"):
             text += seq.text.flush()
@@ -602,6 +861,12 @@ class LlamaCppEngine(Engine):
         if seq.sampler is not None:
             L.llama_sampler_free(seq.sampler)
             seq.sampler = None
+        seq.awaiting, seq.row = None, None
+        if (ctrl := seq.req.step_controller) is not None:
+            try:
+                ctrl.release(seq.req.request_id)
+            except Exception:
+                log.exception("step controller release(%s) failed", seq.req.request_id)
         self._by_id.pop(seq.req.request_id, None)
         with self._cv:
             self._live_ids.discard(seq.req.request_id)
@@ -619,6 +884,7 @@ class LlamaCppEngine(Engine):
                     cached_prompt_tokens=seq.cached,
                     kv=kv,
                     error=error,
+                    error_code=error_code,
                 ),
             )
         )

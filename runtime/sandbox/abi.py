@@ -232,7 +232,7 @@ class GenerateOptions(Payload):
     constraint: ConstraintPayload | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     sampler: SamplerSpec | None = None
-    stream: bool = False
+    stream: bool = Field(False, strict=True)
 
 
 class GenerateWith(Payload):

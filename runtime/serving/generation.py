@@ -17,12 +17,14 @@ from dataclasses import dataclass
 import anyio
 
 from realm.runtime.engines.base import (
+    Constraint,
     Engine,
     EngineError,
     EngineRequest,
     KVSnapshot,
     LogitsProcessor,
     SamplingParams,
+    StepController,
     TokenEvent,
 )
 from realm.runtime.scheduler import AdmissionClosed, QueueFull, Ticket
@@ -67,6 +69,8 @@ class GenerationStream:
         id_prefix: str,
         kv_hint: int | None = None,
         charge: bool = True,
+        constraint: Constraint | None = None,
+        step_controller: StepController | None = None,
     ) -> None:
         self.state = state
         # False for a call another pod admitted (serving/remote.py): the tenant's rate quotas were
@@ -79,6 +83,8 @@ class GenerationStream:
         self.prompt_ids = prompt_ids
         self.params = params
         self.logits_processor = logits_processor
+        self.constraint = constraint
+        self.step_controller = step_controller
         self.arrived = arrived
         self.request_id = f"{id_prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -133,6 +139,8 @@ class GenerationStream:
                 cache_salt=self.state.owners.get(self.tenant) or f"unserved\0{self.tenant}",
                 restore_kv=restore,
                 export_kv=export,
+                constraint=self.constraint,
+                step_controller=self.step_controller,
             )
         )
         try:
