@@ -28,6 +28,17 @@ class InvalidRequest(ServingError):
     reason = "invalid_request"
 
 
+class InvalidConstraint(InvalidRequest):
+    """The requested output constraint (JSON schema, regex, grammar) does not compile."""
+
+    reason = "invalid_constraint"
+
+    def __init__(
+        self, message: str, *, code: str | None = "invalid_constraint", param: str | None = None
+    ) -> None:
+        super().__init__(message, code=code, param=param)
+
+
 class ModelNotFound(ServingError):
     reason = "model_not_found"
 

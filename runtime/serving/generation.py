@@ -18,6 +18,7 @@ import anyio
 
 from realm.runtime.engines.base import (
     Constraint,
+    ConstraintError,
     Engine,
     EngineError,
     EngineRequest,
@@ -30,7 +31,15 @@ from realm.runtime.engines.base import (
 from realm.runtime.scheduler import AdmissionClosed, QueueFull, Ticket
 from realm.runtime.scheduler import QuotaExceeded as RateQuotaExceeded
 
-from .errors import EngineFailed, InvalidRequest, NotReady, QuotaExceeded, ServingError, Unavailable
+from .errors import (
+    EngineFailed,
+    InvalidConstraint,
+    InvalidRequest,
+    NotReady,
+    QuotaExceeded,
+    ServingError,
+    Unavailable,
+)
 from .state import ServingState
 
 log = logging.getLogger(__name__)
@@ -66,11 +75,11 @@ class GenerationStream:
         params: SamplingParams,
         arrived: float,
         logits_processor: LogitsProcessor | None = None,
+        constraint: Constraint | None = None,
+        step_controller: StepController | None = None,
         id_prefix: str,
         kv_hint: int | None = None,
         charge: bool = True,
-        constraint: Constraint | None = None,
-        step_controller: StepController | None = None,
     ) -> None:
         self.state = state
         # False for a call another pod admitted (serving/remote.py): the tenant's rate quotas were
@@ -90,6 +99,9 @@ class GenerationStream:
         self.created = int(time.time())
         self.usage = Usage(prompt_tokens=len(prompt_ids))
         self.finish_reason: str | None = None
+        # Why the engine ended the stream "error", where it says (TokenEvent.error_code, .error).
+        self.error_code: str | None = None
+        self.error: str | None = None
         self.outcome = "error"
         self._ticket: Ticket | None = None
         self._stream: AsyncIterator[TokenEvent] | None = None
@@ -134,17 +146,20 @@ class GenerationStream:
                 prompt_token_ids=self.prompt_ids,
                 params=self.params,
                 logits_processor=self.logits_processor,
+                constraint=self.constraint,
+                step_controller=self.step_controller,
                 # Engines know no tenants; the owner key (namespace and uid, not the name) keeps prefix
                 # caches apart.
                 cache_salt=self.state.owners.get(self.tenant) or f"unserved\0{self.tenant}",
                 restore_kv=restore,
                 export_kv=export,
-                constraint=self.constraint,
-                step_controller=self.step_controller,
             )
         )
         try:
             self._first = await self._next()
+        except ConstraintError as e:
+            self.outcome = "client_error"
+            raise InvalidConstraint(str(e)) from e
         except EngineError as e:
             self.outcome = "client_error"
             raise InvalidRequest(str(e), code="engine_rejected") from e
@@ -198,6 +213,7 @@ class GenerationStream:
             self.usage.completion_tokens += 1
         if event.finish_reason is not None:
             self.finish_reason = event.finish_reason
+            self.error_code, self.error = event.error_code, event.error
             if event.kv is not None:
                 self._keep_kv(event.kv)
             # The engine's final counts are authoritative (they include tokens it held back).
@@ -224,6 +240,12 @@ class GenerationStream:
         """Engine-side endings that are not a completion: errors, never a silent truncation."""
         if self.finish_reason == "cancelled":
             return Unavailable("The request was cancelled by the server.", code="service_unavailable")
+        if self.finish_reason == "error" and self.error_code == "invalid_constraint":
+            return InvalidConstraint(self.error or "The constraint is invalid.")
+        if self.finish_reason == "error" and self.error_code is not None:
+            # A step controller's failure (sampler_timeout, sampler_trap, sampler_invalid): the door
+            # that gave it the controller maps `code` to its own.
+            return EngineFailed(self.error or "The step controller failed.", code=self.error_code)
         if self.finish_reason == "error":
             return EngineFailed("The engine failed while generating.", code="engine_error")
         return None

@@ -12,12 +12,26 @@ Checked against NVIDIA/TensorRT-LLM sources (read through the code index, not ru
 - tensorrt_llm/llmapi/tokenizer.py @ 89fd9b74ab7ae753b4c6b3db25a400dca7ea54a0: TransformersTokenizer
   `encode/decode/apply_chat_template`; incremental detokenization holds back a partial character.
 - tensorrt_llm/llmapi/__init__.py @ 036a60f7ff9257595c96a578560651da5c4df577: `KvCacheConfig`.
+- tensorrt_llm/sampling_params.py @ 000a01de66f0eab4ab05640711f0253f50f5209c: `GuidedDecodingParams(json,
+  regex, grammar, json_object, structural_tag)`, at most one set, on `SamplingParams.guided_decoding`;
+  tensorrt_llm/llmapi/__init__.py @ 036a60f7ff9257595c96a578560651da5c4df577 exports it.
+- tensorrt_llm/llmapi/llm_args.py @ fcd3f31682808ae56118ae43c1d7864a3a945e6f: `guided_decoding_backend:
+  Optional[Literal["xgrammar", "llguidance"]]` (default None: no guided decoding; llguidance on the
+  PyTorch backend only).
+- tensorrt_llm/_torch/pyexecutor/grammar_matcher.py @ 0fccc5b97dd7b23c438e740b3bf4dcde607266c4: the
+  llguidance backend compiles `json_object` as `{"type": "object"}`, `json` as a JSON schema, `regex`,
+  and `grammar` as Lark (not EBNF); xgrammar compiles `grammar` as EBNF (GBNF).
 - examples/llm-api/llm_logits_processor.py @ 17fb5e62cd9a2a847755c001eca97a23f6f69401 and the
   PyTorch decoder runner's `_apply_logits_processors`: logits arrive as [beam, 1, vocab], token ids
   are `request.get_tokens(beam)` (prompt included), stream_ptr is None on the PyTorch backend.
 
 tensorrt_llm is imported only inside start(): this module imports on machines without a GPU.
 Batching is TRT-LLM's in-flight batching; this class submits one request and maps its stream.
+
+Step controllers (EngineRequest.step_controller) are refused with EngineError: TensorRT-LLM calls
+a per-request logits processor synchronously inside its step, one request at a time, so it can
+neither batch one controller's sequences into one call nor leave a waiting sequence out of the
+step while the others go on, which the seam promises.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ from typing import Any
 
 from ..engines.base import (
     ChatMessage,
+    Constraint,
     Engine,
     EngineError,
     EngineRequest,
@@ -41,7 +56,16 @@ from ..engines.base import (
     TokenEvent,
 )
 from ..spec.runtime_config import ModelConfig
-from .translate import LogitsAdapter, StreamMapper, llm_kwargs, parse_iteration_stats, sampling_kwargs
+from .translate import (
+    GUIDED_BACKEND,
+    LogitsAdapter,
+    StreamMapper,
+    check_guided,
+    guided_decoding_kwargs,
+    llm_kwargs,
+    parse_iteration_stats,
+    sampling_kwargs,
+)
 
 log = logging.getLogger("realm.engine.trtllm")
 
@@ -77,6 +101,8 @@ class TrtLlmEngine(Engine):
         self.cfg = cfg
         self._llm: Any = None
         self._sampling_cls: Any = None
+        self._guided_cls: Any = None
+        self._guided_backend: str | None = None
         self._info: ModelInfo | None = None
         self._salted = False  # whether this TRT-LLM version isolates prefix reuse by cache_salt
         self._inflight: dict[str, Any] = {}
@@ -92,9 +118,11 @@ class TrtLlmEngine(Engine):
 
     async def start(self) -> None:
         trt = _import_trt()
-        from tensorrt_llm.llmapi import KvCacheConfig
+        from tensorrt_llm.llmapi import GuidedDecodingParams, KvCacheConfig
 
         kwargs, kv = llm_kwargs(self.cfg)
+        self._guided_backend = kwargs.get(GUIDED_BACKEND)
+        self._guided_cls = GuidedDecodingParams
         self._salted = "cache_salt" in inspect.signature(trt.LLM.generate_async).parameters
         if not self._salted and kv.get("enable_block_reuse"):
             # Without salts tenants would share cached prefixes: isolation wins over speed.
@@ -147,6 +175,9 @@ class TrtLlmEngine(Engine):
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self._loaded().tokenizer.decode(list(token_ids)))
 
+    def check_constraint(self, constraint: Constraint) -> None:
+        check_guided(constraint, self._guided_backend)
+
     def _piece(self, token_id: int) -> str:
         return self.decode([token_id])
 
@@ -175,11 +206,17 @@ class TrtLlmEngine(Engine):
                 f"the prompt is {len(prompt)} tokens; this model's context holds "
                 f"{self.info.context_length} including at least one completion token"
             )
+        if request.step_controller is not None:
+            raise EngineError("step controllers are not supported on TensorRT-LLM")
         if request.restore_kv is not None:
             self.kv_restores_ignored += 1  # recomputed by prefill (or hit TRT-LLM's own block reuse)
         kw = sampling_kwargs(request.params)
         if request.logits_processor is not None:
             kw["logits_processor"] = LogitsAdapter(request.logits_processor, request.request_id, len(prompt))
+        if request.constraint is not None:
+            check_guided(request.constraint, self._guided_backend)
+            guided = guided_decoding_kwargs(request.constraint, self._guided_backend)
+            kw["guided_decoding"] = self._guided_cls(**guided)
         extra = {"cache_salt": request.cache_salt} if self._salted and request.cache_salt else {}
         try:
             out = llm.generate_async(prompt, self._sampling_cls(**kw), streaming=True, **extra)

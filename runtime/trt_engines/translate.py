@@ -6,6 +6,13 @@ The shapes were checked against NVIDIA/TensorRT-LLM sources (see engine.py for p
 {stop, length, timeout, cancelled}, `logprobs` as floats or `{token_id: Logprob}` per token), the
 logits-processor call `(req_id, logits[beam, 1, vocab], [tokens of beam 0 incl. prompt], stream_ptr,
 client_id)` and the iteration-stats dict (`numActiveRequests`, `kvCacheStats.usedNumBlocks`, ...).
+
+Constraints map to TensorRT-LLM's guided decoding: `GuidedDecodingParams(json=..., regex=...,
+grammar=..., json_object=...)` on `SamplingParams.guided_decoding`, enforced by the backend the LLM
+was built with (`guided_decoding_backend`, "xgrammar" or "llguidance"; Realm defaults it to
+"llguidance", the library the llama.cpp engine uses, so a constraint means the same on both).
+Under llguidance TensorRT-LLM compiles `grammar` as Lark (its LLGuidanceMatcherFactory), so GBNF
+is converted with llguidance's own converter first; xgrammar reads GBNF (EBNF) and cannot read Lark.
 """
 
 from __future__ import annotations
@@ -16,7 +23,12 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import llguidance
+from llguidance.gbnf_to_lark import gbnf_to_lark
+
 from ..engines.base import (
+    Constraint,
+    ConstraintError,
     EngineStats,
     FinishReason,
     LogitsProcessor,
@@ -24,18 +36,21 @@ from ..engines.base import (
     TokenEvent,
     TopLogprob,
 )
+from ..engines.constraints import grammar_of, json_layout
 from ..engines.text_stream import TextStream
 from ..spec.runtime_config import ModelConfig
 
 KV_PREFIX = "kv_cache_"  # engine_args `kv_cache_<field>` → KvCacheConfig(<field>=...)
+GUIDED_BACKEND = "guided_decoding_backend"  # the LLM argument naming the guided-decoding library
 
 
 def llm_kwargs(cfg: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """(LLM(...) keyword arguments, KvCacheConfig(...) keyword arguments) for a model.
 
     engine_args pass through unchanged (TRT-LLM rejects unknown keys itself), except `kv_cache_*`
-    keys, which become KvCacheConfig fields. Block reuse (prefix caching) is on unless disabled."""
-    llm: dict[str, Any] = {"max_batch_size": cfg.max_batch}
+    keys, which become KvCacheConfig fields. Block reuse (prefix caching) is on unless disabled, and
+    guided decoding (constraints) runs on llguidance unless engine_args name another backend."""
+    llm: dict[str, Any] = {"max_batch_size": cfg.max_batch, GUIDED_BACKEND: "llguidance"}
     if cfg.context_length is not None:
         llm["max_seq_len"] = cfg.context_length
     kv: dict[str, Any] = {"enable_block_reuse": True}
@@ -81,6 +96,43 @@ def sampling_kwargs(p: SamplingParams, *, random_seed: Callable[[], int] | None 
     if p.logprobs is not None:
         kw["logprobs"] = max(p.logprobs, 1)  # TRT-LLM treats 0 as "off"; ours means "chosen token only"
     return kw
+
+
+def check_guided(constraint: Constraint, backend: str | None) -> None:
+    """ConstraintError unless `backend` can enforce `constraint` and its text compiles.
+
+    The grammar is checked by llguidance without the model's tokenizer (the tokenizer-dependent
+    part, token healing at lexeme boundaries, cannot fail for a grammar that compiles)."""
+    if backend not in ("llguidance", "xgrammar"):
+        raise ConstraintError(
+            "constraints need TensorRT-LLM's guided decoding: set engineArgs.guided_decoding_backend "
+            'to "llguidance" or "xgrammar"'
+        )
+    if backend == "xgrammar" and constraint.kind == "lark":
+        raise ConstraintError("Lark grammars need the llguidance guided-decoding backend; use GBNF")
+    error = llguidance.LLMatcher.validate_grammar(grammar_of(constraint))
+    if error:
+        raise ConstraintError(f"invalid {constraint.kind} constraint: {error.strip()}")
+
+
+def guided_decoding_kwargs(constraint: Constraint, backend: str | None) -> dict[str, Any]:
+    """Keyword arguments of `tensorrt_llm.llmapi.GuidedDecodingParams` for a checked constraint.
+
+    Under llguidance, JSON carries the same layout options the llama.cpp engine compiles with
+    (`x-guidance`, unless the schema sets its own), so both engines write the same compact JSON."""
+    kind, value = constraint.kind, constraint.value
+    if kind in ("json_schema", "json_object"):
+        if backend != "llguidance":
+            return {"json": value} if kind == "json_schema" else {"json_object": True}
+        schema: Any = json.loads(value) if kind == "json_schema" else {"type": "object"}
+        if isinstance(schema, dict) and "x-guidance" not in schema:
+            schema = {**schema, "x-guidance": dict(json_layout())}
+        return {"json": json.dumps(schema)}
+    if kind == "regex":
+        return {"regex": value}
+    if kind == "gbnf" and backend == "llguidance":
+        return {"grammar": gbnf_to_lark(value)}
+    return {"grammar": value}  # Lark under llguidance, GBNF under xgrammar
 
 
 class LogitsAdapter:

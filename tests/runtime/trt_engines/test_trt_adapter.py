@@ -10,6 +10,7 @@ runs against a real TensorRT-LLM; docs/trtllm.md says what was and was not run.
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from collections.abc import AsyncIterator, Sequence
@@ -21,12 +22,25 @@ import numpy.typing as npt
 import pytest
 
 from realm.runtime.engine_factory import create_engine
-from realm.runtime.engines.base import EngineError, EngineRequest, KVSnapshot, SamplingParams, TokenEvent
+from realm.runtime.engines.base import (
+    Constraint,
+    ConstraintError,
+    EngineError,
+    EngineRequest,
+    KVSnapshot,
+    SamplingParams,
+    StepController,
+    StepDone,
+    StepView,
+    TokenEvent,
+)
 from realm.runtime.spec.runtime_config import ModelConfig
 from realm.runtime.trt_engines.engine import MISSING, TrtLlmEngine
 from realm.runtime.trt_engines.translate import (
     LogitsAdapter,
     StreamMapper,
+    check_guided,
+    guided_decoding_kwargs,
     llm_kwargs,
     parse_iteration_stats,
     sampling_kwargs,
@@ -68,10 +82,67 @@ def test_engine_args_pass_through_and_kv_cache_keys_go_to_kv_cache_config() -> N
         },
     )
     llm, kv = llm_kwargs(cfg)
-    assert llm == {"max_batch_size": 32, "max_seq_len": 4096, "tensor_parallel_size": 2}
+    assert llm == {
+        "max_batch_size": 32,
+        "max_seq_len": 4096,
+        "tensor_parallel_size": 2,
+        "guided_decoding_backend": "llguidance",
+    }
     assert kv == {"enable_block_reuse": False, "free_gpu_memory_fraction": 0.85}
     assert llm_kwargs(_cfg())[1] == {"enable_block_reuse": True}  # prefix reuse on by default
     assert llm_kwargs(_cfg(engine_args={"max_batch_size": 8}))[0]["max_batch_size"] == 8
+    xgrammar = llm_kwargs(_cfg(engine_args={"guided_decoding_backend": "xgrammar"}))[0]
+    assert xgrammar["guided_decoding_backend"] == "xgrammar"
+
+
+LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def test_constraints_map_to_guided_decoding_under_llguidance() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    as_json = guided_decoding_kwargs(Constraint(kind="json_schema", value=json.dumps(schema)), "llguidance")
+    assert json.loads(as_json["json"]) == {**schema, "x-guidance": LAYOUT}
+    own = {"type": "object", "x-guidance": {"whitespace_flexible": True}}
+    assert (
+        json.loads(
+            guided_decoding_kwargs(Constraint(kind="json_schema", value=json.dumps(own)), "llguidance")[
+                "json"
+            ]
+        )
+        == own
+    )
+    obj = guided_decoding_kwargs(Constraint(kind="json_object"), "llguidance")
+    assert json.loads(obj["json"]) == {"type": "object", "x-guidance": LAYOUT}
+    assert guided_decoding_kwargs(Constraint(kind="regex", value="[0-9]+"), "llguidance") == {
+        "regex": "[0-9]+"
+    }
+    lark = 'start: "yes" | "no"'
+    assert guided_decoding_kwargs(Constraint(kind="lark", value=lark), "llguidance") == {"grammar": lark}
+    gbnf = guided_decoding_kwargs(Constraint(kind="gbnf", value='root ::= "yes" | "no"'), "llguidance")
+    # TRT-LLM's llguidance backend reads `grammar` as Lark.
+    assert gbnf["grammar"].startswith("%llguidance {}") and 'start: "yes"' in gbnf["grammar"]
+
+
+def test_constraints_map_to_guided_decoding_under_xgrammar() -> None:
+    schema = '{"type": "object"}'
+    assert guided_decoding_kwargs(Constraint(kind="json_schema", value=schema), "xgrammar") == {
+        "json": schema
+    }
+    assert guided_decoding_kwargs(Constraint(kind="json_object"), "xgrammar") == {"json_object": True}
+    gbnf = 'root ::= "yes" | "no"'
+    assert guided_decoding_kwargs(Constraint(kind="gbnf", value=gbnf), "xgrammar") == {"grammar": gbnf}
+
+
+def test_check_guided_refuses_what_the_backend_cannot_enforce() -> None:
+    with pytest.raises(ConstraintError, match="guided_decoding_backend"):
+        check_guided(Constraint(kind="json_object"), None)
+    with pytest.raises(ConstraintError, match="Lark grammars need the llguidance"):
+        check_guided(Constraint(kind="lark", value='start: "a"'), "xgrammar")
+    with pytest.raises(ConstraintError, match="unclosed character class"):
+        check_guided(Constraint(kind="regex", value="[a-z"), "llguidance")
+    with pytest.raises(ConstraintError, match="not valid JSON"):
+        check_guided(Constraint(kind="json_schema", value="{oops"), "llguidance")
+    check_guided(Constraint(kind="gbnf", value='root ::= "a"'), "xgrammar")
 
 
 def test_sampling_params_map_field_by_field() -> None:
@@ -327,6 +398,7 @@ def _fake_trt(script: list[_Out], calls: list[dict[str, Any]]) -> types.ModuleTy
     trt.LLM = LLM  # type: ignore[attr-defined]
     trt.SamplingParams = lambda **kw: kw  # type: ignore[attr-defined]
     llmapi.KvCacheConfig = lambda **kw: ("KvCacheConfig", kw)  # type: ignore[attr-defined]
+    llmapi.GuidedDecodingParams = lambda **kw: ("GuidedDecodingParams", kw)  # type: ignore[attr-defined]
     trt.llmapi = llmapi  # type: ignore[attr-defined]
     return trt
 
@@ -399,3 +471,29 @@ async def test_engine_refuses_prompts_that_do_not_fit(monkeypatch: pytest.Monkey
         await _collect(engine.generate(EngineRequest("r4", [], SamplingParams())))
     with pytest.raises(EngineError, match="context holds 256"):
         await _collect(engine.generate(EngineRequest("r5", list(range(256)), SamplingParams())))
+
+
+async def test_engine_passes_a_constraint_as_guided_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, calls = await _engine(monkeypatch, [_Out([5], "7", "stop")])
+    assert calls[0]["guided_decoding_backend"] == "llguidance"
+    req = EngineRequest("r5", [1], SamplingParams(), constraint=Constraint(kind="regex", value="[0-9]"))
+    await _collect(engine.generate(req))
+    assert calls[1]["sp"]["guided_decoding"] == ("GuidedDecodingParams", {"regex": "[0-9]"})
+    with pytest.raises(ConstraintError, match="unknown name"):
+        engine.check_constraint(Constraint(kind="lark", value="start: nowhere"))
+
+
+class _NoController(StepController):
+    """Never called: the adapter refuses controllers before submitting (a fake at the seam)."""
+
+    top_k, budget_s = 1, 0.1
+
+    def submit(self, views: Sequence[StepView], done: StepDone) -> None:
+        raise AssertionError("unreachable")
+
+
+async def test_engine_refuses_step_controllers(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, _ = await _engine(monkeypatch, [])
+    req = EngineRequest("r6", [1], SamplingParams(), step_controller=_NoController())
+    with pytest.raises(EngineError, match="step controllers are not supported"):
+        await _collect(engine.generate(req))
