@@ -195,7 +195,7 @@ class ConversationPayload(Payload):
 ConstraintType = Literal["json_schema", "json_object", "regex", "lark", "gbnf"]
 # Bounds of the sampling payloads: enough for any real use, small enough that one guest cannot
 # make the host or the engine hold much on its behalf.
-MAX_CONSTRAINT_BYTES = 256 * 1024  # a schema, regex or grammar
+MAX_CONSTRAINT_CHARS = 64 * 1024  # a schema, regex or grammar (serving's own bound as well)
 MAX_SAMPLER_CONFIG_BYTES = 4096
 MAX_SAMPLER_TOP_K = 64
 MAX_LOGPROBS = 20
@@ -208,7 +208,7 @@ class ConstraintPayload(Payload):
     """The WIT `constraint` variant: `type` is its case, `value` its text ("" for json_object)."""
 
     type: ConstraintType
-    value: str = Field("", max_length=MAX_CONSTRAINT_BYTES)
+    value: str = Field("", max_length=MAX_CONSTRAINT_CHARS)
 
     @model_validator(mode="after")
     def _value_fits(self) -> ConstraintPayload:
@@ -216,8 +216,6 @@ class ConstraintPayload(Payload):
             raise ValueError("a json_object constraint has no value")
         if self.type != "json_object" and not self.value:
             raise ValueError(f"a {self.type} constraint needs a value")
-        if len(self.value.encode("utf-8", "surrogatepass")) > MAX_CONSTRAINT_BYTES:
-            raise ValueError(f"the constraint is larger than {MAX_CONSTRAINT_BYTES} bytes")
         return self
 
 

@@ -14,7 +14,7 @@ from test_sandbox_core import FakeServices
 
 from realm.runtime.sandbox import Sandbox, SandboxLimits
 from realm.runtime.sandbox.abi import (
-    MAX_CONSTRAINT_BYTES,
+    MAX_CONSTRAINT_CHARS,
     ErrorCode,
     GenerateOptions,
     GenerateParams,
@@ -130,7 +130,7 @@ async def test_a_refusal_of_the_services_is_its_code(sandbox: Sandbox) -> None:
         {"constraint": {"type": "xml", "value": "<a/>"}},
         {"constraint": {"type": "regex"}},
         {"constraint": {"type": "json_object", "value": "{}"}},
-        {"constraint": {"type": "regex", "value": "a" * (MAX_CONSTRAINT_BYTES + 1)}},
+        {"constraint": {"type": "regex", "value": "a" * (MAX_CONSTRAINT_CHARS + 1)}},
         {"stream": "yes"},
         {"unknown": 1},
     ],
