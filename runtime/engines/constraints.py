@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -87,10 +86,7 @@ class Constraints:
     def tokenizer(self) -> llguidance.LLTokenizer:
         with self._lock:
             if self._tokenizer is None:
-                with warnings.catch_warnings():
-                    # llguidance calls a binding llama-cpp-python deprecates, once per token.
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(self._vocab)
+                self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(self._vocab)
             return self._tokenizer
 
     @property

@@ -355,6 +355,8 @@ class LlamaCppEngine(Engine):
                 raise EngineError("penalties cannot be combined with a step controller")
             if not 1 <= ctrl.top_k <= MAX_TOP_K:
                 raise EngineError(f"a step controller's top_k must be 1..{MAX_TOP_K}, not {ctrl.top_k}")
+            if not ctrl.budget_s > 0:
+                raise EngineError(f"a step controller's budget_s must be positive, not {ctrl.budget_s}")
         loop = asyncio.get_running_loop()
         return _Seq(
             req=request,
@@ -595,13 +597,14 @@ class LlamaCppEngine(Engine):
             return
         for seq, count in spans:
             seq.n_past += count
-        views: dict[StepController, list[tuple[_Seq, StepView]]] = {}
+        # By identity: a controller object may define equality (a dataclass) and not be hashable.
+        views: dict[int, tuple[StepController, list[tuple[_Seq, StepView]]]] = {}
         for seq, idx in rows:
             if (ctrl := seq.req.step_controller) is None:
                 self._sample(seq, idx, out)
             elif (view := self._view(seq, ctrl, idx, out)) is not None:
-                views.setdefault(ctrl, []).append((seq, view))
-        for ctrl, group in views.items():
+                views.setdefault(id(ctrl), (ctrl, []))[1].append((seq, view))
+        for ctrl, group in views.values():
             self._submit(ctrl, group, out)
 
     def _add(

@@ -159,7 +159,7 @@ class Sandbox:
         self._pool = ThreadPoolExecutor(
             max_workers=2 * max_workers + self._max_abandoned,
             thread_name_prefix="realm-wasm",
-            initializer=_background_priority,
+            initializer=guest_priority,
             initargs=(guest_nice,),
         )
         self._guest_nice = guest_nice
@@ -185,14 +185,16 @@ class Sandbox:
         """Set once the sandbox closes: every wait of every run (and sampler step) ends."""
         return self._closing
 
-    def sampler_store(self, module: TenantModule, limits: SandboxLimits) -> wasmtime.Store:
-        """A Store for `module`'s sampler instance (sampler.py): the tenant's memory cap, deadline
-        and fuel of one step (the instance sets both again before every step)."""
+    def sampler_store(
+        self, module: TenantModule, limits: SandboxLimits, *, deadline_ms: int
+    ) -> wasmtime.Store:
+        """A Store for `module`'s sampler instance (sampler.py): the tenant's memory cap; the
+        instance sets fuel and the epoch deadline before every call, none longer than `deadline_ms`."""
         memories = module.memories if module.kind == "component" else None
         step = SandboxLimits(
             memory_mib=limits.memory_mib,
             fuel=limits.sampler_step_fuel,
-            deadline_ms=limits.sampler_step_ms,
+            deadline_ms=deadline_ms,
             table_elements=limits.table_elements,
             instances=limits.instances,
         )
@@ -549,7 +551,7 @@ def _stopped(deadline: Deadline) -> InvocationFailed | None:
     return InvocationFailed(*deadline.stopped)
 
 
-def _background_priority(nice: int) -> None:
+def guest_priority(nice: int) -> None:
     """Guests yield the CPU to the engines and the event loop: a tenant's spinning guests must not
     slow every other tenant's decoding and requests (Linux: the nice value is per thread)."""
     try:

@@ -39,7 +39,7 @@ from realm.runtime.sandbox.runner import (
     SandboxLimits,
     TenantModule,
 )
-from realm.runtime.sandbox.sampler import NO_SAMPLER, SamplerContext, sampler_export
+from realm.runtime.sandbox.sampler import NO_SAMPLER, SamplerContext, SamplerFailed, sampler_export
 from realm.runtime.scheduler import AdmissionClosed, InvocationsBusy, InvocationSlot
 from realm.runtime.spec.runtime_config import ClusterModel, TenantEntry
 from realm.runtime.spec.tenant import Quotas
@@ -358,6 +358,11 @@ class RuntimeHostServices:
         max_tokens = max_tokens_within_limits(engine, entry, len(ids), params.max_tokens, None)
         controller = self._sampler(tenant, entry, served.key, options)
         try:
+            if controller is not None:
+                try:
+                    await asyncio.wrap_future(controller.instance.warm())
+                except SamplerFailed as e:
+                    raise sampler_error(e.code, e.message) from e
             stream = GenerationStream(
                 self.state,
                 tenant=tenant,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+import llguidance.numpy
 import pytest
 
 from realm.runtime.engines.base import (
@@ -148,6 +150,7 @@ async def test_json_schema_constrains_output(smol: LlamaCppEngine) -> None:
     text, events = await run(smol, "js", chat_ids(smol, "Tell me a joke."), GREEDY, schema_constraint(PERSON))
     assert events[-1].finish_reason == "stop"
     validate(json.loads(text), PERSON)
+    assert text == json.dumps(json.loads(text), ensure_ascii=False)  # compact, as json.dumps writes it
 
 
 async def test_json_object_constrains_output(smol: LlamaCppEngine) -> None:
@@ -245,3 +248,23 @@ async def test_200_constrained_generations_parse_and_validate(smol: LlamaCppEngi
             validate(json.loads(text), schema)
     finally:
         await gemma.shutdown()
+
+
+async def test_masks_are_filled_off_the_engine_thread_in_one_call_per_step(
+    smol: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real fill, observed (a spy, not a fake): one call covers every constrained row of a
+    step, and it runs on the mask worker, not the thread that calls llama_decode."""
+    calls: list[tuple[str, int]] = []
+    real = llguidance.numpy.fill_next_token_bitmask_par
+
+    def spy(executor: Any, matchers: list[Any], bitmask: Any) -> None:
+        calls.append((threading.current_thread().name, len(matchers)))
+        real(executor, matchers, bitmask)
+
+    monkeypatch.setattr(llguidance.numpy, "fill_next_token_bitmask_par", spy)
+    ids = chat_ids(smol, "Count.")
+    constraint = Constraint(kind="regex", value="[0-9]{6}")
+    await asyncio.gather(*(run(smol, f"spy{i}", ids, GREEDY, constraint) for i in range(4)))
+    assert calls and all(name.startswith("masks") for name, _ in calls)
+    assert max(n for _, n in calls) == 4

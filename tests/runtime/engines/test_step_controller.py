@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -251,3 +252,34 @@ def test_numpy_sampler_top_p_keeps_the_smallest_nucleus() -> None:
     row = np.array([10.0, 0.0, 0.0, 0.0], dtype=np.float32)
     rng = np.random.default_rng(0)
     assert {sample_row(row, SamplingParams(temperature=2.0, top_p=0.5), rng) for _ in range(100)} == {0}
+
+
+@pytest.mark.parametrize(("top_k", "budget_s"), [(0, 1.0), (65, 1.0), (8, 0.0)])
+async def test_controller_bounds_are_checked_at_submit(
+    smol: LlamaCppEngine, top_k: int, budget_s: float
+) -> None:
+    with pytest.raises(EngineError, match="step controller's"):
+        await run(
+            smol,
+            "bad",
+            chat_ids(smol, "Hi"),
+            step_controller=FnController(top, top_k=top_k, budget_s=budget_s),
+        )
+
+
+@dataclass
+class DataController(StepController):
+    """A controller that is a dataclass, hence unhashable (a fake at the seam)."""
+
+    top_k: int = 4
+    budget_s: float = 1.0
+
+    def submit(self, views: Sequence[StepView], done: StepDone) -> None:
+        done([top(v) for v in views])
+
+
+async def test_an_unhashable_controller_is_grouped_by_identity(smol: LlamaCppEngine) -> None:
+    ids = chat_ids(smol, "Name a bird.")
+    greedy, _ = await run(smol, "gd", ids)
+    text, _ = await run(smol, "dc", ids, step_controller=DataController())
+    assert text == greedy

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from realm.runtime.engines.base import Constraint, SamplingParams
+from realm.runtime.engines.base import (
+    Constraint,
+    SamplingParams,
+    StepController,
+    StepDone,
+    StepFailure,
+    StepView,
+)
 from realm.runtime.engines.llamacpp import LlamaCppEngine
 from realm.runtime.metrics import Metrics
 from realm.runtime.scheduler import AdmissionScheduler, TenantPolicy
 from realm.runtime.serving.constraints import MAX_CONSTRAINT_CHARS, checked_constraint, local_only
-from realm.runtime.serving.errors import InvalidConstraint, InvalidRequest
+from realm.runtime.serving.errors import EngineFailed, InvalidConstraint, InvalidRequest
 from realm.runtime.serving.generation import GenerationStream, complete_text
 from realm.runtime.serving.state import ServingState
 from realm.runtime.spec.runtime_config import ModelConfig
@@ -65,7 +72,9 @@ def serving(engine: LlamaCppEngine) -> ServingState:
     return state
 
 
-def stream(engine: LlamaCppEngine, constraint: Constraint) -> GenerationStream:
+def stream(
+    engine: LlamaCppEngine, constraint: Constraint | None, controller: StepController | None = None
+) -> GenerationStream:
     return GenerationStream(
         serving(engine),
         tenant="acme",
@@ -76,6 +85,7 @@ def stream(engine: LlamaCppEngine, constraint: Constraint) -> GenerationStream:
         params=SamplingParams(max_tokens=48, temperature=0.0),
         arrived=time.perf_counter(),
         constraint=constraint,
+        step_controller=controller,
         id_prefix="t",
     )
 
@@ -98,3 +108,23 @@ async def test_a_constraint_that_fails_in_the_engine_is_invalid_constraint(smol:
         await gen.close()
     assert isinstance(failure, InvalidConstraint)
     assert "undefined_rule" in failure.message
+
+
+class Trapping(StepController):
+    """Fails every step as a trapped guest would (a fake at the engine's StepController seam)."""
+
+    top_k, budget_s = 4, 1.0
+
+    def submit(self, views: Sequence[StepView], done: StepDone) -> None:
+        done(StepFailure("sampler_trap", "the guest trapped"))
+
+
+async def test_a_step_controller_failure_keeps_its_code(smol: LlamaCppEngine) -> None:
+    gen = stream(smol, None, Trapping())
+    try:
+        await gen.start()
+        failure = gen.failure()
+    finally:
+        await gen.close()
+    assert isinstance(failure, EngineFailed)
+    assert (failure.code, failure.message) == ("sampler_trap", "the guest trapped")
