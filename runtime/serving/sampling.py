@@ -6,6 +6,12 @@ The engine hands a controller, once per step, the views of all its sequences sam
 and answers the engine from there. Generation ids are per tenant and never reused. An instance
 lives while the module has sampled generations, and a short while after (`IDLE_S`), so that a
 module generating one text after another keeps one instance; a redeployed module gets a new one.
+
+A module whose sampler fails step after step (overruns its budget, traps) is refused new sampled
+generations for a while, the wait doubling with each failure in a row (`BACKOFF_FIRST_S` ..
+`BACKOFF_MAX_S`, as a crash-looping container is restarted): each failed generation has cost the
+shared batch its prefill and a core its budget, which a module that always fails would otherwise
+spend for ever. One success ends the streak; a redeployed module starts without one.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from .state import ServingState
 
 # How long an instance without sampled generations is kept for the next one.
 IDLE_S = 30.0
+# The refusal after the second failure in a row, doubled per further failure, up to the last.
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 5.0
 # A candidate's logprob as JSON must be a number: -inf (a token the constraint bans) becomes f32's lowest.
 LOWEST_LOGPROB = -3.4e38
 
@@ -80,6 +89,20 @@ def _logprob(x: float) -> float:
 
 
 @dataclass
+class _Backoff:
+    streak: int = 0
+    until: float = 0.0
+    code: str = "sampler_timeout"
+    message: str = ""
+
+    def failed(self, failure: SamplerFailed, now: float) -> None:
+        self.streak += 1
+        self.code, self.message = failure.code, failure.message
+        if self.streak >= 2:
+            self.until = now + min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self.streak - 2))
+
+
+@dataclass
 class _Generation:
     id: int
     config: str
@@ -97,6 +120,7 @@ class TenantSampler(StepController):
         top_k: int,
         metrics: Metrics,
         on_release: Callable[[str], None],
+        on_outcome: Callable[[SamplerFailed | None], None] = lambda _: None,
     ) -> None:
         self.instance = instance
         self.tenant = tenant
@@ -105,6 +129,7 @@ class TenantSampler(StepController):
         self.budget_s = instance.limits.sampler_step_ms / 1000
         self._metrics = metrics
         self._on_release = on_release
+        self._on_outcome = on_outcome
         self._generations: dict[str, _Generation] = {}
         self._lock = threading.Lock()
 
@@ -137,8 +162,12 @@ class TenantSampler(StepController):
             self._metrics.sampler_step.labels(self.model).observe(time.perf_counter() - started)
             if isinstance(outcome, SamplerFailed):
                 self._metrics.sampler_failures.labels(self.tenant, outcome.code).inc()
+                # A wrong answer costs nobody a budget: only overruns and traps make a streak.
+                if outcome.code != "sampler_invalid":
+                    self._on_outcome(outcome)
                 done(StepFailure(outcome.code, outcome.message))
                 return
+            self._on_outcome(None)
             # A sequence released meanwhile (its caller left) is ended, not asked about.
             answers = iter(outcome)
             done([decision(next(answers)) if g is not None else STOP for g in known])
@@ -170,6 +199,7 @@ class Samplers:
     def __init__(self) -> None:
         self._instances: dict[tuple[str, str], _Instance] = {}
         self._ids: dict[str, itertools.count[int]] = {}
+        self._backoff: dict[tuple[str, str], _Backoff] = {}
         self._lock = threading.Lock()
         self._sweeper: threading.Timer | None = None
 
@@ -188,9 +218,11 @@ class Samplers:
         top_k: int,
         metrics: Metrics,
     ) -> TenantSampler:
-        """The controller for one more sampled generation of `module` (counted until its release)."""
+        """The controller for one more sampled generation of `module` (counted until its release).
+        A ServingError of the last failure's code while the module's sampler is backed off."""
         key = (module.tenant, module.sha256)
         with self._lock:
+            self._refuse_backed_off(key)
             self._close_idle(except_key=key)
             entry = self._instances.get(key)
             if entry is None:
@@ -205,11 +237,32 @@ class Samplers:
                     top_k=top_k,
                     metrics=metrics,
                     on_release=lambda _: self._released(key),
+                    on_outcome=lambda failure: self._outcome(key, failure),
                 )
                 entry.controllers[(model, top_k)] = ctl
             entry.generations += 1
             entry.idle_since = None
             return ctl
+
+    def _refuse_backed_off(self, key: tuple[str, str]) -> None:
+        # Called with _lock held. Streaks of the tenant's earlier modules are forgotten.
+        for old in [k for k in self._backoff if k[0] == key[0] and k != key]:
+            del self._backoff[old]
+        b = self._backoff.get(key)
+        left = b.until - time.monotonic() if b is not None else 0.0
+        if b is not None and left > 0:
+            raise sampler_error(
+                b.code,
+                f"{b.message} (the module's sampler failed {b.streak} steps in a row: its sampled "
+                f"generations are refused for {left:.1f} s more)",
+            )
+
+    def _outcome(self, key: tuple[str, str], failure: SamplerFailed | None) -> None:
+        with self._lock:
+            if failure is None:
+                self._backoff.pop(key, None)
+            else:
+                self._backoff.setdefault(key, _Backoff()).failed(failure, time.monotonic())
 
     def abandon(self, ctl: TenantSampler) -> None:
         """A generation counted by `controller` that was never registered with it."""

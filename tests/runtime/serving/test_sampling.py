@@ -160,3 +160,21 @@ async def test_one_timer_closes_the_idle_instances(sandbox: Sandbox, monkeypatch
     assert len(timers) == 1
     await asyncio.sleep(1.0)  # generous: the timer fires 0.3 s after the last release
     assert samplers.instances == 0
+
+
+async def test_a_sampler_failing_twice_in_a_row_is_refused_new_generations_for_a_while(
+    sandbox: Sandbox,
+) -> None:
+    samplers, metrics = Samplers(), Metrics()
+    spinning = module(sandbox, answering("{}", steps="(loop $l (br $l))"))
+    for rid in ("r1", "r2"):
+        # The first failure alone refuses nothing: the second generation is let in.
+        ctl = await controller(samplers, sandbox, spinning, metrics)
+        ctl.register(rid, samplers.next_id("acme"), "")
+        outcome = await decide(ctl, [view(rid, 10)])
+        assert isinstance(outcome, StepFailure) and outcome.code == "sampler_timeout"
+        ctl.release(rid)
+    with pytest.raises(sampling.SamplerTimeout, match="failed 2 steps in a row"):
+        await controller(samplers, sandbox, spinning, metrics)
+    # Another module of the same tenant (a redeploy) starts without the streak.
+    assert await controller(samplers, sandbox, module(sandbox, TOP), metrics) is not None

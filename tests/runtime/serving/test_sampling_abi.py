@@ -30,8 +30,12 @@ from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
 
 TENANTS = {
     # The largest step budget: on a loaded machine a trivial sampler's thread (at guest priority)
-    # may wait for a core longer than the default 20 ms, and these tests are not about time.
-    "alpha": {"allowedModels": [DEFAULT_MODEL], "quotas": {"samplerStepMs": 1000}},
+    # may wait for a core longer than the default 20 ms (and a generation of a few dozen such steps
+    # longer than the default 30 s invocation deadline), and these tests are not about time.
+    "alpha": {
+        "allowedModels": [DEFAULT_MODEL],
+        "quotas": {"samplerStepMs": 1000, "wasmTimeMsPerInvocation": 110000},
+    },
     "beta": {"allowedModels": [DEFAULT_MODEL]},
 }
 
