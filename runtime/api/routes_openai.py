@@ -33,6 +33,7 @@ from realm.runtime.serving.remote import (
     remote_for,
 )
 from realm.runtime.serving.requests import (
+    format_constraint,
     logit_bias_processor,
     max_tokens_within_limits,
     response_constraint,
@@ -101,6 +102,24 @@ async def _response_constraint(engine: Engine, body: SamplingFields) -> Constrai
             response_constraint, engine, "json_schema", schema, param="response_format"
         )
     return await asyncio.to_thread(response_constraint, engine, "json_object", None, param="response_format")
+
+
+def _remote_constraint(
+    state: AppState, tenant: str, body: SamplingFields, endpoint: str
+) -> Constraint | None:
+    """The request's `response_format` as the constraint another pod will compile for its model (bounded
+    here); a refusal is counted and raised as its API error."""
+    fmt = body.constrained_format()
+    if fmt is None:
+        return None
+    try:
+        if fmt.json_schema is not None:
+            return format_constraint("json_schema", fmt.json_schema.json_schema, param="response_format")
+        return format_constraint("json_object", None, param="response_format")
+    except ServingError as e:
+        error = api_error(e)
+        _count_rejection(state, tenant, body.model, endpoint, error)
+        raise error from e
 
 
 def _token_text(engine: Engine, event: TokenEvent) -> str:
@@ -533,11 +552,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
                 ("conversation", body.conversation is not None),
                 ("logprobs", bool(body.logprobs)),
                 ("logit_bias", bool(body.logit_bias)),
-                ("response_format", body.constrained_format() is not None),
                 ("tools", body.uses_tools()),
             ),
             body=internal_body(
-                model=remote, fields=body, messages=messages, max_tokens=body.requested_max_tokens()
+                model=remote,
+                fields=body,
+                messages=messages,
+                max_tokens=body.requested_max_tokens(),
+                constraint=_remote_constraint(state, tenant.name, body, "chat"),
             ),
         )
     r = _render(gen, include_usage=body.include_usage, logprobs=bool(body.logprobs))
@@ -740,17 +762,14 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             model=body.model,
             endpoint="completions",
             id_prefix="cmpl",
-            unsupported=(
-                ("logprobs", body.logprobs is not None),
-                ("logit_bias", bool(body.logit_bias)),
-                ("response_format", body.constrained_format() is not None),
-            ),
+            unsupported=(("logprobs", body.logprobs is not None), ("logit_bias", bool(body.logit_bias))),
             body=internal_body(
                 model=remote,
                 fields=body,
                 prompt=prompt,
                 max_tokens=body.requested_max_tokens(),
                 default_max_tokens=16,
+                constraint=_remote_constraint(state, tenant.name, body, "completions"),
             )
             if isinstance(prompt, str)
             else None,

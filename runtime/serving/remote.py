@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from realm.runtime.engines.base import FinishReason, TokenEvent
+from realm.runtime.engines.base import Constraint, FinishReason, TokenEvent
 from realm.runtime.peers import Discovery, Endpoint, InternalCredential, pick
 from realm.runtime.peers.credential import HEADER as CREDENTIAL_HEADER
 from realm.runtime.peers.credential import MAX_LIFETIME_S
@@ -41,8 +41,10 @@ from realm.runtime.scheduler import QuotaExceeded as RateQuotaExceeded
 from realm.runtime.spec.identity import NamespaceIdentity, tenant_uid
 from realm.runtime.spec.runtime_config import ClusterConfig, ClusterModel, TenantEntry
 
+from .constraints import checked_constraint
 from .errors import (
     EngineFailed,
+    InvalidConstraint,
     InvalidRequest,
     ModelNotAllowed,
     ModelNotFound,
@@ -124,6 +126,9 @@ class InternalGenerateBody(BaseModel):
     seed: int | None = None
     ignore_eos: bool | None = None
     stop: list[str] = Field(default_factory=list, max_length=4)
+    # What the output must match: bounded by the calling door, compiled here for this pod's model. Left
+    # out of the body when None, so a pod that predates it still takes every unconstrained call.
+    constraint: Constraint | None = None
 
     @model_validator(mode="after")
     def _one_prompt(self) -> InternalGenerateBody:
@@ -145,6 +150,7 @@ def internal_body(
     messages: Sequence[tuple[str, str]] | None = None,
     max_tokens: int | None,
     default_max_tokens: int | None = None,
+    constraint: Constraint | None = None,
 ) -> InternalGenerateBody:
     """The internal call's body from a request's sampling fields (the API's or the ABI's)."""
     given: dict[str, Any] = {
@@ -159,6 +165,7 @@ def internal_body(
         max_tokens=max_tokens,
         default_max_tokens=default_max_tokens,
         stop=[] if stop is None else [stop] if isinstance(stop, str) else list(stop),
+        constraint=constraint,
         **given,
     )
 
@@ -186,6 +193,9 @@ async def internal_generation(
     else:
         ids = await tokenize_text(state, engine, body.prompt or "")
     max_tokens = max_tokens_within_limits(engine, entry, len(ids), body.max_tokens, body.default_max_tokens)
+    constraint = None
+    if body.constraint is not None:  # compiled off the event loop: a large schema takes a while
+        constraint = await asyncio.to_thread(checked_constraint, engine, body.constraint)
     return GenerationStream(
         state,
         tenant=entry.name,
@@ -194,6 +204,7 @@ async def internal_generation(
         endpoint="internal",
         prompt_ids=ids,
         params=sampling_params(body, max_tokens=max_tokens),
+        constraint=constraint,
         arrived=arrived,
         id_prefix="internal",
         charge=False,
@@ -545,6 +556,8 @@ async def _refusal(resp: aiohttp.ClientResponse) -> ServingError:
     kind: type[ServingError] = {400: InvalidRequest, 403: ModelNotAllowed, 404: ModelNotFound}.get(
         resp.status, EngineFailed
     )
+    if resp.status == 400 and code == "invalid_constraint":  # the serving pod could not compile it
+        kind = InvalidConstraint
     return kind(message, code=str(code) if code else None, param=error.get("param"))
 
 

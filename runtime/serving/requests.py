@@ -363,6 +363,18 @@ def _depth(value: object) -> int:
     return deepest
 
 
+def format_constraint(
+    kind: Literal["json_object", "json_schema"], schema: Mapping[str, Any] | None, *, param: str
+) -> Constraint:
+    """A response format (OpenAI's `json_object`, or `json_schema` with its schema) as an engine
+    constraint, not yet compiled; InvalidConstraint naming `param` when it has no schema or the schema
+    is too large or too deep. The pod that runs the generation compiles it (`response_constraint` here,
+    remote.internal_generation for another pod's model)."""
+    if kind == "json_object":
+        return Constraint(kind="json_object")
+    return Constraint(kind="json_schema", value=_schema_text(schema, param))
+
+
 def response_constraint(
     engine: Engine,
     kind: Literal["json_object", "json_schema"],
@@ -370,12 +382,9 @@ def response_constraint(
     *,
     param: str,
 ) -> Constraint:
-    """A response format (OpenAI's `json_object`, or `json_schema` with its schema) as the engine's
-    constraint, compiled once by the engine to check it; InvalidConstraint naming `param` when it has no
-    schema, is too large or too deep, or the engine cannot compile it."""
-    constraint = Constraint(kind="json_object")
-    if kind == "json_schema":
-        constraint = Constraint(kind="json_schema", value=_schema_text(schema, param))
+    """`format_constraint`, compiled by `engine` to check it: InvalidConstraint naming `param` when it
+    cannot be."""
+    constraint = format_constraint(kind, schema, param=param)
     try:
         return checked_constraint(engine, constraint)
     except InvalidConstraint as e:

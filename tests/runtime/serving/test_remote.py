@@ -479,17 +479,16 @@ def test_a_remote_answer_has_the_local_answers_shape(
         ("chat", "logprobs", True),
         ("chat", "logit_bias", {"1": 5.0}),
         ("chat", "conversation", "conv-1"),
+        ("chat", "tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
         ("completions", "logprobs", 1),
         ("completions", "logit_bias", {"1": 5.0}),
-        ("chat", "response_format", {"type": "json_object"}),
-        ("completions", "response_format", {"type": "json_object"}),
     ],
 )
 def test_a_remote_request_is_refused_what_only_a_local_engine_does(
     pods: Pods, endpoint: str, field: str, value: Any
 ) -> None:
-    """Logprobs, logit bias and a constraining response format need the engine's vocabulary, a
-    conversation this pod's store: a 400, counted as the tenant's client error."""
+    """Logprobs and logit bias need the engine's vocabulary, a conversation this pod's store: a 400,
+    counted as the tenant's client error."""
     before = client_errors(pods.a, endpoint)
     if endpoint == "chat":
         r = chat(pods.a.base_url, "acme", GEMMA, **{field: value})
@@ -501,6 +500,40 @@ def test_a_remote_request_is_refused_what_only_a_local_engine_does(
         field,
     )
     assert client_errors(pods.a, endpoint) == before + 1
+
+
+PAIR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"word": {"type": "string", "maxLength": 20}, "count": {"type": "integer"}},
+    "required": ["word", "count"],
+    "additionalProperties": False,
+}
+PAIR_FORMAT = {"type": "json_schema", "json_schema": {"name": "pair", "schema": PAIR_SCHEMA, "strict": True}}
+
+
+def test_a_json_schema_chat_for_a_remote_model_is_constrained_by_the_pod_serving_it(pods: Pods) -> None:
+    """The constraint travels with the internal call; pod B compiles it for Gemma and holds the answer to
+    it."""
+    r = chat(pods.a.base_url, "acme", GEMMA, response_format=PAIR_FORMAT, max_tokens=60, temperature=0)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    doc = json.loads(choice["message"]["content"])
+    assert set(doc) == {"word", "count"} and isinstance(doc["count"], int)
+
+
+def test_a_streamed_json_object_completion_for_a_remote_model_is_one_object(pods: Pods) -> None:
+    r = complete(pods.a.base_url, response_format={"type": "json_object"}, max_tokens=60, stream=True)
+    assert r.status_code == 200, r.text
+    text = "".join(c["choices"][0]["text"] for c in sse_chunks(r) if c["choices"])
+    assert isinstance(json.loads(text), dict)
+
+
+def test_a_schema_the_serving_pod_cannot_compile_is_400_naming_response_format(pods: Pods) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}}
+    r = chat(pods.a.base_url, "acme", GEMMA, response_format=fmt)
+    error = r.json()["error"]
+    assert (r.status_code, error["code"], error["param"]) == (400, "invalid_constraint", "response_format")
 
 
 class _HalfAnswer(BaseHTTPRequestHandler):
