@@ -35,7 +35,7 @@ MAX_TOOLS = 128
 MAX_TOOLS_BYTES = 48 * 1024
 MAX_TOOL_SCHEMA_DEPTH = 32
 # Parallel calls in one answer; a small model left unbounded repeats a call until its budget ends.
-MAX_PARALLEL_CALLS = 8
+MAX_PARALLEL_CALLS = 4
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 ToolChoiceMode = Literal["none", "auto", "required", "named"]

@@ -207,7 +207,7 @@ def test_the_whole_client_flow(server: Server) -> None:
     message = first.choices[0].message
     calls = message.tool_calls or []
     assert calls
-    messages.append(message.model_dump(exclude_none=True))
+    messages.append(message)  # as OpenAI's own examples do: the reply object itself
     for c in calls:
         messages.append({"role": "tool", "tool_call_id": c.id, "content": "22 degrees and sunny"})
     final = client.chat.completions.create(
