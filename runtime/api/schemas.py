@@ -165,7 +165,7 @@ class JSONSchemaSpec(BaseModel):
     """OpenAI's `json_schema` object. `schema` is optional in OpenAI's types; here a format without one
     is refused when the request is checked (serving/requests.py), as there is nothing to hold it to."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None  # accepted and ignored: the schema, not a prose hint, constrains output

@@ -55,7 +55,7 @@ def test_chat_json_schema_strict_parses_with_the_clients_own_parse(server: Serve
         messages=ASK,
         response_format=City,
         max_tokens=120,
-        temperature=0,  # type: ignore[arg-type]
+        temperature=0,
     )
     assert r.choices[0].finish_reason == "stop"
     assert isinstance(r.choices[0].message.parsed, City)
@@ -64,8 +64,8 @@ def test_chat_json_schema_strict_parses_with_the_clients_own_parse(server: Serve
 def test_chat_json_schema_streamed_validates(server: Server) -> None:
     chunks = server.client().chat.completions.create(
         model=MODEL,
-        messages=ASK,  # type: ignore[arg-type]
-        response_format=CITY_FORMAT,  # type: ignore[arg-type]
+        messages=ASK,
+        response_format=CITY_FORMAT,
         max_tokens=120,
         temperature=0.8,
         seed=3,
@@ -164,6 +164,11 @@ HOSTILE: list[tuple[str, Any, str]] = [
     ),
     ("unknown field", {"type": "json_object", "grammar": "x"}, "response_format.grammar"),
     (
+        "schema under its Python name",
+        {"type": "json_schema", "json_schema": {"name": "x", "json_schema": {}}},
+        "response_format.json_schema.json_schema",
+    ),
+    (
         "keyword the engine does not implement",
         _schema_format({"type": "object", "if": {}, "then": {}}),
         "response_format",
@@ -210,8 +215,8 @@ def test_the_official_client_raises_bad_request_for_an_invalid_schema(server: Se
     with pytest.raises(openai.BadRequestError) as caught:
         server.client().chat.completions.create(
             model=MODEL,
-            messages=ASK,  # type: ignore[arg-type]
-            response_format=_schema_format({"type": "frobnicate"}),  # type: ignore[arg-type]
+            messages=ASK,
+            response_format=_schema_format({"type": "frobnicate"}),
             max_tokens=4,
         )
     assert caught.value.status_code == 400
