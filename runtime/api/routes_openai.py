@@ -585,6 +585,14 @@ async def _chat_here(
     try:
         served = served_here(state, target)
         engine = served.engine
+        if body.conversation is not None and body.uses_tools():
+            # A conversation stores text turns; checked before its history is read.
+            raise APIError(
+                400,
+                "Tool calling is not supported together with a conversation.",
+                code="unsupported_value",
+                param="tools",
+            )
         if body.conversation is not None:
             try:
                 turn = await begin_chat_turn(
@@ -664,13 +672,6 @@ async def _tool_prompt(
 ) -> tuple[list[tuple[str, str]], Constraint | None]:
     """The prompt of a request with tools (or tool calls and results in its history), and the constraint
     its answer is held to; the tools are checked and compiled off the event loop."""
-    if body.conversation is not None:
-        raise APIError(
-            400,
-            "Tool calling is not supported together with a conversation.",
-            code="unsupported_value",
-            param="tools",
-        )
     if body.logprobs:
         raise APIError(
             400, "logprobs are not supported together with tools.", code="unsupported_value", param="logprobs"

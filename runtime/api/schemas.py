@@ -114,7 +114,10 @@ class Message(BaseModel):
             raise ValueError("tool_calls are only allowed on assistant messages")
         if (self.tool_call_id is not None) != (self.role == "tool"):
             raise ValueError("a tool message needs its tool_call_id, and only a tool message may have one")
-        if not self.text().strip() and not (self.role == "assistant" and self.tool_calls):
+        if self.role == "tool":
+            if self.content is None:
+                raise ValueError("a tool message needs its content (it may be empty)")
+        elif not self.text().strip() and not (self.role == "assistant" and self.tool_calls):
             raise ValueError("message content must not be empty")
         return self
 

@@ -300,3 +300,26 @@ def test_custom_tools_are_refused(server: Server) -> None:
 def test_tools_with_response_format_are_refused(server: Server) -> None:
     e = _refused(server, tools=TOOLS, response_format={"type": "json_object"})
     assert _param(e) == "response_format"
+
+
+def test_tools_with_a_conversation_are_refused(server: Server) -> None:
+    e = _refused(server, tools=TOOLS, extra_body={"conversation": "conv-none"})
+    assert _param(e) == "tools"
+
+
+def test_a_tool_result_may_be_empty(server: Server) -> None:
+    """A tool that printed nothing is still an answer to its call."""
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_time", "arguments": '{"timezone": "UTC"}'},
+    }
+    messages = [
+        *ASK,
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": ""},
+    ]
+    r = server.client().chat.completions.create(
+        model=MODEL, messages=messages, tools=TOOLS, tool_choice="none", max_tokens=5
+    )
+    assert r.choices[0].message.content is not None
