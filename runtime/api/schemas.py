@@ -131,6 +131,19 @@ class Message(BaseModel):
         return StoredMessage(role=self.role, content=self.text(), name=self.name)
 
 
+class StoredTurnMessage(Message):
+    """A message a conversation stores (/v1/conversations): text turns only; tool calls and results
+    are not kept in conversations."""
+
+    @model_validator(mode="after")
+    def _text_only(self) -> StoredTurnMessage:
+        if self.role == "tool" or self.tool_calls:
+            raise ValueError(
+                "conversations store text messages only; tool calls and tool results are not kept"
+            )
+        return self
+
+
 class FunctionDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
