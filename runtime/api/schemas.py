@@ -7,7 +7,6 @@ and ignored; each is listed under "Accepted and ignored" below.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -70,18 +69,8 @@ class FunctionCall(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., min_length=1, max_length=64)
-    arguments: str  # a JSON object, as text (OpenAI's shape)
-
-    @field_validator("arguments")
-    @classmethod
-    def _json_object(cls, v: str) -> str:
-        try:
-            value = json.loads(v)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"arguments must be a JSON object as text: {e}") from e
-        if not isinstance(value, dict):
-            raise ValueError("arguments must be a JSON object as text")
-        return v
+    # A JSON object as text, as the model wrote it; taken as it is (it is only shown to the model again).
+    arguments: str
 
 
 class ToolCallParam(BaseModel):
@@ -94,8 +83,17 @@ class ToolCallParam(BaseModel):
     function: FunctionCall
 
 
+def _content_listed_as_required(schema: dict[str, Any]) -> None:
+    # The published schema asks for text `content` on every message, as most messages need; the validator
+    # also takes an assistant message with tool_calls whose content is null or left out.
+    schema.setdefault("required", []).append("content")
+    content = schema.get("properties", {}).get("content", {})
+    if "anyOf" in content:
+        content["anyOf"] = [s for s in content["anyOf"] if s.get("type") != "null"]
+
+
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_content_listed_as_required)
 
     # "developer" is OpenAI's newer name for "system"; "function" (the deprecated predecessor of "tool")
     # is refused.
@@ -104,20 +102,18 @@ class Message(BaseModel):
     content: str | list[TextPart] | None = None
     name: str | None = None  # accepted and ignored: no template we serve renders speaker names
     tool_calls: list[ToolCallParam] | None = Field(None, max_length=128)  # assistant messages only
-    tool_call_id: str | None = Field(None, min_length=1, max_length=128)  # tool messages only
+    # Tool messages: the call they answer (serving refuses one that answers none); ignored on others.
+    tool_call_id: str | None = Field(None, min_length=1, max_length=128)
     # Accepted and ignored on assistant messages: OpenAI's clients send a reply back as they got it.
     refusal: str | None = None
 
     @model_validator(mode="after")
-    def _fields_of_its_role(self) -> Message:
-        if self.tool_calls and self.role != "assistant":
-            raise ValueError("tool_calls are only allowed on assistant messages")
-        if (self.tool_call_id is not None) != (self.role == "tool"):
-            raise ValueError("a tool message needs its tool_call_id, and only a tool message may have one")
-        if self.role == "tool":
-            if self.content is None:
-                raise ValueError("a tool message needs its content (it may be empty)")
-        elif not self.text().strip() and not (self.role == "assistant" and self.tool_calls):
+    def _content_of_its_role(self) -> Message:
+        # tool_calls count on assistant messages only, tool_call_id on tool messages only (serving reads
+        # them so); a tool's result may be empty, an assistant message that calls may have no text.
+        if self.role == "tool" or (self.role == "assistant" and self.tool_calls):
+            return self
+        if not self.text().strip():
             raise ValueError("message content must not be empty")
         return self
 

@@ -272,7 +272,7 @@ def test_a_tool_message_answering_no_call_is_refused(server: Server) -> None:
 
 def test_a_tool_message_without_its_id_is_refused(server: Server) -> None:
     messages = [*ASK, {"role": "tool", "content": "22"}]
-    assert _param(_refused(server, messages=messages)) == "messages.1"
+    assert _param(_refused(server, messages=messages)) == "messages[1].tool_call_id"
 
 
 def test_too_many_tools_are_refused(server: Server) -> None:
