@@ -27,7 +27,7 @@ from realm.runtime.conversations import UNSET, Conversation, ConversationError, 
 from realm.runtime.serving.conversations import conversation_store
 
 from .errors import api_error
-from .schemas import Message, RequestBody
+from .schemas import RequestBody, StoredTurnMessage
 from .state import AppState
 
 router = APIRouter()
@@ -35,7 +35,7 @@ router = APIRouter()
 
 class CreateConversation(RequestBody):
     metadata: dict[str, str] | None = None
-    messages: list[Message] = Field(default_factory=list)
+    messages: list[StoredTurnMessage] = Field(default_factory=list)
     state: str | None = None
 
 
@@ -48,7 +48,7 @@ class UpdateConversation(RequestBody):
 
 
 class AppendMessages(RequestBody):
-    messages: list[Message] = Field(..., min_length=1)
+    messages: list[StoredTurnMessage] = Field(..., min_length=1)
     expected_version: int | None = Field(None, ge=1)
 
 

@@ -45,6 +45,19 @@ from realm.runtime.serving.requests import (
     tokenize_text,
 )
 from realm.runtime.serving.routing import ModelTarget
+from realm.runtime.serving.tool_calls import (
+    ArgumentsDelta,
+    Call,
+    CallStart,
+    ContentDelta,
+    HistoryMessage,
+    Tool,
+    ToolCallParser,
+    ToolChoice,
+    checked_tools,
+    prompt_messages,
+    tool_call_constraint,
+)
 from realm.runtime.spec.runtime_config import ClusterModel, TenantEntry
 
 from . import sse
@@ -53,6 +66,7 @@ from .errors import APIError, api_error, error_body
 from .schemas import (
     ChatCompletionRequest,
     CompletionRequest,
+    NamedToolChoice,
     SamplingFields,
     route_key,
 )
@@ -297,7 +311,13 @@ def _render(gen: GenerationStream | RemoteStream, *, include_usage: bool, logpro
     return _Render(gen, f"realm-{engine.info.version}", include_usage, engine if logprobs else None)
 
 
-async def _chat_chunks(r: _Render, state: AppState, turn: ChatTurn | None) -> AsyncIterator[bytes]:
+async def _chat_chunks(
+    r: _Render, state: AppState, turn: ChatTurn | None, calls: bool
+) -> AsyncIterator[bytes]:
+    if calls:
+        async for chunk in _tool_chunks(r):
+            yield chunk
+        return
     g, obj, engine = r.gen, "chat.completion.chunk", r.logprobs
     yield r.chunk(
         obj,
@@ -332,22 +352,91 @@ async def _chat_chunks(r: _Render, state: AppState, turn: ChatTurn | None) -> As
                 yield sse.event({**r.head(obj), "choices": [], "conversation": _turn_recorded(recorded)})
 
 
-async def _chat_answer(r: _Render, state: AppState, turn: ChatTurn | None) -> dict[str, Any]:
+def _tool_finish(g: _Generation, parser: ToolCallParser) -> str | None:
+    """OpenAI's finish_reason for an answer read as tool calls: `tool_calls` once its calls are whole."""
+    if g.finish_reason == "stop" and parser.is_calls and parser.complete:
+        return "tool_calls"
+    return g.finish_reason
+
+
+async def _tool_chunks(r: _Render) -> AsyncIterator[bytes]:
+    """A streamed answer that may hold tool calls, in OpenAI's deltas: the role first; then content
+    fragments, or per call one delta with its index, id, type and name (arguments "") followed by
+    deltas of argument fragments; then the finish reason."""
+    g, obj = r.gen, "chat.completion.chunk"
+    parser = ToolCallParser()
+    role_sent = False
+
+    def delta(d: dict[str, Any]) -> bytes:
+        return r.chunk(obj, [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}])
+
+    async def events() -> AsyncIterator[list[Any]]:
+        async for event in g.events():
+            yield parser.feed(event.text)
+        yield parser.finish()
+
+    async for batch in events():
+        for e in batch:
+            head: dict[str, Any] = {} if role_sent else {"role": "assistant"}
+            role_sent = True
+            if isinstance(e, ContentDelta):
+                yield delta({**head, "content": e.text})
+            elif isinstance(e, CallStart):
+                call = {
+                    "index": e.index,
+                    "id": e.id,
+                    "type": "function",
+                    "function": {"name": e.name, "arguments": ""},
+                }
+                yield delta(
+                    {**head, "content": None, "tool_calls": [call]} if head else {"tool_calls": [call]}
+                )
+            elif isinstance(e, ArgumentsDelta):
+                yield delta({"tool_calls": [{"index": e.index, "function": {"arguments": e.text}}]})
+    if g.finish_reason in ("stop", "length"):
+        if not role_sent:
+            yield delta({"role": "assistant", "content": ""})
+        finish = _tool_finish(g, parser)
+        yield r.chunk(obj, [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])
+        if r.include_usage:
+            yield r.chunk(obj, [], g.usage.as_openai())
+
+
+def _call_json(c: Call) -> dict[str, Any]:
+    return {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+
+
+async def _chat_answer(r: _Render, state: AppState, turn: ChatTurn | None, calls: bool) -> dict[str, Any]:
     g, engine = r.gen, r.logprobs
     text: list[str] = []
     logprobs: list[dict[str, Any]] = []
+    parser = ToolCallParser()
     async for event in g.events():
         text.append(event.text)
+        if calls:
+            parser.feed(event.text)
         if engine is not None:
             logprobs += _chat_logprobs(engine, event)
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
+    finish = g.finish_reason
+    if calls:
+        parser.finish()
+        finish = _tool_finish(g, parser)
+        if parser.is_calls:
+            # Only calls read to their closing tag: a call cut off by max_tokens is not a call.
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [_call_json(c) for c in parser.calls],
+            }
     payload: dict[str, Any] = {
         **r.head("chat.completion"),
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "".join(text)},
+                "message": message,
                 "logprobs": {"content": logprobs} if engine is not None else None,
-                "finish_reason": g.finish_reason,
+                "finish_reason": finish,
             }
         ],
         "usage": g.usage.as_openai(),
@@ -444,6 +533,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     state: AppState = request.app.state.realm
     tenant: TenantEntry = request.state.tenant  # set by the middleware
     messages = [(m.role, m.text()) for m in body.messages]
+    calls = bool(body.tools) and _tool_choice(body).mode != "none"
     key = route_key(request.headers, conversation=body.conversation, user=body.user)
     target, remote = _route(state, tenant, body.model, key, "chat")
     turn: ChatTurn | None = None
@@ -462,6 +552,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
                 ("conversation", body.conversation is not None),
                 ("logprobs", bool(body.logprobs)),
                 ("logit_bias", bool(body.logit_bias)),
+                ("tools", body.uses_tools()),
             ),
             body=internal_body(
                 model=remote,
@@ -476,8 +567,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         request,
         gen,
         stream=bool(body.stream),
-        chunks=lambda: _chat_chunks(r, state, turn),
-        answer=lambda: _chat_answer(r, state, turn),
+        chunks=lambda: _chat_chunks(r, state, turn, calls),
+        answer=lambda: _chat_answer(r, state, turn, calls),
     )
 
 
@@ -494,6 +585,14 @@ async def _chat_here(
     try:
         served = served_here(state, target)
         engine = served.engine
+        if body.conversation is not None and body.uses_tools():
+            # A conversation stores text turns; checked before its history is read.
+            raise APIError(
+                400,
+                "Tool calling is not supported together with a conversation.",
+                code="unsupported_value",
+                param="tools",
+            )
         if body.conversation is not None:
             try:
                 turn = await begin_chat_turn(
@@ -502,6 +601,9 @@ async def _chat_here(
             except ConversationError as e:
                 raise api_error(e, param="conversation") from e
             messages = [(m.role, m.content) for m in turn.prompt]
+        constraint: Constraint | None = None
+        if body.uses_tools():
+            messages, constraint = await _tool_prompt(engine, body)
         prompt_ids = await tokenize_chat(state, engine, messages)
         max_tokens = max_tokens_within_limits(
             engine, tenant, len(prompt_ids), body.requested_max_tokens(), None
@@ -509,7 +611,8 @@ async def _chat_here(
         top = (body.top_logprobs or 0) if body.logprobs else None
         params = sampling_params(body, max_tokens=max_tokens, logprobs=top)
         bias = logit_bias_processor(body.logit_bias, engine.info.vocab_size)
-        constraint = await _response_constraint(engine, body)
+        if constraint is None:
+            constraint = await _response_constraint(engine, body)
     except (APIError, ServingError) as e:
         error = e if isinstance(e, APIError) else api_error(e)
         _count_rejection(state, tenant.name, body.model, "chat", error)
@@ -529,6 +632,63 @@ async def _chat_here(
         kv_hint=kv_key_hint(turn.conversation.kv_key)[1] if turn is not None else None,
     )
     return gen, turn
+
+
+def _tool_choice(body: ChatCompletionRequest) -> ToolChoice:
+    """OpenAI's default: `auto` with tools, `none` without."""
+    choice = body.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        return ToolChoice("named", choice.function.name)
+    if choice is None:
+        return ToolChoice("auto" if body.tools else "none")
+    return ToolChoice(choice)
+
+
+def _tools(body: ChatCompletionRequest) -> list[Tool]:
+    return [
+        Tool(
+            t.function.name,
+            t.function.description or "",
+            t.function.parameters or {"type": "object", "properties": {}},
+        )
+        for t in body.tools or []
+    ]
+
+
+def _history(body: ChatCompletionRequest) -> list[HistoryMessage]:
+    return [
+        HistoryMessage(
+            role=m.role,
+            content=m.text(),
+            tool_calls=tuple(Call(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()),
+            tool_call_id=m.tool_call_id,
+        )
+        for m in body.messages
+    ]
+
+
+async def _tool_prompt(
+    engine: Engine, body: ChatCompletionRequest
+) -> tuple[list[tuple[str, str]], Constraint | None]:
+    """The prompt of a request with tools (or tool calls and results in its history), and the constraint
+    its answer is held to; the tools are checked and compiled off the event loop."""
+    if body.logprobs:
+        raise APIError(
+            400, "logprobs are not supported together with tools.", code="unsupported_value", param="logprobs"
+        )
+    tools, choice = _tools(body), _tool_choice(body)
+    if tools and choice.mode != "none" and body.constrained_format() is not None:
+        raise APIError(
+            400,
+            "response_format cannot be combined with tools the model may call.",
+            code="unsupported_value",
+            param="response_format",
+        )
+    parallel = body.parallel_tool_calls is not False
+    await asyncio.to_thread(checked_tools, engine, tools, choice)
+    messages = prompt_messages(_history(body), tools, choice)
+    constraint = await asyncio.to_thread(tool_call_constraint, engine, tools, choice, parallel=parallel)
+    return messages, constraint
 
 
 def _route(

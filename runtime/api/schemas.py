@@ -1,6 +1,6 @@
 """Request bodies of the OpenAI-compatible endpoints, with OpenAI's field names.
 
-Unknown fields are rejected (`extra="forbid"`): a client that asks for tools or audio
+Unknown fields are rejected (`extra="forbid"`): a client that asks for audio or deprecated `functions`
 must hear that it did not get them. OpenAI fields that cannot change the completion are accepted
 and ignored; each is listed under "Accepted and ignored" below.
 """
@@ -65,28 +65,112 @@ class TextPart(BaseModel):
     text: str
 
 
-class Message(BaseModel):
+class FunctionCall(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # "developer" is OpenAI's newer name for "system"; "tool"/"function" need tool calling.
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None  # accepted and ignored: no template we serve renders speaker names
+    name: str = Field(..., min_length=1, max_length=64)
+    # A JSON object as text, as the model wrote it; taken as it is (it is only shown to the model again).
+    arguments: str
 
-    @field_validator("content")
-    @classmethod
-    def _not_empty(cls, v: str | list[TextPart]) -> str | list[TextPart]:
-        text = v if isinstance(v, str) else "".join(p.text for p in v)
-        if not text.strip():
+
+class ToolCallParam(BaseModel):
+    """An assistant message's `tool_calls` entry, as a client sends it back in the history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(..., min_length=1, max_length=128)
+    type: Literal["function"]
+    function: FunctionCall
+
+
+def _content_listed_as_required(schema: dict[str, Any]) -> None:
+    # The published schema asks for text `content` on every message, as most messages need; the validator
+    # also takes an assistant message with tool_calls whose content is null or left out.
+    schema.setdefault("required", []).append("content")
+    content = schema.get("properties", {}).get("content", {})
+    if "anyOf" in content:
+        content["anyOf"] = [s for s in content["anyOf"] if s.get("type") != "null"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_content_listed_as_required)
+
+    # "developer" is OpenAI's newer name for "system"; "function" (the deprecated predecessor of "tool")
+    # is refused.
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # None only for an assistant message that carries tool_calls.
+    content: str | list[TextPart] | None = None
+    name: str | None = None  # accepted and ignored: no template we serve renders speaker names
+    tool_calls: list[ToolCallParam] | None = Field(None, max_length=128)  # assistant messages only
+    # Tool messages: the call they answer (serving refuses one that answers none); ignored on others.
+    tool_call_id: str | None = Field(None, min_length=1, max_length=128)
+    # Accepted and ignored on assistant messages: OpenAI's clients send a reply back as they got it.
+    refusal: str | None = None
+
+    @model_validator(mode="after")
+    def _content_of_its_role(self) -> Message:
+        # tool_calls count on assistant messages only, tool_call_id on tool messages only (serving reads
+        # them so); a tool's result may be empty, an assistant message that calls may have no text.
+        if self.role == "tool" or (self.role == "assistant" and self.tool_calls):
+            return self
+        if not self.text().strip():
             raise ValueError("message content must not be empty")
-        return v
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
     def stored(self) -> StoredMessage:
         """The message as a conversation stores it: text parts joined into one string."""
         return StoredMessage(role=self.role, content=self.text(), name=self.name)
+
+
+class StoredTurnMessage(Message):
+    """A message a conversation stores (/v1/conversations): text turns only; tool calls and results
+    are not kept in conversations."""
+
+    @model_validator(mode="after")
+    def _text_only(self) -> StoredTurnMessage:
+        if self.role == "tool" or self.tool_calls:
+            raise ValueError(
+                "conversations store text messages only; tool calls and tool results are not kept"
+            )
+        return self
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str  # its shape is checked with the tools (serving/tool_calls.py), naming the tool's index
+    description: str | None = Field(None, max_length=8192)
+    # None: a function without arguments (an empty object). Checked and compiled in serving.
+    parameters: dict[str, Any] | None = None
+    # Accepted either way: the arguments are always held to the schema by constrained decoding.
+    strict: bool | None = None
+
+
+class ToolParam(BaseModel):
+    """OpenAI's function tool; custom (free-form) tools are not supported."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JSONSchemaSpec(BaseModel):
@@ -200,7 +284,10 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    # Accepted and ignored: only meaningful together with `tools`, which are rejected.
+    # Tool calling (docs/api.md): function tools, held to their schemas by constrained decoding.
+    tools: list[ToolParam] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    # True (OpenAI's default): an answer may hold several calls; false: at most one.
     parallel_tool_calls: bool | None = None
     # Realm's extension (the name OpenAI's Responses API uses): continue a stored conversation
     # (/v1/conversations). `messages` are then only the new ones; the stored history goes first,
@@ -212,6 +299,14 @@ class ChatCompletionRequest(SamplingFields):
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
+
+    def uses_tools(self) -> bool:
+        """Whether tools, a tool choice, or tool calls and results in the history are part of this request."""
+        return (
+            bool(self.tools)
+            or self.tool_choice is not None
+            or any(m.role == "tool" or m.tool_calls for m in self.messages)
+        )
 
     def requested_max_tokens(self) -> int | None:
         # max_completion_tokens supersedes the deprecated max_tokens in OpenAI's API.

@@ -130,7 +130,7 @@ def test_tenant_prompt_and_max_tokens_limits(server: Server, http: httpx.Client)
     ("path", "overrides"),
     [
         (CHAT, {"n": 2}),
-        (CHAT, {"tools": [{"type": "function", "function": {"name": "f"}}]}),
+        (CHAT, {"tools": [{"type": "custom", "custom": {"name": "f"}}]}),  # function tools: test_tool_calls
         (CHAT, {"response_format": {"type": "yaml"}}),
         (CHAT, {"logit_bias": {"100": 500}}),
         (CHAT, {"logit_bias": {"not-a-token": 5}}),

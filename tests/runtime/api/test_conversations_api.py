@@ -191,6 +191,9 @@ def test_bad_requests(rt: Running) -> None:
         error(c.post(f"/v1/conversations/{cid}/messages", json={}), 400, "missing_required_parameter")
         bad_role = {"messages": [{"role": "tool", "content": "x"}]}
         error(c.post(f"/v1/conversations/{cid}/messages", json=bad_role), 400, "invalid_value")
+        # A whole tool result (with its call's id) is still not a turn a conversation keeps.
+        tool_result = {"messages": [{"role": "tool", "tool_call_id": "call_1", "content": "x"}]}
+        error(c.post(f"/v1/conversations/{cid}/messages", json=tool_result), 400, "invalid_value")
         many = {"metadata": {f"k{i}": "v" for i in range(17)}}
         error(c.post("/v1/conversations", json=many), 400, "invalid_value")
         huge = {"messages": [{"role": "user", "content": "x" * 600_000}]}

@@ -479,6 +479,11 @@ def test_a_remote_answer_has_the_local_answers_shape(
         ("chat", "logprobs", True),
         ("chat", "logit_bias", {"1": 5.0}),
         ("chat", "conversation", "conv-1"),
+        (
+            "chat",
+            "tools",
+            [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        ),
         ("completions", "logprobs", 1),
         ("completions", "logit_bias", {"1": 5.0}),
     ],
