@@ -2,7 +2,8 @@
 
 - Python: a component of the WIT world `realm:tenant/tenant` (runtime/sandbox/wit/tenant.wit),
   built by componentize-py from the folder's `app.py` (its `WitWorld` class) and the Python SDK
-  (sdk/python/realm_tenant).
+  (sdk/python/realm_tenant); of the world `tenant-sampler` when `app.py` also defines a `Sampler`
+  (the exported sampler of ABI 1.2).
 - Go: a wasip1 reactor core module (the Go SDK, sdk/go, speaks the core ABI), built by
   `GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared`.
 
@@ -13,6 +14,7 @@ leaves __pycache__ folders in every folder on its path, so the Python build work
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,9 @@ from typing import Literal
 Language = Literal["python", "go"]
 
 WIT_WORLD = "tenant"
+WIT_SAMPLER_WORLD = "tenant-sampler"
+# componentize-py takes an exported interface from the app module's class of that name.
+_DEFINES_SAMPLER = re.compile(r"^(class\s+Sampler\b|Sampler\s*[:=])", re.MULTILINE)
 PYTHON_APP_MODULE = "app"
 COMPONENTIZE_PY_VERSION = "0.25.1"  # the version the SDK and the runtime are tested with
 BUILD_TIMEOUT_S = 900
@@ -128,6 +133,12 @@ def _componentize_py() -> list[str]:
     )
 
 
+def python_world(app: Path) -> str:
+    """The WIT world of the app module `app`: `tenant-sampler` when it defines a top-level
+    `Sampler` (a class, or a name bound to one), else `tenant`."""
+    return WIT_SAMPLER_WORLD if _DEFINES_SAMPLER.search(app.read_text(errors="replace")) else WIT_WORLD
+
+
 def _build_python(source: Path, out: Path) -> None:
     cmd = _componentize_py()
     wit = wit_dir()
@@ -149,7 +160,7 @@ def _build_python(source: Path, out: Path) -> None:
             "-d",
             str(wit),
             "-w",
-            WIT_WORLD,
+            python_world(app_dir / f"{PYTHON_APP_MODULE}.py"),
             "componentize",
             PYTHON_APP_MODULE,
             "-p",

@@ -198,6 +198,20 @@ class Metrics:
         self.wasm_deploys = Counter(
             "realm_wasm_deploys", "Modules deployed (hot swaps).", ["tenant"], registry=r
         )
+        # Tenant samplers (ABI 1.2): one observation per engine step a module's sampler answers.
+        self.sampler_step = Histogram(
+            "realm_sampler_step_seconds",
+            "Time a tenant module's sampler took for one engine step, queueing on its thread included.",
+            ["model"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.sampler_failures = Counter(
+            "realm_sampler_failures",
+            "Engine steps a tenant module's sampler failed (sampler_timeout, sampler_trap, sampler_invalid).",
+            ["tenant", "code"],
+            registry=r,
+        )
         self.wasm_deploy_failures = Counter(
             "realm_wasm_deploy_failures",
             "Pinned modules not deployed: not found, not fetched, digest mismatch or rejected.",

@@ -7,22 +7,28 @@ import module, JSON payloads, pointer/length pairs) mirrors it function for func
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ABI_MAJOR = 1
 # 1.1 added conversations (the `conversations` interface; realm_conversation_* core functions).
-ABI_MINOR = 1
+# 1.2 added sampling (constraints, logprobs, tenant samplers: `sampling`, `sampler`,
+# realm_generate_with, realm_sampler_decide and the optional realm_sampler_step export).
+ABI_MINOR = 2
 WIT_PACKAGE = "realm:tenant"
 WIT_VERSION = f"{ABI_MAJOR}.{ABI_MINOR}.0"
 WIT_HOST_INTERFACE = f"{WIT_PACKAGE}/host@{WIT_VERSION}"
 WIT_CONVERSATIONS_INTERFACE = f"{WIT_PACKAGE}/conversations@{WIT_VERSION}"
+WIT_SAMPLING_INTERFACE = f"{WIT_PACKAGE}/sampling@{WIT_VERSION}"
+WIT_SAMPLER_INTERFACE = f"{WIT_PACKAGE}/sampler@{WIT_VERSION}"
 CORE_IMPORT_MODULE = "realm"
 # A core module declares the ABI it speaks by exporting `realm_abi_version() -> i32`
 # returning (major << 16) | minor.
 CORE_VERSION_EXPORT = "realm_abi_version"
 CORE_RUN_EXPORT = "realm_run"
+# Optional (1.2): `realm_sampler_step(in_len: i32) -> i32`, the module's own sampler.
+CORE_SAMPLER_EXPORT = "realm_sampler_step"
 
 MAX_PAYLOAD_BYTES = 1 << 20  # one host-call argument or result
 
@@ -46,6 +52,11 @@ class ErrorCode(enum.IntEnum):
     NOT_FOUND = 12  # no such conversation for this tenant (another tenant's id included)
     CONFLICT = 13  # the conversation is no longer at the expected version
     UNAVAILABLE = 14  # the conversation store failed or is not configured
+    # Since 1.2, sampling (components: the `sampling-error-code` enum).
+    INVALID_CONSTRAINT = 15  # the constraint does not compile (bad schema, regex or grammar)
+    SAMPLER_TIMEOUT = 16  # the module's sampler passed its per-step time or fuel budget
+    SAMPLER_TRAP = 17  # the module's sampler trapped, or the module exports no sampler
+    SAMPLER_INVALID = 18  # the module's sampler answered wrongly
 
     @property
     def wit_name(self) -> str:
@@ -61,6 +72,24 @@ CONVERSATION_WIT_CODES: dict[ErrorCode, str] = {
     ErrorCode.TOO_LARGE: "too-large",
     ErrorCode.NOT_FOUND: "not-found",
     ErrorCode.CONFLICT: "conflict",
+}
+
+# The cases of the WIT `sampling-error-code` enum; the codes it lacks are reported to components
+# as the nearest of these.
+SAMPLING_WIT_CODES: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_ARGUMENT: "invalid-argument",
+    ErrorCode.OUT_OF_BOUNDS: "invalid-argument",
+    ErrorCode.INVALID_UTF8: "invalid-argument",
+    ErrorCode.MODEL_NOT_ALLOWED: "model-not-allowed",
+    ErrorCode.MODEL_NOT_FOUND: "model-not-found",
+    ErrorCode.QUOTA_EXCEEDED: "quota-exceeded",
+    ErrorCode.ENGINE_ERROR: "engine-error",
+    ErrorCode.TOO_LARGE: "too-large",
+    ErrorCode.UNSUPPORTED: "unsupported",
+    ErrorCode.INVALID_CONSTRAINT: "invalid-constraint",
+    ErrorCode.SAMPLER_TIMEOUT: "sampler-timeout",
+    ErrorCode.SAMPLER_TRAP: "sampler-trap",
+    ErrorCode.SAMPLER_INVALID: "sampler-invalid",
 }
 
 
@@ -159,6 +188,141 @@ class ConversationPayload(Payload):
     messages: list[ConversationMessage]
     state: str | None
     kv_key: str | None
+
+
+# ---- 1.2: sampling ------------------------------------------------------------------------------
+
+ConstraintType = Literal["json_schema", "json_object", "regex", "lark", "gbnf"]
+# Bounds of the sampling payloads: enough for any real use, small enough that one guest cannot
+# make the host or the engine hold much on its behalf.
+MAX_CONSTRAINT_CHARS = 64 * 1024  # a schema, regex or grammar (serving's own bound as well)
+MAX_SAMPLER_CONFIG_BYTES = 4096
+MAX_SAMPLER_TOP_K = 64
+MAX_LOGPROBS = 20
+MAX_SAMPLER_DECISIONS = 256  # decisions in one realm_sampler_decide (= sequences in one step)
+MAX_DECISION_TOKENS = 16384  # ids in one allow, bias or force decision
+MAX_TOKEN_ID = (1 << 32) - 1
+
+
+class ConstraintPayload(Payload):
+    """The WIT `constraint` variant: `type` is its case, `value` its text ("" for json_object)."""
+
+    type: ConstraintType
+    value: str = Field("", max_length=MAX_CONSTRAINT_CHARS)
+
+    @model_validator(mode="after")
+    def _value_fits(self) -> ConstraintPayload:
+        if self.type == "json_object" and self.value:
+            raise ValueError("a json_object constraint has no value")
+        if self.type != "json_object" and not self.value:
+            raise ValueError(f"a {self.type} constraint needs a value")
+        return self
+
+
+class SamplerSpec(Payload):
+    """Hand every step of the generation to the module's exported sampler."""
+
+    config: str = Field("", max_length=MAX_SAMPLER_CONFIG_BYTES)
+    top_k: int = Field(..., ge=1, le=MAX_SAMPLER_TOP_K)
+
+
+class GenerateOptions(Payload):
+    constraint: ConstraintPayload | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    sampler: SamplerSpec | None = None
+    stream: bool = Field(False, strict=True)
+
+
+class GenerateWith(Payload):
+    """realm_generate_with's argument."""
+
+    params: GenerateParams
+    options: GenerateOptions = Field(default_factory=GenerateOptions)
+
+
+class CandidatePayload(Payload):
+    token: int
+    logprob: float
+    text: str
+
+
+class GeneratedToken(Payload):
+    token: int
+    logprob: float
+    top: list[CandidatePayload] = Field(default_factory=list)
+
+
+class GenerationDetail(Payload):
+    """realm_generate_with's result (the WIT `generation-detail` record)."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    tokens: list[GeneratedToken] = Field(default_factory=list)
+
+
+class SequenceStepPayload(Payload):
+    id: int
+    config: str
+    step: int
+    candidates: list[CandidatePayload]
+    tokens: list[int]
+
+
+class SamplerStepInput(Payload):
+    """What realm_sampler_step reads as its pending result (the WIT `sequence-step` list)."""
+
+    steps: list[SequenceStepPayload]
+
+
+TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
+
+
+class TokenBias(Payload):
+    token: TokenId
+    # -inf (or below -1e30) bans the token; NaN is meaningless.
+    bias: float = Field(..., allow_inf_nan=False)
+
+
+class SampleDecision(Payload):
+    kind: Literal["sample"]
+
+
+class TokenDecision(Payload):
+    kind: Literal["token"]
+    token: TokenId
+
+
+class AllowDecision(Payload):
+    kind: Literal["allow"]
+    tokens: list[TokenId] = Field(..., min_length=1, max_length=MAX_DECISION_TOKENS)
+
+
+class BiasDecision(Payload):
+    kind: Literal["bias"]
+    bias: list[TokenBias] = Field(..., max_length=MAX_DECISION_TOKENS)
+
+
+class ForceDecision(Payload):
+    kind: Literal["force"]
+    tokens: list[TokenId] = Field(..., min_length=1, max_length=MAX_DECISION_TOKENS)
+
+
+class StopDecision(Payload):
+    kind: Literal["stop"]
+
+
+DecisionPayload = Annotated[
+    SampleDecision | TokenDecision | AllowDecision | BiasDecision | ForceDecision | StopDecision,
+    Field(discriminator="kind"),
+]
+
+
+class SamplerDecisions(Payload):
+    """realm_sampler_decide's argument: one decision per step of the input, in order."""
+
+    decisions: list[DecisionPayload] = Field(..., max_length=MAX_SAMPLER_DECISIONS)
 
 
 class InvocationErrorCode(enum.StrEnum):

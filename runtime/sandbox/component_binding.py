@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from wasmtime import Engine, Store, WasiConfig
 from wasmtime.component import (
     Component,
@@ -51,20 +51,28 @@ from .abi import (
     ABI_MINOR,
     CONVERSATION_WIT_CODES,
     MAX_PAYLOAD_BYTES,
+    SAMPLING_WIT_CODES,
     WIT_CONVERSATIONS_INTERFACE,
     WIT_HOST_INTERFACE,
     WIT_PACKAGE,
+    WIT_SAMPLING_INTERFACE,
+    ConstraintPayload,
     ConversationCreate,
     ConversationMessage,
     ConversationPayload,
     ConversationPut,
+    DecisionPayload,
     ErrorCode,
+    GenerateOptions,
     GenerateParams,
+    GenerationDetail,
     GenerationPayload,
     HostError,
     InvocationErrorCode,
     LogLevel,
     ModelInfoPayload,
+    SamplerSpec,
+    SequenceStepPayload,
 )
 
 log = logging.getLogger("realm.sandbox")
@@ -72,7 +80,7 @@ T = TypeVar("T")
 
 RUN_EXPORT = "run"
 # The interfaces of our own package a tenant may import, at any version 1.0.0 ..= 1.ABI_MINOR.x.
-REALM_INTERFACES = frozenset({"host", "types", "conversations"})
+REALM_INTERFACES = frozenset({"host", "types", "conversations", "sampling", "sampling-types"})
 # What Linker.add_wasip2() defines. Anything else from wasi (wasi:http, wasi:keyvalue, 0.3) would
 # only fail later, at instantiation, with a less helpful message.
 WASI_PACKAGES = frozenset({"cli", "clocks", "filesystem", "io", "random", "sockets"})
@@ -413,6 +421,105 @@ def _conversation_delete(_store: Any, conversation_id: str) -> Any:
     )
 
 
+# ---- sampling (1.2) ---------------------------------------------------------------------------
+#
+# result<generation-detail, sampling-error> has records on both sides (tagged). The `constraint`
+# variant's cases overlap (strings), so it arrives tagged: Variant("json-schema", text),
+# Variant("json-object", None), ...
+
+
+def _sampling_error(code: ErrorCode, message: str) -> Record:
+    return _record(code=SAMPLING_WIT_CODES.get(code, "engine-error"), message=_text(message[:4000]))
+
+
+def _options_from_wit(r: Any) -> GenerateOptions:
+    constraint = None
+    if r.constraint is not None:
+        value = r.constraint.payload if r.constraint.payload is not None else ""
+        _check_size(value)
+        constraint = ConstraintPayload(type=r.constraint.tag.replace("-", "_"), value=value)
+    sampler = None
+    if r.sampler is not None:
+        _check_size(r.sampler.config)
+        sampler = SamplerSpec(config=r.sampler.config, top_k=getattr(r.sampler, "top-k"))
+    return GenerateOptions(constraint=constraint, logprobs=r.logprobs, sampler=sampler, stream=r.stream)
+
+
+def _token_id(token: int) -> int:
+    if not 0 <= token <= _U32_MAX:
+        raise HostError(ErrorCode.ENGINE_ERROR, f"token id {token} does not fit a u32")
+    return token
+
+
+def _candidate_to_wit(token: int, logprob: float, text: str) -> Record:
+    return _record(token=_token_id(token), logprob=float(logprob), text=_text(text))
+
+
+def _detail_to_wit(d: GenerationDetail) -> Record:
+    for n in (d.prompt_tokens, d.completion_tokens):
+        if not 0 <= n <= _U32_MAX:
+            raise HostError(ErrorCode.ENGINE_ERROR, f"token count {n} does not fit a u32")
+    tokens = [
+        _record(
+            token=_token_id(t.token),
+            logprob=float(t.logprob),
+            top=[_candidate_to_wit(c.token, c.logprob, c.text) for c in t.top],
+        )
+        for t in d.tokens
+    ]
+    return _record(
+        text=_text(d.text),
+        finish_reason=d.finish_reason,
+        prompt_tokens=d.prompt_tokens,
+        completion_tokens=d.completion_tokens,
+        tokens=tokens,
+    )
+
+
+def _sampling_generate(_store: Any, params: Any, options: Any) -> Any:
+    return _guarded(
+        "sampling.generate",
+        lambda: context.current().generate_with(_params_from_wit(params), _options_from_wit(options)),
+        _detail_to_wit,
+        tagged=True,
+        error=_sampling_error,
+    )
+
+
+# ---- the exported sampler (1.2): sequence-step records down, decision variants up -------------
+
+
+def sequence_step_to_wit(s: SequenceStepPayload) -> Record:
+    return _record(
+        id=s.id,
+        config=_text(s.config),
+        step=s.step,
+        candidates=[_candidate_to_wit(c.token, c.logprob, c.text) for c in s.candidates],
+        tokens=[_token_id(t) for t in s.tokens],
+    )
+
+
+def decision_from_wit(d: Any) -> DecisionPayload:
+    """A `decision` variant as the core binding's JSON decision (validated the same way)."""
+    tag: str = d.tag
+    payload = d.payload
+    fields: dict[str, Any] = {"kind": tag}
+    if tag == "token":
+        fields["token"] = payload
+    elif tag in ("allow", "force"):
+        fields["tokens"] = list(payload)
+    elif tag == "bias":
+        fields["bias"] = [{"token": b.token, "bias": b.bias} for b in payload]
+    decision: DecisionPayload = _DECISION.validate_python(fields)
+    return decision
+
+
+_DECISION: TypeAdapter[DecisionPayload] = TypeAdapter(DecisionPayload)
+
+
+SAMPLING_FUNCTIONS: Mapping[str, Callable[..., Any]] = {"generate": _sampling_generate}
+
+
 CONVERSATION_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
     "create": _conversation_create,
     "get": _conversation_get,
@@ -461,6 +568,9 @@ def build_linker(engine: Engine) -> Linker:
                 with root.add_instance(WIT_CONVERSATIONS_INTERFACE) as conversations:
                     for name, func in CONVERSATION_FUNCTIONS.items():
                         conversations.add_func(name, func)
+                with root.add_instance(WIT_SAMPLING_INTERFACE) as sampling:
+                    for name, func in SAMPLING_FUNCTIONS.items():
+                        sampling.add_func(name, func)
             # `realm:tenant/types` has only types: wasmtime checks those structurally, so the
             # linker needs no instance for it.
             _linkers[engine] = linker

@@ -35,12 +35,15 @@ from .abi import (
     ConversationPayload,
     ConversationPut,
     ErrorCode,
+    GenerateOptions,
     GenerateParams,
+    GenerationDetail,
     GenerationPayload,
     HostError,
     InvocationErrorCode,
     LogLevel,
     ModelInfoPayload,
+    SamplerDecisions,
 )
 
 T = TypeVar("T")
@@ -163,6 +166,10 @@ ABI_CODE_BY_REASON: dict[str, ErrorCode] = {
     "conversation_store_unavailable": ErrorCode.UNAVAILABLE,
     "conversation_failed": ErrorCode.UNAVAILABLE,
     "conversations_disabled": ErrorCode.UNAVAILABLE,
+    "invalid_constraint": ErrorCode.INVALID_CONSTRAINT,
+    "sampler_timeout": ErrorCode.SAMPLER_TIMEOUT,
+    "sampler_trap": ErrorCode.SAMPLER_TRAP,
+    "sampler_invalid": ErrorCode.SAMPLER_INVALID,
 }
 
 
@@ -179,6 +186,18 @@ class HostServices(Protocol):
     ) -> GenerationPayload:
         """Generate a whole text; with `on_text`, each piece is passed to it (on the event loop)
         as it is generated."""
+        ...
+
+    # Since ABI 1.2.
+    async def generate_with(
+        self,
+        tenant: str,
+        params: GenerateParams,
+        options: GenerateOptions,
+        on_text: Callable[[str], None] | None,
+    ) -> GenerationDetail:
+        """`generate_text` with a constraint, logprobs or the module's own sampler; a generation
+        its sampler failed raises a ServiceRefusal whose reason is the sampler's code."""
         ...
 
     async def encode_tokens(self, tenant: str, model: str, text: str) -> list[int]: ...
@@ -252,12 +271,14 @@ class InvocationContext:
         self.host_calls["generate_stream" if stream else "generate"] += 1
         if not stream:
             return self._wait(self._services.generate_text(self.tenant, params, None))
+        return self._streamed(lambda on_text: self._services.generate_text(self.tenant, params, on_text))
+
+    def _streamed(self, start: Callable[[Callable[[str], None]], Coroutine[Any, Any, T]]) -> T:
+        """Run the generation `start` makes, emitting its text as it comes."""
         # The text arrives on the event loop; it is emitted here, on this worker thread, like
         # every emit: the invocation's output and counters have one thread.
         pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        fut = asyncio.run_coroutine_threadsafe(
-            self._services.generate_text(self.tenant, params, pieces.put), self._loop
-        )
+        fut = asyncio.run_coroutine_threadsafe(start(pieces.put), self._loop)
         fut.add_done_callback(lambda _: pieces.put(None))  # after the last piece
         end = time.monotonic() + self._timeout
         while (left := min(self.deadline.remaining(), end - time.monotonic())) > 0:
@@ -273,6 +294,18 @@ class InvocationContext:
                 fut.cancel()  # the invocation is over: so is its generation
                 raise
         return self._result(fut, max(0.0, end - time.monotonic()))
+
+    def generate_with(self, params: GenerateParams, options: GenerateOptions) -> GenerationDetail:
+        """The ABI's sampling generate (1.2): streamed like generate-stream when `options.stream`."""
+        self.host_calls["generate_with"] += 1
+
+        def start(on_text: Callable[[str], None] | None) -> Coroutine[Any, Any, GenerationDetail]:
+            return self._services.generate_with(self.tenant, params, options, on_text)
+
+        return self._streamed(start) if options.stream else self._wait(start(None))
+
+    def sampler_decide(self, decisions: SamplerDecisions) -> None:
+        raise HostError(ErrorCode.UNSUPPORTED, "realm_sampler_decide is only for realm_sampler_step")
 
     def encode_tokens(self, model: str, text: str) -> list[int]:
         self.host_calls["encode_tokens"] += 1

@@ -41,9 +41,11 @@ from .abi import (
     ConversationPut,
     ErrorCode,
     GenerateParams,
+    GenerateWith,
     HostError,
     LogLevel,
     Payload,
+    SamplerDecisions,
 )
 from .context import InvocationContext
 
@@ -71,7 +73,12 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "realm_conversation_get": ((I32, I32), (I64,)),
     "realm_conversation_put": ((I32, I32), (I64,)),
     "realm_conversation_delete": ((I32, I32), (I32,)),
+    # 1.2: sampling
+    "realm_generate_with": ((I32, I32), (I64,)),
+    "realm_sampler_decide": ((I32, I32), (I32,)),
 }
+# The optional export of a module with its own sampler (1.2): `(in_len) -> status`.
+SAMPLER_STEP_SIGNATURE: tuple[tuple[str, ...], tuple[str, ...]] = ((I32,), (I32,))
 
 _U32 = 0xFFFFFFFF
 
@@ -95,6 +102,11 @@ def invocation(ctx: InvocationContext) -> Iterator[InvocationContext]:
             yield ctx
     finally:
         _state.pending = previous
+
+
+def set_pending(data: bytes | None) -> None:
+    """Make `data` the pending result (the sampler's step input, before realm_sampler_step)."""
+    _state.pending = data
 
 
 def _set_pending(data: bytes | None) -> None:
@@ -174,6 +186,16 @@ def _host_generate(stream: bool) -> Callable[..., int]:
         return _result(context.current().host_generate(params, stream=stream).model_dump_json().encode())
 
     return host_generate
+
+
+def _generate_with(caller: wasmtime.Caller, req_ptr: int, req_len: int) -> int:
+    req = read_payload(caller, req_ptr, req_len, GenerateWith)
+    return _result(context.current().generate_with(req.params, req.options).model_dump_json().encode())
+
+
+def _sampler_decide(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    context.current().sampler_decide(read_payload(caller, ptr, length, SamplerDecisions))
+    return 0
 
 
 def _encode_tokens(caller: wasmtime.Caller, m_ptr: int, m_len: int, t_ptr: int, t_len: int) -> int:
@@ -282,6 +304,8 @@ _IMPLS: dict[str, Callable[..., int]] = {
     "realm_conversation_get": _conversation_get,
     "realm_conversation_put": _conversation_put,
     "realm_conversation_delete": _conversation_delete,
+    "realm_generate_with": _generate_with,
+    "realm_sampler_decide": _sampler_decide,
 }
 
 

@@ -36,10 +36,11 @@ from .abi import (
     ABI_MINOR,
     CORE_IMPORT_MODULE,
     CORE_RUN_EXPORT,
+    CORE_SAMPLER_EXPORT,
     CORE_VERSION_EXPORT,
 )
 from .abi import InvocationErrorCode as Code
-from .core_binding import SIGNATURES, WASI_MODULE
+from .core_binding import SAMPLER_STEP_SIGNATURE, SIGNATURES, WASI_MODULE
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +313,12 @@ def check_core_interface(module: wasmtime.Module) -> None:
         ty = exports.get(name)
         if not isinstance(ty, wasmtime.FuncType) or ty.params or _type_names(ty.results) != ("i32",):
             missing.append(f"{name} (func () -> i32)")
+    sampler = exports.get(CORE_SAMPLER_EXPORT)
+    if sampler is not None and (
+        not isinstance(sampler, wasmtime.FuncType)
+        or (_type_names(sampler.params), _type_names(sampler.results)) != SAMPLER_STEP_SIGNATURE
+    ):
+        missing.append(f"{CORE_SAMPLER_EXPORT} (func (i32) -> i32), when it is exported at all")
     if missing:
         raise InvocationFailed(Code.MISSING_EXPORT, f"the module must export {', '.join(missing)}")
 

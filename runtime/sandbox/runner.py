@@ -107,6 +107,9 @@ class SandboxLimits:
     table_elements: int = 10_000
     instances: int = 8
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    # ABI 1.2: each call of the module's own sampler (sampler.py) gets this much time and fuel.
+    sampler_step_ms: int = 20
+    sampler_step_fuel: int = 100_000_000
 
 
 @dataclass
@@ -159,6 +162,7 @@ class Sandbox:
             initializer=_background_priority,
             initargs=(guest_nice,),
         )
+        self._guest_nice = guest_nice
         self._stop = threading.Event()
         # Set by close(): every wait of every run ends (context.Deadline), and no run starts.
         self._closing = threading.Event()
@@ -171,6 +175,32 @@ class Sandbox:
     @property
     def engine(self) -> wasmtime.Engine:
         return self._engine
+
+    @property
+    def guest_nice(self) -> int:
+        return self._guest_nice
+
+    @property
+    def closing(self) -> threading.Event:
+        """Set once the sandbox closes: every wait of every run (and sampler step) ends."""
+        return self._closing
+
+    def sampler_store(self, module: TenantModule, limits: SandboxLimits) -> wasmtime.Store:
+        """A Store for `module`'s sampler instance (sampler.py): the tenant's memory cap, deadline
+        and fuel of one step (the instance sets both again before every step)."""
+        memories = module.memories if module.kind == "component" else None
+        step = SandboxLimits(
+            memory_mib=limits.memory_mib,
+            fuel=limits.sampler_step_fuel,
+            deadline_ms=limits.sampler_step_ms,
+            table_elements=limits.table_elements,
+            instances=limits.instances,
+        )
+        return self._store(step, component_memories=memories, wasi=module.needs_wasi)
+
+    def instance_pre(self, module: TenantModule) -> wasmtime.InstancePre:
+        """The core module's pre-linked instance, shared by its invocations and its sampler."""
+        return self._instance_pre(module)
 
     @property
     def compiles(self) -> int:

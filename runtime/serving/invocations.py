@@ -16,13 +16,17 @@ from collections.abc import Callable, Sequence
 
 from realm.runtime.conversations import UNSET, Conversation
 from realm.runtime.conversations import Message as StoredMessage
-from realm.runtime.engines.base import MODEL_DIGEST, Engine, ModelInfo
+from realm.runtime.engines.base import MODEL_DIGEST, Constraint, Engine, ModelInfo
 from realm.runtime.sandbox.abi import (
+    CandidatePayload,
     ConversationCreate,
     ConversationMessage,
     ConversationPayload,
     ConversationPut,
+    GeneratedToken,
+    GenerateOptions,
     GenerateParams,
+    GenerationDetail,
     GenerationPayload,
     ModelInfoPayload,
 )
@@ -35,12 +39,14 @@ from realm.runtime.sandbox.runner import (
     SandboxLimits,
     TenantModule,
 )
+from realm.runtime.sandbox.sampler import NO_SAMPLER, SamplerContext, sampler_export
 from realm.runtime.scheduler import AdmissionClosed, InvocationsBusy, InvocationSlot
 from realm.runtime.spec.runtime_config import ClusterModel, TenantEntry
 from realm.runtime.spec.tenant import Quotas
 
+from .constraints import checked_constraint, local_only
 from .conversations import conversation_store
-from .errors import Busy, InvalidRequest, NoModule, NotReady, Unavailable
+from .errors import Busy, EngineFailed, InvalidRequest, NoModule, NotReady, Unavailable
 from .generation import GenerationStream, complete_text
 from .remote import internal_body, open_remote, remote_for, remote_model, remote_text
 from .requests import (
@@ -54,6 +60,7 @@ from .requests import (
     tokenize_text,
 )
 from .routing import ModelTarget
+from .sampling import SamplerTrap, TenantSampler, sampler_error, tenant_samplers
 from .state import ServingState
 
 # The deadline of a generate called from outside a sandbox run (tests, embedders): none of its own.
@@ -74,6 +81,8 @@ def sandbox_limits(quotas: Quotas) -> SandboxLimits:
         memory_mib=quotas.wasm_memory_mib or default.memory_mib,
         fuel=quotas.wasm_fuel_per_invocation,
         deadline_ms=quotas.wasm_time_ms_per_invocation or default.deadline_ms,
+        sampler_step_ms=quotas.sampler_step_ms,
+        sampler_step_fuel=quotas.sampler_fuel_per_step,
     )
 
 
@@ -149,7 +158,7 @@ async def run_admitted(
         if slot is not None:
             slot.release()
         raise
-    services = RuntimeHostServices(state, route_key=route_key or secrets.token_hex(8))
+    services = RuntimeHostServices(state, route_key=route_key or secrets.token_hex(8), module=module)
     ctx = InvocationContext(
         tenant=tenant.name,
         input_data=input_data,
@@ -201,6 +210,54 @@ def _finished(
         metrics.wasm_host_calls.labels(tenant, name).inc(n)
 
 
+async def _detailed(
+    stream: GenerationStream,
+    on_text: Callable[[str], None] | None,
+    controller: TenantSampler | None,
+    *,
+    logprobs: bool,
+) -> GenerationDetail:
+    """Run `stream` to its end like `complete_text`, keeping each token's logprobs when asked; a
+    sequence its sampler (or constraint) ended is that failure's error, for the ABI's code."""
+    parts: list[str] = []
+    tokens: list[GeneratedToken] = []
+    try:
+        await stream.start()
+        async for event in stream.events():
+            if event.text:
+                parts.append(event.text)
+                if on_text is not None:
+                    on_text(event.text)
+            if logprobs and event.token_id is not None:
+                tokens.append(
+                    GeneratedToken(
+                        token=event.token_id,
+                        logprob=event.logprob if event.logprob is not None else 0.0,
+                        top=[
+                            CandidatePayload(token=t.token_id, logprob=t.logprob, text=t.token)
+                            for t in event.top_logprobs
+                        ],
+                    )
+                )
+            if event.error_code is not None:
+                raise sampler_error(event.error_code, event.error or event.error_code)
+            if event.error:
+                raise EngineFailed(event.error)
+        stream.outcome = "success"
+    finally:
+        await stream.close()
+        if controller is not None:
+            # The engine releases what it ran; one it refused or never got is released here.
+            controller.release(stream.request_id)
+    return GenerationDetail(
+        text="".join(parts),
+        finish_reason=stream.finish_reason or "stop",
+        prompt_tokens=stream.usage.prompt_tokens,
+        completion_tokens=stream.usage.completion_tokens,
+        tokens=tokens,
+    )
+
+
 def _stored(messages: list[ConversationMessage]) -> list[StoredMessage]:
     return [StoredMessage(role=m.role, content=m.content, name=m.name) for m in messages]
 
@@ -221,9 +278,13 @@ def _conversation_payload(c: Conversation) -> ConversationPayload:
 class RuntimeHostServices:
     """HostServices for one tenant's invocations, backed by the runtime's engines and scheduler."""
 
-    def __init__(self, state: ServingState, *, route_key: str | None = None) -> None:
+    def __init__(
+        self, state: ServingState, *, route_key: str | None = None, module: TenantModule | None = None
+    ) -> None:
         self.state = state
         self.route_key = route_key
+        # The invoked module: its own sampler serves the generations that ask for one.
+        self.module = module
         # Seconds left to the invocation (its deadline); a cross-pod generate carries it along.
         self.remaining: Callable[[], float] = lambda: REMOTE_DEADLINE_S
 
@@ -270,6 +331,76 @@ class RuntimeHostServices:
             finish_reason=done.finish_reason,
             prompt_tokens=done.prompt_tokens,
             completion_tokens=done.completion_tokens,
+        )
+
+    async def generate_with(
+        self,
+        tenant: str,
+        params: GenerateParams,
+        options: GenerateOptions,
+        on_text: Callable[[str], None] | None,
+    ) -> GenerationDetail:
+        entry, target, remote = self._routed(tenant, params.model, generates=True)
+        plain = options.constraint is None and options.logprobs is None and options.sampler is None
+        if remote is not None:
+            if not plain:
+                raise local_only(params.model, "a constraint, logprobs or a sampler")
+            g = await self._generate_remote(tenant, params, remote, on_text)
+            return GenerationDetail(**g.model_dump())
+        served = served_here(self.state, target)
+        engine = served.engine
+        constraint = None
+        if options.constraint is not None:
+            constraint = checked_constraint(
+                engine, Constraint(kind=options.constraint.type, value=options.constraint.value)
+            )
+        ids = await tokenize_text(self.state, engine, params.prompt)
+        max_tokens = max_tokens_within_limits(engine, entry, len(ids), params.max_tokens, None)
+        controller = self._sampler(tenant, entry, served.key, options)
+        try:
+            stream = GenerationStream(
+                self.state,
+                tenant=tenant,
+                model=served.key,
+                engine=engine,
+                endpoint="wasm",
+                prompt_ids=ids,
+                params=sampling_params(params, max_tokens=max_tokens, logprobs=options.logprobs),
+                arrived=time.perf_counter(),
+                id_prefix="wasm",
+                constraint=constraint,
+                step_controller=controller,
+            )
+            if controller is not None and options.sampler is not None:
+                controller.register(
+                    stream.request_id, tenant_samplers(self.state).next_id(tenant), options.sampler.config
+                )
+        except BaseException:
+            if controller is not None:
+                tenant_samplers(self.state).abandon(controller)
+            raise
+        return await _detailed(stream, on_text, controller, logprobs=options.logprobs is not None)
+
+    def _sampler(
+        self, tenant: str, entry: TenantEntry, model: str, options: GenerateOptions
+    ) -> TenantSampler | None:
+        """The controller of the invoked module's own sampler, when the options ask for it."""
+        if options.sampler is None:
+            return None
+        module = self.module
+        sandbox = running_sandbox(self.state)
+        if module is None or sampler_export(sandbox.engine, module) is None:
+            raise SamplerTrap(NO_SAMPLER, code="sampler_trap")
+        loop = asyncio.get_running_loop()
+        services = RuntimeHostServices(self.state, route_key=self.route_key)
+        return tenant_samplers(self.state).controller(
+            sandbox=sandbox,
+            module=module,
+            limits=sandbox_limits(entry.spec.quotas),
+            context=lambda: SamplerContext(tenant=tenant, services=services, loop=loop),
+            model=model,
+            top_k=options.sampler.top_k,
+            metrics=self.state.metrics,
         )
 
     async def _generate_remote(

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from .quota_exchange import QuotaExchange
     from .remote import RemoteGenerations
+    from .sampling import Samplers
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class ServingState:
     # (serving/quota_exchange.py); None outside one, where each bucket holds the whole quota.
     quota_shares: QuotaShares | None = None
     quota_exchange: QuotaExchange | None = None
+    # Tenant modules' own samplers (ABI 1.2), made on the first sampled generation (serving/sampling.py).
+    samplers: Samplers | None = None
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:

@@ -69,6 +69,19 @@ class Quotas(SpecModel):
     wasm_memory_mib: int | None = Field(
         None, ge=1, le=4096, description="Linear memory cap of one WebAssembly instance, in MiB."
     )
+    sampler_step_ms: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Time the module's own sampler (ABI 1.2) may take for one engine step, in milliseconds; "
+        "past it the step's sequences fail with sampler_timeout.",
+    )
+    sampler_fuel_per_step: int = Field(
+        100_000_000,
+        ge=1,
+        le=MAX_WASM_FUEL,
+        description="WebAssembly fuel the module's own sampler may burn in one engine step.",
+    )
     max_concurrent_invocations: int = Field(
         4,
         ge=1,

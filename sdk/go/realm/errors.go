@@ -22,6 +22,12 @@ const (
 	ErrNotFound        ErrorCode = 12 // no such conversation for this tenant (ABI 1.1)
 	ErrConflict        ErrorCode = 13 // the conversation is no longer at the expected version (ABI 1.1)
 	ErrUnavailable     ErrorCode = 14 // the conversation store failed or is not configured (ABI 1.1)
+
+	// ABI 1.2: GenerateWith.
+	ErrInvalidConstraint ErrorCode = 15 // the constraint does not compile (bad schema, regex or grammar)
+	ErrSamplerTimeout    ErrorCode = 16 // the module's sampler passed its per-step time or fuel budget
+	ErrSamplerTrap       ErrorCode = 17 // the module's sampler trapped or panicked, or the module has none
+	ErrSamplerInvalid    ErrorCode = 18 // the sampler answered wrongly (count, a token out of range or forbidden)
 )
 
 var codeNames = [...]string{
@@ -39,6 +45,11 @@ var codeNames = [...]string{
 	ErrNotFound:        "not_found",
 	ErrConflict:        "conflict",
 	ErrUnavailable:     "unavailable",
+
+	ErrInvalidConstraint: "invalid_constraint",
+	ErrSamplerTimeout:    "sampler_timeout",
+	ErrSamplerTrap:       "sampler_trap",
+	ErrSamplerInvalid:    "sampler_invalid",
 }
 
 // String returns the code's name in snake_case, as abi.py spells it in lower case

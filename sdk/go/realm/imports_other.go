@@ -23,3 +23,5 @@ func hostConversationCreate(unsafe.Pointer, uint32) int64                   { re
 func hostConversationGet(unsafe.Pointer, uint32) int64                      { return unsupported }
 func hostConversationPut(unsafe.Pointer, uint32) int64                      { return unsupported }
 func hostConversationDelete(unsafe.Pointer, uint32) int32                   { return int32(unsupported) }
+func hostGenerateWith(unsafe.Pointer, uint32) int64                         { return unsupported }
+func hostSamplerDecide(unsafe.Pointer, uint32) int32                        { return int32(unsupported) }

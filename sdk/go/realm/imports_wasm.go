@@ -53,11 +53,26 @@ func hostConversationPut(reqPtr unsafe.Pointer, reqLen uint32) int64
 //go:wasmimport realm realm_conversation_delete
 func hostConversationDelete(idPtr unsafe.Pointer, idLen uint32) int32
 
+// ABI 1.2: generation with options, and the answer of an exported sampler.
+
+//go:wasmimport realm realm_generate_with
+func hostGenerateWith(reqPtr unsafe.Pointer, reqLen uint32) int64
+
+//go:wasmimport realm realm_sampler_decide
+func hostSamplerDecide(ptr unsafe.Pointer, n uint32) int32
+
 // realm_run and realm_abi_version are exported from here so that a tenant's main package
 // only has to call Run.
 
 //go:wasmexport realm_abi_version
-func abiVersion() int32 { return ABIVersion }
+func abiVersion() int32 { return declaredVersion }
 
 //go:wasmexport realm_run
 func run() int32 { return runHandler() }
+
+// realm_sampler_step is exported by every module built with the SDK; without SetSampler it
+// fails the step (the host reports sampler_trap). The import it answers through is reached
+// only through SetSampler, so a module that never sets a sampler does not import it.
+//
+//go:wasmexport realm_sampler_step
+func samplerStep(inLen int32) int32 { return runSamplerStep(inLen) }

@@ -8,13 +8,23 @@ import (
 	"unsafe"
 )
 
-// ABI version this SDK speaks: (major << 16) | minor, exported as realm_abi_version.
-// 1.1 added conversations; a 1.1 module runs on every host of 1.1 or later.
+// ABI version this SDK speaks: (major << 16) | minor. 1.1 added conversations, 1.2
+// GenerateWith and samplers.
 const (
 	ABIMajor   = 1
-	ABIMinor   = 1
+	ABIMinor   = 2
 	ABIVersion = ABIMajor<<16 | ABIMinor
 )
+
+// ABIVersion11 is what realm_abi_version declares for a module that sets no sampler, so that
+// such a module still deploys on a 1.1 host (a host checks the functions a module imports, and
+// a module that calls GenerateWith imports realm_generate_with, which a 1.1 host refuses by
+// name at deploy). SetSampler raises the declaration to ABIVersion.
+const ABIVersion11 = ABIMajor<<16 | 1
+
+// declaredVersion is what realm_abi_version returns; SetSampler, called from init before the
+// host asks, sets it to ABIVersion.
+var declaredVersion int32 = ABIVersion11
 
 // GenerateParams is one generation request. Zero values mean the host's defaults
 // (max_tokens 64, top_p 1, top_k off, no stop strings, no seed); Temperature 0 is greedy.

@@ -14,6 +14,11 @@ named `WitWorld` in the app module; subclass `Tenant` (or wrap a function with `
 `handle` gets the invocation's input as parsed JSON; what it returns (unless None) is emitted
 as JSON. Errors it raises fail the invocation with code tenant_error and their message.
 Host calls that fail raise `RealmError` with the ABI's error code ("model-not-allowed", ...).
+
+ABI 1.2: `generate_with(params, options)` adds a constraint (`json_schema`, `json_object`,
+`regex`, `lark`, `gbnf`), logprobs, or the module's own sampler: a class named `Sampler`
+subclassing `realm_tenant.Sampler` in the app module (the component is then built for the
+world `tenant-sampler`).
 """
 
 from __future__ import annotations
@@ -26,29 +31,49 @@ from typing import Any
 from . import prompts
 from ._backend import (
     KEEP,
+    Candidate,
+    Constraint,
     Conversation,
+    Decision,
+    GeneratedToken,
+    GenerateOptions,
     GenerateParams,
     Generation,
+    GenerationDetail,
     Keep,
     LogLevel,
     Message,
     ModelInfo,
     RealmError,
+    SamplerSpec,
+    SequenceStep,
     host,
 )
 from .prompts import chatml, gemma
 
 __all__ = [
     "KEEP",
+    "Candidate",
+    "Constraint",
     "Conversation",
+    "Decision",
+    "GenerateOptions",
     "GenerateParams",
+    "GeneratedToken",
     "Generation",
+    "GenerationDetail",
     "Keep",
     "LogLevel",
     "Message",
     "ModelInfo",
     "RealmError",
+    "Sampler",
+    "SamplerSpec",
+    "SequenceStep",
     "Tenant",
+    "allow",
+    "ban",
+    "bias",
     "chatml",
     "create_conversation",
     "decode",
@@ -56,19 +81,29 @@ __all__ = [
     "emit",
     "emit_json",
     "encode",
+    "force",
+    "gbnf",
     "gemma",
     "generate",
     "generate_stream",
+    "generate_with",
     "get_conversation",
     "input_json",
     "input_text",
+    "json_object",
+    "json_schema",
+    "lark",
     "load_model",
     "log",
     "model_version",
     "prompts",
     "put_conversation",
+    "regex",
+    "sample",
     "split_model_version",
+    "stop",
     "tenant",
+    "token",
 ]
 
 
@@ -211,6 +246,107 @@ def put_conversation(
 
 def delete_conversation(conversation_id: str) -> None:
     host().conversation_delete(conversation_id)
+
+
+# ---- sampling (ABI 1.2) ----------------------------------------------------------------------
+
+
+def json_schema(schema: str | dict[str, Any]) -> Constraint:
+    """The output is JSON valid against `schema` (a JSON Schema, as text or as a dict)."""
+    return Constraint("json_schema", schema if isinstance(schema, str) else json.dumps(schema))
+
+
+def json_object() -> Constraint:
+    """The output is any JSON object."""
+    return Constraint("json_object")
+
+
+def regex(pattern: str) -> Constraint:
+    """The whole output matches `pattern`."""
+    return Constraint("regex", pattern)
+
+
+def lark(grammar: str) -> Constraint:
+    """The output is in the language of a Lark grammar (llguidance's dialect)."""
+    return Constraint("lark", grammar)
+
+
+def gbnf(grammar: str) -> Constraint:
+    """The output is in the language of a GBNF grammar (llama.cpp's dialect)."""
+    return Constraint("gbnf", grammar)
+
+
+def generate_with(params: GenerateParams, options: GenerateOptions | None = None) -> GenerationDetail:
+    """`generate` with options: a constraint, logprobs, the module's sampler, streaming.
+
+    Failures of the options are RealmError codes "invalid-constraint", "sampler-timeout",
+    "sampler-trap" (also: the module has no Sampler) and "sampler-invalid"."""
+    return host().generate_with(params, options or GenerateOptions())
+
+
+_SAMPLE = Decision("sample")
+_STOP = Decision("stop")
+
+
+def sample() -> Decision:
+    """Let the built-in sampler choose, with the generation's own parameters."""
+    return _SAMPLE
+
+
+def token(token_id: int) -> Decision:
+    """Take this token (it must be allowed by the generation's constraint)."""
+    return Decision("token", (token_id,))
+
+
+def allow(token_ids: Iterable[int]) -> Decision:
+    """Sample only among these tokens."""
+    return Decision("allow", tuple(token_ids))
+
+
+BAN = -1e38  # the bias that bans a token
+
+
+def bias(biases: dict[int, float] | Iterable[tuple[int, float]]) -> Decision:
+    """Add these biases to the logits, then sample; `BAN` (or <= -1e30) bans a token."""
+    items = biases.items() if isinstance(biases, dict) else biases
+    return Decision("bias", bias=tuple((t, max(float(b), BAN)) for t, b in items))
+
+
+def ban(token_ids: Iterable[int]) -> Decision:
+    """Sample as usual, but never these tokens."""
+    return Decision("bias", bias=tuple((t, BAN) for t in token_ids))
+
+
+def force(token_ids: Iterable[int]) -> Decision:
+    """Append these tokens now (fast-forward, at least one): the first is this step's token."""
+    return Decision("force", tuple(token_ids))
+
+
+def stop() -> Decision:
+    """End the sequence here, finish reason "stop"."""
+    return _STOP
+
+
+class Sampler:
+    """Base class for the app's `Sampler` (componentize-py's name for the `sampler` export):
+    override `decide`. The host calls it once per engine step with every live sequence of this
+    tenant whose generation asked for a sampler (`SamplerSpec`), in an instance of its own (share
+    nothing with the handler but `SamplerSpec.config`), under a per-step time and fuel budget.
+    Inside it only `log`, `encode`, `decode` and `load_model` work. Leave `step` alone: it is the
+    export."""
+
+    def decide(self, steps: Sequence[SequenceStep]) -> Sequence[Decision]:
+        """One decision per step, in the same order."""
+        raise NotImplementedError("override Sampler.decide(steps)")
+
+    def step(self, steps: list[Any]) -> list[Any]:
+        # An exception escaping into componentize-py traps the sampler instance (the host reports
+        # sampler-trap to the generation); the traceback goes to the log first.
+        try:
+            return host().sampler_decisions(self.decide(steps))
+        except Exception as e:
+            log("".join(traceback.format_exception(e))[-4000:], "error")
+            raise
 
 
 class Tenant:

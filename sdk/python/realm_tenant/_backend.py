@@ -74,6 +74,83 @@ class Conversation:
     kv_key: str | None  # the KV snapshot of the latest turn (read-only)
 
 
+# ---- ABI 1.2: sampling -------------------------------------------------------------------------
+
+ConstraintKind = Literal["json_schema", "json_object", "regex", "lark", "gbnf"]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Output the host keeps to (`json_schema`, `json_object`, `regex`, `lark`, `gbnf`)."""
+
+    kind: ConstraintKind
+    value: str = ""  # the schema (JSON text), expression or grammar; "" for json_object
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Hand every step of a generation to the module's `Sampler`."""
+
+    config: str = ""  # given back with every step of this generation
+    top_k: int = 8  # candidates per step, 1..64
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    constraint: Constraint | None = None
+    logprobs: int | None = None  # None: no tokens in the result; n: each token and n alternatives (0..20)
+    sampler: SamplerSpec | None = None
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class Candidate:
+    token: int
+    logprob: float  # natural log, after the generation's constraint
+    text: str
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    token: int
+    logprob: float
+    top: tuple[Candidate, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationDetail:
+    text: str
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    tokens: tuple[GeneratedToken, ...] = ()  # empty unless logprobs was set
+
+
+@dataclass(frozen=True)
+class SequenceStep:
+    """One live sequence at one step. Inside a component the sampler gets the bindings' own records,
+    which have these same fields (lists instead of tuples): read them, do not build them."""
+
+    id: int
+    config: str
+    step: int
+    candidates: Sequence[Candidate]
+    tokens: Sequence[int]
+
+
+DecisionKind = Literal["sample", "token", "allow", "bias", "force", "stop"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A sampler's answer for one sequence; build it with `sample`, `token`, `allow`, `bias`, `ban`,
+    `force` or `stop`."""
+
+    kind: DecisionKind
+    tokens: tuple[int, ...] = ()  # token: (id,); allow: the allowed ids; force: the ids to append
+    bias: tuple[tuple[int, float], ...] = ()  # (token, added to its logit); <= -1e30 bans
+
+
 class Keep(enum.Enum):
     KEEP = "keep"
 
@@ -94,6 +171,12 @@ class Host(Protocol):
     def log(self, level: LogLevel, message: str) -> None: ...
     def fail(self, message: str) -> Exception:
         """The exception that makes `run` return err(message)."""
+        ...
+
+    # ABI 1.2: sampling
+    def generate_with(self, params: GenerateParams, options: GenerateOptions) -> GenerationDetail: ...
+    def sampler_decisions(self, decisions: Sequence[Decision]) -> list[Any]:
+        """What the exported sampler's `step` returns for these decisions."""
         ...
 
     # ABI 1.1: conversations
@@ -118,12 +201,28 @@ class _WitHost:
     def __init__(self) -> None:
         # Imported here, not at module level: these modules exist only inside the component.
         import componentize_py_types
-        from wit_world.imports import conversations, host, types
+        from wit_world.imports import conversations, host, sampling, sampling_types, types
 
         self._host: Any = host
         self._types: Any = types
         self._conv: Any = conversations
+        self._sampling: Any = sampling
         self._err: Any = componentize_py_types.Err
+        st: Any = sampling_types
+        self._token_bias: Any = st.TokenBias
+        # The bindings' decision cases by SDK kind, and the constraint cases.
+        self._sample: Any = st.Decision_Sample()
+        self._stop: Any = st.Decision_Stop()
+        self._token: Any = st.Decision_Token
+        self._allow: Any = st.Decision_Allow
+        self._bias: Any = st.Decision_Bias
+        self._force: Any = st.Decision_Force
+        self._constraints: dict[str, Any] = {
+            "json_schema": sampling.Constraint_JsonSchema,
+            "regex": sampling.Constraint_Regex,
+            "lark": sampling.Constraint_Lark,
+            "gbnf": sampling.Constraint_Gbnf,
+        }
 
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
@@ -134,8 +233,8 @@ class _WitHost:
             err = e.value
             raise RealmError(err.code.name.lower().replace("_", "-"), err.message) from None
 
-    def generate(self, params: GenerateParams, *, stream: bool) -> Generation:
-        wit_params = self._types.GenerateParams(
+    def _wit_params(self, params: GenerateParams) -> Any:
+        return self._types.GenerateParams(
             model=params.model,
             prompt=params.prompt,
             max_tokens=params.max_tokens,
@@ -145,8 +244,55 @@ class _WitHost:
             stop=list(params.stop),
             seed=params.seed,
         )
+
+    def generate_with(self, params: GenerateParams, options: GenerateOptions) -> GenerationDetail:
+        s = self._sampling
+        c = options.constraint
+        constraint: Any = None
+        if c is not None:
+            if c.kind == "json_object":
+                constraint = s.Constraint_JsonObject()
+            elif c.kind in self._constraints:
+                constraint = self._constraints[c.kind](c.value)
+            else:
+                raise RealmError("invalid-argument", f"unknown constraint kind {c.kind!r}")
+        sampler = options.sampler
+        wit_options = s.GenerateOptions(
+            constraint=constraint,
+            logprobs=options.logprobs,
+            sampler=None if sampler is None else s.SamplerSpec(config=sampler.config, top_k=sampler.top_k),
+            stream=options.stream,
+        )
+        d = self._call(s.generate, self._wit_params(params), wit_options)
+        tokens = tuple(
+            GeneratedToken(t.token, t.logprob, tuple(Candidate(c.token, c.logprob, c.text) for c in t.top))
+            for t in d.tokens
+        )
+        return GenerationDetail(d.text, d.finish_reason, d.prompt_tokens, d.completion_tokens, tokens)
+
+    def sampler_decisions(self, decisions: Sequence[Decision]) -> list[Any]:
+        out: list[Any] = []
+        for d in decisions:
+            kind = d.kind
+            if kind == "token":
+                out.append(self._token(d.tokens[0]))
+            elif kind == "sample":
+                out.append(self._sample)
+            elif kind == "allow":
+                out.append(self._allow(list(d.tokens)))
+            elif kind == "bias":
+                out.append(self._bias([self._token_bias(t, b) for t, b in d.bias]))
+            elif kind == "force":
+                out.append(self._force(list(d.tokens)))
+            elif kind == "stop":
+                out.append(self._stop)
+            else:
+                raise ValueError(f"unknown decision kind {kind!r}")
+        return out
+
+    def generate(self, params: GenerateParams, *, stream: bool) -> Generation:
         fn = self._host.generate_stream if stream else self._host.generate
-        g = self._call(fn, wit_params)
+        g = self._call(fn, self._wit_params(params))
         return Generation(g.text, g.finish_reason, g.prompt_tokens, g.completion_tokens)
 
     def encode_tokens(self, model: str, text: str) -> list[int]:

@@ -7,8 +7,12 @@
     result = host.run(app.WitWorld)
     assert result.ok and result.json() == {"answer": "Hello!"}
 
+A sampler (ABI 1.2) runs against canned candidates: `FakeHost(sampler=app.Sampler,
+candidates=lambda params, tokens: [...])` gives each step's candidates, best first; the fake's
+built-in sampler is greedy (it takes the first), and the text is the chosen candidates' texts.
+
 This checks your code, not the build or the runtime: `realm tenant build` and an invocation
-against a runtime (see sdk/python/README.md) do that.
+against a runtime (see sdk/python/README.md) do that. The fake does not apply constraints.
 """
 
 from __future__ import annotations
@@ -20,17 +24,23 @@ from typing import Any
 
 from . import _backend
 from ._backend import (
+    Candidate,
     Conversation,
+    Decision,
+    GenerateOptions,
     GenerateParams,
     Generation,
+    GenerationDetail,
     Keep,
     LogLevel,
     Message,
     ModelInfo,
     RealmError,
+    SequenceStep,
 )
 
 GenerateFn = Callable[[GenerateParams], "str | Generation"]
+CandidatesFn = Callable[[GenerateParams, Sequence[int]], Sequence[Candidate]]
 
 
 class TenantFailed(Exception):
@@ -65,6 +75,11 @@ class FakeHost:
     calls: list[GenerateParams] = field(default_factory=list)
     # The tenant's conversations, by id; versions and compare-and-swap as the runtime does them.
     conversations: dict[str, Conversation] = field(default_factory=dict)
+    # ABI 1.2: the app's Sampler class, and the candidates of each step of a sampled generation.
+    sampler: type[Any] | None = None
+    candidates: CandidatesFn | None = None
+    options: list[GenerateOptions] = field(default_factory=list)  # of every generate_with
+    _generation_ids: int = field(default=0, init=False, repr=False)
 
     # ---- the Host protocol --------------------------------------------------------------
 
@@ -85,6 +100,57 @@ class FakeHost:
             for word in g.text.split(" "):
                 self.chunks.append(word if not self.chunks or not word else " " + word)
         return g
+
+    def generate_with(self, params: GenerateParams, options: GenerateOptions) -> GenerationDetail:
+        self._model(params.model)
+        self.calls.append(params)
+        self.options.append(options)
+        if options.sampler is None:
+            g = self.generate_(params, stream=options.stream)
+            return GenerationDetail(g.text, g.finish_reason, g.prompt_tokens, g.completion_tokens)
+        if self.sampler is None:
+            raise RealmError("sampler-trap", "the module exports no sampler")
+        if self.candidates is None:
+            raise RealmError(
+                "unsupported", "FakeHost(candidates=...) gives a sampled generation's candidates"
+            )
+        self._generation_ids += 1
+        text, finish, n = self._sampled(self.sampler(), params, options.sampler.config, options.sampler.top_k)
+        if options.stream:
+            self.chunks.append(text)
+        return GenerationDetail(text, finish, len(params.prompt), n)
+
+    def _sampled(self, sampler: Any, params: GenerateParams, config: str, top_k: int) -> tuple[str, str, int]:
+        """Run one sampled generation step by step; its text, finish reason and token count."""
+        tokens: list[int] = []
+        texts: dict[int, str] = {}
+        out: list[str] = []
+        while len(tokens) < params.max_tokens:
+            cands = list(self.candidates(params, tuple(tokens)) if self.candidates else ())[:top_k]
+            if not cands:
+                return "".join(out), "stop", len(tokens)
+            texts.update((c.token, c.text) for c in cands)
+            view = SequenceStep(self._generation_ids, config, len(tokens), tuple(cands), tuple(tokens))
+            try:
+                decisions = list(sampler.step([view]))
+            except Exception as e:
+                raise RealmError("sampler-trap", f"the sampler raised {type(e).__name__}: {e}") from e
+            if len(decisions) != 1:
+                raise RealmError("sampler-invalid", f"{len(decisions)} decisions for 1 step")
+            chosen = _apply(decisions[0], cands, texts)
+            if chosen is None:
+                return "".join(out), "stop", len(tokens)
+            for t in chosen:
+                tokens.append(t)
+                out.append(texts[t])
+            text = "".join(out)
+            for s in params.stop:
+                if s in text:
+                    return text[: text.index(s)], "stop", len(tokens)
+        return "".join(out), "length", len(tokens)
+
+    def sampler_decisions(self, decisions: Sequence[Decision]) -> list[Any]:
+        return list(decisions)
 
     def encode_tokens(self, model: str, text: str) -> list[int]:
         self._model(model)
@@ -167,6 +233,32 @@ class FakeHost:
         finally:
             _backend.install(previous)
         return Result(error is None, "".join(self.chunks), error, list(self.chunks), self.logs, self.calls)
+
+
+def _apply(d: Decision, cands: Sequence[Candidate], texts: dict[int, str]) -> tuple[int, ...] | None:
+    """The tokens a decision appends (None: the sequence stops), as the fake's greedy engine sees it."""
+    if d.kind == "stop":
+        return None
+    if d.kind == "sample":
+        return (cands[0].token,)
+    if d.kind in ("token", "force"):
+        unknown = [t for t in d.tokens if t not in texts]
+        if not d.tokens or unknown:
+            raise RealmError("sampler-invalid", f"{d.kind} of tokens the fake never offered: {unknown}")
+        return d.tokens[:1] if d.kind == "token" else d.tokens
+    if d.kind == "allow":
+        allowed = set(d.tokens)
+        best = [c.token for c in cands if c.token in allowed]
+        if not best:
+            raise RealmError("sampler-invalid", "allow of no candidate the fake offered")
+        return (best[0],)
+    if d.kind == "bias":
+        added = dict(d.bias)
+        scored = [
+            (c.logprob + added.get(c.token, 0.0), c.token) for c in cands if added.get(c.token, 0.0) > -1e30
+        ]
+        return (max(scored)[1],) if scored else None
+    raise RealmError("sampler-invalid", f"unknown decision kind {d.kind!r}")
 
 
 class _Adapter:

