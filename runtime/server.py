@@ -364,6 +364,8 @@ class Runtime:
             # are interrupted (sleeps and host-call waits included) and given a bounded grace;
             # off the loop, because the host calls they are leaving wait on it.
             self.abandoned_runs = await asyncio.to_thread(self.state.sandbox.close)
+        if self.state.samplers is not None:
+            self.state.samplers.close()  # their steps ended with the sandbox; their threads go now
         if self.state.conversations is not None:
             try:
                 await self.state.conversations.close()

@@ -6,22 +6,27 @@ import module, JSON payloads, pointer/length pairs) mirrors it function for func
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 ABI_MAJOR = 1
 # 1.1 added conversations (the `conversations` interface; realm_conversation_* core functions).
 # 1.2 added sampling (constraints, logprobs, tenant samplers: `sampling`, `sampler`,
 # realm_generate_with, realm_sampler_decide and the optional realm_sampler_step export).
-ABI_MINOR = 2
+# 1.3 added tools (HTTP fetch and MCP tools under the tenant's egress allowlist: `tools`,
+# realm_http_fetch, realm_mcp_list_tools, realm_mcp_call_tool).
+ABI_MINOR = 3
 WIT_PACKAGE = "realm:tenant"
 WIT_VERSION = f"{ABI_MAJOR}.{ABI_MINOR}.0"
 WIT_HOST_INTERFACE = f"{WIT_PACKAGE}/host@{WIT_VERSION}"
 WIT_CONVERSATIONS_INTERFACE = f"{WIT_PACKAGE}/conversations@{WIT_VERSION}"
 WIT_SAMPLING_INTERFACE = f"{WIT_PACKAGE}/sampling@{WIT_VERSION}"
 WIT_SAMPLER_INTERFACE = f"{WIT_PACKAGE}/sampler@{WIT_VERSION}"
+WIT_TOOLS_INTERFACE = f"{WIT_PACKAGE}/tools@{WIT_VERSION}"
 CORE_IMPORT_MODULE = "realm"
 # A core module declares the ABI it speaks by exporting `realm_abi_version() -> i32`
 # returning (major << 16) | minor.
@@ -57,6 +62,13 @@ class ErrorCode(enum.IntEnum):
     SAMPLER_TIMEOUT = 16  # the module's sampler passed its per-step time or fuel budget
     SAMPLER_TRAP = 17  # the module's sampler trapped, or the module exports no sampler
     SAMPLER_INVALID = 18  # the module's sampler answered wrongly
+    # Since 1.3, tools (components: the `tool-error-code` enum; not-found is NOT_FOUND, too-large
+    # TOO_LARGE).
+    DENIED = 19  # not on the allowlist, a forbidden address, a server or tool not allowed here
+    UNREACHABLE = 20  # could not connect; TLS or protocol failure
+    TIMED_OUT = 21  # the call's time, or the invocation's deadline, ran out
+    LIMIT_EXCEEDED = 22  # over the invocation's tool calls or egress bytes
+    TOOL_FAILED = 23  # the MCP server answered with an error of its own
 
     @property
     def wit_name(self) -> str:
@@ -90,6 +102,23 @@ SAMPLING_WIT_CODES: dict[ErrorCode, str] = {
     ErrorCode.SAMPLER_TIMEOUT: "sampler-timeout",
     ErrorCode.SAMPLER_TRAP: "sampler-trap",
     ErrorCode.SAMPLER_INVALID: "sampler-invalid",
+}
+
+
+# The cases of the WIT `tool-error-code` enum; the codes it lacks are reported to components as
+# the nearest of these.
+TOOLS_WIT_CODES: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_ARGUMENT: "invalid-argument",
+    ErrorCode.OUT_OF_BOUNDS: "invalid-argument",
+    ErrorCode.INVALID_UTF8: "invalid-argument",
+    ErrorCode.DENIED: "denied",
+    ErrorCode.UNREACHABLE: "unreachable",
+    ErrorCode.TIMED_OUT: "timeout",
+    ErrorCode.TOO_LARGE: "too-large",
+    ErrorCode.LIMIT_EXCEEDED: "limit-exceeded",
+    ErrorCode.QUOTA_EXCEEDED: "limit-exceeded",
+    ErrorCode.NOT_FOUND: "not-found",
+    ErrorCode.TOOL_FAILED: "tool-failed",
 }
 
 
@@ -323,6 +352,85 @@ class SamplerDecisions(Payload):
     """realm_sampler_decide's argument: one decision per step of the input, in order."""
 
     decisions: list[DecisionPayload] = Field(..., max_length=MAX_SAMPLER_DECISIONS)
+
+
+# ---- 1.3: tools --------------------------------------------------------------------------------
+
+# Bounds of the tools payloads (the whole argument is within MAX_PAYLOAD_BYTES as well).
+MAX_URL_CHARS = 8192
+MAX_HEADERS = 64
+MAX_HEADER_NAME_CHARS = 256
+MAX_HEADER_VALUE_CHARS = 8192
+MAX_NAME_CHARS = 256  # an MCP server's or tool's name
+
+
+def _base64(value: object) -> object:
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("body must be base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("body is not valid base64") from None
+
+
+# Bytes that travel as base64 text in the core binding's JSON.
+Base64Body = Annotated[
+    bytes,
+    BeforeValidator(_base64),
+    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str, when_used="json"),
+    Field(max_length=MAX_PAYLOAD_BYTES),
+]
+HeaderName = Annotated[
+    str, Field(min_length=1, max_length=MAX_HEADER_NAME_CHARS, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+]
+HeaderValue = Annotated[str, Field(max_length=MAX_HEADER_VALUE_CHARS, pattern=r"^[^\r\n\x00]*$")]
+Header = tuple[HeaderName, HeaderValue]
+ToolName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+
+
+class HttpRequestPayload(Payload):
+    """realm_http_fetch's argument (the WIT `http-request`): headers as `[name, value]` pairs,
+    the body as base64."""
+
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    url: str = Field(..., min_length=1, max_length=MAX_URL_CHARS)
+    headers: list[Header] = Field(default_factory=list, max_length=MAX_HEADERS)
+    body: Base64Body = b""
+
+
+class HttpResponsePayload(Payload):
+    """realm_http_fetch's result (the WIT `http-response`)."""
+
+    status: int = Field(..., ge=0, le=65535)
+    headers: list[tuple[str, str]]
+    body: Base64Body
+
+
+class ToolInfoPayload(Payload):
+    """One entry of realm_mcp_list_tools's result (the WIT `tool-info`, the schema as JSON)."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+class ToolCallPayload(Payload):
+    """realm_mcp_call_tool's argument: `arguments` must be a JSON object."""
+
+    server: ToolName
+    tool: ToolName
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResultPayload(Payload):
+    """realm_mcp_call_tool's result (the WIT `tool-result`): `content` is the MCP content blocks,
+    `text` their text blocks joined."""
+
+    content: list[dict[str, Any]]
+    text: str
+    is_error: bool
 
 
 class InvocationErrorCode(enum.StrEnum):

@@ -159,7 +159,7 @@ class Sandbox:
         self._pool = ThreadPoolExecutor(
             max_workers=2 * max_workers + self._max_abandoned,
             thread_name_prefix="realm-wasm",
-            initializer=_background_priority,
+            initializer=guest_priority,
             initargs=(guest_nice,),
         )
         self._guest_nice = guest_nice
@@ -549,7 +549,7 @@ def _stopped(deadline: Deadline) -> InvocationFailed | None:
     return InvocationFailed(*deadline.stopped)
 
 
-def _background_priority(nice: int) -> None:
+def guest_priority(nice: int) -> None:
     """Guests yield the CPU to the engines and the event loop: a tenant's spinning guests must not
     slow every other tenant's decoding and requests (Linux: the nice value is per thread)."""
     try:

@@ -46,7 +46,7 @@ from .abi import (
 )
 from .context import Deadline, InvocationContext
 from .modules import TenantModule
-from .runner import EPOCH_TICK_S, Sandbox, SandboxLimits, _background_priority
+from .runner import EPOCH_TICK_S, Sandbox, SandboxLimits, guest_priority
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class SamplerInstance:
         self._thread = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix=f"realm-sampler-{module.tenant}",
-            initializer=_background_priority,
+            initializer=guest_priority,
             initargs=(sandbox.guest_nice,),
         )
         self._store: wasmtime.Store | None = None

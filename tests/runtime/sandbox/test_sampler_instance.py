@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -293,14 +295,32 @@ async def test_a_step_may_tokenize_but_not_read_the_input(sandbox: Sandbox) -> N
 
 async def test_submit_answers_on_the_instance_thread(sandbox: Sandbox) -> None:
     inst, _ = await instance(sandbox, TOP)
-    got: list[object] = []
+    got: list[tuple[object, str]] = []
     done = threading.Event()
-    inst.submit(
-        steps(5), lambda outcome: (got.append((outcome, threading.current_thread().name)), done.set())
-    )
+
+    def answer(outcome: object) -> None:
+        got.append((outcome, threading.current_thread().name))
+        done.set()
+
+    inst.submit(steps(5), answer)
     assert await asyncio.to_thread(done.wait, 30)
-    outcome, thread = got[0]  # type: ignore[misc]
-    assert outcome == [TokenDecision(kind="token", token=5)] and thread.startswith("realm-sampler-acme")
+    assert got == [([TokenDecision(kind="token", token=5)], "realm-sampler-acme_0")]
+    inst.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+async def test_the_instance_thread_runs_at_guest_priority(sandbox: Sandbox) -> None:
+    inst, _ = await instance(sandbox, TOP)
+    niceness: list[int] = []
+    done = threading.Event()
+
+    def answer(_: object) -> None:
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        done.set()
+
+    inst.submit(steps(5), answer)
+    assert await asyncio.to_thread(done.wait, 30)
+    assert niceness == [min(19, os.getpriority(os.PRIO_PROCESS, 0) + sandbox.guest_nice)]
     inst.close()
 
 
@@ -319,3 +339,25 @@ def test_the_step_input_is_the_documented_json() -> None:
             }
         ]
     }
+
+
+@pytest.mark.parametrize(
+    ("ptr", "length", "code"),
+    [("0xfffffff0", "64", 2), ("0", "0x200000", 7), ("0", "-1", 7)],
+)
+async def test_a_decide_outside_memory_or_too_large_is_refused(
+    sandbox: Sandbox, ptr: str, length: str, code: int
+) -> None:
+    # realm_sampler_decide must return -code, else the guest traps; with no decision the step is
+    # then sampler_invalid (and not a trap of the host).
+    wat = (
+        "(module"
+        + HEADER
+        + f"""
+  (func (export "realm_sampler_step") (param $n i32) (result i32)
+    (if (i32.ne (call $decide (i32.const {ptr}) (i32.const {length})) (i32.const -{code})) (then unreachable))
+    (i32.const 0)))
+"""
+    )
+    inst, _ = await instance(sandbox, wat)
+    assert (await failed(inst, steps(1))).code == "sampler_invalid"

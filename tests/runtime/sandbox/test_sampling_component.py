@@ -37,9 +37,9 @@ from realm.runtime.sandbox.context import InvocationContext
 from realm.runtime.sandbox.sampler import SamplerContext, SamplerFailed, SamplerInstance
 from realm.tenant_build import wit_dir
 
-# Input "generate:<constraint>": sampling.generate with that constraint (json-object, or a regex
-# given after it) and logprobs 2; emits what came back. Its sampler picks candidates[0], or for
-# config "count" answers one decision too few.
+# Input "<model>:<constraint>": sampling.generate on that model with that constraint (json-object,
+# or a regex), logprobs 2 and its own sampler; emits what came back. Its sampler picks
+# candidates[0], or for config "count" answers one decision too few.
 APP = """
 import json
 from componentize_py_types import Err
@@ -49,11 +49,12 @@ from wit_world.imports import host, sampling, sampling_types, types
 
 class WitWorld:
     def run(self) -> None:
-        cmd, _, arg = host.input().partition(":")
+        raw = host.input()  # over HTTP, a JSON string
+        model, _, arg = (json.loads(raw) if raw.startswith('"') else raw).partition(":")
         constraint = sampling.Constraint_Regex(arg)
         if arg == "json-object":
             constraint = sampling.Constraint_JsonObject()
-        params = types.GenerateParams("m", "hi", 5, 0.0, 1.0, 0, [], None)
+        params = types.GenerateParams(model, "A person as JSON:", 24, 0.0, 1.0, 0, [], None)
         options = sampling.GenerateOptions(constraint, 2, sampling.SamplerSpec("top", 4), False)
         try:
             d = sampling.generate(params, options)
@@ -158,7 +159,7 @@ async def test_sampling_generate_carries_options_and_the_detail(
     sandbox: Sandbox, component: TenantModule
 ) -> None:
     services = Services()
-    out = await invoke(sandbox, component, services, "generate:json-object")
+    out = await invoke(sandbox, component, services, "m:json-object")
     assert out == {"ok": ["{}", "stop", 1, 1, [[7, -0.25, [[7, -0.25, "{"], [8, -2.0, "["]]]]]}
     opts = services.options[0]
     assert (opts.constraint, opts.logprobs, opts.sampler, opts.stream) == (
@@ -172,7 +173,7 @@ async def test_sampling_generate_carries_options_and_the_detail(
 async def test_a_refused_constraint_is_the_sampling_error_code(
     sandbox: Sandbox, component: TenantModule
 ) -> None:
-    out = await invoke(sandbox, component, Services(), "generate:bad")
+    out = await invoke(sandbox, component, Services(), "m:bad")
     assert out == {"err": ["INVALID_CONSTRAINT", "regex: bad"]}
 
 

@@ -22,13 +22,16 @@ from runtime_thread import running
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
 from test_sampler_instance import TOP
+from test_sampling_component import build_sampler_component
 
 from realm.runtime.sandbox.abi import ErrorCode
 from realm.runtime.server import Runtime
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
 
 TENANTS = {
-    "alpha": {"allowedModels": [DEFAULT_MODEL], "quotas": {"samplerStepMs": 50}},
+    # The largest step budget: on a loaded machine a trivial sampler's thread (at guest priority)
+    # may wait for a core longer than the default 20 ms, and these tests are not about time.
+    "alpha": {"allowedModels": [DEFAULT_MODEL], "quotas": {"samplerStepMs": 1000}},
     "beta": {"allowedModels": [DEFAULT_MODEL]},
 }
 
@@ -124,6 +127,18 @@ def metric(rt: Runtime, name: str, **labels: str) -> float:
     return rt.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+def call_text(rt: Runtime, tenant: str, text: str) -> str:
+    """Invoke with a JSON string as the input (what a component's `input` then reads, quotes included)."""
+    r = httpx.post(
+        f"{rt.base_url}/v1/tenants/{tenant}/invoke",
+        content=json.dumps(text),
+        headers={"Authorization": f"Bearer {key(tenant)}"},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    return r.text
+
+
 def failed(answer: str) -> tuple[int, str]:
     out: str = json.loads(answer)["output"]  # what is not JSON comes back as a string
     assert out.startswith("#"), out
@@ -208,3 +223,17 @@ def test_a_module_without_a_sampler_is_sampler_trap_with_the_reason(runtime: Run
     deploy(runtime, "alpha", module())
     out = call(runtime, "alpha", PROMPT, sampler={"config": "", "top_k": 2})
     assert failed(out) == (ErrorCode.SAMPLER_TRAP, "the module exports no sampler")
+
+
+def test_a_component_generates_json_with_a_constraint_and_its_own_sampler(runtime: Runtime) -> None:
+    # test_sampling_component's guest: sampling.generate with a json-object constraint, logprobs 2
+    # and its exported sampler taking candidates[0] (which the constraint already allows).
+    deploy(runtime, "alpha", build_sampler_component().read_bytes())
+    out = json.loads(call_text(runtime, "alpha", f"{DEFAULT_MODEL}:json-object"))
+    assert "ok" in out, out
+    text, _, _, completion_tokens, tokens = out["ok"]
+    assert isinstance(json.loads(text), dict), text
+    assert len(tokens) == completion_tokens
+    # The sampler took the likeliest: each token is its own top alternative (of at most 2: where
+    # the constraint allows one token only, there is one).
+    assert all(t[2][0][0] == t[0] and len(t[2]) <= 2 for t in tokens)
