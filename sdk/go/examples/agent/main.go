@@ -1,0 +1,199 @@
+// Command agent is a bounded loop that decides, calls an MCP tool and an HTTP API, reads the
+// results and answers.
+//
+// Each turn the model picks its next action under a JSON-schema constraint (the small models need
+// it to answer in a form the loop can act on): one of the MCP server's tools, "http_get" (the
+// HTTP API), or "answer". A tool's arguments are generated under the tool's own input schema; the
+// API's under {"query": string}. Each action is taken at most once, and "answer" is offered only
+// once both kinds of source (the MCP server and the API) have been tried, so the trace always
+// shows both; a tool the invocation may not reach (X-Realm-Tools) is tried, refused with
+// ErrDenied, and the refusal is shown to the model like any other result. After max_turns
+// (default 4) the loop answers with what it has.
+//
+// Input {"question", "server" (MCP server name), "api" (URL; the query is appended as ?q=...),
+// "max_turns"?}; output {"answer", "turns", "trace": [{"action", "arguments", "result" or
+// "error"+"message"}]}. Mirrors sdk/python/examples/agent.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"realm.dev/sdk/go/realm"
+)
+
+const (
+	model          = "smollm2-135m-instruct"
+	httpAction     = "http_get"
+	answerAction   = "answer"
+	maxObservation = 400 // characters of a result shown to the model
+)
+
+const querySchema = `{"type":"object","properties":{"query":{"type":"string","maxLength":40}},` +
+	`"required":["query"],"additionalProperties":false}`
+const answerSchema = `{"type":"object","properties":{"answer":{"type":"string","maxLength":200}},` +
+	`"required":["answer"],"additionalProperties":false}`
+
+func init() { realm.Run(run) }
+
+type request struct {
+	Question string `json:"question"`
+	Server   string `json:"server"`
+	API      string `json:"api"`
+	MaxTurns int    `json:"max_turns"`
+}
+
+type step struct {
+	Action    string          `json:"action"`
+	Arguments json.RawMessage `json:"arguments"`
+	Result    *string         `json:"result,omitempty"`
+	Error     string          `json:"error,omitempty"` // the error code's name, e.g. "denied"
+	Message   string          `json:"message,omitempty"`
+}
+
+type agent struct {
+	req   request
+	tools []realm.ToolInfo
+	trace []step
+}
+
+func run() error {
+	var a agent
+	if err := realm.DecodeInput(&a.req); err != nil {
+		return err
+	}
+	if a.req.Question == "" || a.req.Server == "" || a.req.API == "" {
+		return errors.New(`input needs "question", "server" and "api"`)
+	}
+	turns := min(max(a.req.MaxTurns, 1), 8)
+	if a.req.MaxTurns == 0 {
+		turns = 4
+	}
+	tools, err := realm.ListTools(a.req.Server)
+	if err != nil && !errors.Is(err, realm.ErrDenied) {
+		return err
+	}
+	a.tools = tools // denied: this invocation may not reach the server; the API is what is left
+	used := map[string]bool{}
+	for range turns {
+		var open []string
+		triedMCP := len(a.tools) == 0
+		for _, t := range a.tools {
+			if used[t.Name] {
+				triedMCP = true
+			} else {
+				open = append(open, t.Name)
+			}
+		}
+		if !used[httpAction] {
+			open = append(open, httpAction)
+		}
+		if (triedMCP && used[httpAction]) || len(open) == 0 {
+			open = append(open, answerAction)
+		}
+		enum, _ := json.Marshal(open)
+		var choice struct {
+			Action string `json:"action"`
+		}
+		schema := `{"type":"object","properties":{"action":{"enum":` + string(enum) + `}},"required":["action"],"additionalProperties":false}`
+		if err := a.constrained("Which action next?", schema, 24, &choice); err != nil || choice.Action == "" {
+			choice.Action = open[0]
+		}
+		if choice.Action == answerAction {
+			break
+		}
+		used[choice.Action] = true
+		a.trace = append(a.trace, a.act(choice.Action))
+	}
+	var final struct {
+		Answer string `json:"answer"`
+	}
+	_ = a.constrained("Answer the question.", answerSchema, 96, &final) // cut short: an empty answer
+	return realm.EmitJSON(map[string]any{"answer": final.Answer, "turns": len(a.trace) + 1, "trace": a.trace})
+}
+
+func (a *agent) act(action string) step {
+	schema := querySchema
+	for _, t := range a.tools {
+		if t.Name == action && len(t.InputSchema) > 0 {
+			schema = string(t.InputSchema)
+		}
+	}
+	var args map[string]any
+	if err := a.constrained("Give the arguments of "+action+" as JSON.", schema, 48, &args); err != nil || args == nil {
+		args = map[string]any{}
+	}
+	raw, _ := json.Marshal(args)
+	s := step{Action: action, Arguments: raw}
+	var result string
+	var err error
+	if action == httpAction {
+		query, _ := args["query"].(string)
+		if query == "" {
+			query = a.req.Question
+		}
+		sep := "?"
+		if strings.Contains(a.req.API, "?") {
+			sep = "&"
+		}
+		var resp realm.HTTPResponse
+		resp, err = realm.HTTPFetch(realm.HTTPRequest{URL: a.req.API + sep + "q=" + url.QueryEscape(query)})
+		result = fmt.Sprintf("HTTP %d: %s", resp.Status, resp.Body)
+	} else {
+		var r realm.ToolResult
+		r, err = realm.CallTool(a.req.Server, action, raw)
+		result = r.Text
+		if r.IsError {
+			result = "tool error: " + r.Text
+		}
+	}
+	var he *realm.HostError
+	switch {
+	case errors.As(err, &he):
+		s.Error, s.Message = he.Name, he.Message
+	case err != nil:
+		s.Error, s.Message = "failed", err.Error()
+	default:
+		s.Result = &result
+	}
+	return s
+}
+
+// constrained generates JSON under schema and decodes it into v; an error where max_tokens cut it.
+func (a *agent) constrained(ask, schema string, maxTokens int, v any) error {
+	g, err := realm.GenerateWith(
+		realm.GenerateParams{Model: model, Prompt: a.prompt(ask), MaxTokens: maxTokens},
+		realm.GenerateOptions{Constraint: realm.JSONSchema(schema)},
+	)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal([]byte(g.Text), v)
+}
+
+func (a *agent) prompt(ask string) string {
+	var b strings.Builder
+	b.WriteString("<|im_start|>system\nYou are an agent. You can use these tools:\n")
+	for _, t := range a.tools {
+		fmt.Fprintf(&b, "- %s: %s\n", t.Name, t.Description)
+	}
+	b.WriteString("- " + httpAction + ": search the web API for a query<|im_end|>\n")
+	for _, s := range a.trace {
+		call, _ := json.Marshal(map[string]any{"action": s.Action, "arguments": s.Arguments})
+		seen := "error " + s.Error + ": " + s.Message
+		if s.Result != nil {
+			seen = *s.Result
+		}
+		if len(seen) > maxObservation {
+			seen = seen[:maxObservation]
+		}
+		fmt.Fprintf(&b, "<|im_start|>assistant\n%s<|im_end|>\n<|im_start|>user\nResult of %s: %s<|im_end|>\n", call, s.Action, seen)
+	}
+	fmt.Fprintf(&b, "<|im_start|>user\n%s\n%s<|im_end|>\n<|im_start|>assistant\n", a.req.Question, ask)
+	return b.String()
+}
+
+func main() {}
