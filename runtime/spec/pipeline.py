@@ -9,8 +9,10 @@ walk a graph) and reported by the operator as Ready=False with reason Invalid.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Annotated
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from .cel import cel, validations
 from .model import MODEL_NAME_PATTERN
@@ -20,12 +22,28 @@ from .tenant import SpecModel
 STEP_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"
 MAX_STEPS = 16
 MAX_DEPENDS = 8
+MAX_STEP_TOOLS = 32
 
 MSG_UNKNOWN_DEPENDENCY = "dependsOn must name other steps of this pipeline"
 MSG_UNKNOWN_OUTPUT = "output must name a step of this pipeline"
 
 PLACEHOLDER = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 STEP_OUTPUT = re.compile(r"^steps\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.output$")
+# The host of an allowedOutboundHosts entry (Spin's scheme://host[:port]), as a step's tools may name it.
+_HOST_OF_PATTERN = re.compile(r"^[a-z*]+://(?P<host>\[[^\]]*\]|[^:/]+)(?::[0-9*]+)?/?$")
+
+
+def egress_tool_names(mcp_servers: Iterable[str], allowed_outbound_hosts: Iterable[str]) -> set[str]:
+    """The names a step's `tools` may use for a tenant's egress: each MCP server's name, each
+    allowedOutboundHosts entry as written, and that entry's host (`api.example.com` for
+    `https://api.example.com:8443`)."""
+    names = set(mcp_servers)
+    for entry in allowed_outbound_hosts:
+        names.add(entry)
+        m = _HOST_OF_PATTERN.match(entry.strip().lower())
+        if m is not None:
+            names.add(m["host"])
+    return names
 
 
 class PipelineStep(SpecModel):
@@ -60,6 +78,18 @@ class PipelineStep(SpecModel):
         default_factory=list,
         max_length=MAX_DEPENDS,
         description="Steps that must finish first; required for every step the template references.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    tools: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] | None = Field(
+        None,
+        max_length=MAX_STEP_TOOLS,
+        description="What this step's invocation may reach: names of the Tenant's MCP servers "
+        "(egress.mcpServers[].name) and allowed hosts (an egress.allowedOutboundHosts entry or its host), "
+        "a subset of the Tenant's egress (checked at reconcile: Ready=False, reason ToolNotAllowed, "
+        "otherwise). Absent: all of the Tenant's egress; []: none. Carried into the runtime config as the "
+        "step's tool restriction, the same narrowing as an invocation's X-Realm-Tools header; the runtime "
+        "does not run pipeline steps yet, so today it is validated and published, not enforced.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
@@ -143,6 +173,16 @@ class PipelineSpec(SpecModel):
                 raise ValueError(f"dependsOn forms a cycle among: {', '.join(stuck)}")
             done.append(ready[0])
         return done
+
+    def unknown_tools(self, known: set[str]) -> dict[str, list[str]]:
+        """Per step (those with any), the `tools` entries that name nothing in `known`
+        (see `egress_tool_names`), in declared order."""
+        out: dict[str, list[str]] = {}
+        for s in self.steps:
+            missing = [t for t in s.tools or [] if t not in known]
+            if missing:
+                out[s.name] = missing
+        return out
 
     def output_step(self) -> str:
         return self.output if self.output is not None else self.steps[-1].name
