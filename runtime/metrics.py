@@ -94,6 +94,18 @@ class Metrics:
             ["model", "version"],
             registry=r,
         )
+        self.egress_requests = Counter(
+            "realm_egress_requests",
+            "Outbound calls of tenants' modules (http-fetch, MCP) by outcome.",
+            ["tenant", "outcome"],
+            registry=r,
+        )
+        self.egress_check = Histogram(
+            "realm_egress_check_seconds",
+            "Time to check an outbound call's URL: allowlist, resolution and address policy.",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0),
+            registry=r,
+        )
         self.prompt_tokens = Counter(
             "realm_prompt_tokens", "Prompt tokens processed.", ["tenant", "model"], registry=r
         )

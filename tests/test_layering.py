@@ -89,6 +89,19 @@ def test_the_import_reader_sees_relative_and_absolute_imports(tmp_path: Path) ->
                 *HTTP,
             ),
         ),
+        # A leaf: outbound calls know no tenant, spec, request or door (serving/egress.py wires them).
+        (
+            "runtime/egress",
+            (
+                "realm.runtime.api",
+                "realm.runtime.serving",
+                "realm.runtime.sandbox",
+                "realm.runtime.scheduler",
+                "realm.runtime.engines",
+                "realm.runtime.spec",
+                *HTTP,
+            ),
+        ),
         ("runtime/kvstore", ("realm.runtime.api", "realm.runtime.serving", *HTTP)),
         ("runtime/conversations", ("realm.runtime.api", "realm.runtime.serving", *HTTP)),
     ],

@@ -105,3 +105,23 @@ class ModulePinned(ServingError):
     platform did not declare, and the next config reload would replace it anyway."""
 
     reason = "module_pinned"
+
+
+class EgressDenied(ServingError):
+    """An outbound call the tenant may not make: off its allowlist, a forbidden address, a malformed URL
+    or a header the caller may not set (`code` says which, docs/egress.md)."""
+
+    reason = "egress_denied"
+
+
+class EgressFailed(ServingError):
+    """An allowed outbound call that did not complete: unreachable, TLS, protocol, too many redirects,
+    timed out (`code`)."""
+
+    reason = "egress_failed"
+
+
+class EgressLimit(ServingError):
+    """The invocation's outbound calls or bytes are spent, or a response is larger than what is left."""
+
+    reason = "egress_limit"

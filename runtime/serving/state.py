@@ -20,6 +20,7 @@ from realm.runtime.scheduler.shares import QuotaShares
 from realm.runtime.spec.identity import NamespaceIdentity, tenant_uid
 from realm.runtime.spec.runtime_config import ClusterConfig, ModelConfig, RuntimeConfig, TenantEntry
 
+from .egress import EgressRuntime
 from .routing import ModelTarget
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ class ServingState:
     quota_exchange: QuotaExchange | None = None
     # Tenant modules' own samplers (ABI 1.2), made on the first sampled generation (serving/sampling.py).
     samplers: Samplers | None = None
+    # RuntimeConfig.egress, the resolver and each tenant's compiled allowlist (serving/egress.py); a bare
+    # state allows no address range beyond the public ones.
+    egress: EgressRuntime = field(default_factory=EgressRuntime)
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:
@@ -86,6 +90,7 @@ class ServingState:
             max_text_chars=config.server.max_text_chars,
             max_s3_module_bytes=config.server.max_s3_module_bytes,
             identity=runtime_identity(config),
+            egress=EgressRuntime(config.egress),
         )
         state.conversations = open_store(config.conversations, realm_home())
         state.kv = KVSnapshots(

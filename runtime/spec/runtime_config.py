@@ -9,6 +9,7 @@ run order; a config without `pipelines` is still valid (the list defaults to emp
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -285,6 +286,38 @@ class InvocationsConfig(SpecModel):
     )
 
 
+class EgressConfig(SpecModel):
+    """What tenants' outbound calls may reach at all, whatever their allowlists (the chart's `egress.*`;
+    docs/egress.md). Read at start."""
+
+    allow_wildcard: bool = Field(
+        False,
+        description="Whether a tenant's allowlist may list a `*` host (anything the address policy allows). "
+        "Off: the operator refuses such a Tenant's egress and the runtime refuses its calls.",
+    )
+    allowed_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Ranges outbound calls may reach although the address policy refuses them (loopback, "
+        "private, link-local, CGNAT, the cluster's): e.g. an in-cluster API's Service range. The "
+        "metadata endpoints stay refused.",
+    )
+    cluster_cidrs: list[str] = Field(
+        default_factory=list,
+        description="The cluster's pod and Service ranges, refused unless allowedCidrs lists them (needed "
+        "only when they lie outside the private ranges, which are refused anyway).",
+    )
+
+    @field_validator("allowed_cidrs", "cluster_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for c in v:
+            try:
+                ipaddress.ip_network(c, strict=False)
+            except ValueError:
+                raise ValueError(f"{c!r} is no CIDR (e.g. 10.96.0.0/12, fd00::/8)") from None
+        return v
+
+
 class ServerConfig(SpecModel):
     """What one runtime process accepts, whatever the tenant: its listeners and the bounds on what a
     request makes it hold (buffered bodies, text to tokenize, modules fetched from S3)."""
@@ -382,6 +415,9 @@ class RuntimeConfig(SpecModel):
     )
     server: ServerConfig = Field(
         default_factory=ServerConfig, description="Listeners and per-process bounds."
+    )
+    egress: EgressConfig = Field(
+        default_factory=EgressConfig, description="What tenants' outbound calls may reach at all."
     )
     cluster: ClusterConfig | None = Field(
         None,

@@ -6,10 +6,15 @@ description because the CRD generator turns them into `kubectl explain` text.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from realm.runtime.egress.allowlist import InvalidPattern, parse_pattern
+from realm.runtime.egress.errors import Refused
+from realm.runtime.egress.urls import parse_url
 
 from .cel import cel, validations
 
@@ -28,6 +33,8 @@ MAX_TOKENS = 1 << 20
 MAX_WASM_FUEL = 1_000_000_000_000
 MAX_WASM_TIME_MS = 3_600_000
 MAX_DEPLOYS_PER_MINUTE = 600
+MAX_TOOL_CALLS = 10_000
+MAX_EGRESS_BYTES = 1 << 30
 
 
 class Quotas(SpecModel):
@@ -95,6 +102,26 @@ class Quotas(SpecModel):
         le=MAX_QUEUED,
         description="Invocations that may wait for a slot; beyond this, and after the runtime's "
         "invocations.maxQueueWaitMs in the queue, they are refused with 503 wasm_busy.",
+    )
+    tool_calls_per_invocation: int = Field(
+        32,
+        ge=0,
+        le=MAX_TOOL_CALLS,
+        description="Outbound calls (http-fetch and MCP tool calls together) one invocation may make; "
+        "beyond this they fail with limit-exceeded.",
+    )
+    egress_bytes_per_invocation: int = Field(
+        8 * 1024 * 1024,
+        ge=0,
+        le=MAX_EGRESS_BYTES,
+        description="Bytes one invocation's outbound calls may move, request and response bodies together.",
+    )
+    egress_timeout_ms: int = Field(
+        10_000,
+        ge=1,
+        le=MAX_WASM_TIME_MS,
+        description="Longest one outbound call may take, redirects included; the invocation's deadline "
+        "bounds it too.",
     )
     module_deploys_per_minute: int = Field(
         30,
@@ -174,6 +201,113 @@ class WasmModuleSource(SpecModel):
         return self
 
 
+# What a module may reach (docs/egress.md). The patterns are parsed by the runtime's own parser
+# (runtime/egress/allowlist.py), so a spec that validates here is one the runtime reads the same way. A
+# `*` host validates: whether the platform allows it is the chart's egress.allowWildcard, which the
+# operator checks at reconcile (`wildcard_error`).
+MAX_HOSTS = 256
+MAX_MCP_SERVERS = 32
+MSG_UNIQUE_SERVERS = "MCP server names must be unique"
+# Spin's syntax, loosely (the model validator parses it exactly): what the apiserver can refuse early.
+HOST_PATTERN = r"^(\*|(\*|https?)://(\*|\[[0-9A-Fa-f:.]+\]|(\*\.)?[A-Za-z0-9.-]+)(:([0-9]{1,5}|\*))?/?)$"
+
+
+def mcp_secret_env(tenant: str, server: str) -> str:
+    """The environment variable a runtime pod finds an MCP server's Authorization value in (set by the
+    operator from the Secret the spec names, never written into a ConfigMap)."""
+    digest = hashlib.sha256(f"{tenant}/{server}".encode()).hexdigest()[:16].upper()
+    return f"REALM_MCP_AUTH_{digest}"
+
+
+class McpServer(SpecModel):
+    """An MCP server (Streamable HTTP) the tenant's module may call tools of."""
+
+    name: str = Field(
+        ...,
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="How a module names the server (a DNS label); unique per tenant.",
+    )
+    url: str = Field(
+        ...,
+        max_length=2048,
+        description="http(s)://host[:port]/path of its Streamable HTTP endpoint. It need not be in "
+        "allowedOutboundHosts, but its addresses are checked like any outbound call's.",
+    )
+    tools: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description='Tool names a module may call; empty: none (deny by default); ["*"]: all.',
+    )
+    headers_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="A Secret key (in the Tenant's namespace) whose value is sent as the Authorization "
+        "header, e.g. `Bearer ...`. Reaches the runtime pods as an environment variable.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        try:
+            parse_url(v)
+        except Refused as e:
+            raise ValueError(f"url: {e.message}") from None
+        return v
+
+
+class Egress(SpecModel):
+    """Deny by default: a module reaches nothing that is not listed here."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("self.mcpServers.all(x, self.mcpServers.exists_one(y, y.name == x.name))", MSG_UNIQUE_SERVERS)
+        )
+    )
+
+    allowed_outbound_hosts: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_HOSTS,
+        description="Hosts a module's http-fetch may call, in Spin's syntax: scheme://host[:port] with "
+        "scheme http, https or *, host a name, *.domain, an IP literal or * (only where the platform's "
+        "egress.allowWildcard allows it), port a number or * (absent: the scheme's default).",
+        json_schema_extra={"items": {"type": "string", "maxLength": 300, "pattern": HOST_PATTERN}},
+    )
+    mcp_servers: list[McpServer] = Field(
+        default_factory=list, max_length=MAX_MCP_SERVERS, description="MCP servers a module may call."
+    )
+
+    @field_validator("allowed_outbound_hosts")
+    @classmethod
+    def _spin_syntax(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                parse_pattern(entry)
+            except InvalidPattern as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _unique_servers(self) -> Egress:
+        names = [s.name for s in self.mcp_servers]
+        if len(set(names)) != len(names):
+            raise ValueError(MSG_UNIQUE_SERVERS)
+        return self
+
+    @property
+    def has_wildcard(self) -> bool:
+        return any(parse_pattern(e).wildcard for e in self.allowed_outbound_hosts)
+
+
+def wildcard_error(egress: Egress, allow_wildcard: bool) -> str | None:
+    """Why the platform refuses this egress (a `*` host without egress.allowWildcard), or None."""
+    if allow_wildcard or not egress.has_wildcard:
+        return None
+    hosts = [e for e in egress.allowed_outbound_hosts if parse_pattern(e).wildcard]
+    return (
+        f"spec.egress.allowedOutboundHosts lists {', '.join(hosts)}: a `*` host is refused unless the "
+        "platform sets the chart value egress.allowWildcard"
+    )
+
+
 class TenantSpec(SpecModel):
     """What a platform team declares for one tenant."""
 
@@ -197,7 +331,10 @@ class TenantSpec(SpecModel):
         "modulesDir (on by default: the chart's runtime.modulesDir). The ModuleReady condition says whether "
         "it can be (for a configMap, whether its bytes match sha256).",
     )
-    tools: list[str] = Field(default_factory=list, description="Tools the tenant's module may call.")
+    egress: Egress = Field(
+        default_factory=Egress,
+        description="What the tenant's module may reach: HTTP(S) hosts and MCP servers; nothing when absent.",
+    )
     kv_snapshots: KVSnapshotPolicy = Field(
         default_factory=KVSnapshotPolicy, description="KV snapshot policy."
     )

@@ -17,7 +17,7 @@ from realm.runtime.spec.model import ModelSpec, traffic_summary
 from realm.runtime.spec.pipeline import PipelineSpec
 from realm.runtime.spec.runtime_config import RuntimeConfig, hash_api_key
 from realm.runtime.spec.status import Condition, rolled_up_ready, set_condition
-from realm.runtime.spec.tenant import TenantSpec
+from realm.runtime.spec.tenant import Egress, TenantSpec
 
 IMAGE = "ghcr.io/realm/runtime:0.1.0"
 SPEC: dict[str, Any] = {
@@ -449,7 +449,11 @@ def test_config_text_is_exactly_what_yaml_dump_writes_with_cached_tenant_entries
     odd = [
         TenantSpec(allowed_models=["chat"], display_name=long_name),
         TenantSpec(allowed_models=["chat"], display_name="two\nlines: [x]\n- dash # hash", weight=7),
-        TenantSpec(allowed_models=["chat"], display_name="ünïcødé ✓ 'quotes' \"double\"", tools=["a", "b"]),
+        TenantSpec(
+            allowed_models=["chat"],
+            display_name="ünïcødé ✓ 'quotes' \"double\"",
+            egress=Egress(allowed_outbound_hosts=["https://a.example", "https://*.b.example"]),
+        ),
         TenantSpec(
             allowed_models=["chat", "other"], display_name="tenants: []", quotas={"maxTokensPerRequest": 9}
         ),
