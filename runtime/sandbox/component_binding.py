@@ -26,6 +26,7 @@ returns an `err(host-error)` value instead, or, for the functions without a resu
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -52,10 +53,12 @@ from .abi import (
     CONVERSATION_WIT_CODES,
     MAX_PAYLOAD_BYTES,
     SAMPLING_WIT_CODES,
+    TOOLS_WIT_CODES,
     WIT_CONVERSATIONS_INTERFACE,
     WIT_HOST_INTERFACE,
     WIT_PACKAGE,
     WIT_SAMPLING_INTERFACE,
+    WIT_TOOLS_INTERFACE,
     ConstraintPayload,
     ConversationCreate,
     ConversationMessage,
@@ -68,11 +71,16 @@ from .abi import (
     GenerationDetail,
     GenerationPayload,
     HostError,
+    HttpRequestPayload,
+    HttpResponsePayload,
     InvocationErrorCode,
     LogLevel,
     ModelInfoPayload,
     SamplerSpec,
     SequenceStepPayload,
+    ToolCallPayload,
+    ToolInfoPayload,
+    ToolResultPayload,
 )
 
 log = logging.getLogger("realm.sandbox")
@@ -80,7 +88,7 @@ T = TypeVar("T")
 
 RUN_EXPORT = "run"
 # The interfaces of our own package a tenant may import, at any version 1.0.0 ..= 1.ABI_MINOR.x.
-REALM_INTERFACES = frozenset({"host", "types", "conversations", "sampling", "sampling-types"})
+REALM_INTERFACES = frozenset({"host", "types", "conversations", "sampling", "sampling-types", "tools"})
 # What Linker.add_wasip2() defines. Anything else from wasi (wasi:http, wasi:keyvalue, 0.3) would
 # only fail later, at instantiation, with a less helpful message.
 WASI_PACKAGES = frozenset({"cli", "clocks", "filesystem", "io", "random", "sockets"})
@@ -517,6 +525,92 @@ def decision_from_wit(d: Any) -> DecisionPayload:
 _DECISION: TypeAdapter[DecisionPayload] = TypeAdapter(DecisionPayload)
 
 
+# ---- tools (1.3) ------------------------------------------------------------------------------
+#
+# result<http-response, tool-error> and result<tool-result, tool-error> have records on both
+# sides (tagged); result<list<tool-info>, tool-error> is untagged (the list is ok). list<u8> is
+# bytes both ways.
+
+
+def _tool_error(code: ErrorCode, message: str) -> Record:
+    return _record(code=TOOLS_WIT_CODES.get(code, "tool-failed"), message=_text(message[:4000]))
+
+
+def _request_from_wit(r: Any) -> HttpRequestPayload:
+    headers = [(h.name, h.value) for h in r.headers]
+    body: bytes = r.body
+    # The same bound as a core module's argument, which carries all of these in one JSON text.
+    _check_size(r.method, r.url, *(t for h in headers for t in h))
+    if len(body) > MAX_PAYLOAD_BYTES:
+        raise HostError(ErrorCode.TOO_LARGE, f"the body is larger than {MAX_PAYLOAD_BYTES} bytes")
+    return HttpRequestPayload(method=r.method, url=r.url, headers=headers, body=body)
+
+
+def _response_to_wit(r: HttpResponsePayload) -> Record:
+    return _record(
+        status=r.status,
+        headers=[_record(name=_text(n), value=_text(v)) for n, v in r.headers],
+        body=bytes(r.body),
+    )
+
+
+def _tool_info_to_wit(tools: list[ToolInfoPayload]) -> list[Record]:
+    return [
+        _record(name=_text(t.name), description=_text(t.description), input_schema=json.dumps(t.input_schema))
+        for t in tools
+    ]
+
+
+def _tool_result_to_wit(r: ToolResultPayload) -> Record:
+    return _record(content=json.dumps(r.content), text=_text(r.text), is_error=r.is_error)
+
+
+def _call_from_wit(server: str, tool: str, arguments: str) -> ToolCallPayload:
+    _check_size(server, tool, arguments)
+    try:
+        parsed = json.loads(arguments)
+    except ValueError as e:
+        raise HostError(ErrorCode.INVALID_ARGUMENT, f"arguments are not JSON: {e}") from None
+    if not isinstance(parsed, dict):
+        raise HostError(ErrorCode.INVALID_ARGUMENT, "arguments must be a JSON object")
+    return ToolCallPayload(server=server, tool=tool, arguments=parsed)
+
+
+def _http_fetch(_store: Any, request: Any) -> Any:
+    return _guarded(
+        "http-fetch",
+        lambda: context.current().http_fetch(_request_from_wit(request)),
+        _response_to_wit,
+        tagged=True,
+        error=_tool_error,
+    )
+
+
+def _list_tools(_store: Any, server: str) -> Any:
+    def call() -> list[ToolInfoPayload]:
+        _check_size(server)
+        return context.current().mcp_list_tools(server)
+
+    return _guarded("list-tools", call, _tool_info_to_wit, tagged=False, error=_tool_error)
+
+
+def _call_tool(_store: Any, server: str, tool: str, arguments: str) -> Any:
+    return _guarded(
+        "call-tool",
+        lambda: context.current().mcp_call_tool(_call_from_wit(server, tool, arguments)),
+        _tool_result_to_wit,
+        tagged=True,
+        error=_tool_error,
+    )
+
+
+TOOLS_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
+    "http-fetch": _http_fetch,
+    "list-tools": _list_tools,
+    "call-tool": _call_tool,
+}
+
+
 SAMPLING_FUNCTIONS: Mapping[str, Callable[..., Any]] = {"generate": _sampling_generate}
 
 
@@ -548,7 +642,7 @@ _linkers_lock = threading.Lock()
 
 
 def build_linker(engine: Engine) -> Linker:
-    """The engine's Linker: WASI p2, `realm:tenant/host` and `conversations`, built once per engine.
+    """The engine's Linker: WASI p2 and the `realm:tenant` interfaces, built once per engine.
 
     Defining the host functions costs more than an instantiation, and a Linker is immutable
     once built (instantiate takes it shared), so one serves every Store and thread.
@@ -571,6 +665,9 @@ def build_linker(engine: Engine) -> Linker:
                 with root.add_instance(WIT_SAMPLING_INTERFACE) as sampling:
                     for name, func in SAMPLING_FUNCTIONS.items():
                         sampling.add_func(name, func)
+                with root.add_instance(WIT_TOOLS_INTERFACE) as tools:
+                    for name, func in TOOLS_FUNCTIONS.items():
+                        tools.add_func(name, func)
             # `realm:tenant/types` has only types: wasmtime checks those structurally, so the
             # linker needs no instance for it.
             _linkers[engine] = linker

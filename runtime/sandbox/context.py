@@ -40,10 +40,15 @@ from .abi import (
     GenerationDetail,
     GenerationPayload,
     HostError,
+    HttpRequestPayload,
+    HttpResponsePayload,
     InvocationErrorCode,
     LogLevel,
     ModelInfoPayload,
     SamplerDecisions,
+    ToolCallPayload,
+    ToolInfoPayload,
+    ToolResultPayload,
 )
 
 T = TypeVar("T")
@@ -170,6 +175,15 @@ ABI_CODE_BY_REASON: dict[str, ErrorCode] = {
     "sampler_timeout": ErrorCode.SAMPLER_TIMEOUT,
     "sampler_trap": ErrorCode.SAMPLER_TRAP,
     "sampler_invalid": ErrorCode.SAMPLER_INVALID,
+    # 1.3: egress and tools (runtime/serving/egress.py, runtime/serving/mcp.py)
+    "egress_denied": ErrorCode.DENIED,
+    "egress_failed": ErrorCode.UNREACHABLE,
+    "egress_timeout": ErrorCode.TIMED_OUT,
+    "egress_limit": ErrorCode.LIMIT_EXCEEDED,
+    "egress_too_large": ErrorCode.TOO_LARGE,
+    "tool_denied": ErrorCode.DENIED,
+    "tool_not_found": ErrorCode.NOT_FOUND,
+    "tool_failed": ErrorCode.TOOL_FAILED,
 }
 
 
@@ -215,6 +229,16 @@ class HostServices(Protocol):
 
     async def conversation_delete(self, tenant: str, conversation_id: str) -> None: ...
 
+    # Since ABI 1.3: reaching out under the tenant's egress allowlist; the services hold the
+    # invocation's limits (calls, bytes, time), shared by all three.
+    async def http_fetch(self, tenant: str, request: HttpRequestPayload) -> HttpResponsePayload: ...
+
+    async def mcp_list_tools(self, tenant: str, server: str) -> list[ToolInfoPayload]:
+        """Only the tools the tenant's spec (and the invocation's narrowing) allow on `server`."""
+        ...
+
+    async def mcp_call_tool(self, tenant: str, call: ToolCallPayload) -> ToolResultPayload: ...
+
 
 class InvocationContext:
     def __init__(
@@ -246,18 +270,25 @@ class InvocationContext:
         self.deadline = deadline
         self.max_output_bytes = max_output_bytes
 
-    def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._result(asyncio.run_coroutine_threadsafe(coro, self._loop), self._timeout)
+    def _wait(self, coro: Coroutine[Any, Any, T], *, timeout_code: ErrorCode = ErrorCode.ENGINE_ERROR) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return self._result(fut, self._timeout, timeout_code=timeout_code)
 
-    def _result(self, fut: concurrent.futures.Future[T], timeout: float) -> T:
+    def _result(
+        self,
+        fut: concurrent.futures.Future[T],
+        timeout: float,
+        *,
+        timeout_code: ErrorCode = ErrorCode.ENGINE_ERROR,
+    ) -> T:
         try:
             return self.deadline.result(fut, timeout)
         except HostError:
             raise
         except TimeoutError as e:
             if self.deadline.stopped is not None:
-                raise HostError(ErrorCode.ENGINE_ERROR, self.deadline.stopped[1]) from e
-            raise HostError(ErrorCode.ENGINE_ERROR, "the host call timed out") from e
+                raise HostError(timeout_code, self.deadline.stopped[1]) from e
+            raise HostError(timeout_code, "the host call timed out") from e
         except Exception as e:
             if isinstance(e, ServiceRefusal):
                 raise host_error(e) from e
@@ -338,6 +369,22 @@ class InvocationContext:
     def conversation_delete(self, conversation_id: str) -> None:
         self.host_calls["conversation_delete"] += 1
         self._wait(self._services.conversation_delete(self.tenant, conversation_id))
+
+    # ---- 1.3: tools. A wait cut by the deadline is `timed-out` (the run then ends as wasm_timeout).
+
+    def http_fetch(self, request: HttpRequestPayload) -> HttpResponsePayload:
+        self.host_calls["http_fetch"] += 1
+        return self._wait(self._services.http_fetch(self.tenant, request), timeout_code=ErrorCode.TIMED_OUT)
+
+    def mcp_list_tools(self, server: str) -> list[ToolInfoPayload]:
+        self.host_calls["mcp_list_tools"] += 1
+        return self._wait(
+            self._services.mcp_list_tools(self.tenant, server), timeout_code=ErrorCode.TIMED_OUT
+        )
+
+    def mcp_call_tool(self, call: ToolCallPayload) -> ToolResultPayload:
+        self.host_calls["mcp_call_tool"] += 1
+        return self._wait(self._services.mcp_call_tool(self.tenant, call), timeout_code=ErrorCode.TIMED_OUT)
 
     def input(self) -> str:
         self.host_calls["input"] += 1

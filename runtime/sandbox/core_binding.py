@@ -43,9 +43,12 @@ from .abi import (
     GenerateParams,
     GenerateWith,
     HostError,
+    HttpRequestPayload,
     LogLevel,
     Payload,
     SamplerDecisions,
+    ToolCallPayload,
+    ToolInfoPayload,
 )
 from .context import InvocationContext
 
@@ -76,6 +79,10 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # 1.2: sampling
     "realm_generate_with": ((I32, I32), (I64,)),
     "realm_sampler_decide": ((I32, I32), (I32,)),
+    # 1.3: tools
+    "realm_http_fetch": ((I32, I32), (I64,)),
+    "realm_mcp_list_tools": ((I32, I32), (I64,)),
+    "realm_mcp_call_tool": ((I32, I32), (I64,)),
 }
 # The optional export of a module with its own sampler (1.2): `(in_len) -> status`.
 SAMPLER_STEP_SIGNATURE: tuple[tuple[str, ...], tuple[str, ...]] = ((I32,), (I32,))
@@ -270,6 +277,24 @@ def _conversation_delete(caller: wasmtime.Caller, ptr: int, length: int) -> int:
     return 0
 
 
+def _http_fetch(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    request = read_payload(caller, ptr, length, HttpRequestPayload)
+    return _result(context.current().http_fetch(request).model_dump_json().encode())
+
+
+_TOOL_LIST: pydantic.TypeAdapter[list[ToolInfoPayload]] = pydantic.TypeAdapter(list[ToolInfoPayload])
+
+
+def _mcp_list_tools(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    tools = context.current().mcp_list_tools(read_text(caller, ptr, length))
+    return _result(_TOOL_LIST.dump_json(tools))
+
+
+def _mcp_call_tool(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    call = read_payload(caller, ptr, length, ToolCallPayload)
+    return _result(context.current().mcp_call_tool(call).model_dump_json().encode())
+
+
 def _result_read(caller: wasmtime.Caller, dst_ptr: int, dst_len: int) -> int:
     base, size = _memory(caller)
     dst, cap = _check(size, dst_ptr, dst_len)
@@ -306,6 +331,9 @@ _IMPLS: dict[str, Callable[..., int]] = {
     "realm_conversation_delete": _conversation_delete,
     "realm_generate_with": _generate_with,
     "realm_sampler_decide": _sampler_decide,
+    "realm_http_fetch": _http_fetch,
+    "realm_mcp_list_tools": _mcp_list_tools,
+    "realm_mcp_call_tool": _mcp_call_tool,
 }
 
 

@@ -125,3 +125,42 @@ class EgressLimit(ServingError):
     """The invocation's outbound calls or bytes are spent, or a response is larger than what is left."""
 
     reason = "egress_limit"
+
+
+# ---- tools (ABI 1.3): MCP servers a tenant's module reaches (runtime/serving/mcp.py) -------------
+
+
+class ToolNotFound(ServingError):
+    """No MCP server of that name for this tenant."""
+
+    reason = "tool_not_found"
+
+
+class ToolDenied(ServingError):
+    """A server or tool the tenant's spec, or the invocation's narrowing, does not allow."""
+
+    reason = "tool_denied"
+
+
+class ToolFailed(ServingError):
+    """The MCP server answered with a protocol-level error."""
+
+    reason = "tool_failed"
+
+
+class ToolUnreachable(ServingError):
+    """The MCP server could not be reached, or its session broke."""
+
+    reason = "egress_failed"
+
+
+class ToolTimedOut(ServingError):
+    """The call's time (the invocation's egress timeout, bounded by its deadline) ran out."""
+
+    reason = "egress_timeout"
+
+
+class ToolTooLarge(ServingError):
+    """A tool's result is larger than the bytes the invocation may still take."""
+
+    reason = "egress_too_large"

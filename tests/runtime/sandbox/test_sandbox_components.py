@@ -318,7 +318,9 @@ def _code_of(imports: list[str], exports: list[str]) -> InvocationErrorCode | No
         # 1.2 added `sampling` (and the types it shares with an exported `sampler`).
         ([*WASI, *HOST, "realm:tenant/sampling@1.2.0", "realm:tenant/sampling-types@1.2.0"], ["run"], None),
         ([*HOST, f"realm:tenant/sampling@{NEXT_MINOR}"], ["run"], InvocationErrorCode.ABI_UNSUPPORTED),
-        ([*HOST, "realm:tenant/tools@1.0.0"], ["run"], InvocationErrorCode.UNKNOWN_IMPORT),
+        # 1.3 added `tools`.
+        ([*WASI, *HOST, "realm:tenant/tools@1.3.0"], ["run"], None),
+        ([*HOST, "realm:tenant/vectors@1.0.0"], ["run"], InvocationErrorCode.UNKNOWN_IMPORT),
         ([*HOST, "acme:evil/net@1.0.0"], ["run"], InvocationErrorCode.UNKNOWN_IMPORT),
         ([*HOST, "generate"], ["run"], InvocationErrorCode.UNKNOWN_IMPORT),
         (HOST, ["main"], InvocationErrorCode.MISSING_EXPORT),
