@@ -40,7 +40,7 @@ from realm.operator.builders import (
 from realm.operator.objects import ObjectKey, key_of
 from realm.runtime.spec.identity import DEFAULT_NAMESPACE
 from realm.runtime.spec.model import ModelSpec, ModelStatus, TrafficTarget, VersionStatus, traffic_summary
-from realm.runtime.spec.pipeline import PipelineSpec, PipelineStatus
+from realm.runtime.spec.pipeline import PipelineSpec, PipelineStatus, egress_tool_names
 from realm.runtime.spec.pool import DOES_NOT_FIT, FITS, MAX_MEMBERS, Fit, ModelPoolStatus, usage_text
 from realm.runtime.spec.runtime_config import PipelineEntry, hash_api_key
 from realm.runtime.spec.status import (
@@ -88,6 +88,7 @@ MODEL_NOT_FOUND = "ModelNotFound"
 MODEL_NOT_ALLOWED = "ModelNotAllowed"
 MODEL_NOT_READY = "ModelNotReady"
 TENANT_NOT_FOUND = "TenantNotFound"
+TOOL_NOT_ALLOWED = "ToolNotAllowed"
 SECRET_NOT_FOUND = "SecretNotFound"
 KEY_NOT_FOUND = "KeyNotFound"
 # A Secret the Tenant names that the operator does not watch (no realm.dev/tenant label), or one labelled
@@ -792,6 +793,14 @@ def _unresolved(
     not_allowed = [m for m in used if m not in tenant.allowed_models]
     if not_allowed:
         return MODEL_NOT_ALLOWED, f"Tenant {spec.tenant} may not use {', '.join(not_allowed)}"
+    egress = tenant.egress
+    known = egress_tool_names((s.name for s in egress.mcp_servers), egress.allowed_outbound_hosts)
+    stray = spec.unknown_tools(known)
+    if stray:
+        listed = "; ".join(f"step {step}: {', '.join(names)}" for step, names in stray.items())
+        return TOOL_NOT_ALLOWED, (
+            f"tools must name Tenant {spec.tenant}'s MCP servers or allowed outbound hosts ({listed})"
+        )
     unknown = [m for m in used if m not in models]
     if unknown:
         return MODEL_NOT_FOUND, f"no Model named {', '.join(unknown)} in this namespace"
