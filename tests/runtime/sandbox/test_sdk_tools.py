@@ -160,3 +160,13 @@ def test_agent_is_bounded_in_turns() -> None:
     result = host.run(load_agent().WitWorld)
     assert result.ok, result.error
     assert (result.json()["turns"], result.json()["answer"]) == (2, "5")
+
+
+def test_agent_holds_the_answer_back_until_min_calls() -> None:
+    host = agent_host([*SCRIPT[:4], '{"action":"answer"}', '{"answer":"5"}'])
+    host.mcp["demo"]["weather"] = lambda a: "sunny"
+    host.input = {**host.input, "min_calls": 3}
+    host.run(load_agent().WitWorld)
+    constraints = [o.constraint for o in host.options[::2][:3]]
+    actions = [json.loads(c.value)["properties"]["action"]["enum"] for c in constraints if c is not None]
+    assert actions[2] == ["weather"]  # both sources tried, but only 2 calls: no answer yet

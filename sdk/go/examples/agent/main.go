@@ -7,12 +7,16 @@
 // API's under {"query": string}. Each action is taken at most once, and "answer" is offered only
 // once both kinds of source (the MCP server and the API) have been tried, so the trace always
 // shows both; a tool the invocation may not reach (X-Realm-Tools) is tried, refused with
-// ErrDenied, and the refusal is shown to the model like any other result. After max_turns
-// (default 4) the loop answers with what it has.
+// ErrDenied, and the refusal is shown to the model like any other result. "min_calls" holds the
+// answer back until that many tools were called (while any is left). After max_turns (default
+// 4) the loop answers with what it has.
 //
 // Input {"question", "server" (MCP server name), "api" (URL; the query is appended as ?q=...),
-// "max_turns"?}; output {"answer", "turns", "trace": [{"action", "arguments", "result" or
-// "error"+"message"}]}. Mirrors sdk/python/examples/agent.
+// "max_turns"?, "min_calls"?, "record"?}; output {"answer", "turns", "completion_tokens",
+// "trace": [{"action", "arguments", "result" or "error"+"message", "ms"}]}, and with "record"
+// the generations it made ({"prompt", "schema", "max_tokens"}, in order: what examples/replay
+// runs again without tools, bench/bench_agents.py's baseline). Mirrors sdk/python/examples/agent
+// (which has no "record" nor "ms").
 package main
 
 import (
@@ -21,6 +25,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	"realm.dev/sdk/go/realm"
 )
@@ -44,6 +49,15 @@ type request struct {
 	Server   string `json:"server"`
 	API      string `json:"api"`
 	MaxTurns int    `json:"max_turns"`
+	MinCalls int    `json:"min_calls"`
+	Record   bool   `json:"record"`
+}
+
+// generation is one constrained generation of the loop, as "record" reports it.
+type generation struct {
+	Prompt    string `json:"prompt"`
+	Schema    string `json:"schema"`
+	MaxTokens int    `json:"max_tokens"`
 }
 
 type step struct {
@@ -52,12 +66,15 @@ type step struct {
 	Result    *string         `json:"result,omitempty"`
 	Error     string          `json:"error,omitempty"` // the error code's name, e.g. "denied"
 	Message   string          `json:"message,omitempty"`
+	Ms        float64         `json:"ms"` // the turn's wall time: deciding, the arguments, the call
 }
 
 type agent struct {
 	req   request
 	tools []realm.ToolInfo
 	trace []step
+	gens  []generation
+	toks  int
 }
 
 func run() error {
@@ -91,9 +108,10 @@ func run() error {
 		if !used[httpAction] {
 			open = append(open, httpAction)
 		}
-		if (triedMCP && used[httpAction]) || len(open) == 0 {
+		if (triedMCP && used[httpAction] && len(used) >= a.req.MinCalls) || len(open) == 0 {
 			open = append(open, answerAction)
 		}
+		start := time.Now()
 		enum, _ := json.Marshal(open)
 		var choice struct {
 			Action string `json:"action"`
@@ -106,13 +124,19 @@ func run() error {
 			break
 		}
 		used[choice.Action] = true
-		a.trace = append(a.trace, a.act(choice.Action))
+		s := a.act(choice.Action)
+		s.Ms = float64(time.Since(start).Microseconds()) / 1000
+		a.trace = append(a.trace, s)
 	}
 	var final struct {
 		Answer string `json:"answer"`
 	}
 	_ = a.constrained("Answer the question.", answerSchema, 96, &final) // cut short: an empty answer
-	return realm.EmitJSON(map[string]any{"answer": final.Answer, "turns": len(a.trace) + 1, "trace": a.trace})
+	out := map[string]any{"answer": final.Answer, "turns": len(a.trace) + 1, "completion_tokens": a.toks, "trace": a.trace}
+	if a.req.Record {
+		out["generations"] = a.gens
+	}
+	return realm.EmitJSON(out)
 }
 
 func (a *agent) act(action string) step {
@@ -164,13 +188,16 @@ func (a *agent) act(action string) step {
 
 // constrained generates JSON under schema and decodes it into v; an error where max_tokens cut it.
 func (a *agent) constrained(ask, schema string, maxTokens int, v any) error {
+	prompt := a.prompt(ask)
+	a.gens = append(a.gens, generation{Prompt: prompt, Schema: schema, MaxTokens: maxTokens})
 	g, err := realm.GenerateWith(
-		realm.GenerateParams{Model: model, Prompt: a.prompt(ask), MaxTokens: maxTokens},
+		realm.GenerateParams{Model: model, Prompt: prompt, MaxTokens: maxTokens},
 		realm.GenerateOptions{Constraint: realm.JSONSchema(schema)},
 	)
 	if err != nil {
 		return err
 	}
+	a.toks += g.CompletionTokens
 	return json.Unmarshal([]byte(g.Text), v)
 }
 

@@ -6,11 +6,12 @@ answer in a form the loop can act on): one of the MCP server's tools, "http_get"
 {"query": string}. Each action is taken at most once, and "answer" is offered only once both kinds of
 source (the MCP server and the API) have been tried, so the trace always shows both; a tool the
 invocation may not reach (X-Realm-Tools) is tried, refused with "denied", and the refusal is shown to
-the model like any other result. After `max_turns` (default 4) the loop answers with what it has.
+the model like any other result. `min_calls` holds the answer back until that many tools were called
+(while any is left). After `max_turns` (default 4) the loop answers with what it has.
 
 Input {"question": str, "server": MCP server name, "api": URL of the API (the query is appended as
-?q=...), "max_turns"?: int}; output {"answer": str, "turns": n, "trace": [{"action", "arguments",
-"result" or "error"}]}. Mirrors sdk/go/examples/agent.
+?q=...), "max_turns"?: int, "min_calls"?: int}; output {"answer": str, "turns": n, "trace":
+[{"action", "arguments", "result" or "error"}]}. Mirrors sdk/go/examples/agent.
 """
 
 import json
@@ -67,6 +68,7 @@ class WitWorld(rt.Tenant):
         if not (isinstance(question, str) and isinstance(server, str) and isinstance(api, str)):
             raise ValueError('input needs "question", "server" and "api" (strings)')
         max_turns = max(1, min(int(request.get("max_turns", 4)), 8))
+        min_calls = int(request.get("min_calls", 0))
         try:
             tools = rt.list_tools(server)
         except rt.RealmError as e:
@@ -81,7 +83,7 @@ class WitWorld(rt.Tenant):
             if HTTP_ACTION not in used:
                 open_actions.append(HTTP_ACTION)
             tried_both = HTTP_ACTION in used and (not tools or any(t.name in used for t in tools))
-            if tried_both or not open_actions:
+            if (tried_both and len(used) >= min_calls) or not open_actions:
                 open_actions.append(ANSWER)
             choice = _constrained(
                 _prompt(question, tools, trace, "Which action next?"),
