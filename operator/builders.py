@@ -36,13 +36,14 @@ from realm.runtime.spec.runtime_config import (
     ClusterConfig,
     ClusterModel,
     ConversationsConfig,
+    EgressConfig,
     ModelConfig,
     PipelineEntry,
     RuntimeConfig,
     TenantEntry,
 )
 from realm.runtime.spec.status import API_VERSION
-from realm.runtime.spec.tenant import TenantSpec
+from realm.runtime.spec.tenant import TenantSpec, mcp_secret_env
 
 Manifest = dict[str, Any]
 
@@ -158,6 +159,8 @@ class BuildOptions:
     s3: S3Options | None = None
     # The root of tenants' owner keys (operator/identity.py); pods get their namespace's secret only.
     installation_secret: str | None = field(default=None, repr=False)
+    # What tenants' outbound calls may reach at all (the chart's egress.*), copied into every config.
+    egress: EgressConfig = field(default_factory=EgressConfig)
 
 
 # Names and metadata -------------------------------------------------------------------------------
@@ -337,6 +340,7 @@ def runtime_config(
     pipelines: Iterable[PipelineEntry] = (),
     shared_store: bool = False,
     cluster: ClusterConfig | None = None,
+    egress: EgressConfig | None = None,
 ) -> RuntimeConfig:
     """The document one version's pods read: that version as the only model, its allowed tenants, and
     the pipelines (already validated by the caller) that use the model and run as one of those tenants.
@@ -351,6 +355,7 @@ def runtime_config(
         modules_dir=modules_dir,
         conversations=ConversationsConfig(backend="s3") if shared_store else ConversationsConfig(),
         cluster=cluster,
+        egress=egress if egress is not None else EgressConfig(),
     )
 
 
@@ -410,7 +415,14 @@ def config_map(
     cluster: ClusterConfig | None = None,
 ) -> Manifest:
     config = runtime_config(
-        model, version, tenants, opts.modules_dir, pipelines, shared_store=shared_store(opts), cluster=cluster
+        model,
+        version,
+        tenants,
+        opts.modules_dir,
+        pipelines,
+        shared_store=shared_store(opts),
+        cluster=cluster,
+        egress=opts.egress,
     )
     return config_map_of(_metadata(config_map_name(model, version), model, version, opts), config)
 
@@ -476,6 +488,21 @@ def s3_env(s3: S3Options | None) -> list[Manifest]:
         ):
             ref = {"name": s3.credentials_secret, "key": key}
             env.append({"name": name, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def mcp_env(tenants: Iterable[TenantEntry]) -> list[Manifest]:
+    """Each MCP server's Authorization value, from the Secret its spec names, as container env: the
+    value never passes through the operator or a ConfigMap. Optional, so one tenant's missing Secret
+    never keeps the pods from starting (the runtime refuses that server's calls, naming the Secret)."""
+    env: list[Manifest] = []
+    for t in sorted(tenants, key=lambda t: t.name):
+        for server in t.spec.egress.mcp_servers:
+            ref = server.headers_secret_ref
+            if ref is not None:
+                source = {"name": ref.name, "key": ref.key, "optional": True}
+                name = mcp_secret_env(t.name, server.name)
+                env.append({"name": name, "valueFrom": {"secretKeyRef": source}})
     return env
 
 
@@ -586,7 +613,7 @@ def deployment(
             selector=selector(model, version),
             pod_labels=labels(model, version, opts),
             config_map=config_map_name(model, version),
-            config=runtime_config(model, version, tenants, opts.modules_dir),
+            config=runtime_config(model, version, tenants, opts.modules_dir, egress=opts.egress),
             weights=weights,
             resources=spec.resources,
             node_selector=spec.node_selector,
@@ -649,7 +676,12 @@ def runtime_deployment(plan: PodPlan, opts: BuildOptions) -> Manifest:
             str(METRICS_PORT),
         ],
         # HOME: the root filesystem is read-only.
-        "env": [{"name": "HOME", "value": "/tmp"}, *s3_env(opts.s3), *plan.identity_env],
+        "env": [
+            {"name": "HOME", "value": "/tmp"},
+            *s3_env(opts.s3),
+            *plan.identity_env,
+            *mcp_env(config.tenants),
+        ],
         "ports": [
             {"name": "http", "containerPort": PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},

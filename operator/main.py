@@ -38,6 +38,7 @@ from realm.operator.peering_gate import own_identity
 from realm.operator.snapshots import DEFAULT_PREFIX, SnapshotLocations
 from realm.operator.state import MEMO_KEY
 from realm.runtime.spec.model import Toleration
+from realm.runtime.spec.runtime_config import EgressConfig
 
 log = logging.getLogger("realm.operator")
 PEERING_GROUP, PEERING_VERSION = peering_kind(False).group, peering_kind(False).version
@@ -153,6 +154,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Secret (in each Model's namespace) with the access key id and secret access key",
     )
+    eg = p.add_argument_group("egress (what tenants' modules may reach), passed to the runtime pods")
+    eg.add_argument(
+        "--egress-allow-wildcard",
+        action="store_true",
+        help="let Tenants list a `*` host in spec.egress.allowedOutboundHosts (refused otherwise)",
+    )
+    eg.add_argument(
+        "--egress-allowed-cidr",
+        action="append",
+        default=[],
+        help="a range outbound calls may reach although private, loopback or the cluster's (repeatable)",
+    )
+    eg.add_argument(
+        "--egress-cluster-cidr",
+        action="append",
+        default=[],
+        help="a pod or Service range outbound calls may not reach unless allowed (repeatable)",
+    )
     s3.add_argument(
         "--kv-allowed-bucket",
         action="append",
@@ -229,6 +248,11 @@ def config_from(args: argparse.Namespace) -> OperatorConfig:
         image_pull_secrets=tuple(args.image_pull_secret),
         finalizer_timeout_s=args.finalizer_timeout,
         s3=s3 if (s3.endpoint or s3.region or s3.bucket or s3.credentials_secret) else None,
+        egress=EgressConfig(
+            allow_wildcard=args.egress_allow_wildcard,
+            allowed_cidrs=args.egress_allowed_cidr,
+            cluster_cidrs=args.egress_cluster_cidr,
+        ),
         snapshot_locations=SnapshotLocations(
             buckets=tuple(args.kv_allowed_bucket), prefixes=tuple(args.kv_allowed_prefix or [DEFAULT_PREFIX])
         ),

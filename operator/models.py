@@ -21,9 +21,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from realm.operator import autoscale, builders, identity, snapshots, world
+from realm.operator import autoscale, builders, identity, world
 from realm.operator.objects import ObjectKey, key_of
-from realm.operator.options import build_options
+from realm.operator.options import build_options, platform_refusal
 from realm.operator.outcome import Outcome, deleting, now, report
 from realm.operator.reconcile import (
     autoscaled,
@@ -93,8 +93,9 @@ def reconcile_model(op: Operator, namespace: str, name: str) -> Outcome:
     tenants = [
         t
         for t in published_tenants(world.tenant_views(op.indexes, namespace, model=name))
-        # A Tenant whose snapshot location the platform refuses is not served (its status says why).
-        if snapshots.location_error(t.spec, op.config.s3, op.config.snapshot_locations) is None
+        # A Tenant whose snapshot location or egress the platform refuses is not served (its status
+        # says why).
+        if platform_refusal(t.spec, op.config) is None
     ]
     models = set(world.models_in(op.indexes, namespace))
     pipelines = published_pipelines(world.pipelines_in(op.indexes, namespace), tenants, models)

@@ -10,9 +10,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from realm.operator import builders
+from realm.operator import builders, snapshots
 from realm.operator.kube import Kube
 from realm.operator.snapshots import SnapshotLocations
+from realm.runtime.spec.runtime_config import EgressConfig
+from realm.runtime.spec.tenant import TenantSpec, wildcard_error
 
 GATEWAY_GROUP_VERSION = "gateway.networking.k8s.io/v1"
 
@@ -42,6 +44,9 @@ class OperatorConfig:
     finalizer_timeout_s: float = 600.0
     # Where Tenants may keep KV snapshots (the chart's s3.allowedSnapshotBuckets/Prefixes).
     snapshot_locations: SnapshotLocations = field(default_factory=SnapshotLocations)
+    # What tenants' outbound calls may reach at all (the chart's egress.*), published in every runtime
+    # config; a Tenant listing a `*` host without allow_wildcard is refused.
+    egress: EgressConfig = field(default_factory=EgressConfig)
     # The root of tenants' owner keys, read (or generated) at start by main.py (operator/identity.py).
     installation_secret: str | None = field(default=None, repr=False)
 
@@ -82,4 +87,13 @@ def build_options(config: OperatorConfig, gateway_api_served: bool) -> builders.
         image_pull_secrets=config.image_pull_secrets,
         s3=config.s3,
         installation_secret=config.installation_secret,
+        egress=config.egress,
+    )
+
+
+def platform_refusal(spec: TenantSpec, config: OperatorConfig) -> str | None:
+    """Why the platform refuses a valid Tenant spec (a snapshot location or a `*` egress host it does
+    not allow), or None. Such a Tenant's status says why and no runtime config lists it."""
+    return snapshots.location_error(spec, config.s3, config.snapshot_locations) or wildcard_error(
+        spec.egress, config.egress.allow_wildcard
     )

@@ -165,6 +165,7 @@ def runtime_config(
         modules_dir=opts.modules_dir,
         conversations=ConversationsConfig(backend="s3") if shared_store(opts) else ConversationsConfig(),
         cluster=cluster,
+        egress=opts.egress,
     )
 
 

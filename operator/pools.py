@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from realm.operator import autoscale, builders, identity, pool_builders, snapshots, world
+from realm.operator import autoscale, builders, identity, pool_builders, world
 from realm.operator.models import scrape
 from realm.operator.objects import ObjectKey, key_of
-from realm.operator.options import build_options
+from realm.operator.options import build_options, platform_refusal
 from realm.operator.outcome import Outcome, deleting, now, report
 from realm.operator.reconcile import (
     model_resource,
@@ -89,7 +89,7 @@ def reconcile_pool(op: Operator, namespace: str, name: str) -> Outcome:
             tenants = [
                 t
                 for t in published_tenants(world.tenant_views(op.indexes, namespace))
-                if snapshots.location_error(t.spec, op.config.s3, op.config.snapshot_locations) is None
+                if platform_refusal(t.spec, op.config) is None
             ]
             models = set(world.models_in(op.indexes, namespace))
             pipelines = published_pipelines(world.pipelines_in(op.indexes, namespace), tenants, models)

@@ -24,6 +24,7 @@ import kopf
 
 from realm.operator import identity, snapshots, world
 from realm.operator.builders import LABEL_TENANT, SecretRef, api_key_secret, api_key_secret_ref
+from realm.operator.options import platform_refusal
 from realm.operator.outcome import Outcome, deleting, normal, now, post, report, warn
 from realm.operator.pipelines import refresh_pipelines
 from realm.operator.reconcile import (
@@ -141,9 +142,9 @@ def reconcile_tenant(
     spec, error = parse_spec(body.get("spec"), TenantSpec)
     tspec = spec if isinstance(spec, TenantSpec) else None
     if tspec is not None and error is None:
-        # A snapshot location outside what the platform allows: refused like an invalid spec (the
-        # Model passes leave such a Tenant out of every runtime config).
-        error = snapshots.location_error(tspec, op.config.s3, op.config.snapshot_locations)
+        # A snapshot location or an egress `*` host the platform does not allow: refused like an
+        # invalid spec (the Model passes leave such a Tenant out of every runtime config).
+        error = platform_refusal(tspec, op.config)
     key = ensure_key(op, body, tspec, out)
 
     models = set(world.models_in(op.indexes, namespace))

@@ -131,36 +131,12 @@ class EgressLimit(ServingError):
 
 
 class ToolNotFound(ServingError):
-    """No MCP server of that name for this tenant."""
+    """The tenant has no MCP server of that name."""
 
     reason = "tool_not_found"
 
 
-class ToolDenied(ServingError):
-    """A server or tool the tenant's spec, or the invocation's narrowing, does not allow."""
-
-    reason = "tool_denied"
-
-
 class ToolFailed(ServingError):
-    """The MCP server answered with a protocol-level error."""
+    """The MCP server answered a call with a protocol-level error (a tool's own failure is a result)."""
 
     reason = "tool_failed"
-
-
-class ToolUnreachable(ServingError):
-    """The MCP server could not be reached, or its session broke."""
-
-    reason = "egress_failed"
-
-
-class ToolTimedOut(ServingError):
-    """The call's time (the invocation's egress timeout, bounded by its deadline) ran out."""
-
-    reason = "egress_timeout"
-
-
-class ToolTooLarge(ServingError):
-    """A tool's result is larger than the bytes the invocation may still take."""
-
-    reason = "egress_too_large"

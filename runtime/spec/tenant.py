@@ -230,6 +230,7 @@ class McpServer(SpecModel):
     url: str = Field(
         ...,
         max_length=2048,
+        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^@\s]+$",
         description="http(s)://host[:port]/path of its Streamable HTTP endpoint. It need not be in "
         "allowedOutboundHosts, but its addresses are checked like any outbound call's.",
     )
@@ -259,7 +260,11 @@ class Egress(SpecModel):
 
     model_config = ConfigDict(
         json_schema_extra=validations(
-            cel("self.mcpServers.all(x, self.mcpServers.exists_one(y, y.name == x.name))", MSG_UNIQUE_SERVERS)
+            cel(
+                "!has(self.mcpServers) || "
+                "self.mcpServers.all(x, self.mcpServers.exists_one(y, y.name == x.name))",
+                MSG_UNIQUE_SERVERS,
+            )
         )
     )
 

@@ -227,6 +227,18 @@ def test_nondefault_values_reach_the_operator_flags() -> None:
     assert all(d["automountServiceAccountToken"] is False for d in runtime_sas)
 
 
+def test_egress_values_reach_the_operator_config() -> None:
+    # Defaults: deny wildcards and every non-public range; the nondefault values carry through as given.
+    default = main.config_from(main.parse_args(container(render())["args"])).egress
+    assert (default.allow_wildcard, default.allowed_cidrs, default.cluster_cidrs) == (False, [], [])
+    chosen = main.config_from(main.parse_args(container(render(str(NONDEFAULT)))["args"])).egress
+    assert (chosen.allow_wildcard, chosen.allowed_cidrs, chosen.cluster_cidrs) == (
+        True,
+        ["10.40.0.0/16", "fd00:40::/48"],
+        ["100.96.0.0/12"],
+    )
+
+
 def test_rbac_is_least_privilege_cluster_wide() -> None:
     docs = render()
     (role,) = by_kind(docs, "ClusterRole")
