@@ -84,7 +84,7 @@ func encodeHTTPRequest(r HTTPRequest) ([]byte, error) {
 	if method == "" {
 		method = "GET"
 	}
-	w := wireHTTPRequest{Method: method, URL: r.URL, Headers: make([][2]string, len(r.Headers)), Body: r.Body}
+	w := wireHTTPRequest{Method: strings.ToUpper(method), URL: r.URL, Headers: make([][2]string, len(r.Headers)), Body: r.Body}
 	for i, h := range r.Headers {
 		w.Headers[i] = [2]string{h.Name, h.Value}
 	}

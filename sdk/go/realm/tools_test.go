@@ -31,7 +31,7 @@ func TestHTTPRequestWireFormat(t *testing.T) {
 	if string(b) != want {
 		t.Errorf("got %s\nwant %s", b, want)
 	}
-	b, _ = encodeHTTPRequest(HTTPRequest{Method: "POST", URL: "http://h/"})
+	b, _ = encodeHTTPRequest(HTTPRequest{Method: "post", URL: "http://h/"})
 	if got := `{"method":"POST","url":"http://h/","headers":[],"body":""}`; string(b) != got {
 		t.Errorf("an empty request is %s", b)
 	}
