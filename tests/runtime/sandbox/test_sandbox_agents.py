@@ -1,8 +1,10 @@
-"""The Go SDK's ABI 1.3 tools functions (HTTPFetch, ListTools, CallTool) and its agent example,
-run through the real sandbox: the real `realm` import module (core_binding.py) and the real
-InvocationContext serve them. The stand-in is `ToolServices`, a fake at the HostServices seam
-(the runtime's engine, egress and MCP services) with scripted generations and canned tools. The
-agent against the real runtime, MCP server and HTTP API is tests/runtime/api/test_invoke_agents.py's."""
+"""The SDKs' ABI 1.3 tools functions (Go: HTTPFetch, ListTools, CallTool; Python: http_fetch,
+list_tools, call_tool) and their agent examples, run through the real sandbox: the real `realm`
+import module (core_binding.py) for Go, the real component binding for the componentize-py
+build, and the real InvocationContext serve them. The stand-in is `ToolServices`, a fake at the
+HostServices seam (the runtime's engine, egress and MCP services) with scripted generations and
+canned tools. The agents against the real runtime, MCP server and HTTP API:
+tests/runtime/api/test_invoke_agents.py."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from go_builds import GoUnavailable, build_go_example
+from sandbox_builds import artifact_cache, build_example
 
 from realm.runtime.sandbox import InvocationResult, Sandbox, SandboxLimits
 from realm.runtime.sandbox.abi import ErrorCode as Code
@@ -77,13 +80,13 @@ class ToolServices:
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    sb = Sandbox(tmp_path_factory.mktemp("go-tools-cache"), max_workers=2)
+def sandbox() -> Iterator[Sandbox]:
+    sb = Sandbox(artifact_cache(), max_workers=2)
     yield sb
     sb.close()
 
 
-async def run_agent(sandbox: Sandbox, services: ToolServices) -> InvocationResult:
+async def run_agent(sandbox: Sandbox, services: ToolServices, language: str = "go") -> InvocationResult:
     body = {"question": "2 plus 3, and the weather?", "server": "demo", "api": API}
     ctx = InvocationContext(
         tenant=TENANT,
@@ -92,7 +95,8 @@ async def run_agent(sandbox: Sandbox, services: ToolServices) -> InvocationResul
         loop=asyncio.get_running_loop(),
         on_output=lambda chunk: None,
     )
-    module = sandbox.load(TENANT, build_go_example("agent").read_bytes())
+    wasm = build_go_example("agent") if language == "go" else build_example("agent")
+    module = sandbox.load(TENANT, wasm.read_bytes())
     return await sandbox.invoke(module, ctx, SandboxLimits())
 
 
@@ -118,6 +122,30 @@ async def test_the_go_agent_calls_the_tool_and_the_api_through_the_core_abi(sand
 async def test_a_denied_fetch_reaches_the_go_agent_as_err_denied(sandbox: Sandbox) -> None:
     services = ToolServices(SCRIPT, narrowed=True)
     out = json.loads((await run_agent(sandbox, services)).output)
+    step = out["trace"][1]
+    assert (step["action"], step["error"], step["message"]) == (
+        "http_get",
+        "denied",
+        "127.0.0.1 is not among this invocation's tools",
+    )
+
+
+async def test_the_python_agent_calls_the_tool_and_the_api_through_the_component_abi(
+    sandbox: Sandbox,
+) -> None:
+    services = ToolServices(SCRIPT)
+    out = json.loads((await run_agent(sandbox, services, "python")).output)
+    assert [(c.server, c.tool, c.arguments) for c in services.calls] == [("demo", "add", {"a": 2, "b": 3})]
+    assert [(r.method, r.url, r.body) for r in services.requests] == [
+        ("GET", f"{API}?q=Paris%20weather", b"")
+    ]
+    assert [s.get("result") for s in out["trace"]] == ["5", "HTTP 200: sunny"]
+    assert out["answer"] == "5, and sunny"
+
+
+async def test_a_denied_fetch_reaches_the_python_agent_as_denied(sandbox: Sandbox) -> None:
+    services = ToolServices(SCRIPT, narrowed=True)
+    out = json.loads((await run_agent(sandbox, services, "python")).output)
     step = out["trace"][1]
     assert (step["action"], step["error"], step["message"]) == (
         "http_get",
