@@ -366,6 +366,7 @@ class Runtime:
             self.abandoned_runs = await asyncio.to_thread(self.state.sandbox.close)
         if self.state.samplers is not None:
             self.state.samplers.close()  # their steps ended with the sandbox; their threads go now
+        await self.state.mcp.close()
         if self.state.conversations is not None:
             try:
                 await self.state.conversations.close()

@@ -35,7 +35,7 @@ from realm.runtime.spec.runtime_config import TenantEntry
 from . import sse
 from .disconnect import ClientGone, until_disconnect
 from .errors import APIError, invocation_error
-from .schemas import route_key
+from .schemas import invocation_tools, route_key
 from .state import AppState
 
 router = APIRouter()
@@ -103,12 +103,18 @@ async def invoke(tenant: str, request: Request) -> Response:
     module = current_module(state, tenant)
     headers = {"X-Realm-Module-Sha256": module.sha256}
     key = route_key(request.headers, conversation=None, user=None)
+    try:
+        tools = invocation_tools(request.headers)
+    except ValueError as e:
+        raise APIError(400, str(e), code="invalid_tools_header") from None
     if "text/event-stream" not in request.headers.get("accept", ""):
         try:
             # A client that leaves while queued withdraws its request (see invoke_module).
             result = await until_disconnect(
                 request,
-                lambda: invoke_module(state, entry, module, text, on_output=lambda _: None, route_key=key),
+                lambda: invoke_module(
+                    state, entry, module, text, on_output=lambda _: None, route_key=key, tools=tools
+                ),
             )
         except ClientGone:
             return Response(status_code=499)
@@ -142,7 +148,9 @@ async def invoke(tenant: str, request: Request) -> Response:
             t.exception()
 
     # Started here rather than in the body, which may never run: the task is what frees the slot.
-    task = asyncio.create_task(run_admitted(state, entry, module, text, on_output, slot, route_key=key))
+    task = asyncio.create_task(
+        run_admitted(state, entry, module, text, on_output, slot, route_key=key, tools=tools)
+    )
     task.add_done_callback(observed)
 
     async def events() -> AsyncIterator[bytes]:

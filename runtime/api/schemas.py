@@ -236,6 +236,26 @@ class CompletionRequest(SamplingFields):
 # The client's key for sticky version picks (docs/versions.md): requests carrying the same key reach the
 # same version of a model named without one, on every pod, while the weights stay the same.
 ROUTE_KEY_HEADER = "x-realm-route-key"
+# Narrows (never widens) what one invocation's tool calls may reach: MCP server names and hosts.
+TOOLS_HEADER = "x-realm-tools"
+MAX_TOOLS_NAMED = 64
+MAX_TOOL_NAME_CHARS = 256
+
+
+def invocation_tools(headers: Mapping[str, str]) -> frozenset[str] | None:
+    """X-Realm-Tools as the set of names it lists (None when absent: the tenant's whole spec; an empty
+    value: nothing). Raises ValueError saying what is wrong with it."""
+    raw = headers.get(TOOLS_HEADER)
+    if raw is None:
+        return None
+    names = [n.strip().lower() for n in raw.split(",")]
+    names = [n for n in names if n]
+    if len(names) > MAX_TOOLS_NAMED:
+        raise ValueError(f"X-Realm-Tools names more than {MAX_TOOLS_NAMED} servers or hosts")
+    for name in names:
+        if len(name) > MAX_TOOL_NAME_CHARS or not name.isascii() or not name.isprintable() or " " in name:
+            raise ValueError(f"X-Realm-Tools: {name[:64]!r} is not a server name or host")
+    return frozenset(names)
 
 
 def route_key(headers: Mapping[str, str], *, conversation: str | None, user: str | None) -> str | None:

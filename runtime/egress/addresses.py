@@ -69,7 +69,7 @@ class AddressPolicy:
         if inner is not None:
             why = self.refusal(inner)
             if why is not None:
-                return f"{why} (embedded in {address})"
+                return f"{why} ({inner} embedded)"
         if address in METADATA:
             return "the cloud metadata endpoint"
         if any(address in net for net in self.allowed if net.version == address.version):

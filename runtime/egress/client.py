@@ -24,7 +24,7 @@ import httpx
 from .checks import EgressPolicy, ResolvedTarget, check_url
 from .errors import EgressError, Refused, TimedOut, TooLarge, Unreachable
 from .resolver import Resolver
-from .transport import PinnedTransport, UnpinnedHost
+from .transport import PinnedTransport
 from .urls import IPAddress
 
 MAX_REDIRECTS = 5
@@ -182,8 +182,6 @@ async def _send(
         response = await transport.handle_async_request(outgoing)
     except httpx.TimeoutException:
         raise TimedOut("timeout", f"{url[:200]} timed out") from None
-    except UnpinnedHost as e:
-        raise Refused("not_checked", str(e)) from None
     except httpx.HTTPError as e:
         raise Unreachable(_failure_code(e), f"{url[:200]}: {_failure_text(e)}") from None
     try:

@@ -178,17 +178,22 @@ ABI_CODE_BY_REASON: dict[str, ErrorCode] = {
     # 1.3: egress and tools (runtime/serving/egress.py, runtime/serving/mcp.py)
     "egress_denied": ErrorCode.DENIED,
     "egress_failed": ErrorCode.UNREACHABLE,
-    "egress_timeout": ErrorCode.TIMED_OUT,
     "egress_limit": ErrorCode.LIMIT_EXCEEDED,
-    "egress_too_large": ErrorCode.TOO_LARGE,
-    "tool_denied": ErrorCode.DENIED,
     "tool_not_found": ErrorCode.NOT_FOUND,
     "tool_failed": ErrorCode.TOOL_FAILED,
+}
+# A failed outbound call that ran out of time is `timed-out`, not `unreachable` (its `code` says so).
+ABI_CODE_BY_REASON_AND_CODE: dict[tuple[str, str], ErrorCode] = {
+    ("egress_failed", "timeout"): ErrorCode.TIMED_OUT,
 }
 
 
 def host_error(refusal: ServiceRefusal) -> HostError:
-    return HostError(ABI_CODE_BY_REASON.get(refusal.reason, ErrorCode.ENGINE_ERROR), refusal.message)
+    detail = getattr(refusal, "code", None)
+    code = ABI_CODE_BY_REASON_AND_CODE.get((refusal.reason, detail)) if isinstance(detail, str) else None
+    if code is None:
+        code = ABI_CODE_BY_REASON.get(refusal.reason, ErrorCode.ENGINE_ERROR)
+    return HostError(code, refusal.message)
 
 
 class HostServices(Protocol):

@@ -185,14 +185,16 @@ class Sandbox:
         """Set once the sandbox closes: every wait of every run (and sampler step) ends."""
         return self._closing
 
-    def sampler_store(self, module: TenantModule, limits: SandboxLimits) -> wasmtime.Store:
-        """A Store for `module`'s sampler instance (sampler.py): the tenant's memory cap, deadline
-        and fuel of one step (the instance sets both again before every step)."""
+    def sampler_store(
+        self, module: TenantModule, limits: SandboxLimits, *, deadline_ms: int
+    ) -> wasmtime.Store:
+        """A Store for `module`'s sampler instance (sampler.py): the tenant's memory cap; the
+        instance sets fuel and the epoch deadline before every call, none longer than `deadline_ms`."""
         memories = module.memories if module.kind == "component" else None
         step = SandboxLimits(
             memory_mib=limits.memory_mib,
             fuel=limits.sampler_step_fuel,
-            deadline_ms=limits.sampler_step_ms,
+            deadline_ms=deadline_ms,
             table_elements=limits.table_elements,
             instances=limits.instances,
         )

@@ -14,6 +14,7 @@ decisions back.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -54,6 +55,9 @@ SamplerFailureCode = Literal["sampler_timeout", "sampler_trap", "sampler_invalid
 SAMPLER_INTERFACE = "sampler"
 SAMPLER_FUNCTION = "step"
 NO_SAMPLER = "the module exports no sampler"
+# Instantiating (and `_initialize`) is once per instance, not per step: it gets at least this much.
+INSTANTIATE_MS = 1000
+INSTANTIATE_FUEL = 1_000_000_000
 
 
 class SamplerFailed(Exception):
@@ -169,6 +173,7 @@ class SamplerInstance:
         self._step: Callable[[int, SamplerStepInput], SamplerDecisions] | None = None
         self._closed = threading.Event()
         self.last_used = time.monotonic()
+        self.instantiations = 0
 
     @property
     def exports_sampler(self) -> bool:
@@ -196,6 +201,23 @@ class SamplerInstance:
             self._thread.submit(run)
         except RuntimeError:  # shut down meanwhile
             done(SamplerFailed("sampler_trap", "the sampler instance is closed"))
+
+    def warm(self) -> concurrent.futures.Future[None]:
+        """Instantiate now, on the instance's thread, unless it has an instance: the generation
+        that asks for the sampler fails before it starts when the module cannot serve one, and
+        its first step does not pay for the instantiation. The future raises SamplerFailed."""
+
+        def ensure() -> None:
+            if self._export is None:
+                raise SamplerFailed("sampler_trap", NO_SAMPLER)
+            if self._store is None or self._step is None:
+                self._instantiate()
+
+        if self._closed.is_set():
+            failed: concurrent.futures.Future[None] = concurrent.futures.Future()
+            failed.set_exception(SamplerFailed("sampler_trap", "the sampler instance is closed"))
+            return failed
+        return self._thread.submit(ensure)
 
     def step(self, steps: SamplerStepInput) -> list[DecisionPayload]:
         """One call of the module's sampler, on the calling thread. Raises SamplerFailed."""
@@ -231,11 +253,11 @@ class SamplerInstance:
         return list(decisions.decisions)
 
     def _instantiate(self) -> wasmtime.Store:
-        store = self._sandbox.sampler_store(self.module, self.limits)
-        deadline = Deadline(
-            self.limits.sampler_step_ms / 1000, self._sandbox.closing, lambda: store.set_fuel(0)
-        )
-        store.set_fuel(self.limits.sampler_step_fuel)
+        budget_ms = max(self.limits.sampler_step_ms, INSTANTIATE_MS)
+        store = self._sandbox.sampler_store(self.module, self.limits, deadline_ms=budget_ms)
+        deadline = Deadline(budget_ms / 1000, self._sandbox.closing, lambda: store.set_fuel(0))
+        store.set_fuel(max(self.limits.sampler_step_fuel, INSTANTIATE_FUEL))
+        store.set_epoch_deadline(math.ceil(budget_ms / 1000 / EPOCH_TICK_S) + 1)
         self._ctx.begin_step(deadline, 0)
         try:
             with context.deadline_bound(deadline), context.bound(self._ctx):
@@ -248,6 +270,7 @@ class SamplerInstance:
         finally:
             self._ctx.end_step()
         self._store, self._step = store, step
+        self.instantiations += 1
         return store
 
     def _instantiate_core(self, store: wasmtime.Store) -> Callable[[int, SamplerStepInput], SamplerDecisions]:

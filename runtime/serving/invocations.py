@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 from realm.runtime.conversations import UNSET, Conversation
 from realm.runtime.conversations import Message as StoredMessage
@@ -28,7 +30,12 @@ from realm.runtime.sandbox.abi import (
     GenerateParams,
     GenerationDetail,
     GenerationPayload,
+    HttpRequestPayload,
+    HttpResponsePayload,
     ModelInfoPayload,
+    ToolCallPayload,
+    ToolInfoPayload,
+    ToolResultPayload,
 )
 from realm.runtime.sandbox.context import InvocationContext, OutputSink
 from realm.runtime.sandbox.runner import (
@@ -39,15 +46,27 @@ from realm.runtime.sandbox.runner import (
     SandboxLimits,
     TenantModule,
 )
-from realm.runtime.sandbox.sampler import NO_SAMPLER, SamplerContext, sampler_export
+from realm.runtime.sandbox.sampler import NO_SAMPLER, SamplerContext, SamplerFailed, sampler_export
 from realm.runtime.scheduler import AdmissionClosed, InvocationsBusy, InvocationSlot
 from realm.runtime.spec.runtime_config import ClusterModel, TenantEntry
-from realm.runtime.spec.tenant import Quotas
+from realm.runtime.spec.tenant import McpServer, Quotas
 
 from .constraints import checked_constraint, local_only
 from .conversations import conversation_store
-from .errors import Busy, EngineFailed, InvalidRequest, NoModule, NotReady, Unavailable
+from .egress import EgressBudget, FetchRequest, counted, http_fetch, mcp_authorization, mcp_target
+from .errors import (
+    Busy,
+    EgressDenied,
+    EngineFailed,
+    InvalidRequest,
+    NoModule,
+    NotReady,
+    ToolFailed,
+    ToolNotFound,
+    Unavailable,
+)
 from .generation import GenerationStream, complete_text
+from .mcp import CheckedTarget, McpEndpoint
 from .remote import internal_body, open_remote, remote_for, remote_model, remote_text
 from .requests import (
     ServedModel,
@@ -62,6 +81,8 @@ from .requests import (
 from .routing import ModelTarget
 from .sampling import SamplerTrap, TenantSampler, sampler_error, tenant_samplers
 from .state import ServingState
+
+T = TypeVar("T")
 
 # The deadline of a generate called from outside a sandbox run (tests, embedders): none of its own.
 REMOTE_DEADLINE_S = 600.0
@@ -124,12 +145,15 @@ async def invoke_module(
     on_output: OutputSink,
     *,
     route_key: str | None = None,
+    tools: frozenset[str] | None = None,
 ) -> InvocationResult:
     """Run `module` on `input_data` once admitted (see run_admitted). Raises Busy (no slot),
     InvocationFailed. Cancelling it while queued withdraws the request."""
     running_sandbox(state)
     slot = await admit_invocation(state, tenant.name)
-    return await run_admitted(state, tenant, module, input_data, on_output, slot, route_key=route_key)
+    return await run_admitted(
+        state, tenant, module, input_data, on_output, slot, route_key=route_key, tools=tools
+    )
 
 
 async def run_admitted(
@@ -141,6 +165,7 @@ async def run_admitted(
     slot: InvocationSlot | None,
     *,
     route_key: str | None = None,
+    tools: frozenset[str] | None = None,
 ) -> InvocationResult:
     """Run `module` on `input_data` in the slot `admit_invocation` gave; `on_output` gets each emitted
     chunk, on the invocation's worker thread (a future it returns holds the module back until it is
@@ -148,7 +173,8 @@ async def run_admitted(
 
     `route_key` makes the versions its host calls pick for bare model names sticky (the client's
     X-Realm-Route-Key); without one, the invocation draws a key of its own, so all its calls naming
-    one model reach one version.
+    one model reach one version. `tools` narrows what its tool calls may reach to these MCP server
+    names and hosts (X-Realm-Tools, a Pipeline step's `tools`); None: all the tenant's spec allows.
 
     The guest cannot be stopped from here (it may be inside a host call): cancelling this lets the
     caller go, while the guest runs to its end or deadline, still holding its slot, output dropped."""
@@ -158,7 +184,9 @@ async def run_admitted(
         if slot is not None:
             slot.release()
         raise
-    services = RuntimeHostServices(state, route_key=route_key or secrets.token_hex(8), module=module)
+    services = RuntimeHostServices(
+        state, route_key=route_key or secrets.token_hex(8), module=module, tools=tools
+    )
     ctx = InvocationContext(
         tenant=tenant.name,
         input_data=input_data,
@@ -279,7 +307,12 @@ class RuntimeHostServices:
     """HostServices for one tenant's invocations, backed by the runtime's engines and scheduler."""
 
     def __init__(
-        self, state: ServingState, *, route_key: str | None = None, module: TenantModule | None = None
+        self,
+        state: ServingState,
+        *,
+        route_key: str | None = None,
+        module: TenantModule | None = None,
+        tools: frozenset[str] | None = None,
     ) -> None:
         self.state = state
         self.route_key = route_key
@@ -287,6 +320,11 @@ class RuntimeHostServices:
         self.module = module
         # Seconds left to the invocation (its deadline); a cross-pod generate carries it along.
         self.remaining: Callable[[], float] = lambda: REMOTE_DEADLINE_S
+        # What this invocation's tool calls may reach, within the tenant's spec (None: all of it).
+        self.tools = tools
+        # The invocation's outbound calls, bytes and time, shared by http-fetch and MCP calls;
+        # made at the first call, when the run's deadline is known.
+        self._budget: EgressBudget | None = None
 
     def _served(self, tenant: str, model: str, *, generates: bool = False) -> tuple[TenantEntry, ServedModel]:
         entry = configured_tenant(self.state, tenant)
@@ -358,6 +396,11 @@ class RuntimeHostServices:
         max_tokens = max_tokens_within_limits(engine, entry, len(ids), params.max_tokens, None)
         controller = self._sampler(tenant, entry, served.key, options)
         try:
+            if controller is not None:
+                try:
+                    await asyncio.wrap_future(controller.instance.warm())
+                except SamplerFailed as e:
+                    raise sampler_error(e.code, e.message) from e
             stream = GenerationStream(
                 self.state,
                 tenant=tenant,
@@ -484,3 +527,92 @@ class RuntimeHostServices:
 
     async def conversation_delete(self, tenant: str, conversation_id: str) -> None:
         await conversation_store(self.state).delete(tenant, conversation_id)
+
+    # ---- tools (ABI 1.3): egress under the tenant's allowlist, within the invocation's budget ------
+
+    def budget(self, entry: TenantEntry) -> EgressBudget:
+        if self._budget is None:
+            deadline = time.monotonic() + self.remaining()
+            self._budget = EgressBudget.for_invocation(entry.spec.quotas, deadline)
+        return self._budget
+
+    def _narrowed(self, name: str, what: str) -> None:
+        if self.tools is not None and name not in self.tools:
+            raise EgressDenied(
+                f"{what} {name!r} is not among the tools this invocation was given (X-Realm-Tools)",
+                code="not_given",
+            )
+
+    async def http_fetch(self, tenant: str, request: HttpRequestPayload) -> HttpResponsePayload:
+        entry = configured_tenant(self.state, tenant)
+        if self.tools is not None:
+            self._narrowed(_url_host(request.url), "host")
+        response = await http_fetch(
+            self.state,
+            tenant,
+            FetchRequest(method=request.method, url=request.url, headers=request.headers, body=request.body),
+            budget=self.budget(entry),
+        )
+        return HttpResponsePayload(status=response.status, headers=response.headers, body=response.body)
+
+    def _server(self, tenant: str, server: str) -> tuple[TenantEntry, McpServer]:
+        entry = configured_tenant(self.state, tenant)
+        spec = next((s for s in entry.spec.egress.mcp_servers if s.name == server), None)
+        if spec is None:
+            raise ToolNotFound(f"tenant {tenant!r} has no MCP server {server[:256]!r}")
+        self._narrowed(server, "MCP server")
+        return entry, spec
+
+    async def _mcp(
+        self, tenant: str, server: str, call: Callable[[McpEndpoint, float, int], Awaitable[T]]
+    ) -> T:
+        """Count and bound one MCP call on the tenant's `server`: a call of the invocation's budget,
+        its time (egressTimeoutMs, within the deadline) and the bytes left for its result."""
+        entry, spec = self._server(tenant, server)
+        with counted(self.state, tenant, "mcp", server):
+            budget = self.budget(entry)
+            budget.take_call()
+            endpoint = McpEndpoint(
+                name=spec.name,
+                url=spec.url,
+                tools=tuple(spec.tools),
+                authorization=mcp_authorization(tenant, spec),
+            )
+            try:
+                return await call(endpoint, budget.call_deadline() - time.monotonic(), budget.bytes_left)
+            except ToolFailed:
+                self.state.metrics.egress_requests.labels(tenant, "tool_failed").inc()
+                raise
+
+    async def _check(self, tenant: str, server: str, url: str) -> CheckedTarget:
+        _, target = await mcp_target(self.state, tenant, server)
+        return target
+
+    async def mcp_list_tools(self, tenant: str, server: str) -> list[ToolInfoPayload]:
+        async def call(endpoint: McpEndpoint, timeout_s: float, _max_bytes: int) -> list[ToolInfoPayload]:
+            return await self.state.mcp.list_tools(
+                tenant, endpoint, check=lambda url: self._check(tenant, server, url), timeout_s=timeout_s
+            )
+
+        return await self._mcp(tenant, server, call)
+
+    async def mcp_call_tool(self, tenant: str, call: ToolCallPayload) -> ToolResultPayload:
+        async def run(endpoint: McpEndpoint, timeout_s: float, max_bytes: int) -> ToolResultPayload:
+            result = await self.state.mcp.call_tool(
+                tenant,
+                endpoint,
+                call.tool,
+                call.arguments,
+                check=lambda url: self._check(tenant, call.server, url),
+                timeout_s=timeout_s,
+                max_bytes=max_bytes,
+            )
+            self.budget(configured_tenant(self.state, tenant)).charge(len(result.model_dump_json()))
+            return result
+
+        return await self._mcp(tenant, call.server, run)
+
+
+def _url_host(url: str) -> str:
+    """The host a URL names, as X-Realm-Tools lists hosts (lower case, no port); "" when it has none."""
+    return (urlsplit(url).hostname or "").rstrip(".")

@@ -2,7 +2,7 @@
 Streamable HTTP client, one session per (tenant, server) reused across invocations.
 
 What a tenant may reach is decided before any traffic: the server must be one its spec names (else
-`ToolNotFound`), the tool one the spec allows on it (else `ToolDenied`, and the server never hears of
+`ToolNotFound`), the tool one the spec allows on it (else `EgressDenied`, and the server never hears of
 the call), and the server's URL must pass the egress checks (the allowlist's address policy: a
 session connects only to the addresses `check` returned, through a pinned transport, so a DNS
 answer that changes after the check leads nowhere). Nothing of the pod's goes out: no proxy from
@@ -21,7 +21,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,7 +34,7 @@ from mcp_types import CallToolResult, TextContent
 
 from realm.runtime.sandbox.abi import ToolInfoPayload, ToolResultPayload
 
-from .errors import ToolDenied, ToolFailed, ToolTimedOut, ToolTooLarge, ToolUnreachable
+from .errors import EgressDenied, EgressFailed, EgressLimit, ToolFailed
 
 log = logging.getLogger("realm.egress")
 
@@ -67,6 +67,10 @@ class McpEndpoint:
 
     def allows(self, tool: str) -> bool:
         return "*" in self.tools or tool in self.tools
+
+    def same_server(self, other: McpEndpoint) -> bool:
+        """Whether a session opened for `other` serves this one (the allowed tools are checked per call)."""
+        return (self.url, self.authorization) == (other.url, other.authorization)
 
 
 # ---- a transport that connects only where the checks said ---------------------------------------
@@ -227,9 +231,12 @@ class McpSessions:
         max_bytes: int,
     ) -> ToolResultPayload:
         """Call `tool` (refused before any traffic unless `endpoint` allows it) within `timeout_s`;
-        a result over `max_bytes` (its JSON) is ToolTooLarge."""
+        a result over `max_bytes` (its JSON) is EgressLimit."""
         if not endpoint.allows(tool):
-            raise ToolDenied(f"tool {tool!r} of MCP server {endpoint.name!r} is not allowed for this tenant")
+            raise EgressDenied(
+                f"tool {tool!r} of MCP server {endpoint.name!r} is not allowed for this tenant",
+                code="tool_not_allowed",
+            )
         outcome: list[CallToolResult] = []
 
         async def call(session: ClientSession) -> None:
@@ -245,8 +252,9 @@ class McpSessions:
         result = ToolResultPayload(content=content, text=text, is_error=bool(got.is_error))
         size = len(result.model_dump_json())
         if size > max_bytes:
-            raise ToolTooLarge(
-                f"tool {tool!r} answered {size} bytes, over the {max_bytes} this call may take"
+            raise EgressLimit(
+                f"tool {tool!r} answered {size} bytes, over the {max_bytes} this invocation may still take",
+                code="response_too_large",
             )
         return result
 
@@ -266,7 +274,7 @@ class McpSessions:
         session: _Session | None = None
         try:
             if timeout_s <= 0:
-                raise ToolTimedOut(f"no time left to reach MCP server {endpoint.name!r}")
+                raise EgressFailed(f"no time left to reach MCP server {endpoint.name!r}", code="timeout")
             async with asyncio.timeout(timeout_s):
                 session = await self._session(tenant, endpoint, check)
                 session.busy += 1
@@ -278,8 +286,8 @@ class McpSessions:
             outcome = "success"
         except TimeoutError:
             outcome = "timeout"
-            raise ToolTimedOut(
-                f"MCP server {endpoint.name!r} did not answer {what} within {timeout_s:.3f} s"
+            raise EgressFailed(
+                f"MCP server {endpoint.name!r} did not answer {what} within {timeout_s:.3f} s", code="timeout"
             ) from None
         except MCPError as e:
             outcome = "tool_failed"
@@ -287,14 +295,18 @@ class McpSessions:
         except (httpx2.HTTPError, ConnectionError, OSError) as e:
             outcome = "unreachable"
             await self._drop(tenant, endpoint.name, session)
-            raise ToolUnreachable(f"MCP server {endpoint.name!r} could not be reached: {e}") from None
+            raise EgressFailed(
+                f"MCP server {endpoint.name!r} could not be reached: {e}", code="unreachable"
+            ) from None
         except Exception as e:
             reason = getattr(e, "reason", None)
             outcome = reason if isinstance(reason, str) else "unreachable"
             if reason is not None:
                 raise
             await self._drop(tenant, endpoint.name, session)
-            raise ToolUnreachable(f"MCP server {endpoint.name!r} failed: {type(e).__name__}: {e}") from None
+            raise EgressFailed(
+                f"MCP server {endpoint.name!r} failed: {type(e).__name__}: {e}", code="unreachable"
+            ) from None
         finally:
             log.info(
                 "egress mcp tenant=%s server=%s call=%s outcome=%s ms=%.1f",
@@ -309,7 +321,7 @@ class McpSessions:
         key = (tenant, endpoint.name)
         async with self._lock:
             current = self._sessions.get(key)
-            if current is not None and (current.broken or current.endpoint != endpoint):
+            if current is not None and (current.broken or not current.endpoint.same_server(endpoint)):
                 # Its spec changed (URL or credential) or it broke: the next one starts afresh.
                 self._close(key, current)
                 current = None
@@ -348,11 +360,11 @@ class McpSessions:
         if not session.ready.done() and session.task is not None:
             session.task.cancel()  # still connecting: nothing to leave politely
 
-    def retain(self, endpoints: dict[str, dict[str, McpEndpoint]]) -> None:
-        """Close the sessions whose tenant or server is gone or changed (a config reload)."""
+    def retain(self, urls: Mapping[tuple[str, str], str]) -> None:
+        """Close the sessions whose (tenant, server) is gone or has another URL now (a config reload;
+        a changed credential is caught when the session is next used)."""
         for key, session in list(self._sessions.items()):
-            tenant, name = key
-            if endpoints.get(tenant, {}).get(name) != session.endpoint:
+            if urls.get(key) != session.endpoint.url:
                 self._close(key, session)
 
     async def close(self) -> None:

@@ -171,6 +171,7 @@ class Samplers:
         self._instances: dict[tuple[str, str], _Instance] = {}
         self._ids: dict[str, itertools.count[int]] = {}
         self._lock = threading.Lock()
+        self._sweeper: threading.Timer | None = None
 
     def next_id(self, tenant: str) -> int:
         with self._lock:
@@ -223,10 +224,23 @@ class Samplers:
             if entry.generations > 0:
                 return
             entry.idle_since = time.monotonic()
-        # Nothing else may come for it: look again once it has been idle long enough.
-        timer = threading.Timer(IDLE_S + 0.1, self.sweep)
-        timer.daemon = True
-        timer.start()
+            # Nothing else may come for it: look again once it has been idle long enough.
+            self._arm(IDLE_S)
+
+    def _arm(self, delay_s: float) -> None:
+        # Called with _lock held. One timer for all idle instances, never one per generation.
+        if self._sweeper is None:
+            self._sweeper = threading.Timer(delay_s + 0.1, self._swept)
+            self._sweeper.daemon = True
+            self._sweeper.start()
+
+    def _swept(self) -> None:
+        with self._lock:
+            self._sweeper = None
+            self._close_idle()
+            idle = [e.idle_since for e in self._instances.values() if e.idle_since is not None]
+            if idle:
+                self._arm(max(0.0, min(idle) + IDLE_S - time.monotonic()))
 
     def _close_idle(self, *, except_key: tuple[str, str] | None = None) -> None:
         # Called with _lock held. A redeployed module's instance goes as soon as it is idle; any
@@ -251,6 +265,9 @@ class Samplers:
 
     def close(self) -> None:
         with self._lock:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                self._sweeper = None
             for entry in self._instances.values():
                 entry.instance.close()
             self._instances.clear()

@@ -21,6 +21,7 @@ from realm.runtime.spec.identity import NamespaceIdentity, tenant_uid
 from realm.runtime.spec.runtime_config import ClusterConfig, ModelConfig, RuntimeConfig, TenantEntry
 
 from .egress import EgressRuntime
+from .mcp import McpSessions
 from .routing import ModelTarget
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ class ServingState:
     # RuntimeConfig.egress, the resolver and each tenant's compiled allowlist (serving/egress.py); a bare
     # state allows no address range beyond the public ones.
     egress: EgressRuntime = field(default_factory=EgressRuntime)
+    # Open MCP sessions per (tenant, server) (serving/mcp.py), reused across invocations.
+    mcp: McpSessions = field(default_factory=McpSessions)
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:
@@ -125,6 +128,7 @@ class ServingState:
         self.owners = owners
         tenants = served
         self.tenants = {t.name: t for t in tenants}
+        self.mcp.retain({(t.name, s.name): s.url for t in tenants for s in t.spec.egress.mcp_servers})
         policies = {t.name: TenantPolicy.from_spec(t.spec) for t in tenants}
         if self.scheduler is not None:
             self.scheduler.set_policies(policies)

@@ -7,7 +7,8 @@
 ;;   d conversation_delete, l load_model_by_name, v get_model_version, E emit: the payload whole;
 ;;   e encode_tokens, D decode_tokens (model, then tokens as u32s): the first byte k splits the rest
 ;;     into its first k bytes and the others; L log: the first byte is the level, the rest the message;
-;;   R generate with a raw pointer and length: the payload is two little-endian i32s.
+;;   R generate with a raw pointer and length: the payload is two little-endian i32s;
+;;   w generate_with, x sampler_decide (1.2): the payload whole.
 ;; Output: whatever the call emitted, then "#" and one character: "+" if the call succeeded, else
 ;; the character '@' + the error code ("#A" is invalid-argument). Always returns 0: the call's result
 ;; is the output, and anything else (a trap, a 5xx) is the host's failure.
@@ -26,6 +27,8 @@
   (import "realm" "realm_conversation_get" (func $conv_get (param i32 i32) (result i64)))
   (import "realm" "realm_conversation_put" (func $conv_put (param i32 i32) (result i64)))
   (import "realm" "realm_conversation_delete" (func $conv_delete (param i32 i32) (result i32)))
+  (import "realm" "realm_generate_with" (func $generate_with (param i32 i32) (result i64)))
+  (import "realm" "realm_sampler_decide" (func $decide (param i32 i32) (result i32)))
   ;; 0..1023 scratch, the input at 1024 (256 KiB at most), the decoded payload at $PAYLOAD.
   (memory (export "memory") 8)
   (global $PAYLOAD i32 (i32.const 270000))
@@ -108,5 +111,9 @@
     (if (i32.eq (local.get $sel) (i32.const 82)) ;; R
       (then (local.set $r (call $generate
         (i32.load (global.get $PAYLOAD)) (i32.load (i32.add (global.get $PAYLOAD) (i32.const 4)))))))
+    (if (i32.eq (local.get $sel) (i32.const 119)) ;; w
+      (then (local.set $r (call $generate_with (global.get $PAYLOAD) (local.get $len)))))
+    (if (i32.eq (local.get $sel) (i32.const 120)) ;; x
+      (then (local.set $r (i64.extend_i32_s (call $decide (global.get $PAYLOAD) (local.get $len))))))
     (call $status (local.get $r))
     (i32.const 0)))

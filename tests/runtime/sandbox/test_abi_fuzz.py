@@ -32,8 +32,12 @@ from realm.runtime.sandbox.abi import (
     ConversationPut,
     ErrorCode,
     GenerateParams,
+    GenerateWith,
+    HttpRequestPayload,
     LogLevel,
     Payload,
+    SamplerDecisions,
+    ToolCallPayload,
 )
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
 
@@ -166,6 +170,41 @@ put_docs = st.fixed_dictionaries(
     },
 )
 PUT_FIELDS = ["id", "expected_version", "append", "state", "metadata"]
+# 1.2: realm_generate_with. The guest exports no sampler, so asking for one is sampler-trap.
+CONSTRAINT_VALUES = ["", "[a-z]+", '{"type": "object"}', "{", "start: /x/"]
+options_docs = st.fixed_dictionaries(
+    {},
+    optional={
+        "constraint": st.fixed_dictionaries(
+            {"type": st.sampled_from(["json_schema", "json_object", "regex", "lark", "gbnf", "xml"])},
+            optional={
+                "value": st.sampled_from(["", "[a-z]+", '{"type": "object"}', "{", "start: /x/"]) | short_text
+            },
+        )
+        | edge_values,
+        "logprobs": st.integers(-1, 21) | st.none(),
+        "sampler": st.fixed_dictionaries({"top_k": st.integers(-1, 65)}, optional={"config": short_text})
+        | st.none(),
+        "stream": st.booleans(),
+    },
+)
+generate_with_docs = st.fixed_dictionaries({"params": generate_docs}, optional={"options": options_docs})
+GENERATE_WITH_FIELDS = ["params", "options"]
+fetch_docs = st.fixed_dictionaries(
+    {"method": st.sampled_from(["GET", "POST", "BREW"]), "url": short_text},
+    optional={
+        "headers": st.lists(st.lists(short_text, min_size=2, max_size=2), max_size=3),
+        "body": st.sampled_from(["", "aGk=", "not base64"]),
+    },
+)
+FETCH_FIELDS = ["method", "url", "headers", "body"]
+call_docs = st.fixed_dictionaries(
+    {"server": short_text, "tool": short_text},
+    optional={
+        "arguments": st.dictionaries(short_text, short_text, max_size=3) | st.lists(short_text, max_size=2)
+    },
+)
+CALL_FIELDS = ["server", "tool", "arguments"]
 
 
 # ---- the payload models alone -------------------------------------------------------------------
@@ -177,8 +216,18 @@ PUT_FIELDS = ["id", "expected_version", "append", "state", "metadata"]
         (GenerateParams, generate_docs, GENERATE_FIELDS),
         (ConversationCreate, create_docs, CREATE_FIELDS),
         (ConversationPut, put_docs, PUT_FIELDS),
+        (GenerateWith, generate_with_docs, GENERATE_WITH_FIELDS),
+        (HttpRequestPayload, fetch_docs, FETCH_FIELDS),
+        (ToolCallPayload, call_docs, CALL_FIELDS),
     ],
-    ids=["generate", "conversation_create", "conversation_put"],
+    ids=[
+        "generate",
+        "conversation_create",
+        "conversation_put",
+        "generate_with",
+        "http_fetch",
+        "mcp_call_tool",
+    ],
 )
 def test_a_payload_parses_or_fails_validation(
     model: type[Payload], valid: st.SearchStrategy[dict[str, Any]], fields: list[str]
@@ -260,6 +309,33 @@ def test_generate(guest: Guest, selector: str, payload: bytes) -> None:
     allowed(code, GENERATE_CODES, f"{selector} {payload!r}")
 
 
+GENERATE_WITH_CODES = GENERATE_CODES | {ErrorCode.INVALID_CONSTRAINT, ErrorCode.SAMPLER_TRAP}
+
+
+@given(
+    st.one_of(payloads(generate_with_docs, GENERATE_WITH_FIELDS), near_valid(generate_with_docs, ["options"]))
+)
+@fuzz_settings(2 * EXAMPLES)
+def test_generate_with(guest: Guest, payload: bytes) -> None:
+    code, _ = guest.call("w", payload)
+    allowed(code, GENERATE_WITH_CODES, repr(payload))
+
+
+@given(
+    payloads(
+        st.fixed_dictionaries({"decisions": st.lists(st.just({"kind": "stop"}), max_size=3)}), ["decisions"]
+    )
+)
+@fuzz_settings()
+def test_sampler_decide_outside_a_step(guest: Guest, payload: bytes) -> None:
+    """Whatever the payload, an invocation is no sampler step: `unsupported`, or the payload's own error."""
+    code, _ = guest.call("x", payload)
+    assert code in PAYLOAD_ERRORS | {ErrorCode.UNSUPPORTED}, repr(payload)
+    with contextlib.suppress(pydantic.ValidationError, ValueError):
+        SamplerDecisions.model_validate_json(payload)
+        assert code == ErrorCode.UNSUPPORTED
+
+
 def test_the_guest_reaches_the_engine_and_the_store(guest: Guest) -> None:
     """The fuzz is not vacuous: a valid payload through the same guest generates and stores."""
     doc = {"model": DEFAULT_MODEL, "prompt": "Hello", "max_tokens": 2}
@@ -267,6 +343,8 @@ def test_the_guest_reaches_the_engine_and_the_store(guest: Guest) -> None:
     code, streamed = guest.call("s", json.dumps(doc).encode())
     assert code is None and streamed
     assert guest.call("c", b'{"messages": [{"role": "user", "content": "hi"}]}') == (None, "")
+    with_options = {"params": doc, "options": {"constraint": {"type": "json_object"}, "logprobs": 1}}
+    assert guest.call("w", json.dumps(with_options).encode()) == (None, "")
 
 
 @given(payloads(create_docs, CREATE_FIELDS))

@@ -361,3 +361,25 @@ async def test_a_decide_outside_memory_or_too_large_is_refused(
     )
     inst, _ = await instance(sandbox, wat)
     assert (await failed(inst, steps(1))).code == "sampler_invalid"
+
+
+async def test_warm_instantiates_ahead_of_the_first_step(sandbox: Sandbox) -> None:
+    # _initialize counts once per instance: a second warm finds the instance and runs nothing.
+    counting = TOP.replace(
+        "(memory (export",
+        "(global $inits (mut i32) (i32.const 0))\n"
+        '  (func (export "_initialize") (global.set $inits (i32.add (global.get $inits) (i32.const 1))))\n'
+        "  (memory (export",
+    )
+    inst, _ = await instance(sandbox, counting)
+    await asyncio.wrap_future(inst.warm())
+    await asyncio.wrap_future(inst.warm())
+    assert await step(inst, steps(3)) == [TokenDecision(kind="token", token=3)]
+    assert inst.instantiations == 1
+
+
+async def test_warm_reports_a_module_without_a_sampler(sandbox: Sandbox) -> None:
+    inst, _ = await instance(sandbox, "(module" + HEADER + ")")
+    with pytest.raises(SamplerFailed) as info:
+        await asyncio.wrap_future(inst.warm())
+    assert (info.value.code, info.value.message) == ("sampler_trap", "the module exports no sampler")

@@ -22,6 +22,7 @@ from realm.runtime.engines.base import Candidate, StepDecision, StepFailure, Ste
 from realm.runtime.metrics import Metrics
 from realm.runtime.sandbox import Sandbox, SandboxLimits, TenantModule
 from realm.runtime.sandbox.sampler import SamplerContext
+from realm.runtime.serving import sampling
 from realm.runtime.serving.sampling import Samplers, TenantSampler
 
 
@@ -142,3 +143,20 @@ async def test_an_instance_with_generations_is_kept(sandbox: Sandbox) -> None:
         samplers, sandbox, module(sandbox, answering('{"decisions":[{"kind":"stop"}]}')), metrics
     )
     assert samplers.instances == 2
+
+
+async def test_one_timer_closes_the_idle_instances(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sampling, "IDLE_S", 0.2)
+    before = {t for t in threading.enumerate() if isinstance(t, threading.Timer)}  # other tests' registries
+    samplers, metrics = Samplers(), Metrics()
+    ctl = await controller(samplers, sandbox, module(sandbox, TOP), metrics)
+    for i in range(50):  # fifty generations ending: one timer, not fifty threads
+        ctl.register(f"r{i}", samplers.next_id("acme"), "")
+        ctl.release(f"r{i}")
+        await controller(samplers, sandbox, module(sandbox, TOP), metrics)
+    ctl.register("last", samplers.next_id("acme"), "")
+    ctl.release("last")
+    timers = {t for t in threading.enumerate() if isinstance(t, threading.Timer)} - before
+    assert len(timers) == 1
+    await asyncio.sleep(1.0)  # generous: the timer fires 0.3 s after the last release
+    assert samplers.instances == 0
