@@ -40,7 +40,7 @@ from realm.operator.builders import (
 from realm.operator.objects import ObjectKey, key_of
 from realm.runtime.spec.identity import DEFAULT_NAMESPACE
 from realm.runtime.spec.model import ModelSpec, ModelStatus, TrafficTarget, VersionStatus, traffic_summary
-from realm.runtime.spec.pipeline import PipelineSpec, PipelineStatus, egress_tool_names
+from realm.runtime.spec.pipeline import PipelineSpec, PipelineStatus
 from realm.runtime.spec.pool import DOES_NOT_FIT, FITS, MAX_MEMBERS, Fit, ModelPoolStatus, usage_text
 from realm.runtime.spec.runtime_config import PipelineEntry, hash_api_key
 from realm.runtime.spec.status import (
@@ -794,8 +794,7 @@ def _unresolved(
     if not_allowed:
         return MODEL_NOT_ALLOWED, f"Tenant {spec.tenant} may not use {', '.join(not_allowed)}"
     egress = tenant.egress
-    known = egress_tool_names((s.name for s in egress.mcp_servers), egress.allowed_outbound_hosts)
-    stray = spec.unknown_tools(known)
+    stray = spec.unknown_tools({s.name for s in egress.mcp_servers}, egress.allowed_outbound_hosts)
     if stray:
         listed = "; ".join(f"step {step}: {', '.join(names)}" for step, names in stray.items())
         return TOOL_NOT_ALLOWED, (

@@ -422,16 +422,16 @@ def with_tools(draft: list[str], review: list[str] | None = None) -> dict[str, A
 
 
 def test_step_tools_within_the_tenants_egress_are_ready() -> None:
-    st = pipeline(with_tools(["demo"], ["127.0.0.1", "http://127.0.0.1:8080"]), tenants={"acme": TOOLED})
+    st = pipeline(with_tools(["demo"], ["127.0.0.1"]), tenants={"acme": TOOLED})
     assert ready(st).status == "True"
 
 
 def test_step_tools_outside_the_tenants_egress_are_tool_not_allowed_and_unpublished() -> None:
-    st = pipeline(with_tools(["demo", "search"], ["api.example.com"]), tenants={"acme": TOOLED})
+    st = pipeline(with_tools(["demo", "search"], ["http://127.0.0.1:8080"]), tenants={"acme": TOOLED})
     assert (ready(st).status, ready(st).reason) == ("False", r.TOOL_NOT_ALLOWED)
     assert ready(st).message == (
         "ReferencesResolved: tools must name Tenant acme's MCP servers or allowed outbound hosts "
-        "(step draft: search; step review: api.example.com)"
+        "(step draft: search; step review: http://127.0.0.1:8080)"
     )
     published = next(c for c in st.conditions if c.type == r.CONFIG_PUBLISHED)
     assert (published.status, published.reason) == ("False", r.TOOL_NOT_ALLOWED)
