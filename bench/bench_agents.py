@@ -53,7 +53,7 @@ def auth(name: str) -> dict[str, str]:
 
 def write_config(cfg: Path, mcp_url: str, api_url: str) -> None:
     host = api_url.rsplit("/", 1)[0]
-    quotas = {"maxConcurrentInvocations": N_AGENTS}
+    quotas = {"maxConcurrentInvocations": N_AGENTS, "wasmTimeMsPerInvocation": 300_000}
     egress = {
         "allowedOutboundHosts": [host],
         "mcpServers": [{"name": SERVER, "url": mcp_url, "tools": ["add", "weather"]}],

@@ -39,7 +39,7 @@ const (
 
 const querySchema = `{"type":"object","properties":{"query":{"type":"string","maxLength":40}},` +
 	`"required":["query"],"additionalProperties":false}`
-const answerSchema = `{"type":"object","properties":{"answer":{"type":"string","maxLength":200}},` +
+const answerSchema = `{"type":"object","properties":{"answer":{"type":"string","maxLength":160}},` +
 	`"required":["answer"],"additionalProperties":false}`
 
 func init() { realm.Run(run) }
@@ -131,7 +131,7 @@ func run() error {
 	var final struct {
 		Answer string `json:"answer"`
 	}
-	_ = a.constrained("Answer the question.", answerSchema, 96, &final) // cut short: an empty answer
+	_ = a.constrained("Answer the question.", answerSchema, 80, &final) // cut short: an empty answer
 	out := map[string]any{"answer": final.Answer, "turns": len(a.trace) + 1, "completion_tokens": a.toks, "trace": a.trace}
 	if a.req.Record {
 		out["generations"] = a.gens
@@ -143,11 +143,11 @@ func (a *agent) act(action string) step {
 	schema := querySchema
 	for _, t := range a.tools {
 		if t.Name == action && len(t.InputSchema) > 0 {
-			schema = string(t.InputSchema)
+			schema = bounded(t.InputSchema)
 		}
 	}
 	var args map[string]any
-	if err := a.constrained("Give the arguments of "+action+" as JSON.", schema, 48, &args); err != nil || args == nil {
+	if err := a.constrained("Give the arguments of "+action+" as JSON.", schema, 64, &args); err != nil || args == nil {
 		args = map[string]any{}
 	}
 	raw, _ := json.Marshal(args)
@@ -184,6 +184,29 @@ func (a *agent) act(action string) step {
 		s.Result = &result
 	}
 	return s
+}
+
+// maxArgString bounds a tool's string arguments that its schema leaves unbounded: a small model
+// may otherwise run on inside a string until max_tokens cuts the JSON short.
+const maxArgString = 48
+
+// bounded is the schema with maxLength on its top-level string properties that have none.
+func bounded(schema json.RawMessage) string {
+	var s map[string]any
+	if json.Unmarshal(schema, &s) != nil {
+		return string(schema)
+	}
+	props, _ := s["properties"].(map[string]any)
+	for _, p := range props {
+		if prop, ok := p.(map[string]any); ok && prop["type"] == "string" && prop["maxLength"] == nil {
+			prop["maxLength"] = maxArgString
+		}
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return string(schema)
+	}
+	return string(b)
 }
 
 // constrained generates JSON under schema and decodes it into v; an error where max_tokens cut it.

@@ -31,11 +31,27 @@ QUERY_SCHEMA = {
 }
 ANSWER_SCHEMA = {
     "type": "object",
-    "properties": {"answer": {"type": "string", "maxLength": 200}},
+    "properties": {"answer": {"type": "string", "maxLength": 160}},
     "required": ["answer"],
     "additionalProperties": False,
 }
 MAX_OBSERVATION = 400  # characters of a result shown to the model
+# A tool's string arguments its schema leaves unbounded get this maxLength: a small model may otherwise
+# run on inside a string until max_tokens cuts the JSON short.
+MAX_ARG_STRING = 48
+
+
+def _bounded(schema: dict[str, Any]) -> dict[str, Any]:
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return schema
+    tight = {
+        k: {**p, "maxLength": MAX_ARG_STRING}
+        if isinstance(p, dict) and p.get("type") == "string" and "maxLength" not in p
+        else p
+        for k, p in props.items()
+    }
+    return {**schema, "properties": tight}
 
 
 def _constrained(prompt: str, schema: dict[str, Any], max_tokens: int) -> Any:
@@ -100,7 +116,7 @@ class WitWorld(rt.Tenant):
                 break
             used.add(action)
             trace.append(self._act(question, tools, trace, action, schemas.get(action), server, api))
-        final = _constrained(_prompt(question, tools, trace, "Answer the question."), ANSWER_SCHEMA, 96)
+        final = _constrained(_prompt(question, tools, trace, "Answer the question."), ANSWER_SCHEMA, 80)
         answer = final["answer"] if isinstance(final, dict) else ""
         return {"answer": answer, "turns": len(trace) + 1, "trace": trace}
 
@@ -115,7 +131,9 @@ class WitWorld(rt.Tenant):
         api: str,
     ) -> dict[str, Any]:
         ask = f"Give the arguments of {action} as JSON."
-        args = _constrained(_prompt(question, tools, trace, ask), schema or QUERY_SCHEMA, max_tokens=48)
+        args = _constrained(
+            _prompt(question, tools, trace, ask), _bounded(schema) if schema else QUERY_SCHEMA, max_tokens=64
+        )
         if not isinstance(args, dict):
             args = {}
         step: dict[str, Any] = {"action": action, "arguments": args}
