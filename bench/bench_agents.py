@@ -13,7 +13,7 @@ the loopback MCP server (tests/mcp_server.py, tools add and weather) and a loopb
    agent's recorded generations again, same prompts, constraints and token bounds, greedy, so the same
    tokens). Interleaved rounds (bench/harness.py); the ratio agents / no tools (target >= 0.9).
 
-Usage: PYTHONPATH=$PWD .venv/bin/python bench/bench_agents.py [--rounds 2] [--runs 6]
+Usage: PYTHONPATH=$PWD .venv/bin/python bench/bench_agents.py [--rounds 2] [--runs 3]
 """
 
 from __future__ import annotations
