@@ -169,7 +169,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2, help="interleaved throughput rounds (default 2)")
     ap.add_argument(
-        "--runs", type=int, default=6, help="sequential agent runs for the turn latency (default 6)"
+        "--runs", type=int, default=3, help="sequential agent runs for the turn latency (default 3)"
     )
     args = ap.parse_args()
     started = time.monotonic()
