@@ -101,7 +101,10 @@ def mcp_server() -> Iterator[McpServerHandle]:
     port = _free_port()
     handle = McpServerHandle(url=f"http://127.0.0.1:{port}/mcp")
     app = _RecordAuth(build_server(handle).streamable_http_app(), handle.auth)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # Open streams (a slow tool, a session's GET stream) get a short grace at shutdown, then are cut.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=2
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -114,5 +117,4 @@ def mcp_server() -> Iterator[McpServerHandle]:
         yield handle
     finally:
         server.should_exit = True
-        server.force_exit = True  # open streams (a slow tool, a session's GET) must not hold it
         thread.join(10)

@@ -13,6 +13,7 @@ redirects and slow bodies included, ends at `deadline`.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -46,6 +47,8 @@ FORBIDDEN_HEADERS = frozenset(
 )
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# RFC 9110's token: what a header name may be made of.
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,14 @@ def checked_headers(headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str
     """The caller's headers, or Refused naming the first it may not set."""
     out: list[tuple[str, str]] = []
     for name, value in headers:
-        lowered = name.strip().lower()
+        lowered = name.lower()
         if lowered in FORBIDDEN_HEADERS or lowered.startswith("proxy-"):
             raise Refused("forbidden_header", f"header {name!r} is set by the runtime, not the caller")
-        if not lowered or any(c in name for c in "\r\n\0:") or any(c in value for c in "\r\n\0"):
+        # Values in ASCII without CR, LF or NUL: anything else would be encoded by guesswork or split the
+        # request.
+        if not _TOKEN.match(name) or not value.isascii() or any(c in value for c in "\r\n\0"):
             raise Refused("bad_header", f"header {name[:64]!r} has an invalid name or value")
-        out.append((name.strip(), value))
+        out.append((name, value))
     return out
 
 
@@ -177,7 +182,10 @@ async def _send(
     body: bytes,
     budget: int,
 ) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
-    outgoing = httpx.Request(method, url, headers=headers, content=body)
+    try:
+        outgoing = httpx.Request(method, url, headers=headers, content=body)
+    except httpx.InvalidURL as e:
+        raise Refused("bad_url", f"{url[:200]}: {e}") from None
     try:
         response = await transport.handle_async_request(outgoing)
     except httpx.TimeoutException:

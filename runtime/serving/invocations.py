@@ -13,6 +13,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -57,6 +58,7 @@ from .egress import EgressBudget, FetchRequest, counted, http_fetch, mcp_authori
 from .errors import (
     Busy,
     EgressDenied,
+    EgressLimit,
     EngineFailed,
     InvalidRequest,
     NoModule,
@@ -564,20 +566,32 @@ class RuntimeHostServices:
         return entry, spec
 
     async def _mcp(
-        self, tenant: str, server: str, call: Callable[[McpEndpoint, float, int], Awaitable[T]]
+        self,
+        tenant: str,
+        server: str,
+        call: Callable[[McpEndpoint, float, int], Awaitable[T]],
+        *,
+        tool: str | None = None,
     ) -> T:
         """Count and bound one MCP call on the tenant's `server`: a call of the invocation's budget,
-        its time (egressTimeoutMs, within the deadline) and the bytes left for its result."""
+        its time (egressTimeoutMs, within the deadline) and the bytes left for its result. A `tool`
+        the spec does not allow is refused first, costing nothing."""
         entry, spec = self._server(tenant, server)
         with counted(self.state, tenant, "mcp", server):
-            budget = self.budget(entry)
-            budget.take_call()
             endpoint = McpEndpoint(
                 name=spec.name,
                 url=spec.url,
                 tools=tuple(spec.tools),
-                authorization=mcp_authorization(tenant, spec),
+                ssl_context=self.state.egress.ssl_context,
             )
+            if tool is not None and not endpoint.allows(tool):
+                raise EgressDenied(
+                    f"tool {tool[:256]!r} of MCP server {server!r} is not allowed for this tenant",
+                    code="tool_not_allowed",
+                )
+            budget = self.budget(entry)
+            budget.take_call()
+            endpoint = replace(endpoint, authorization=mcp_authorization(tenant, spec))
             try:
                 return await call(endpoint, budget.call_deadline() - time.monotonic(), budget.bytes_left)
             except ToolFailed:
@@ -589,10 +603,19 @@ class RuntimeHostServices:
         return target
 
     async def mcp_list_tools(self, tenant: str, server: str) -> list[ToolInfoPayload]:
-        async def call(endpoint: McpEndpoint, timeout_s: float, _max_bytes: int) -> list[ToolInfoPayload]:
-            return await self.state.mcp.list_tools(
+        async def call(endpoint: McpEndpoint, timeout_s: float, max_bytes: int) -> list[ToolInfoPayload]:
+            tools = await self.state.mcp.list_tools(
                 tenant, endpoint, check=lambda url: self._check(tenant, server, url), timeout_s=timeout_s
             )
+            size = sum(len(t.model_dump_json()) for t in tools)
+            budget = self.budget(configured_tenant(self.state, tenant))
+            budget.charge(size)
+            if size > max_bytes:
+                raise EgressLimit(
+                    f"MCP server {server!r} listed {size} bytes of tools, over the {max_bytes} left",
+                    code="response_too_large",
+                )
+            return tools
 
         return await self._mcp(tenant, server, call)
 
@@ -610,7 +633,7 @@ class RuntimeHostServices:
             self.budget(configured_tenant(self.state, tenant)).charge(len(result.model_dump_json()))
             return result
 
-        return await self._mcp(tenant, call.server, run)
+        return await self._mcp(tenant, call.server, run, tool=call.tool)
 
 
 def _url_host(url: str) -> str:

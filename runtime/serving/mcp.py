@@ -64,6 +64,8 @@ class McpEndpoint:
     # Tool names a module may call; empty: none; "*": all.
     tools: tuple[str, ...] = ()
     authorization: str | None = field(default=None, repr=False)
+    # The runtime's TLS trust (serving/egress.py's, loaded once); None: the system's default.
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
     def allows(self, tool: str) -> bool:
         return "*" in self.tools or tool in self.tools
@@ -115,13 +117,14 @@ class _PinnedBackend(httpcore2.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def _pinned_client(url: str, addresses: Sequence[str], authorization: str | None) -> httpx2.AsyncClient:
+def _pinned_client(endpoint: McpEndpoint, addresses: Sequence[str]) -> httpx2.AsyncClient:
+    url, authorization = endpoint.url, endpoint.authorization
     parsed = httpx2.URL(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     transport = httpx2.AsyncHTTPTransport(trust_env=False, retries=0)
     # httpx2's transport takes no network backend; its pool is replaced by one that has the pinned one.
     transport._pool = httpcore2.AsyncConnectionPool(
-        ssl_context=ssl.create_default_context(),
+        ssl_context=endpoint.ssl_context or ssl.create_default_context(),
         network_backend=_PinnedBackend(parsed.host, port, addresses),
         retries=0,
     )
@@ -153,7 +156,7 @@ class _Session:
     async def run(self, addresses: Sequence[str]) -> None:
         try:
             async with (
-                _pinned_client(self.endpoint.url, addresses, self.endpoint.authorization) as client,
+                _pinned_client(self.endpoint, addresses) as client,
                 streamable_http_client(
                     self.endpoint.url, http_client=client, max_sse_event_size=MAX_EVENT_BYTES
                 ) as (read, write),
@@ -308,7 +311,8 @@ class McpSessions:
                 f"MCP server {endpoint.name!r} failed: {type(e).__name__}: {e}", code="unreachable"
             ) from None
         finally:
-            log.info(
+            # The call's info line and metrics are serving/egress.py's `counted`; this adds the tool.
+            log.debug(
                 "egress mcp tenant=%s server=%s call=%s outcome=%s ms=%.1f",
                 tenant,
                 endpoint.name,

@@ -107,6 +107,8 @@ async def test_userinfo_is_refused(url: str) -> None:
         ("http://08.1.1.1/", "bad_host"),
         ("http://[fe80::1%25eth0]/", "bad_host"),
         ("http://exämple.com/", "bad_host"),
+        ("http://%31%32%37.0.0.1/", "bad_host"),
+        ("http://[::1/", "bad_host"),
     ],
 )
 def test_malformed_urls_are_refused(url: str, code: str) -> None:

@@ -171,6 +171,15 @@ async def test_headers_the_runtime_owns_are_refused(header: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "value"), [("X-A", "caf\u00e9"), ("Bad Name", "1"), ("X:A", "1"), ("", "1"), ("X-A", "a\0b")]
+)
+async def test_headers_that_cannot_go_out_as_written_are_refused(name: str, value: str) -> None:
+    with pytest.raises(Refused) as caught:
+        await call(policy("https://api.example.com"), "https://api.example.com/", headers=((name, value),))
+    assert caught.value.code == "bad_header"
+
+
 async def test_header_injection_is_refused() -> None:
     with pytest.raises(Refused, match="invalid name or value"):
         await call(

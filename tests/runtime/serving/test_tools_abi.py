@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pytest
 import wasmtime
 from mcp_server import WEATHER, McpServerHandle, mcp_server
+from sandbox_builds import artifact_cache, cache_dir
 
 from realm.runtime.api.schemas import invocation_tools
 from realm.runtime.metrics import Metrics
@@ -35,6 +43,7 @@ from realm.runtime.serving.invocations import RuntimeHostServices, run_admitted
 from realm.runtime.serving.state import ServingState
 from realm.runtime.spec.runtime_config import EgressConfig, TenantEntry
 from realm.runtime.spec.tenant import mcp_secret_env
+from realm.tenant_build import wit_dir
 
 CALL_WAT = """
 (module
@@ -127,8 +136,8 @@ def mcp() -> Iterator[McpServerHandle]:
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    sb = Sandbox(tmp_path_factory.mktemp("tools-wasm-cache"), max_workers=4)
+def sandbox() -> Iterator[Sandbox]:
+    sb = Sandbox(artifact_cache(), max_workers=4)
     yield sb
     sb.close()
 
@@ -161,7 +170,7 @@ def tenant(name: str, mcp_url: str, api_url: str, **quotas: Any) -> TenantEntry:
 async def state(
     sandbox: Sandbox, mcp: McpServerHandle, api_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[ServingState]:
-    for name in ("alpha", "narrow", "slowpoke", "quick"):
+    for name in ("alpha", "slowpoke", "quick", "tiny"):
         monkeypatch.setenv(mcp_secret_env(name, "tools"), TOKEN)
     s = ServingState(models={}, metrics=Metrics())
     s.egress = EgressRuntime(EgressConfig(allowed_cidrs=["127.0.0.0/8"]))
@@ -173,6 +182,8 @@ async def state(
             tenant("slowpoke", mcp.url, api_url, egressTimeoutMs=60_000),
             # The per-call timeout cuts it; the deadline is longer.
             tenant("quick", mcp.url, api_url, egressTimeoutMs=500),
+            # Its invocations may take 16 bytes from outside: less than any tool result.
+            tenant("tiny", mcp.url, api_url, egressBytesPerInvocation=16),
         ]
     )
     yield s
@@ -288,6 +299,9 @@ async def test_calls_over_the_invocations_limit_are_refused(state: ServingState)
     starts afresh."""
     code, message = await call(state, "realm_mcp_call_tool", tool_call("add", a=1, b=2), repeat=3)
     assert code == ErrorCode.LIMIT_EXCEEDED, message
+    # A tool refused by the spec costs no call.
+    code, message = await call(state, "realm_mcp_call_tool", tool_call("secret"), repeat=3)
+    assert code == ErrorCode.DENIED, message
     assert (await call(state, "realm_mcp_call_tool", tool_call("add", a=1, b=2), repeat=2))["text"] == "3"
 
 
@@ -470,3 +484,87 @@ async def test_calls_are_counted_in_the_egress_metrics(state: ServingState) -> N
     counter = state.metrics.egress_requests
     assert counter.labels("alpha", "denied")._value.get() == 1
     assert counter.labels("alpha", "ok")._value.get() == 1
+
+
+# ---- a real component (componentize-py, the generated bindings only) ----------------------------
+
+# Input: the loopback API's URL. Lists the server's tools, calls `add`, calls a tool not allowed,
+# fetches the API, and emits what came back.
+COMPONENT_APP = """
+import json
+from componentize_py_types import Err
+from wit_world.imports import host, tools
+
+
+def attempt(f):
+    try:
+        return {"ok": f()}
+    except Err as e:
+        return {"err": e.value.code.name}
+
+
+class WitWorld:
+    def run(self) -> None:
+        url = host.input()
+        listed = attempt(lambda: sorted(t.name for t in tools.list_tools("tools")))
+        added = attempt(lambda: vars(tools.call_tool("tools", "add", '{"a": 2, "b": 3}')))
+        secret = attempt(lambda: vars(tools.call_tool("tools", "secret", "{}")))
+        request = tools.HttpRequest("POST", url, [tools.Header("X-Test", "1")], b"hi")
+        fetched = attempt(lambda: [tools.http_fetch(request).status, tools.http_fetch(request).body.decode()])
+        host.emit(json.dumps({"list": listed, "add": added, "secret": secret, "fetch": fetched}))
+"""
+
+
+def build_tools_component() -> Path:
+    """COMPONENT_APP built for the tenant world with componentize-py, cached like sandbox_builds'."""
+    h = hashlib.sha256(f"{metadata.version('componentize-py')}\0{COMPONENT_APP}".encode())
+    for path in sorted(wit_dir().rglob("*.wit")):
+        h.update(path.read_bytes())
+    out = cache_dir() / f"tools-app-{h.hexdigest()[:20]}.wasm"
+    if out.is_file():
+        return out
+    with tempfile.TemporaryDirectory(prefix="realm-tools-app-") as tmp:
+        (Path(tmp) / "app.py").write_text(COMPONENT_APP)
+        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+        partial = Path(tmp) / "out.wasm"
+        cli = Path(sys.executable).parent / "componentize-py"
+        args = ["-q", "-d", str(wit_dir()), "-w", "tenant", "componentize", "app"]
+        subprocess.run([str(cli), *args, "-p", tmp, "-o", str(partial)], check=True, cwd=tmp, env=env)
+        os.replace(partial, out)
+    return out
+
+
+async def test_a_component_calls_tools_and_fetches(state: ServingState, api_url: str) -> None:
+    assert state.sandbox is not None
+    module = state.sandbox.load("slowpoke", build_tools_component().read_bytes())
+    result = await run_admitted(
+        state, state.tenants["slowpoke"], module, f"{api_url}/x", lambda _: None, None
+    )
+    out = json.loads(result.output)
+    assert out["list"] == {"ok": ["add", "fail", "slow", "weather"]}
+    assert out["add"]["ok"]["text"] == "5"
+    assert json.loads(out["add"]["ok"]["content"]) == [{"type": "text", "text": "5"}]
+    assert out["secret"] == {"err": "DENIED"}
+    status, body = out["fetch"]["ok"]
+    assert (status, json.loads(body)) == (200, {"method": "POST", "path": "/x", "body": "hi"})
+
+
+async def test_a_rotated_credential_reaches_the_server(
+    state: ServingState, mcp: McpServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session opened with the old credential is not reused: the next call sends the new one."""
+    await call(state, "realm_mcp_call_tool", tool_call("add", a=1, b=1))
+    monkeypatch.setenv(mcp_secret_env("alpha", "tools"), "Bearer rotated")
+    before = len(mcp.auth)
+    assert (await call(state, "realm_mcp_call_tool", tool_call("add", a=1, b=1)))["text"] == "2"
+    assert "Bearer rotated" in mcp.auth[before:]
+
+
+async def test_a_result_over_the_invocations_bytes_is_refused(state: ServingState) -> None:
+    code, message = await call(state, "realm_mcp_call_tool", tool_call("weather", city="Lyon"), who="tiny")
+    assert code == ErrorCode.LIMIT_EXCEEDED, message
+
+
+async def test_a_tool_list_over_the_invocations_bytes_is_refused(state: ServingState) -> None:
+    code, message = await call(state, "realm_mcp_list_tools", "tools", who="tiny")
+    assert code == ErrorCode.LIMIT_EXCEEDED, message
