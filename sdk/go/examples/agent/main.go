@@ -66,7 +66,8 @@ type step struct {
 	Result    *string         `json:"result,omitempty"`
 	Error     string          `json:"error,omitempty"` // the error code's name, e.g. "denied"
 	Message   string          `json:"message,omitempty"`
-	Ms        float64         `json:"ms"` // the turn's wall time: deciding, the arguments, the call
+	ArgsError string          `json:"arguments_error,omitempty"` // why the arguments fell back to {}
+	Ms        float64         `json:"ms"`                        // the turn's wall time: deciding, the arguments, the call
 }
 
 type agent struct {
@@ -147,11 +148,15 @@ func (a *agent) act(action string) step {
 		}
 	}
 	var args map[string]any
-	if err := a.constrained("Give the arguments of "+action+" as JSON.", schema, 64, &args); err != nil || args == nil {
+	argsErr := a.constrained("Give the arguments of "+action+" as JSON.", schema, 96, &args)
+	if argsErr != nil || args == nil {
 		args = map[string]any{}
 	}
 	raw, _ := json.Marshal(args)
 	s := step{Action: action, Arguments: raw}
+	if argsErr != nil {
+		s.ArgsError = argsErr.Error()
+	}
 	var result string
 	var err error
 	if action == httpAction {
@@ -190,13 +195,17 @@ func (a *agent) act(action string) step {
 // may otherwise run on inside a string until max_tokens cuts the JSON short.
 const maxArgString = 48
 
-// bounded is the schema with maxLength on its top-level string properties that have none.
+// bounded is the schema with maxLength on its top-level string properties that have none, and no
+// properties beyond its own (SmolLM2 otherwise adds some until max_tokens cuts the JSON short).
 func bounded(schema json.RawMessage) string {
 	var s map[string]any
 	if json.Unmarshal(schema, &s) != nil {
 		return string(schema)
 	}
 	props, _ := s["properties"].(map[string]any)
+	if _, set := s["additionalProperties"]; !set && props != nil {
+		s["additionalProperties"] = false
+	}
 	for _, p := range props {
 		if prop, ok := p.(map[string]any); ok && prop["type"] == "string" && prop["maxLength"] == nil {
 			prop["maxLength"] = maxArgString
@@ -221,7 +230,10 @@ func (a *agent) constrained(ask, schema string, maxTokens int, v any) error {
 		return err
 	}
 	a.toks += g.CompletionTokens
-	return json.Unmarshal([]byte(g.Text), v)
+	if err := json.Unmarshal([]byte(g.Text), v); err != nil {
+		return fmt.Errorf("finish reason %s, %q: %w", g.FinishReason, g.Text, err)
+	}
+	return nil
 }
 
 func (a *agent) prompt(ask string) string {

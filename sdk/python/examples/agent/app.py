@@ -51,7 +51,8 @@ def _bounded(schema: dict[str, Any]) -> dict[str, Any]:
         else p
         for k, p in props.items()
     }
-    return {**schema, "properties": tight}
+    # No properties beyond the schema's own: SmolLM2 otherwise adds some until max_tokens cuts the JSON.
+    return {"additionalProperties": False, **schema, "properties": tight}
 
 
 def _constrained(prompt: str, schema: dict[str, Any], max_tokens: int) -> Any:
@@ -132,7 +133,7 @@ class WitWorld(rt.Tenant):
     ) -> dict[str, Any]:
         ask = f"Give the arguments of {action} as JSON."
         args = _constrained(
-            _prompt(question, tools, trace, ask), _bounded(schema) if schema else QUERY_SCHEMA, max_tokens=64
+            _prompt(question, tools, trace, ask), _bounded(schema) if schema else QUERY_SCHEMA, max_tokens=96
         )
         if not isinstance(args, dict):
             args = {}
