@@ -88,6 +88,7 @@ MODEL_NOT_FOUND = "ModelNotFound"
 MODEL_NOT_ALLOWED = "ModelNotAllowed"
 MODEL_NOT_READY = "ModelNotReady"
 TENANT_NOT_FOUND = "TenantNotFound"
+TOOL_NOT_ALLOWED = "ToolNotAllowed"
 SECRET_NOT_FOUND = "SecretNotFound"
 KEY_NOT_FOUND = "KeyNotFound"
 # A Secret the Tenant names that the operator does not watch (no realm.dev/tenant label), or one labelled
@@ -792,6 +793,13 @@ def _unresolved(
     not_allowed = [m for m in used if m not in tenant.allowed_models]
     if not_allowed:
         return MODEL_NOT_ALLOWED, f"Tenant {spec.tenant} may not use {', '.join(not_allowed)}"
+    egress = tenant.egress
+    stray = spec.unknown_tools({s.name for s in egress.mcp_servers}, egress.allowed_outbound_hosts)
+    if stray:
+        listed = "; ".join(f"step {step}: {', '.join(names)}" for step, names in stray.items())
+        return TOOL_NOT_ALLOWED, (
+            f"tools must name Tenant {spec.tenant}'s MCP servers or allowed outbound hosts ({listed})"
+        )
     unknown = [m for m in used if m not in models]
     if unknown:
         return MODEL_NOT_FOUND, f"no Model named {', '.join(unknown)} in this namespace"

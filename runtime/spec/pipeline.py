@@ -9,8 +9,10 @@ walk a graph) and reported by the operator as Ready=False with reason Invalid.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Iterable
+from typing import Annotated
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from .cel import cel, validations
 from .model import MODEL_NAME_PATTERN
@@ -20,12 +22,40 @@ from .tenant import SpecModel
 STEP_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"
 MAX_STEPS = 16
 MAX_DEPENDS = 8
+MAX_STEP_TOOLS = 32
 
 MSG_UNKNOWN_DEPENDENCY = "dependsOn must name other steps of this pipeline"
 MSG_UNKNOWN_OUTPUT = "output must name a step of this pipeline"
 
 PLACEHOLDER = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 STEP_OUTPUT = re.compile(r"^steps\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.output$")
+# The host of an allowedOutboundHosts entry (Spin's scheme://host[:port]); IPv6 without its brackets.
+_HOST_OF_PATTERN = re.compile(r"^[a-z*]+://(\[(?P<v6>[^\]]*)\]|(?P<host>[^:/]+))(?::[0-9*]+)?/?$")
+
+
+def _pattern_host(entry: str) -> str | None:
+    if entry.strip() == "*":
+        return "*"
+    m = _HOST_OF_PATTERN.match(entry.strip().lower())
+    if m is None:
+        return None
+    return m["v6"] if m["v6"] is not None else m["host"]
+
+
+def tool_allowed(name: str, mcp_servers: Collection[str], allowed_outbound_hosts: Iterable[str]) -> bool:
+    """Whether a step's `tools` entry names part of a tenant's egress, as an invocation's X-Realm-Tools
+    names it: one of its MCP servers, or a host (lower case, no scheme or port) one of its
+    allowedOutboundHosts entries reaches (`api.example.com` under `https://*.example.com:8443`)."""
+    low = name.strip().lower()
+    if low in mcp_servers:
+        return True
+    for entry in allowed_outbound_hosts:
+        host = _pattern_host(entry)
+        if host is None:
+            continue
+        if host == "*" or host == low or (host.startswith("*.") and low.endswith(host[1:])):
+            return True
+    return False
 
 
 class PipelineStep(SpecModel):
@@ -60,6 +90,18 @@ class PipelineStep(SpecModel):
         default_factory=list,
         max_length=MAX_DEPENDS,
         description="Steps that must finish first; required for every step the template references.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    tools: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] | None = Field(
+        None,
+        max_length=MAX_STEP_TOOLS,
+        description="What this step's invocation may reach, as an invocation's X-Realm-Tools header names "
+        "it: the Tenant's MCP servers (egress.mcpServers[].name) and hosts its egress.allowedOutboundHosts "
+        "reach (api.example.com: no scheme, no port). Must be within the Tenant's egress (checked at "
+        "reconcile: Ready=False, reason ToolNotAllowed, otherwise). Absent: all of the Tenant's egress; "
+        "[]: none. Carried into the runtime config as the step's tool restriction; the runtime does not "
+        "run pipeline steps yet, so today it is validated and published, not enforced.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
@@ -143,6 +185,19 @@ class PipelineSpec(SpecModel):
                 raise ValueError(f"dependsOn forms a cycle among: {', '.join(stuck)}")
             done.append(ready[0])
         return done
+
+    def unknown_tools(
+        self, mcp_servers: Collection[str], allowed_outbound_hosts: Iterable[str]
+    ) -> dict[str, list[str]]:
+        """Per step (those with any), the `tools` entries outside the tenant's egress (`tool_allowed`),
+        in declared order."""
+        hosts = list(allowed_outbound_hosts)
+        out: dict[str, list[str]] = {}
+        for s in self.steps:
+            missing = [t for t in s.tools or [] if not tool_allowed(t, mcp_servers, hosts)]
+            if missing:
+                out[s.name] = missing
+        return out
 
     def output_step(self) -> str:
         return self.output if self.output is not None else self.steps[-1].name

@@ -402,6 +402,47 @@ def test_pipeline_reference_failures_name_the_reason() -> None:
     assert ready(pipeline(PIPELINE, models={"chat": False})).reason == r.MODEL_NOT_READY
 
 
+TOOLED = TenantSpec.model_validate(
+    {
+        "allowedModels": ["chat"],
+        "egress": {
+            "allowedOutboundHosts": ["http://127.0.0.1:8080"],
+            "mcpServers": [{"name": "demo", "url": "http://127.0.0.1:9000/mcp", "tools": ["add"]}],
+        },
+    }
+)
+
+
+def with_tools(draft: list[str], review: list[str] | None = None) -> dict[str, Any]:
+    spec = copy.deepcopy(PIPELINE)
+    spec["steps"][0]["tools"] = draft
+    if review is not None:
+        spec["steps"][1]["tools"] = review
+    return spec
+
+
+def test_step_tools_within_the_tenants_egress_are_ready() -> None:
+    st = pipeline(with_tools(["demo"], ["127.0.0.1"]), tenants={"acme": TOOLED})
+    assert ready(st).status == "True"
+
+
+def test_step_tools_outside_the_tenants_egress_are_tool_not_allowed_and_unpublished() -> None:
+    st = pipeline(with_tools(["demo", "search"], ["http://127.0.0.1:8080"]), tenants={"acme": TOOLED})
+    assert (ready(st).status, ready(st).reason) == ("False", r.TOOL_NOT_ALLOWED)
+    assert ready(st).message == (
+        "ReferencesResolved: tools must name Tenant acme's MCP servers or allowed outbound hosts "
+        "(step draft: search; step review: http://127.0.0.1:8080)"
+    )
+    published = next(c for c in st.conditions if c.type == r.CONFIG_PUBLISHED)
+    assert (published.status, published.reason) == ("False", r.TOOL_NOT_ALLOWED)
+
+
+def test_step_tools_are_carried_into_the_runtime_config() -> None:
+    acme = [b.PublishedTenant("acme", TOOLED, ())]
+    (e,) = r.published_pipelines([view("qa", with_tools(["demo"]))], acme, ["chat"])
+    assert [s.tools for s in e.steps] == [["demo"], None]
+
+
 def test_parse_spec_returns_the_field_and_message() -> None:
     spec, error = r.parse_spec({"weight": 0}, TenantSpec)
     assert spec is None and error is not None and error.startswith("weight:")

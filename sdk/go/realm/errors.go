@@ -28,6 +28,13 @@ const (
 	ErrSamplerTimeout    ErrorCode = 16 // the module's sampler passed its per-step time or fuel budget
 	ErrSamplerTrap       ErrorCode = 17 // the module's sampler trapped or panicked, or the module has none
 	ErrSamplerInvalid    ErrorCode = 18 // the sampler answered wrongly (count, a token out of range or forbidden)
+
+	// ABI 1.3: HTTPFetch, ListTools, CallTool (a tool's not-found is ErrNotFound, too-large ErrTooLarge).
+	ErrDenied        ErrorCode = 19 // not on the tenant's egress allowlist, a forbidden address, or outside this invocation's tools
+	ErrUnreachable   ErrorCode = 20 // the endpoint could not be reached (connection, TLS, protocol)
+	ErrTimedOut      ErrorCode = 21 // the call ran past its time (the egress timeout or the invocation's deadline)
+	ErrLimitExceeded ErrorCode = 22 // the invocation's tool calls or egress bytes are spent
+	ErrToolFailed    ErrorCode = 23 // the MCP server failed the call (a protocol error, not a result with IsError)
 )
 
 var codeNames = [...]string{
@@ -50,6 +57,12 @@ var codeNames = [...]string{
 	ErrSamplerTimeout:    "sampler_timeout",
 	ErrSamplerTrap:       "sampler_trap",
 	ErrSamplerInvalid:    "sampler_invalid",
+
+	ErrDenied:        "denied",
+	ErrUnreachable:   "unreachable",
+	ErrTimedOut:      "timed_out",
+	ErrLimitExceeded: "limit_exceeded",
+	ErrToolFailed:    "tool_failed",
 }
 
 // String returns the code's name in snake_case, as abi.py spells it in lower case

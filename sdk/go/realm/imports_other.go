@@ -25,3 +25,6 @@ func hostConversationPut(unsafe.Pointer, uint32) int64                      { re
 func hostConversationDelete(unsafe.Pointer, uint32) int32                   { return int32(unsupported) }
 func hostGenerateWith(unsafe.Pointer, uint32) int64                         { return unsupported }
 func hostSamplerDecide(unsafe.Pointer, uint32) int32                        { return int32(unsupported) }
+func hostHTTPFetch(unsafe.Pointer, uint32) int64                            { return unsupported }
+func hostMCPListTools(unsafe.Pointer, uint32) int64                         { return unsupported }
+func hostMCPCallTool(unsafe.Pointer, uint32) int64                          { return unsupported }

@@ -61,6 +61,17 @@ func hostGenerateWith(reqPtr unsafe.Pointer, reqLen uint32) int64
 //go:wasmimport realm realm_sampler_decide
 func hostSamplerDecide(ptr unsafe.Pointer, n uint32) int32
 
+// ABI 1.3: tools, under the tenant's egress allowlist.
+
+//go:wasmimport realm realm_http_fetch
+func hostHTTPFetch(reqPtr unsafe.Pointer, reqLen uint32) int64
+
+//go:wasmimport realm realm_mcp_list_tools
+func hostMCPListTools(serverPtr unsafe.Pointer, serverLen uint32) int64
+
+//go:wasmimport realm realm_mcp_call_tool
+func hostMCPCallTool(reqPtr unsafe.Pointer, reqLen uint32) int64
+
 // realm_run and realm_abi_version are exported from here so that a tenant's main package
 // only has to call Run.
 

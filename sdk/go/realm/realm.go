@@ -9,12 +9,17 @@ import (
 )
 
 // ABI version this SDK speaks: (major << 16) | minor. 1.1 added conversations, 1.2
-// GenerateWith and samplers.
+// GenerateWith and samplers, 1.3 tools (HTTPFetch, ListTools, CallTool).
 const (
 	ABIMajor   = 1
-	ABIMinor   = 2
+	ABIMinor   = 3
 	ABIVersion = ABIMajor<<16 | ABIMinor
 )
+
+// ABIVersion12 is what a module with a sampler declares: the sampler needs 1.2, and a module
+// that calls no tool function still deploys on a 1.2 host (the tools imports are linked only
+// into modules that call them, and a host checks imports by name at deploy).
+const ABIVersion12 = ABIMajor<<16 | 2
 
 // ABIVersion11 is what realm_abi_version declares for a module that sets no sampler, so that
 // such a module still deploys on a 1.1 host (a host checks the functions a module imports, and

@@ -220,7 +220,7 @@ var (
 func SetSampler(f func([]SequenceStep) []Decision) {
 	sampler = f
 	samplerDecide = hostSamplerDecide
-	declaredVersion = ABIVersion
+	declaredVersion = ABIVersion12
 }
 
 // runSamplerStep is realm_sampler_step: read the steps, decide, answer; 0 or an exit code.

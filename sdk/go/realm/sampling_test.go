@@ -183,7 +183,7 @@ func TestSamplerStepRunsTheSamplerAndRecoversItsPanic(t *testing.T) {
 	}
 }
 
-func TestSetSamplerDeclaresABI12(t *testing.T) {
+func TestSetSamplerDeclaresABI12NotABI13(t *testing.T) {
 	defer func() { sampler, samplerDecide, declaredVersion = nil, nil, ABIVersion11 }()
 	if declaredVersion != 1<<16|1 {
 		t.Fatalf("without a sampler a module declares 1.1, got %#x", declaredVersion)

@@ -40,6 +40,8 @@ from ._backend import (
     GenerateParams,
     Generation,
     GenerationDetail,
+    HttpRequest,
+    HttpResponse,
     Keep,
     LogLevel,
     Message,
@@ -47,6 +49,8 @@ from ._backend import (
     RealmError,
     SamplerSpec,
     SequenceStep,
+    ToolInfo,
+    ToolResult,
     host,
 )
 from .prompts import chatml, gemma
@@ -62,6 +66,8 @@ __all__ = [
     "GeneratedToken",
     "Generation",
     "GenerationDetail",
+    "HttpRequest",
+    "HttpResponse",
     "Keep",
     "LogLevel",
     "Message",
@@ -71,9 +77,12 @@ __all__ = [
     "SamplerSpec",
     "SequenceStep",
     "Tenant",
+    "ToolInfo",
+    "ToolResult",
     "allow",
     "ban",
     "bias",
+    "call_tool",
     "chatml",
     "create_conversation",
     "decode",
@@ -88,11 +97,13 @@ __all__ = [
     "generate_stream",
     "generate_with",
     "get_conversation",
+    "http_fetch",
     "input_json",
     "input_text",
     "json_object",
     "json_schema",
     "lark",
+    "list_tools",
     "load_model",
     "log",
     "model_version",
@@ -282,6 +293,50 @@ def generate_with(params: GenerateParams, options: GenerateOptions | None = None
     Failures of the options are RealmError codes "invalid-constraint", "sampler-timeout",
     "sampler-trap" (also: the module has no Sampler) and "sampler-invalid"."""
     return host().generate_with(params, options or GenerateOptions())
+
+
+# ---- ABI 1.3: tools ----------------------------------------------------------------------------
+
+
+def http_fetch(
+    url: str,
+    *,
+    method: str = "GET",
+    headers: Iterable[tuple[str, str]] | dict[str, str] = (),
+    body: bytes | str = b"",
+) -> HttpResponse:
+    """One HTTP request through the host, to a host on the tenant's egress allowlist (redirects are
+    followed by the host, each hop checked). Failures raise RealmError: "denied" (not allowed, or not
+    among this invocation's tools), "unreachable", "timeout", "too-large", "limit-exceeded",
+    "invalid-argument"."""
+    pairs = tuple(headers.items()) if isinstance(headers, dict) else tuple(headers)
+    data = body.encode() if isinstance(body, str) else bytes(body)
+    return host().http_fetch(HttpRequest(url, method.upper(), pairs, data))
+
+
+def list_tools(server: str) -> list[ToolInfo]:
+    """The tools of the tenant's MCP server `server` that its spec lets the module call. An unknown
+    server is RealmError "not-found"; one outside this invocation's tools, "denied"."""
+    return host().list_tools(server)
+
+
+def call_tool(server: str, tool: str, arguments: dict[str, Any] | str | None = None) -> ToolResult:
+    """Call `tool` on the MCP server `server`; `arguments` is a JSON object (a dict, or its text).
+    A failure of the tool itself is a result with `is_error`; the call failing is RealmError
+    ("denied", "not-found", "tool-failed", "timeout", "limit-exceeded", ...)."""
+    if arguments is None:
+        text = "{}"
+    elif isinstance(arguments, str):
+        text = arguments
+    else:
+        text = json.dumps(arguments)
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise RealmError("invalid-argument", f"the arguments must be a JSON object, got {text[:40]!r}")
+    return host().call_tool(server, tool, text)
 
 
 _SAMPLE = Decision("sample")

@@ -9,6 +9,7 @@ loudly rather than pretending.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -151,6 +152,46 @@ class Decision:
     bias: tuple[tuple[int, float], ...] = ()  # (token, added to its logit); <= -1e30 bans
 
 
+# ---- ABI 1.3: tools -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    url: str  # http(s)://host[:port]/path, on the tenant's allowedOutboundHosts
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()  # (name, value); a name may repeat
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int  # whatever the endpoint answered: a 404 is a response, not an error
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of the named header (case-insensitive), or None."""
+        low = name.lower()
+        return next((v for n, v in self.headers if n.lower() == low), None)
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class ToolInfo:
+    name: str
+    description: str
+    input_schema: dict[str, Any]  # a JSON Schema for call_tool's arguments
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    content: list[Any]  # the MCP content blocks
+    text: str  # the text blocks joined
+    is_error: bool  # the tool itself reported a failure (the server answered)
+
+
 class Keep(enum.Enum):
     KEEP = "keep"
 
@@ -179,6 +220,11 @@ class Host(Protocol):
         """What the exported sampler's `step` returns for these decisions."""
         ...
 
+    # ABI 1.3: tools
+    def http_fetch(self, request: HttpRequest) -> HttpResponse: ...
+    def list_tools(self, server: str) -> list[ToolInfo]: ...
+    def call_tool(self, server: str, tool: str, arguments: str) -> ToolResult: ...
+
     # ABI 1.1: conversations
     def conversation_create(
         self, metadata: dict[str, str], messages: Sequence[Message], state: str | None
@@ -201,9 +247,10 @@ class _WitHost:
     def __init__(self) -> None:
         # Imported here, not at module level: these modules exist only inside the component.
         import componentize_py_types
-        from wit_world.imports import conversations, host, sampling, sampling_types, types
+        from wit_world.imports import conversations, host, sampling, sampling_types, tools, types
 
         self._host: Any = host
+        self._tools: Any = tools
         self._types: Any = types
         self._conv: Any = conversations
         self._sampling: Any = sampling
@@ -269,6 +316,29 @@ class _WitHost:
             for t in d.tokens
         )
         return GenerationDetail(d.text, d.finish_reason, d.prompt_tokens, d.completion_tokens, tokens)
+
+    def http_fetch(self, request: HttpRequest) -> HttpResponse:
+        t = self._tools
+        r = self._call(
+            t.http_fetch,
+            t.HttpRequest(
+                method=request.method,
+                url=request.url,
+                headers=[t.Header(name=n, value=v) for n, v in request.headers],
+                body=bytes(request.body),
+            ),
+        )
+        return HttpResponse(r.status, tuple((h.name, h.value) for h in r.headers), bytes(r.body))
+
+    def list_tools(self, server: str) -> list[ToolInfo]:
+        return [
+            ToolInfo(i.name, i.description, json.loads(i.input_schema or "{}"))
+            for i in self._call(self._tools.list_tools, server)
+        ]
+
+    def call_tool(self, server: str, tool: str, arguments: str) -> ToolResult:
+        r = self._call(self._tools.call_tool, server, tool, arguments)
+        return ToolResult(json.loads(r.content or "[]"), r.text, r.is_error)
 
     def sampler_decisions(self, decisions: Sequence[Decision]) -> list[Any]:
         out: list[Any] = []

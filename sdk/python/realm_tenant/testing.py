@@ -11,6 +11,13 @@ A sampler (ABI 1.2) runs against canned candidates: `FakeHost(sampler=app.Sample
 candidates=lambda params, tokens: [...])` gives each step's candidates, best first; the fake's
 built-in sampler is greedy (it takes the first), and the text is the chosen candidates' texts.
 
+Tools (ABI 1.3): `FakeHost(http=lambda req: ..., mcp={"server": {"tool": fn}})` answers http_fetch
+with `http` (a str or an HttpResponse) and MCP calls with the server's functions (a function gets the
+arguments dict and returns text or a ToolResult; FakeTool adds a description and schema). A server or
+tool it does not have is "not-found"; `tools={"server", "host"}` narrows what the tenant may reach, as
+the runtime's X-Realm-Tools header does ("denied" outside it); `host.tool_calls` records each call.
+The fake applies no allowlist, address policy or limits.
+
 This checks your code, not the build or the runtime: `realm tenant build` and an invocation
 against a runtime (see sdk/python/README.md) do that. The fake does not apply constraints.
 """
@@ -18,6 +25,7 @@ against a runtime (see sdk/python/README.md) do that. The fake does not apply co
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,16 +39,32 @@ from ._backend import (
     GenerateParams,
     Generation,
     GenerationDetail,
+    HttpRequest,
+    HttpResponse,
     Keep,
     LogLevel,
     Message,
     ModelInfo,
     RealmError,
     SequenceStep,
+    ToolInfo,
+    ToolResult,
 )
 
 GenerateFn = Callable[[GenerateParams], "str | Generation"]
 CandidatesFn = Callable[[GenerateParams, Sequence[int]], Sequence[Candidate]]
+
+
+@dataclass(frozen=True)
+class FakeTool:
+    """A fake MCP tool: `fn` gets the call's arguments and returns its text or a ToolResult."""
+
+    fn: Callable[[dict[str, Any]], str | ToolResult]
+    description: str = ""
+    input_schema: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+
+HttpFn = Callable[[HttpRequest], "str | HttpResponse"]
 
 
 class TenantFailed(Exception):
@@ -79,6 +103,13 @@ class FakeHost:
     sampler: type[Any] | None = None
     candidates: CandidatesFn | None = None
     options: list[GenerateOptions] = field(default_factory=list)  # of every generate_with
+    # ABI 1.3: the tenant's HTTP endpoint and MCP servers, what this invocation may reach, and the calls.
+    http: HttpFn | None = None
+    mcp: dict[str, dict[str, FakeTool | Callable[[dict[str, Any]], str | ToolResult]]] = field(
+        default_factory=dict
+    )
+    tools: set[str] | None = None  # None: everything above; else server names and hosts (X-Realm-Tools)
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)  # ("http", url) or (server, tool)
     _generation_ids: int = field(default=0, init=False, repr=False)
 
     # ---- the Host protocol --------------------------------------------------------------
@@ -151,6 +182,45 @@ class FakeHost:
 
     def sampler_decisions(self, decisions: Sequence[Decision]) -> list[Any]:
         return list(decisions)
+
+    def _narrowed(self, name: str, what: str) -> None:
+        if self.tools is not None and name not in self.tools:
+            raise RealmError("denied", f"{what} is not among this invocation's tools")
+
+    def http_fetch(self, request: HttpRequest) -> HttpResponse:
+        host = urllib.parse.urlsplit(request.url).hostname or ""
+        self._narrowed(host, f"host {host!r}")
+        if self.http is None:
+            raise RealmError("denied", f"{request.url} is not on the tenant's egress allowlist")
+        self.tool_calls.append(("http", request.url))
+        out = self.http(request)
+        return out if isinstance(out, HttpResponse) else HttpResponse(200, (), out.encode())
+
+    def _tool(self, server: str, tool: str) -> FakeTool:
+        self._narrowed(server, f"MCP server {server!r}")
+        if server not in self.mcp:
+            raise RealmError("not-found", f"no MCP server {server!r} for this tenant")
+        if tool not in self.mcp[server]:
+            raise RealmError("not-found", f"no tool {tool!r} on MCP server {server!r}")
+        t = self.mcp[server][tool]
+        return t if isinstance(t, FakeTool) else FakeTool(t, t.__doc__ or "")
+
+    def list_tools(self, server: str) -> list[ToolInfo]:
+        self._narrowed(server, f"MCP server {server!r}")
+        if server not in self.mcp:
+            raise RealmError("not-found", f"no MCP server {server!r} for this tenant")
+        return [
+            ToolInfo(name, t.description, dict(t.input_schema))
+            for name, t in ((n, self._tool(server, n)) for n in self.mcp[server])
+        ]
+
+    def call_tool(self, server: str, tool: str, arguments: str) -> ToolResult:
+        t = self._tool(server, tool)
+        self.tool_calls.append((server, tool))
+        out = t.fn(json.loads(arguments))
+        if isinstance(out, ToolResult):
+            return out
+        return ToolResult([{"type": "text", "text": out}], out, False)
 
     def encode_tokens(self, model: str, text: str) -> list[int]:
         self._model(model)

@@ -46,6 +46,9 @@ ALLOWED_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 TENANT = "acme"
 # Examples that call realm.SetSampler, and so declare ABI 1.2.
 SAMPLER_EXAMPLES = {"json_rule", "lipogram", "spin_sampler", "top_sampler"}
+# Go examples that call the ABI 1.3 tools functions (and import them; they still declare 1.1: a
+# host checks imports by name at deploy).
+TOOLS_EXAMPLES = {"agent"}
 
 
 class FakeServices:
@@ -213,6 +216,8 @@ def test_examples_load_with_abi_1_1_or_with_a_sampler_1_2(sandbox: Sandbox) -> N
         assert (module.kind, module.abi_version, module.needs_wasi) == ("core", version, True), name
         decides = any(i.name == "realm_sampler_decide" for i in module.artifact.imports)
         assert decides == (name in SAMPLER_EXAMPLES), name
+        fetches = any(i.name == "realm_http_fetch" for i in module.artifact.imports)
+        assert fetches == (name in TOOLS_EXAMPLES), name
         assert isinstance(module.artifact, wasmtime.Module)
         exports = {e.name for e in module.artifact.exports}
         assert {"memory", "_initialize", CORE_VERSION_EXPORT, CORE_RUN_EXPORT} <= exports, name
