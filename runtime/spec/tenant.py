@@ -258,16 +258,6 @@ class McpServer(SpecModel):
 class Egress(SpecModel):
     """Deny by default: a module reaches nothing that is not listed here."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "!has(self.mcpServers) || "
-                "self.mcpServers.all(x, self.mcpServers.exists_one(y, y.name == x.name))",
-                MSG_UNIQUE_SERVERS,
-            )
-        )
-    )
-
     allowed_outbound_hosts: list[str] = Field(
         default_factory=list,
         max_length=MAX_HOSTS,
@@ -277,7 +267,12 @@ class Egress(SpecModel):
         json_schema_extra={"items": {"type": "string", "maxLength": 300, "pattern": HOST_PATTERN}},
     )
     mcp_servers: list[McpServer] = Field(
-        default_factory=list, max_length=MAX_MCP_SERVERS, description="MCP servers a module may call."
+        default_factory=list,
+        max_length=MAX_MCP_SERVERS,
+        description="MCP servers a module may call; names are unique.",
+        # A list map keyed by name: the apiserver itself refuses a duplicate name (a CEL rule comparing
+        # every pair costs more than the apiserver's CEL budget allows).
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
     @field_validator("allowed_outbound_hosts")

@@ -340,6 +340,8 @@ def test_the_locks_cover_pyprojects_dependencies() -> None:
             "prometheus-client",
             "llama-cpp-python",
             "wasmtime",
+            "llguidance",  # the engines' constraints: the operator never imports them
+            "mcp",  # the runtime's MCP client
         },
         "runtime-cpu.Dockerfile": {"llama-cpp-python"},  # built by scripts/build-llama.sh
         "runtime-gpu.Dockerfile": {"llama-cpp-python", "kopf", "kubernetes"},
