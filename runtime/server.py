@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import signal
@@ -191,6 +192,11 @@ class Runtime:
                 {loading, stop_wait, server_task}, return_when=asyncio.FIRST_COMPLETED
             )
             if loading in done and loading.exception() is None:
+                # What start-up made (modules, engines, the config) lives as long as the process:
+                # frozen, it no longer counts towards when a full collection runs, so garbage in
+                # reference cycles (a trapped invocation's Store, its memory included) is collected
+                # at the pace of the requests' own churn, not once the heap grew by a quarter.
+                gc.freeze()
                 self.state.ready = True
                 watcher = self._watch_config()
                 log.info("ready: %s serving %s", self.base_url, ", ".join(self.state.engines))
