@@ -24,7 +24,14 @@ import yaml
 from pydantic import ValidationError
 
 from realm.runtime.spec.identity import DEFAULT_NAMESPACE, NAMESPACE_ENV, SECRET_ENV, NamespaceIdentity
-from realm.runtime.spec.runtime_config import RuntimeConfig, TenantEntry, default_models, hash_api_key
+from realm.runtime.spec.runtime_config import (
+    EMBEDDING_MODEL,
+    EmbeddingModelConfig,
+    RuntimeConfig,
+    TenantEntry,
+    default_models,
+    hash_api_key,
+)
 from realm.runtime.spec.tenant import TenantSpec
 
 log = logging.getLogger(__name__)
@@ -114,14 +121,18 @@ def runtime_identity(config: RuntimeConfig, home: Path | None = None) -> Namespa
 
 def default_config(api_key: str, home: Path | None = None) -> RuntimeConfig:
     models = default_models()
+    embeddings = [EmbeddingModelConfig(name=EMBEDDING_MODEL)]
     tenant = TenantEntry(
         name=DEFAULT_TENANT,
         # Generated once, like the key: the embedded default tenant keeps its conversations across restarts.
         uid=_private_value((home or realm_home()) / "default-tenant-uid", lambda: str(uuid.uuid4())),
         api_key_sha256=[hash_api_key(api_key)],
-        spec=TenantSpec(display_name="Default tenant", allowed_models=[m.name for m in models]),
+        spec=TenantSpec(
+            display_name="Default tenant",
+            allowed_models=[m.name for m in models] + [e.name for e in embeddings],
+        ),
     )
-    return RuntimeConfig(models=models, tenants=[tenant])
+    return RuntimeConfig(models=models, embeddings=embeddings, tenants=[tenant])
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,12 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0),
             registry=r,
         )
+        self.embedded_inputs = Counter(
+            "realm_embedded_inputs",
+            "Texts embedded (/v1/embeddings and the ABI's embed); their tokens count in realm_prompt_tokens.",
+            ["tenant", "model"],
+            registry=r,
+        )
         self.prompt_tokens = Counter(
             "realm_prompt_tokens", "Prompt tokens processed.", ["tenant", "model"], registry=r
         )

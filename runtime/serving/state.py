@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Self
 from realm.runtime.config_store import realm_home, runtime_identity
 from realm.runtime.conversations import ConversationStore, open_store
 from realm.runtime.engines.base import Engine
+from realm.runtime.engines.embeddings import OnnxEmbedder
 from realm.runtime.kvstore.snapshots import KVSnapshots
 from realm.runtime.metrics import Metrics
 from realm.runtime.scheduler import AdmissionScheduler, InvocationAdmission, TenantPolicy
@@ -42,6 +43,8 @@ class ServingState:
     # Filled in as models finish loading (keyed like `models`); the API serves (and /healthz answers)
     # before that.
     engines: dict[str, Engine] = field(default_factory=dict)
+    # Embedding models by name (RuntimeConfig.embeddings), once loaded (serving/embeddings.py).
+    embedders: dict[str, OnnxEmbedder] = field(default_factory=dict)
     # RuntimeConfig.cluster: every version of the namespace's models and its weight (reloaded with the
     # config); None outside a cluster.
     cluster: ClusterConfig | None = None

