@@ -41,6 +41,7 @@ from realm.runtime.spec.runtime_config import (
     PipelineEntry,
     RuntimeConfig,
     TenantEntry,
+    VectorsConfig,
 )
 from realm.runtime.spec.status import API_VERSION
 from realm.runtime.spec.tenant import TenantSpec, mcp_secret_env
@@ -354,6 +355,7 @@ def runtime_config(
         pipelines=pipelines_for(model, (t.name for t in allowed), pipelines),
         modules_dir=modules_dir,
         conversations=ConversationsConfig(backend="s3") if shared_store else ConversationsConfig(),
+        vectors=VectorsConfig(backend="s3") if shared_store else VectorsConfig(),
         cluster=cluster,
         egress=egress if egress is not None else EgressConfig(),
     )

@@ -48,6 +48,7 @@ from realm.runtime.spec.runtime_config import (
     ConversationsConfig,
     PipelineEntry,
     RuntimeConfig,
+    VectorsConfig,
 )
 from realm.runtime.spec.status import API_VERSION
 
@@ -164,6 +165,7 @@ def runtime_config(
         pipelines=listed,
         modules_dir=opts.modules_dir,
         conversations=ConversationsConfig(backend="s3") if shared_store(opts) else ConversationsConfig(),
+        vectors=VectorsConfig(backend="s3") if shared_store(opts) else VectorsConfig(),
         cluster=cluster,
         egress=opts.egress,
     )

@@ -27,6 +27,8 @@ KEYS = {
     "limited": "sk-test-limited-0123456789",
     "gemma-only": "sk-test-gemma-only-0123456789",
     "ratelimited": "sk-test-ratelimited-0123456789",
+    "beta": "sk-test-beta-0123456789",
+    "tiny": "sk-test-tiny-0123456789",
 }
 
 
@@ -61,6 +63,19 @@ def runtime_config(extra_tenants: list[dict[str, object]] | None = None) -> dict
                 "apiKeySha256": [hash_api_key(KEYS["ratelimited"])],
                 "spec": {"allowedModels": [MODEL, EMBEDDING_MODEL], "quotas": {"requestsPerMinute": 1}},
             },
+            {
+                "name": "beta",
+                "apiKeySha256": [hash_api_key(KEYS["beta"])],
+                "spec": {"allowedModels": [MODEL, EMBEDDING_MODEL]},
+            },
+            {
+                "name": "tiny",
+                "apiKeySha256": [hash_api_key(KEYS["tiny"])],
+                "spec": {
+                    "allowedModels": [MODEL, EMBEDDING_MODEL],
+                    "vectors": {"maxCollections": 1, "maxVectors": 3},
+                },
+            },
             *(extra_tenants or []),
         ],
     }
@@ -85,7 +100,7 @@ class Server:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     path = tmp_path_factory.mktemp("realm") / "config.json"
-    path.write_text(json.dumps(runtime_config()))
+    path.write_text(json.dumps({**runtime_config(), "vectors": {"path": str(path.parent / "vectors")}}))
     with running(path, config_path=path, reload_interval=0.2) as runtime:
         yield Server(runtime, path, runtime.base_url)
 

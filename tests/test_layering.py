@@ -102,6 +102,20 @@ def test_the_import_reader_sees_relative_and_absolute_imports(tmp_path: Path) ->
                 *HTTP,
             ),
         ),
+        # A leaf: collections know no tenant name (only an owner key), spec, request or door.
+        (
+            "runtime/vectors",
+            (
+                "realm.runtime.api",
+                "realm.runtime.serving",
+                "realm.runtime.sandbox",
+                "realm.runtime.scheduler",
+                "realm.runtime.engines",
+                "realm.runtime.conversations",
+                "realm.runtime.spec",
+                *HTTP,
+            ),
+        ),
         ("runtime/kvstore", ("realm.runtime.api", "realm.runtime.serving", *HTTP)),
         ("runtime/conversations", ("realm.runtime.api", "realm.runtime.serving", *HTTP)),
     ],

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from . import routes_conversations, routes_embeddings, routes_invoke, routes_openai, routes_ops
+from . import (
+    routes_conversations,
+    routes_embeddings,
+    routes_invoke,
+    routes_openai,
+    routes_ops,
+    routes_vectors,
+)
 from .errors import install_handlers
 from .middleware import RealmMiddleware
 from .state import AppState
@@ -25,6 +32,7 @@ def create_app(state: AppState) -> FastAPI:
     install_handlers(app)
     app.include_router(routes_openai.router)
     app.include_router(routes_embeddings.router)
+    app.include_router(routes_vectors.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_invoke.router)
     app.include_router(routes_conversations.router)

@@ -30,6 +30,7 @@ from realm.runtime.sandbox.abi import InvocationErrorCode
 from realm.runtime.sandbox.modules import InvocationFailed
 from realm.runtime.serving.errors import (
     Busy,
+    CollectionNotFound,
     ConversationsDisabled,
     EngineFailed,
     InvalidRequest,
@@ -40,6 +41,8 @@ from realm.runtime.serving.errors import (
     NotReady,
     QuotaExceeded,
     ServingError,
+    StorageQuotaExceeded,
+    StoreFailed,
     Unavailable,
 )
 
@@ -101,6 +104,10 @@ _SERVING_STATUS: dict[type[ServingError], tuple[int, str]] = {
     Busy: (503, "service_unavailable"),
     Unavailable: (503, "service_unavailable"),
     ConversationsDisabled: (503, "service_unavailable"),
+    CollectionNotFound: (404, "invalid_request_error"),
+    # As for conversations: deleting something, not waiting, helps.
+    StorageQuotaExceeded: (429, "insufficient_quota"),
+    StoreFailed: (500, "server_error"),
 }
 _CONVERSATION_STATUS: dict[type[ConversationError], tuple[int, str]] = {
     ConversationNotFound: (404, "invalid_request_error"),

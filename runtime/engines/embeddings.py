@@ -62,6 +62,7 @@ class OnnxEmbedder:
         self.dimensions = 0
         self._session: Any = None
         self._tokenizer: Any = None
+        self._whole: Any = None  # the same tokenizer without truncation, for chunking
         self._inputs: tuple[str, ...] = ()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"realm-embed-{cfg.name}")
 
@@ -89,6 +90,9 @@ class OnnxEmbedder:
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
         self._inputs = tuple(i.name for i in session.get_inputs())
+        whole = Tokenizer.from_str(tokenizer.to_str())
+        whole.no_truncation()
+        self._whole = whole
         self._tokenizer, self._session = tokenizer, session
         self.dimensions = int(self._run([[101, 102]])[0].shape[0])
         log.info("loaded embedding model %s from %s (%d dimensions)", self.cfg.name, model, self.dimensions)
@@ -98,6 +102,25 @@ class OnnxEmbedder:
         if self._tokenizer is None:
             raise EmbeddingError(f"embedding model {self.cfg.name} is not loaded")
         return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
+
+    def chunk(self, text: str, size: int, overlap: int) -> list[str]:
+        """`text` cut into pieces of at most `size` tokens (special tokens aside), each starting `size -
+        overlap` tokens after the one before, on token boundaries of the original text."""
+        if self._tokenizer is None:
+            raise EmbeddingError(f"embedding model {self.cfg.name} is not loaded")
+        if not 0 <= overlap < size:
+            raise ValueError("overlap must be at least 0 and less than size")
+        enc = self._whole.encode(text, add_special_tokens=False)
+        spans = [o for o in enc.offsets if o[1] > o[0]]
+        if not spans:
+            return [text] if text.strip() else []
+        out = []
+        for start in range(0, len(spans), size - overlap):
+            piece = spans[start : start + size]
+            out.append(text[piece[0][0] : piece[-1][1]])
+            if start + size >= len(spans):
+                break
+        return out
 
     async def embed(self, texts: Sequence[str]) -> Embedded:
         if self._session is None:

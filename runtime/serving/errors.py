@@ -140,3 +140,21 @@ class ToolFailed(ServingError):
     """The MCP server answered a call with a protocol-level error (a tool's own failure is a result)."""
 
     reason = "tool_failed"
+
+
+class CollectionNotFound(ServingError):
+    """No collection of this tenant has that id (another tenant's id reads the same)."""
+
+    reason = "collection_not_found"
+
+
+class StorageQuotaExceeded(ServingError):
+    """A write would pass one of the Tenant's spec.vectors limits; waiting does not help."""
+
+    reason = "storage_quota_exceeded"
+
+
+class StoreFailed(ServingError):
+    """A kept object did not verify (its sha256 differs from what its manifest recorded)."""
+
+    reason = "store_failed"

@@ -20,6 +20,7 @@ from realm.runtime.scheduler import AdmissionScheduler, InvocationAdmission, Ten
 from realm.runtime.scheduler.shares import QuotaShares
 from realm.runtime.spec.identity import NamespaceIdentity, tenant_uid
 from realm.runtime.spec.runtime_config import ClusterConfig, ModelConfig, RuntimeConfig, TenantEntry
+from realm.runtime.vectors.store import CollectionStore
 
 from .egress import EgressRuntime
 from .mcp import McpSessions
@@ -55,6 +56,8 @@ class ServingState:
     invocations: InvocationAdmission | None = None
     # Tenants' conversations (runtime/conversations); None: conversations are refused.
     conversations: ConversationStore | None = None
+    # Tenants' vector collections (runtime/vectors, serving/vectors.py); None: refused as not ready.
+    vectors: CollectionStore | None = None
     # KV snapshots and the prefix cache (runtime/kvstore/snapshots.py); None: every prompt prefills.
     kv: KVSnapshots | None = None
     # RuntimeConfig.module_upload_over_pin: whether an upload may replace a module spec.wasm pins.
@@ -99,6 +102,9 @@ class ServingState:
             egress=EgressRuntime(config.egress),
         )
         state.conversations = open_store(config.conversations, realm_home())
+        from .vectors import open_collections  # serving/vectors.py builds on this module
+
+        state.vectors = open_collections(config.vectors, realm_home())
         state.kv = KVSnapshots(
             config.kv_snapshots,
             realm_home(),

@@ -267,6 +267,20 @@ class ConversationsConfig(SpecModel):
     )
 
 
+class VectorsConfig(SpecModel):
+    """Where tenants' vector collections live: a folder (one pod) or an S3 bucket shared by every pod of
+    the namespace (keys under <prefix>/<tenant's owner key>/)."""
+
+    backend: Literal["disk", "s3"] = Field(
+        "disk", description="disk: under the runtime's home; s3: a bucket."
+    )
+    path: str | None = Field(None, description="Folder (backend disk); <realm home>/vectors when absent.")
+    bucket: str | None = Field(None, description="S3 bucket (backend s3); REALM_S3_BUCKET when absent.")
+    prefix: str = Field("realm/vectors", max_length=256, description="Key prefix in the bucket.")
+    endpoint: str | None = Field(None, description="S3 endpoint URL; AWS's when absent.")
+    region: str | None = Field(None, description="S3 region.")
+
+
 class KVSnapshotsConfig(SpecModel):
     """KV-cache snapshots: the in-process prefix cache every tenant gets (scoped to the tenant), and the
     persistent tiers (local disk, S3) for tenants whose `spec.kvSnapshots.enabled` is set. The
@@ -444,6 +458,9 @@ class RuntimeConfig(SpecModel):
     )
     conversations: ConversationsConfig = Field(
         default_factory=ConversationsConfig, description="The store of tenants' conversations."
+    )
+    vectors: VectorsConfig = Field(
+        default_factory=VectorsConfig, description="Where tenants' vector collections are kept."
     )
     kv_snapshots: KVSnapshotsConfig = Field(
         default_factory=KVSnapshotsConfig, description="KV-cache snapshot tiers and the prefix cache."

@@ -164,6 +164,21 @@ class KVSnapshotPolicy(SpecModel):
     )
 
 
+class VectorPolicy(SpecModel):
+    """The tenant's vector collections (/v1/vector_stores, the ABI's collections): how much they may hold.
+    Enforced by the runtime on every write (a write that would pass a limit is refused whole)."""
+
+    max_collections: int = Field(16, ge=0, le=10000, description="Collections the tenant may have.")
+    max_vectors: int = Field(
+        100_000, ge=0, le=100_000_000, description="Items (chunks or vectors) across all its collections."
+    )
+    max_vector_bytes: int = Field(
+        512 * 1024**2,
+        ge=0,
+        description="Bytes of vectors (4 per dimension per item) across all its collections.",
+    )
+
+
 class SecretKeyRef(SpecModel):
     name: str = Field(..., min_length=1, description="Secret name in the Tenant's namespace.")
     key: str = Field("apiKey", min_length=1, description="Key inside the Secret.")
@@ -334,6 +349,9 @@ class TenantSpec(SpecModel):
     egress: Egress = Field(
         default_factory=Egress,
         description="What the tenant's module may reach: HTTP(S) hosts and MCP servers; nothing when absent.",
+    )
+    vectors: VectorPolicy = Field(
+        default_factory=VectorPolicy, description="Limits of the tenant's vector collections."
     )
     kv_snapshots: KVSnapshotPolicy = Field(
         default_factory=KVSnapshotPolicy, description="KV snapshot policy."
