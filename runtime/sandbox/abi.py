@@ -19,7 +19,9 @@ ABI_MAJOR = 1
 # realm_generate_with, realm_sampler_decide and the optional realm_sampler_step export).
 # 1.3 added tools (HTTP fetch and MCP tools under the tenant's egress allowlist: `tools`,
 # realm_http_fetch, realm_mcp_list_tools, realm_mcp_call_tool).
-ABI_MINOR = 3
+# 1.4 added retrieval (embeddings and the tenant's vector collections: `retrieval`, realm_embed,
+# realm_collection_create/list/delete/add_texts/search).
+ABI_MINOR = 4
 WIT_PACKAGE = "realm:tenant"
 WIT_VERSION = f"{ABI_MAJOR}.{ABI_MINOR}.0"
 WIT_HOST_INTERFACE = f"{WIT_PACKAGE}/host@{WIT_VERSION}"
@@ -27,6 +29,7 @@ WIT_CONVERSATIONS_INTERFACE = f"{WIT_PACKAGE}/conversations@{WIT_VERSION}"
 WIT_SAMPLING_INTERFACE = f"{WIT_PACKAGE}/sampling@{WIT_VERSION}"
 WIT_SAMPLER_INTERFACE = f"{WIT_PACKAGE}/sampler@{WIT_VERSION}"
 WIT_TOOLS_INTERFACE = f"{WIT_PACKAGE}/tools@{WIT_VERSION}"
+WIT_RETRIEVAL_INTERFACE = f"{WIT_PACKAGE}/retrieval@{WIT_VERSION}"
 CORE_IMPORT_MODULE = "realm"
 # A core module declares the ABI it speaks by exporting `realm_abi_version() -> i32`
 # returning (major << 16) | minor.
@@ -69,6 +72,8 @@ class ErrorCode(enum.IntEnum):
     TIMED_OUT = 21  # the call's time, or the invocation's deadline, ran out
     LIMIT_EXCEEDED = 22  # over the invocation's tool calls or egress bytes
     TOOL_FAILED = 23  # the MCP server answered with an error of its own
+    # Since 1.4, retrieval (components: the `retrieval-error-code` enum; not-found is NOT_FOUND for a
+    # collection, quota-exceeded QUOTA_EXCEEDED for the Tenant's spec.vectors limits and rate quotas).
 
     @property
     def wit_name(self) -> str:
@@ -119,6 +124,22 @@ TOOLS_WIT_CODES: dict[ErrorCode, str] = {
     ErrorCode.QUOTA_EXCEEDED: "limit-exceeded",
     ErrorCode.NOT_FOUND: "not-found",
     ErrorCode.TOOL_FAILED: "tool-failed",
+}
+
+# The cases of the WIT `retrieval-error-code` enum; the codes it lacks are reported to components as
+# the nearest of these.
+RETRIEVAL_WIT_CODES: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_ARGUMENT: "invalid-argument",
+    ErrorCode.OUT_OF_BOUNDS: "invalid-argument",
+    ErrorCode.INVALID_UTF8: "invalid-argument",
+    ErrorCode.MODEL_NOT_ALLOWED: "model-not-allowed",
+    ErrorCode.MODEL_NOT_FOUND: "model-not-found",
+    ErrorCode.NOT_FOUND: "not-found",
+    ErrorCode.QUOTA_EXCEEDED: "quota-exceeded",
+    ErrorCode.TOO_LARGE: "too-large",
+    ErrorCode.UNAVAILABLE: "unavailable",
+    ErrorCode.TIMED_OUT: "unavailable",
+    ErrorCode.ENGINE_ERROR: "engine-error",
 }
 
 
@@ -449,3 +470,73 @@ class InvocationErrorCode(enum.StrEnum):
     NO_MODULE = "wasm_no_module"  # the tenant has no module deployed
     BUSY = "wasm_busy"  # too many invocations in flight
     OUTPUT_LIMIT = "wasm_output_limit"  # emitted more bytes than the invocation may
+
+
+# ---- 1.4: retrieval ----------------------------------------------------------------------------
+
+MAX_EMBED_TEXTS = 256
+MAX_COLLECTION_ITEMS = 1024
+CollectionId = Annotated[str, Field(min_length=1, max_length=64)]
+MetadataScalar = str | int | float | bool
+
+
+class EmbedPayload(Payload):
+    """realm_embed's argument: `model` null for the runtime's first embedding model."""
+
+    model: str | None = Field(None, max_length=256)
+    texts: list[str] = Field(..., min_length=1, max_length=MAX_EMBED_TEXTS)
+
+
+class EmbeddingsPayload(Payload):
+    """realm_embed's result: one unit-length vector per text, in order."""
+
+    model: str
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class CollectionCreatePayload(Payload):
+    """realm_collection_create's argument: a collection of the embedding model's vectors."""
+
+    name: str = Field("", max_length=256)
+    model: str | None = Field(None, max_length=256)
+
+
+class CollectionInfoPayload(Payload):
+    id: str
+    name: str
+    dimensions: int
+    count: int
+    embedding_model: str | None
+
+
+class TextItemPayload(Payload):
+    id: str | None = Field(None, min_length=1, max_length=200)
+    text: str = Field(..., min_length=1)
+    metadata: dict[Annotated[str, Field(min_length=1, max_length=64)], MetadataScalar] = Field(
+        default_factory=dict, max_length=16
+    )
+
+
+class AddTextsPayload(Payload):
+    """realm_collection_add_texts's argument; the result is the chunks' ids (`<item id>#<n>`)."""
+
+    collection: CollectionId
+    items: list[TextItemPayload] = Field(..., min_length=1, max_length=MAX_COLLECTION_ITEMS)
+
+
+class SearchPayload(Payload):
+    """realm_collection_search's argument: `filter` in OpenAI's vector-store filter shape."""
+
+    collection: CollectionId
+    query: str = Field(..., min_length=1)
+    k: int = Field(5, ge=1, le=100)
+    filter: dict[str, Any] | None = None
+    score_threshold: float | None = Field(None, ge=-1.0, le=1.0)
+
+
+class HitPayload(Payload):
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, MetadataScalar]

@@ -52,24 +52,32 @@ from .abi import (
     ABI_MINOR,
     CONVERSATION_WIT_CODES,
     MAX_PAYLOAD_BYTES,
+    RETRIEVAL_WIT_CODES,
     SAMPLING_WIT_CODES,
     TOOLS_WIT_CODES,
     WIT_CONVERSATIONS_INTERFACE,
     WIT_HOST_INTERFACE,
     WIT_PACKAGE,
+    WIT_RETRIEVAL_INTERFACE,
     WIT_SAMPLING_INTERFACE,
     WIT_TOOLS_INTERFACE,
+    AddTextsPayload,
+    CollectionCreatePayload,
+    CollectionInfoPayload,
     ConstraintPayload,
     ConversationCreate,
     ConversationMessage,
     ConversationPayload,
     ConversationPut,
     DecisionPayload,
+    EmbeddingsPayload,
+    EmbedPayload,
     ErrorCode,
     GenerateOptions,
     GenerateParams,
     GenerationDetail,
     GenerationPayload,
+    HitPayload,
     HostError,
     HttpRequestPayload,
     HttpResponsePayload,
@@ -77,7 +85,9 @@ from .abi import (
     LogLevel,
     ModelInfoPayload,
     SamplerSpec,
+    SearchPayload,
     SequenceStepPayload,
+    TextItemPayload,
     ToolCallPayload,
     ToolInfoPayload,
     ToolResultPayload,
@@ -88,7 +98,9 @@ T = TypeVar("T")
 
 RUN_EXPORT = "run"
 # The interfaces of our own package a tenant may import, at any version 1.0.0 ..= 1.ABI_MINOR.x.
-REALM_INTERFACES = frozenset({"host", "types", "conversations", "sampling", "sampling-types", "tools"})
+REALM_INTERFACES = frozenset(
+    {"host", "types", "conversations", "sampling", "sampling-types", "tools", "retrieval"}
+)
 # What Linker.add_wasip2() defines. Anything else from wasi (wasi:http, wasi:keyvalue, 0.3) would
 # only fail later, at instantiation, with a less helpful message.
 WASI_PACKAGES = frozenset({"cli", "clocks", "filesystem", "io", "random", "sockets"})
@@ -604,6 +616,122 @@ def _call_tool(_store: Any, server: str, tool: str, arguments: str) -> Any:
     )
 
 
+# ---- retrieval (1.4) --------------------------------------------------------------------------
+#
+# result<collection-info, retrieval-error> is tagged (records both sides); the list results and
+# result<_, retrieval-error> are untagged. Metadata and filters travel as JSON text.
+
+
+def _retrieval_error(code: ErrorCode, message: str) -> Record:
+    return _record(code=RETRIEVAL_WIT_CODES.get(code, "engine-error"), message=_text(message[:4000]))
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(text) if text else {}
+    except ValueError as e:
+        raise HostError(ErrorCode.INVALID_ARGUMENT, f"{what} is not JSON: {e}") from None
+    if not isinstance(parsed, dict):
+        raise HostError(ErrorCode.INVALID_ARGUMENT, f"{what} must be a JSON object")
+    return parsed
+
+
+def _collection_to_wit(c: CollectionInfoPayload) -> Record:
+    return _record(
+        id=c.id, name=_text(c.name), dimensions=c.dimensions, count=c.count, embedding_model=c.embedding_model
+    )
+
+
+def _embed(_store: Any, model: str | None, texts: list[str]) -> Any:
+    def call() -> EmbeddingsPayload:
+        _check_size(model or "", *texts)
+        return context.current().embed(EmbedPayload(model=model, texts=texts))
+
+    return _guarded(
+        "embed",
+        call,
+        lambda r: [[float(x) for x in v] for v in r.vectors],
+        tagged=False,
+        error=_retrieval_error,
+    )
+
+
+def _create_collection(_store: Any, name: str) -> Any:
+    return _guarded(
+        "create-collection",
+        lambda: context.current().collection_create(CollectionCreatePayload(name=name)),
+        _collection_to_wit,
+        tagged=True,
+        error=_retrieval_error,
+    )
+
+
+def _list_collections(_store: Any) -> Any:
+    return _guarded(
+        "list-collections",
+        lambda: context.current().collection_list(),
+        lambda found: [_collection_to_wit(c) for c in found],
+        tagged=False,
+        error=_retrieval_error,
+    )
+
+
+def _delete_collection(_store: Any, collection: str) -> Any:
+    def call() -> None:
+        _check_size(collection)
+        context.current().collection_delete(collection)
+
+    return _guarded("delete-collection", call, lambda _: None, tagged=False, error=_retrieval_error)
+
+
+def _add_texts(_store: Any, collection: str, items: Any) -> Any:
+    def call() -> list[str]:
+        _check_size(collection, *(t for i in items for t in (i.id or "", i.text, i.metadata)))
+        payload = AddTextsPayload(
+            collection=collection,
+            items=[
+                TextItemPayload(id=i.id, text=i.text, metadata=_json_object(i.metadata, "metadata"))
+                for i in items
+            ],
+        )
+        return context.current().collection_add_texts(payload)
+
+    return _guarded("add-texts", call, list, tagged=False, error=_retrieval_error)
+
+
+def _search(
+    _store: Any, collection: str, query: str, k: int, where: str | None, threshold: float | None
+) -> Any:
+    def call() -> list[HitPayload]:
+        _check_size(collection, query, where or "")
+        payload = SearchPayload(
+            collection=collection,
+            query=query,
+            k=k,
+            filter=None if where is None else _json_object(where, "filter"),
+            score_threshold=threshold,
+        )
+        return context.current().collection_search(payload)
+
+    def lower(hits: list[HitPayload]) -> list[Record]:
+        return [
+            _record(id=_text(h.id), score=float(h.score), text=_text(h.text), metadata=json.dumps(h.metadata))
+            for h in hits
+        ]
+
+    return _guarded("search", call, lower, tagged=False, error=_retrieval_error)
+
+
+RETRIEVAL_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
+    "embed": _embed,
+    "create-collection": _create_collection,
+    "list-collections": _list_collections,
+    "delete-collection": _delete_collection,
+    "add-texts": _add_texts,
+    "search": _search,
+}
+
+
 TOOLS_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
     "http-fetch": _http_fetch,
     "list-tools": _list_tools,
@@ -668,6 +796,9 @@ def build_linker(engine: Engine) -> Linker:
                 with root.add_instance(WIT_TOOLS_INTERFACE) as tools:
                     for name, func in TOOLS_FUNCTIONS.items():
                         tools.add_func(name, func)
+                with root.add_instance(WIT_RETRIEVAL_INTERFACE) as retrieval:
+                    for name, func in RETRIEVAL_FUNCTIONS.items():
+                        retrieval.add_func(name, func)
             # `realm:tenant/types` has only types: wasmtime checks those structurally, so the
             # linker needs no instance for it.
             _linkers[engine] = linker

@@ -31,14 +31,20 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .abi import (
     MAX_PAYLOAD_BYTES,
+    AddTextsPayload,
+    CollectionCreatePayload,
+    CollectionInfoPayload,
     ConversationCreate,
     ConversationPayload,
     ConversationPut,
+    EmbeddingsPayload,
+    EmbedPayload,
     ErrorCode,
     GenerateOptions,
     GenerateParams,
     GenerationDetail,
     GenerationPayload,
+    HitPayload,
     HostError,
     HttpRequestPayload,
     HttpResponsePayload,
@@ -46,6 +52,7 @@ from .abi import (
     LogLevel,
     ModelInfoPayload,
     SamplerDecisions,
+    SearchPayload,
     ToolCallPayload,
     ToolInfoPayload,
     ToolResultPayload,
@@ -181,6 +188,10 @@ ABI_CODE_BY_REASON: dict[str, ErrorCode] = {
     "egress_limit": ErrorCode.LIMIT_EXCEEDED,
     "tool_not_found": ErrorCode.NOT_FOUND,
     "tool_failed": ErrorCode.TOOL_FAILED,
+    # 1.4: retrieval (runtime/serving/embeddings.py, runtime/serving/vectors.py)
+    "collection_not_found": ErrorCode.NOT_FOUND,
+    "storage_quota_exceeded": ErrorCode.QUOTA_EXCEEDED,
+    "store_failed": ErrorCode.UNAVAILABLE,
 }
 # A failed outbound call that ran out of time is `timed-out`, not `unreachable` (its `code` says so).
 ABI_CODE_BY_REASON_AND_CODE: dict[tuple[str, str], ErrorCode] = {
@@ -243,6 +254,21 @@ class HostServices(Protocol):
         ...
 
     async def mcp_call_tool(self, tenant: str, call: ToolCallPayload) -> ToolResultPayload: ...
+
+    # Since ABI 1.4: embeddings and the tenant's own vector collections.
+    async def embed(self, tenant: str, params: EmbedPayload) -> EmbeddingsPayload: ...
+
+    async def collection_create(
+        self, tenant: str, params: CollectionCreatePayload
+    ) -> CollectionInfoPayload: ...
+
+    async def collection_list(self, tenant: str) -> list[CollectionInfoPayload]: ...
+
+    async def collection_delete(self, tenant: str, collection: str) -> None: ...
+
+    async def collection_add_texts(self, tenant: str, params: AddTextsPayload) -> list[str]: ...
+
+    async def collection_search(self, tenant: str, params: SearchPayload) -> list[HitPayload]: ...
 
 
 class InvocationContext:
@@ -390,6 +416,32 @@ class InvocationContext:
     def mcp_call_tool(self, call: ToolCallPayload) -> ToolResultPayload:
         self.host_calls["mcp_call_tool"] += 1
         return self._wait(self._services.mcp_call_tool(self.tenant, call), timeout_code=ErrorCode.TIMED_OUT)
+
+    # ---- 1.4: retrieval.
+
+    def embed(self, params: EmbedPayload) -> EmbeddingsPayload:
+        self.host_calls["embed"] += 1
+        return self._wait(self._services.embed(self.tenant, params))
+
+    def collection_create(self, params: CollectionCreatePayload) -> CollectionInfoPayload:
+        self.host_calls["collection_create"] += 1
+        return self._wait(self._services.collection_create(self.tenant, params))
+
+    def collection_list(self) -> list[CollectionInfoPayload]:
+        self.host_calls["collection_list"] += 1
+        return self._wait(self._services.collection_list(self.tenant))
+
+    def collection_delete(self, collection: str) -> None:
+        self.host_calls["collection_delete"] += 1
+        self._wait(self._services.collection_delete(self.tenant, collection))
+
+    def collection_add_texts(self, params: AddTextsPayload) -> list[str]:
+        self.host_calls["collection_add_texts"] += 1
+        return self._wait(self._services.collection_add_texts(self.tenant, params))
+
+    def collection_search(self, params: SearchPayload) -> list[HitPayload]:
+        self.host_calls["collection_search"] += 1
+        return self._wait(self._services.collection_search(self.tenant, params))
 
     def input(self) -> str:
         self.host_calls["input"] += 1

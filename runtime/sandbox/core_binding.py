@@ -37,16 +37,22 @@ from . import context
 from .abi import (
     CORE_IMPORT_MODULE,
     MAX_PAYLOAD_BYTES,
+    AddTextsPayload,
+    CollectionCreatePayload,
+    CollectionInfoPayload,
     ConversationCreate,
     ConversationPut,
+    EmbedPayload,
     ErrorCode,
     GenerateParams,
     GenerateWith,
+    HitPayload,
     HostError,
     HttpRequestPayload,
     LogLevel,
     Payload,
     SamplerDecisions,
+    SearchPayload,
     ToolCallPayload,
     ToolInfoPayload,
 )
@@ -83,6 +89,13 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "realm_http_fetch": ((I32, I32), (I64,)),
     "realm_mcp_list_tools": ((I32, I32), (I64,)),
     "realm_mcp_call_tool": ((I32, I32), (I64,)),
+    # 1.4: retrieval
+    "realm_embed": ((I32, I32), (I64,)),
+    "realm_collection_create": ((I32, I32), (I64,)),
+    "realm_collection_list": ((), (I64,)),
+    "realm_collection_delete": ((I32, I32), (I32,)),
+    "realm_collection_add_texts": ((I32, I32), (I64,)),
+    "realm_collection_search": ((I32, I32), (I64,)),
 }
 # The optional export of a module with its own sampler (1.2): `(in_len) -> status`.
 SAMPLER_STEP_SIGNATURE: tuple[tuple[str, ...], tuple[str, ...]] = ((I32,), (I32,))
@@ -295,6 +308,42 @@ def _mcp_call_tool(caller: wasmtime.Caller, ptr: int, length: int) -> int:
     return _result(context.current().mcp_call_tool(call).model_dump_json().encode())
 
 
+_COLLECTIONS: pydantic.TypeAdapter[list[CollectionInfoPayload]] = pydantic.TypeAdapter(
+    list[CollectionInfoPayload]
+)
+_HITS: pydantic.TypeAdapter[list[HitPayload]] = pydantic.TypeAdapter(list[HitPayload])
+_IDS: pydantic.TypeAdapter[list[str]] = pydantic.TypeAdapter(list[str])
+
+
+def _embed(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    params = read_payload(caller, ptr, length, EmbedPayload)
+    return _result(context.current().embed(params).model_dump_json().encode())
+
+
+def _collection_create(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    params = read_payload(caller, ptr, length, CollectionCreatePayload)
+    return _result(context.current().collection_create(params).model_dump_json().encode())
+
+
+def _collection_list(caller: wasmtime.Caller) -> int:
+    return _result(_COLLECTIONS.dump_json(context.current().collection_list()))
+
+
+def _collection_delete(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    context.current().collection_delete(read_text(caller, ptr, length))
+    return 0
+
+
+def _collection_add_texts(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    params = read_payload(caller, ptr, length, AddTextsPayload)
+    return _result(_IDS.dump_json(context.current().collection_add_texts(params)))
+
+
+def _collection_search(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    params = read_payload(caller, ptr, length, SearchPayload)
+    return _result(_HITS.dump_json(context.current().collection_search(params)))
+
+
 def _result_read(caller: wasmtime.Caller, dst_ptr: int, dst_len: int) -> int:
     base, size = _memory(caller)
     dst, cap = _check(size, dst_ptr, dst_len)
@@ -334,6 +383,12 @@ _IMPLS: dict[str, Callable[..., int]] = {
     "realm_http_fetch": _http_fetch,
     "realm_mcp_list_tools": _mcp_list_tools,
     "realm_mcp_call_tool": _mcp_call_tool,
+    "realm_embed": _embed,
+    "realm_collection_create": _collection_create,
+    "realm_collection_list": _collection_list,
+    "realm_collection_delete": _collection_delete,
+    "realm_collection_add_texts": _collection_add_texts,
+    "realm_collection_search": _collection_search,
 }
 
 

@@ -17,23 +17,32 @@ from dataclasses import replace
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import pydantic
+
 from realm.runtime.conversations import UNSET, Conversation
 from realm.runtime.conversations import Message as StoredMessage
 from realm.runtime.engines.base import MODEL_DIGEST, Constraint, Engine, ModelInfo
 from realm.runtime.sandbox.abi import (
+    AddTextsPayload,
     CandidatePayload,
+    CollectionCreatePayload,
+    CollectionInfoPayload,
     ConversationCreate,
     ConversationMessage,
     ConversationPayload,
     ConversationPut,
+    EmbeddingsPayload,
+    EmbedPayload,
     GeneratedToken,
     GenerateOptions,
     GenerateParams,
     GenerationDetail,
     GenerationPayload,
+    HitPayload,
     HttpRequestPayload,
     HttpResponsePayload,
     ModelInfoPayload,
+    SearchPayload,
     ToolCallPayload,
     ToolInfoPayload,
     ToolResultPayload,
@@ -51,10 +60,14 @@ from realm.runtime.sandbox.sampler import NO_SAMPLER, SamplerContext, SamplerFai
 from realm.runtime.scheduler import AdmissionClosed, InvocationsBusy, InvocationSlot
 from realm.runtime.spec.runtime_config import ClusterModel, TenantEntry
 from realm.runtime.spec.tenant import McpServer, Quotas
+from realm.runtime.vectors.filters import Filter
+from realm.runtime.vectors.store import Manifest
 
+from . import vectors
 from .constraints import checked_constraint, local_only
 from .conversations import conversation_store
 from .egress import EgressBudget, FetchRequest, counted, http_fetch, mcp_authorization, mcp_target
+from .embeddings import embed_texts
 from .errors import (
     Busy,
     EgressDenied,
@@ -302,6 +315,15 @@ def _conversation_payload(c: Conversation) -> ConversationPayload:
         messages=[ConversationMessage(role=m.role, content=m.content, name=m.name) for m in c.messages],
         state=c.state,
         kv_key=c.kv_key,
+    )
+
+
+_FILTER: pydantic.TypeAdapter[Filter] = pydantic.TypeAdapter(Filter)
+
+
+def _collection_info(m: Manifest) -> CollectionInfoPayload:
+    return CollectionInfoPayload(
+        id=m.id, name=m.name, dimensions=m.dims, count=m.count, embedding_model=m.model
     )
 
 
@@ -634,6 +656,56 @@ class RuntimeHostServices:
             return result
 
         return await self._mcp(tenant, call.server, run, tool=call.tool)
+
+    # ---- 1.4: retrieval (serving/embeddings.py, serving/vectors.py) -------------------------------
+
+    async def embed(self, tenant: str, params: EmbedPayload) -> EmbeddingsPayload:
+        entry = configured_tenant(self.state, tenant)
+        result = await embed_texts(self.state, entry, params.model, params.texts)
+        return EmbeddingsPayload(
+            model=result.model,
+            vectors=[[float(x) for x in row] for row in result.vectors],
+            prompt_tokens=result.prompt_tokens,
+        )
+
+    async def collection_create(self, tenant: str, params: CollectionCreatePayload) -> CollectionInfoPayload:
+        entry = configured_tenant(self.state, tenant)
+        return _collection_info(
+            await vectors.create_collection(self.state, entry, name=params.name, model=params.model)
+        )
+
+    async def collection_list(self, tenant: str) -> list[CollectionInfoPayload]:
+        entry = configured_tenant(self.state, tenant)
+        return [_collection_info(m) for m in await vectors.list_collections(self.state, entry)]
+
+    async def collection_delete(self, tenant: str, collection: str) -> None:
+        await vectors.delete_collection(self.state, configured_tenant(self.state, tenant), collection)
+
+    async def collection_add_texts(self, tenant: str, params: AddTextsPayload) -> list[str]:
+        entry = configured_tenant(self.state, tenant)
+        items = [vectors.TextItem(i.text, dict(i.metadata), i.id) for i in params.items]
+        return await vectors.add_texts(self.state, entry, params.collection, items)
+
+    async def collection_search(self, tenant: str, params: SearchPayload) -> list[HitPayload]:
+        entry = configured_tenant(self.state, tenant)
+        where = None
+        if params.filter is not None:
+            try:
+                where = _FILTER.validate_python(params.filter)
+            except pydantic.ValidationError as e:
+                raise InvalidRequest(f"filter: {e.errors()[0]['msg']}", code="invalid_filter") from e
+        hits = await vectors.search(
+            self.state,
+            entry,
+            params.collection,
+            params.query,
+            k=params.k,
+            where=where,
+            threshold=params.score_threshold,
+        )
+        return [
+            HitPayload(id=h.id, score=h.score, text=h.text or "", metadata=dict(h.metadata)) for h in hits
+        ]
 
 
 def _url_host(url: str) -> str:

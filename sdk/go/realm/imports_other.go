@@ -28,3 +28,9 @@ func hostSamplerDecide(unsafe.Pointer, uint32) int32                        { re
 func hostHTTPFetch(unsafe.Pointer, uint32) int64                            { return unsupported }
 func hostMCPListTools(unsafe.Pointer, uint32) int64                         { return unsupported }
 func hostMCPCallTool(unsafe.Pointer, uint32) int64                          { return unsupported }
+func hostEmbed(unsafe.Pointer, uint32) int64                                { return unsupported }
+func hostCollectionCreate(unsafe.Pointer, uint32) int64                     { return unsupported }
+func hostCollectionList() int64                                             { return unsupported }
+func hostCollectionDelete(unsafe.Pointer, uint32) int32                     { return int32(unsupported) }
+func hostCollectionAddTexts(unsafe.Pointer, uint32) int64                   { return unsupported }
+func hostCollectionSearch(unsafe.Pointer, uint32) int64                     { return unsupported }

@@ -87,3 +87,23 @@ func run() int32 { return runHandler() }
 //
 //go:wasmexport realm_sampler_step
 func samplerStep(inLen int32) int32 { return runSamplerStep(inLen) }
+
+// ABI 1.4: retrieval (embeddings, the tenant's vector collections).
+
+//go:wasmimport realm realm_embed
+func hostEmbed(reqPtr unsafe.Pointer, reqLen uint32) int64
+
+//go:wasmimport realm realm_collection_create
+func hostCollectionCreate(reqPtr unsafe.Pointer, reqLen uint32) int64
+
+//go:wasmimport realm realm_collection_list
+func hostCollectionList() int64
+
+//go:wasmimport realm realm_collection_delete
+func hostCollectionDelete(idPtr unsafe.Pointer, idLen uint32) int32
+
+//go:wasmimport realm realm_collection_add_texts
+func hostCollectionAddTexts(reqPtr unsafe.Pointer, reqLen uint32) int64
+
+//go:wasmimport realm realm_collection_search
+func hostCollectionSearch(reqPtr unsafe.Pointer, reqLen uint32) int64

@@ -32,6 +32,7 @@ from . import prompts
 from ._backend import (
     KEEP,
     Candidate,
+    CollectionInfo,
     Constraint,
     Conversation,
     Decision,
@@ -40,6 +41,7 @@ from ._backend import (
     GenerateParams,
     Generation,
     GenerationDetail,
+    Hit,
     HttpRequest,
     HttpResponse,
     Keep,
@@ -58,6 +60,7 @@ from .prompts import chatml, gemma
 __all__ = [
     "KEEP",
     "Candidate",
+    "CollectionInfo",
     "Constraint",
     "Conversation",
     "Decision",
@@ -66,6 +69,7 @@ __all__ = [
     "GeneratedToken",
     "Generation",
     "GenerationDetail",
+    "Hit",
     "HttpRequest",
     "HttpResponse",
     "Keep",
@@ -79,14 +83,19 @@ __all__ = [
     "Tenant",
     "ToolInfo",
     "ToolResult",
+    "add_texts",
     "allow",
     "ban",
     "bias",
     "call_tool",
     "chatml",
+    "create_collection",
     "create_conversation",
     "decode",
+    "delete_collection",
     "delete_conversation",
+    "dot",
+    "embed",
     "emit",
     "emit_json",
     "encode",
@@ -103,6 +112,7 @@ __all__ = [
     "json_object",
     "json_schema",
     "lark",
+    "list_collections",
     "list_tools",
     "load_model",
     "log",
@@ -111,6 +121,7 @@ __all__ = [
     "put_conversation",
     "regex",
     "sample",
+    "search",
     "split_model_version",
     "stop",
     "tenant",
@@ -312,6 +323,61 @@ def http_fetch(
     pairs = tuple(headers.items()) if isinstance(headers, dict) else tuple(headers)
     data = body.encode() if isinstance(body, str) else bytes(body)
     return host().http_fetch(HttpRequest(url, method.upper(), pairs, data))
+
+
+# ---- ABI 1.4: retrieval -------------------------------------------------------------------------
+
+
+def embed(texts: Sequence[str] | str, *, model: str | None = None) -> list[list[float]]:
+    """One unit-length vector per text from the embedding model `model` (the runtime's first one when
+    None); a single string gives a list of one."""
+    return host().embed(model, [texts] if isinstance(texts, str) else list(texts))
+
+
+def dot(a: Sequence[float], b: Sequence[float]) -> float:
+    """The dot product: the cosine similarity of two unit vectors."""
+    return float(sum(x * y for x, y in zip(a, b, strict=True)))
+
+
+def create_collection(name: str = "") -> CollectionInfo:
+    """A new empty collection of the runtime's embedding model's vectors. Over the Tenant's
+    spec.vectors.maxCollections: RealmError "quota-exceeded"."""
+    return host().create_collection(name)
+
+
+def list_collections() -> list[CollectionInfo]:
+    return host().list_collections()
+
+
+def delete_collection(collection_id: str) -> None:
+    """Another tenant's id, or one that never existed: RealmError "not-found"."""
+    host().delete_collection(collection_id)
+
+
+def add_texts(collection_id: str, items: Sequence[dict[str, Any] | str]) -> list[str]:
+    """Chunk, embed and store texts (each a string, or {"text", "id"?, "metadata"?}); returns the
+    chunks' ids, "<id>#<n>"."""
+    wire: list[tuple[str | None, str, str]] = []
+    for item in items:
+        if isinstance(item, str):
+            wire.append((None, item, "{}"))
+        else:
+            wire.append((item.get("id"), str(item["text"]), json.dumps(item.get("metadata") or {})))
+    return host().add_texts(collection_id, wire)
+
+
+def search(
+    collection_id: str,
+    query: str,
+    k: int = 5,
+    *,
+    filter: dict[str, Any] | None = None,
+    score_threshold: float | None = None,
+) -> list[Hit]:
+    """The `k` (1-100) chunks nearest `query`, best first; `filter` in OpenAI's vector-store shape."""
+    return host().search(
+        collection_id, query, k, None if filter is None else json.dumps(filter), score_threshold
+    )
 
 
 def list_tools(server: str) -> list[ToolInfo]:

@@ -192,6 +192,23 @@ class ToolResult:
     is_error: bool  # the tool itself reported a failure (the server answered)
 
 
+@dataclass(frozen=True)
+class CollectionInfo:
+    id: str
+    name: str
+    dimensions: int
+    count: int
+    embedding_model: str | None  # None: a collection of vectors brought over HTTP
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str  # "<item id>#<chunk>"
+    score: float  # cosine similarity, -1..1
+    text: str
+    metadata: dict[str, Any]  # the item's, with item_id and chunk
+
+
 class Keep(enum.Enum):
     KEEP = "keep"
 
@@ -225,6 +242,19 @@ class Host(Protocol):
     def list_tools(self, server: str) -> list[ToolInfo]: ...
     def call_tool(self, server: str, tool: str, arguments: str) -> ToolResult: ...
 
+    # ABI 1.4: retrieval
+    def embed(self, model: str | None, texts: Sequence[str]) -> list[list[float]]: ...
+    def create_collection(self, name: str) -> CollectionInfo: ...
+    def list_collections(self) -> list[CollectionInfo]: ...
+    def delete_collection(self, collection_id: str) -> None: ...
+    def add_texts(self, collection_id: str, items: Sequence[tuple[str | None, str, str]]) -> list[str]:
+        """`items` are (id, text, metadata as JSON text)."""
+        ...
+
+    def search(
+        self, collection_id: str, query: str, k: int, filter_json: str | None, threshold: float | None
+    ) -> list[Hit]: ...
+
     # ABI 1.1: conversations
     def conversation_create(
         self, metadata: dict[str, str], messages: Sequence[Message], state: str | None
@@ -247,10 +277,11 @@ class _WitHost:
     def __init__(self) -> None:
         # Imported here, not at module level: these modules exist only inside the component.
         import componentize_py_types
-        from wit_world.imports import conversations, host, sampling, sampling_types, tools, types
+        from wit_world.imports import conversations, host, retrieval, sampling, sampling_types, tools, types
 
         self._host: Any = host
         self._tools: Any = tools
+        self._retrieval: Any = retrieval
         self._types: Any = types
         self._conv: Any = conversations
         self._sampling: Any = sampling
@@ -339,6 +370,32 @@ class _WitHost:
     def call_tool(self, server: str, tool: str, arguments: str) -> ToolResult:
         r = self._call(self._tools.call_tool, server, tool, arguments)
         return ToolResult(json.loads(r.content or "[]"), r.text, r.is_error)
+
+    @staticmethod
+    def _collection(c: Any) -> CollectionInfo:
+        return CollectionInfo(c.id, c.name, c.dimensions, c.count, c.embedding_model)
+
+    def embed(self, model: str | None, texts: Sequence[str]) -> list[list[float]]:
+        return [list(v) for v in self._call(self._retrieval.embed, model, list(texts))]
+
+    def create_collection(self, name: str) -> CollectionInfo:
+        return self._collection(self._call(self._retrieval.create_collection, name))
+
+    def list_collections(self) -> list[CollectionInfo]:
+        return [self._collection(c) for c in self._call(self._retrieval.list_collections)]
+
+    def delete_collection(self, collection_id: str) -> None:
+        self._call(self._retrieval.delete_collection, collection_id)
+
+    def add_texts(self, collection_id: str, items: Sequence[tuple[str | None, str, str]]) -> list[str]:
+        wit = [self._retrieval.TextItem(id=i, text=t, metadata=m) for i, t, m in items]
+        return list(self._call(self._retrieval.add_texts, collection_id, wit))
+
+    def search(
+        self, collection_id: str, query: str, k: int, filter_json: str | None, threshold: float | None
+    ) -> list[Hit]:
+        hits = self._call(self._retrieval.search, collection_id, query, k, filter_json, threshold)
+        return [Hit(h.id, h.score, h.text, json.loads(h.metadata or "{}")) for h in hits]
 
     def sampler_decisions(self, decisions: Sequence[Decision]) -> list[Any]:
         out: list[Any] = []

@@ -33,12 +33,14 @@ from typing import Any
 from . import _backend
 from ._backend import (
     Candidate,
+    CollectionInfo,
     Conversation,
     Decision,
     GenerateOptions,
     GenerateParams,
     Generation,
     GenerationDetail,
+    Hit,
     HttpRequest,
     HttpResponse,
     Keep,
@@ -110,6 +112,9 @@ class FakeHost:
     )
     tools: set[str] | None = None  # None: everything above; else server names and hosts (X-Realm-Tools)
     tool_calls: list[tuple[str, str]] = field(default_factory=list)  # ("http", url) or (server, tool)
+    # ABI 1.4: the tenant's collections by id, each its chunks; search scores them by shared words
+    # (a stand-in for embeddings: these tests check a module's logic, not retrieval quality).
+    collections: dict[str, list[Hit]] = field(default_factory=dict)
     _generation_ids: int = field(default=0, init=False, repr=False)
 
     # ---- the Host protocol --------------------------------------------------------------
@@ -221,6 +226,51 @@ class FakeHost:
         if isinstance(out, ToolResult):
             return out
         return ToolResult([{"type": "text", "text": out}], out, False)
+
+    def embed(self, model: str | None, texts: Sequence[str]) -> list[list[float]]:
+        out = []
+        for t in texts:
+            v = [0.0] * 8
+            for word in t.lower().split():
+                v[sum(word.encode()) % 8] += 1.0
+            norm = sum(x * x for x in v) ** 0.5 or 1.0
+            out.append([x / norm for x in v])
+        return out
+
+    def create_collection(self, name: str) -> CollectionInfo:
+        cid = f"vs_{len(self.collections):024x}"
+        self.collections[cid] = []
+        return CollectionInfo(cid, name, 8, 0, "fake")
+
+    def list_collections(self) -> list[CollectionInfo]:
+        return [CollectionInfo(c, "", 8, len(h), "fake") for c, h in self.collections.items()]
+
+    def delete_collection(self, collection_id: str) -> None:
+        if self.collections.pop(collection_id, None) is None:
+            raise RealmError("not-found", f"no collection {collection_id!r}")
+
+    def add_texts(self, collection_id: str, items: Sequence[tuple[str | None, str, str]]) -> list[str]:
+        if collection_id not in self.collections:
+            raise RealmError("not-found", f"no collection {collection_id!r}")
+        ids = []
+        for n, (item_id, text, metadata) in enumerate(items):
+            chunk_id = f"{item_id or f'item{n}'}#0"
+            self.collections[collection_id].append(Hit(chunk_id, 0.0, text, json.loads(metadata)))
+            ids.append(chunk_id)
+        return ids
+
+    def search(
+        self, collection_id: str, query: str, k: int, filter_json: str | None, threshold: float | None
+    ) -> list[Hit]:
+        if collection_id not in self.collections:
+            raise RealmError("not-found", f"no collection {collection_id!r}")
+        words = set(query.lower().split())
+        scored = [
+            Hit(h.id, len(words & set(h.text.lower().split())) / (len(words) or 1), h.text, h.metadata)
+            for h in self.collections[collection_id]
+        ]
+        scored.sort(key=lambda h: -h.score)
+        return [h for h in scored if threshold is None or h.score >= threshold][:k]
 
     def encode_tokens(self, model: str, text: str) -> list[int]:
         self._model(model)
