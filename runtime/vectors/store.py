@@ -12,6 +12,7 @@ tenant's owner key (a digest, never a name from a request), so one tenant cannot
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 import secrets
 import threading
@@ -27,7 +28,10 @@ from .objects import Objects
 
 T = TypeVar("T")
 COLLECTION_ID = re.compile(r"^vs_[0-9a-f]{24}$")
-CAS_ATTEMPTS = 8
+CAS_ATTEMPTS = 16
+# A writer that lost a swap waits a random while (growing with its losses) before it tries again, so
+# that two busy writers do not keep colliding in lockstep.
+BACKOFF_S = 0.005
 # How long a search may use the manifest it read last instead of reading it again.
 FRESH_S = 1.0
 
@@ -164,7 +168,7 @@ class CollectionStore:
         """Apply `change` to the current collection and swap the manifest; on a lost race, again on the
         new state. `change` may raise to refuse (nothing is written)."""
         with self._lock(owner, cid):
-            for _ in range(CAS_ATTEMPTS):
+            for attempt in range(CAS_ATTEMPTS):
                 manifest, _ = self._load(owner, cid)
                 etag = self._cache[(owner, cid)].etag
                 # Changed on a copy: a lost race must not leave the cache holding what was never written.
@@ -189,6 +193,7 @@ class CollectionStore:
                     return new, result
                 self.objects.delete(new.data_key or "")
                 self._cache.pop((owner, cid), None)
+                time.sleep(random.uniform(0, BACKOFF_S * 2**min(attempt, 6)))
             raise CollectionConflict(f"collection {cid}: {CAS_ATTEMPTS} writers raced; retry")
 
     def _write_data(self, owner: str, manifest: Manifest, data: bytes) -> Manifest:
