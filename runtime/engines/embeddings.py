@@ -85,6 +85,8 @@ class OnnxEmbedder:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # onnxruntime's arena keeps the peak of the largest batch for the life of the process.
+        options.enable_cpu_mem_arena = False
         if self.cfg.threads is not None:
             options.intra_op_num_threads = self.cfg.threads
         options.inter_op_num_threads = 1

@@ -474,7 +474,9 @@ class InvocationErrorCode(enum.StrEnum):
 
 # ---- 1.4: retrieval ----------------------------------------------------------------------------
 
-MAX_EMBED_TEXTS = 256
+# A core result is JSON within MAX_PAYLOAD_BYTES: 64 vectors of 384 floats (about 20 bytes each as
+# JSON) fit with room; /v1/embeddings takes 256.
+MAX_EMBED_TEXTS = 64
 MAX_COLLECTION_ITEMS = 1024
 CollectionId = Annotated[str, Field(min_length=1, max_length=64)]
 MetadataScalar = str | int | float | bool

@@ -60,6 +60,7 @@ class Collection:
         self._rows: dict[str, int] = {}
         self._next_key = 0
         self._index: Any = None  # usearch.index.Index once built
+        self._key_rows: dict[int, int] | None = None  # usearch key -> row, built when first needed
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,6 +97,7 @@ class Collection:
         self.vectors = np.concatenate([self.vectors, unit]) if base else unit.copy()
         for n, item in enumerate(ids):
             self._rows[item] = base + n
+        self._key_rows = None
         if self._index is not None:
             self._index.add(np.asarray(new_keys, dtype=np.uint64), unit)
 
@@ -114,6 +116,7 @@ class Collection:
             old = getattr(self, name)
             setattr(self, name, [x for x, k in zip(old, keep, strict=True) if k])
         self._rows = {item: row for row, item in enumerate(self.ids)}
+        self._key_rows = None
         return len(gone)
 
     def search(
@@ -153,7 +156,9 @@ class Collection:
     def _approximate(self, q: Matrix, k: int) -> list[tuple[int, float]]:
         index = self.index()
         found = index.search(q, min(k, len(self.ids)))
-        by_key = {key: row for row, key in enumerate(self.keys)}
+        if self._key_rows is None:
+            self._key_rows = {key: row for row, key in enumerate(self.keys)}
+        by_key = self._key_rows
         out: list[tuple[int, float]] = []
         for key, distance in zip(found.keys, found.distances, strict=True):
             row = by_key.get(int(key))
@@ -164,6 +169,8 @@ class Collection:
     def index(self) -> Any:
         """The HNSW index, built now if it is not there."""
         if self._index is None:
+            # Imported here, never at start-up: usearch's extension exports the OpenMP runtime it
+            # links statically, and llama.cpp's CPU backend fails to load in a process that has it.
             from usearch.index import Index
 
             index = Index(

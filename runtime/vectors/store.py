@@ -193,7 +193,7 @@ class CollectionStore:
                     return new, result
                 self.objects.delete(new.data_key or "")
                 self._cache.pop((owner, cid), None)
-                time.sleep(random.uniform(0, BACKOFF_S * 2**min(attempt, 6)))
+                time.sleep(random.uniform(0, BACKOFF_S * 2 ** min(attempt, 6)))
             raise CollectionConflict(f"collection {cid}: {CAS_ATTEMPTS} writers raced; retry")
 
     def _write_data(self, owner: str, manifest: Manifest, data: bytes) -> Manifest:

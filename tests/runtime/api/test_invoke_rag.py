@@ -122,3 +122,12 @@ def test_a_module_cannot_search_another_tenants_collection(base: str, collection
     body = r.json()["error"]
     assert body["code"] == "tenant_error"
     assert f"No vector store with id '{collection}'" in body["message"]
+
+
+def test_a_module_embeds_as_many_texts_as_the_abi_allows_within_the_result_bound(base: str) -> None:
+    """The largest embed result the ABI allows (64 vectors, every float at its longest) fits one result."""
+    from realm.runtime.sandbox.abi import MAX_EMBED_TEXTS, MAX_PAYLOAD_BYTES, EmbeddingsPayload
+
+    vectors = [[-0.12345678901234567] * 384] * MAX_EMBED_TEXTS
+    size = len(EmbeddingsPayload(model=EMBEDDING_MODEL, vectors=vectors, prompt_tokens=1).model_dump_json())
+    assert size < MAX_PAYLOAD_BYTES
