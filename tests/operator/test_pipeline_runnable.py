@@ -7,8 +7,12 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
+import kopf
+
+from realm.operator import handlers, world
 from realm.operator import reconcile as r
-from realm.operator import world
+from realm.operator.options import OperatorConfig
+from realm.operator.state import MEMO_KEY
 from realm.runtime.spec.pipeline import PipelineStatus
 from realm.runtime.spec.status import Condition
 from realm.runtime.spec.tenant import TenantSpec
@@ -135,3 +139,59 @@ def test_runnable_is_not_part_of_readys_roll_up_but_agrees_with_it() -> None:
         ready = next(c for c in st.conditions if c.type == "Ready")
         assert ready.status == runnable(st).status
     assert r.RUNNABLE not in r.PIPELINE_PARTS
+
+
+# The Model watch event, through the operator's handler -------------------------------------------------
+
+
+class PatchingKube:
+    """Gets and lists from a fixed world; records status patches."""
+
+    def __init__(self, objects: dict[str, list[dict[str, Any]]]) -> None:
+        self.objects = objects
+        self.patched: list[tuple[str, str, dict[str, Any]]] = []
+
+    def list(self, kind: str, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for o in self.objects.get(kind, [])]
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        found = [o for o in self.objects.get(kind, []) if o["metadata"]["name"] == name]
+        return copy.deepcopy(found[0]) if found else None
+
+    def patch_status(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.patched.append((kind, name, patch))
+        return patch
+
+
+def k8s(kind: str, name: str, spec: dict[str, Any], st: dict[str, Any] | None = None) -> dict[str, Any]:
+    meta = {"name": name, "namespace": "team-a", "uid": f"uid-{name}", "generation": 1}
+    return {"kind": kind, "metadata": meta, "spec": spec, "status": st or {}}
+
+
+def test_a_model_turning_ready_rewrites_the_runnable_of_the_pipeline_that_waited_for_it() -> None:
+    one_model = {"tenant": "acme", "steps": [{"name": "a", "model": "chat", "promptTemplate": "{{input}}"}]}
+    waiting = status(one_model, models={"chat": False}).model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    ready_now = status(one_model, models={"chat": True}).model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    model_ready = {"conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}]}
+    kube = PatchingKube(
+        {
+            "Tenant": [k8s("Tenant", "acme", {"allowedModels": ["chat"]})],
+            "Model": [k8s("Model", "chat", {}, model_ready)],
+            "Pipeline": [
+                k8s("Pipeline", "waiting", one_model, waiting),
+                k8s("Pipeline", "current", one_model, ready_now),
+            ],
+        }
+    )
+    op = handlers.new_operator(kube, OperatorConfig())  # type: ignore[arg-type]
+    op.indexes = world.listed(kube, "team-a")  # type: ignore[arg-type]
+    # kopf's decorator types the handler as its own callable; the test calls it as kopf would.
+    model_event: Any = handlers.model_event
+    model_event(namespace="team-a", name="chat", type="MODIFIED", memo=kopf.Memo({MEMO_KEY: op}))
+    assert [(kind, name) for kind, name, _ in kube.patched] == [("Pipeline", "waiting")]
+    conds = {c["type"]: c for c in kube.patched[0][2]["conditions"]}
+    assert (conds["Runnable"]["status"], conds["Runnable"]["reason"]) == ("True", "Runnable")
