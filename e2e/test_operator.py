@@ -193,6 +193,14 @@ def test_operator_end_to_end(world: World) -> None:
         return next((c["reason"] for c in conds if c["type"] == "Ready"), None)
 
     assert wait_for("Pipeline status", pipeline_reason) == "ModelNotReady"
+    # Runnable says the same, naming the blocker: a run started now could not go ahead.
+    qa_conds = {c["type"]: c for c in (world.get("pipeline", "qa") or {})["status"]["conditions"]}
+    runnable = qa_conds["Runnable"]
+    assert (runnable["status"], runnable["reason"], runnable["message"]) == (
+        "False",
+        "ModelNotReady",
+        "chat not Ready",
+    )
     # ... yet it is published: its references resolve, and readiness is not part of the rule.
     qa = wait_for("qa in the runtime config", lambda: world.pipelines().get("qa"))
     assert (qa["tenant"], qa["order"], qa["output"]) == ("acme", ["draft"], "draft")

@@ -285,6 +285,11 @@ KINDS: tuple[Kind, ...] = (
         columns=(
             READY_COLUMN,
             REASON_COLUMN,
+            Column(
+                "Runnable",
+                '.status.conditions[?(@.type=="Runnable")].status',
+                description="Whether a run started now can go ahead (not whether one ran).",
+            ),
             Column("Tenant", ".spec.tenant", description="Tenant the pipeline runs as."),
             Column("Steps", ".status.stepCount", "integer", "Number of steps."),
             OPERATOR_COLUMN,

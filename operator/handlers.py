@@ -139,10 +139,15 @@ async def realm_pools(
 
 @kopf.index(GROUP, VERSION, "pipelines")
 async def realm_pipelines(
-    namespace: str | None, name: str | None, spec: Mapping[str, Any], meta: Mapping[str, Any], **_: Any
+    namespace: str | None,
+    name: str | None,
+    spec: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    status: Mapping[str, Any],
+    **_: Any,
 ) -> dict[str, PipelineView]:
     assert namespace and name
-    return {namespace: world.pipeline_view(name, spec, meta)}
+    return {namespace: world.pipeline_view(name, spec, meta, status)}
 
 
 # Key Secrets only, selected by the apiserver (`startup` sets the watch's label selector): the operator
@@ -257,6 +262,10 @@ def model_event(namespace: str | None, name: str | None, type: str | None, memo:
     """A deleted Model unpublishes the pipelines that used it from the other Models they use, and its
     tenants say it is gone."""
     op = _operator(memo)
+    if type in ("ADDED", "MODIFIED") and namespace and name:
+        # A status change (Ready flipped) reaches no update handler: the Pipelines whose Runnable it
+        # changes get their passes here (the index already holds this event's Model).
+        pipelines.refresh_runnable(op, namespace, name)
     if type == "DELETED" and namespace and name:
         op.traffic.forget(namespace, name)
         pipelines.refresh_pipelines(op, namespace, model=name)

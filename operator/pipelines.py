@@ -15,6 +15,7 @@ from realm.operator.reconcile import (
     parse_spec,
     pipeline_models,
     pipeline_status,
+    pipelines_to_refresh,
     status_patch,
 )
 from realm.operator.state import Operator
@@ -81,3 +82,17 @@ def refresh_pipelines(
         if model is not None and not _uses_model(spec, model):
             continue
         reconcile_pipeline(op, namespace, p.name)
+
+
+def refresh_runnable(op: Operator, namespace: str, model: str) -> None:
+    """Status-only passes of the Pipelines using `model` whose Runnable this world changes (a Model turned
+    Ready or stopped being Ready); the others are left alone, so a Model's frequent status writes cost
+    no Pipeline reads."""
+    stale = pipelines_to_refresh(
+        world.pipelines_in(op.indexes, namespace),
+        world.tenant_specs(op.indexes, namespace),
+        world.models_in(op.indexes, namespace),
+        model,
+    )
+    for name in stale:
+        reconcile_pipeline(op, namespace, name, republish=False)

@@ -77,6 +77,9 @@ MODELS_RESOLVED = "ModelsResolved"
 SPEC_VALID = "SpecValid"
 REFERENCES_RESOLVED = "ReferencesResolved"
 MODULE_READY = "ModuleReady"
+# A Pipeline's statement that it can run now (not that it ran: runs never write the CR). It is not a part
+# of Ready's roll-up but says the same thing in one place, with the first blocker as reason and message.
+RUNNABLE = "Runnable"
 MODEL_PARTS = (CONFIG_PUBLISHED, WORKLOADS_READY, ROUTES_READY)
 TENANT_PARTS = (API_KEY_READY, MODELS_RESOLVED, MODULE_READY, CONFIG_PUBLISHED)
 POOL_PARTS = (CONFIG_PUBLISHED, WORKLOADS_READY)
@@ -774,6 +777,9 @@ class PipelineView:
     name: str
     raw_spec: Mapping[str, Any] | None
     deleting: bool
+    # The status of its Runnable condition as last written (None before the first pass): what a Model's
+    # readiness change is compared with, so only the Pipelines whose answer changes get a pass.
+    runnable: str | None = None
 
 
 def _unresolved(
@@ -864,6 +870,52 @@ def models_listing_pipeline(config_maps: Iterable[Mapping[str, Any]], pipeline: 
     return sorted(out)
 
 
+def runnable(
+    spec: PipelineSpec | None,
+    error: str | None,
+    tenants: Mapping[str, TenantSpec | None],
+    models: Mapping[str, bool],
+) -> tuple[ConditionStatus, str, str]:
+    """Runnable's (status, reason, message): whether a run started now can go ahead. True when the spec is
+    valid, its Tenant exists and allows every step's Model and tool, and every step's Model exists and is
+    Ready (so it is published and served); otherwise False with the first blocker. A run never sets it."""
+    if error is not None or spec is None:
+        return "False", INVALID, error or "invalid spec"
+    problem = _unresolved(spec, tenants, models)
+    if problem is not None:
+        return "False", problem[0], problem[1]
+    used = ", ".join(pipeline_models(spec))
+    return "True", "Runnable", f"Tenant {spec.tenant} may use {used}; {used} Ready"
+
+
+def runnable_now(
+    raw_spec: Mapping[str, Any] | None, tenants: Mapping[str, TenantSpec | None], models: Mapping[str, bool]
+) -> ConditionStatus:
+    """The status Runnable would have in this world."""
+    spec, error = parse_spec(raw_spec, PipelineSpec)
+    return runnable(spec if isinstance(spec, PipelineSpec) else None, error, tenants, models)[0]
+
+
+def pipelines_to_refresh(
+    pipelines: Iterable[PipelineView],
+    tenants: Mapping[str, TenantSpec | None],
+    models: Mapping[str, bool],
+    model: str,
+) -> list[str]:
+    """Pipelines with a step on `model` whose written Runnable disagrees with this world, sorted: what a
+    Model's status change (it turned Ready, or stopped being Ready) must re-run the passes of."""
+    out: list[str] = []
+    for p in pipelines:
+        if p.deleting or p.raw_spec is None:
+            continue
+        steps = p.raw_spec.get("steps") or []
+        if not any(isinstance(s, Mapping) and s.get("model") == model for s in steps):
+            continue
+        if p.runnable != runnable_now(p.raw_spec, tenants, models):
+            out.append(p.name)
+    return sorted(out)
+
+
 def pipeline_status(
     *,
     previous: Mapping[str, Any] | None,
@@ -905,6 +957,10 @@ def pipeline_status(
             assert problem is not None
             reason, message = problem
             conds.append(condition(CONFIG_PUBLISHED, "False", reason, message, generation, now))
+    run_status, run_reason, run_message = runnable(
+        spec if isinstance(spec, PipelineSpec) else None, error, tenants, models
+    )
+    conds.append(condition(RUNNABLE, run_status, run_reason, run_message, generation, now))
     return PipelineStatus(
         conditions=merge_conditions(old.conditions if old else [], conds, PIPELINE_PARTS, generation, now),
         observed_generation=generation,

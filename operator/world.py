@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from realm.operator.builders import LABEL_TENANT, api_key_secret_ref
 from realm.operator.kube import Kube
-from realm.operator.reconcile import MODULE_READY, PipelineView, TenantView, is_ready, parse_spec
+from realm.operator.reconcile import MODULE_READY, RUNNABLE, PipelineView, TenantView, is_ready, parse_spec
 from realm.runtime.spec.model import ModelSpec
 from realm.runtime.spec.pool import Fit, ModelPoolSpec, fit
 from realm.runtime.spec.tenant import TenantSpec
@@ -169,10 +169,20 @@ def pool_record(name: str, meta: Mapping[str, Any], spec: Mapping[str, Any] | No
     )
 
 
-def pipeline_view(name: str, spec: Mapping[str, Any] | None, meta: Mapping[str, Any]) -> PipelineView:
+def pipeline_view(
+    name: str,
+    spec: Mapping[str, Any] | None,
+    meta: Mapping[str, Any],
+    status: Mapping[str, Any] | None = None,
+) -> PipelineView:
     # A deep, plain copy: the record outlives the event it came from.
     raw = json.loads(json.dumps(dict(spec))) if spec is not None else None
-    return PipelineView(name, raw, bool(meta.get("deletionTimestamp")))
+    conditions = (status or {}).get("conditions") or []
+    written = next(
+        (c.get("status") for c in conditions if isinstance(c, Mapping) and c.get("type") == RUNNABLE), None
+    )
+    runnable = written if isinstance(written, str) else None
+    return PipelineView(name, raw, bool(meta.get("deletionTimestamp")), runnable)
 
 
 def secret_hashes(body: Mapping[str, Any]) -> dict[str, str]:
@@ -296,7 +306,7 @@ def listed(k: Kube, namespace: str) -> Indexes:
         for p in k.list("ModelPool", namespace)
     ]
     pipelines = [
-        pipeline_view(p["metadata"]["name"], p.get("spec"), p["metadata"])
+        pipeline_view(p["metadata"]["name"], p.get("spec"), p["metadata"], p.get("status"))
         for p in k.list("Pipeline", namespace)
     ]
     secrets = {

@@ -204,9 +204,12 @@ class PipelineSpec(SpecModel):
 
 
 class PipelineStatus(ResourceStatus):
-    """Whether the pipeline can run. Ready is False with reason Invalid (and the validation error as
-    message) when the spec fails the checks CEL cannot do, or with ModelNotAllowed / ModelNotReady /
-    TenantNotFound when a reference does not resolve."""
+    """Whether the pipeline can run now (never whether it ran: runs do not write this status).
+
+    Runnable is True when the spec is valid, its Tenant exists and allows every step's model and tool,
+    and every step's Model exists and is Ready; otherwise False with the first blocker as reason (Invalid,
+    TenantNotFound, ModelNotAllowed, ToolNotAllowed, ModelNotFound, ModelNotReady) and message. Ready is
+    rolled up from SpecValid, ReferencesResolved and ConfigPublished and says the same."""
 
     step_order: list[str] = Field(default_factory=list, description="The order the steps run in.")
     step_count: int = Field(0, ge=0, description="Number of steps.")
