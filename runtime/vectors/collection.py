@@ -42,10 +42,12 @@ class Hit:
 
 
 def unit_rows(vectors: Matrix) -> Matrix:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
+    # In float64: the float32 norm of components near 1e30 overflows to inf (and the row to zeros).
+    wide = vectors.astype(np.float64)
+    norms = np.linalg.norm(wide, axis=1, keepdims=True)
+    if not np.all(np.isfinite(wide)) or np.any(norms == 0) or not np.all(np.isfinite(norms)):
         raise ValueError("vectors must be finite and non-zero")
-    out: Matrix = (vectors / norms).astype(np.float32)
+    out: Matrix = (wide / norms).astype(np.float32)
     return out
 
 

@@ -138,11 +138,26 @@ def test_a_store_of_brought_vectors_searches_exactly_and_refuses_texts(server: S
         ([{"id": "m", "vector": [1, 0, 0], "metadata": {f"k{i}": i for i in range(17)}}], "invalid_metadata"),
     ],
 )
-def test_bad_items_are_400s_and_write_nothing(server: Server, items: list[dict[str, Any]], code: str) -> None:
+def test_bad_items_are_400s_and_write_nothing(
+    server: Server, items: list[dict[str, Any]], code: str | None
+) -> None:
     sid = _post(server, "/v1/vector_stores", {"dimensions": 3}).json()["id"]
     r = _post(server, f"/v1/vector_stores/{sid}/items", {"items": items})
+    if code is None:  # extreme but finite components are normalised, not overflowed
+        assert r.status_code == 200, r.text
+        hits = _post(server, f"/v1/vector_stores/{sid}/search", {"query": [1, 1, 0]}).json()["data"]
+        assert hits[0]["file_id"] == "huge" and abs(hits[0]["score"] - 1.0) < 1e-5
+        return
     assert (r.status_code, r.json()["error"]["code"]) == (400, code)
     assert _get(server, f"/v1/vector_stores/{sid}").json()["file_counts"]["total"] == 0
+
+
+def test_extreme_but_finite_components_are_normalised_not_overflowed(server: Server) -> None:
+    sid = _post(server, "/v1/vector_stores", {"dimensions": 3}).json()["id"]
+    items = [{"id": "huge", "vector": [1e30, 1e30, 0]}, {"id": "tiny", "vector": [1e-30, 0, 0]}]
+    assert _post(server, f"/v1/vector_stores/{sid}/items", {"items": items}).status_code == 200
+    hits = _post(server, f"/v1/vector_stores/{sid}/search", {"query": [1, 1, 0]}).json()["data"]
+    assert hits[0]["file_id"] == "huge" and abs(hits[0]["score"] - 1.0) < 1e-5
 
 
 @pytest.mark.parametrize(
