@@ -140,3 +140,12 @@ class ToolFailed(ServingError):
     """The MCP server answered a call with a protocol-level error (a tool's own failure is a result)."""
 
     reason = "tool_failed"
+
+
+# ---- pipelines (runtime/serving/pipelines.py) ------------------------------------------------------
+
+
+class PipelineNotFound(ServingError):
+    """No pipeline of that name runs as this tenant (another tenant's pipeline reads the same)."""
+
+    reason = "pipeline_not_found"
