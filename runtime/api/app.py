@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from . import routes_conversations, routes_invoke, routes_openai, routes_ops
+from . import routes_conversations, routes_invoke, routes_openai, routes_ops, routes_pipelines
 from .errors import install_handlers
 from .middleware import RealmMiddleware
 from .state import AppState
@@ -27,6 +27,7 @@ def create_app(state: AppState) -> FastAPI:
     app.include_router(routes_ops.router)
     app.include_router(routes_invoke.router)
     app.include_router(routes_conversations.router)
+    app.include_router(routes_pipelines.router)
     app.add_middleware(RealmMiddleware, state=state)
 
     state.metrics.watch(
