@@ -32,7 +32,9 @@ from .state import ServingState
 # prompt is tokenized under the process's text cap anyway; this refuses the absurd before any step.
 MAX_INPUT_BYTES = 256 * 1024
 
-PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED = "Pending", "Running", "Succeeded", "Failed", "Skipped"
+PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+# Skipped: never started (a dependency failed, or the run ended first); Cancelled: stopped mid-call.
+SKIPPED, CANCELLED = "Skipped", "Cancelled"
 
 
 @dataclass
@@ -177,9 +179,16 @@ async def run_pipeline(
             task.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
-    for r in records.values():
-        if r.phase in (PENDING, RUNNING):
-            r.phase = SKIPPED
+        for r in records.values():
+            if r.phase in (PENDING, RUNNING):
+                r.phase = SKIPPED if r.started_s is None else CANCELLED
+            if r.started_s is not None and r.finished_s is not None:
+                state.metrics.pipeline_steps.labels(tenant, name, r.name, r.phase).observe(
+                    r.finished_s - r.started_s
+                )
+        # A run that ends with no failure and no output was cancelled by its caller.
+        phase = FAILED if failure is not None else SUCCEEDED if entry.output in outputs else CANCELLED
+        state.metrics.pipeline_runs.labels(tenant, name, phase).inc()
     if failure is not None:
         # The step's own refusal (QuotaExceeded, ModelNotAllowed, EngineFailed, ...); its record says
         # which step it was.

@@ -68,9 +68,8 @@ async def test_a_diamond_runs_its_independent_steps_at_once_and_returns_the_outp
     smol: LlamaCppEngine,
 ) -> None:
     streamed: list[str] = []
-    result = await run_pipeline(
-        serving(smol, DIAMOND), "acme", "diamond", {"text": "go"}, on_output_text=streamed.append
-    )
+    state = serving(smol, DIAMOND)
+    result = await run_pipeline(state, "acme", "diamond", {"text": "go"}, on_output_text=streamed.append)
     assert result.phase == "Succeeded"
     assert [r.phase for r in result.steps.values()] == ["Succeeded"] * 3
     a, b, c = (result.steps[n] for n in "abc")
@@ -82,6 +81,8 @@ async def test_a_diamond_runs_its_independent_steps_at_once_and_returns_the_outp
     assert "".join(streamed) == result.output
     assert result.completion_tokens == sum(r.completion_tokens for r in result.steps.values())
     assert result.completion_tokens > 0
+    runs = state.metrics.pipeline_runs.labels("acme", "diamond", "Succeeded")._value.get()
+    assert runs == 1
 
 
 async def test_another_tenants_pipeline_reads_as_missing(smol: LlamaCppEngine) -> None:
@@ -95,8 +96,10 @@ async def test_another_tenants_pipeline_reads_as_missing(smol: LlamaCppEngine) -
 async def test_a_refused_step_fails_the_run_and_skips_its_dependents(smol: LlamaCppEngine) -> None:
     # "other" may use no model: the first step is refused, nothing after it runs.
     pipeline = entry("p", [step("a", "x {{input}}"), step("b", "{{steps.a.output}}", ["a"])], tenant="other")
+    state = serving(smol, pipeline)
     with pytest.raises(ModelNotAllowed):
-        await run_pipeline(serving(smol, pipeline), "other", "p", {"text": "go"})
+        await run_pipeline(state, "other", "p", {"text": "go"})
+    assert state.metrics.pipeline_runs.labels("other", "p", "Failed")._value.get() == 1
 
 
 async def test_a_huge_input_is_refused_before_any_step(smol: LlamaCppEngine) -> None:
