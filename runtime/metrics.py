@@ -139,6 +139,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # Pipeline runs (serving/pipelines.py) by phase, and each step's outcome and wall time.
+        self.pipeline_runs = Counter(
+            "realm_pipeline_runs",
+            "Pipeline runs by final phase.",
+            ["tenant", "pipeline", "phase"],
+            registry=r,
+        )
+        self.pipeline_steps = Histogram(
+            "realm_pipeline_step_seconds",
+            "Pipeline step wall time (from its start to its end) by phase.",
+            ["tenant", "pipeline", "step", "phase"],
+            registry=r,
+        )
         self.quota_rejections = Counter(
             "realm_quota_rejections", "Requests refused with 429.", ["tenant", "model", "reason"], registry=r
         )

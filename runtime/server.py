@@ -316,6 +316,7 @@ class Runtime:
 
     def _apply_config(self, new: RuntimeConfig) -> None:
         self.state.apply_tenants(new.tenants)
+        self.state.apply_pipelines(new.pipelines)
         self.state.cluster = new.cluster  # the weights a bare model name picks by
         remote = self.state.remote
         if remote is not None and new.cluster is not None:

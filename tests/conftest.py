@@ -78,6 +78,26 @@ def runtime_config(extra_tenants: list[dict[str, object]] | None = None) -> dict
             },
             *(extra_tenants or []),
         ],
+        # tests/runtime/api/test_pipelines_api.py: two independent steps, then one reading both.
+        "pipelines": [
+            {
+                "name": "diamond",
+                "tenant": "acme",
+                "steps": [
+                    {"name": "a", "model": MODEL, "promptTemplate": "A colour: {{input}}", "maxTokens": 4},
+                    {"name": "b", "model": MODEL, "promptTemplate": "A fruit: {{input}}", "maxTokens": 4},
+                    {
+                        "name": "c",
+                        "model": MODEL,
+                        "promptTemplate": "Join {{steps.a.output}} and {{steps.b.output}}",
+                        "maxTokens": 4,
+                        "dependsOn": ["a", "b"],
+                    },
+                ],
+                "order": ["a", "b", "c"],
+                "output": "c",
+            }
+        ],
     }
 
 

@@ -12,6 +12,7 @@ from . import (
     routes_invoke,
     routes_openai,
     routes_ops,
+    routes_pipelines,
     routes_vectors,
 )
 from .errors import install_handlers
@@ -36,6 +37,7 @@ def create_app(state: AppState) -> FastAPI:
     app.include_router(routes_ops.router)
     app.include_router(routes_invoke.router)
     app.include_router(routes_conversations.router)
+    app.include_router(routes_pipelines.router)
     app.add_middleware(RealmMiddleware, state=state)
 
     state.metrics.watch(

@@ -158,3 +158,12 @@ class StoreFailed(ServingError):
     """A kept object did not verify (its sha256 differs from what its manifest recorded)."""
 
     reason = "store_failed"
+
+
+# ---- pipelines (runtime/serving/pipelines.py) ------------------------------------------------------
+
+
+class PipelineNotFound(ServingError):
+    """No pipeline of that name runs as this tenant (another tenant's pipeline reads the same)."""
+
+    reason = "pipeline_not_found"

@@ -19,7 +19,13 @@ from realm.runtime.metrics import Metrics
 from realm.runtime.scheduler import AdmissionScheduler, InvocationAdmission, TenantPolicy
 from realm.runtime.scheduler.shares import QuotaShares
 from realm.runtime.spec.identity import NamespaceIdentity, tenant_uid
-from realm.runtime.spec.runtime_config import ClusterConfig, ModelConfig, RuntimeConfig, TenantEntry
+from realm.runtime.spec.runtime_config import (
+    ClusterConfig,
+    ModelConfig,
+    PipelineEntry,
+    RuntimeConfig,
+    TenantEntry,
+)
 from realm.runtime.vectors.store import CollectionStore
 
 from .egress import EgressRuntime
@@ -85,6 +91,9 @@ class ServingState:
     egress: EgressRuntime = field(default_factory=EgressRuntime)
     # Open MCP sessions per (tenant, server) (serving/mcp.py), reused across invocations.
     mcp: McpSessions = field(default_factory=McpSessions)
+    # RuntimeConfig.pipelines by name (serving/pipelines.py runs them); swapped whole on a reload, so a
+    # run keeps the entry it started with.
+    pipelines: dict[str, PipelineEntry] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:
@@ -112,7 +121,12 @@ class ServingState:
             listener=lambda event, reason: metrics.kv_snapshot_events.labels(event, reason).inc(),
         )
         state.apply_tenants(config.tenants)
+        state.apply_pipelines(config.pipelines)
         return state
+
+    def apply_pipelines(self, pipelines: list[PipelineEntry]) -> None:
+        """Swap the pipeline table; runs already started keep the entry they started with."""
+        self.pipelines = {p.name: p for p in pipelines}
 
     def apply_tenants(self, tenants: list[TenantEntry]) -> None:
         """Swap the tenant table; requests already admitted keep the policy they were admitted under.

