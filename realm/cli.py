@@ -116,16 +116,17 @@ def serve(args: argparse.Namespace) -> int:
     else:
         api_key = default_api_key()
         config = default_config(api_key)  # holds only the key's hash
-    if not config.models:
+    if not config.models and not config.embeddings:
         print("realm: the config lists no models", file=sys.stderr)
         return 2
 
     def announce(runtime: Runtime) -> None:
-        model = DEFAULT_MODEL if DEFAULT_MODEL in runtime.state.engines else next(iter(runtime.state.engines))
-        print(
-            f"\nRealm is serving {', '.join(runtime.state.engines)} on {runtime.base_url}. Try:\n", flush=True
-        )
-        print("  " + _curl_line(runtime.base_url, model, api_key) + "\n", flush=True)
+        served = [*runtime.state.engines, *runtime.state.embedders]
+        print(f"\nRealm is serving {', '.join(served)} on {runtime.base_url}.", flush=True)
+        if runtime.state.engines:
+            engines = runtime.state.engines
+            model = DEFAULT_MODEL if DEFAULT_MODEL in engines else next(iter(engines))
+            print("Try:\n\n  " + _curl_line(runtime.base_url, model, api_key) + "\n", flush=True)
         if runtime.metrics_url is not None:
             print(f"Metrics and the OpenAPI document: {runtime.metrics_url}\n", flush=True)
 
