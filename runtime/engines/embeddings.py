@@ -87,6 +87,9 @@ class OnnxEmbedder:
         options.log_severity_level = 3
         # onnxruntime's arena keeps the peak of the largest batch for the life of the process.
         options.enable_cpu_mem_arena = False
+        # Idle intra-op threads spin by default: in a server they take the cores the event loop and the
+        # other engines need between requests.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.cfg.threads is not None:
             options.intra_op_num_threads = self.cfg.threads
         options.inter_op_num_threads = 1
