@@ -146,10 +146,17 @@ def test_an_oversized_member_does_not_fit(world: World) -> None:
         lambda: (c := world.condition("modelpool", "small", "Fits")) and c["status"] == "False" and c,
     )
     assert fits["reason"] == "DoesNotFit" and "of memory 2Gi" in fits["message"]
-    ready = wait_for("big's Ready", lambda: world.condition("model", "big", "Ready"))
-    assert (ready["status"], ready["reason"]) == ("False", "PoolDoesNotFit")
-    pool_ready = wait_for("the pool's Ready", lambda: world.condition("modelpool", "small", "Ready"))
-    assert (pool_ready["status"], pool_ready["reason"]) == ("False", "DoesNotFit")
+    # A new Model's Ready is Progressing until the pool's pass has run: wait for the verdict itself.
+    ready = wait_for(
+        "big's Ready=False/PoolDoesNotFit",
+        lambda: (c := world.condition("model", "big", "Ready")) and c["reason"] == "PoolDoesNotFit" and c,
+    )
+    assert ready["status"] == "False"
+    pool_ready = wait_for(
+        "the pool's Ready=False/DoesNotFit",
+        lambda: (c := world.condition("modelpool", "small", "Ready")) and c["reason"] == "DoesNotFit" and c,
+    )
+    assert pool_ready["status"] == "False"
     # Nothing of the pool changes while it does not fit: its pods keep their models.
     assert [m["name"] for m in (world.config("small-pool-config") or {})["models"]] == [
         m["name"] for m in (before or {})["models"]
