@@ -100,6 +100,10 @@ class Deadline:
         if self._interrupt is not None:
             self._interrupt()
 
+    def release(self) -> None:
+        """The run is over: nothing is left to interrupt (and the interrupt's Store is let go)."""
+        self._interrupt = None
+
     def expire(self) -> None:
         closing = self._closing.is_set()
         self.stop(

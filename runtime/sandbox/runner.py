@@ -389,33 +389,41 @@ class Sandbox:
         fuel = limits.fuel if limits.fuel is not None else UNLIMITED_FUEL
         started = time.perf_counter()
         memory: Callable[[], int] = lambda: 0  # noqa: E731
+        failure: InvocationFailed | None = None
         try:
-            with context.deadline_bound(deadline):
-                if module.kind == "core":
-                    memory = self._run_core(module, store, ctx)
-                else:
-                    self._run_component(module, store, ctx)
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-            failure = _stopped(deadline) or _failure(e)
-            log.info("tenant %s: invocation failed: %s (%s)", ctx.tenant, failure.message, failure.code)
-            raise failure from None
-        except InvocationFailed:
-            # The guest reporting an error of its own after the host ended its run: the host's
-            # reason is the invocation's.
-            stopped = _stopped(deadline)
-            if stopped is None:
-                raise
-            raise stopped from None
-        stopped = _stopped(deadline)
-        if stopped is not None:
-            raise stopped
-        return InvocationResult(
-            output="".join(ctx.output),
-            host_calls=dict(ctx.host_calls),
-            wall_s=time.perf_counter() - started,
-            fuel_used=fuel - store.get_fuel(),
-            memory_peak_bytes=memory(),
-        )
+            try:
+                with context.deadline_bound(deadline):
+                    if module.kind == "core":
+                        memory = self._run_core(module, store, ctx)
+                    else:
+                        self._run_component(module, store, ctx)
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+                failure = _stopped(deadline) or _failure(e)
+                log.info("tenant %s: invocation failed: %s (%s)", ctx.tenant, failure.message, failure.code)
+            except InvocationFailed as e:
+                # The guest reporting an error of its own after the host ended its run: the host's
+                # reason is the invocation's.
+                failure = _stopped(deadline) or e
+            if failure is None:
+                failure = _stopped(deadline)
+            if failure is not None:
+                # Raised here, without the traceback of the guest's call: that traceback's frames hold
+                # the Store (the guest's memory with it), and the exception would keep them alive in a
+                # reference cycle until a full collection found it.
+                failure.__context__ = None
+                raise failure.with_traceback(None)
+            return InvocationResult(
+                output="".join(ctx.output),
+                host_calls=dict(ctx.host_calls),
+                wall_s=time.perf_counter() - started,
+                fuel_used=fuel - store.get_fuel(),
+                memory_peak_bytes=memory(),
+            )
+        finally:
+            # The context outlives the run (the caller holds it, and a failure's traceback holds this
+            # frame): neither keeps the Store.
+            deadline.release()
+            del store, memory
 
     def _run_core(
         self, module: TenantModule, store: wasmtime.Store, ctx: InvocationContext
