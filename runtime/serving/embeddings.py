@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from realm.runtime.engines.embeddings import EmbeddingError, OnnxEmbedder, Vectors
-from realm.runtime.scheduler import AdmissionClosed, QueueFull
-from realm.runtime.scheduler import QuotaExceeded as RateQuotaExceeded
 from realm.runtime.spec.runtime_config import TenantEntry
 
 from .errors import (
@@ -18,9 +16,8 @@ from .errors import (
     ModelNotAllowed,
     ModelNotFound,
     NotReady,
-    QuotaExceeded,
-    Unavailable,
 )
+from .generation import admitted
 from .state import ServingState
 
 # OpenAI allows 2048 inputs a request; one request here runs to completion inside one model slot, so
@@ -98,26 +95,11 @@ async def embed_texts(
         raise ModelNotAllowed(f"tenant {tenant.name!r} is no longer configured")
     embedder = embedding_model(state, tenant, model)
     check_inputs(state, texts)
-    scheduler = state.scheduler
-    if scheduler is None:
-        raise NotReady("The server is still loading.", code="loading")
     tokens = sum(embedder.count_tokens(texts))
     labels = (tenant.name, embedder.name)
-    try:
-        ticket = await scheduler.admit(tenant.name, embedder.name, prompt_tokens=tokens, max_tokens=0)
-    except RateQuotaExceeded as e:
-        state.metrics.quota_rejections.labels(*labels, e.kind).inc()
-        raise QuotaExceeded(e.message, code=e.kind, retry_after=e.retry_after) from e
-    except QueueFull as e:
-        state.metrics.quota_rejections.labels(*labels, "queue_full").inc()
-        raise QuotaExceeded(e.message, code="queue_full", retry_after=e.retry_after) from e
-    except AdmissionClosed as e:
-        raise Unavailable(
-            "The server is shutting down; retry on another replica.", code="service_unavailable"
-        ) from e
+    ticket = await admitted(state, tenant.name, embedder.name, prompt_tokens=tokens, max_tokens=0)
     used = 0
     try:
-        state.metrics.queue_wait.labels(*labels).observe(ticket.queue_wait_s)
         try:
             out = await embedder.embed(texts)
         except EmbeddingError as e:

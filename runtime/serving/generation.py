@@ -60,6 +60,34 @@ class Usage:
         }
 
 
+async def admitted(
+    state: ServingState, tenant: str, model: str, *, prompt_tokens: int, max_tokens: int, charge: bool = True
+) -> Ticket:
+    """The scheduler's ticket for one request on `model` (an engine's or an embedding model's), its
+    refusals as the serving errors every door maps (QuotaExceeded, Unavailable, NotReady) and counted
+    in the metrics, its queue wait observed."""
+    scheduler = state.scheduler
+    if scheduler is None:
+        raise NotReady("The server is still loading.", code="loading")
+    labels = (tenant, model)
+    try:
+        ticket = await scheduler.admit(
+            tenant, model, prompt_tokens=prompt_tokens, max_tokens=max_tokens, charge=charge
+        )
+    except RateQuotaExceeded as e:
+        state.metrics.quota_rejections.labels(*labels, e.kind).inc()
+        raise QuotaExceeded(e.message, code=e.kind, retry_after=e.retry_after) from e
+    except QueueFull as e:
+        state.metrics.quota_rejections.labels(*labels, "queue_full").inc()
+        raise QuotaExceeded(e.message, code="queue_full", retry_after=e.retry_after) from e
+    except AdmissionClosed as e:
+        raise Unavailable(
+            "The server is shutting down; retry on another replica.", code="service_unavailable"
+        ) from e
+    state.metrics.queue_wait.labels(*labels).observe(ticket.queue_wait_s)
+    return ticket
+
+
 class GenerationStream:
     """Admit, generate, release. Always `close()` it (its callers do so in `finally`)."""
 
@@ -116,29 +144,21 @@ class GenerationStream:
         scheduler = self.state.scheduler
         if scheduler is None:
             raise NotReady("The server is still loading.", code="loading")
-        labels = (self.tenant, self.model)
         try:
-            self._ticket = await scheduler.admit(
+            self._ticket = await admitted(
+                self.state,
                 self.tenant,
                 self.model,
                 prompt_tokens=len(self.prompt_ids),
                 max_tokens=self.params.max_tokens,
                 charge=self.charge,
             )
-        except RateQuotaExceeded as e:
+        except QuotaExceeded:
             self.outcome = "rate_limited"
-            self.state.metrics.quota_rejections.labels(*labels, e.kind).inc()
-            raise QuotaExceeded(e.message, code=e.kind, retry_after=e.retry_after) from e
-        except QueueFull as e:
-            self.outcome = "rate_limited"
-            self.state.metrics.quota_rejections.labels(*labels, "queue_full").inc()
-            raise QuotaExceeded(e.message, code="queue_full", retry_after=e.retry_after) from e
-        except AdmissionClosed as e:
+            raise
+        except Unavailable:
             self.outcome = "unavailable"
-            raise Unavailable(
-                "The server is shutting down; retry on another replica.", code="service_unavailable"
-            ) from e
-        self.state.metrics.queue_wait.labels(*labels).observe(self._ticket.queue_wait_s)
+            raise
         restore, export = await self._kv_plan()
         self._stream = self.engine.generate(
             EngineRequest(
