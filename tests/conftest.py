@@ -29,6 +29,7 @@ KEYS = {
     "ratelimited": "sk-test-ratelimited-0123456789",
     "beta": "sk-test-beta-0123456789",
     "tiny": "sk-test-tiny-0123456789",
+    "embedlimited": "sk-test-embedlimited-0123456789",
 }
 
 
@@ -61,12 +62,17 @@ def runtime_config(extra_tenants: list[dict[str, object]] | None = None) -> dict
             {
                 "name": "ratelimited",
                 "apiKeySha256": [hash_api_key(KEYS["ratelimited"])],
-                "spec": {"allowedModels": [MODEL, EMBEDDING_MODEL], "quotas": {"requestsPerMinute": 1}},
+                "spec": {"allowedModels": [MODEL], "quotas": {"requestsPerMinute": 1}},
             },
             {
                 "name": "beta",
                 "apiKeySha256": [hash_api_key(KEYS["beta"])],
                 "spec": {"allowedModels": [MODEL, EMBEDDING_MODEL]},
+            },
+            {
+                "name": "embedlimited",
+                "apiKeySha256": [hash_api_key(KEYS["embedlimited"])],
+                "spec": {"allowedModels": [EMBEDDING_MODEL], "quotas": {"requestsPerMinute": 1}},
             },
             {
                 "name": "tiny",

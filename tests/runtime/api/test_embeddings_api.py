@@ -115,7 +115,7 @@ def test_the_embedding_model_is_not_a_chat_model(server: Server) -> None:
 
 
 def test_rate_quotas_apply_to_embeddings(server: Server) -> None:
-    client = server.client("ratelimited")
+    client = server.client("embedlimited")
     statuses = []
     for _ in range(3):
         try:
