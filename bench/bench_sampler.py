@@ -266,6 +266,7 @@ def main() -> None:
     ap.add_argument("--fairness-rounds", type=int, default=3, help="interleaved fairness rounds (default 3)")
     ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help=f"per sequence (default {MAX_TOKENS})")
     ap.add_argument("--quick", action="store_true", help="2 rounds of each, 32 tokens per sequence")
+    ap.add_argument("--skip-throughput", action="store_true", help="the fairness part only")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.fairness_rounds, args.max_tokens = 2, 2, 32
@@ -283,7 +284,7 @@ def main() -> None:
             for lang in LANGS
             for b in (True, False)
         ]
-        throughput = interleave(sides, args.rounds, say=say)
+        throughput = interleave([] if args.skip_throughput else sides, args.rounds, say=say)
         overruns: list[int] = []
         fairness = interleave(
             [fairness_side(served.base, False, overruns), fairness_side(served.base, True, overruns)],
@@ -292,29 +293,30 @@ def main() -> None:
         )
     elapsed = time.monotonic() - started
 
-    step_lines = [
-        "| language | host step p50 ms | host step p99 ms | added ms per step of a sequence (client) |",
-        "|---|---|---|---|",
-    ]
-    for lang in LANGS:
-        p50, p99 = samples.quantiles(f"{lang} sampler")
-        step_lines.append(f"| {lang} | {p50:.2f} | {p99:.2f} | {added_step_ms(throughput, lang)} |")
-    print_figures(
-        f"== {N_SEQUENCES} concurrent sequences on SmolLM2, {args.max_tokens} greedy tokens each: the "
-        "module's sampler (top_sampler) vs the built-in sampler; targets go >= 0.9, python >= 0.75 ==",
-        figures_table(
-            throughput,
-            [(f"{lang} sampler", f"{lang} builtin") for lang in LANGS],
-            specs={"ms/step": ".2f"},
-        ),
-        notes=[describe(args.rounds)],
-    )
-    print_figures(
-        "== step latency: host = realm_sampler_step_seconds (one sampler call for all of a tenant's "
-        "sequences in a step, interpolated in its buckets); client = (sampler - builtin) wall / tokens, "
-        "paired rounds ==",
-        step_lines,
-    )
+    if not args.skip_throughput:
+        step_lines = [
+            "| language | host step p50 ms | host step p99 ms | added ms per step of a sequence (client) |",
+            "|---|---|---|---|",
+        ]
+        for lang in LANGS:
+            p50, p99 = samples.quantiles(f"{lang} sampler")
+            step_lines.append(f"| {lang} | {p50:.2f} | {p99:.2f} | {added_step_ms(throughput, lang)} |")
+        print_figures(
+            f"== {N_SEQUENCES} concurrent sequences on SmolLM2, {args.max_tokens} greedy tokens each: the "
+            "module's sampler (top_sampler) vs the built-in sampler; targets go >= 0.9, python >= 0.75 ==",
+            figures_table(
+                throughput,
+                [(f"{lang} sampler", f"{lang} builtin") for lang in LANGS],
+                specs={"ms/step": ".2f"},
+            ),
+            notes=[describe(args.rounds)],
+        )
+        print_figures(
+            "== step latency: host = realm_sampler_step_seconds (one sampler call for all of a tenant's "
+            "sequences in a step, interpolated in its buckets); client = (sampler - builtin) wall / tokens, "
+            "paired rounds ==",
+            step_lines,
+        )
     print_figures(
         f"== fairness: tenant B's {B_STREAMS} streams ({B_WAVES} waves, {B_MAX_TOKENS} tok) while tenant A "
         f"is calm vs while A runs {SPINNERS} spin_sampler invocations back to back; "

@@ -418,7 +418,7 @@ class RuntimeHostServices:
             )
         ids = await tokenize_text(self.state, engine, params.prompt)
         max_tokens = max_tokens_within_limits(engine, entry, len(ids), params.max_tokens, None)
-        controller = self._sampler(tenant, entry, served.key, options)
+        controller = await self._sampler(tenant, entry, served.key, options)
         try:
             if controller is not None:
                 try:
@@ -448,19 +448,25 @@ class RuntimeHostServices:
             raise
         return await _detailed(stream, on_text, controller, logprobs=options.logprobs is not None)
 
-    def _sampler(
+    async def _sampler(
         self, tenant: str, entry: TenantEntry, model: str, options: GenerateOptions
     ) -> TenantSampler | None:
-        """The controller of the invoked module's own sampler, when the options ask for it."""
+        """The controller of the invoked module's own sampler, when the options ask for it; while
+        the module's sampler is backed off, after its wait, if the invocation's deadline allows."""
         if options.sampler is None:
             return None
         module = self.module
         sandbox = running_sandbox(self.state)
         if module is None or sampler_export(sandbox.engine, module) is None:
             raise SamplerTrap(NO_SAMPLER, code="sampler_trap")
+        samplers = tenant_samplers(self.state)
+        # Other generations of the module may fail meanwhile and lengthen the wait (it ends at a
+        # time, not at an event).
+        while 0 < (wait := samplers.backed_off_for(module)) < self.remaining():  # noqa: ASYNC110
+            await asyncio.sleep(wait)
         loop = asyncio.get_running_loop()
         services = RuntimeHostServices(self.state, route_key=self.route_key)
-        return tenant_samplers(self.state).controller(
+        return samplers.controller(
             sandbox=sandbox,
             module=module,
             limits=sandbox_limits(entry.spec.quotas),

@@ -7,11 +7,13 @@ and answers the engine from there. Generation ids are per tenant and never reuse
 lives while the module has sampled generations, and a short while after (`IDLE_S`), so that a
 module generating one text after another keeps one instance; a redeployed module gets a new one.
 
-A module whose sampler fails step after step (overruns its budget, traps) is refused new sampled
-generations for a while, the wait doubling with each failure in a row (`BACKOFF_FIRST_S` ..
-`BACKOFF_MAX_S`, as a crash-looping container is restarted): each failed generation has cost the
-shared batch its prefill and a core its budget, which a module that always fails would otherwise
-spend for ever. One success ends the streak; a redeployed module starts without one.
+A module whose sampler fails step after step (overruns its budget, traps) is backed off: its new
+sampled generations wait, the wait doubling with each failure in a row (`BACKOFF_FIRST_S` ..
+`BACKOFF_MAX_S`, as a crash-looping container is restarted), and are refused when their caller
+cannot wait that long. Each failed generation has cost the shared batch its prefill and a core its
+budget, which a module that always fails would otherwise spend for ever; a refusal alone would not
+bound that, since the module (or its client) can ask again at once, a wait holds the asker.
+One success ends the streak; a redeployed module starts without one.
 """
 
 from __future__ import annotations
@@ -243,6 +245,12 @@ class Samplers:
             entry.generations += 1
             entry.idle_since = None
             return ctl
+
+    def backed_off_for(self, module: TenantModule) -> float:
+        """Seconds until `module`'s sampled generations are let in again (0 when they are)."""
+        with self._lock:
+            b = self._backoff.get((module.tenant, module.sha256))
+            return max(0.0, b.until - time.monotonic()) if b is not None else 0.0
 
     def _refuse_backed_off(self, key: tuple[str, str]) -> None:
         # Called with _lock held. Streaks of the tenant's earlier modules are forgotten.

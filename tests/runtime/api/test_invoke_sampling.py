@@ -28,6 +28,9 @@ TENANTS = {
     "go": {"allowedModels": [DEFAULT_MODEL], "quotas": PATIENT},
     "python": {"allowedModels": [DEFAULT_MODEL], "quotas": PATIENT},
     "spin": {"allowedModels": [DEFAULT_MODEL], "quotas": {"wasmTimeMsPerInvocation": 120_000}},
+    "waiter": {"allowedModels": [DEFAULT_MODEL], "quotas": {"wasmTimeMsPerInvocation": 120_000}},
+    # A deadline shorter than the back-off reaches within a few failures (0.1 s doubling: 1.6 s at the 6th).
+    "hasty": {"allowedModels": [DEFAULT_MODEL], "quotas": {"wasmTimeMsPerInvocation": 1_500}},
 }
 
 
@@ -116,3 +119,39 @@ def test_a_spinning_sampler_ends_its_generation_with_sampler_timeout(base: str) 
     out = output(base, "spin", "spin_sampler", {"max_tokens": 8})
     assert (out["error"], out["code"]) == ("sampler_timeout", 16)
     assert "budget" in out["message"]
+
+
+def spin_outputs(base: str, tenant: str, n: int) -> list[dict[str, Any]]:
+    """`n` invocations of spin_sampler, deployed once, one after another."""
+    headers = {"Authorization": f"Bearer {key(tenant)}"}
+    first = deploy_and_invoke(base, tenant, example("go", "spin_sampler"), {"max_tokens": 8})
+    outs = [first]
+    for _ in range(n - 1):
+        outs.append(
+            httpx.post(
+                f"{base}/v1/tenants/{tenant}/invoke", json={"max_tokens": 8}, headers=headers, timeout=180
+            )
+        )
+    for r in outs:
+        assert r.status_code == 200, r.text
+    return [r.json() for r in outs]
+
+
+def test_a_backed_off_sampler_waits_its_turn_and_runs_again(base: str) -> None:
+    # Two overruns in a row back the module's sampler off; the next invocations, whose deadline is
+    # far off, wait the back-off out and have their sampler run (and overrun) again, never refused.
+    for out in spin_outputs(base, "waiter", 4):
+        assert (out["error"], out["code"]) == ("sampler_timeout", 16)
+        assert "passed its" in out["message"]
+        assert "refused" not in out["message"]
+
+
+def test_a_sampler_backed_off_past_the_invocations_deadline_is_refused_at_once(base: str) -> None:
+    outs = spin_outputs(base, "hasty", 8)
+    refused = [i for i, out in enumerate(outs) if "refused" in out["message"]]
+    assert refused, [out["message"] for out in outs]
+    assert all(out["error"] == "sampler_timeout" for out in outs)
+    # Before the back-off outgrew the deadline, the sampler ran each time: past the two failures that
+    # start a back-off, at least the waits of 0.1 and 0.2 s fit in the 1.5 s deadline.
+    assert all("passed its" in out["message"] for out in outs[: refused[0]])
+    assert refused[0] >= 4
