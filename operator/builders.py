@@ -404,8 +404,14 @@ def model_config_digest(config: RuntimeConfig) -> str:
     return hashlib.sha256(json.dumps(models, sort_keys=True).encode()).hexdigest()
 
 
+def shared_store_bucket(s3: S3Options | None) -> str | None:
+    """The platform's bucket, where conversations and collections are shared by every pod; None: each
+    pod keeps them on its own disk."""
+    return s3.bucket if s3 is not None and s3.bucket else None
+
+
 def shared_store(opts: BuildOptions) -> bool:
-    return opts.s3 is not None and bool(opts.s3.bucket)
+    return shared_store_bucket(opts.s3) is not None
 
 
 def config_map(

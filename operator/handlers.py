@@ -53,6 +53,7 @@ RESYNC_SECONDS = float(os.environ.get("REALM_RESYNC_SECONDS") or 60)
 # A failed resync (e.g. during an apiserver outage) retries soon, not after kopf's default 60 s.
 TIMER_BACKOFF = min(RESYNC_SECONDS, 15.0)
 KV_SWEEP_SECONDS = float(os.environ.get("REALM_KV_SWEEP_SECONDS") or 300)
+VECTORS_MEASURE_SECONDS = float(os.environ.get("REALM_VECTORS_MEASURE_SECONDS") or 120)
 AUTOSCALE_SECONDS = float(os.environ.get("REALM_AUTOSCALE_SECONDS") or 15)
 # The index handlers below, in world.Indexes' field order (kopf names each index after its handler).
 INDEX_NAMES = ("realm_tenants", "realm_secret_hashes", "realm_models", "realm_pipelines", "realm_pools")
@@ -228,6 +229,33 @@ def tenant_kv_sweep(
     """Only Tenants with snapshots enabled carry this timer."""
     assert namespace and name
     tenants.sweep_kv_snapshots(_operator(memo), namespace, name, spec, status, body)
+
+
+def has_collections_store(memo: kopf.Memo, **_: Any) -> bool:
+    return tenants.has_collections_store(operator_of(memo))
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "tenants",
+    interval=VECTORS_MEASURE_SECONDS,
+    initial_delay=min(VECTORS_MEASURE_SECONDS, 10.0),
+    backoff=min(VECTORS_MEASURE_SECONDS, 30.0),
+    when=has_collections_store,
+)
+def tenant_vectors_measure(
+    namespace: str | None,
+    name: str | None,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    body: kopf.Body,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Only where collections live in the platform's bucket do Tenants carry this timer."""
+    assert namespace and name
+    tenants.measure_vectors(_operator(memo), namespace, name, spec, status, body)
 
 
 # Models -------------------------------------------------------------------------------------------------

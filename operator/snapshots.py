@@ -91,6 +91,23 @@ def _secret_value(secret: Mapping[str, Any] | None, key: str) -> str | None:
     return base64.b64decode(raw).decode() if isinstance(raw, str) else None
 
 
+def credentials(k: Kube, namespace: str, s3: S3Options | None) -> tuple[str | None, str | None]:
+    """The access key pair from the credentials Secret the chart names, read from `namespace`; (None,
+    None) when none is named (boto3's usual chain). Raises S3Unavailable when it is named but cannot be
+    read: never a fallback to the operator's own credentials."""
+    if s3 is None or not s3.credentials_secret:
+        return None, None
+    creds = k.get("Secret", namespace, s3.credentials_secret)
+    access = _secret_value(creds, s3.access_key_id_key)
+    secret = _secret_value(creds, s3.secret_access_key_key)
+    if not access or not secret:
+        raise S3Unavailable(
+            f"the S3 credentials Secret {s3.credentials_secret} (keys {s3.access_key_id_key}, "
+            f"{s3.secret_access_key_key}) is missing in namespace {namespace}"
+        )
+    return access, secret
+
+
 def tier_for(
     k: Kube, namespace: str, spec: TenantSpec, s3: S3Options | None, allowed: SnapshotLocations
 ) -> S3Tier | None:
@@ -102,16 +119,7 @@ def tier_for(
     bucket = policy.bucket or (s3.bucket if s3 else None)
     if not bucket or location_error(spec, s3, allowed) is not None:
         return None
-    access = secret = None
-    if s3 is not None and s3.credentials_secret:
-        creds = k.get("Secret", namespace, s3.credentials_secret)
-        access = _secret_value(creds, s3.access_key_id_key)
-        secret = _secret_value(creds, s3.secret_access_key_key)
-        if not access or not secret:
-            raise S3Unavailable(
-                f"the S3 credentials Secret {s3.credentials_secret} (keys {s3.access_key_id_key}, "
-                f"{s3.secret_access_key_key}) is missing in namespace {namespace}"
-            )
+    access, secret = credentials(k, namespace, s3)
     return S3Tier(
         S3Config(
             bucket=bucket,
@@ -142,6 +150,7 @@ __all__ = [
     "S3Unavailable",
     "SnapshotLocations",
     "SweepResult",
+    "credentials",
     "delete_all",
     "location_error",
     "sweep",

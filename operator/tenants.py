@@ -22,8 +22,14 @@ from typing import Any
 
 import kopf
 
-from realm.operator import identity, snapshots, world
-from realm.operator.builders import LABEL_TENANT, SecretRef, api_key_secret, api_key_secret_ref
+from realm.operator import identity, snapshots, vectors, world
+from realm.operator.builders import (
+    LABEL_TENANT,
+    SecretRef,
+    api_key_secret,
+    api_key_secret_ref,
+    shared_store_bucket,
+)
 from realm.operator.options import platform_refusal
 from realm.operator.outcome import Outcome, deleting, normal, now, post, report, warn
 from realm.operator.pipelines import refresh_pipelines
@@ -307,7 +313,7 @@ def seen_early(op: Operator, type: str, obj: Mapping[str, Any]) -> None:
     op.tenants.request(key, urgent=True)
 
 
-# KV snapshots (snapshots.py holds the policy) ----------------------------------------------------------
+# KV snapshots (snapshots.py holds the policy) and vector collections (vectors.py) -----------------------
 
 
 def needs_cleanup(op: Operator, spec: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
@@ -319,9 +325,21 @@ def needs_cleanup(op: Operator, spec: Mapping[str, Any], meta: Mapping[str, Any]
     before its first reconcile (measured: a quarter of the requests of a 1,000-Tenant burst).
     """
     parsed = op.specs.tenant_spec(meta, spec)  # kopf asks on every event
-    return parsed is not None and (
-        parsed.kv_snapshots.enabled and parsed.kv_snapshots.deletion_policy == "Delete"
-    )
+    return parsed is not None and (deletes_snapshots(parsed) or deletes_collections(op, parsed))
+
+
+def deletes_snapshots(spec: TenantSpec) -> bool:
+    return spec.kv_snapshots.enabled and spec.kv_snapshots.deletion_policy == "Delete"
+
+
+def deletes_collections(op: Operator, spec: TenantSpec) -> bool:
+    """Collections in the platform's bucket, to be deleted with the Tenant (a pod's own disk goes with
+    the pod)."""
+    return has_collections_store(op) and spec.vectors.deletion_policy == "Delete"
+
+
+def has_collections_store(op: Operator) -> bool:
+    return shared_store_bucket(op.config.s3) is not None
 
 
 def has_snapshots(op: Operator, spec: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
@@ -353,11 +371,11 @@ def release_reason(op: Operator, body: Mapping[str, Any], at: datetime) -> str |
 def finalize(
     op: Operator, namespace: str, name: str, spec: Mapping[str, Any], body: Mapping[str, Any]
 ) -> None:
-    """Republish without the tenant, delete its KV snapshots, then release it: runs before the finalizer
-    goes, so the snapshots are deleted even if the operator was down when the Tenant was deleted. S3
-    unreachable: retried (the Tenant stays, Terminating) until the finalizer timeout passes or the
-    Tenant is annotated realm.dev/force-release=true; then released with a warning event naming what
-    was left behind."""
+    """Republish without the tenant, delete its KV snapshots and its vector collections (each per its
+    deletionPolicy), then release it: runs before the finalizer goes, so they are deleted even if the
+    operator was down when the Tenant was deleted. S3 unreachable: retried (the Tenant stays,
+    Terminating) until the finalizer timeout passes or the Tenant is annotated
+    realm.dev/force-release=true; then released with a warning event naming what was left behind."""
     reconcile_tenant(op, namespace, name)
     refresh_pipelines(op, namespace, tenant=name)
     parsed, _ = parse_spec(spec, TenantSpec)
@@ -365,23 +383,57 @@ def finalize(
         return
     released = release_reason(op, body, now())
     if released is not None:
-        where = parsed.kv_snapshots.bucket or (op.config.s3.bucket if op.config.s3 else None) or "S3"
-        warn(
-            body,
-            "SnapshotsNotDeleted",
-            f"{released}; the Tenant's KV snapshots in {where} may remain and must be deleted by hand",
-        )
+        if deletes_snapshots(parsed):
+            where = parsed.kv_snapshots.bucket or (op.config.s3.bucket if op.config.s3 else None) or "S3"
+            warn(
+                body,
+                "SnapshotsNotDeleted",
+                f"{released}; the Tenant's KV snapshots in {where} may remain and must be deleted by hand",
+            )
+        if deletes_collections(op, parsed):
+            warn(
+                body,
+                "CollectionsNotDeleted",
+                f"{released}; the Tenant's vector collections under {vectors.PREFIX}/ in "
+                f"{shared_store_bucket(op.config.s3)} may remain and must be deleted by hand",
+            )
         return
-    tier = snapshots.tier_for(op.kube, namespace, parsed, op.config.s3, op.config.snapshot_locations)
-    if tier is None:
-        return
+    # The owner key of this Tenant (namespace and uid), never its name: a same-named Tenant of another
+    # namespace, or an earlier one of this name, keeps its objects.
+    owner = identity.owner_key(op, namespace, body["metadata"]["uid"])
+    if deletes_snapshots(parsed):
+        _delete_snapshots(op, namespace, parsed, owner, body)
+    if deletes_collections(op, parsed):
+        _delete_collections(op, namespace, owner, body)
+
+
+def _delete_snapshots(
+    op: Operator, namespace: str, spec: TenantSpec, owner: str, body: Mapping[str, Any]
+) -> None:
     try:
-        # The owner key of this Tenant (namespace and uid), never its name: a same-named Tenant of
-        # another namespace, or an earlier one of this name, keeps its snapshots.
-        deleted = snapshots.delete_all(tier, identity.owner_key(op, namespace, body["metadata"]["uid"]))
+        tier = snapshots.tier_for(op.kube, namespace, spec, op.config.s3, op.config.snapshot_locations)
+        if tier is None:
+            return
+        deleted = snapshots.delete_all(tier, owner)
     except snapshots.S3Unavailable as e:
         raise kopf.TemporaryError(f"cannot delete the KV snapshots yet: {e}", delay=10) from e
     post(normal, body, "SnapshotsDeleted", f"deleted {deleted} KV snapshot(s) (deletionPolicy Delete)")
+
+
+def _delete_collections(op: Operator, namespace: str, owner: str, body: Mapping[str, Any]) -> None:
+    try:
+        store = vectors.store_for(op.kube, namespace, op.config.s3)
+        if store is None:
+            return
+        deleted = store.delete_owner(owner)
+    except (vectors.S3Unavailable, vectors.ObjectsUnavailable) as e:
+        raise kopf.TemporaryError(f"cannot delete the vector collections yet: {e}", delay=10) from e
+    post(
+        normal,
+        body,
+        "CollectionsDeleted",
+        f"deleted {deleted} vector collection(s) (vectors.deletionPolicy Delete)",
+    )
 
 
 def sweep_kv_snapshots(
@@ -410,4 +462,35 @@ def sweep_kv_snapshots(
         post(normal, body, "SnapshotsSwept", message)
     if any((status or {}).get(f) != v for f, v in patch.items()):
         patch["kvSnapshotsSwept"] = now().isoformat().replace("+00:00", "Z")
+        op.kube.patch_status("Tenant", namespace, name, patch)
+
+
+def measure_vectors(
+    op: Operator,
+    namespace: str,
+    name: str,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    body: Mapping[str, Any],
+) -> None:
+    """Report what the tenant's vector collections hold in its status (where they live in S3)."""
+    parsed, _ = parse_spec(spec, TenantSpec)
+    if not isinstance(parsed, TenantSpec) or deleting(body):
+        return
+    owner = identity.owner_key(op, namespace, body["metadata"]["uid"])
+    try:
+        store = vectors.store_for(op.kube, namespace, op.config.s3)
+        if store is None:
+            return
+        usage = store.usage(owner)
+    except (vectors.S3Unavailable, vectors.ObjectsUnavailable) as e:
+        warn(body, "CollectionsUnreachable", str(e))
+        raise kopf.TemporaryError(f"S3 unreachable: {e}", delay=30) from e
+    patch: dict[str, Any] = {
+        "vectorCollections": usage.collections,
+        "vectorCount": usage.vectors,
+        "vectorBytes": usage.vector_bytes,
+    }
+    if any((status or {}).get(f) != v for f, v in patch.items()) or not (status or {}).get("vectorsMeasured"):
+        patch["vectorsMeasured"] = now().isoformat().replace("+00:00", "Z")
         op.kube.patch_status("Tenant", namespace, name, patch)

@@ -85,13 +85,6 @@ class VectorItem:
     metadata: dict[str, MetadataValue] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Usage:
-    collections: int
-    vectors: int
-    vector_bytes: int
-
-
 def _store(state: ServingState) -> CollectionStore:
     if state.vectors is None:
         raise NotReady("The server is still loading.", code="loading")
@@ -133,11 +126,6 @@ def check_metadata(metadata: dict[str, MetadataValue], where: str = "metadata") 
             )
         if isinstance(v, float) and not np.isfinite(v):
             raise InvalidRequest(f"{where}[{k!r}] must be finite.", code="invalid_metadata", param=where)
-
-
-def usage(store: CollectionStore, owner: str, *, besides: str | None = None) -> Usage:
-    manifests = [m for m in store.list(owner) if m.id != besides]
-    return Usage(len(manifests), sum(m.count for m in manifests), sum(m.vector_bytes for m in manifests))
 
 
 async def create_collection(
@@ -213,7 +201,7 @@ async def _write(
                 param="vector",
             )
         work.upsert(ids, vectors, texts, metadata)
-        others = usage(store, owner, besides=cid)
+        others = store.usage(owner, besides=cid)
         count, size = others.vectors + len(work), others.vector_bytes + work.vector_bytes
         if count > policy.max_vectors or size > policy.max_vector_bytes:
             raise StorageQuotaExceeded(

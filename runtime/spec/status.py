@@ -169,3 +169,16 @@ class TenantStatus(ResourceStatus):
     kv_snapshots_swept: str | None = Field(
         None, description="When expiry and the byte budget were last applied (RFC 3339)."
     )
+    vector_collections: int = Field(
+        0, ge=0, description="Vector collections the tenant has (counted in S3; see vectorsMeasured)."
+    )
+    vector_count: int = Field(0, ge=0, description="Items across the tenant's vector collections.")
+    vector_bytes: int = Field(
+        0, ge=0, description="Bytes of vectors (4 per dimension per item) across its collections."
+    )
+    vectors_measured: str | None = Field(
+        None,
+        description="When the three counts above were last written (RFC 3339): the operator counts the "
+        "collections every few minutes and writes the counts when they change. Absent where collections "
+        "are not kept in S3 (no chart s3.bucket): the counts are then not measured.",
+    )

@@ -177,6 +177,13 @@ class VectorPolicy(SpecModel):
         ge=0,
         description="Bytes of vectors (4 per dimension per item) across all its collections.",
     )
+    deletion_policy: Literal["Retain", "Delete"] = Field(
+        "Delete",
+        description="What happens to the collections when the Tenant is deleted. Delete: the operator "
+        "deletes them from the platform's bucket before the Tenant goes (a finalizer holds it meanwhile). "
+        "Applies where collections live in S3 (the chart's s3.bucket is set); without it they live on "
+        "each pod's own disk and go with the pod.",
+    )
 
 
 class SecretKeyRef(SpecModel):

@@ -58,6 +58,15 @@ class Manifest(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What an owner's collections hold, in the units of the Tenant's `spec.vectors` limits."""
+
+    collections: int
+    vectors: int
+    vector_bytes: int
+
+
 @dataclass
 class _Cached:
     etag: str
@@ -115,6 +124,25 @@ class CollectionStore:
                 if got is not None:
                     out.append(Manifest.model_validate_json(got[0]))
         return sorted(out, key=lambda m: (m.created_at, m.id))
+
+    def usage(self, owner: str, *, besides: str | None = None) -> Usage:
+        """The owner's collections counted, but for the one `besides` (a write's own, counted apart)."""
+        manifests = [m for m in self.list(owner) if m.id != besides]
+        return Usage(len(manifests), sum(m.count for m in manifests), sum(m.vector_bytes for m in manifests))
+
+    def delete_owner(self, owner: str) -> int:
+        """Delete every object of the owner (a deleted Tenant's): the manifests first, so that each
+        collection is gone as a whole before its data objects go. Returns the collections deleted."""
+        keys = self.objects.list(f"{owner}/")
+        manifests = [k for k in keys if k.endswith("/manifest.json")]
+        for key in manifests:
+            self.objects.delete(key)
+        for key in keys:
+            if not key.endswith("/manifest.json"):
+                self.objects.delete(key)
+        for cached in [k for k in self._cache if k[0] == owner]:
+            self._cache.pop(cached, None)
+        return len(manifests)
 
     def manifest(self, owner: str, cid: str) -> Manifest:
         got = self.objects.get(self._manifest_key(owner, cid))
