@@ -566,9 +566,13 @@ def test_uninstall_removes_what_it_installed_and_keeps_the_crds(env: Env) -> Non
 
     # The documented cleanup (charts/realm/README.md): without the operator, finalizers are removed by
     # hand; deleting the CRDs then deletes every custom resource.
+    # Every namespace's: with an S3 bucket (the upgrade's values) a Tenant whose collections go with it
+    # carries a finalizer, team-b's too.
     for kind in ("tenants", "models", "pipelines"):
-        for obj in env.items(kind, TEAM):
-            env.kubectl("patch", kind, obj["metadata"]["name"], "-n", TEAM, "--type=merge",
+        listed = json.loads(env.kubectl("get", kind, "-A", "-o", "json").stdout)["items"]
+        for obj in listed:
+            meta = obj["metadata"]
+            env.kubectl("patch", kind, meta["name"], "-n", meta["namespace"], "--type=merge",
                         "-p", '{"metadata":{"finalizers":null}}')  # fmt: skip
     env.kubectl("delete", "crd", *REALM_CRDS, *PEERING_CRDS, "--wait=true", "--timeout=60s")
     assert all(env.get("crd", c) is None for c in REALM_CRDS + PEERING_CRDS)
