@@ -27,7 +27,8 @@ import numpy as np
 import yaml
 
 from bench.support import ROOT, realm_process
-from realm.runtime.spec.runtime_config import EMBEDDING_MODEL, hash_api_key
+from realm.runtime.spec.embedding import EMBEDDING_MODEL
+from realm.runtime.spec.runtime_config import hash_api_key
 
 KEY = "sk-bench-embeddings-0123456789"
 DATA = ROOT / "bench" / "data" / "retrieval"  # chunks.jsonl, questions.jsonl (make_chunks.py there)

@@ -22,7 +22,8 @@ import httpx
 import yaml
 
 from bench.support import ROOT, realm_process
-from realm.runtime.spec.runtime_config import DEFAULT_MODEL, EMBEDDING_MODEL, hash_api_key
+from realm.runtime.spec.embedding import EMBEDDING_MODEL
+from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
 from tests.go_builds import build_go_example
 
 KEY = "sk-bench-rag-0123456789"

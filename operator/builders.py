@@ -333,6 +333,11 @@ def tenant_entries(tenants: Iterable[PublishedTenant]) -> list[TenantEntry]:
     ]
 
 
+def serves_tenant(model: ModelResource, tenant: TenantSpec) -> bool:
+    """Whether the Model's pods serve the tenant: it names the Model or one of its embedding models."""
+    return bool({model.name, *(e.name for e in model.spec.embeddings)} & set(tenant.allowed_models))
+
+
 def runtime_config(
     model: ModelResource,
     version: str,
@@ -348,9 +353,10 @@ def runtime_config(
     With `shared_store` (an S3 bucket configured) conversations live in S3, so every replica of every
     version serves every conversation; the bucket and credentials reach the pods as environment.
     `cluster`: where the namespace's other models run (`cluster_config`)."""
-    allowed = sorted((t for t in tenants if model.name in t.spec.allowed_models), key=lambda t: t.name)
+    allowed = sorted((t for t in tenants if serves_tenant(model, t.spec)), key=lambda t: t.name)
     return RuntimeConfig(
         models=[model_config(model, version)],
+        embeddings=list(model.spec.embeddings),
         tenants=tenant_entries(allowed),
         pipelines=pipelines_for(model, (t.name for t in allowed), pipelines),
         modules_dir=modules_dir,

@@ -120,7 +120,7 @@ def reconcile_model(op: Operator, namespace: str, name: str) -> Outcome:
                 desired = builders.build_all(resource, tenants, opts, pipelines, cluster)
             except (ValidationError, ValueError) as e:  # e.g. a tenant the runtime config rejects
                 error = f"runtime config rejected: {e}"
-            allowed_names = [t.name for t in tenants if name in t.spec.allowed_models]
+            allowed_names = [t.name for t in tenants if builders.serves_tenant(resource, t.spec)]
             listed = len(builders.pipelines_for(resource, allowed_names, pipelines))
     observed = owned.result()
     live: dict[ObjectKey, Mapping[str, Any]] = {key_of(o): o for o in observed}
@@ -137,7 +137,8 @@ def reconcile_model(op: Operator, namespace: str, name: str) -> Outcome:
             done.result()
             live.pop(key, None)
             out.deleted.append(str(key))
-    allowed = sum(1 for t in tenants if name in t.spec.allowed_models)
+    names = {name, *(e.name for e in spec.embeddings)} if isinstance(spec, ModelSpec) else {name}
+    allowed = sum(1 for t in tenants if names & set(t.spec.allowed_models))
     unschedulable = _unschedulable(op, namespace, desired, live)
     status = model_status(
         previous=body.get("status"),

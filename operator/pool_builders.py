@@ -37,9 +37,11 @@ from realm.operator.builders import (
     model_config,
     runtime_deployment,
     serves_label,
+    serves_tenant,
     shared_store,
     tenant_entries,
 )
+from realm.runtime.spec.embedding import EmbeddingModelConfig
 from realm.runtime.spec.identity import namespace_secret
 from realm.runtime.spec.model import MODEL_NAME_PATTERN
 from realm.runtime.spec.pool import ModelPoolSpec
@@ -153,7 +155,7 @@ def runtime_config(
     """The document the pool's pods read: every served version of every member, the tenants allowed to
     use any member, and the published pipelines of those tenants with a step on a member."""
     members = {m.name for m in pool.members}
-    allowed = [t for t in tenants if members & set(t.spec.allowed_models)]
+    allowed = [t for t in tenants if any(serves_tenant(m, t.spec) for m in pool.members)]
     names = {t.name for t in allowed}
     listed = sorted(
         (p for p in pipelines if p.tenant in names and any(s.model in members for s in p.steps)),
@@ -161,6 +163,7 @@ def runtime_config(
     )
     return RuntimeConfig(
         models=[model_config(m, v, gpus=pool.spec.resources.gpu) for m, v in served(pool)],
+        embeddings=pool_embeddings(pool),
         tenants=tenant_entries(allowed),
         pipelines=listed,
         modules_dir=opts.modules_dir,
@@ -169,6 +172,15 @@ def runtime_config(
         cluster=cluster,
         egress=opts.egress,
     )
+
+
+def pool_embeddings(pool: PoolResource) -> list[EmbeddingModelConfig]:
+    """The members' embedding models, each name once (the first member's, by name)."""
+    out: dict[str, EmbeddingModelConfig] = {}
+    for m in pool.members:
+        for e in m.spec.embeddings:
+            out.setdefault(e.name, e)
+    return list(out.values())
 
 
 def config_map(

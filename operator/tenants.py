@@ -153,12 +153,11 @@ def reconcile_tenant(
         error = platform_refusal(tspec, op.config)
     key = ensure_key(op, body, tspec, out)
 
-    models = set(world.models_in(op.indexes, namespace))
+    served = world.served_names(op.indexes, namespace)
     allowed = tspec.allowed_models if tspec is not None else []
     previous = (body.get("status") or {}).get("publishedTo") or []
-    for model in models_to_republish(allowed, previous):
-        if model in models:
-            op.request_model(namespace, model)
+    for model in sorted({served[m] for m in models_to_republish(allowed, previous) if m in served}):
+        op.request_model(namespace, model)
     if deleting(body):
         return out  # no status for an object on its way out
     held = tspec.wasm.config_map if tspec is not None and tspec.wasm is not None else None
@@ -170,8 +169,8 @@ def reconcile_tenant(
         spec_error=error,
         key=key,
         allowed=allowed,
-        existing_models=models,
-        published_to=[m for m in allowed if m in models] if error is None else [],
+        existing_models=served,
+        published_to=sorted({served[m] for m in allowed if m in served}) if error is None else [],
         module=module_state(tspec, op.config.modules_dir, config_map, CONFIGMAP_KEY),
     )
     patch = status_patch(body.get("status"), status)

@@ -346,6 +346,18 @@ def models_in(indexes: Indexes, namespace: str) -> dict[str, bool]:
     return {m.name: m.ready for m in records if not m.deleting}
 
 
+def served_names(indexes: Indexes, namespace: str) -> dict[str, str]:
+    """What a Tenant's allowedModels may name in the namespace, each with the Model whose pods serve it:
+    every Model (not being deleted) by its own name, and the embedding models it declares. A name two
+    Models claim is the first's, by name, a Model's own name before any embedding model's."""
+    records = model_records(indexes, namespace)
+    out = {m.name: m.name for m in records}
+    for m in records:
+        for e in m.spec.embeddings if m.spec is not None else []:
+            out.setdefault(e.name, m.name)
+    return out
+
+
 def tenant_specs(indexes: Indexes, namespace: str) -> dict[str, TenantSpec | None]:
     """Tenants not being deleted, with their parsed spec (None when invalid)."""
     return {t.name: t.spec for t in tenants_in(indexes.tenants, namespace) if not t.deleting}

@@ -23,10 +23,9 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from realm.runtime.spec.embedding import EMBEDDING_MODEL, EmbeddingModelConfig
 from realm.runtime.spec.identity import DEFAULT_NAMESPACE, NAMESPACE_ENV, SECRET_ENV, NamespaceIdentity
 from realm.runtime.spec.runtime_config import (
-    EMBEDDING_MODEL,
-    EmbeddingModelConfig,
     RuntimeConfig,
     TenantEntry,
     default_models,

@@ -169,9 +169,12 @@ def invocation_error(e: InvocationFailed) -> APIError:
 
 
 def _loc_to_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
-    # FastAPI prefixes body errors with "body"; OpenAI's `param` is the dotted field path.
-    parts = [str(p) for p in loc if p != "body"]
-    return ".".join(parts) or None
+    # FastAPI prefixes errors with where the value was ("body", "query"); OpenAI's `param` is the
+    # dotted field path alone.
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query"):
+        parts = parts[1:]
+    return ".".join(str(p) for p in parts) or None
 
 
 def install_handlers(app: FastAPI) -> None:

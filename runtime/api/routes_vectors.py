@@ -4,9 +4,9 @@ Parse, call serving (serving/vectors.py), render OpenAI's shapes."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import Field
 
 from realm.runtime.serving import vectors
@@ -120,19 +120,26 @@ async def create_store(body: CreateVectorStore, request: Request) -> dict[str, A
 
 
 @router.get("/v1/vector_stores")
-async def list_stores(request: Request) -> dict[str, Any]:
+async def list_stores(
+    request: Request,
+    limit: int = Query(20, ge=1, le=100),
+    order: Literal["asc", "desc"] = Query("desc"),
+    after: str | None = Query(None, max_length=64),
+    before: str | None = Query(None, max_length=64),
+) -> dict[str, Any]:
     state, tenant = _who(request)
     try:
         found = await vectors.list_collections(state, tenant)
+        page, more = vectors.page_of(found, limit=limit, order=order, after=after, before=before)
     except ServingError as e:
         raise api_error(e) from e
-    data = [_store_object(m) for m in reversed(found)]  # newest first, as OpenAI orders them
+    data = [_store_object(m) for m in page]
     return {
         "object": "list",
         "data": data,
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
-        "has_more": False,
+        "has_more": more,
     }
 
 

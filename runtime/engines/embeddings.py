@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from realm.runtime.spec.runtime_config import EmbeddingModelConfig
+from realm.runtime.spec.embedding import EmbeddingModelConfig
 
 from .model_files import ModelSourceError, resolve_onnx
 

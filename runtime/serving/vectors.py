@@ -171,6 +171,32 @@ async def list_collections(state: ServingState, tenant: TenantEntry) -> list[Man
     return await _call(lambda: store.list(owner))
 
 
+def page_of(
+    manifests: Sequence[Manifest],
+    *,
+    limit: int,
+    order: str = "desc",
+    after: str | None = None,
+    before: str | None = None,
+) -> tuple[list[Manifest], bool]:
+    """One page of a listing as OpenAI's list endpoints cut them: oldest or newest first (`order`),
+    after and/or before the collections of those ids, at most `limit`; and whether more follow."""
+    ordered = sorted(manifests, key=lambda m: (m.created_at, m.id), reverse=order == "desc")
+    ids = [m.id for m in ordered]
+    start, end = 0, len(ordered)
+    for param, cursor in (("after", after), ("before", before)):
+        if cursor is not None and cursor not in ids:
+            raise InvalidRequest(
+                f"No vector store with id '{cursor}' in this listing.", code="invalid_cursor", param=param
+            )
+    if after is not None:
+        start = ids.index(after) + 1
+    if before is not None:
+        end = ids.index(before)
+    window = ordered[start:end]
+    return window[:limit], len(window) > limit
+
+
 async def get_collection(state: ServingState, tenant: TenantEntry, cid: str) -> Manifest:
     store, owner = _store(state), state.owner(tenant.name)
     return await _call(lambda: store.manifest(owner, cid))

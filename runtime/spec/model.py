@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from .cel import cel, validations
+from .embedding import EmbeddingModelConfig
 from .engine_args import batch_size_error, engine_args_schema, llamacpp_args
 from .status import ResourceStatus, list_map
 from .tenant import SpecModel
@@ -28,6 +29,7 @@ SOURCE_PATTERN = r"^(pypi:[A-Za-z_][A-Za-z0-9_.]*|pvc://[a-z0-9]([-a-z0-9]*[a-z0
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 
 MAX_VERSIONS = 8
+MAX_EMBEDDINGS = 4
 
 # Messages shared by the CEL rules and the pydantic validators.
 MSG_IMMUTABLE = "a version is immutable once created; add a new version instead"
@@ -266,6 +268,14 @@ class ModelSpec(SpecModel):
         "and tolerations). Absent: the Model's versions run on pods of their own.",
     )
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Engine settings.")
+    embeddings: list[EmbeddingModelConfig] = Field(
+        default_factory=list,
+        max_length=MAX_EMBEDDINGS,
+        description="Embedding models this Model's pods load beside it (/v1/embeddings, the ABI's embed, "
+        "vector stores of texts). A Tenant reaches one by naming it in allowedModels, which also publishes "
+        "the Tenant to this Model's pods; names are unique in the namespace, among Models too.",
+        json_schema_extra=list_map("name"),
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> ModelSpec:
@@ -273,6 +283,9 @@ class ModelSpec(SpecModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate version names: {', '.join(dupes)}")
+        embedding_names = [e.name for e in self.embeddings]
+        if len(set(embedding_names)) != len(embedding_names):
+            raise ValueError("duplicate embedding model names")
         if self.replicas is not None and self.autoscaling is not None:
             raise ValueError(MSG_REPLICAS_XOR_AUTOSCALING)
         targets = [t.version for t in self.traffic]

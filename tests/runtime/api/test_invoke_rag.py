@@ -16,7 +16,8 @@ from repo_paths import REPO
 from runtime_thread import running
 from sandbox_builds import build_example
 
-from realm.runtime.spec.runtime_config import DEFAULT_MODEL, EMBEDDING_MODEL, hash_api_key
+from realm.runtime.spec.embedding import EMBEDDING_MODEL
+from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
 
 LANGUAGES = ("go", "python")
 QUESTION = "Which header narrows an invocation to some of the tenant's tools?"

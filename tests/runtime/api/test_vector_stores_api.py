@@ -196,3 +196,43 @@ def test_the_tenants_vector_limits_refuse_a_write_whole(server: Server) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (429, "vector_quota_exceeded")
     assert _get(server, f"/v1/vector_stores/{sid}", "tiny").json()["file_counts"]["total"] == 0
     assert _post(server, f"/v1/vector_stores/{sid}/items", {"items": items[:3]}, "tiny").status_code == 200
+
+
+def test_listing_pages_as_openai_cuts_them(server: Server) -> None:
+    client = server.client("beta")
+    made = {client.vector_stores.create(name=f"page-{n}").id for n in range(5)}
+    whole = [s["id"] for s in _get(server, "/v1/vector_stores?limit=100", "beta").json()["data"]]
+    assert made <= set(whole)
+    # The official client walks the pages by `after` = the last id of each.
+    assert [s.id for s in client.vector_stores.list(limit=2)] == whole
+    asc = _get(server, "/v1/vector_stores?limit=100&order=asc", "beta").json()
+    assert [s["id"] for s in asc["data"]] == whole[::-1]
+    first = _get(server, "/v1/vector_stores?limit=2", "beta").json()
+    assert first["has_more"] is True and [s["id"] for s in first["data"]] == whole[:2]
+    assert (first["first_id"], first["last_id"]) == (whole[0], whole[1])
+    before = _get(server, f"/v1/vector_stores?limit=100&before={whole[3]}", "beta").json()
+    assert [s["id"] for s in before["data"]] == whole[:3] and before["has_more"] is False
+    between = _get(server, f"/v1/vector_stores?after={whole[0]}&before={whole[3]}", "beta").json()
+    assert [s["id"] for s in between["data"]] == whole[1:3]
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("after=vs_000000000000000000000000", "after"),  # no such store in this listing
+        ("before=..%2Fx", "before"),
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("order=sideways", "order"),
+    ],
+)
+def test_bad_listing_parameters_are_400s(server: Server, query: str, param: str) -> None:
+    r = _get(server, f"/v1/vector_stores?{query}", "beta")
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_another_tenants_store_is_no_cursor(server: Server) -> None:
+    sid = server.client("acme").vector_stores.create(name="not-yours").id
+    r = _get(server, f"/v1/vector_stores?after={sid}", "beta")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_cursor"
