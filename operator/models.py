@@ -92,7 +92,11 @@ def reconcile_model(op: Operator, namespace: str, name: str) -> Outcome:
     spec, error = parse_spec(body.get("spec"), ModelSpec)
     tenants = [
         t
-        for t in published_tenants(world.tenant_views(op.indexes, namespace, model=name))
+        for t in published_tenants(
+            world.tenant_views(
+                op.indexes, namespace, serving=world.names_served_by(op.indexes, namespace, name)
+            )
+        )
         # A Tenant whose snapshot location or egress the platform refuses is not served (its status
         # says why).
         if platform_refusal(t.spec, op.config) is None

@@ -206,11 +206,16 @@ def tenant_pass(op: Operator, key: TenantKey, urgent: bool) -> None:
 
 
 def refresh_tenants(op: Operator, namespace: str, model: str, exists: bool) -> None:
-    """Request the passes of the Tenants a Model's arrival or departure changes (ModelNotFound turns True
-    once it exists): those allowed to use it whose status disagrees about it being published."""
+    """Request the passes of the Tenants a Model's arrival, change or departure changes (ModelNotFound
+    turns True once it exists): those allowed to use what it serves (its name, its embedding models')
+    and not published to it, or those published to it once it is gone."""
+    serving = world.names_served_by(op.indexes, namespace, model)
     for r in world.tenants_in(op.indexes.tenants, namespace):
         # A Tenant without a status yet has its own pass queued already.
-        if r.reconciled and r.allows(model) and (model in r.published_to) != exists:
+        published = model in r.published_to
+        if r.reconciled and (
+            (exists and r.allows_any(serving) and not published) or (not exists and published)
+        ):
             op.tenants.request((namespace, r.name))
 
 

@@ -25,7 +25,7 @@ import binascii
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -57,6 +57,9 @@ class TenantRecord:
 
     def allows(self, model: str) -> bool:
         return self.spec is not None and model in self.spec.allowed_models
+
+    def allows_any(self, names: Collection[str]) -> bool:
+        return self.spec is not None and any(n in names for n in self.spec.allowed_models)
 
 
 class SpecCache:
@@ -319,12 +322,15 @@ def listed(k: Kube, namespace: str) -> Indexes:
     )
 
 
-def tenant_views(indexes: Indexes, namespace: str, model: str | None = None) -> list[TenantView]:
-    """Every Tenant in the namespace with its key's hash. With `model`, only the Tenants allowed to use
-    it: a Model's config lists no others, nor their pipelines."""
+def tenant_views(
+    indexes: Indexes, namespace: str, serving: Collection[str] | None = None
+) -> list[TenantView]:
+    """Every Tenant in the namespace with its key's hash. With `serving` (what a Model's pods serve: its
+    name and its embedding models'), only the Tenants allowed to use one of those: a Model's config
+    lists no others, nor their pipelines."""
     views: list[TenantView] = []
     for rec in tenants_in(indexes.tenants, namespace):
-        if model is not None and not rec.allows(model):
+        if serving is not None and not rec.allows_any(serving):
             continue
         ref = api_key_secret_ref(rec.name, rec.spec)
         # A Secret the index lacks does not exist, or was created a moment ago: its watch event will
@@ -344,6 +350,11 @@ def models_in(indexes: Indexes, namespace: str) -> dict[str, bool]:
     """Models in the namespace that are not being deleted, with whether each is Ready."""
     records: list[ModelRecord] = records_in(indexes.models, namespace)
     return {m.name: m.ready for m in records if not m.deleting}
+
+
+def names_served_by(indexes: Indexes, namespace: str, model: str) -> set[str]:
+    """What a Tenant may name to be published to `model`'s pods: its name and its embedding models'."""
+    return {model} | {n for n, m in served_names(indexes, namespace).items() if m == model}
 
 
 def served_names(indexes: Indexes, namespace: str) -> dict[str, str]:

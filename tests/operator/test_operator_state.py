@@ -86,7 +86,7 @@ def test_listing_fills_the_index_shapes_a_pass_reads() -> None:
         "Model": [{"metadata": {"name": "chat", "namespace": NS}, "status": {}}],
     }
     op, _, _ = operator(objects)
-    views = world.tenant_views(op.indexes, NS, model="chat")
+    views = world.tenant_views(op.indexes, NS, serving={"chat"})
     assert [(v.name, v.api_key_sha256) for v in views] == [("acme", hash_api_key("sk-acme"))]
     assert world.models_in(op.indexes, NS) == {"chat": False}
     assert world.pipelines_in(op.indexes, NS) == []
