@@ -361,4 +361,4 @@ def test_a_models_embedding_models_are_published_with_the_tenants_that_name_them
     # The apiserver keeps embedding names unique (a list-map keyed by name).
     twice = {**embedder, "spec": {**embedder["spec"], "embeddings": [{"name": "x"}, {"name": "x"}]}}
     out = world.cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(twice), check=False)
-    assert out.returncode != 0 and "duplicate entries for key [name=\"x\"]" in out.stderr, out.stderr
+    assert out.returncode != 0 and 'duplicate entries for key [name="x"]' in out.stderr, out.stderr
