@@ -8,6 +8,7 @@ id of another tenant's collection is not found, exactly like an id that never ex
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,12 @@ import numpy as np
 from realm.runtime.spec.runtime_config import TenantEntry, VectorsConfig
 from realm.runtime.vectors.collection import Collection, CorruptCollection, Hit, Matrix
 from realm.runtime.vectors.filters import Filter, MetadataValue, check_depth
-from realm.runtime.vectors.objects import DirObjects, ObjectsUnavailable, S3Objects
+from realm.runtime.vectors.objects import (
+    ConditionalWritesIgnored,
+    DirObjects,
+    ObjectsUnavailable,
+    S3Objects,
+)
 from realm.runtime.vectors.store import (
     CollectionConflict,
     CollectionStore,
@@ -41,6 +47,7 @@ from .errors import (
 from .state import ServingState
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Chunks for all-MiniLM-L6-v2, which reads 256 tokens: OpenAI's 800/400 would be cut by the model.
 CHUNK_TOKENS = 256
@@ -67,7 +74,16 @@ def open_collections(config: VectorsConfig, home: Path) -> CollectionStore:
         os.environ.get("REALM_S3_ENDPOINT") or config.endpoint,
         os.environ.get("REALM_S3_REGION") or config.region,
     )
-    return CollectionStore(S3Objects(client, bucket, config.prefix))
+    objects = S3Objects(client, bucket, config.prefix)
+    try:
+        # A server that ignores conditional writes stops the runtime here; one not reachable yet is
+        # checked before the first write.
+        objects.verify_conditional_writes()
+    except ConditionalWritesIgnored:
+        raise
+    except ObjectsUnavailable as e:
+        log.warning("vector collections' S3 not checked at start (checked before the first write): %s", e)
+    return CollectionStore(objects)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -84,14 +85,46 @@ class DirObjects:
         )
 
 
+class ConditionalWritesIgnored(ObjectsUnavailable):
+    """The server accepts If-None-Match / If-Match on PutObject but overwrites anyway: compare-and-swap
+    would silently become last-writer-wins, so nothing is written through it."""
+
+
 class S3Objects:
     """Objects in a bucket under `prefix`, through a boto3 client (conditional writes: If-Match and
-    If-None-Match, which S3 and MinIO honour)."""
+    If-None-Match, which S3 and MinIO honour; checked on a probe object before the first conditional
+    write, since older S3-compatible servers ignore them)."""
 
     def __init__(self, client: Any, bucket: str, prefix: str) -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self._verified = False
+        self._verify_lock = threading.Lock()
+
+    def verify_conditional_writes(self) -> None:
+        """Raise ConditionalWritesIgnored unless the server refuses a second If-None-Match: * create
+        and a replace whose If-Match names another ETag; ObjectsUnavailable when it cannot be asked."""
+        with self._verify_lock:
+            if self._verified:
+                return
+            probe = f".cas-probe/{secrets.token_hex(8)}"
+            self._put(probe, b"1", {"IfNoneMatch": "*"})
+            ignored = [
+                name
+                for name, condition in (
+                    ("If-None-Match", {"IfNoneMatch": "*"}),
+                    ("If-Match", {"IfMatch": f'"{secrets.token_hex(16)}"'}),
+                )
+                if self._put(probe, b"2", condition)
+            ]
+            self.delete(probe)
+            if ignored:
+                raise ConditionalWritesIgnored(
+                    f"the S3 server ignores conditional writes ({' and '.join(ignored)} on PutObject); "
+                    "collections need them for compare-and-swap. Refusing to write through it."
+                )
+            self._verified = True
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -121,6 +154,11 @@ class S3Objects:
             condition["IfNoneMatch"] = "*"
         if if_match is not None:
             condition["IfMatch"] = if_match
+        if condition:
+            self.verify_conditional_writes()
+        return self._put(key, data, condition)
+
+    def _put(self, key: str, data: bytes, condition: dict[str, str]) -> bool:
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
         except Exception as e:

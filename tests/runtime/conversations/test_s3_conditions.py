@@ -22,7 +22,9 @@ import pytest
 
 from realm.runtime.conversations import StoreUnavailable, open_store
 from realm.runtime.conversations.s3_store import S3ConversationStore, make_client
-from realm.runtime.spec.runtime_config import ConversationsConfig
+from realm.runtime.serving.vectors import open_collections
+from realm.runtime.spec.runtime_config import ConversationsConfig, VectorsConfig
+from realm.runtime.vectors.objects import ConditionalWritesIgnored, S3Objects
 
 ALL = frozenset({"put-if-none-match", "put-if-match", "delete-if-match"})
 
@@ -173,3 +175,36 @@ async def test_real_minio_refuses_a_replace_with_a_wrong_etag(s3_bucket: Any) ->
     c = await store.create("acme")
     assert not store._replace(c, '"00000000000000000000000000000000"')
     await store.close()
+
+
+# Vector collections (runtime/vectors/objects.py) are held to the same probe, on the same fake server.
+
+
+def vectors_config(endpoint: str) -> VectorsConfig:
+    return VectorsConfig(backend="s3", bucket="b", endpoint=endpoint, region="us-east-1")
+
+
+@pytest.mark.parametrize("honour", [frozenset(), frozenset({"put-if-none-match"})])
+def test_collections_refuse_a_server_that_ignores_conditional_writes(honour: frozenset[str]) -> None:
+    for server in fake(honour):
+        with pytest.raises(ConditionalWritesIgnored, match="ignores conditional writes"):
+            open_collections(vectors_config(server.endpoint), Path("unused-by-s3"))
+        assert not [k for k in server.objects if "cas-probe" in k], "the probe object is left behind"
+
+
+def test_collections_open_on_a_server_that_honours_them_and_write_conditionally() -> None:
+    for server in fake(ALL):
+        store = open_collections(vectors_config(server.endpoint), Path("unused-by-s3"))
+        made = store.create("owner", name="docs", dims=4, model=None, metadata={})
+        assert [m.id for m in store.list("owner")] == [made.id]
+
+
+def test_collections_on_an_unreachable_server_are_checked_before_their_first_write() -> None:
+    for server in fake(frozenset()):
+        endpoint = server.endpoint
+    store = open_collections(vectors_config(endpoint), Path("unused-by-s3"))  # the server is gone: no check
+    for server in fake(frozenset()):
+        assert isinstance(store.objects, S3Objects)
+        store.objects.client = make_client(server.endpoint, "us-east-1")
+        with pytest.raises(ConditionalWritesIgnored):
+            store.create("owner", name="docs", dims=4, model=None, metadata={})
