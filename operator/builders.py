@@ -286,7 +286,12 @@ def _engine_args(v: ModelVersion, *, gpus: int) -> dict[str, str | int | float |
 def pipeline_entry(name: str, spec: PipelineSpec) -> PipelineEntry:
     """A validated Pipeline as the runtime reads it: steps as declared, run order, output step resolved."""
     return PipelineEntry(
-        name=name, tenant=spec.tenant, steps=list(spec.steps), order=spec.order(), output=spec.output_step()
+        name=name,
+        tenant=spec.tenant,
+        steps=list(spec.steps),
+        order=spec.order(),
+        output=spec.output_step(),
+        timeout_seconds=spec.timeout_seconds,
     )
 
 

@@ -102,7 +102,17 @@ def runtime_config(extra_tenants: list[dict[str, object]] | None = None) -> dict
                 ],
                 "order": ["a", "b", "c"],
                 "output": "c",
-            }
+            },
+            {
+                # One long step, with a deadline of its own: cancelled (DELETE) or timed out mid-run.
+                "name": "slow",
+                "tenant": "acme",
+                "steps": [
+                    {"name": "count", "model": MODEL, "promptTemplate": "Count: {{input}}", "maxTokens": 2000}
+                ],
+                "order": ["count"],
+                "output": "count",
+            },
         ],
     }
 

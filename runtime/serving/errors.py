@@ -163,6 +163,12 @@ class StoreFailed(ServingError):
 # ---- pipelines (runtime/serving/pipelines.py) ------------------------------------------------------
 
 
+class DeadlineExceeded(ServingError):
+    """A deadline the request's own declaration set (a pipeline step's or run's timeoutSeconds) passed."""
+
+    reason = "deadline_exceeded"
+
+
 class PipelineNotFound(ServingError):
     """No pipeline of that name runs as this tenant (another tenant's pipeline reads the same)."""
 

@@ -18,59 +18,48 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from realm.runtime.sandbox.abi import GenerateParams
 from realm.runtime.spec.pipeline import PLACEHOLDER, STEP_OUTPUT, PipelineStep
 from realm.runtime.spec.runtime_config import PipelineEntry
 
-from .errors import InvalidRequest, PipelineNotFound, ServingError
+from .errors import (
+    Busy,
+    DeadlineExceeded,
+    EngineFailed,
+    InvalidRequest,
+    NotReady,
+    PipelineNotFound,
+    QuotaExceeded,
+    ServingError,
+    Unavailable,
+)
 from .invocations import RuntimeHostServices
+from .pipeline_runs import (
+    CANCELLED,
+    ENDED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    SUCCEEDED,
+    PipelineRun,
+    StepRecord,
+)
 from .state import ServingState
 
 # The run's input, as JSON text, that a run accepts: a template copies it into prompts, and every
 # prompt is tokenized under the process's text cap anyway; this refuses the absurd before any step.
 MAX_INPUT_BYTES = 256 * 1024
-
-PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
-# Skipped: never started (a dependency failed, or the run ended first); Cancelled: stopped mid-call.
-SKIPPED, CANCELLED = "Skipped", "Cancelled"
-
-
-@dataclass
-class StepRecord:
-    """One step of one run: its phase, when it ran, what it produced or why it failed."""
-
-    name: str
-    phase: str = PENDING
-    output: str | None = None
-    error: str | None = None
-    error_code: str | None = None
-    # Seconds since the run started (time.perf_counter based).
-    started_s: float | None = None
-    finished_s: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass
-class PipelineRunResult:
-    """A finished run: the output step's text, every step's record, the run's usage and wall time."""
-
-    id: str
-    pipeline: str
-    phase: str
-    output: str | None
-    steps: dict[str, StepRecord] = field(default_factory=dict)
-    duration_s: float = 0.0
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(s.prompt_tokens for s in self.steps.values())
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(s.completion_tokens for s in self.steps.values())
+# Failures another attempt may get past (load, a lost pod, a deadline); the rest are the request's own.
+RETRYABLE: tuple[type[ServingError], ...] = (
+    Busy,
+    DeadlineExceeded,
+    EngineFailed,
+    NotReady,
+    QuotaExceeded,
+    Unavailable,
+)
 
 
 def input_text(data: Mapping[str, object]) -> str:
@@ -121,6 +110,31 @@ def _checked_input(data: Mapping[str, object]) -> str:
     return input_text(data)
 
 
+def new_run(
+    state: ServingState, tenant: str, name: str, input: Mapping[str, object]
+) -> tuple[PipelineRun, str]:
+    """A run of the tenant's pipeline `name`, registered (readable by id from now) but not started,
+    and the text `{{input}}` reads. Raises PipelineNotFound and InvalidRequest (the input)."""
+    entry = pipeline_of(state, tenant, name)
+    text_in = _checked_input(input)
+    run = PipelineRun(
+        id=f"run-{uuid.uuid4().hex}",
+        tenant=tenant,
+        pipeline=name,
+        steps={s.name: StepRecord(s.name) for s in entry.steps},
+    )
+    state.pipeline_runs.add(run)
+    return run, text_in
+
+
+def run_of(state: ServingState, tenant: str, name: str, run_id: str) -> PipelineRun:
+    """The tenant's run `run_id` of pipeline `name`, while this pod keeps it; any other reads as missing."""
+    run = state.pipeline_runs.get(run_id)
+    if run is None or run.tenant != tenant or run.pipeline != name:
+        raise PipelineNotFound(f"No run '{run_id}' of the pipeline '{name}'.", code="run_not_found")
+    return run
+
+
 async def run_pipeline(
     state: ServingState,
     tenant: str,
@@ -129,52 +143,115 @@ async def run_pipeline(
     *,
     route_key: str | None = None,
     on_output_text: Callable[[str], None] | None = None,
-) -> PipelineRunResult:
-    """Run the tenant's pipeline `name` to its end. `on_output_text` receives the output step's text
-    as it is generated (the streaming variant). The first failing step cancels the steps still running
-    and the run raises that step's error (QuotaExceeded, ModelNotAllowed, EngineFailed, ...);
-    cancelling the caller cancels every running step."""
-    entry = pipeline_of(state, tenant, name)
-    text_in = _checked_input(input)
+) -> PipelineRun:
+    """Run the tenant's pipeline `name` to its end (`new_run`, then `execute`)."""
+    run, text_in = new_run(state, tenant, name, input)
+    return await execute(state, run, text_in, route_key=route_key, on_output_text=on_output_text)
+
+
+def _tolerated(entry: PipelineEntry, failed: str) -> bool:
+    """Whether the run goes on without step `failed`: some steps depend on it, all of them softly."""
+    dependents = [s for s in entry.steps if failed in s.depends_on or failed in s.soft_depends_on]
+    return bool(dependents) and all(failed in s.soft_depends_on for s in dependents)
+
+
+async def execute(
+    state: ServingState,
+    run: PipelineRun,
+    text_in: str,
+    *,
+    route_key: str | None = None,
+    on_output_text: Callable[[str], None] | None = None,
+) -> PipelineRun:
+    """Run `run` (from `new_run`) to its end. `on_output_text` receives the output step's text as it is
+    generated (the streaming variant). A step starts once its dependsOn have succeeded and its
+    softDependsOn have ended; each attempt is bounded by its timeoutSeconds and a failure another attempt
+    may get past is retried per its `retry`. A failed step the run cannot go on without (see
+    `_tolerated`) cancels the steps still running and the run raises its error (QuotaExceeded,
+    ModelNotAllowed, DeadlineExceeded, ...); past the pipeline's timeoutSeconds, DeadlineExceeded.
+    Cancelling the caller cancels every running step."""
+    entry = pipeline_of(state, run.tenant, run.pipeline)
     services = RuntimeHostServices(state, route_key=route_key)
     steps = {s.name: s for s in entry.steps}
-    records = {s.name: StepRecord(s.name) for s in entry.steps}
+    records = run.steps
     outputs: dict[str, str] = {}
     t0 = time.perf_counter()
-    run_id = f"run-{uuid.uuid4().hex}"
+    run.phase = RUNNING
+
+    async def attempt(step: PipelineStep, prompt: str) -> None:
+        record = records[step.name]
+        sink = on_output_text if step.name == entry.output else None
+        params = GenerateParams(model=step.model, prompt=prompt, max_tokens=step.max_tokens)
+        try:
+            async with asyncio.timeout(step.timeout_seconds):
+                done = await services.generate_text(run.tenant, params, sink)
+        except TimeoutError as e:
+            raise DeadlineExceeded(
+                f"step {step.name} passed its timeoutSeconds ({step.timeout_seconds:g} s)",
+                code="step_timeout",
+            ) from e
+        record.output = done.text
+        record.prompt_tokens += done.prompt_tokens
+        record.completion_tokens += done.completion_tokens
 
     async def run_step(step: PipelineStep) -> None:
         record = records[step.name]
         record.phase, record.started_s = RUNNING, time.perf_counter() - t0
         prompt = render(step.prompt_template, text_in, outputs)
-        sink = on_output_text if step.name == entry.output else None
+        attempts = step.retry.attempts if step.retry is not None else 1
         try:
-            done = await services.generate_text(
-                tenant, GenerateParams(model=step.model, prompt=prompt, max_tokens=step.max_tokens), sink
-            )
-        except ServingError as e:
-            record.phase, record.error, record.error_code = FAILED, e.message, e.code or e.reason
-            raise
+            while True:
+                record.attempts += 1
+                try:
+                    await attempt(step, prompt)
+                    break
+                except ServingError as e:
+                    record.error, record.error_code = e.message, e.code or e.reason
+                    if record.attempts >= attempts or not isinstance(e, RETRYABLE):
+                        record.phase = FAILED
+                        raise
+                assert step.retry is not None  # more than one attempt
+                await asyncio.sleep(step.retry.backoff_seconds * 2 ** (record.attempts - 1))
         finally:
             record.finished_s = time.perf_counter() - t0
-        record.output, record.phase = done.text, SUCCEEDED
-        record.prompt_tokens, record.completion_tokens = done.prompt_tokens, done.completion_tokens
-        outputs[step.name] = done.text
+        record.phase, record.error, record.error_code = SUCCEEDED, None, None
+        outputs[step.name] = record.output or ""
 
-    running: set[asyncio.Task[None]] = set()
+    def ready(n: str) -> bool:
+        s = steps[n]
+        return all(records[d].phase == SUCCEEDED for d in s.depends_on) and all(
+            records[d].phase in ENDED for d in s.soft_depends_on
+        )
+
+    running: dict[asyncio.Task[None], str] = {}
     failure: BaseException | None = None
     try:
-        while failure is None:
-            for n in entry.order:
-                if records[n].phase == PENDING and all(d in outputs for d in steps[n].depends_on):
-                    records[n].phase = RUNNING
-                    running.add(asyncio.create_task(run_step(steps[n]), name=f"pipeline {name} step {n}"))
-            if not running:
-                break
-            finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            failure = next((t.exception() for t in finished if t.exception() is not None), None)
+        async with asyncio.timeout(entry.timeout_seconds):
+            while failure is None:
+                for n in entry.order:
+                    if records[n].phase == PENDING and ready(n):
+                        for d in steps[n].soft_depends_on:
+                            outputs.setdefault(d, "")  # a soft dependency that failed reads as empty
+                        records[n].phase = RUNNING
+                        task = asyncio.create_task(
+                            run_step(steps[n]), name=f"pipeline {run.pipeline} step {n}"
+                        )
+                        running[task] = n
+                if not running:
+                    break
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    n = running.pop(task)
+                    error = task.exception()
+                    if error is not None and not _tolerated(entry, n) and failure is None:
+                        failure = error
+    except TimeoutError:
+        failure = DeadlineExceeded(
+            f"the pipeline passed its timeoutSeconds ({entry.timeout_seconds:g} s)", code="pipeline_timeout"
+        )
     finally:
-        # A failed step, or the caller cancelled (a disconnect, a DELETE): no step outlives the run.
+        # A failed step, the run's deadline, or the caller cancelled (a disconnect, a DELETE): no step
+        # outlives the run.
         for task in running:
             task.cancel()
         if running:
@@ -183,21 +260,19 @@ async def run_pipeline(
             if r.phase in (PENDING, RUNNING):
                 r.phase = SKIPPED if r.started_s is None else CANCELLED
             if r.started_s is not None and r.finished_s is not None:
-                state.metrics.pipeline_steps.labels(tenant, name, r.name, r.phase).observe(
+                state.metrics.pipeline_steps.labels(run.tenant, run.pipeline, r.name, r.phase).observe(
                     r.finished_s - r.started_s
                 )
         # A run that ends with no failure and no output was cancelled by its caller.
-        phase = FAILED if failure is not None else SUCCEEDED if entry.output in outputs else CANCELLED
-        state.metrics.pipeline_runs.labels(tenant, name, phase).inc()
+        run.phase = FAILED if failure is not None else SUCCEEDED if entry.output in outputs else CANCELLED
+        run.output = outputs.get(entry.output) if run.phase == SUCCEEDED else None
+        if isinstance(failure, ServingError):
+            run.error, run.error_code = failure.message, failure.code or failure.reason
+        run.duration_s = time.perf_counter() - t0
+        state.pipeline_runs.ended(run)
+        state.metrics.pipeline_runs.labels(run.tenant, run.pipeline, run.phase).inc()
     if failure is not None:
         # The step's own refusal (QuotaExceeded, ModelNotAllowed, EngineFailed, ...); its record says
         # which step it was.
         raise failure
-    return PipelineRunResult(
-        id=run_id,
-        pipeline=name,
-        phase=SUCCEEDED,
-        output=outputs.get(entry.output),
-        steps=records,
-        duration_s=time.perf_counter() - t0,
-    )
+    return run

@@ -30,6 +30,7 @@ from realm.runtime.vectors.store import CollectionStore
 
 from .egress import EgressRuntime
 from .mcp import McpSessions
+from .pipeline_runs import PipelineRuns
 from .routing import ModelTarget
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ class ServingState:
     # RuntimeConfig.pipelines by name (serving/pipelines.py runs them); swapped whole on a reload, so a
     # run keeps the entry it started with.
     pipelines: dict[str, PipelineEntry] = field(default_factory=dict)
+    # This pod's pipeline runs, running and recently ended (serving/pipeline_runs.py).
+    pipeline_runs: PipelineRuns = field(default_factory=PipelineRuns)
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, metrics: Metrics) -> Self:

@@ -23,6 +23,7 @@ STEP_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"
 MAX_STEPS = 16
 MAX_DEPENDS = 8
 MAX_STEP_TOOLS = 32
+MAX_ATTEMPTS = 5
 
 MSG_UNKNOWN_DEPENDENCY = "dependsOn must name other steps of this pipeline"
 MSG_UNKNOWN_OUTPUT = "output must name a step of this pipeline"
@@ -58,6 +59,16 @@ def tool_allowed(name: str, mcp_servers: Collection[str], allowed_outbound_hosts
     return False
 
 
+class StepRetry(SpecModel):
+    """How a failed step is tried again: `attempts` in all, waiting `backoffSeconds` before the second,
+    doubled before each further one."""
+
+    attempts: int = Field(2, ge=1, le=MAX_ATTEMPTS, description="Attempts in all, the first included.")
+    backoff_seconds: float = Field(
+        0.5, ge=0, le=60, description="Wait before the second attempt; doubled before each further one."
+    )
+
+
 class PipelineStep(SpecModel):
     """One model call whose prompt is rendered from the input and earlier steps' outputs."""
 
@@ -89,8 +100,31 @@ class PipelineStep(SpecModel):
     depends_on: list[str] = Field(
         default_factory=list,
         max_length=MAX_DEPENDS,
-        description="Steps that must finish first; required for every step the template references.",
+        description="Steps that must succeed first; a template may read their outputs. If one fails, "
+        "this step does not run and the run fails.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    soft_depends_on: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_DEPENDS,
+        description="Steps that must end first, successfully or not: if one fails (or is skipped), this "
+        "step still runs, reading its output as empty text, and the run goes on. A template may read "
+        "their outputs too.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    timeout_seconds: float | None = Field(
+        None,
+        ge=0.1,
+        le=3600,
+        description="Longest one attempt of this step may take; past it the attempt fails with "
+        "deadline_exceeded (and is retried per retry). No limit of its own when absent (the pipeline's "
+        "timeoutSeconds still applies).",
+    )
+    retry: StepRetry | None = Field(
+        None,
+        description="Attempts of this step after a failure that may pass (deadline_exceeded, busy, "
+        "quota_exceeded, unavailable, engine_failed, not_ready); a refusal that cannot pass "
+        "(model_not_allowed, an invalid request) is never retried. One attempt when absent.",
     )
 
     tools: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] | None = Field(
@@ -125,6 +159,11 @@ class PipelineSpec(SpecModel):
                 "s.dependsOn.all(d, self.steps.exists(t, t.name == d)))",
                 MSG_UNKNOWN_DEPENDENCY,
             ),
+            cel(
+                "self.steps.all(s, !has(s.softDependsOn) || "
+                "s.softDependsOn.all(d, self.steps.exists(t, t.name == d)))",
+                MSG_UNKNOWN_DEPENDENCY,
+            ),
             cel("!has(self.output) || self.steps.exists(s, s.name == self.output)", MSG_UNKNOWN_OUTPUT),
         )
     )
@@ -144,6 +183,13 @@ class PipelineSpec(SpecModel):
     output: str | None = Field(
         None, max_length=32, description="Step whose output the pipeline returns; the last step when absent."
     )
+    timeout_seconds: float | None = Field(
+        None,
+        ge=0.1,
+        le=3600,
+        description="Longest a run may take, retries included; past it its running steps are cancelled "
+        "and the run fails with deadline_exceeded. No limit of its own when absent.",
+    )
 
     @model_validator(mode="after")
     def _graph(self) -> PipelineSpec:
@@ -154,20 +200,25 @@ class PipelineSpec(SpecModel):
         for s in self.steps:
             if s.name in s.depends_on:
                 raise ValueError(f"step {s.name}: a step cannot depend on itself")
-            unknown = sorted(set(s.depends_on) - set(names))
+            if s.name in s.soft_depends_on:
+                raise ValueError(f"step {s.name}: a step cannot depend on itself")
+            unknown = sorted((set(s.depends_on) | set(s.soft_depends_on)) - set(names))
             if unknown:
                 raise ValueError(f"step {s.name}: {MSG_UNKNOWN_DEPENDENCY} (unknown: {', '.join(unknown)})")
+            both = sorted(set(s.depends_on) & set(s.soft_depends_on))
+            if both:
+                raise ValueError(f"step {s.name}: {', '.join(both)} in both dependsOn and softDependsOn")
             for expr in PLACEHOLDER.findall(s.prompt_template):
                 if expr != "input" and not STEP_OUTPUT.match(expr):
                     raise ValueError(
                         f"step {s.name}: unknown placeholder {{{{{expr}}}}}; "
                         "use {{input}} or {{steps.<name>.output}}"
                     )
-            missing = [r for r in s.references() if r not in s.depends_on]
+            missing = [r for r in s.references() if r not in s.depends_on and r not in s.soft_depends_on]
             if missing:
                 raise ValueError(
                     f"step {s.name}: the template reads {', '.join(missing)}, "
-                    "which must be listed in dependsOn"
+                    "which must be listed in dependsOn or softDependsOn"
                 )
         if self.output is not None and self.output not in names:
             raise ValueError(f"{MSG_UNKNOWN_OUTPUT} (got {self.output})")
@@ -176,7 +227,7 @@ class PipelineSpec(SpecModel):
 
     def order(self) -> list[str]:
         """Step names in a run order (dependencies first; ties keep the declared order)."""
-        deps = {s.name: set(s.depends_on) for s in self.steps}
+        deps = {s.name: set(s.depends_on) | set(s.soft_depends_on) for s in self.steps}
         done: list[str] = []
         while len(done) < len(deps):
             ready = [n for n in deps if n not in done and deps[n] <= set(done)]

@@ -170,12 +170,15 @@ class PipelineEntry(SpecModel):
         ..., description="Step names in run order (every step once, dependencies before dependents)."
     )
     output: str = Field(..., description="Step whose output the pipeline returns.")
+    timeout_seconds: float | None = Field(
+        None, ge=0.1, le=3600, description="Longest a run may take, retries included; no limit when absent."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineEntry:
         # The same graph checks as the Pipeline resource (duplicates, placeholders, cycles, output).
         PipelineSpec(tenant=self.tenant, steps=self.steps, output=self.output)
-        deps = {s.name: set(s.depends_on) for s in self.steps}
+        deps = {s.name: set(s.depends_on) | set(s.soft_depends_on) for s in self.steps}
         if sorted(self.order) != sorted(deps):
             raise ValueError(f"pipeline {self.name}: order must list every step exactly once")
         for i, name in enumerate(self.order):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from conftest import Server
 
@@ -56,3 +57,66 @@ def test_hostile_bodies_are_4xx(server: Server) -> None:
     assert huge.json()["error"]["code"] == "input_too_large"
     assert wrong.status_code == 400
     assert anon.status_code == 401
+
+
+def test_a_background_run_answers_at_once_and_is_read_until_it_ends(server: Server) -> None:
+    body = {"input": {"text": "go"}, "background": True}
+    with server.http() as http:
+        r = http.post("/v1/pipelines/diamond/runs", json=body, headers=server.headers())
+        assert r.status_code == 202, r.text
+        started = r.json()
+        assert started["phase"] in ("Pending", "Running")
+        assert r.headers["X-Realm-Run-Id"] == started["id"]
+        url = f"/v1/pipelines/diamond/runs/{started['id']}"
+        for _ in range(600):
+            run = http.get(url, headers=server.headers()).json()
+            if run["phase"] not in ("Pending", "Running"):
+                break
+            time.sleep(0.05)
+        assert run["phase"] == "Succeeded"
+        assert run["output"] == run["steps"]["c"]["output"]
+        assert [run["steps"][n]["attempts"] for n in "abc"] == [1, 1, 1]
+        # Another tenant, another pipeline's path, and a made-up id all read as the same 404.
+        theirs = http.get(url, headers=server.headers("limited"))
+        elsewhere = http.get(f"/v1/pipelines/slow/runs/{started['id']}", headers=server.headers())
+        made_up = http.get("/v1/pipelines/diamond/runs/run-0", headers=server.headers())
+    for missing in (theirs, elsewhere, made_up):
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] in ("run_not_found", "pipeline_not_found")
+    assert elsewhere.json()["error"]["code"] == made_up.json()["error"]["code"] == "run_not_found"
+
+
+def test_delete_cancels_a_running_run_and_its_steps(server: Server) -> None:
+    with server.http() as http:
+        r = http.post(
+            "/v1/pipelines/slow/runs",
+            json={"input": {"text": "1 2 3"}, "background": True},
+            headers=server.headers(),
+        )
+        run_id = r.json()["id"]
+        url = f"/v1/pipelines/slow/runs/{run_id}"
+        for _ in range(600):  # until the step is generating
+            if http.get(url, headers=server.headers()).json()["steps"]["count"]["phase"] == "Running":
+                break
+            time.sleep(0.05)
+        # Another tenant cannot cancel it.
+        assert http.delete(url, headers=server.headers("limited")).status_code == 404
+        cancelled = http.delete(url, headers=server.headers())
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["phase"] == "Cancelled"
+        assert cancelled.json()["steps"]["count"]["phase"] == "Cancelled"
+        assert http.get(url, headers=server.headers()).json()["phase"] == "Cancelled"
+
+
+def test_a_synchronous_run_names_its_id_in_a_header(server: Server) -> None:
+    with server.http() as http:
+        r = http.post("/v1/pipelines/diamond/runs", json={"input": {"text": "go"}}, headers=server.headers())
+    assert r.headers["X-Realm-Run-Id"] == r.json()["id"]
+
+
+def test_stream_and_background_together_are_refused(server: Server) -> None:
+    body = {"input": {}, "stream": True, "background": True}
+    with server.http() as http:
+        r = http.post("/v1/pipelines/diamond/runs", json=body, headers=server.headers())
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "stream"

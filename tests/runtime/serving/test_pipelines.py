@@ -10,8 +10,15 @@ import pytest
 from realm.runtime.engines.llamacpp import LlamaCppEngine
 from realm.runtime.metrics import Metrics
 from realm.runtime.scheduler import AdmissionScheduler, TenantPolicy
-from realm.runtime.serving.errors import InvalidRequest, ModelNotAllowed, PipelineNotFound
-from realm.runtime.serving.pipelines import MAX_INPUT_BYTES, render, run_pipeline
+from realm.runtime.serving.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotAllowed,
+    ModelNotFound,
+    PipelineNotFound,
+)
+from realm.runtime.serving.pipeline_runs import PipelineRuns
+from realm.runtime.serving.pipelines import MAX_INPUT_BYTES, render, run_of, run_pipeline
 from realm.runtime.serving.state import ServingState
 from realm.runtime.spec.pipeline import PipelineStep
 from realm.runtime.spec.runtime_config import ModelConfig, PipelineEntry, TenantEntry
@@ -137,3 +144,92 @@ async def test_cancelling_the_caller_cancels_every_running_step(smol: LlamaCppEn
             break
         await asyncio.sleep(0.05)
     assert smol.stats().running == 0
+
+
+def long_step(name: str, **extra: object) -> PipelineStep:
+    return PipelineStep.model_validate(
+        {"name": name, "model": "smol", "promptTemplate": "Count: {{input}}", "maxTokens": 2000, **extra}
+    )
+
+
+async def test_an_attempt_past_its_timeout_is_retried_then_fails_the_run(smol: LlamaCppEngine) -> None:
+    timed = entry("timed", [long_step("a", timeoutSeconds=0.3, retry={"attempts": 2, "backoffSeconds": 0})])
+    state = serving(smol, timed)
+    with pytest.raises(DeadlineExceeded) as info:
+        await run_pipeline(state, "acme", "timed", {"text": "1 2 3"})
+    assert info.value.code == "step_timeout"
+    assert len(state.pipeline_runs) == 1
+    run = next(iter(state.pipeline_runs))
+    assert (run.phase, run.error_code) == ("Failed", "step_timeout")
+    assert (run.steps["a"].phase, run.steps["a"].attempts) == ("Failed", 2)
+
+
+async def test_the_pipelines_timeout_cancels_its_running_steps(smol: LlamaCppEngine) -> None:
+    timed = PipelineEntry(
+        name="timed", tenant="acme", steps=[long_step("a")], order=["a"], output="a", timeout_seconds=0.3
+    )
+    state = serving(smol, timed)
+    with pytest.raises(DeadlineExceeded) as info:
+        await run_pipeline(state, "acme", "timed", {"text": "1 2 3"})
+    assert info.value.code == "pipeline_timeout"
+    for _ in range(100):
+        if smol.stats().running == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert smol.stats().running == 0
+
+
+async def test_a_soft_dependency_may_fail_and_the_run_goes_on(smol: LlamaCppEngine) -> None:
+    # a asks for a model this runtime does not have: refused, and never retried (that cannot pass).
+    steps = [
+        PipelineStep.model_validate(
+            {
+                "name": "a",
+                "model": "ghost",
+                "promptTemplate": "{{input}}",
+                "maxTokens": 4,
+                "retry": {"attempts": 3},
+            }
+        ),
+        PipelineStep.model_validate(
+            {
+                "name": "b",
+                "model": "smol",
+                "promptTemplate": "Say [{{steps.a.output}}] {{input}}",
+                "maxTokens": 4,
+                "softDependsOn": ["a"],
+            }
+        ),
+    ]
+    state = serving(smol, entry("soft", steps))
+    run = await run_pipeline(state, "acme", "soft", {"text": "go"})
+    assert run.phase == "Succeeded" and run.output == run.steps["b"].output
+    assert (run.steps["a"].phase, run.steps["a"].attempts, run.steps["a"].error_code) == (
+        "Failed",
+        1,
+        "model_not_found",
+    )
+    assert run.steps["b"].phase == "Succeeded"
+
+
+async def test_a_hard_dependency_that_fails_fails_the_run(smol: LlamaCppEngine) -> None:
+    steps = [
+        PipelineStep(name="a", model="ghost", prompt_template="{{input}}", max_tokens=4),
+        PipelineStep(
+            name="b", model="smol", prompt_template="{{steps.a.output}}", max_tokens=4, depends_on=["a"]
+        ),
+    ]
+    state = serving(smol, entry("hard", steps))
+    with pytest.raises(ModelNotFound):
+        await run_pipeline(state, "acme", "hard", {"text": "go"})
+
+
+async def test_runs_are_kept_per_tenant_within_their_bound(smol: LlamaCppEngine) -> None:
+    state = serving(smol, DIAMOND)
+    state.pipeline_runs = PipelineRuns(keep_per_tenant=2)
+    ids = [(await run_pipeline(state, "acme", "diamond", {"text": "go"})).id for _ in range(3)]
+    assert state.pipeline_runs.get(ids[0]) is None
+    assert all(state.pipeline_runs.get(i) is not None for i in ids[1:])
+    assert run_of(state, "acme", "diamond", ids[2]).phase == "Succeeded"
+    with pytest.raises(PipelineNotFound):
+        run_of(state, "other", "diamond", ids[2])
