@@ -26,6 +26,8 @@ from .model_files import ModelSourceError, resolve_onnx
 log = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
+# Batches up to this size run with onnxruntime's memory arena (see _load).
+ARENA_MAX_BATCH = 4
 
 
 class EmbeddingError(Exception):
@@ -85,11 +87,12 @@ class OnnxEmbedder:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        # onnxruntime's arena keeps the peak of the largest batch for the life of the process.
-        options.enable_cpu_mem_arena = False
-        # Idle intra-op threads spin by default: in a server they take the cores the event loop and the
-        # other engines need between requests.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # onnxruntime's arena saves an allocation per tensor per run, but keeps the peak of the largest
+        # batch for the life of the process: worth it for small batches only.
+        options.enable_cpu_mem_arena = self.cfg.max_batch <= ARENA_MAX_BATCH
+        # Intra-op threads spin between a run's operators (onnxruntime's default): without it each of
+        # the model's operators waits for sleeping threads to wake, a fifth of a one-text request's time
+        # here; after a run they spin a little while (tens of ms of CPU) and then sleep.
         if self.cfg.threads is not None:
             options.intra_op_num_threads = self.cfg.threads
         options.inter_op_num_threads = 1

@@ -33,7 +33,12 @@ class EmbeddingModelConfig(SpecModel):
         256, ge=8, le=512, description="Tokens of one input the model reads; longer inputs are truncated."
     )
     max_batch: int = Field(
-        32, ge=1, le=256, description="Inputs run through the model at once (one padded batch)."
+        1,
+        ge=1,
+        le=256,
+        description="Inputs run through the model at once (one batch, padded to its longest input). One "
+        "at a time was the fastest on the CPUs measured (docs/retrieval.md); larger batches pay off where "
+        "the hardware runs a batch as fast as one input.",
     )
     max_concurrent: int = Field(
         4, ge=1, le=64, description="Requests inside the model at once (its admission slots)."

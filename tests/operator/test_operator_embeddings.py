@@ -84,7 +84,7 @@ def test_a_pool_loads_its_members_embedding_models_once() -> None:
     # The first member's declaration of a shared name, by member name.
     assert [(e.name, e.max_batch) for e in config.embeddings] == [
         (EMBEDDING_MODEL, 16),
-        ("other-embedder", 32),
+        ("other-embedder", 1),
     ]
     assert [t.name for t in config.tenants] == ["indexer"]
 
