@@ -285,3 +285,79 @@ def test_tenant_key_reaches_a_real_runtime(world: World, tmp_path: Path) -> None
     reloads = runtime_log.read_text(errors="replace").count("config reloaded from")
     assert reloads >= 2, f"the runtime reloaded its projected config {reloads} times, expected >= 2"
     assert runtime.returncode == 0, f"realm serve did not drain and exit cleanly: {runtime.returncode}"
+
+
+def _pipeline(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "realm.dev/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {"name": "greet", "namespace": NS},
+        "spec": {"tenant": "piper", "steps": steps},
+    }
+
+
+def test_an_applied_pipeline_runs_in_a_real_runtime_and_a_change_is_the_next_runs(
+    world: World, tmp_path: Path
+) -> None:
+    """`kubectl apply` a Pipeline; a real runtime reading what the operator published runs it; a new
+    generation of the Pipeline is what the next run uses."""
+    world.apply(MODEL)
+    world.apply(tenant("piper", [MODEL_NAME]))
+    one = [
+        {"name": "hello", "model": MODEL_NAME, "promptTemplate": "Say hello to {{input}}.", "maxTokens": 8}
+    ]
+    world.apply(_pipeline(one))
+    secret = wait_for("piper's API key Secret", lambda: world.get("secret", "piper-api-key"))
+    key = base64.b64decode(secret["data"]["apiKey"]).decode()
+    wait_for("the Model's runtime ConfigMap", lambda: world.get("configmap", CONFIG_MAP))
+
+    volume, runtime_log, port = tmp_path / "volume", tmp_path / "runtime.log", free_port()
+    base = f"http://127.0.0.1:{port}"
+    serve = [sys.executable, "-m", "realm.cli", "serve", "--config", str(volume / "config.yaml")]
+    serve += ["--port", str(port), "--metrics-port", "0"]
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    with contextlib.ExitStack() as stack:
+        kubelet = stack.enter_context(KubeletProjection(world, CONFIG_MAP, volume))
+        kubelet.sync()
+        runtime = stack.enter_context(_process(serve, runtime_log, env))
+        kubelet.start()
+        ok = False
+        try:
+
+            def run(expect_steps: set[str]) -> dict[str, Any] | None:
+                if runtime.poll() is not None:
+                    raise AssertionError(f"realm serve exited with {runtime.returncode}")
+                with contextlib.suppress(OSError):
+                    status, body = _http(
+                        "POST", f"{base}/v1/pipelines/greet/runs", {"input": {"text": "Ada"}}, key
+                    )
+                    if status == 200 and set(body["steps"]) == expect_steps:
+                        return body
+                    # Not ready, not yet published (404), or still the previous generation.
+                    assert status in (200, 401, 404, 503), (status, body)
+                return None
+
+            first = wait_for(
+                "a run of the published pipeline", lambda: run({"hello"}), RUNTIME_READY_WITHIN, 0.5
+            )
+            assert first["phase"] == "Succeeded" and first["output"], first
+            assert first["steps"]["hello"]["usage"]["completion_tokens"] > 0
+
+            two = [*one, {"name": "shout", "model": MODEL_NAME, "dependsOn": ["hello"], "maxTokens": 8,
+                          "promptTemplate": "Repeat loudly: {{steps.hello.output}}"}]  # fmt: skip
+            world.apply(_pipeline(two))
+            second = wait_for(
+                "a run of the changed pipeline", lambda: run({"hello", "shout"}), ACCEPT_WITHIN, 0.2
+            )
+            assert second["phase"] == "Succeeded"
+            assert second["output"] == second["steps"]["shout"]["output"]
+            # The run is read back by id from the pod that ran it.
+            status, again = _http("GET", f"{base}/v1/pipelines/greet/runs/{second['id']}", key=key)
+            assert status == 200 and again["phase"] == "Succeeded" and again["output"] == second["output"]
+            # Runs never write the Pipeline: its status says whether it can run, not that it ran.
+            status_fields = set((world.get("pipeline", "greet") or {}).get("status") or {})
+            assert not status_fields & {"runs", "lastRun", "output"}, status_fields
+            ok = True
+        finally:
+            if not ok:
+                print("--- runtime log (tail) ---\n" + runtime_log.read_text(errors="replace")[-4000:])
