@@ -343,8 +343,13 @@ def test_an_applied_pipeline_runs_in_a_real_runtime_and_a_change_is_the_next_run
             assert first["phase"] == "Succeeded" and first["output"], first
             assert first["steps"]["hello"]["usage"]["completion_tokens"] > 0
 
+            # The new generation also uses what the CRD offers beyond a plain chain: a condition, a
+            # step deadline and retries (accepted by the apiserver, carried to the runtime).
             two = [*one, {"name": "shout", "model": MODEL_NAME, "dependsOn": ["hello"], "maxTokens": 8,
-                          "promptTemplate": "Repeat loudly: {{steps.hello.output}}"}]  # fmt: skip
+                          "promptTemplate": "Repeat loudly: {{steps.hello.output}}",
+                          "when": {"step": "hello", "equals": "NEVER SAID", "negate": True},
+                          "timeoutSeconds": 120,
+                          "retry": {"attempts": 2, "backoffSeconds": 0.5}}]  # fmt: skip
             world.apply(_pipeline(two))
             second = wait_for(
                 "a run of the changed pipeline", lambda: run({"hello", "shout"}), ACCEPT_WITHIN, 0.2

@@ -21,7 +21,9 @@ ABI_MAJOR = 1
 # realm_http_fetch, realm_mcp_list_tools, realm_mcp_call_tool).
 # 1.4 added retrieval (embeddings and the tenant's vector collections: `retrieval`, realm_embed,
 # realm_collection_create/list/delete/add_texts/search).
-ABI_MINOR = 4
+# 1.5 added pipelines (the tenant's declared Pipelines run from a module: `pipelines`,
+# realm_pipeline_run).
+ABI_MINOR = 5
 WIT_PACKAGE = "realm:tenant"
 WIT_VERSION = f"{ABI_MAJOR}.{ABI_MINOR}.0"
 WIT_HOST_INTERFACE = f"{WIT_PACKAGE}/host@{WIT_VERSION}"
@@ -30,6 +32,7 @@ WIT_SAMPLING_INTERFACE = f"{WIT_PACKAGE}/sampling@{WIT_VERSION}"
 WIT_SAMPLER_INTERFACE = f"{WIT_PACKAGE}/sampler@{WIT_VERSION}"
 WIT_TOOLS_INTERFACE = f"{WIT_PACKAGE}/tools@{WIT_VERSION}"
 WIT_RETRIEVAL_INTERFACE = f"{WIT_PACKAGE}/retrieval@{WIT_VERSION}"
+WIT_PIPELINES_INTERFACE = f"{WIT_PACKAGE}/pipelines@{WIT_VERSION}"
 CORE_IMPORT_MODULE = "realm"
 # A core module declares the ABI it speaks by exporting `realm_abi_version() -> i32`
 # returning (major << 16) | minor.
@@ -74,6 +77,8 @@ class ErrorCode(enum.IntEnum):
     TOOL_FAILED = 23  # the MCP server answered with an error of its own
     # Since 1.4, retrieval (components: the `retrieval-error-code` enum; not-found is NOT_FOUND for a
     # collection, quota-exceeded QUOTA_EXCEEDED for the Tenant's spec.vectors limits and rate quotas).
+    # Since 1.5, pipelines (components: the `pipeline-error-code` enum; not-found is NOT_FOUND for a
+    # pipeline, timed-out TIMED_OUT for a step's or the pipeline's timeoutSeconds).
 
     @property
     def wit_name(self) -> str:
@@ -542,3 +547,49 @@ class HitPayload(Payload):
     score: float
     text: str
     metadata: dict[str, MetadataScalar]
+
+
+# ---- 1.5: pipelines ----------------------------------------------------------------------------
+
+# The cases of the WIT `pipeline-error-code` enum; the codes it lacks are reported to components as
+# the nearest of these.
+PIPELINE_WIT_CODES: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_ARGUMENT: "invalid-argument",
+    ErrorCode.OUT_OF_BOUNDS: "invalid-argument",
+    ErrorCode.INVALID_UTF8: "invalid-argument",
+    ErrorCode.NOT_FOUND: "not-found",
+    ErrorCode.MODEL_NOT_ALLOWED: "model-not-allowed",
+    ErrorCode.MODEL_NOT_FOUND: "model-not-found",
+    ErrorCode.QUOTA_EXCEEDED: "quota-exceeded",
+    ErrorCode.TIMED_OUT: "timed-out",
+    ErrorCode.TOO_LARGE: "too-large",
+    ErrorCode.UNAVAILABLE: "unavailable",
+    ErrorCode.ENGINE_ERROR: "engine-error",
+}
+
+
+class PipelineRunRequest(Payload):
+    """realm_pipeline_run's argument: the pipeline's name and the run's input (a JSON object)."""
+
+    name: str = Field(..., min_length=1, max_length=253)
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class StepResultPayload(Payload):
+    name: str
+    phase: str
+    attempts: int
+    output: str | None
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class PipelineRunPayload(Payload):
+    """realm_pipeline_run's result: the run's id, the output step's text and every step's result."""
+
+    id: str
+    output: str
+    steps: list[StepResultPayload]
+    prompt_tokens: int
+    completion_tokens: int

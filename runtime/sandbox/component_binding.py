@@ -52,12 +52,14 @@ from .abi import (
     ABI_MINOR,
     CONVERSATION_WIT_CODES,
     MAX_PAYLOAD_BYTES,
+    PIPELINE_WIT_CODES,
     RETRIEVAL_WIT_CODES,
     SAMPLING_WIT_CODES,
     TOOLS_WIT_CODES,
     WIT_CONVERSATIONS_INTERFACE,
     WIT_HOST_INTERFACE,
     WIT_PACKAGE,
+    WIT_PIPELINES_INTERFACE,
     WIT_RETRIEVAL_INTERFACE,
     WIT_SAMPLING_INTERFACE,
     WIT_TOOLS_INTERFACE,
@@ -84,6 +86,8 @@ from .abi import (
     InvocationErrorCode,
     LogLevel,
     ModelInfoPayload,
+    PipelineRunPayload,
+    PipelineRunRequest,
     SamplerSpec,
     SearchPayload,
     SequenceStepPayload,
@@ -99,7 +103,7 @@ T = TypeVar("T")
 RUN_EXPORT = "run"
 # The interfaces of our own package a tenant may import, at any version 1.0.0 ..= 1.ABI_MINOR.x.
 REALM_INTERFACES = frozenset(
-    {"host", "types", "conversations", "sampling", "sampling-types", "tools", "retrieval"}
+    {"host", "types", "conversations", "sampling", "sampling-types", "tools", "retrieval", "pipelines"}
 )
 # What Linker.add_wasip2() defines. Anything else from wasi (wasi:http, wasi:keyvalue, 0.3) would
 # only fail later, at instantiation, with a less helpful message.
@@ -732,6 +736,49 @@ RETRIEVAL_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
 }
 
 
+# ---- pipelines (1.5) --------------------------------------------------------------------------
+#
+# result<pipeline-run, pipeline-error> is tagged (records both sides); the input travels as JSON text.
+
+
+def _pipeline_error(code: ErrorCode, message: str) -> Record:
+    return _record(code=PIPELINE_WIT_CODES.get(code, "engine-error"), message=_text(message[:4000]))
+
+
+def _run_to_wit(run: PipelineRunPayload) -> Record:
+    return _record(
+        id=run.id,
+        output=_text(run.output),
+        steps=[
+            _record(
+                name=s.name,
+                phase=s.phase,
+                attempts=min(s.attempts, _U32_MAX),
+                output=None if s.output is None else _text(s.output),
+                error=None if s.error is None else _text(s.error[:4000]),
+                prompt_tokens=min(s.prompt_tokens, _U32_MAX),
+                completion_tokens=min(s.completion_tokens, _U32_MAX),
+            )
+            for s in run.steps
+        ],
+        prompt_tokens=min(run.prompt_tokens, _U32_MAX),
+        completion_tokens=min(run.completion_tokens, _U32_MAX),
+    )
+
+
+def _run_pipeline(_store: Any, name: str, input: str) -> Any:
+    def call() -> PipelineRunPayload:
+        _check_size(name, input)
+        return context.current().run_pipeline(
+            PipelineRunRequest(name=name, input=_json_object(input, "input"))
+        )
+
+    return _guarded("run-pipeline", call, _run_to_wit, tagged=True, error=_pipeline_error)
+
+
+PIPELINE_FUNCTIONS: Mapping[str, Callable[..., Any]] = {"run-pipeline": _run_pipeline}
+
+
 TOOLS_FUNCTIONS: Mapping[str, Callable[..., Any]] = {
     "http-fetch": _http_fetch,
     "list-tools": _list_tools,
@@ -799,6 +846,9 @@ def build_linker(engine: Engine) -> Linker:
                 with root.add_instance(WIT_RETRIEVAL_INTERFACE) as retrieval:
                     for name, func in RETRIEVAL_FUNCTIONS.items():
                         retrieval.add_func(name, func)
+                with root.add_instance(WIT_PIPELINES_INTERFACE) as pipelines:
+                    for name, func in PIPELINE_FUNCTIONS.items():
+                        pipelines.add_func(name, func)
             # `realm:tenant/types` has only types: wasmtime checks those structurally, so the
             # linker needs no instance for it.
             _linkers[engine] = linker

@@ -51,6 +51,8 @@ from .abi import (
     InvocationErrorCode,
     LogLevel,
     ModelInfoPayload,
+    PipelineRunPayload,
+    PipelineRunRequest,
     SamplerDecisions,
     SearchPayload,
     ToolCallPayload,
@@ -196,6 +198,9 @@ ABI_CODE_BY_REASON: dict[str, ErrorCode] = {
     "collection_not_found": ErrorCode.NOT_FOUND,
     "storage_quota_exceeded": ErrorCode.QUOTA_EXCEEDED,
     "store_failed": ErrorCode.UNAVAILABLE,
+    # 1.5: pipelines (runtime/serving/pipelines.py)
+    "pipeline_not_found": ErrorCode.NOT_FOUND,
+    "deadline_exceeded": ErrorCode.TIMED_OUT,
 }
 # A failed outbound call that ran out of time is `timed-out`, not `unreachable` (its `code` says so).
 ABI_CODE_BY_REASON_AND_CODE: dict[tuple[str, str], ErrorCode] = {
@@ -273,6 +278,9 @@ class HostServices(Protocol):
     async def collection_add_texts(self, tenant: str, params: AddTextsPayload) -> list[str]: ...
 
     async def collection_search(self, tenant: str, params: SearchPayload) -> list[HitPayload]: ...
+
+    # Since ABI 1.5: the tenant's declared pipelines.
+    async def run_pipeline(self, tenant: str, params: PipelineRunRequest) -> PipelineRunPayload: ...
 
 
 class InvocationContext:
@@ -446,6 +454,12 @@ class InvocationContext:
     def collection_search(self, params: SearchPayload) -> list[HitPayload]:
         self.host_calls["collection_search"] += 1
         return self._wait(self._services.collection_search(self.tenant, params))
+
+    # ---- 1.5: pipelines.
+
+    def run_pipeline(self, params: PipelineRunRequest) -> PipelineRunPayload:
+        self.host_calls["run_pipeline"] += 1
+        return self._wait(self._services.run_pipeline(self.tenant, params))
 
     def input(self) -> str:
         self.host_calls["input"] += 1

@@ -51,6 +51,7 @@ from .abi import (
     HttpRequestPayload,
     LogLevel,
     Payload,
+    PipelineRunRequest,
     SamplerDecisions,
     SearchPayload,
     ToolCallPayload,
@@ -96,6 +97,8 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "realm_collection_delete": ((I32, I32), (I32,)),
     "realm_collection_add_texts": ((I32, I32), (I64,)),
     "realm_collection_search": ((I32, I32), (I64,)),
+    # 1.5: pipelines
+    "realm_pipeline_run": ((I32, I32), (I64,)),
 }
 # The optional export of a module with its own sampler (1.2): `(in_len) -> status`.
 SAMPLER_STEP_SIGNATURE: tuple[tuple[str, ...], tuple[str, ...]] = ((I32,), (I32,))
@@ -344,6 +347,11 @@ def _collection_search(caller: wasmtime.Caller, ptr: int, length: int) -> int:
     return _result(_HITS.dump_json(context.current().collection_search(params)))
 
 
+def _pipeline_run(caller: wasmtime.Caller, ptr: int, length: int) -> int:
+    params = read_payload(caller, ptr, length, PipelineRunRequest)
+    return _result(context.current().run_pipeline(params).model_dump_json().encode())
+
+
 def _result_read(caller: wasmtime.Caller, dst_ptr: int, dst_len: int) -> int:
     base, size = _memory(caller)
     dst, cap = _check(size, dst_ptr, dst_len)
@@ -389,6 +397,7 @@ _IMPLS: dict[str, Callable[..., int]] = {
     "realm_collection_delete": _collection_delete,
     "realm_collection_add_texts": _collection_add_texts,
     "realm_collection_search": _collection_search,
+    "realm_pipeline_run": _pipeline_run,
 }
 
 

@@ -42,7 +42,10 @@ from realm.runtime.sandbox.abi import (
     HttpRequestPayload,
     HttpResponsePayload,
     ModelInfoPayload,
+    PipelineRunPayload,
+    PipelineRunRequest,
     SearchPayload,
+    StepResultPayload,
     ToolCallPayload,
     ToolInfoPayload,
     ToolResultPayload,
@@ -70,12 +73,14 @@ from .egress import EgressBudget, FetchRequest, counted, http_fetch, mcp_authori
 from .embeddings import embed_texts
 from .errors import (
     Busy,
+    DeadlineExceeded,
     EgressDenied,
     EgressLimit,
     EngineFailed,
     InvalidRequest,
     NoModule,
     NotReady,
+    ServingError,
     ToolFailed,
     ToolNotFound,
     Unavailable,
@@ -712,6 +717,45 @@ class RuntimeHostServices:
         return [
             HitPayload(id=h.id, score=h.score, text=h.text or "", metadata=dict(h.metadata)) for h in hits
         ]
+
+    # ---- 1.5: pipelines (serving/pipelines.py) ---------------------------------------------------
+
+    async def run_pipeline(self, tenant: str, params: PipelineRunRequest) -> PipelineRunPayload:
+        # serving/pipelines.py builds on this module (its generate steps are this class's).
+        from .pipelines import execute, failed_step, new_run
+
+        configured_tenant(self.state, tenant)
+        run, text_in = new_run(self.state, tenant, params.name, params.input)
+        try:
+            async with asyncio.timeout(self.remaining()):
+                await execute(self.state, run, text_in, route_key=self.route_key)
+        except TimeoutError as e:
+            raise DeadlineExceeded(
+                "the invocation's deadline passed during the pipeline run", code="invocation_deadline"
+            ) from e
+        except ServingError as e:
+            step = failed_step(run)
+            if step is not None:
+                e.message = f"step {step}: {e.message}"
+            raise
+        return PipelineRunPayload(
+            id=run.id,
+            output=run.output or "",
+            steps=[
+                StepResultPayload(
+                    name=r.name,
+                    phase=r.phase,
+                    attempts=r.attempts,
+                    output=r.output,
+                    error=r.error,
+                    prompt_tokens=r.prompt_tokens,
+                    completion_tokens=r.completion_tokens,
+                )
+                for r in run.steps.values()
+            ],
+            prompt_tokens=run.prompt_tokens,
+            completion_tokens=run.completion_tokens,
+        )
 
 
 def _url_host(url: str) -> str:

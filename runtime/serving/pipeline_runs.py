@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
-# Skipped: never started (the run ended first); Cancelled: stopped mid-call.
-SKIPPED, CANCELLED = "Skipped", "Cancelled"
-ENDED = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED})
+# Skipped: never started (the run ended first); Cancelled: stopped mid-call; Omitted: not run by the
+# pipeline's own logic (its `when` did not hold, or a step it depends on was omitted).
+SKIPPED, CANCELLED, OMITTED = "Skipped", "Cancelled", "Omitted"
+ENDED = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED, OMITTED})
 
 KEEP_PER_TENANT = 32
 KEEP_S = 3600.0

@@ -39,6 +39,7 @@ from .pipeline_runs import (
     CANCELLED,
     ENDED,
     FAILED,
+    OMITTED,
     PENDING,
     RUNNING,
     SKIPPED,
@@ -149,6 +150,11 @@ async def run_pipeline(
     return await execute(state, run, text_in, route_key=route_key, on_output_text=on_output_text)
 
 
+def failed_step(run: PipelineRun) -> str | None:
+    """The first step of `run` that failed (in declaration order), if one did."""
+    return next((r.name for r in run.steps.values() if r.phase == FAILED), None)
+
+
 def _tolerated(entry: PipelineEntry, failed: str) -> bool:
     """Whether the run goes on without step `failed`: some steps depend on it, all of them softly."""
     dependents = [s for s in entry.steps if failed in s.depends_on or failed in s.soft_depends_on]
@@ -223,11 +229,25 @@ async def execute(
             records[d].phase in ENDED for d in s.soft_depends_on
         )
 
+    def omitted(n: str) -> bool:
+        """Whether the pipeline's own logic leaves out step n (ready, or with an omitted dependency)."""
+        s = steps[n]
+        if any(records[d].phase == OMITTED for d in s.depends_on):
+            return True
+        return s.when is not None and not s.when.holds(outputs.get(s.when.step, ""))
+
     running: dict[asyncio.Task[None], str] = {}
     failure: BaseException | None = None
     try:
         async with asyncio.timeout(entry.timeout_seconds):
             while failure is None:
+                for n in entry.order:  # dependencies first: an omission reaches its dependents at once
+                    if records[n].phase == PENDING and (
+                        any(records[d].phase == OMITTED for d in steps[n].depends_on)
+                        or (ready(n) and omitted(n))
+                    ):
+                        records[n].phase = OMITTED
+                        outputs.pop(n, None)
                 for n in entry.order:
                     if records[n].phase == PENDING and ready(n):
                         for d in steps[n].soft_depends_on:
@@ -264,8 +284,10 @@ async def execute(
                     r.finished_s - r.started_s
                 )
         # A run that ends with no failure and no output was cancelled by its caller.
-        run.phase = FAILED if failure is not None else SUCCEEDED if entry.output in outputs else CANCELLED
-        run.output = outputs.get(entry.output) if run.phase == SUCCEEDED else None
+        done = entry.output in outputs or records[entry.output].phase == OMITTED
+        run.phase = FAILED if failure is not None else SUCCEEDED if done else CANCELLED
+        # An omitted output step (a switch whose branches all stayed off) is an empty output.
+        run.output = outputs.get(entry.output, "") if run.phase == SUCCEEDED else None
         if isinstance(failure, ServingError):
             run.error, run.error_code = failure.message, failure.code or failure.reason
         run.duration_s = time.perf_counter() - t0

@@ -59,6 +59,48 @@ def tool_allowed(name: str, mcp_servers: Collection[str], allowed_outbound_hosts
     return False
 
 
+class StepCondition(SpecModel):
+    """When a step runs: on the text of an earlier step's output (a switch: steps whose conditions
+    exclude each other, after a step that classifies)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("has(self.contains) != has(self.equals)", "set contains or equals, not both")
+        )
+    )
+
+    step: str = Field(
+        ...,
+        pattern=STEP_NAME_PATTERN,
+        max_length=32,
+        description="The step whose output is tested; it must be in this step's dependsOn or softDependsOn.",
+    )
+    contains: str | None = Field(
+        None, min_length=1, max_length=1024, description="Runs when the output contains this text."
+    )
+    equals: str | None = Field(
+        None,
+        max_length=1024,
+        description="Runs when the output, without leading and trailing white space, is this text.",
+    )
+    ignore_case: bool = Field(False, description="Compare without regard to case.")
+    negate: bool = Field(False, description="Runs when the test fails instead.")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> StepCondition:
+        if (self.contains is None) == (self.equals is None):
+            raise ValueError("a when sets contains or equals, not both")
+        return self
+
+    def holds(self, output: str) -> bool:
+        text = output if self.contains is not None else output.strip()
+        want = self.contains if self.contains is not None else self.equals or ""
+        if self.ignore_case:
+            text, want = text.casefold(), want.casefold()
+        found = want in text if self.contains is not None else text == want
+        return found != self.negate
+
+
 class StepRetry(SpecModel):
     """How a failed step is tried again: `attempts` in all, waiting `backoffSeconds` before the second,
     doubled before each further one."""
@@ -119,6 +161,12 @@ class PipelineStep(SpecModel):
         description="Longest one attempt of this step may take; past it the attempt fails with "
         "deadline_exceeded (and is retried per retry). No limit of its own when absent (the pipeline's "
         "timeoutSeconds still applies).",
+    )
+    when: StepCondition | None = Field(
+        None,
+        description="Run only if this test on an earlier step's output holds; otherwise the step is "
+        "Omitted, and so are the steps that dependOn it (those that softDependOn it read its output as "
+        "empty). Steps whose `when`s exclude each other are a switch.",
     )
     retry: StepRetry | None = Field(
         None,
@@ -205,6 +253,10 @@ class PipelineSpec(SpecModel):
             unknown = sorted((set(s.depends_on) | set(s.soft_depends_on)) - set(names))
             if unknown:
                 raise ValueError(f"step {s.name}: {MSG_UNKNOWN_DEPENDENCY} (unknown: {', '.join(unknown)})")
+            if s.when is not None and s.when.step not in (*s.depends_on, *s.soft_depends_on):
+                raise ValueError(
+                    f"step {s.name}: when tests {s.when.step}, which must be in dependsOn or softDependsOn"
+                )
             both = sorted(set(s.depends_on) & set(s.soft_depends_on))
             if both:
                 raise ValueError(f"step {s.name}: {', '.join(both)} in both dependsOn and softDependsOn")

@@ -34,3 +34,4 @@ func hostCollectionList() int64                                             { re
 func hostCollectionDelete(unsafe.Pointer, uint32) int32                     { return int32(unsupported) }
 func hostCollectionAddTexts(unsafe.Pointer, uint32) int64                   { return unsupported }
 func hostCollectionSearch(unsafe.Pointer, uint32) int64                     { return unsupported }
+func hostPipelineRun(unsafe.Pointer, uint32) int64                          { return unsupported }

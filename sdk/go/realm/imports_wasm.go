@@ -107,3 +107,8 @@ func hostCollectionAddTexts(reqPtr unsafe.Pointer, reqLen uint32) int64
 
 //go:wasmimport realm realm_collection_search
 func hostCollectionSearch(reqPtr unsafe.Pointer, reqLen uint32) int64
+
+// ABI 1.5: pipelines (the tenant's declared Pipelines).
+
+//go:wasmimport realm realm_pipeline_run
+func hostPipelineRun(reqPtr unsafe.Pointer, reqLen uint32) int64

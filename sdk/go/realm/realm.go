@@ -9,10 +9,11 @@ import (
 )
 
 // ABI version this SDK speaks: (major << 16) | minor. 1.1 added conversations, 1.2
-// GenerateWith and samplers, 1.3 tools (HTTPFetch, ListTools, CallTool).
+// GenerateWith and samplers, 1.3 tools (HTTPFetch, ListTools, CallTool), 1.4 retrieval (Embed,
+// Search, ...), 1.5 pipelines (RunPipeline).
 const (
 	ABIMajor   = 1
-	ABIMinor   = 3
+	ABIMinor   = 5
 	ABIVersion = ABIMajor<<16 | ABIMinor
 )
 

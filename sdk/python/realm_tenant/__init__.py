@@ -48,9 +48,11 @@ from ._backend import (
     LogLevel,
     Message,
     ModelInfo,
+    PipelineRun,
     RealmError,
     SamplerSpec,
     SequenceStep,
+    StepResult,
     ToolInfo,
     ToolResult,
     host,
@@ -76,10 +78,12 @@ __all__ = [
     "LogLevel",
     "Message",
     "ModelInfo",
+    "PipelineRun",
     "RealmError",
     "Sampler",
     "SamplerSpec",
     "SequenceStep",
+    "StepResult",
     "Tenant",
     "ToolInfo",
     "ToolResult",
@@ -120,6 +124,7 @@ __all__ = [
     "prompts",
     "put_conversation",
     "regex",
+    "run_pipeline",
     "sample",
     "search",
     "split_model_version",
@@ -378,6 +383,18 @@ def search(
     return host().search(
         collection_id, query, k, None if filter is None else json.dumps(filter), score_threshold
     )
+
+
+# ---- ABI 1.5: pipelines ---------------------------------------------------------------------------
+
+
+def run_pipeline(name: str, input: dict[str, Any] | str | None = None) -> PipelineRun:
+    """Run the tenant's pipeline `name` to its end with `input` (a JSON object, or a string: then
+    `{{input}}` reads it as `{"text": ...}` does). A pipeline that does not run as this tenant is
+    RealmError "not-found"; a step's or the pipeline's timeout, "timed-out"; a step's own refusal keeps
+    its code ("model-not-allowed", "quota-exceeded", ...) with the step named in the message."""
+    data = {"text": input} if isinstance(input, str) else dict(input or {})
+    return host().run_pipeline(name, json.dumps(data))
 
 
 def list_tools(server: str) -> list[ToolInfo]:

@@ -209,6 +209,26 @@ class Hit:
     metadata: dict[str, Any]  # the item's, with item_id and chunk
 
 
+@dataclass(frozen=True)
+class StepResult:
+    name: str
+    phase: str  # Succeeded, Failed, Skipped or Cancelled
+    attempts: int
+    output: str | None
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    id: str
+    output: str  # the output step's text
+    steps: list[StepResult]
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class Keep(enum.Enum):
     KEEP = "keep"
 
@@ -255,6 +275,9 @@ class Host(Protocol):
         self, collection_id: str, query: str, k: int, filter_json: str | None, threshold: float | None
     ) -> list[Hit]: ...
 
+    # ABI 1.5: pipelines
+    def run_pipeline(self, name: str, input_json: str) -> PipelineRun: ...
+
     # ABI 1.1: conversations
     def conversation_create(
         self, metadata: dict[str, str], messages: Sequence[Message], state: str | None
@@ -277,11 +300,21 @@ class _WitHost:
     def __init__(self) -> None:
         # Imported here, not at module level: these modules exist only inside the component.
         import componentize_py_types
-        from wit_world.imports import conversations, host, retrieval, sampling, sampling_types, tools, types
+        from wit_world.imports import (
+            conversations,
+            host,
+            pipelines,
+            retrieval,
+            sampling,
+            sampling_types,
+            tools,
+            types,
+        )
 
         self._host: Any = host
         self._tools: Any = tools
         self._retrieval: Any = retrieval
+        self._pipelines: Any = pipelines
         self._types: Any = types
         self._conv: Any = conversations
         self._sampling: Any = sampling
@@ -396,6 +429,14 @@ class _WitHost:
     ) -> list[Hit]:
         hits = self._call(self._retrieval.search, collection_id, query, k, filter_json, threshold)
         return [Hit(h.id, h.score, h.text, json.loads(h.metadata or "{}")) for h in hits]
+
+    def run_pipeline(self, name: str, input_json: str) -> PipelineRun:
+        r = self._call(self._pipelines.run_pipeline, name, input_json)
+        steps = [
+            StepResult(s.name, s.phase, s.attempts, s.output, s.error, s.prompt_tokens, s.completion_tokens)
+            for s in r.steps
+        ]
+        return PipelineRun(r.id, r.output, steps, r.prompt_tokens, r.completion_tokens)
 
     def sampler_decisions(self, decisions: Sequence[Decision]) -> list[Any]:
         out: list[Any] = []

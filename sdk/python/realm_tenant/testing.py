@@ -47,8 +47,10 @@ from ._backend import (
     LogLevel,
     Message,
     ModelInfo,
+    PipelineRun,
     RealmError,
     SequenceStep,
+    StepResult,
     ToolInfo,
     ToolResult,
 )
@@ -115,6 +117,10 @@ class FakeHost:
     # ABI 1.4: the tenant's collections by id, each its chunks; search scores them by shared words
     # (a stand-in for embeddings: these tests check a module's logic, not retrieval quality).
     collections: dict[str, list[Hit]] = field(default_factory=dict)
+    # ABI 1.5: the tenant's pipelines by name, each a function of the run's input (a dict) to its
+    # output text; the runs made, as (name, input).
+    pipelines: dict[str, Callable[[dict[str, Any]], str]] = field(default_factory=dict)
+    pipeline_runs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _generation_ids: int = field(default=0, init=False, repr=False)
 
     # ---- the Host protocol --------------------------------------------------------------
@@ -258,6 +264,15 @@ class FakeHost:
             self.collections[collection_id].append(Hit(chunk_id, 0.0, text, json.loads(metadata)))
             ids.append(chunk_id)
         return ids
+
+    def run_pipeline(self, name: str, input_json: str) -> PipelineRun:
+        if name not in self.pipelines:
+            raise RealmError("not-found", f"the pipeline {name!r} does not exist")
+        data = json.loads(input_json)
+        self.pipeline_runs.append((name, data))
+        output = self.pipelines[name](data)
+        step = StepResult("output", "Succeeded", 1, output, None, 0, len(output.split()))
+        return PipelineRun(f"run-{len(self.pipeline_runs)}", output, [step], 0, step.completion_tokens)
 
     def search(
         self, collection_id: str, query: str, k: int, filter_json: str | None, threshold: float | None

@@ -36,6 +36,7 @@ from realm.runtime.sandbox.abi import (
     HttpRequestPayload,
     LogLevel,
     Payload,
+    PipelineRunRequest,
     SamplerDecisions,
     ToolCallPayload,
 )
@@ -205,6 +206,10 @@ call_docs = st.fixed_dictionaries(
     },
 )
 CALL_FIELDS = ["server", "tool", "arguments"]
+pipeline_run_docs = st.fixed_dictionaries(
+    {"name": short_text}, optional={"input": st.dictionaries(short_text, short_text, max_size=3)}
+)
+PIPELINE_RUN_FIELDS = ["name", "input"]
 
 
 # ---- the payload models alone -------------------------------------------------------------------
@@ -219,6 +224,7 @@ CALL_FIELDS = ["server", "tool", "arguments"]
         (GenerateWith, generate_with_docs, GENERATE_WITH_FIELDS),
         (HttpRequestPayload, fetch_docs, FETCH_FIELDS),
         (ToolCallPayload, call_docs, CALL_FIELDS),
+        (PipelineRunRequest, pipeline_run_docs, PIPELINE_RUN_FIELDS),
     ],
     ids=[
         "generate",
@@ -227,6 +233,7 @@ CALL_FIELDS = ["server", "tool", "arguments"]
         "generate_with",
         "http_fetch",
         "mcp_call_tool",
+        "pipeline_run",
     ],
 )
 def test_a_payload_parses_or_fails_validation(

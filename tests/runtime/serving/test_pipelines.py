@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import ValidationError
 
 from realm.runtime.engines.llamacpp import LlamaCppEngine
 from realm.runtime.metrics import Metrics
@@ -20,7 +21,7 @@ from realm.runtime.serving.errors import (
 from realm.runtime.serving.pipeline_runs import PipelineRuns
 from realm.runtime.serving.pipelines import MAX_INPUT_BYTES, render, run_of, run_pipeline
 from realm.runtime.serving.state import ServingState
-from realm.runtime.spec.pipeline import PipelineStep
+from realm.runtime.spec.pipeline import PipelineStep, StepCondition
 from realm.runtime.spec.runtime_config import ModelConfig, PipelineEntry, TenantEntry
 from realm.runtime.spec.tenant import TenantSpec
 
@@ -233,3 +234,111 @@ async def test_runs_are_kept_per_tenant_within_their_bound(smol: LlamaCppEngine)
     assert run_of(state, "acme", "diamond", ids[2]).phase == "Succeeded"
     with pytest.raises(PipelineNotFound):
         run_of(state, "other", "diamond", ids[2])
+
+
+def branch(name: str, when: dict[str, object], **extra: object) -> PipelineStep:
+    return PipelineStep.model_validate(
+        {
+            "name": name,
+            "model": "smol",
+            "promptTemplate": "Say {{input}}",
+            "maxTokens": 4,
+            "dependsOn": ["classify"],
+            "when": {"step": "classify", **when},
+            **extra,
+        }
+    )
+
+
+async def test_a_switch_runs_the_branch_whose_condition_holds_and_omits_the_rest(
+    smol: LlamaCppEngine,
+) -> None:
+    never = "NO MODEL WRITES THIS"
+    steps = [
+        PipelineStep(name="classify", model="smol", prompt_template="Classify: {{input}}", max_tokens=4),
+        branch("left", {"equals": never}),
+        branch("right", {"equals": never, "negate": True}),
+        # A hard dependent of an omitted branch is omitted too; the join reads an omitted branch as empty.
+        PipelineStep(
+            name="after-left",
+            model="smol",
+            prompt_template="{{steps.left.output}}",
+            max_tokens=2,
+            depends_on=["left"],
+        ),
+        PipelineStep.model_validate(
+            {
+                "name": "join",
+                "model": "smol",
+                "promptTemplate": "[{{steps.left.output}}][{{steps.right.output}}]",
+                "maxTokens": 4,
+                "softDependsOn": ["left", "right", "after-left"],
+            }
+        ),
+    ]
+    run = await run_pipeline(serving(smol, entry("switch", steps)), "acme", "switch", {"text": "go"})
+    phases = {n: r.phase for n, r in run.steps.items()}
+    assert phases == {
+        "classify": "Succeeded",
+        "left": "Omitted",
+        "right": "Succeeded",
+        "after-left": "Omitted",
+        "join": "Succeeded",
+    }
+    assert run.phase == "Succeeded" and run.output == run.steps["join"].output
+    assert run.steps["left"].attempts == 0
+
+
+async def test_an_omitted_output_step_is_an_empty_output(smol: LlamaCppEngine) -> None:
+    steps = [
+        PipelineStep(name="classify", model="smol", prompt_template="Classify: {{input}}", max_tokens=2),
+        branch("only", {"contains": "NO MODEL WRITES THIS"}),
+    ]
+    run = await run_pipeline(serving(smol, entry("empty", steps)), "acme", "empty", {"text": "go"})
+    assert (run.phase, run.output, run.steps["only"].phase) == ("Succeeded", "", "Omitted")
+
+
+@pytest.mark.parametrize(
+    ("when", "output", "holds"),
+    [
+        ({"contains": "yes"}, "Well, yes.", True),
+        ({"contains": "YES"}, "Well, yes.", False),
+        ({"contains": "YES", "ignoreCase": True}, "Well, yes.", True),
+        ({"equals": "yes"}, "  yes\n", True),
+        ({"equals": "yes"}, "yes!", False),
+        ({"equals": "yes", "negate": True}, "no", True),
+    ],
+)
+def test_a_condition_tests_the_output_text(when: dict[str, object], output: str, holds: bool) -> None:
+    assert StepCondition.model_validate({"step": "a", **when}).holds(output) is holds
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        {"step": "a"},  # no test
+        {"step": "a", "contains": "x", "equals": "x"},  # two tests
+        {"step": "a", "contains": ""},
+    ],
+)
+def test_a_condition_sets_exactly_one_test(when: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        StepCondition.model_validate(when)
+
+
+def test_a_condition_on_a_step_not_depended_on_is_refused() -> None:
+    with pytest.raises(ValidationError, match="must be in dependsOn or softDependsOn"):
+        entry(
+            "bad",
+            [
+                PipelineStep(name="a", model="smol", prompt_template="x", max_tokens=1),
+                PipelineStep.model_validate(
+                    {
+                        "name": "b",
+                        "model": "smol",
+                        "promptTemplate": "y",
+                        "when": {"step": "a", "contains": "z"},
+                    }
+                ),
+            ],
+        )
