@@ -90,9 +90,10 @@ class OnnxEmbedder:
         # onnxruntime's arena saves an allocation per tensor per run, but keeps the peak of the largest
         # batch for the life of the process: worth it for small batches only.
         options.enable_cpu_mem_arena = self.cfg.max_batch <= ARENA_MAX_BATCH
-        # Intra-op threads spin between a run's operators (onnxruntime's default): without it each of
-        # the model's operators waits for sleeping threads to wake, a fifth of a one-text request's time
-        # here; after a run they spin a little while (tens of ms of CPU) and then sleep.
+        # Spinning intra-op threads (onnxruntime's default) spare each operator the wake-up of sleeping
+        # threads, but take cores the event loop may need: cfg.spin_threads chooses.
+        if not self.cfg.spin_threads:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.cfg.threads is not None:
             options.intra_op_num_threads = self.cfg.threads
         options.inter_op_num_threads = 1

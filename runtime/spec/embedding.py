@@ -44,3 +44,9 @@ class EmbeddingModelConfig(SpecModel):
         4, ge=1, le=64, description="Requests inside the model at once (its admission slots)."
     )
     threads: int | None = Field(None, ge=1, description="CPU threads of one batch; all cores when absent.")
+    spin_threads: bool = Field(
+        True,
+        description="Let the threads spin between the model's operators (onnxruntime's default): faster "
+        "where cores are to spare; off where the pod's cores are all busy (measured both ways in "
+        "bench/README.md).",
+    )
