@@ -426,10 +426,10 @@ def _delete_snapshots(
 
 def _delete_collections(op: Operator, namespace: str, owner: str, body: Mapping[str, Any]) -> None:
     try:
-        store = vectors.store_for(op.kube, namespace, op.config.s3)
-        if store is None:
+        objects = vectors.store_for(op.kube, namespace, op.config.s3)
+        if objects is None:
             return
-        deleted = store.delete_owner(owner)
+        deleted = vectors.delete_owner(objects, owner)
     except (vectors.S3Unavailable, vectors.ObjectsUnavailable) as e:
         raise kopf.TemporaryError(f"cannot delete the vector collections yet: {e}", delay=10) from e
     post(
@@ -483,10 +483,10 @@ def measure_vectors(
         return
     owner = identity.owner_key(op, namespace, body["metadata"]["uid"])
     try:
-        store = vectors.store_for(op.kube, namespace, op.config.s3)
-        if store is None:
+        objects = vectors.store_for(op.kube, namespace, op.config.s3)
+        if objects is None:
             return
-        usage = store.usage(owner)
+        usage = vectors.usage_of(objects, owner)
     except (vectors.S3Unavailable, vectors.ObjectsUnavailable) as e:
         warn(body, "CollectionsUnreachable", str(e))
         raise kopf.TemporaryError(f"S3 unreachable: {e}", delay=30) from e

@@ -20,20 +20,21 @@ from realm.operator.kube import Kube
 from realm.operator.snapshots import S3Unavailable, credentials
 from realm.runtime.conversations.s3_store import make_client
 from realm.runtime.spec.runtime_config import VectorsConfig
+from realm.runtime.vectors.manifests import Usage, delete_owner, usage_of
 from realm.runtime.vectors.objects import ObjectsUnavailable, S3Objects
-from realm.runtime.vectors.store import CollectionStore, Usage
 
 PREFIX = VectorsConfig().prefix  # what the operator publishes (builders.runtime_config)
 
 
-def store_for(k: Kube, namespace: str, s3: S3Options | None) -> CollectionStore | None:
-    """The collections of `namespace`'s Tenants, as its pods reach them; None without a platform bucket.
-    Raises S3Unavailable when the credentials Secret is named but cannot be read."""
+def store_for(k: Kube, namespace: str, s3: S3Options | None) -> S3Objects | None:
+    """The objects of `namespace`'s Tenants' collections, as its pods reach them; None without a
+    platform bucket. Only manifests are read (runtime/vectors/manifests.py): the operator never loads
+    an index. Raises S3Unavailable when the credentials Secret is named but cannot be read."""
     bucket = shared_store_bucket(s3)
     if s3 is None or bucket is None:
         return None
     access, secret = credentials(k, namespace, s3)
-    return CollectionStore(S3Objects(make_client(s3.endpoint, s3.region, access, secret), bucket, PREFIX))
+    return S3Objects(make_client(s3.endpoint, s3.region, access, secret), bucket, PREFIX)
 
 
-__all__ = ("PREFIX", "ObjectsUnavailable", "S3Unavailable", "Usage", "store_for")
+__all__ = ("PREFIX", "ObjectsUnavailable", "S3Unavailable", "Usage", "delete_owner", "store_for", "usage_of")

@@ -13,7 +13,7 @@ from realm.runtime.serving import vectors
 from realm.runtime.serving.errors import ServingError
 from realm.runtime.spec.runtime_config import TenantEntry
 from realm.runtime.vectors.filters import Filter, MetadataValue
-from realm.runtime.vectors.store import Manifest
+from realm.runtime.vectors.manifests import Manifest
 
 from .errors import api_error
 from .schemas import RequestBody

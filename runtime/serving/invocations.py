@@ -64,7 +64,7 @@ from realm.runtime.scheduler import AdmissionClosed, InvocationsBusy, Invocation
 from realm.runtime.spec.runtime_config import ClusterModel, TenantEntry
 from realm.runtime.spec.tenant import McpServer, Quotas
 from realm.runtime.vectors.filters import Filter
-from realm.runtime.vectors.store import Manifest
+from realm.runtime.vectors.manifests import Manifest
 
 from . import vectors
 from .constraints import checked_constraint, local_only

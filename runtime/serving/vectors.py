@@ -20,6 +20,7 @@ import numpy as np
 from realm.runtime.spec.runtime_config import TenantEntry, VectorsConfig
 from realm.runtime.vectors.collection import Collection, CorruptCollection, Hit, Matrix
 from realm.runtime.vectors.filters import Filter, MetadataValue, check_depth
+from realm.runtime.vectors.manifests import Manifest
 from realm.runtime.vectors.objects import (
     ConditionalWritesIgnored,
     DirObjects,
@@ -29,7 +30,6 @@ from realm.runtime.vectors.objects import (
 from realm.runtime.vectors.store import (
     CollectionConflict,
     CollectionStore,
-    Manifest,
 )
 from realm.runtime.vectors.store import (
     CollectionNotFound as StoreNotFound,

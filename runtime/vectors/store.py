@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 import secrets
 import threading
 import time
@@ -21,13 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pydantic import BaseModel, Field
-
 from .collection import Collection, CorruptCollection
+from .manifests import COLLECTION_ID, Manifest, Usage, delete_owner, manifests, usage_of
 from .objects import Objects
 
 T = TypeVar("T")
-COLLECTION_ID = re.compile(r"^vs_[0-9a-f]{24}$")
 CAS_ATTEMPTS = 16
 # A writer that lost a swap waits a random while (growing with its losses) before it tries again, so
 # that two busy writers do not keep colliding in lockstep.
@@ -42,29 +39,6 @@ class CollectionNotFound(Exception):
 
 class CollectionConflict(Exception):
     """Writers kept racing: CAS_ATTEMPTS swaps of the manifest all lost."""
-
-
-class Manifest(BaseModel):
-    id: str
-    name: str = Field("", max_length=256)
-    dims: int = Field(..., ge=1, le=4096)
-    model: str | None = None  # the embedding model its texts were embedded with
-    created_at: int
-    version: int = 0
-    count: int = 0
-    vector_bytes: int = 0
-    data_key: str | None = None
-    sha256: str | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What an owner's collections hold, in the units of the Tenant's `spec.vectors` limits."""
-
-    collections: int
-    vectors: int
-    vector_bytes: int
 
 
 @dataclass
@@ -117,32 +91,18 @@ class CollectionStore:
         return manifest
 
     def list(self, owner: str) -> list[Manifest]:
-        out = []
-        for key in self.objects.list(f"{owner}/"):
-            if key.endswith("/manifest.json"):
-                got = self.objects.get(key)
-                if got is not None:
-                    out.append(Manifest.model_validate_json(got[0]))
-        return sorted(out, key=lambda m: (m.created_at, m.id))
+        return manifests(self.objects, owner)
 
     def usage(self, owner: str, *, besides: str | None = None) -> Usage:
         """The owner's collections counted, but for the one `besides` (a write's own, counted apart)."""
-        manifests = [m for m in self.list(owner) if m.id != besides]
-        return Usage(len(manifests), sum(m.count for m in manifests), sum(m.vector_bytes for m in manifests))
+        return usage_of(self.objects, owner, besides=besides)
 
     def delete_owner(self, owner: str) -> int:
-        """Delete every object of the owner (a deleted Tenant's): the manifests first, so that each
-        collection is gone as a whole before its data objects go. Returns the collections deleted."""
-        keys = self.objects.list(f"{owner}/")
-        manifests = [k for k in keys if k.endswith("/manifest.json")]
-        for key in manifests:
-            self.objects.delete(key)
-        for key in keys:
-            if not key.endswith("/manifest.json"):
-                self.objects.delete(key)
+        """Delete every collection of the owner (a deleted Tenant's); the number deleted."""
+        deleted = delete_owner(self.objects, owner)
         for cached in [k for k in self._cache if k[0] == owner]:
             self._cache.pop(cached, None)
-        return len(manifests)
+        return deleted
 
     def manifest(self, owner: str, cid: str) -> Manifest:
         got = self.objects.get(self._manifest_key(owner, cid))

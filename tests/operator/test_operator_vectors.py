@@ -25,8 +25,9 @@ from realm.operator.state import Operator
 from realm.runtime.conversations.s3_store import make_client
 from realm.runtime.spec.identity import NamespaceIdentity
 from realm.runtime.vectors.collection import Collection
+from realm.runtime.vectors.manifests import Manifest
 from realm.runtime.vectors.objects import S3Objects
-from realm.runtime.vectors.store import CollectionStore, Manifest
+from realm.runtime.vectors.store import CollectionStore
 
 INSTALLATION = "vectors-test-installation-secret"
 CREDENTIALS = "realm-s3"
