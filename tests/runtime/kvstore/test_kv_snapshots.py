@@ -137,9 +137,13 @@ def test_the_next_turn_restores_the_previous_one_and_answers_as_a_cold_prefill(
         second = turn(c, cid, "And of Italy?")
         assert cached(second) >= 64, second["usage"]
         history = c.get(f"/v1/conversations/{cid}").json()["messages"]
-    # Both turns end in the same 64-token block here: the second snapshot replaced the first one.
+    # Both turns end in the same 64-token block here: the second snapshot replaced the first one. The
+    # object is there after the first upload; the second runs in the background after the answer.
     wait_for_upload(s3, ALPHA, 1)
-    assert metric(rt, "s3_uploaded") >= 2
+    deadline = time.monotonic() + 120  # a hang guard, not a timing threshold
+    while metric(rt, "s3_uploaded") < 2:
+        assert time.monotonic() < deadline, f"uploads counted: {metric(rt, 's3_uploaded')}, expected 2"
+        time.sleep(0.1)
 
     # The same prompt, cold, from a tenant that has nothing cached: the same answer, no reuse.
     with httpx.Client(base_url=rt.base, headers=auth("beta"), timeout=120) as b:
