@@ -170,6 +170,29 @@ def test_crds_established_and_cel_enforced(cluster: Cluster, namespace: str) -> 
         bad["spec"]["traffic"][1]["weight"] = 20
         assert_accepted_and_rejected(cluster, namespace, ok, bad, "traffic weights must sum to 100")
 
+    if "pipelines.realm.dev" in names:
+        steps: list[dict[str, Any]] = [
+            {"name": "find", "retrieve": {"collection": "docs", "query": "{{input}}"}},
+            {"name": "mod", "invoke": {"input": {"q": "{{steps.find.output}}"}}, "dependsOn": ["find"]},
+            {"name": "sum", "tool": {"server": "tools", "tool": "add", "arguments": {"a": "1"}}},
+            {"name": "say", "model": "chat@v1", "promptTemplate": "{{input}}", "dependsOn": ["mod", "sum"],
+             "responseFormat": {"type": "json_object"}},
+        ]  # fmt: skip
+        ok = {
+            "apiVersion": "realm.dev/v1alpha1",
+            "kind": "Pipeline",
+            "spec": {"tenant": "acme", "steps": steps},
+        }
+        two_kinds = json.loads(json.dumps(ok))
+        two_kinds["spec"]["steps"][0]["invoke"] = {}
+        assert_accepted_and_rejected(
+            cluster, namespace, ok, two_kinds, "a step sets exactly one of model (a generate step), invoke"
+        )
+        no_generate = {**ok, "spec": {"tenant": "acme", "steps": steps[:3]}}
+        assert_accepted_and_rejected(
+            cluster, namespace, ok, no_generate, "a pipeline needs at least one generate"
+        )
+
     if "tenants.realm.dev" in names:
         ok = {"apiVersion": "realm.dev/v1alpha1", "kind": "Tenant", "spec": {"displayName": "Acme"}}
         assert_accepted_and_rejected(

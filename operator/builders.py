@@ -301,7 +301,7 @@ def pipelines_for(
     """The pipelines one Model's config lists: a step runs on the Model and the tenant is listed, by name."""
     names = set(tenants)
     return sorted(
-        (p for p in pipelines if p.tenant in names and any(s.model == model.name for s in p.steps)),
+        (p for p in pipelines if p.tenant in names and any(s.model_name == model.name for s in p.steps)),
         key=lambda p: p.name,
     )
 

@@ -16,6 +16,7 @@ from realm.operator.reconcile import (
     pipeline_models,
     pipeline_status,
     pipelines_to_refresh,
+    raw_uses_model,
     status_patch,
 )
 from realm.operator.state import Operator
@@ -66,11 +67,6 @@ def reconcile_pipeline(op: Operator, namespace: str, name: str, republish: bool 
     return out
 
 
-def _uses_model(spec: Mapping[str, Any], model: str) -> bool:
-    steps = spec.get("steps") or []
-    return any(isinstance(s, Mapping) and s.get("model") == model for s in steps)
-
-
 def refresh_pipelines(
     op: Operator, namespace: str, tenant: str | None = None, model: str | None = None
 ) -> None:
@@ -79,7 +75,7 @@ def refresh_pipelines(
         spec = p.raw_spec or {}
         if tenant is not None and spec.get("tenant") != tenant:
             continue
-        if model is not None and not _uses_model(spec, model):
+        if model is not None and not raw_uses_model(spec, model):
             continue
         reconcile_pipeline(op, namespace, p.name)
 

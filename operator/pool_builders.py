@@ -158,7 +158,7 @@ def runtime_config(
     allowed = [t for t in tenants if any(serves_tenant(m, t.spec) for m in pool.members)]
     names = {t.name for t in allowed}
     listed = sorted(
-        (p for p in pipelines if p.tenant in names and any(s.model in members for s in p.steps)),
+        (p for p in pipelines if p.tenant in names and any(s.model_name in members for s in p.steps)),
         key=lambda p: p.name,
     )
     return RuntimeConfig(

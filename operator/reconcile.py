@@ -806,6 +806,9 @@ def _unresolved(
         return TOOL_NOT_ALLOWED, (
             f"tools must name Tenant {spec.tenant}'s MCP servers or allowed outbound hosts ({listed})"
         )
+    denied = _tools_denied(spec, tenant)
+    if denied:
+        return TOOL_NOT_ALLOWED, f"Tenant {spec.tenant}'s MCP servers do not allow {denied}"
     unknown = [m for m in used if m not in models]
     if unknown:
         return MODEL_NOT_FOUND, f"no Model named {', '.join(unknown)} in this namespace"
@@ -815,9 +818,32 @@ def _unresolved(
     return None
 
 
+def raw_uses_model(spec: Mapping[str, Any], model: str) -> bool:
+    """Whether a Pipeline's raw spec (valid or not) has a generate step on `model` (or a version of it)."""
+    steps = spec.get("steps") or []
+    return any(
+        isinstance(s, Mapping) and isinstance(s.get("model"), str) and s["model"].partition("@")[0] == model
+        for s in steps
+    )
+
+
+def _tools_denied(spec: PipelineSpec, tenant: TenantSpec) -> str:
+    """The tool steps' tools their server's `tools` list does not allow, as `step: server/tool`, joined."""
+    servers = {m.name: m for m in tenant.egress.mcp_servers}
+    denied = [
+        f"step {s.name}: {s.tool.server}/{s.tool.tool}"
+        for s in spec.steps
+        if s.tool is not None
+        and s.tool.server in servers
+        and "*" not in servers[s.tool.server].tools
+        and s.tool.tool not in servers[s.tool.server].tools
+    ]
+    return "; ".join(denied)
+
+
 def pipeline_models(spec: PipelineSpec) -> list[str]:
     """The Models a pipeline's steps use, sorted: the ones whose runtime configs list it when published."""
-    return sorted({s.model for s in spec.steps})
+    return sorted({s.model_name for s in spec.steps if s.model_name is not None})
 
 
 def publishable(problem: tuple[str, str] | None) -> bool:
@@ -908,8 +934,7 @@ def pipelines_to_refresh(
     for p in pipelines:
         if p.deleting or p.raw_spec is None:
             continue
-        steps = p.raw_spec.get("steps") or []
-        if not any(isinstance(s, Mapping) and s.get("model") == model for s in steps):
+        if not raw_uses_model(p.raw_spec, model):
             continue
         if p.runnable != runnable_now(p.raw_spec, tenants, models):
             out.append(p.name)

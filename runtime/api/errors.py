@@ -33,10 +33,14 @@ from realm.runtime.serving.errors import (
     CollectionNotFound,
     ConversationsDisabled,
     DeadlineExceeded,
+    EgressDenied,
+    EgressFailed,
+    EgressLimit,
     EngineFailed,
     InvalidRequest,
     ModelNotAllowed,
     ModelNotFound,
+    ModuleFailed,
     ModulePinned,
     NoModule,
     NotReady,
@@ -45,6 +49,8 @@ from realm.runtime.serving.errors import (
     ServingError,
     StorageQuotaExceeded,
     StoreFailed,
+    ToolFailed,
+    ToolNotFound,
     Unavailable,
 )
 
@@ -112,6 +118,13 @@ _SERVING_STATUS: dict[type[ServingError], tuple[int, str]] = {
     # As for conversations: deleting something, not waiting, helps.
     StorageQuotaExceeded: (429, "insufficient_quota"),
     StoreFailed: (500, "server_error"),
+    # A pipeline's invoke and tool steps: the module's own failure, and outbound calls refused or failed.
+    ModuleFailed: (422, "invocation_error"),
+    EgressDenied: (403, "invalid_request_error"),
+    EgressLimit: (429, "rate_limit_exceeded"),
+    ToolNotFound: (404, "invalid_request_error"),
+    EgressFailed: (502, "server_error"),
+    ToolFailed: (502, "server_error"),
 }
 _CONVERSATION_STATUS: dict[type[ConversationError], tuple[int, str]] = {
     ConversationNotFound: (404, "invalid_request_error"),

@@ -100,22 +100,24 @@ async def create_run(name: str, body: RunPipeline, request: Request) -> Response
     except ServingError as e:
         raise api_error(e) from e
     if body.background:
-        run.task = asyncio.create_task(execute(state, run, text_in, route_key=key))
-        run.task.add_done_callback(_settled)
+        task = asyncio.create_task(execute(state, run, text_in, route_key=key))
+        state.pipeline_runs.start(run, task)
+        task.add_done_callback(_settled)
         return _answer(run, 202)
     if not body.stream:
-        run.task = asyncio.create_task(execute(state, run, text_in, route_key=key))
+        task = asyncio.create_task(execute(state, run, text_in, route_key=key))
+        state.pipeline_runs.start(run, task)
         try:
-            return _answer(await run.task)
+            return _answer(await task)
         except asyncio.CancelledError:
-            if run.task.cancelled() and not _cancelling():
+            if task.cancelled() and not _cancelling():
                 return _answer(run)  # cancelled by a DELETE: the run as it ended
             raise
         except ServingError as e:
             raise api_error(e) from e
     queue: asyncio.Queue[str | None] = asyncio.Queue()
     task = asyncio.create_task(execute(state, run, text_in, route_key=key, on_output_text=queue.put_nowait))
-    run.task = task
+    state.pipeline_runs.start(run, task)
     task.add_done_callback(lambda _: queue.put_nowait(None))
 
     async def events() -> AsyncIterator[bytes]:

@@ -169,6 +169,13 @@ class DeadlineExceeded(ServingError):
     reason = "deadline_exceeded"
 
 
+class ModuleFailed(ServingError):
+    """The tenant's module, run as a pipeline's invoke step, failed on its own (`code`: the invocation's
+    error code, docs/abi.md: tenant_error, wasm_trap, fuel_exhausted, ...)."""
+
+    reason = "module_failed"
+
+
 class PipelineNotFound(ServingError):
     """No pipeline of that name runs as this tenant (another tenant's pipeline reads the same)."""
 

@@ -728,7 +728,9 @@ class RuntimeHostServices:
         run, text_in = new_run(self.state, tenant, params.name, params.input)
         try:
             async with asyncio.timeout(self.remaining()):
-                await execute(self.state, run, text_in, route_key=self.route_key)
+                await execute(
+                    self.state, run, text_in, route_key=self.route_key, from_module=self.module is not None
+                )
         except TimeoutError as e:
             raise DeadlineExceeded(
                 "the invocation's deadline passed during the pipeline run", code="invocation_deadline"

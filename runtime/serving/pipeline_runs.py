@@ -82,9 +82,28 @@ class PipelineRuns:
         self._prune()
         self._runs[run.id] = run
 
+    def running(self, tenant: str) -> int:
+        """The tenant's runs not ended yet."""
+        return sum(1 for r in self._runs.values() if r.tenant == tenant and r.ended_at is None)
+
     def get(self, run_id: str) -> PipelineRun | None:
         self._prune()
         return self._runs.get(run_id)
+
+    def start(self, run: PipelineRun, task: asyncio.Task[PipelineRun]) -> None:
+        """Attach the task running `run`. A task cancelled before its first step (a DELETE or a
+        disconnect at once) never runs the code that ends the record: its end does it here."""
+        run.task = task
+        task.add_done_callback(lambda _: self._settle(run))
+
+    def _settle(self, run: PipelineRun) -> None:
+        if run.ended_at is not None:
+            return
+        run.phase = CANCELLED
+        for step in run.steps.values():
+            if step.phase in (PENDING, RUNNING):
+                step.phase = SKIPPED
+        self.ended(run)
 
     def ended(self, run: PipelineRun) -> None:
         """Mark `run` ended now (its retention starts) and let the oldest go."""

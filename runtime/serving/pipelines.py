@@ -1,10 +1,11 @@
 """Run a tenant's Pipeline (RuntimeConfig.pipelines) as a DAG: every step whose dependencies have
-finished starts at once (one asyncio task each), and each step's prompt is its template rendered over
-the run's input and the outputs of the steps it depends on.
+finished starts at once (one asyncio task each), and each step's templates are rendered over the run's
+input and the outputs of the steps it depends on.
 
-A generate step goes through the same path as the ABI's generate (RuntimeHostServices.generate_text):
-the tenant's model access, admission and quotas, and the pod serving the model when it is not loaded
-here (serving/remote.py). Nothing here knows HTTP; refusals are serving's domain errors.
+What one attempt of a step calls, by kind, is serving/pipeline_steps.py's: the same paths as the ABI's
+generate, an HTTP invocation, an MCP call and a vector search, so the tenant's model access, admission,
+quotas and egress rules apply, and a model another pod serves is called there (serving/remote.py).
+Nothing here knows HTTP; refusals are serving's domain errors.
 
 Templates are substituted in one pass: a placeholder is replaced by its value and the value is never
 scanned again, so an input or a model's output that spells `{{...}}` stays literal text.
@@ -19,7 +20,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 
-from realm.runtime.sandbox.abi import GenerateParams
 from realm.runtime.spec.pipeline import PLACEHOLDER, STEP_OUTPUT, PipelineStep
 from realm.runtime.spec.runtime_config import PipelineEntry
 
@@ -34,7 +34,7 @@ from .errors import (
     ServingError,
     Unavailable,
 )
-from .invocations import RuntimeHostServices
+from .invocations import REMOTE_DEADLINE_S
 from .pipeline_runs import (
     CANCELLED,
     ENDED,
@@ -47,6 +47,8 @@ from .pipeline_runs import (
     PipelineRun,
     StepRecord,
 )
+from .pipeline_steps import StepCall, run_attempt
+from .requests import configured_tenant
 from .state import ServingState
 
 # The run's input, as JSON text, that a run accepts: a template copies it into prompts, and every
@@ -115,9 +117,18 @@ def new_run(
     state: ServingState, tenant: str, name: str, input: Mapping[str, object]
 ) -> tuple[PipelineRun, str]:
     """A run of the tenant's pipeline `name`, registered (readable by id from now) but not started,
-    and the text `{{input}}` reads. Raises PipelineNotFound and InvalidRequest (the input)."""
+    and the text `{{input}}` reads. Raises PipelineNotFound, InvalidRequest (the input) and
+    QuotaExceeded (the tenant's maxConcurrentPipelineRuns runs are in progress here)."""
     entry = pipeline_of(state, tenant, name)
     text_in = _checked_input(input)
+    limit = configured_tenant(state, tenant).spec.quotas.max_concurrent_pipeline_runs
+    if state.pipeline_runs.running(tenant) >= limit:
+        raise QuotaExceeded(
+            f"Tenant '{tenant}' has {limit} pipeline runs in progress on this pod, its "
+            "quotas.maxConcurrentPipelineRuns; retry when one ends.",
+            code="too_many_pipeline_runs",
+            retry_after=1.0,
+        )
     run = PipelineRun(
         id=f"run-{uuid.uuid4().hex}",
         tenant=tenant,
@@ -168,29 +179,47 @@ async def execute(
     *,
     route_key: str | None = None,
     on_output_text: Callable[[str], None] | None = None,
+    from_module: bool = False,
 ) -> PipelineRun:
-    """Run `run` (from `new_run`) to its end. `on_output_text` receives the output step's text as it is
-    generated (the streaming variant). A step starts once its dependsOn have succeeded and its
+    """Run `run` (from `new_run`) to its end (`from_module`: a module started it, see StepCall).
+    `on_output_text` receives the output step's text as it is generated (the streaming variant). A step
+    starts once its dependsOn have succeeded and its
     softDependsOn have ended; each attempt is bounded by its timeoutSeconds and a failure another attempt
     may get past is retried per its `retry`. A failed step the run cannot go on without (see
     `_tolerated`) cancels the steps still running and the run raises its error (QuotaExceeded,
     ModelNotAllowed, DeadlineExceeded, ...); past the pipeline's timeoutSeconds, DeadlineExceeded.
     Cancelling the caller cancels every running step."""
-    entry = pipeline_of(state, run.tenant, run.pipeline)
-    services = RuntimeHostServices(state, route_key=route_key)
+    try:
+        entry = pipeline_of(state, run.tenant, run.pipeline)
+    except ServingError as e:  # a reload removed it since `new_run`
+        run.phase, run.error, run.error_code = FAILED, e.message, e.code or e.reason
+        state.pipeline_runs.ended(run)
+        raise
     steps = {s.name: s for s in entry.steps}
     records = run.steps
     outputs: dict[str, str] = {}
     t0 = time.perf_counter()
     run.phase = RUNNING
 
-    async def attempt(step: PipelineStep, prompt: str) -> None:
+    run_deadline = None if entry.timeout_seconds is None else time.monotonic() + entry.timeout_seconds
+
+    async def attempt(step: PipelineStep) -> None:
         record = records[step.name]
-        sink = on_output_text if step.name == entry.output else None
-        params = GenerateParams(model=step.model, prompt=prompt, max_tokens=step.max_tokens)
+        deadlines = [d for d in (run_deadline,) if d is not None]
+        if step.timeout_seconds is not None:
+            deadlines.append(time.monotonic() + step.timeout_seconds)
+        call = StepCall(
+            state=state,
+            tenant=run.tenant,
+            route_key=route_key,
+            render=lambda template: render(template, text_in, outputs),
+            on_text=on_output_text if step.name == entry.output else None,
+            remaining=(lambda: min(deadlines) - time.monotonic()) if deadlines else lambda: REMOTE_DEADLINE_S,
+            from_module=from_module,
+        )
         try:
             async with asyncio.timeout(step.timeout_seconds):
-                done = await services.generate_text(run.tenant, params, sink)
+                done = await run_attempt(step, call)
         except TimeoutError as e:
             raise DeadlineExceeded(
                 f"step {step.name} passed its timeoutSeconds ({step.timeout_seconds:g} s)",
@@ -203,13 +232,12 @@ async def execute(
     async def run_step(step: PipelineStep) -> None:
         record = records[step.name]
         record.phase, record.started_s = RUNNING, time.perf_counter() - t0
-        prompt = render(step.prompt_template, text_in, outputs)
         attempts = step.retry.attempts if step.retry is not None else 1
         try:
             while True:
                 record.attempts += 1
                 try:
-                    await attempt(step, prompt)
+                    await attempt(step)
                     break
                 except ServingError as e:
                     record.error, record.error_code = e.message, e.code or e.reason

@@ -96,6 +96,14 @@ class Quotas(SpecModel):
         description="WebAssembly invocations of this tenant running at once; more wait in its queue "
         "(fair by weight among tenants). The runtime's own cap (invocations.maxInFlight) applies on top.",
     )
+    max_concurrent_pipeline_runs: int = Field(
+        16,
+        ge=1,
+        le=MAX_CONCURRENT,
+        description="Pipeline runs of this tenant in progress at once on one runtime pod (synchronous, "
+        "streamed and background alike); one more is refused with 429 too_many_pipeline_runs. Each "
+        "run's steps also count against the quotas above like any request.",
+    )
     max_queued_invocations: int = Field(
         16,
         ge=0,

@@ -195,3 +195,39 @@ def test_a_model_turning_ready_rewrites_the_runnable_of_the_pipeline_that_waited
     assert [(kind, name) for kind, name, _ in kube.patched] == [("Pipeline", "waiting")]
     conds = {c["type"]: c for c in kube.patched[0][2]["conditions"]}
     assert (conds["Runnable"]["status"], conds["Runnable"]["reason"]) == ("True", "Runnable")
+
+
+def _with_steps(*extra: dict[str, Any]) -> dict[str, Any]:
+    spec = copy.deepcopy(PIPELINE)
+    spec["steps"] += list(extra)
+    return spec
+
+
+SERVERS = {"mcpServers": [{"name": "tools", "url": "https://tools.example.com/mcp", "tools": ["add"]}]}
+
+
+def test_a_tool_step_on_a_server_the_tenant_lacks_or_a_tool_it_does_not_allow_blocks_the_run() -> None:
+    tenants = {"acme": TenantSpec.model_validate({"allowedModels": ["chat", "notes"], "egress": SERVERS})}
+    allowed = {"name": "sum", "tool": {"server": "tools", "tool": "add"}}
+    assert runnable(status(_with_steps(allowed), tenants=tenants)).status == "True"
+    other_server = {"name": "sum", "tool": {"server": "search", "tool": "add"}}
+    c = runnable(status(_with_steps(other_server), tenants=tenants))
+    assert (c.reason, "step sum: search" in c.message) == (r.TOOL_NOT_ALLOWED, True)
+    other_tool = {"name": "sum", "tool": {"server": "tools", "tool": "secret"}}
+    c = runnable(status(_with_steps(other_tool), tenants=tenants))
+    assert (c.reason, "step sum: tools/secret" in c.message) == (r.TOOL_NOT_ALLOWED, True)
+    outside_own = {"name": "sum", "tool": {"server": "tools", "tool": "add"}, "tools": []}
+    c = runnable(status(_with_steps(outside_own), tenants=tenants))
+    assert (c.reason, "not in the step's tools" in c.message) == (r.TOOL_NOT_ALLOWED, True)
+
+
+def test_steps_of_other_kinds_need_no_model_and_a_version_counts_as_its_model() -> None:
+    spec = _with_steps(
+        {"name": "find", "retrieve": {"collection": "docs", "query": "{{input}}"}},
+        {"name": "mod", "invoke": {"input": {"q": "{{steps.find.output}}"}}, "dependsOn": ["find"]},
+    )
+    spec["steps"][0]["model"] = "chat@v2"
+    c = runnable(status(spec))
+    assert (c.status, c.message) == ("True", "Tenant acme may use chat, notes; chat, notes Ready")
+    c = runnable(status(spec, tenants={"acme": TenantSpec(allowed_models=["notes"])}))
+    assert (c.reason, c.message) == (r.MODEL_NOT_ALLOWED, "Tenant acme may not use chat")

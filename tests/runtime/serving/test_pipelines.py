@@ -17,9 +17,10 @@ from realm.runtime.serving.errors import (
     ModelNotAllowed,
     ModelNotFound,
     PipelineNotFound,
+    QuotaExceeded,
 )
 from realm.runtime.serving.pipeline_runs import PipelineRuns
-from realm.runtime.serving.pipelines import MAX_INPUT_BYTES, render, run_of, run_pipeline
+from realm.runtime.serving.pipelines import MAX_INPUT_BYTES, execute, new_run, render, run_of, run_pipeline
 from realm.runtime.serving.state import ServingState
 from realm.runtime.spec.pipeline import PipelineStep, StepCondition
 from realm.runtime.spec.runtime_config import ModelConfig, PipelineEntry, TenantEntry
@@ -342,3 +343,54 @@ def test_a_condition_on_a_step_not_depended_on_is_refused() -> None:
                 ),
             ],
         )
+
+
+async def test_an_invoke_step_in_a_run_a_module_started_is_refused_before_any_step(
+    smol: LlamaCppEngine,
+) -> None:
+    # A module waiting on its own tenant's invocation slots would wait until its deadline.
+    invoking = entry(
+        "invoking",
+        [
+            PipelineStep.model_validate({"name": "mod", "invoke": {"input": {"q": "{{input}}"}}}),
+            step("after", "{{steps.mod.output}}", ["mod"]),
+        ],
+    )
+    state = serving(smol, invoking)
+    run, text_in = new_run(state, "acme", "invoking", {"text": "x"})
+    with pytest.raises(InvalidRequest) as info:
+        await execute(state, run, text_in, from_module=True)
+    assert info.value.code == "invoke_in_module_run"
+    assert (run.steps["mod"].phase, run.steps["after"].phase) == ("Failed", "Skipped")
+
+
+async def test_a_tenants_runs_in_progress_are_bounded_and_a_run_that_ends_frees_its_place(
+    smol: LlamaCppEngine,
+) -> None:
+    slow = entry("slow", [long_step("a")])
+    state = serving(smol, slow)
+    one = TenantSpec.model_validate({"allowedModels": ["smol"], "quotas": {"maxConcurrentPipelineRuns": 1}})
+    state.apply_tenants([TenantEntry(name="acme", spec=one)])
+    first = asyncio.create_task(run_pipeline(state, "acme", "slow", {"text": "1 2 3"}))
+    await asyncio.sleep(0.2)
+    with pytest.raises(QuotaExceeded) as info:
+        new_run(state, "acme", "slow", {"text": "again"})
+    assert (info.value.code, info.value.retry_after) == ("too_many_pipeline_runs", 1.0)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert new_run(state, "acme", "slow", {"text": "now"})[0].phase == "Pending"
+    assert state.pipeline_runs.running("acme") == 1
+
+
+async def test_a_run_cancelled_before_its_task_began_still_ends_and_frees_its_place(
+    smol: LlamaCppEngine,
+) -> None:
+    state = serving(smol, DIAMOND)
+    run, text_in = new_run(state, "acme", "diamond", {"text": "go"})
+    task = asyncio.create_task(execute(state, run, text_in))
+    state.pipeline_runs.start(run, task)
+    task.cancel()  # before the task first ran: execute's own cleanup never runs
+    await asyncio.gather(task, return_exceptions=True)
+    assert run.phase == "Cancelled"
+    assert {r.phase for r in run.steps.values()} == {"Skipped"}
+    assert state.pipeline_runs.running("acme") == 0

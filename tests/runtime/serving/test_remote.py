@@ -53,9 +53,35 @@ def free_port() -> int:
         return port
 
 
+# A's pipeline: a draft on Gemma (pod B's), retried when its pod is lost, then a final step on SmolLM2.
+RELAY = {
+    "name": "relay",
+    "tenant": "acme",
+    "steps": [
+        {
+            "name": "draft",
+            "model": GEMMA,
+            "promptTemplate": "Say hello to {{input}}.",
+            "maxTokens": 6,
+            "retry": {"attempts": 3, "backoffSeconds": 0.1},
+        },
+        {
+            "name": "final",
+            "model": DEFAULT_MODEL,
+            "promptTemplate": "Repeat: {{steps.draft.output}}",
+            "maxTokens": 4,
+            "dependsOn": ["draft"],
+        },
+    ],
+    "order": ["draft", "final"],
+    "output": "final",
+}
+
+
 def pod_config(model: dict[str, Any], internal_port: int) -> dict[str, Any]:
     return {
         "models": [model],
+        "pipelines": [RELAY],
         "tenants": [
             {"name": t, "uid": f"uid-{t}", "apiKeySha256": [hash_api_key(key(t))], "spec": spec}
             for t, spec in TENANTS.items()
@@ -591,6 +617,40 @@ def test_an_unstreamed_remote_chat_that_fails_midway_is_a_503_naming_the_pod(pod
     error = r.json()["error"]
     assert (r.status_code, error["code"]) == (503, "remote_failed")
     assert "pod-half" in error["message"]
+
+
+class _DiesOnce(_HalfAnswer):
+    """A pod lost mid-step: it answers part of the text and hangs up, and discovery then lists only its
+    replacement (pod B), as the EndpointSlice does once the lost pod is out of it."""
+
+    pods: Pods
+
+    def do_POST(self) -> None:
+        self.pods.discovery.table["gemma-v1"] = [self.pods.b_endpoint]
+        super().do_POST()
+
+
+def test_a_pipeline_step_whose_pod_is_lost_is_retried_on_the_pod_serving_it_now(pods: Pods) -> None:
+    handler = type("DiesOnce", (_DiesOnce,), {"pods": pods})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pods.discovery.table["gemma-v1"] = [Endpoint("127.0.0.1", server.server_address[1], "pod-lost")]
+    try:
+        r = httpx.post(
+            f"{pods.a.base_url}/v1/pipelines/relay/runs",
+            json={"input": {"text": "Ada"}},
+            headers=auth("acme"),
+            timeout=120,
+        )
+    finally:
+        pods.discovery.table["gemma-v1"] = [pods.b_endpoint]
+        server.shutdown()
+        server.server_close()
+    assert r.status_code == 200, r.text
+    run = r.json()
+    assert (run["steps"]["draft"]["attempts"], run["steps"]["final"]["attempts"]) == (2, 1)
+    # The second attempt's text is pod B's whole answer, not the lost pod's "Hi".
+    assert run["steps"]["draft"]["output"] not in ("", "Hi") and run["phase"] == "Succeeded"
 
 
 def test_a_version_named_in_the_reference_reaches_that_version(pods: Pods) -> None:
