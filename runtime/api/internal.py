@@ -4,6 +4,8 @@
     GET  /internal/v1/model       header x-realm-credential: the engine's description of its model
     POST /internal/v1/quota-demand  header x-realm-signature; body and answer serving/quota_exchange.py
                                   DemandReport (each pod's demand for tenants' rate quotas)
+    POST /internal/v1/pipeline-run  header x-realm-signature; body serving/pipeline_peers.py RunQuery:
+                                  a tenant's pipeline run held here, read or cancelled for a peer
 
 The caller is another runtime pod of the namespace; what it proves is the internal credential
 (runtime/peers/credential.py: an HMAC under the namespace secret over the tenant's identity, the model
@@ -25,7 +27,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -34,6 +36,8 @@ from realm.runtime.peers.signed import SIGNATURE_HEADER
 from realm.runtime.serving.errors import ServingError
 from realm.runtime.serving.generation import GenerationStream
 from realm.runtime.serving.invocations import version_with_digest
+from realm.runtime.serving.pipeline_peers import PIPELINE_RUN_PATH, checked_query
+from realm.runtime.serving.pipelines import cancel, run_of
 from realm.runtime.serving.quota_exchange import DEMAND_PATH, MAX_REPORT_BYTES
 from realm.runtime.serving.remote import (
     INTERNAL_MODEL_PATH,
@@ -49,6 +53,7 @@ from . import sse
 from .disconnect import ClientGone, until_disconnect
 from .errors import APIError, api_error, error_body, install_handlers, unavailable
 from .middleware import RealmMiddleware, _Held, _replay, _send_error
+from .routes_pipelines import run_object
 from .state import AppState
 
 router = APIRouter()
@@ -169,6 +174,24 @@ async def model(request: Request) -> dict[str, Any]:
         "vocab_size": info.vocab_size,
         "has_chat_template": info.has_chat_template,
     }
+
+
+@router.post(PIPELINE_RUN_PATH, response_model=None)
+async def pipeline_run(request: Request) -> Response:
+    """A peer asks for a tenant's run of a pipeline (to read or cancel it) on behalf of the tenant's
+    own GET or DELETE, which reached that peer; this pod answers only from its own runs."""
+    state: AppState = request.app.state.realm
+    raw = await request.body()
+    try:
+        query = checked_query(state, raw, request.headers.get(SIGNATURE_HEADER))
+        run = run_of(state, query.tenant, query.pipeline, query.run)
+    except CredentialError as e:
+        raise APIError(401, e.message, type="authentication_error", code=e.code) from e
+    except ServingError as e:
+        raise api_error(e) from e
+    if query.action == "delete":
+        await cancel(run)
+    return JSONResponse(run_object(run))
 
 
 @router.post(DEMAND_PATH, response_model=None)

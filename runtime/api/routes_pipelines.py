@@ -9,23 +9,25 @@ each piece of the output step's text as it is generated, then the run object, th
 that goes away cancels every running step. `background: true` answers at once with the run (phase
 Running), to be read with GET. Every answer carries the run's id in `X-Realm-Run-Id`. The API key's
 tenant scopes the pipeline and its runs: another tenant's answers 404 like one that does not exist.
-A run is kept by the pod that ran it (serving/pipeline_runs.py), not shared across pods.
+A run is kept by the pod that ran it (serving/pipeline_runs.py); a GET or DELETE reaching another pod
+is answered through the pod that ran it (serving/pipeline_peers.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 from starlette.responses import Response
 
-from realm.runtime.serving.errors import InvalidRequest, ServingError
+from realm.runtime.serving.errors import InvalidRequest, PipelineNotFound, ServingError
+from realm.runtime.serving.pipeline_peers import ask_peers
 from realm.runtime.serving.pipeline_runs import PipelineRun
-from realm.runtime.serving.pipelines import execute, new_run, run_of
+from realm.runtime.serving.pipelines import cancel, execute, new_run, run_of
 
 from .errors import api_error
 from .schemas import RequestBody, route_key
@@ -146,23 +148,38 @@ def _cancelling() -> bool:
     return current is not None and current.cancelling() > 0
 
 
+async def _elsewhere(
+    state: AppState,
+    tenant: str,
+    name: str,
+    run_id: str,
+    action: Literal["get", "delete"],
+    missing: ServingError,
+) -> Response:
+    """The run as the pod that ran it answers (serving/pipeline_peers.py), or `missing`'s 404."""
+    found = await ask_peers(state, tenant, name, run_id, action)
+    if found is None:
+        raise api_error(missing)
+    return JSONResponse(found, headers={RUN_ID_HEADER: run_id})
+
+
 @router.get("/v1/pipelines/{name}/runs/{run_id}", response_model=None)
 async def get_run(name: str, run_id: str, request: Request) -> Response:
     state: AppState = request.app.state.realm
+    tenant: str = request.state.tenant.name
     try:
-        return _answer(run_of(state, request.state.tenant.name, name, run_id))
-    except ServingError as e:
-        raise api_error(e) from e
+        return _answer(run_of(state, tenant, name, run_id))
+    except PipelineNotFound as e:
+        return await _elsewhere(state, tenant, name, run_id, "get", e)
 
 
 @router.delete("/v1/pipelines/{name}/runs/{run_id}", response_model=None)
 async def cancel_run(name: str, run_id: str, request: Request) -> Response:
     state: AppState = request.app.state.realm
+    tenant: str = request.state.tenant.name
     try:
-        run = run_of(state, request.state.tenant.name, name, run_id)
-    except ServingError as e:
-        raise api_error(e) from e
-    if run.task is not None and not run.task.done():
-        run.task.cancel()
-        await asyncio.gather(run.task, return_exceptions=True)
+        run = run_of(state, tenant, name, run_id)
+    except PipelineNotFound as e:
+        return await _elsewhere(state, tenant, name, run_id, "delete", e)
+    await cancel(run)
     return _answer(run)

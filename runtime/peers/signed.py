@@ -21,6 +21,8 @@ from .credential import CredentialError
 SIGNATURE_HEADER = "x-realm-signature"
 #: Every pod of the namespace exchanges its demand for tenants' rate quotas (serving/quota_exchange.py).
 QUOTA_DEMAND = "realm-quota-demand"
+#: A tenant's pipeline run asked of the pod that ran it (serving/pipeline_peers.py).
+PIPELINE_RUN = "realm-pipeline-run"
 _HEX_LENGTH = 64
 
 

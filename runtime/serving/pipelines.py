@@ -161,6 +161,13 @@ async def run_pipeline(
     return await execute(state, run, text_in, route_key=route_key, on_output_text=on_output_text)
 
 
+async def cancel(run: PipelineRun) -> None:
+    """Cancel `run` (every running step) and wait until it has ended; a run that ended stays as it is."""
+    if run.task is not None and not run.task.done():
+        run.task.cancel()
+        await asyncio.gather(run.task, return_exceptions=True)
+
+
 def failed_step(run: PipelineRun) -> str | None:
     """The first step of `run` that failed (in declaration order), if one did."""
     return next((r.name for r in run.steps.values() if r.phase == FAILED), None)

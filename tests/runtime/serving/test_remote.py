@@ -26,6 +26,7 @@ from runtime_thread import running
 
 from realm.runtime.peers import Endpoint, InternalCredential, StaticDiscovery
 from realm.runtime.peers.credential import HEADER
+from realm.runtime.peers.signed import PIPELINE_RUN, SIGNATURE_HEADER, sign
 from realm.runtime.server import Runtime
 from realm.runtime.spec.identity import SECRET_ENV, NamespaceIdentity
 from realm.runtime.spec.runtime_config import DEFAULT_MODEL, hash_api_key
@@ -78,10 +79,20 @@ RELAY = {
 }
 
 
+# Runs on pod B alone (Gemma), read and cancelled through pod A.
+NOTE = {
+    "name": "note",
+    "tenant": "acme",
+    "steps": [{"name": "say", "model": GEMMA, "promptTemplate": "Count: {{input}}", "maxTokens": 900}],
+    "order": ["say"],
+    "output": "say",
+}
+
+
 def pod_config(model: dict[str, Any], internal_port: int) -> dict[str, Any]:
     return {
         "models": [model],
-        "pipelines": [RELAY],
+        "pipelines": [RELAY, NOTE],
         "tenants": [
             {"name": t, "uid": f"uid-{t}", "apiKeySha256": [hash_api_key(key(t))], "spec": spec}
             for t, spec in TENANTS.items()
@@ -715,3 +726,103 @@ def test_a_reload_that_places_a_model_elsewhere_is_followed(pods: Pods) -> None:
     finally:
         pods.discovery.table["gemma-v1"] = [pods.b_endpoint]
         pods.a_config.write_text(before)
+
+
+def _start_note_on_b(pods: Pods) -> str:
+    r = httpx.post(
+        f"{pods.b.base_url}/v1/pipelines/note/runs",
+        json={"input": {"text": "1 2 3"}, "background": True},
+        headers=auth("acme"),
+        timeout=60,
+    )
+    assert r.status_code == 202, r.text
+    run_id: str = r.json()["id"]
+    return run_id
+
+
+def test_a_run_held_by_another_pod_is_read_and_cancelled_through_any_pod(pods: Pods) -> None:
+    run_id = _start_note_on_b(pods)
+    via_a = f"{pods.a.base_url}/v1/pipelines/note/runs/{run_id}"
+    read = httpx.get(via_a, headers=auth("acme"), timeout=30)
+    assert read.status_code == 200, read.text
+    assert (read.json()["id"], read.json()["phase"]) == (run_id, "Running")
+    assert read.headers["X-Realm-Run-Id"] == run_id
+    cancelled = httpx.delete(via_a, headers=auth("acme"), timeout=30)
+    assert cancelled.status_code == 200, cancelled.text
+    assert (cancelled.json()["phase"], cancelled.json()["steps"]["say"]["phase"]) == (
+        "Cancelled",
+        "Cancelled",
+    )
+    # B, which holds it, says the same.
+    on_b = httpx.get(f"{pods.b.base_url}/v1/pipelines/note/runs/{run_id}", headers=auth("acme"), timeout=30)
+    assert on_b.json()["phase"] == "Cancelled"
+
+
+def test_another_tenant_or_a_made_up_id_finds_no_run_on_any_pod(pods: Pods) -> None:
+    run_id = _start_note_on_b(pods)
+    try:
+        theirs = httpx.get(
+            f"{pods.a.base_url}/v1/pipelines/note/runs/{run_id}", headers=auth("frugal"), timeout=30
+        )
+        made_up = httpx.get(
+            f"{pods.a.base_url}/v1/pipelines/note/runs/run-{'0' * 32}", headers=auth("acme"), timeout=30
+        )
+        malformed = httpx.delete(
+            f"{pods.a.base_url}/v1/pipelines/note/runs/run-../../x", headers=auth("acme"), timeout=30
+        )
+    finally:
+        httpx.delete(f"{pods.b.base_url}/v1/pipelines/note/runs/{run_id}", headers=auth("acme"), timeout=30)
+    for r in (theirs, made_up, malformed):
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "run_not_found"), r.text
+
+
+def _query(**fields: Any) -> bytes:
+    body = {
+        "tenant": "acme",
+        "pipeline": "note",
+        "run": f"run-{'0' * 32}",
+        "action": "get",
+        "sent": time.time(),
+    }
+    return json.dumps({**body, **fields}).encode()
+
+
+QUERY = _query(sent=time.time() + 3600 * 24 * 365 * 10)  # one body for the signature cases: no clock in it
+
+
+@pytest.mark.parametrize(
+    ("body", "signature", "status", "code"),
+    [
+        (QUERY, None, 401, "missing_credential"),
+        (QUERY, "0" * 64, 401, "invalid_credential"),
+        (
+            QUERY,
+            sign(NamespaceIdentity("default", "another-secret"), PIPELINE_RUN, QUERY),
+            401,
+            "invalid_credential",
+        ),
+        (QUERY, sign(IDENTITY, "realm-quota-demand", QUERY), 401, "invalid_credential"),
+        (_query(sent=time.time() - 3600), "sign", 400, "stale_query"),
+        (_query(action="drop"), "sign", 400, "invalid_value"),
+        (_query(), "sign", 404, "run_not_found"),
+        (b"x" * 5000, "sign", 400, "query_too_large"),
+    ],
+    ids=[
+        "unsigned",
+        "forged",
+        "other-secret",
+        "other-purpose",
+        "stale",
+        "unknown-action",
+        "no-such-run",
+        "too-large",
+    ],
+)
+def test_the_internal_run_query_refuses(
+    pods: Pods, body: bytes, signature: str | None, status: int, code: str
+) -> None:
+    if signature == "sign":
+        signature = sign(IDENTITY, PIPELINE_RUN, body)
+    headers = {} if signature is None else {SIGNATURE_HEADER: signature}
+    r = httpx.post(f"{pods.b_internal}/internal/v1/pipeline-run", content=body, headers=headers, timeout=30)
+    assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
