@@ -93,6 +93,8 @@ async def _generate(step: PipelineStep, call: StepCall) -> StepOutput:
         prompt=call.render(step.prompt_template),
         max_tokens=step.max_tokens,
         temperature=step.temperature,
+        top_p=step.top_p,
+        top_k=step.top_k,
         seed=step.seed,
     )
     services = _services(step, call)

@@ -267,6 +267,8 @@ class PipelineStep(SpecModel):
     temperature: float = Field(
         0.0, ge=0, le=2, description="A generate step's sampling temperature; 0 is greedy."
     )
+    top_p: float = Field(1.0, ge=0.01, le=1, description="A generate step's nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, le=1000, description="A generate step's top-k sampling; 0 is off.")
     seed: int | None = Field(
         None, ge=0, le=2**31 - 1, description="A generate step's sampling seed (a sampled step repeats)."
     )
