@@ -440,6 +440,24 @@ def _delete_collections(op: Operator, namespace: str, owner: str, body: Mapping[
     )
 
 
+def _report_usage(
+    op: Operator,
+    namespace: str,
+    name: str,
+    status: Mapping[str, Any] | None,
+    usage: dict[str, Any],
+    *,
+    stamp: str,
+) -> None:
+    """Write `usage` into the Tenant's status with the time in `stamp`, only when a figure changed or it
+    was never stamped: a timer over an unchanged store writes nothing."""
+    current = status or {}
+    if all(current.get(f) == v for f, v in usage.items()) and current.get(stamp):
+        return
+    stamped = now().isoformat().replace("+00:00", "Z")
+    op.kube.patch_status("Tenant", namespace, name, {**usage, stamp: stamped})
+
+
 def sweep_kv_snapshots(
     op: Operator,
     namespace: str,
@@ -464,9 +482,7 @@ def sweep_kv_snapshots(
     if result.expired or result.evicted:
         message = f"expired {result.expired}, evicted {result.evicted} over maxBytes"
         post(normal, body, "SnapshotsSwept", message)
-    if any((status or {}).get(f) != v for f, v in patch.items()):
-        patch["kvSnapshotsSwept"] = now().isoformat().replace("+00:00", "Z")
-        op.kube.patch_status("Tenant", namespace, name, patch)
+    _report_usage(op, namespace, name, status, patch, stamp="kvSnapshotsSwept")
 
 
 def measure_vectors(
@@ -495,6 +511,4 @@ def measure_vectors(
         "vectorCount": usage.vectors,
         "vectorBytes": usage.vector_bytes,
     }
-    if any((status or {}).get(f) != v for f, v in patch.items()) or not (status or {}).get("vectorsMeasured"):
-        patch["vectorsMeasured"] = now().isoformat().replace("+00:00", "Z")
-        op.kube.patch_status("Tenant", namespace, name, patch)
+    _report_usage(op, namespace, name, status, patch, stamp="vectorsMeasured")

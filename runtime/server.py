@@ -366,13 +366,33 @@ class Runtime:
         if self.state.invocations is not None:
             self.state.invocations.close()
         force = asyncio.create_task(self._force.wait())
+        began = time.monotonic()
         idle = asyncio.create_task(self.state.wait_idle(self.drain_timeout))
         await asyncio.wait({force, idle}, return_when=asyncio.FIRST_COMPLETED)
-        force.cancel()
         if not idle.done():
             idle.cancel()
         elif not idle.result():
             log.warning("drain timeout: %d requests still in flight are cut off", self.state.in_flight)
+        await self._end_background_runs(force, self.drain_timeout - (time.monotonic() - began))
+        force.cancel()
+
+    async def _end_background_runs(self, force: asyncio.Task[bool], limit_s: float) -> None:
+        """Pipeline runs whose callers were answered at once (`background`) are no request in flight: they
+        get what is left of the drain, then are cancelled, so each record ends Cancelled rather than
+        failing mid-step when the engines go."""
+        tasks = self.state.pipeline_runs.tasks()
+        if not tasks:
+            return
+        if not force.done() and limit_s > 0:
+            ended = asyncio.create_task(asyncio.wait(tasks))  # cancelling this leaves the runs be
+            await asyncio.wait({ended, force}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
+            ended.cancel()
+        left = [t for t in tasks if not t.done()]
+        if left:
+            log.warning("drain: %d background pipeline runs cancelled", len(left))
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
     async def _shutdown_engines(self) -> None:
         if self.state.sandbox is not None:

@@ -82,6 +82,10 @@ class PipelineRuns:
         self._prune()
         self._runs[run.id] = run
 
+    def tasks(self) -> list[asyncio.Task[PipelineRun]]:
+        """The tasks of the runs in progress."""
+        return [r.task for r in self._runs.values() if r.task is not None and not r.task.done()]
+
     def running(self, tenant: str) -> int:
         """The tenant's runs not ended yet."""
         return sum(1 for r in self._runs.values() if r.tenant == tenant and r.ended_at is None)

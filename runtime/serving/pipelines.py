@@ -265,11 +265,12 @@ async def execute(
         )
 
     def omitted(n: str) -> bool:
-        """Whether the pipeline's own logic leaves out step n (ready, or with an omitted dependency)."""
+        """Whether the pipeline's own logic leaves out step n: a dependency of it was omitted, or (once
+        it is ready) its `when` does not hold."""
         s = steps[n]
         if any(records[d].phase == OMITTED for d in s.depends_on):
             return True
-        return s.when is not None and not s.when.holds(outputs.get(s.when.step, ""))
+        return ready(n) and s.when is not None and not s.when.holds(outputs.get(s.when.step, ""))
 
     running: dict[asyncio.Task[None], str] = {}
     failure: BaseException | None = None
@@ -277,10 +278,7 @@ async def execute(
         async with asyncio.timeout(entry.timeout_seconds):
             while failure is None:
                 for n in entry.order:  # dependencies first: an omission reaches its dependents at once
-                    if records[n].phase == PENDING and (
-                        any(records[d].phase == OMITTED for d in steps[n].depends_on)
-                        or (ready(n) and omitted(n))
-                    ):
+                    if records[n].phase == PENDING and omitted(n):
                         records[n].phase = OMITTED
                         outputs.pop(n, None)
                 for n in entry.order:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
-from conftest import Server
+import httpx
+from conftest import KEYS, Server, runtime_config
+from runtime_thread import running
 
 
 def test_a_run_returns_the_output_step_and_every_steps_record(server: Server) -> None:
@@ -120,3 +123,21 @@ def test_stream_and_background_together_are_refused(server: Server) -> None:
         r = http.post("/v1/pipelines/diamond/runs", json=body, headers=server.headers())
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "stream"
+
+
+def test_a_stopping_runtime_ends_its_background_runs_within_the_drain(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(runtime_config()))
+    with running(path, drain_timeout=0.5) as rt:
+        r = httpx.post(
+            f"{rt.base_url}/v1/pipelines/slow/runs",
+            json={"input": {"text": "1 2 3"}, "background": True},
+            headers={"Authorization": f"Bearer {KEYS['acme']}"},
+            timeout=60,
+        )
+        assert r.status_code == 202, r.text
+        run = rt.state.pipeline_runs.get(r.json()["id"])
+        assert run is not None
+    # The drain gave it half a second, then cancelled it: its record ended, no step left running.
+    assert (run.phase, run.steps["count"].phase) == ("Cancelled", "Cancelled")
+    assert run.task is not None and run.task.done()
