@@ -128,6 +128,15 @@ PIPELINES = [
         "verdict",
     ),
     _pipeline(
+        "theirs-rag",
+        [
+            {"name": "find", "retrieve": {"collection": "docs", "query": "{{input}}"}},
+            _generate("answer", "{{steps.find.output}}", ["find"]),
+        ],
+        "answer",
+        tenant="other",
+    ),
+    _pipeline(
         "no-module",
         [
             {"name": "mod", "invoke": {"input": {"q": "{{input}}"}}},
@@ -220,10 +229,11 @@ def test_a_collection_name_two_collections_share_is_refused_naming_both(base: st
     assert error["message"].count("vs_") == 2
 
 
-def test_another_tenant_reaches_none_of_the_collections_by_name(base: str) -> None:
-    # "other" declares no such pipeline: its own "rag" is missing, not the tenant's.
-    r = run(base, "rag", tenant="other")
-    assert (r.status_code, r.json()["error"]["code"]) == (404, "pipeline_not_found")
+def test_another_tenants_retrieve_step_finds_no_collection_of_that_name(base: str) -> None:
+    # "docs" is the tenant "kinds"'s collection; "other" has none, and its step searches only its own.
+    r = run(base, "theirs-rag", tenant="other")
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "vector_store_not_found")
+    assert run(base, "rag", tenant="other").status_code == 404  # nor can it run the tenant's pipeline
 
 
 def test_an_invoke_step_runs_the_tenants_module_on_the_rendered_input(base: str) -> None:
