@@ -190,12 +190,11 @@ async def execute(
 ) -> PipelineRun:
     """Run `run` (from `new_run`) to its end (`from_module`: a module started it, see StepCall).
     `on_output_text` receives the output step's text as it is generated (the streaming variant). A step
-    starts once its dependsOn have succeeded and its
-    softDependsOn have ended; each attempt is bounded by its timeoutSeconds and a failure another attempt
-    may get past is retried per its `retry`. A failed step the run cannot go on without (see
-    `_tolerated`) cancels the steps still running and the run raises its error (QuotaExceeded,
-    ModelNotAllowed, DeadlineExceeded, ...); past the pipeline's timeoutSeconds, DeadlineExceeded.
-    Cancelling the caller cancels every running step."""
+    starts once its dependsOn have succeeded and its softDependsOn have ended; each attempt is bounded by
+    its timeoutSeconds and a failure another attempt may get past is retried per its `retry`. A failed
+    step the run cannot go on without (see `_tolerated`) cancels the steps still running and the run
+    raises its error (QuotaExceeded, ModelNotAllowed, DeadlineExceeded, ...); past the pipeline's
+    timeoutSeconds, DeadlineExceeded. Cancelling the caller cancels every running step."""
     try:
         entry = pipeline_of(state, run.tenant, run.pipeline)
     except ServingError as e:  # a reload removed it since `new_run`

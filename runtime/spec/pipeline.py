@@ -269,9 +269,7 @@ class PipelineStep(SpecModel):
     )
     top_p: float = Field(1.0, ge=0.01, le=1, description="A generate step's nucleus sampling mass.")
     top_k: int = Field(0, ge=0, le=1000, description="A generate step's top-k sampling; 0 is off.")
-    seed: int | None = Field(
-        None, ge=0, le=2**31 - 1, description="A generate step's sampling seed (a sampled step repeats)."
-    )
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="A generate step's sampling seed.")
     response_format: StepConstraint | None = Field(
         None,
         description="Constrain a generate step's output (JSON, a JSON schema, a regex or a grammar), as "
