@@ -417,6 +417,27 @@ def test_config_map_lists_pipelines_using_the_model_of_listed_tenants_sorted() -
     assert b.runtime_config(model(), "v1", tenants()).pipelines == []
 
 
+def test_a_step_on_a_version_of_the_model_publishes_the_pipeline_and_carries_every_kind() -> None:
+    spec = PipelineSpec.model_validate(
+        {
+            "tenant": "acme",
+            "steps": [
+                {"name": "find", "retrieve": {"collection": "docs", "query": "{{input}}"}},
+                {"name": "say", "model": "chat@v2", "promptTemplate": "{{steps.find.output}}",
+                 "dependsOn": ["find"], "responseFormat": {"type": "json_object"}},
+            ],
+        }
+    )  # fmt: skip
+    cm = b.config_map(model(), "v1", tenants(), OPTS, [b.pipeline_entry("rag", spec)])
+    doc = yaml.safe_load(cm["data"]["config.yaml"])
+    assert [p["name"] for p in doc["pipelines"]] == ["rag"]
+    steps = doc["pipelines"][0]["steps"]
+    assert steps[0]["retrieve"]["collection"] == "docs"
+    assert (steps[1]["model"], steps[1]["responseFormat"]) == ("chat@v2", {"type": "json_object"})
+    # What the runtime reads back is the same pipeline.
+    assert RuntimeConfig.model_validate(doc).pipelines[0].steps == spec.steps
+
+
 def test_pipelines_do_not_roll_pods() -> None:
     with_pipeline = b.deployment(model(), "v1", tenants(), OPTS)
     assert with_pipeline == b.build_all(model(), tenants(), OPTS, [entry("qa")])[1]
