@@ -138,6 +138,14 @@ def test_a_stopping_runtime_ends_its_background_runs_within_the_drain(tmp_path: 
         assert r.status_code == 202, r.text
         run = rt.state.pipeline_runs.get(r.json()["id"])
         assert run is not None
+        # Stopped once its step generates: a step still waiting for admission is refused by the drain
+        # (503, the run Failed), which is not what this test is about.
+        engine = next(iter(rt.state.engines.values()))
+        for _ in range(1200):
+            if engine.stats().running:
+                break
+            time.sleep(0.05)
+        assert engine.stats().running == 1
     # The drain gave it half a second, then cancelled it: its record ended, no step left running.
     assert (run.phase, run.steps["count"].phase) == ("Cancelled", "Cancelled")
     assert run.task is not None and run.task.done()
