@@ -274,7 +274,7 @@ class PipelineStep(SpecModel):
         None,
         description="Constrain a generate step's output (JSON, a JSON schema, a regex or a grammar), as "
         "the ABI's generate does (docs/sampling.md). Only on a model this pod serves: a constrained step "
-        "on a model another pod serves fails with local_only.",
+        "on a model another pod serves fails with model_not_served_here.",
     )
     invoke: InvokeStep | None = Field(None, description="Run the tenant's module (an invoke step).")
     tool: ToolStep | None = Field(None, description="Call one MCP tool (a tool step).")

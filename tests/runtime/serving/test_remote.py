@@ -89,10 +89,28 @@ NOTE = {
 }
 
 
+# A constrained step on Gemma, run on pod A: the cross-pod path does not carry a step's constraint.
+CONSTRAINED_ELSEWHERE = {
+    "name": "constrained-elsewhere",
+    "tenant": "acme",
+    "steps": [
+        {
+            "name": "card",
+            "model": GEMMA,
+            "promptTemplate": "{{input}}",
+            "maxTokens": 8,
+            "responseFormat": {"type": "json_object"},
+        }
+    ],
+    "order": ["card"],
+    "output": "card",
+}
+
+
 def pod_config(model: dict[str, Any], internal_port: int) -> dict[str, Any]:
     return {
         "models": [model],
-        "pipelines": [RELAY, NOTE],
+        "pipelines": [RELAY, NOTE, CONSTRAINED_ELSEWHERE],
         "tenants": [
             {"name": t, "uid": f"uid-{t}", "apiKeySha256": [hash_api_key(key(t))], "spec": spec}
             for t, spec in TENANTS.items()
@@ -670,6 +688,16 @@ def test_a_pipeline_step_whose_pod_is_lost_is_retried_on_the_pod_serving_it_now(
     assert (run["steps"]["draft"]["attempts"], run["steps"]["final"]["attempts"]) == (2, 1)
     # The second attempt's text is pod B's whole answer, not the lost pod's "Hi".
     assert run["steps"]["draft"]["output"] not in ("", "Hi") and run["phase"] == "Succeeded"
+
+
+def test_a_constrained_step_on_a_model_another_pod_serves_is_refused_as_documented(pods: Pods) -> None:
+    r = httpx.post(
+        f"{pods.a.base_url}/v1/pipelines/constrained-elsewhere/runs",
+        json={"input": {"text": "A card."}},
+        headers=auth("acme"),
+        timeout=60,
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "model_not_served_here"), r.text
 
 
 def test_a_version_named_in_the_reference_reaches_that_version(pods: Pods) -> None:
