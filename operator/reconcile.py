@@ -833,10 +833,7 @@ def _tools_denied(spec: PipelineSpec, tenant: TenantSpec) -> str:
     denied = [
         f"step {s.name}: {s.tool.server}/{s.tool.tool}"
         for s in spec.steps
-        if s.tool is not None
-        and s.tool.server in servers
-        and "*" not in servers[s.tool.server].tools
-        and s.tool.tool not in servers[s.tool.server].tools
+        if s.tool is not None and s.tool.server in servers and not servers[s.tool.server].allows(s.tool.tool)
     ]
     return "; ".join(denied)
 

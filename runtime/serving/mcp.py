@@ -33,6 +33,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
 from realm.runtime.sandbox.abi import ToolInfoPayload, ToolResultPayload
+from realm.runtime.spec.tenant import mcp_tool_allowed
 
 from .errors import EgressDenied, EgressFailed, EgressLimit, ToolFailed
 
@@ -68,7 +69,7 @@ class McpEndpoint:
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
     def allows(self, tool: str) -> bool:
-        return "*" in self.tools or tool in self.tools
+        return mcp_tool_allowed(self.tools, tool)
 
     def same_server(self, other: McpEndpoint) -> bool:
         """Whether a session opened for `other` serves this one (the allowed tools are checked per call)."""

@@ -79,9 +79,13 @@ async def run_attempt(step: PipelineStep, call: StepCall) -> StepOutput:
     return await _generate(step, call)
 
 
+def _tools(step: PipelineStep) -> frozenset[str] | None:
+    """What the step may reach, as an invocation's X-Realm-Tools narrows it (None: the tenant's all)."""
+    return frozenset(step.tools) if step.tools is not None else None
+
+
 def _services(step: PipelineStep, call: StepCall) -> RuntimeHostServices:
-    tools = frozenset(step.tools) if step.tools is not None else None
-    services = RuntimeHostServices(call.state, route_key=call.route_key, tools=tools)
+    services = RuntimeHostServices(call.state, route_key=call.route_key, tools=_tools(step))
     services.remaining = call.remaining
     return services
 
@@ -136,10 +140,9 @@ async def _invoke(step: PipelineStep, call: StepCall) -> StepOutput:
         if on_text is not None:
             loop.call_soon_threadsafe(on_text, chunk)
 
-    tools = frozenset(step.tools) if step.tools is not None else None
     try:
         result = await invoke_module(
-            call.state, entry, module, payload, on_output, route_key=call.route_key, tools=tools
+            call.state, entry, module, payload, on_output, route_key=call.route_key, tools=_tools(step)
         )
     except InvocationFailed as e:
         raise module_error(e) from e

@@ -7,6 +7,7 @@ description because the CRD generator turns them into `kubectl explain` text.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -249,6 +250,11 @@ def mcp_secret_env(tenant: str, server: str) -> str:
     return f"REALM_MCP_AUTH_{digest}"
 
 
+def mcp_tool_allowed(tools: Collection[str], tool: str) -> bool:
+    """An MCP server's `tools` rule: the names listed, or every name with "*"; none when empty."""
+    return "*" in tools or tool in tools
+
+
 class McpServer(SpecModel):
     """An MCP server (Streamable HTTP) the tenant's module may call tools of."""
 
@@ -274,6 +280,10 @@ class McpServer(SpecModel):
         description="A Secret key (in the Tenant's namespace) whose value is sent as the Authorization "
         "header, e.g. `Bearer ...`. Reaches the runtime pods as an environment variable.",
     )
+
+    def allows(self, tool: str) -> bool:
+        """Whether `tools` lets a module (or a pipeline's tool step) call `tool`."""
+        return mcp_tool_allowed(self.tools, tool)
 
     @field_validator("url")
     @classmethod
